@@ -1,0 +1,190 @@
+"""The `mlops-iac` command: parse flags, call the API, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import ConfigError, MlopsIacError, Problem
+from .fsutil import atomic_write
+from .lock import read_lock
+from .plan import plan
+from .render import render
+from .resolve import Workspace, load
+from .schema import SCHEMA_FILE, json_schema_text
+from .writer import apply
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_FILE = "mlops.yaml"
+
+
+class Group(click.Group):
+    """Errors the user can cause exit 1 with their message and no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MlopsIacError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            _print_error(exc)
+            sys.exit(1)
+
+
+def _print_error(exc: MlopsIacError) -> None:
+    if isinstance(exc, ConfigError):
+        errors = [p for p in exc.problems if p.severity == "error"]
+        _print_problems(exc.problems)
+        click.secho(f"{len(errors)} problem(s) found", fg="red", err=True)
+    else:
+        click.secho(f"error: {exc}", fg="red", err=True)
+
+
+def _print_problems(problems: tuple[Problem, ...] | list[Problem]) -> None:
+    for problem in problems:
+        click.secho(str(problem), fg="yellow" if problem.severity == "warning" else "red", err=True)
+
+
+def file_option(func: F) -> F:
+    return click.option("-f", "--file", "file", default=DEFAULT_FILE, show_default=True,
+                        type=click.Path(dir_okay=False, path_type=Path),
+                        help="The mlops.yaml to read.")(func)
+
+
+def _workspace(file: Path) -> Workspace:
+    ws = load(file)
+    _print_problems(ws.warnings)
+    return ws
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlops-iac")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Ship model versions like infrastructure: declared in mlops.yaml, facts in mlops.lock."""
+    ctx.obj = {"debug": debug}
+
+
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default="model", show_default=True, help="Name of the first model.")
+@click.option("--force", is_flag=True, help="Overwrite an existing mlops.yaml.")
+def init(directory: Path, model: str, force: bool) -> None:
+    """Write a commented starter mlops.yaml into DIRECTORY."""
+    target = directory / DEFAULT_FILE
+    if target.exists() and not force:
+        raise click.UsageError(f"{target} exists; pass --force to overwrite it")
+    project = re.sub(r"[^a-z0-9-]+", "-", directory.resolve().name.lower()).strip("-") or "project"
+    text = render("init/mlops.yaml.j2", project=project[:63], model=model,
+                  schema_url="https://mlops-iac.dev/schemas/mlops.v1.schema.json")
+    atomic_write(target, text.encode("utf-8"))
+    click.echo(f"wrote {target}; next: train your model, then `mlops-iac validate`")
+
+
+@main.command()
+@file_option
+@click.option("--json", "as_json", is_flag=True, help="Print problems as JSON.")
+def validate(file: Path, as_json: bool) -> None:
+    """Check mlops.yaml (and mlops.lock) and print every problem at once."""
+    try:
+        ws = load(file)
+    except ConfigError as exc:
+        if not as_json:
+            raise
+        click.echo(json.dumps([p.__dict__ for p in exc.problems], indent=2))
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps([p.__dict__ for p in ws.warnings], indent=2))
+        return
+    _print_problems(ws.warnings)
+    spec = ws.spec
+    click.echo(f"{file}: valid ({len(spec.models)} model(s), {len(spec.targets)} target(s), "
+               f"{len(spec.deployments)} deployment(s))")
+
+
+@main.command()
+@click.option("--check", is_flag=True, help=f"Exit 1 when {SCHEMA_FILE} is stale.")
+def schema(check: bool) -> None:
+    """Print the JSON Schema of mlops.yaml (for editors' YAML language server)."""
+    text = json_schema_text()
+    if check:
+        current = Path(SCHEMA_FILE)
+        if not current.exists() or current.read_text() != text:
+            raise MlopsIacError(f"{SCHEMA_FILE} is stale; regenerate it with "
+                                f"`mlops-iac schema > {SCHEMA_FILE}`")
+        return
+    click.echo(text, nl=False)
+
+
+@main.group()
+def lock() -> None:
+    """Read mlops.lock, the facts the tool resolved."""
+
+
+@lock.command("show")
+@file_option
+@click.option("--json", "as_json", is_flag=True, help="Print the lock as JSON.")
+def lock_show(file: Path, as_json: bool) -> None:
+    """Show every locked model version and what is known about it."""
+    path = file.resolve().parent / "mlops.lock"
+    current = read_lock(path, str(file.parent / "mlops.lock"))
+    if as_json:
+        click.echo(json.dumps(current.model_dump(mode="json", by_alias=True, exclude_none=True),
+                              indent=2, sort_keys=True))
+        return
+    if not current.models:
+        click.echo(f"{path.name}: no model versions locked yet (run mlops-iac register)")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "version", "aliases", "digest", "onnx", "validated", "resources", "image")
+    for name, entry in sorted(current.models.items()):
+        for number, facts in sorted(entry.versions.items()):
+            aliases = ",".join(a for a, n in sorted(entry.aliases.items()) if n == number)
+            rec = facts.recommendation
+            table.add_row(
+                name, str(number), aliases or "-", facts.digest[:19],
+                f"opset {facts.onnx.opset}" if facts.onnx else "-",
+                ("yes" if facts.validation.passed else "REJECTED") if facts.validation else "-",
+                f"{rec.cpu_millis}m/{rec.memory_bytes // 2**20}Mi" if rec else "-",
+                facts.image.reference if facts.image else "-")
+    Console(width=160).print(table)
+
+
+@main.command()
+@file_option
+@click.option("--target", "targets", multiple=True, help="Only this target (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: stacks/ beside mlops.yaml).")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool) -> None:
+    """Plan every deployment and write the generated files (plan.json per target)."""
+    ws = _workspace(file)
+    result = plan(ws.resolved, targets)
+    folder = out if out is not None else ws.root / "stacks"
+    changes = apply(result.files, folder, dry_run=dry_run)
+    for change in changes:
+        if change.kind != "same":
+            click.echo(f"{'would ' if dry_run else ''}{change.kind} {folder / change.path}")
+            if dry_run:
+                click.echo(change.diff, nl=False)
+    if all(c.kind == "same" for c in changes):
+        click.echo(f"{folder}: up to date ({len(changes)} file(s))")
+
+
+def run() -> None:
+    """Entry point that also turns an interrupt into a quiet exit."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,21 @@
+"""The JSON Schema of mlops.yaml, generated from the pydantic models (never by hand)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .plan import canonical_json
+from .spec import Spec
+
+SCHEMA_ID = "https://mlops-iac.dev/schemas/mlops.v1.schema.json"
+SCHEMA_FILE = "schemas/mlops.v1.schema.json"
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Spec.model_json_schema(by_alias=True, mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            "title": "mlops.yaml (mlops-iac/v1)", **schema}
+
+
+def json_schema_text() -> str:
+    return canonical_json(json_schema())
