@@ -93,7 +93,7 @@ class LockedModel(LockModel):
 
 
 class Lock(LockModel):
-    lock_version: Literal[1] = LOCK_VERSION
+    lock_version: Literal[1] = 1
     models: dict[str, LockedModel] = {}
 
     def version(self, model: str, number: int) -> LockedVersion | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from .checks import check, deployed_refs, deployment_name
 from .errors import ConfigError, Problem, only_errors
@@ -19,7 +19,7 @@ from .loader import Document, PathKey, load_file, validate_document
 from .lock import Lock, Recommendation, read_lock
 from .spec import Deployment, Model, Spec
 from .spec.models import Convert, Profile, Signature, Validate
-from .spec.monitoring import FileSink, HttpSink, StdoutSink
+from .spec.monitoring import FileSink, HttpSink, Sink, StdoutSink
 from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget
 
 DEFAULT_PYTHON = "3.11"
@@ -33,6 +33,7 @@ DEFAULT_MONITORING: dict[str, Any] = {
     "alerts": {"errorRate": 0.01},
 }
 Source = Literal["explicit", "profile", "default"]
+_SINK: TypeAdapter[FileSink | StdoutSink | HttpSink] = TypeAdapter(Sink)
 
 
 class Resolved(BaseModel):
@@ -271,12 +272,11 @@ def _monitoring(spec: Spec, dep: Deployment, model: ResolvedModel) -> ResolvedMo
             merged = _deep_merge(merged, layer.model_dump(by_alias=True, exclude_none=True,
                                                           exclude_unset=True))
     collection = merged["dataCollection"]
-    sink_type = {"file": FileSink, "stdout": StdoutSink, "http": HttpSink}[collection["sink"]["kind"]]
     return ResolvedMonitoring(
         metrics=merged["metrics"]["enabled"],
         collect=collection["enabled"],
         sample_rate=collection["sampleRate"],
-        sink=sink_type.model_validate(collection["sink"]),
+        sink=_SINK.validate_python(collection["sink"]),
         drift_baseline=merged["drift"].get("baseline", model.sample),
         drift_threshold=merged["drift"]["threshold"],
         alert_p99_ms=merged["alerts"].get("p99LatencyMs", model.profile.p99_latency_ms),

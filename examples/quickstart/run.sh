@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The quickstart, end to end, as far as mlops-iac goes today. Safe to run again: it starts
+# from a clean registry and lock each time.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+python3 -m pip install --quiet --disable-pip-version-check -e "$here/../..[ml]"
+cd "$here"
+rm -rf .mlops out mlops.lock
+
+echo "== 1. train";    python3 train.py
+echo "== 2. validate"; mlops-iac validate
+echo "== 3. synth";    mlops-iac synth --out out/stacks --dry-run || true
