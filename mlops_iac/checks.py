@@ -34,7 +34,8 @@ def deployed_refs(dep: Deployment) -> tuple[int | str, ...]:
     return ()
 
 
-def check(spec: Spec, doc: Document, lock: Lock, root: Path) -> list[Problem]:
+def check(spec: Spec, doc: Document, lock: Lock | None, root: Path) -> list[Problem]:
+    """Every cross-section problem; versions are checked against `lock` unless it is None."""
     problems = [*_duplicate_names(spec, doc), *_paths(spec, doc, root)]
     for i, dep in enumerate(spec.deployments):
         problems.extend(_deployment(spec, doc, lock, i, dep))
@@ -106,7 +107,8 @@ def _data_file(doc: Document, root: Path, path: PathKey, value: str | None,
                               f"a path relative to the folder of {doc.file}")
 
 
-def _deployment(spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment) -> Iterator[Problem]:
+def _deployment(spec: Spec, doc: Document, lock: Lock | None, i: int,
+                dep: Deployment) -> Iterator[Problem]:
     here: PathKey = ("deployments", i)
     models = [m.name for m in spec.models]
     if dep.model not in models:
@@ -118,7 +120,7 @@ def _deployment(spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment) 
                           "expected one of the targets: " + ", ".join(spec.targets))
     yield from _selection(doc, here, dep)
     yield from _traffic(doc, here, dep)
-    if dep.model in models:
+    if dep.model in models and lock is not None:
         yield from _known_versions(doc, lock, here, dep)
     yield from _hardware(doc, here, dep, target)
 
@@ -170,10 +172,12 @@ def _known_versions(doc: Document, lock: Lock, here: PathKey, dep: Deployment) -
         if isinstance(ref, str) and not ref.startswith("sha256:"):
             aliases = ", ".join(sorted(entry.aliases)) or "none"
             yield doc.problem(path, f"unknown alias {ref!r} of {dep.model}",
-                              f"expected an alias in mlops.lock: {aliases}")
+                              f"expected an alias in mlops.lock: {aliases} (after `mlops-iac "
+                              "models alias`, run `mlops-iac lock sync`)")
         else:
             yield doc.problem(path, f"{dep.model}@{ref} is not in mlops.lock",
-                              f"expected a registered version: {known} (run mlops-iac register)")
+                              f"expected a version in the lock: {known} (register it, then "
+                              "run `mlops-iac lock sync`)")
 
 
 def _hardware(doc: Document, here: PathKey, dep: Deployment,

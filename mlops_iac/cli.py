@@ -188,3 +188,14 @@ def run() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+
+
+def _add_commands() -> None:
+    from .cli_registry import lock_sync, models, register
+
+    main.add_command(register)
+    main.add_command(models)
+    lock.add_command(lock_sync)
+
+
+_add_commands()

@@ -144,20 +144,26 @@ class Workspace:
         return self.root / "mlops.lock"
 
 
-def load(file: Path) -> Workspace:
-    """Load, validate, check and resolve `file` and the mlops.lock beside it."""
+def load(file: Path, *, against_lock: bool = True) -> Workspace:
+    """Load, validate, check and resolve `file` and the mlops.lock beside it.
+
+    `against_lock=False` skips checking versions and aliases against the lock: the one
+    command that brings the lock up to date (`lock sync`) must run while it is behind.
+    """
     doc = load_file(file)
     spec = validate_document(Spec, doc)
     root = file.resolve().parent
     lock_path = root / "mlops.lock"
     lock = read_lock(lock_path, str(file.parent / "mlops.lock"))
-    resolved, warnings = resolve(spec, doc, lock, root)
+    resolved, warnings = resolve(spec, doc, lock if against_lock else None, root)
     return Workspace(file, root, doc, spec, lock, resolved, tuple(warnings))
 
 
-def resolve(spec: Spec, doc: Document, lock: Lock, root: Path) -> tuple[ResolvedSpec, list[Problem]]:
+def resolve(spec: Spec, doc: Document, lock: Lock | None,
+            root: Path) -> tuple[ResolvedSpec, list[Problem]]:
     """Resolve `spec` with `lock`; raise `ConfigError` with every error found."""
     problems = check(spec, doc, lock, root)
+    lock = lock or Lock()
     if only_errors(problems):
         raise ConfigError(problems)
     warnings = [p for p in problems if p.severity == "warning"]

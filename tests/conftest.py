@@ -1,6 +1,13 @@
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,3 +28,61 @@ def copy_into(src: Path, folder: Path) -> Path:
     dst = folder / "mlops.yaml"
     shutil.copyfile(src, dst)
     return dst
+
+
+def require(what: str) -> None:
+    """Skip on a developer's machine without `what`; fail in CI, where it must exist."""
+    if os.environ.get("MLOPS_IAC_REQUIRE_INTEGRATION"):
+        pytest.fail(f"{what} is required in CI (MLOPS_IAC_REQUIRE_INTEGRATION is set)")
+    pytest.skip(f"{what} is not available on this machine")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@dataclass
+class OciRegistryServer:
+    address: str
+    storage: Path
+
+    def blob_path(self, digest: str) -> Path:
+        hexdigest = digest.removeprefix("sha256:")
+        return self.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistryServer]:
+    """A real OCI distribution registry (Debian's docker-registry) on 127.0.0.1."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        require("docker-registry (apt-get install docker-registry)")
+    folder = tmp_path_factory.mktemp("oci-registry")
+    port = free_port()
+    (folder / "config.yml").write_text(
+        "version: 0.1\nlog: {level: error}\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n")
+    with open(folder / "log", "wb") as log:
+        proc = subprocess.Popen([str(binary), "serve", str(folder / "config.yml")],
+                                stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/v2/")
+            yield OciRegistryServer(f"127.0.0.1:{port}", folder / "data")
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -77,7 +77,7 @@ def test_unknown_version_against_lock(quickstart: Path) -> None:
     result = CliRunner().invoke(main, ["validate", "-f", str(quickstart)])
     assert result.exit_code == 1
     assert "deployments[0].version: iris@1 is not in mlops.lock" in result.output
-    assert "expected a registered version: 2" in result.output
+    assert "expected a version in the lock: 2" in result.output
 
 
 def test_validate_exit_codes(quickstart: Path, tmp_path: Path) -> None:
