@@ -9,4 +9,6 @@ rm -rf .mlops out mlops.lock
 
 echo "== 1. train";    python3 train.py
 echo "== 2. validate"; mlops-iac validate
-echo "== 3. synth";    mlops-iac synth --out out/stacks --dry-run || true
+echo "== 3. register"; mlops-iac register iris --file model.joblib --metric accuracy=0.978
+echo "== 4. lock";     mlops-iac lock show
+echo "== 5. synth";    mlops-iac synth --out out/stacks
