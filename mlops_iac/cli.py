@@ -191,9 +191,11 @@ def run() -> None:
 
 
 def _add_commands() -> None:
+    from .cli_convert import convert
     from .cli_registry import lock_sync, models, register
 
     main.add_command(register)
+    main.add_command(convert)
     main.add_command(models)
     lock.add_command(lock_sync)
 

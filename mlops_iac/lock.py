@@ -40,11 +40,15 @@ class TensorFacts(LockModel):
 
 class OnnxFacts(LockModel):
     digest: Digest = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    size: int = Field(0, ge=0)
     opset: int
+    optimization: str = "extended"
     inputs: tuple[TensorFacts, ...] = ()
     outputs: tuple[TensorFacts, ...] = ()
     parity: dict[str, Any] = {}
+    quantization: dict[str, Any] = {}
     speedup: dict[str, Any] = {}
+    breaking: tuple[str, ...] = ()
 
 
 class ValidationFacts(LockModel):

@@ -3,7 +3,9 @@
 # ruff, mypy, the schema freshness check and pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,ml]"
+# torch==2.13.0 is the CPU build that lies on our machines' disk; pip takes it from there.
+python3 -m pip install --quiet --disable-pip-version-check torch==2.13.0
+python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,convert,boosters,pytorch]"
 echo "== ruff";   python3 -m ruff check .
 echo "== mypy";   python3 -m mypy
 echo "== schema"; python3 -m mlops_iac schema --check

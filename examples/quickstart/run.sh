@@ -3,12 +3,13 @@
 # from a clean registry and lock each time.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-python3 -m pip install --quiet --disable-pip-version-check -e "$here/../..[ml]"
+python3 -m pip install --quiet --disable-pip-version-check -e "$here/../..[convert]"
 cd "$here"
 rm -rf .mlops out mlops.lock
 
 echo "== 1. train";    python3 train.py
 echo "== 2. validate"; mlops-iac validate
 echo "== 3. register"; mlops-iac register iris --file model.joblib --metric accuracy=0.978
-echo "== 4. lock";     mlops-iac lock show
-echo "== 5. synth";    mlops-iac synth --out out/stacks
+echo "== 4. convert";  mlops-iac convert iris@1
+echo "== 5. lock";     mlops-iac lock show
+echo "== 6. synth";    mlops-iac synth --out out/stacks

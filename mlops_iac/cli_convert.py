@@ -1,0 +1,151 @@
+"""`mlops-iac convert`: the only command that loads native (pickle, joblib, torch) artifacts."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli_registry import file_option, project_registry
+from .convert import Options, Report, Validation, convert_artifact
+from .convert.data import read_features, read_labelled
+from .errors import MlopsIacError
+from .lock import Lock, OnnxFacts, ValidationFacts, update_lock
+from .registry import Registry, Version, parse_ref
+from .registry.records import Status
+from .resolve import ResolvedModel, Workspace
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--sample", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Inputs for the parity check (.npy, .npz, .csv, .parquet); default: the "
+                   "model's `sample` in mlops.yaml.")
+@click.option("--no-speed", is_flag=True, help="Skip timing native against ONNX.")
+@file_option
+def convert(ref: str, sample: Path | None, no_speed: bool, file: Path) -> None:
+    """Convert a registered version to ONNX, prove parity, validate, measure the speed-up.
+
+    The ONNX model is stored as a linked artifact of the same version, and the results go to
+    the registry and to mlops.lock.
+
+    SAFETY: loading a pickle, joblib or torch file runs code from it. This is the only
+    mlops-iac command that loads native artifacts; convert only artifacts you trust.
+    Everything downstream (serve, profile, build) loads ONNX only.
+    """
+    registry, ws = project_registry(file, against_lock=False)
+    version = registry.resolve(parse_ref(ref))
+    spec = _model_spec(ws, version.model)
+    features = read_features(_sample_path(sample, spec, ws))
+    options = _options(spec, not no_speed)
+    with tempfile.TemporaryDirectory() as tmp:
+        native = Path(tmp) / version.lineage.filename
+        registry.pull(parse_ref(f"{version.model}@{version.version}"), native)
+        report = convert_artifact(version.framework, native, features, options,
+                                  validation=_validation(spec, ws),
+                                  previous_signature=_previous_signature(registry, version))
+        _print(version, report)
+        if not report.parity.passed:
+            raise MlopsIacError(f"{version.model}@{version.version}: the ONNX model does not give the "
+                                "native model's answers on the sample; nothing was stored. Loosen "
+                                "convert.tolerance only if the differences above are acceptable.")
+        onnx_file = Path(tmp) / "model.onnx"
+        onnx_file.write_bytes(report.model)
+        ref_n = parse_ref(f"{version.model}@{version.version}")
+        artifact = registry.link(ref_n, "onnx", onnx_file, report.facts())
+    if report.validation is not None:
+        status: Status = "validated" if report.validation["passed"] else "rejected"
+        registry.set_status(ref_n, status, report.validation)
+    pinned = _record_in_lock(ws, version, artifact.digest, artifact.size, report)
+    click.echo(f"stored {version.model}@{version.version} onnx {artifact.digest}"
+               + ("; mlops.lock updated" if pinned else ""))
+    if report.validation is not None and not report.validation["passed"]:
+        click.secho(f"{version.model}@{version.version} REJECTED by validation", fg="red", err=True)
+        sys.exit(1)
+
+
+def _model_spec(ws: Workspace | None, name: str) -> ResolvedModel | None:
+    if ws is None:
+        return None
+    return next((m for m in ws.resolved.models if m.name == name), None)
+
+
+def _sample_path(given: Path | None, spec: ResolvedModel | None, ws: Workspace | None) -> Path:
+    if given is not None:
+        return given
+    if spec is None or spec.sample is None or ws is None:
+        raise click.UsageError("no sample data: pass --sample PATH or set the model's `sample` in "
+                               "mlops.yaml")
+    return ws.root / spec.sample
+
+
+def _options(spec: ResolvedModel | None, speed: bool) -> Options:
+    if spec is None:
+        return Options(measure_speed=speed)
+    c = spec.convert
+    return Options(opset=c.opset, optimization=c.optimization, quantize=c.quantize,
+                   atol=c.tolerance.atol, rtol=c.tolerance.rtol, measure_speed=speed)
+
+
+def _validation(spec: ResolvedModel | None, ws: Workspace | None) -> Validation | None:
+    if spec is None or spec.validate_ is None or ws is None:
+        return None
+    rule = spec.validate_
+    features, labels = read_labelled(ws.root / rule.dataset, rule.label)
+    assert labels is not None
+    return Validation(features, labels, rule.metric, rule.threshold)
+
+
+def _previous_signature(registry: Registry, version: Version) -> dict[str, Any] | None:
+    index = registry.index(version.model)
+    earlier = [v for n, v in sorted(index.versions.items()) if n < version.version and "onnx" in v.artifacts]
+    return earlier[-1].artifacts["onnx"].facts.get("signature") if earlier else None
+
+
+def _record_in_lock(ws: Workspace | None, version: Version, digest: str, size: int,
+                    report: Report) -> bool:
+    if ws is None or ws.lock.version(version.model, version.version) is None:
+        return False
+    facts = OnnxFacts(digest=digest, size=size, opset=report.opset, optimization=report.optimization,
+                      inputs=report.signature["inputs"], outputs=report.signature["outputs"],
+                      parity=report.parity.facts(), quantization=report.quantization,
+                      speedup=report.speedup, breaking=report.breaking)
+    sections: dict[str, Any] = {"onnx": facts.model_dump()}
+    if report.validation is not None:
+        v = report.validation
+        sections["validation"] = ValidationFacts(metric=v["metric"], value=v["value"],
+                                                 threshold=v["threshold"], passed=v["passed"]).model_dump()
+
+    def change(lock: Lock) -> Lock:
+        return lock.with_facts(version.model, version.version, **sections)
+
+    update_lock(ws.lock_path, change)
+    return True
+
+
+def _print(version: Version, report: Report) -> None:
+    click.echo(f"{version.model}@{version.version} ({version.framework}) -> ONNX opset {report.opset}, "
+               f"optimisation {report.optimization}")
+    click.echo(f"parity on {report.parity.rows} sample rows: "
+               f"{'passed' if report.parity.passed else 'FAILED'}")
+    click.echo(report.parity.describe())
+    quant = report.quantization
+    if quant.get("mode") not in (None, "none"):
+        click.echo(f"quantisation {quant['mode']}: {'kept' if quant['kept'] else 'dropped'} "
+                   f"({quant.get('reason', '')})")
+    for key, row in sorted(report.speedup.items()):
+        if isinstance(row, dict):
+            click.echo(f"speed-up at {key.replace('batch', 'batch ')}: native {row['nativeMs']} ms, "
+                       f"ONNX {row['onnxMs']} ms, {row['speedup']}x")
+    if report.validation is not None:
+        v = report.validation
+        click.echo(f"validation: {v['metric']} = {v['value']:.4f} (threshold {v['threshold']}) "
+                   f"{'passed' if v['passed'] else 'FAILED'}")
+    sig = report.signature
+    click.echo("signature: " + ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in sig["inputs"])
+               + " -> " + ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in sig["outputs"]))
+    for change in report.breaking:
+        click.secho(f"BREAKING CHANGE against the previous version: {change}", fg="yellow", err=True)

@@ -1,0 +1,259 @@
+"""One converter per framework: load the native artifact, convert it, and say how to run it.
+
+Loading a pickle, joblib or torch file runs code from that file. This module is the only
+place in mlops-iac that does it, and only `mlops-iac convert` calls it; the server, the
+profiler and the build load nothing but ONNX.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import MlopsIacError
+from .parity import OutputKind
+
+INPUT_NAME = "input"
+DEFAULT_OPSET = 17  # supported by every onnxruntime and Triton release still in use
+Runner = Callable[[np.ndarray], list[np.ndarray]]
+
+
+class ConversionError(MlopsIacError):
+    """The artifact could not be loaded or converted."""
+
+
+@dataclass(frozen=True)
+class Converted:
+    model: onnx.ModelProto
+    kinds: tuple[OutputKind, ...]
+    native: Runner | None  # outputs in the order of the ONNX graph's outputs
+    native_call: Callable[[np.ndarray], Any] | None  # what a user would call (for timing)
+
+
+def convert(framework: str, path: Path, sample: np.ndarray, opset: int | None) -> Converted:
+    converters: dict[str, Callable[[Path, np.ndarray, int | None], Converted]] = {
+        "sklearn": _sklearn, "lightgbm": _sklearn, "xgboost": _sklearn,
+        "pytorch": _pytorch, "onnx": _onnx}
+    if framework not in converters:
+        raise ConversionError(f"no converter for framework {framework!r}")
+    try:
+        return converters[framework](path, sample, opset)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"converting {path.name} ({framework}) failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+
+# --- scikit-learn, and LightGBM and XGBoost through their scikit-learn API ------------------
+
+def _sklearn(path: Path, sample: np.ndarray, opset: int | None) -> Converted:
+    import joblib
+    from skl2onnx import to_onnx
+
+    _register_boosters()
+    model = joblib.load(path)
+    if not hasattr(model, "predict"):
+        raise ConversionError(f"{path.name} holds a {type(model).__name__}, not a fitted estimator")
+    proba = hasattr(model, "predict_proba") and _is_classifier(model)
+    target: int | dict[str, int] = opset or DEFAULT_OPSET
+    if _has_booster(model):  # onnxmltools' tree converters speak ai.onnx.ml 3 at most
+        target = {"": opset or DEFAULT_OPSET, "ai.onnx.ml": 3}
+    with _integer_tree_attributes():
+        # zipmap off: probabilities as one tensor, as the v2 protocol carries them.
+        options = {"zipmap": False} if _is_classifier(model) else None
+        onx = to_onnx(model, sample[:1], options=options, target_opset=target,
+                      initial_types=[(INPUT_NAME, _float_input(sample))])
+    outputs = [o.name for o in onx.graph.output]
+    if proba:
+        kinds: tuple[OutputKind, ...] = ("label", "float")
+
+        def run(x: np.ndarray) -> list[np.ndarray]:
+            return [model.predict(x), model.predict_proba(x)]
+
+        return Converted(onx, kinds[: len(outputs)], run, model.predict_proba)
+    first: OutputKind = "label" if _is_classifier(model) else "float"
+    rest = _floats(len(outputs) - 1)
+    return Converted(onx, (first, *rest), lambda x: [model.predict(x)], model.predict)
+
+
+def _floats(count: int) -> tuple[OutputKind, ...]:
+    return tuple("float" for _ in range(count))
+
+
+def _has_booster(model: Any) -> bool:
+    parts = [model]
+    if hasattr(model, "get_params"):
+        parts += list(model.get_params(deep=True).values())
+    return any(type(p).__module__.split(".")[0] in ("lightgbm", "xgboost") for p in parts)
+
+
+def _is_classifier(model: Any) -> bool:
+    from sklearn.base import is_classifier
+
+    return bool(is_classifier(model))
+
+
+def _float_input(sample: np.ndarray) -> Any:
+    from skl2onnx.common.data_types import FloatTensorType
+
+    return FloatTensorType([None, int(sample.shape[1])])
+
+
+_REGISTERED: list[bool] = []
+
+
+def _register_boosters() -> None:
+    """Teach skl2onnx the LightGBM and XGBoost converters of onnxmltools (pipelines too)."""
+    if _REGISTERED:
+        return
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    with contextlib.suppress(ImportError):
+        from lightgbm import LGBMClassifier, LGBMRegressor
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+
+        update_registered_converter(LGBMClassifier, "LightGbmLGBMClassifier",
+                                    calculate_linear_classifier_output_shapes, convert_lightgbm,
+                                    options=options)
+        update_registered_converter(LGBMRegressor, "LightGbmLGBMRegressor",
+                                    calculate_linear_regressor_output_shapes, convert_lightgbm,
+                                    options={"split": None})
+    with contextlib.suppress(ImportError):
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+        from xgboost import XGBClassifier, XGBRegressor
+
+        update_registered_converter(XGBClassifier, "XGBoostXGBClassifier",
+                                    calculate_linear_classifier_output_shapes, convert_xgboost,
+                                    options=options)
+        update_registered_converter(XGBRegressor, "XGBoostXGBRegressor",
+                                    calculate_linear_regressor_output_shapes, convert_xgboost)
+    _REGISTERED.append(True)
+
+
+@contextlib.contextmanager
+def _integer_tree_attributes() -> Iterator[None]:
+    """Work around skl2onnx 1.20 putting Python bools into integer-list attributes.
+
+    Its HistGradientBoosting converter fills `nodes_missing_value_tracks_true` with a mix of
+    numpy integers and `False`; protobuf 5 and later refuse a bool in a repeated int field
+    ("Expected an int, got a boolean"). The values mean 0 and 1, so we pass them as ints.
+    """
+    from skl2onnx.common import _container
+
+    original = _container.ModelComponentContainer.add_node
+
+    def add_node(self: Any, *args: Any, **attrs: Any) -> Any:
+        for key, value in attrs.items():
+            if isinstance(value, list) and any(isinstance(v, bool | np.bool_) for v in value):
+                attrs[key] = [int(v) for v in value]
+        return original(self, *args, **attrs)
+
+    _container.ModelComponentContainer.add_node = add_node
+    try:
+        yield
+    finally:
+        _container.ModelComponentContainer.add_node = original
+
+
+# --- PyTorch ---------------------------------------------------------------------------------
+
+def _pytorch(path: Path, sample: np.ndarray, opset: int | None) -> Converted:
+    import torch
+
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        scripted = True
+    except RuntimeError:
+        # A whole pickled nn.Module: its classes must be importable here.
+        module = torch.load(str(path), map_location="cpu", weights_only=False)
+        scripted = False
+    if not isinstance(module, torch.nn.Module):
+        raise ConversionError(f"{path.name} holds a {type(module).__name__}, not a torch module "
+                              "(save the model with torch.jit.save or torch.save(model))")
+    module.eval()
+    example = torch.from_numpy(sample[: min(len(sample), 2)].copy())
+    onx = _export_torch(module, example, opset, scripted)
+
+    def call(x: np.ndarray) -> Any:
+        with torch.no_grad():
+            return module(torch.from_numpy(np.ascontiguousarray(x)))
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        out = call(x)
+        outs = out if isinstance(out, tuple | list) else (out,)
+        return [o.detach().numpy() for o in outs]
+
+    return Converted(onx, _floats(len(onx.graph.output)), run, call)
+
+
+def _export_torch(module: Any, example: Any, opset: int | None, scripted: bool) -> onnx.ModelProto:
+    import torch
+
+    if scripted:  # the torch.export-based exporter cannot take a ScriptModule
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "model.onnx"
+            torch.onnx.export(module, (example,), out, input_names=[INPUT_NAME], output_names=["output"],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, "output": {0: "batch"}},
+                              opset_version=opset or DEFAULT_OPSET, dynamo=False)
+            return onnx.load(str(out))
+    program = torch.onnx.export(module, (example,), input_names=[INPUT_NAME], output_names=["output"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                                opset_version=opset or 18, verbose=False)
+    assert program is not None
+    return program.model_proto
+
+
+# --- ONNX as it is -----------------------------------------------------------------------------
+
+def _onnx(path: Path, sample: np.ndarray, opset: int | None) -> Converted:
+    check_external_data(path)
+    model = onnx.load(str(path), load_external_data=True)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ConversionError(f"{path.name} is not a valid ONNX model: {exc}") from None
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(o) for o in session.run(None, {name: x})]
+
+    kinds = tuple("label" if o.type.tensor_type.elem_type in _INTEGER_TYPES else "float"
+                  for o in model.graph.output)
+    return Converted(model, kinds, run, None)  # type: ignore[arg-type]
+
+
+_INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.STRING,
+                  onnx.TensorProto.BOOL}
+
+
+def check_external_data(path: Path) -> None:
+    """ONNX external data must stay inside the model's folder: no `..`, no absolute paths."""
+    model = onnx.load(str(path), load_external_data=False)
+    folder = path.resolve().parent
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors += [a.t for a in node.attribute if a.HasField("t")]
+    for tensor in tensors:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ConversionError(f"{path.name}: tensor {tensor.name!r} keeps its data at "
+                                  f"{location!r}, outside the model's folder; refused")
