@@ -40,7 +40,8 @@ def models() -> dict[str, tuple[str, Any]]:
         "RandomForest (100 trees, depth 10)": ("sklearn", RandomForestClassifier(100, max_depth=10, random_state=0)),
         "HistGradientBoosting (100)": ("sklearn", HistGradientBoostingClassifier(max_iter=100, random_state=0)),
         "Pipeline (scaler + LR)": ("sklearn", make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))),
-        "MLP 64x64": ("sklearn", make_pipeline(StandardScaler(), MLPClassifier((64, 64), max_iter=500, random_state=0))),
+        "MLP 64x64": ("sklearn", make_pipeline(StandardScaler(),
+                                               MLPClassifier((64, 64), max_iter=500, random_state=0))),
         "LightGBM (100)": ("lightgbm", LGBMClassifier(n_estimators=100, verbose=-1, random_state=0)),
         "XGBoost (100)": ("xgboost", XGBClassifier(n_estimators=100, random_state=0)),
     }
@@ -97,7 +98,7 @@ def main() -> None:
             for batch in (1, 1000):
                 x = tile(features, batch)
                 repeat = args.repeat if batch == 1 else max(10, args.repeat // 10)
-                native_s = median_seconds(lambda x=x: native(x), repeat, budget_s=5)
+                native_s = median_seconds(lambda x=x, f=native: f(x), repeat, budget_s=5)
                 for threads in args.threads:
                     sess = session(report.model, threads=threads)
                     onnx_s = median_seconds(lambda x=x, s=sess: s.run(None, {"input": x}), repeat, budget_s=5)

@@ -1,0 +1,117 @@
+"""`mlops-iac serve`: the local target, on the same server every image runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .cli_registry import file_option, project_registry
+from .errors import MlopsIacError
+from .plan import canonical_json, server_config
+from .registry import Registry, parse_ref
+from .resolve import ResolvedDeployment, Workspace
+from .serving.config import ModelConfig, ServerConfig
+from .spec.targets import LocalTarget
+
+CACHE = ".mlops/serve"
+
+
+@click.command()
+@click.argument("refs", nargs=-1, metavar="[MODEL@N]...")
+@file_option
+@click.option("--deployment", "deployments", multiple=True,
+              help="Serve this deployment of mlops.yaml (repeatable; default: every local one).")
+@click.option("--host", default=None, help="Default: the target's host (127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Default: the target's port (8080).")
+@click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Only write the server settings (JSON) here and exit.")
+def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host: str | None,
+          port: int | None, write_config: Path | None) -> None:
+    """Serve models over the Open Inference Protocol v2 (KServe/Triton REST) on onnxruntime.
+
+    With MODEL@N references, serve those registered versions (their ONNX artifacts) as they
+    are; otherwise serve the deployments of mlops.yaml as pinned in mlops.lock.
+    """
+    registry, ws = project_registry(file)
+    root = ws.root if ws else Path.cwd()
+    if refs:
+        config, target = _adhoc(registry, root, refs), None
+    else:
+        if ws is None:
+            raise MlopsIacError(f"{file} not found; pass MODEL@N references or -f FILE")
+        config, target = _from_deployments(registry, ws, deployments)
+    if write_config is not None:
+        write_config.write_text(canonical_json(config.model_dump(mode="json")))
+        click.echo(f"wrote {write_config}")
+        return
+    host = host or (target.host if target else "127.0.0.1")
+    port = port or (target.port if target else 8080)
+    names = ", ".join(f"{m.name}@{m.version}" for m in config.models)
+    click.echo(f"serving {names} on http://{host}:{port} (v2 protocol; /metrics; Ctrl-C stops)")
+    from .serving.run import serve as run_server
+
+    run_server(config, root, host, port)
+
+
+def _materialize(registry: Registry, root: Path, model: str, number: int, digest: str) -> str:
+    """The pinned ONNX file in the local cache (fetched and verified once), relative to root."""
+    relative = f"{CACHE}/{digest.removeprefix('sha256:')}.onnx"
+    target = root / relative
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        version = registry.pull(parse_ref(f"{model}@{number}"), target, "onnx")
+        if version.artifacts["onnx"].digest != digest:
+            target.unlink()
+            raise MlopsIacError(f"the registry's ONNX of {model}@{number} is not the one mlops.lock "
+                                "pins; run `mlops-iac convert` again or fix the lock")
+    return relative
+
+
+def _from_deployments(registry: Registry, ws: Workspace,
+                      names: tuple[str, ...]) -> tuple[ServerConfig, LocalTarget | None]:
+    chosen = _choose(ws, names)
+    dep = chosen[0]
+    paths = {}
+    for v in dep.versions:
+        facts = ws.lock.version(dep.model, v.number) if v.number is not None else None
+        if facts is None or facts.onnx is None or v.number is None:
+            raise MlopsIacError(f"{dep.model}@{v.ref} has no ONNX conversion in mlops.lock; run "
+                                f"`mlops-iac convert {dep.model}@{v.ref}` first")
+        paths[v.number] = _materialize(registry, ws.root, dep.model, v.number, facts.onnx.digest)
+    handler = ws.resolved.model(dep.model).handler
+    config = server_config(dep, ws.lock, paths, handler)
+    for other in chosen[1:]:  # several deployments share one server: add their models
+        extra = _from_deployments(registry, ws, (other.name,))[0]
+        config = config.model_copy(update={"models": (*config.models, *extra.models)})
+    spec = ws.resolved.target(dep.target).spec
+    return config, spec if isinstance(spec, LocalTarget) else None
+
+
+def _choose(ws: Workspace, names: tuple[str, ...]) -> list[ResolvedDeployment]:
+    known = {d.name: d for d in ws.resolved.deployments}
+    if names:
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise MlopsIacError(f"unknown deployment(s) {', '.join(unknown)}; deployments: "
+                                + ", ".join(known))
+        return [known[n] for n in names]
+    local = [d for d in ws.resolved.deployments
+             if isinstance(ws.resolved.target(d.target).spec, LocalTarget)]
+    if not local:
+        raise MlopsIacError("no deployment on a local target; name one with --deployment")
+    return local
+
+
+def _adhoc(registry: Registry, root: Path, refs: tuple[str, ...]) -> ServerConfig:
+    models = []
+    for text in refs:
+        version = registry.resolve(parse_ref(text))
+        onnx = version.artifacts.get("onnx")
+        if onnx is None:
+            raise MlopsIacError(f"{version.model}@{version.version} has no ONNX artifact; run "
+                                f"`mlops-iac convert {version.model}@{version.version}` first")
+        path = _materialize(registry, root, version.model, version.version, onnx.digest)
+        models.append(ModelConfig(name=version.model, version=version.version, path=path,
+                                  digest=onnx.digest))
+    return ServerConfig(deployment="adhoc", models=tuple(models))

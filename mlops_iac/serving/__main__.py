@@ -1,0 +1,33 @@
+"""`python -m mlops_iac.serving --config server.json`: the entrypoint of every image.
+
+It reads the server settings written into the build context, loads ONNX only, and serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import MlopsIacError
+from .config import read_config
+from .run import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlops_iac.serving")
+    parser.add_argument("--config", type=Path, required=True, help="server.json")
+    parser.add_argument("--host", default="0.0.0.0")  # noqa: S104 - inside a container
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    try:
+        config = read_config(args.config)
+        serve(config, args.config.resolve().parent, args.host, args.port)
+    except (MlopsIacError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

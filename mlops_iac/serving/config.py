@@ -1,0 +1,54 @@
+"""The server's settings: which ONNX files to serve and how. Written into every build
+context from the lock (`server.json`) and made by `mlops-iac serve` for the local target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MAX_BODY = 64 * 2**20
+API_KEY_ENV = "MLOPS_IAC_API_KEY"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Settings):
+    name: str
+    version: int = Field(ge=1)
+    path: str = Field(description="The ONNX file, relative to the settings file.")
+    digest: str | None = Field(None, description="Checked before loading; a mismatch refuses to start.")
+    weight: int = Field(100, ge=0, le=100, description="Share of unversioned requests (percent).")
+    threads: int = Field(1, ge=1, le=256)
+    max_batch_size: int = Field(1, ge=1, le=65536)
+    max_delay_ms: float = Field(0.0, ge=0, le=10_000)
+    handler: str | None = None
+    gpu: bool = False
+
+
+class CollectionConfig(Settings):
+    enabled: bool = False
+    sample_rate: float = Field(0.0, ge=0, le=1)
+    sink: Literal["file", "stdout", "http"] = "stdout"
+    path: str = "collected/requests.jsonl"
+    max_bytes: int = Field(100 * 2**20, ge=1024)
+    backups: int = Field(5, ge=0)
+    url: str | None = None
+    queue_size: int = Field(10_000, ge=1)
+
+
+class ServerConfig(Settings):
+    deployment: str = "local"
+    models: tuple[ModelConfig, ...] = Field(min_length=1)
+    auth: bool = False
+    api_key_env: str = API_KEY_ENV
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY, ge=1024)
+    metrics: bool = True
+    collection: CollectionConfig = CollectionConfig()
+
+
+def read_config(path: Path) -> ServerConfig:
+    return ServerConfig.model_validate_json(path.read_bytes())

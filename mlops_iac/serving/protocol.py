@@ -1,0 +1,253 @@
+"""The Open Inference Protocol (KServe / Triton "v2") over REST: requests in, responses out.
+
+Parses JSON tensors and the binary tensor data extension (`Inference-Header-Content-Length`:
+a JSON header, then the raw bytes of each tensor whose `binary_data_size` is given), and
+answers the same way. Every client mistake becomes a `ClientError` with a 4xx status and a
+message that says what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+# Which numpy kinds of JSON data each datatype accepts: no silent float -> int truncation.
+_KINDS = {name: ("b" if name == "BOOL" else "OSU" if name == "BYTES" else
+                 "biuf" if name.startswith("FP") else "biu") for name in DTYPES}
+
+
+class ClientError(Exception):
+    """A request the client got wrong: answered with `status` and never a 5xx."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Request:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str]
+    outputs: list[str] | None  # None: every output
+    binary_outputs: set[str] = field(default_factory=set)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def parse(body: bytes, header_length: str | None) -> Request:
+    """A v2 inference request from the raw body (JSON, or JSON + binary tensors)."""
+    json_part, binary = _split(body, header_length)
+    try:
+        doc = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise ClientError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ClientError(400, "the request body must be a JSON object with an 'inputs' list")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise ClientError(400, "'inputs' must be a non-empty list of tensors")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ClientError(400, "'id' must be a string")
+    parameters = _mapping(doc.get("parameters"), "parameters")
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    offset = 0
+    for i, tensor in enumerate(raw_inputs):
+        name, datatype, array, used = _tensor(tensor, i, binary, offset)
+        if name in inputs:
+            raise ClientError(400, f"input {name!r} is given twice")
+        inputs[name], datatypes[name] = array, datatype
+        offset += used
+    if offset != len(binary):
+        raise ClientError(400, f"the binary part holds {len(binary)} bytes but the inputs' "
+                               f"binary_data_size add up to {offset}")
+    outputs, binary_outputs = _requested(doc.get("outputs"), bool(parameters.get("binary_data_output")))
+    return Request(request_id, inputs, datatypes, outputs, binary_outputs, parameters)
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    try:
+        size = int(header_length)
+    except ValueError:
+        raise ClientError(400, "Inference-Header-Content-Length must be a whole number") from None
+    if not 0 < size <= len(body):
+        raise ClientError(400, f"Inference-Header-Content-Length is {size}, but the body has "
+                               f"{len(body)} bytes")
+    return body[:size], body[size:]
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ClientError(400, f"'{what}' must be a JSON object")
+    return value
+
+
+def _tensor(tensor: Any, i: int, binary: bytes, offset: int) -> tuple[str, str, np.ndarray, int]:
+    if not isinstance(tensor, dict):
+        raise ClientError(400, f"inputs[{i}] must be an object with name, datatype, shape and data")
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    if not isinstance(name, str) or not name:
+        raise ClientError(400, f"inputs[{i}].name must be a non-empty string")
+    if datatype not in DTYPES:
+        raise ClientError(400, f"input {name!r}: datatype {datatype!r} is not one of "
+                               + ", ".join(DTYPES))
+    if (not isinstance(shape, list) or len(shape) > 32
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)):
+        raise ClientError(400, f"input {name!r}: shape must be a list of non-negative integers")
+    count = 1
+    for dim in shape:
+        count *= dim
+    params = _mapping(tensor.get("parameters"), f"inputs[{i}].parameters")
+    size = params.get("binary_data_size")
+    if size is not None:
+        return name, datatype, _from_binary(name, datatype, shape, count, size, binary, offset), size
+    if "data" not in tensor:
+        raise ClientError(400, f"input {name!r} has neither 'data' nor a binary_data_size parameter")
+    return name, datatype, _from_json(name, datatype, shape, count, tensor["data"]), 0
+
+
+def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        found = np.asarray(data)
+    except ValueError:
+        raise ClientError(400, f"input {name!r}: data is a ragged list; expected {count} values "
+                               f"for shape {shape}") from None
+    if found.size != count:
+        raise ClientError(400, f"input {name!r}: shape {shape} needs {count} values, data has "
+                               f"{found.size}")
+    if found.size and found.dtype.kind not in _KINDS[datatype]:
+        raise ClientError(400, f"input {name!r}: data holds {_kind_name(found.dtype)}, which is not "
+                               f"{datatype}")
+    if datatype == "BYTES":
+        return np.asarray([v.encode() if isinstance(v, str) else v for v in found.reshape(-1)],
+                          dtype=object).reshape(shape)
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            converted = found.astype(DTYPES[datatype]).reshape(shape)
+        if found.dtype.kind in "iu" and datatype[0] in "IU" and not np.array_equal(converted, found.reshape(shape)):
+            raise OverflowError  # an integer that does not fit the narrower type
+        return converted
+    except (TypeError, ValueError, OverflowError, FloatingPointError):
+        raise ClientError(400, f"input {name!r}: the values do not fit {datatype}") from None
+
+
+def _kind_name(dtype: np.dtype[Any]) -> str:
+    return {"U": "strings", "S": "bytes", "O": "mixed values", "b": "booleans", "f": "floats"}.get(
+        dtype.kind, "integers")
+
+
+def _from_binary(name: str, datatype: str, shape: list[int], count: int, size: Any,
+                 binary: bytes, offset: int) -> np.ndarray:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ClientError(400, f"input {name!r}: binary_data_size must be a non-negative integer")
+    chunk = binary[offset: offset + size]
+    if len(chunk) != size:
+        raise ClientError(400, f"input {name!r}: truncated binary data: {size} bytes announced, "
+                               f"{len(chunk)} sent")
+    if datatype == "BYTES":
+        return _unpack_bytes(name, chunk, shape, count)
+    dtype = DTYPES[datatype]
+    if size != count * dtype.itemsize:
+        raise ClientError(400, f"input {name!r}: shape {shape} of {datatype} needs "
+                               f"{count * dtype.itemsize} bytes, got {size}")
+    return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+
+
+def _unpack_bytes(name: str, chunk: bytes, shape: list[int], count: int) -> np.ndarray:
+    items, at = [], 0
+    while at < len(chunk):
+        if at + 4 > len(chunk):
+            raise ClientError(400, f"input {name!r}: truncated BYTES element length")
+        length = int.from_bytes(chunk[at: at + 4], "little")
+        at += 4
+        if at + length > len(chunk):
+            raise ClientError(400, f"input {name!r}: truncated BYTES element")
+        items.append(chunk[at: at + length])
+        at += length
+    if len(items) != count:
+        raise ClientError(400, f"input {name!r}: shape {shape} needs {count} elements, got {len(items)}")
+    return np.asarray(items, dtype=object).reshape(shape)
+
+
+def _requested(raw: Any, binary_default: bool) -> tuple[list[str] | None, set[str]]:
+    if raw is None:
+        return None, ({"*"} if binary_default else set())
+    if not isinstance(raw, list):
+        raise ClientError(400, "'outputs' must be a list of {name, parameters}")
+    names, binary = [], set()
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ClientError(400, f"outputs[{i}] must be an object with a name")
+        names.append(item["name"])
+        params = _mapping(item.get("parameters"), f"outputs[{i}].parameters")
+        if params.get("binary_data", binary_default):
+            binary.add(item["name"])
+    return names, binary
+
+
+def datatype_of(array: np.ndarray) -> str:
+    kind = array.dtype
+    if kind.kind in "OSU":
+        return "BYTES"
+    for name, dtype in DTYPES.items():
+        if dtype == kind:
+            return name
+    raise ValueError(f"no v2 datatype for {kind}")
+
+
+def encode(model: str, version: str, request: Request,
+           outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary data follows it."""
+    described, blobs = [], []
+    every = "*" in request.binary_outputs
+    for name, array in outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        if every or name in request.binary_outputs:
+            blob = _to_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _json_data(array)
+        described.append(entry)
+    head: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": described}
+    if request.id is not None:
+        head["id"] = request.id
+    header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)
+
+
+def _json_data(array: np.ndarray) -> Any:
+    flat = array.reshape(-1)
+    if array.dtype.kind in "OSU":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    return flat  # orjson writes numpy arrays natively (OPT_SERIALIZE_NUMPY)
+
+
+def _to_bytes(array: np.ndarray) -> bytes:
+    if array.dtype.kind in "OSU":
+        parts = []
+        for item in array.reshape(-1):
+            raw = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(len(raw).to_bytes(4, "little") + raw)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
