@@ -18,7 +18,7 @@ from .lock import read_lock
 from .plan import plan
 from .render import render
 from .resolve import Workspace, load
-from .schema import SCHEMA_FILE, json_schema_text
+from .schema import OPENAPI_FILE, SCHEMA_FILE, json_schema_text, openapi_text
 from .writer import apply
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -111,15 +111,17 @@ def validate(file: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--check", is_flag=True, help=f"Exit 1 when {SCHEMA_FILE} is stale.")
-def schema(check: bool) -> None:
+@click.option("--openapi", is_flag=True, help="The model server's OpenAPI document instead.")
+@click.option("--check", is_flag=True, help="Exit 1 when the committed copy in schemas/ is stale.")
+def schema(openapi: bool, check: bool) -> None:
     """Print the JSON Schema of mlops.yaml (for editors' YAML language server)."""
-    text = json_schema_text()
+    text, committed = (openapi_text(), OPENAPI_FILE) if openapi else (json_schema_text(), SCHEMA_FILE)
     if check:
-        current = Path(SCHEMA_FILE)
+        current = Path(committed)
         if not current.exists() or current.read_text() != text:
-            raise MlopsIacError(f"{SCHEMA_FILE} is stale; regenerate it with "
-                                f"`mlops-iac schema > {SCHEMA_FILE}`")
+            flag = " --openapi" if openapi else ""
+            raise MlopsIacError(f"{committed} is stale; regenerate it with "
+                                f"`mlops-iac schema{flag} > {committed}`")
         return
     click.echo(text, nl=False)
 

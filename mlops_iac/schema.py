@@ -19,3 +19,12 @@ def json_schema() -> dict[str, Any]:
 
 def json_schema_text() -> str:
     return canonical_json(json_schema())
+
+
+OPENAPI_FILE = "schemas/server.openapi.json"
+
+
+def openapi_text() -> str:
+    from .serving.openapi import document
+
+    return canonical_json(document())

@@ -8,5 +8,5 @@ python3 -m pip install --quiet --disable-pip-version-check torch==2.13.0
 python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,convert,boosters,pytorch]"
 echo "== ruff";   python3 -m ruff check .
 echo "== mypy";   python3 -m mypy
-echo "== schema"; python3 -m mlops_iac schema --check
+echo "== schema"; python3 -m mlops_iac schema --check && python3 -m mlops_iac schema --openapi --check
 echo "== pytest"; python3 -m pytest "$@"

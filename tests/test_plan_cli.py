@@ -149,6 +149,13 @@ def test_schema_is_fresh() -> None:
         f"{SCHEMA_FILE} is stale: run `mlops-iac schema > {SCHEMA_FILE}`")
 
 
+def test_openapi_document_is_fresh() -> None:
+    from mlops_iac.schema import OPENAPI_FILE, openapi_text
+
+    assert (ROOT / OPENAPI_FILE).read_text() == openapi_text(), (
+        f"{OPENAPI_FILE} is stale: run `mlops-iac schema --openapi > {OPENAPI_FILE}`")
+
+
 def test_schema_accepts_the_quickstart() -> None:
     jsonschema = pytest.importorskip("jsonschema")
     import yaml

@@ -104,7 +104,7 @@ def _tensor(tensor: Any, i: int, binary: bytes, offset: int) -> tuple[str, str, 
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if not isinstance(name, str) or not name:
         raise ClientError(400, f"inputs[{i}].name must be a non-empty string")
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:
         raise ClientError(400, f"input {name!r}: datatype {datatype!r} is not one of "
                                + ", ".join(DTYPES))
     if (not isinstance(shape, list) or len(shape) > 32
