@@ -40,7 +40,8 @@ def test_schemathesis_finds_no_server_error(case: Any, server: Running) -> None:
 
 
 VALID = {"id": "x", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+                    st.floats(allow_nan=False, allow_infinity=False),
                     st.text(max_size=8), st.sampled_from(["FP32", "INT64", "BYTES", "input", "label", -1, 0]))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=5),
                                                        st.dictionaries(st.text(max_size=8), inner, max_size=4)),

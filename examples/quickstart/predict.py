@@ -1,0 +1,51 @@
+"""Ask the served model for a prediction over the v2 protocol, as any client would.
+
+Waits for the server to be ready, sends three iris flowers, prints what comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+URL = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"
+FLOWERS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.9, 3.1, 5.4, 2.1]]
+SPECIES = ["setosa", "versicolor", "virginica"]
+
+
+def wait_ready(timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{URL}/v2/health/ready", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            sys.exit(f"the server at {URL} did not become ready")
+        time.sleep(0.2)
+
+
+def main() -> None:
+    wait_ready()
+    body = {"id": "quickstart", "inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [len(FLOWERS), 4], "data": [v for f in FLOWERS for v in f]}]}
+    request = urllib.request.Request(f"{URL}/v2/models/iris/infer", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.load(response)
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    labels = outputs["label"]["data"]
+    for flower, label in zip(FLOWERS, labels, strict=True):
+        print(f"  {flower} -> {SPECIES[label]}")
+    if labels != [0, 1, 2]:
+        sys.exit(f"unexpected predictions: {labels}")
+    print(f"iris@{answer['model_version']} answered over the v2 protocol")
+
+
+if __name__ == "__main__":
+    main()
