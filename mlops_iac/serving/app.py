@@ -277,7 +277,6 @@ class Server:
             before = time.perf_counter()
             outputs = runtime.run(feeds, names)
             inference = time.perf_counter() - before
-            entry.batch.observe(rows)
         if runtime.postprocess is not None:
             outputs = _call_handler(runtime.postprocess, outputs)
             if request.outputs is not None:

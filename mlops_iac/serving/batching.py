@@ -1,9 +1,13 @@
-"""Dynamic batching: requests that arrive within `max_delay` are merged into one run.
+"""Dynamic batching: requests that arrive close together are merged into one run.
 
 Up to `max_batch_size` rows are concatenated along the batch dimension, run once in a
 worker thread (onnxruntime releases the GIL, so the event loop keeps taking requests), and
-the outputs are split back by rows. One batch runs at a time per model version, so the next
-one fills up while the current one computes.
+the outputs are split back by rows. One batch runs at a time per model version; requests
+that arrive while it runs wait for it and form the next batch.
+
+When no batch is running, a request waits up to `max_delay` for company. With a delay of 0
+it goes at once ("continuous batching"): no added latency at low load, and batches form by
+themselves under load, which is why the profiler recommends 0 for small models.
 """
 
 from __future__ import annotations
@@ -46,9 +50,9 @@ class Batcher:
         item = _Item(feeds, rows, loop.create_future(), time.perf_counter())
         self.pending.append(item)
         self.pending_rows += rows
-        if self.pending_rows >= self.max_rows:
+        if self.pending_rows >= self.max_rows or (not self.busy and self.max_delay <= 0):
             self._flush()
-        elif self.timer is None:
+        elif self.timer is None and not self.busy:  # while busy, the batch's end flushes
             self.timer = loop.call_later(self.max_delay, self._flush)
         return await item.future
 
@@ -95,7 +99,7 @@ class Batcher:
                     outputs = {n: v[at: at + item.rows] for n, v in done.result().items()}
                     item.future.set_result((outputs, started - item.queued, rows))
             at += item.rows
-        if self.pending and (self.pending_rows >= self.max_rows or self.timer is None):
+        if self.pending:  # they waited for this batch: at least as long as a delay is meant for
             self._flush()
 
     def close(self) -> None:

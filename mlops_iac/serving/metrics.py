@@ -1,12 +1,67 @@
-"""Prometheus metrics of the server, in a registry of its own (no global state)."""
+"""Prometheus metrics of the server, in a registry of its own (no global state).
+
+prometheus-client formats and serves everything. Histograms on the request path are kept
+by `FastHistogram` instead of prometheus-client's `Histogram`: its `observe` takes a lock
+and walks the buckets, about 5 us a call on our machines, twice per request, which is a
+tenth of the whole request. Ours is a bisect and two additions, without a lock: every
+observation happens on the event loop's one thread (batches report back to it too).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import bisect
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class FastHistogram:
+    """One labelled child: counts per bucket (the last is +Inf) and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = list(bounds)
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class HistogramFamily(Collector):
+    def __init__(self, name: str, documentation: str, labels: Sequence[str], bounds: Sequence[float]) -> None:
+        self.name, self.documentation = name, documentation
+        self.label_names = list(labels)
+        self.bounds = tuple(bounds)
+        self.children: dict[tuple[str, ...], FastHistogram] = {}
+
+    def labels(self, *values: str) -> FastHistogram:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = FastHistogram(self.bounds)
+        return child
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+        for values, child in sorted(self.children.items()):
+            running, buckets = 0, []
+            for bound, count in zip((*self.bounds, float("inf")), child.counts, strict=True):
+                running += count
+                buckets.append((_bound(bound), running))
+            family.add_metric(list(values), buckets, child.sum)
+        yield family
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(float(value))
 
 
 class Metrics:
@@ -15,20 +70,25 @@ class Metrics:
         labels = ["model", "version"]
         self.requests = Counter("mlops_requests", "Inference requests by model, version and status.",
                                 [*labels, "status"], registry=self.registry)
-        self.latency = Histogram("mlops_request_seconds", "Time from request to response.",
-                                 labels, buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.queue = Histogram("mlops_queue_seconds", "Time a request waited for its batch.",
-                               labels, buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.inference = Histogram("mlops_inference_seconds", "Time in onnxruntime.",
-                                   labels, buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch = Histogram("mlops_batch_size", "Rows in the batch that ran a request.",
-                               labels, buckets=BATCH_BUCKETS, registry=self.registry)
+        self.latency = self._histogram("mlops_request_seconds", "Time from request to response.",
+                                       labels, LATENCY_BUCKETS)
+        self.queue = self._histogram("mlops_queue_seconds", "Time a request waited for its batch.",
+                                     labels, LATENCY_BUCKETS)
+        self.inference = self._histogram("mlops_inference_seconds", "Time in onnxruntime.",
+                                         labels, LATENCY_BUCKETS)
+        self.batch = self._histogram("mlops_batch_size", "Rows in each merged batch (dynamic batching only).",
+                                     labels, BATCH_BUCKETS)
         self.dropped = Counter("mlops_collection_dropped", "Data-collection records dropped.",
                                registry=self.registry)
-        self.ready = Gauge("mlops_ready", "1 when every model is loaded and warm.",
-                           registry=self.registry)
+        self.ready = Gauge("mlops_ready", "1 when every model is loaded and warm.", registry=self.registry)
         self.traffic = Counter("mlops_traffic_routed", "Unversioned requests routed to each version.",
                                labels, registry=self.registry)
+
+    def _histogram(self, name: str, documentation: str, labels: Sequence[str],
+                   bounds: Sequence[float]) -> HistogramFamily:
+        family = HistogramFamily(name, documentation, labels, bounds)
+        self.registry.register(family)
+        return family
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -203,14 +203,16 @@ def _requested(raw: Any, binary_default: bool) -> tuple[list[str] | None, set[st
     return names, binary
 
 
+_BY_DTYPE = {dtype: name for name, dtype in DTYPES.items() if name != "BYTES"}
+
+
 def datatype_of(array: np.ndarray) -> str:
-    kind = array.dtype
-    if kind.kind in "OSU":
+    found = _BY_DTYPE.get(array.dtype)  # a dict lookup: this runs for every output of every request
+    if found is not None:
+        return found
+    if array.dtype.kind in "OSU":
         return "BYTES"
-    for name, dtype in DTYPES.items():
-        if dtype == kind:
-            return name
-    raise ValueError(f"no v2 datatype for {kind}")
+    raise ValueError(f"no v2 datatype for {array.dtype}")
 
 
 def encode(model: str, version: str, request: Request,

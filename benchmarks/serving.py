@@ -1,0 +1,346 @@
+"""Serving speed, everything in one run on the same cores, one server at a time.
+
+    python benchmarks/serving.py [--duration 5] [--no-peers] [--model rf|iris]
+
+Measures, on the same ONNX model (default: the RandomForest of shared/PERFORMANCE.md,
+100 trees of depth 10 on 20 synthetic features):
+  - bare in-process `session.run` at batch 1 and batch 32 (the floor);
+  - a minimal reference v2 server (a few lines of Starlette on uvicorn with uvloop,
+    httptools and orjson);
+  - the mlops-iac server, without and with dynamic batching;
+  - MLServer and BentoML serving the same model with their recommended setup (a custom
+    onnxruntime runtime for MLServer; a `@bentoml.service` for BentoML), each in its own
+    virtual environment under $MLOPS_IAC_PEERS (default /tmp/mlops-iac-peers), made on the
+    first run from PyPI;
+driven by wrk (one thread, keep-alive) at concurrency 1, 8 and 32. Prints requests per
+second, p50 and p99, and the ratios the goals are stated in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PEERS = Path(os.environ.get("MLOPS_IAC_PEERS", "/tmp/mlops-iac-peers"))
+CONCURRENCY = (1, 8, 32)
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    rps: float
+    p50_us: float
+    p99_us: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_model(kind: str, folder: Path) -> tuple[Path, np.ndarray]:
+    import joblib
+    from sklearn.datasets import load_iris, make_classification
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from mlops_iac.convert import Options, convert_artifact
+
+    if kind == "rf":
+        x, y = make_classification(5000, 20, random_state=0)
+        model = RandomForestClassifier(100, max_depth=10, random_state=0, n_jobs=1).fit(x, y)
+    elif kind == "mlp":  # about 0.1-0.2 ms per call at batch 1: where batching should pay
+        from sklearn.neural_network import MLPClassifier
+
+        x, y = make_classification(2000, 256, random_state=0)
+        model = MLPClassifier((1024, 1024), max_iter=3, random_state=0).fit(x, y)
+    else:
+        x, y = load_iris(return_X_y=True)
+        model = LogisticRegression(max_iter=500).fit(x, y)
+    x = x.astype(np.float32)
+    joblib.dump(model, folder / "model.joblib")
+    report = convert_artifact("sklearn", folder / "model.joblib", x[:64], Options(measure_speed=False))
+    path = folder / "model.onnx"
+    path.write_bytes(report.model)
+    return path, x
+
+
+def in_process(path: Path, x: np.ndarray) -> dict[str, float]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    out = {}
+    for batch in (1, 32):
+        feed = {"input": np.ascontiguousarray(x[:batch])}
+        for _ in range(200):
+            sess.run(None, feed)
+        samples = []
+        for _ in range(2000):
+            start = time.perf_counter_ns()
+            sess.run(None, feed)
+            samples.append(time.perf_counter_ns() - start)
+        out[f"batch{batch}_us"] = statistics.median(samples) / 1000
+    return out
+
+
+MINIMAL = """
+import numpy as np, onnxruntime as ort, orjson
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+options = ort.SessionOptions(); options.intra_op_num_threads = 1
+sess = ort.InferenceSession({path!r}, options, providers=["CPUExecutionProvider"])
+names = [o.name for o in sess.get_outputs()]
+async def infer(request):
+    doc = orjson.loads(await request.body())
+    t = doc["inputs"][0]
+    x = np.asarray(t["data"], dtype=np.float32).reshape(t["shape"])
+    outs = sess.run(None, {{"input": x}})
+    body = {{"model_name": "m", "outputs": [{{"name": n, "datatype": "FP32", "shape": list(o.shape),
+             "data": o.ravel()}} for n, o in zip(names, outs)]}}
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+async def ready(request):
+    return Response(b"{{}}", media_type="application/json")
+app = Starlette(routes=[Route("/v2/models/m/infer", infer, methods=["POST"]),
+                        Route("/v2/health/ready", ready)])
+"""
+
+MLSERVER_RUNTIME = """
+import numpy as np, onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+class OnnxRuntime(MLModel):
+    async def load(self) -> bool:
+        options = ort.SessionOptions(); options.intra_op_num_threads = 1
+        self.sess = ort.InferenceSession(self.settings.parameters.uri, options,
+                                         providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.sess.get_outputs()]
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32)
+        outs = self.sess.run(None, {"input": x})
+        return InferenceResponse(model_name=self.name, outputs=[
+            NumpyCodec.encode_output(n, np.asarray(o, dtype=np.float32)) for n, o in zip(self.names, outs)])
+"""
+
+BENTO_SERVICE = """
+import numpy as np, onnxruntime as ort, bentoml
+
+@bentoml.service(workers=1)
+class Model:
+    def __init__(self) -> None:
+        options = ort.SessionOptions(); options.intra_op_num_threads = 1
+        self.sess = ort.InferenceSession({path!r}, options, providers=["CPUExecutionProvider"])
+
+    @bentoml.api
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.sess.run(None, {{"input": x.astype(np.float32)}})[1]
+"""
+
+
+def peer_python(name: str, packages: list[str]) -> Path | None:
+    """The Python of a virtual environment holding a peer (made once; None if it cannot be)."""
+    venv = PEERS / name
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if not marker.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            print(f"({name}: install failed, left out: {done.stderr.strip()[-300:]})")
+            return None
+        marker.write_text("ok")
+    return python
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def wrk(url: str, body: bytes, concurrency: int, duration: int, folder: Path) -> tuple[float, float, float]:
+    script = folder / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(body.decode())}\n")
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"{url} answered errors under load:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rps, _percentile(out, "50%"), _percentile(out, "99%")
+
+
+def _percentile(text: str, which: str) -> float:
+    value, unit = re.search(rf"{which}\s+([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    body: bytes
+    process: subprocess.Popen[bytes]
+
+
+def start(name: str, command: list[str], ready: str, url: str, body: bytes, folder: Path,
+          cwd: Path | None = None, env: dict[str, str] | None = None) -> Target:
+    with open(folder / f"{name.split()[0]}-{len(name)}.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                                   env={**os.environ, **(env or {})}, start_new_session=True)
+    wait_ready(ready, process)
+    check = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(check, timeout=10) as response:
+        assert response.status == 200
+    return Target(name, url, body, process)
+
+
+def stop(target: Target) -> None:
+    os.killpg(target.process.pid, signal.SIGTERM)
+    try:
+        target.process.wait(15)
+    except subprocess.TimeoutExpired:  # MLServer's worker pool can hang on shutdown
+        os.killpg(target.process.pid, signal.SIGKILL)
+        target.process.wait(15)
+
+
+def measure(targets: list[Target], rounds: int, duration: int, folder: Path) -> list[Result]:
+    """Interleaved rounds (A B C, A B C, ...): the machine's noise hits every server alike."""
+    samples: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    for target in targets:
+        wrk(target.url, target.body, 8, 1, folder)  # warm-up
+    for _ in range(rounds):
+        for c in CONCURRENCY:
+            for target in targets:
+                samples.setdefault((target.name, c), []).append(wrk(target.url, target.body, c, duration, folder))
+    return [Result(name, c, statistics.median(s[0] for s in runs), statistics.median(s[1] for s in runs),
+                   statistics.median(s[2] for s in runs)) for (name, c), runs in samples.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--model", choices=["rf", "mlp", "iris"], default="rf")
+    parser.add_argument("--no-peers", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    folder = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
+    path, x = build_model(args.model, folder)
+    bare = in_process(path, x)
+    row = x[:1]
+    v2 = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, row.shape[1]],
+                                 "data": row.ravel().tolist()}]}).encode()
+    targets: list[Target] = []
+    try:
+        (folder / "minimal.py").write_text(MINIMAL.format(path=str(path)))
+        port = free_port()
+        targets.append(start("minimal reference", [
+            sys.executable, "-m", "uvicorn", "minimal:app", "--port", str(port), "--loop", "uvloop", "--http",
+            "httptools", "--log-level", "warning", "--no-access-log"],
+            f"http://127.0.0.1:{port}/v2/health/ready", f"http://127.0.0.1:{port}/v2/models/m/infer", v2, folder,
+            cwd=folder))
+        for name, batching in (("mlops-iac", {}), ("mlops-iac batching", {"max_batch_size": 32, "max_delay_ms": 0})):
+            settings = folder / f"server-{len(targets)}.json"
+            settings.write_text(json.dumps({"models": [{"name": "m", "version": 1, "path": "model.onnx",
+                                                        **batching}]}))
+            port = free_port()
+            targets.append(start(name, [sys.executable, "-m", "mlops_iac.serving", "--config", str(settings),
+                                        "--host", "127.0.0.1", "--port", str(port)],
+                                 f"http://127.0.0.1:{port}/v2/health/ready",
+                                 f"http://127.0.0.1:{port}/v2/models/m/infer", v2, folder))
+        if not args.no_peers:
+            targets += peers(path, v2, row, folder)
+        results = measure(targets, args.rounds, args.duration, folder)
+    finally:
+        for target in targets:
+            stop(target)
+    report(results, bare)
+
+
+def peers(path: Path, v2: bytes, row: np.ndarray, folder: Path) -> list[Target]:
+    targets: list[Target] = []
+    # MLServer 1.7 workers call asyncio.get_event_loop(), which uvloop 0.22 and later refuse.
+    python = peer_python("mlserver", ["mlserver", "onnxruntime", "numpy", "uvloop<0.22"])
+    if python is not None:
+        models = folder / "mlserver"
+        (models / "m").mkdir(parents=True)
+        (models / "m" / "runtime.py").write_text(MLSERVER_RUNTIME)
+        (models / "m" / "model-settings.json").write_text(json.dumps(
+            {"name": "m", "implementation": "runtime.OnnxRuntime", "parameters": {"uri": str(path)}}))
+        http, grpc, metrics = free_port(), free_port(), free_port()
+        (models / "settings.json").write_text(json.dumps(
+            {"http_port": http, "grpc_port": grpc, "metrics_port": metrics, "debug": False}))
+        targets.append(start("MLServer", [str(python.parent / "mlserver"), "start", str(models)],
+                             f"http://127.0.0.1:{http}/v2/health/ready", f"http://127.0.0.1:{http}/v2/models/m/infer",
+                             v2, folder, cwd=models / "m"))
+    python = peer_python("bentoml", ["bentoml", "onnxruntime", "numpy"])
+    if python is not None:
+        service = folder / "bento"
+        service.mkdir()
+        (service / "service.py").write_text(BENTO_SERVICE.format(path=str(path)))
+        port = free_port()
+        body = json.dumps({"x": row.tolist()}).encode()
+        targets.append(start("BentoML", [str(python.parent / "bentoml"), "serve", "service:Model", "--port", str(port)],
+                             f"http://127.0.0.1:{port}/readyz", f"http://127.0.0.1:{port}/predict",
+                             body, folder, cwd=service, env={"BENTOML_DO_NOT_TRACK": "true"}))
+    return targets
+
+
+def report(results: list[Result], bare: dict[str, float]) -> None:
+    print(f"in-process session.run, 1 thread: batch 1 {bare['batch1_us']:.1f} us "
+          f"({1e6 / bare['batch1_us']:,.0f} calls/s); batch 32 {bare['batch32_us']:.1f} us")
+    print(f"{'server':22} {'conc':>4} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}   (medians of interleaved rounds)")
+    for r in sorted(results, key=lambda r: (r.name, r.concurrency)):
+        print(f"{r.name:22} {r.concurrency:>4} {r.rps:>9,.0f} {r.p50_us:>9.0f} {r.p99_us:>9.0f}")
+    by = {(r.name, r.concurrency): r for r in results}
+    print("ratios (mlops-iac requests per second over ...):")
+    for c in CONCURRENCY:
+        ours = by[("mlops-iac", c)]
+        parts = [f"minimal {ours.rps / by[('minimal reference', c)].rps:.2f}x"]
+        parts += [f"{peer} {ours.rps / by[(peer, c)].rps:.2f}x" for peer in ("MLServer", "BentoML")
+                  if (peer, c) in by]
+        print(f"  concurrency {c:>2}: " + ", ".join(parts))
+    ours1 = by[("mlops-iac", 1)]
+    print(f"added median latency at concurrency 1 over bare session.run: "
+          f"{ours1.p50_us - bare['batch1_us']:.0f} us (minimal reference: "
+          f"{by[('minimal reference', 1)].p50_us - bare['batch1_us']:.0f} us)")
+
+
+if __name__ == "__main__":
+    main()
