@@ -29,7 +29,7 @@ _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PathKey = tuple[str | int, ...]
 # A document larger than this many nodes (aliases expanded) is refused: no real mlops.yaml
 # comes near it, and a hostile one could otherwise expand exponentially.
-MAX_NODES = 2_000_000
+MAX_NODES = 500_000
 
 
 @dataclass(frozen=True)
