@@ -194,12 +194,14 @@ def run() -> None:
 
 def _add_commands() -> None:
     from .cli_convert import convert
+    from .cli_profile import profile
     from .cli_registry import lock_sync, models, register
     from .cli_serve import serve
 
     main.add_command(register)
     main.add_command(convert)
     main.add_command(serve)
+    main.add_command(profile)
     main.add_command(models)
     lock.add_command(lock_sync)
 

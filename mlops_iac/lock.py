@@ -60,12 +60,16 @@ class ValidationFacts(LockModel):
 
 class Recommendation(LockModel):
     cpu_millis: int = Field(gt=0)
+    cpu_limit_millis: int | None = Field(None, gt=0)
     memory_bytes: int = Field(gt=0)
+    memory_limit_bytes: int | None = Field(None, gt=0)
     threads: int = Field(1, ge=1)
     max_batch_size: int = Field(1, ge=1)
     max_delay_ms: float = Field(0.0, ge=0)
     replicas_min: int = Field(1, ge=0)
     replicas_max: int = Field(1, ge=1)
+    capacity_rps: float | None = Field(None, ge=0)
+    slo_met: bool = True
     note: str = ""
 
 

@@ -69,7 +69,9 @@ class ResolvedModel(Resolved):
 
 class ResolvedHardware(Resolved):
     cpu_millis: int
+    cpu_limit_millis: int
     memory_bytes: int
+    memory_limit_bytes: int
     gpu: int
     replicas_min: int
     replicas_max: int
@@ -234,8 +236,15 @@ def _hardware(dep: Deployment, rec: Recommendation | None) -> ResolvedHardware:
     memory, memory_from = _pick(hw.memory, rec.memory_bytes if rec else None, DEFAULT_MEMORY)
     low, low_from = _pick(hw.replicas.min, rec.replicas_min if rec else None, 1)
     high, high_from = _pick(hw.replicas.max, rec.replicas_max if rec else None, max(1, int(low)))
+    cpu_millis, memory_bytes = round(float(cpu) * 1000), int(memory)
+    profiled = rec is not None and cpu_from == "profile"
     return ResolvedHardware(
-        cpu_millis=round(float(cpu) * 1000), memory_bytes=int(memory), gpu=hw.gpu,
+        cpu_millis=cpu_millis, memory_bytes=memory_bytes, gpu=hw.gpu,
+        # Limits: the profile's when it sized the request; else twice the CPU (bursts are not
+        # throttled on every spike) and exactly the memory (no overcommit, no surprise OOM).
+        cpu_limit_millis=(rec.cpu_limit_millis or 2 * cpu_millis) if profiled and rec else 2 * cpu_millis,
+        memory_limit_bytes=(rec.memory_limit_bytes or memory_bytes) if rec and memory_from == "profile"
+        else memory_bytes,
         replicas_min=int(low), replicas_max=max(int(high), int(low)),
         threads=rec.threads if rec else 1,
         max_batch_size=rec.max_batch_size if rec else 1,
