@@ -95,6 +95,14 @@ def test_report_fits_one_pull_request_comment() -> None:
     assert "| cpu | memory |" in text
 
 
+def test_gpu_is_used_only_where_onnxruntime_has_cuda() -> None:
+    from mlops_iac.profile import choose_provider
+
+    assert choose_provider(True, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == "CUDAExecutionProvider"
+    assert choose_provider(True, ["CPUExecutionProvider"]) == "CPUExecutionProvider"
+    assert choose_provider(False, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == "CPUExecutionProvider"
+
+
 def test_quick_and_budget_shrink_the_plan() -> None:
     full = plan((1, 8, 32), (1, 8, 32), quick=False, budget_s=None)
     quick = plan((1, 8, 32), (1, 8, 32), quick=True, budget_s=None)

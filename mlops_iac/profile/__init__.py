@@ -43,13 +43,17 @@ def plan(batch_sizes: tuple[int, ...], concurrency: tuple[int, ...], *, quick: b
     return Plan(batch_sizes, concurrency, threads, cell, level, quick)
 
 
+def choose_provider(gpu: bool, available: list[str]) -> str:
+    """CUDA when asked for and present; otherwise the CPU, and the report says which ran."""
+    return "CUDAExecutionProvider" if gpu and "CUDAExecutionProvider" in available else "CPUExecutionProvider"
+
+
 def run(model: Path, sample: np.ndarray, measure: Plan, workdir: Path, *, gpu: bool = False,
         progress: Any = None) -> dict[str, Any]:
     """Every figure of the profile (the in-process grid, memory, the HTTP load test)."""
     import onnxruntime as ort
 
-    provider = "CUDAExecutionProvider" if gpu and "CUDAExecutionProvider" in ort.get_available_providers() \
-        else "CPUExecutionProvider"
+    provider = choose_provider(gpu, ort.get_available_providers())
     figures: dict[str, Any] = {"machine": harness.machine(provider), "quick": measure.quick}
     figures["inProcess"] = harness.grid(model, sample, measure.batch_sizes, measure.threads,
                                         measure.seconds_per_cell, provider, progress)
@@ -59,4 +63,4 @@ def run(model: Path, sample: np.ndarray, measure: Plan, workdir: Path, *, gpu: b
     return figures
 
 
-__all__ = ["Plan", "Recommendation", "plan", "recommend", "run"]
+__all__ = ["Plan", "Recommendation", "choose_provider", "plan", "recommend", "run"]
