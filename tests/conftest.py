@@ -24,6 +24,31 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the quickstart with its model trained, as the working directory."""
+    import runpy
+
+    for name in ("mlops.yaml", "train.py"):
+        shutil.copyfile(QUICKSTART / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(tmp_path / "train.py"), run_name="__main__")
+    return tmp_path
+
+
+@pytest.fixture
+def converted(quickstart: Path) -> Path:
+    """The quickstart with iris@1 registered and converted to ONNX."""
+    from click.testing import CliRunner
+
+    from mlops_iac.cli import main
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["register", "iris", "--file", "model.joblib"]).exit_code == 0
+    assert runner.invoke(main, ["convert", "iris@1", "--no-speed"]).exit_code == 0
+    return quickstart
+
+
 def copy_into(src: Path, folder: Path) -> Path:
     dst = folder / "mlops.yaml"
     shutil.copyfile(src, dst)

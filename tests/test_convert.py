@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,6 @@ from mlops_iac.convert.data import DataError, read_features, read_labelled
 from mlops_iac.convert.frameworks import ConversionError, check_external_data
 from mlops_iac.convert.onnx_tools import breaking_changes
 from mlops_iac.lock import read_lock
-
-from .conftest import QUICKSTART
 
 
 @pytest.fixture(scope="module")
@@ -239,17 +236,6 @@ def test_data_readers(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("1,2")
     with pytest.raises(DataError, match="unsupported"):
         read_features(tmp_path / "x.txt")
-
-
-@pytest.fixture
-def quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("mlops.yaml", "train.py"):
-        shutil.copyfile(QUICKSTART / name, tmp_path / name)
-    import runpy
-
-    monkeypatch.chdir(tmp_path)
-    runpy.run_path(str(tmp_path / "train.py"), run_name="__main__")
-    return tmp_path
 
 
 def test_cli_converts_records_and_gates(quickstart: Path) -> None:

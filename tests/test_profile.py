@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 from click.testing import CliRunner
 
 from mlops_iac.cli import main
@@ -16,8 +14,6 @@ from mlops_iac.lock import read_lock
 from mlops_iac.profile import plan
 from mlops_iac.profile.recommend import choose_threads, recommend
 from mlops_iac.profile.report import LIMIT, markdown
-
-from .conftest import QUICKSTART
 
 RECORDED: dict[str, Any] = {
     "machine": {"cpu": "AMD EPYC", "cores": 2, "memoryBytes": 24 * 2**30, "onnxruntime": "1.32.0",
@@ -109,20 +105,6 @@ def test_quick_and_budget_shrink_the_plan() -> None:
     assert quick.batch_sizes == (1, 32) and quick.seconds_per_level < full.seconds_per_level
     tight = plan((1, 8, 32), (1, 8, 32), quick=False, budget_s=30)
     assert tight.seconds_per_cell < full.seconds_per_cell
-
-
-@pytest.fixture
-def converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("mlops.yaml", "train.py"):
-        shutil.copyfile(QUICKSTART / name, tmp_path / name)
-    import runpy
-
-    monkeypatch.chdir(tmp_path)
-    runpy.run_path(str(tmp_path / "train.py"), run_name="__main__")
-    runner = CliRunner()
-    assert runner.invoke(main, ["register", "iris", "--file", "model.joblib"]).exit_code == 0
-    assert runner.invoke(main, ["convert", "iris@1", "--no-speed"]).exit_code == 0
-    return tmp_path
 
 
 def test_quick_profile_writes_report_plots_and_lock(converted: Path) -> None:

@@ -1,30 +1,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from mlops_iac.cli import main
 from mlops_iac.serving.config import ServerConfig
-
-from .conftest import QUICKSTART
-
-
-@pytest.fixture
-def converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("mlops.yaml", "train.py"):
-        shutil.copyfile(QUICKSTART / name, tmp_path / name)
-    import runpy
-
-    monkeypatch.chdir(tmp_path)
-    runpy.run_path(str(tmp_path / "train.py"), run_name="__main__")
-    runner = CliRunner()
-    assert runner.invoke(main, ["register", "iris", "--file", "model.joblib"]).exit_code == 0
-    assert runner.invoke(main, ["convert", "iris@1", "--no-speed"]).exit_code == 0
-    return tmp_path
 
 
 def test_serve_settings_come_from_the_lock(converted: Path) -> None:
