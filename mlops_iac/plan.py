@@ -24,8 +24,12 @@ PLAN_VERSION = 1
 class FileArtifact(BaseModel):
     model_config = ConfigDict(frozen=True)
     path: str  # relative, POSIX separators
-    content: str
+    content: str | bytes  # text (diffed in a dry run) or binary (an ONNX model, a wheel)
     mode: int = 0o644
+
+    @property
+    def data(self) -> bytes:
+        return self.content if isinstance(self.content, bytes) else self.content.encode("utf-8")
 
 
 class StackPlan(BaseModel):

@@ -74,18 +74,25 @@ def plan_changes(files: Sequence[FileArtifact], out: Path) -> list[Change]:
     changes = []
     for rel in sorted(wanted.keys() | _read_manifest(out)):
         target = _inside(out, PurePosixPath(rel))
-        old = target.read_text(encoding="utf-8") if target.is_file() else None
-        new = wanted[rel].content if rel in wanted else None
+        old = target.read_bytes() if target.is_file() else None
+        new = wanted[rel].data if rel in wanted else None
         kind: ChangeKind = ("same" if old == new else "add" if old is None
                             else "delete" if new is None else "modify")
         if old is None and new is None:
             continue
-        diff = "" if kind == "same" else "".join(difflib.unified_diff(
-            (old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),
-            fromfile=f"a/{rel}" if old is not None else "/dev/null",
-            tofile=f"b/{rel}" if new is not None else "/dev/null"))
-        changes.append(Change(rel, kind, diff))
+        changes.append(Change(rel, kind, "" if kind == "same" else _diff(rel, old, new)))
     return changes
+
+
+def _diff(rel: str, old: bytes | None, new: bytes | None) -> str:
+    try:
+        before, after = (old or b"").decode("utf-8"), (new or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return f"Binary files a/{rel} and b/{rel} differ\n"
+    return "".join(difflib.unified_diff(
+        before.splitlines(keepends=True), after.splitlines(keepends=True),
+        fromfile=f"a/{rel}" if old is not None else "/dev/null",
+        tofile=f"b/{rel}" if new is not None else "/dev/null"))
 
 
 def apply(files: Sequence[FileArtifact], out: Path, *, dry_run: bool = False) -> list[Change]:
@@ -154,7 +161,7 @@ def _write_new(target: Path, artifact: FileArtifact) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)  # never write through a hard link into the old folder
     with open(target, "wb") as handle:
-        handle.write(artifact.content.encode("utf-8"))
+        handle.write(artifact.data)
         handle.flush()
         os.fsync(handle.fileno())
     os.chmod(target, artifact.mode)

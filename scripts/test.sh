@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 # torch==2.13.0 is the CPU build that lies on our machines' disk; pip takes it from there.
 python3 -m pip install --quiet --disable-pip-version-check torch==2.13.0
 python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,convert,boosters,pytorch]"
+# checkov pins old versions of common packages: it gets a virtual environment of its own.
+if [ ! -x .venv-checkov/bin/checkov ]; then
+    python3 -m venv .venv-checkov
+    .venv-checkov/bin/pip install --quiet --disable-pip-version-check checkov
+fi
 echo "== ruff";   python3 -m ruff check .
 echo "== mypy";   python3 -m mypy
 echo "== schema"; python3 -m mlops_iac schema --check && python3 -m mlops_iac schema --openapi --check
