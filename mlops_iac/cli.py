@@ -15,7 +15,7 @@ from . import __version__
 from .errors import ConfigError, MlopsIacError, Problem
 from .fsutil import atomic_write
 from .lock import read_lock
-from .plan import plan
+from .plan import Plan, plan
 from .render import render
 from .resolve import Workspace, load
 from .schema import OPENAPI_FILE, SCHEMA_FILE, json_schema_text, openapi_text
@@ -168,11 +168,16 @@ def lock_show(file: Path, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: stacks/ beside mlops.yaml).")
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
-def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool) -> None:
-    """Plan every deployment and write the generated files (plan.json per target)."""
+@click.option("--contexts/--no-contexts", default=True, show_default=True,
+              help="Also write the build context of every deployed version (under build/).")
+def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool, contexts: bool) -> None:
+    """Plan every deployment and write the generated files (plan.json per target), and the
+    build context of every deployed version that has an ONNX conversion in mlops.lock."""
     ws = _workspace(file)
     result = plan(ws.resolved, targets)
     folder = out if out is not None else ws.root / "stacks"
+    if contexts and not dry_run:
+        _write_contexts(ws, result)
     changes = apply(result.files, folder, dry_run=dry_run)
     for change in changes:
         if change.kind != "same":
@@ -181,6 +186,33 @@ def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool)
                 click.echo(change.diff, nl=False)
     if all(c.kind == "same" for c in changes):
         click.echo(f"{folder}: up to date ({len(changes)} file(s))")
+
+
+def _write_contexts(ws: Workspace, result: Plan) -> None:
+    from .build import context_digest, context_files
+    from .cli_build import gather
+    from .cli_registry import project_registry
+    from .registry import parse_ref
+
+    registry, _ = project_registry(ws.file, against_lock=False)
+    done: set[tuple[str, int]] = set()
+    for stack in result.stacks:
+        for dep in stack.deployments:
+            for v in dep.versions:
+                assert v.number is not None
+                facts = ws.lock.version(dep.model, v.number)
+                if (dep.model, v.number) in done:
+                    continue
+                done.add((dep.model, v.number))
+                if facts is None or facts.onnx is None:
+                    click.echo(f"no build context for {dep.model}@{v.number}: run `mlops-iac convert "
+                               f"{dep.model}@{v.number}` first")
+                    continue
+                version = registry.resolve(parse_ref(f"{dep.model}@{v.number}"))
+                files = context_files(gather(registry, ws, version, None, False))
+                folder = ws.root / "build" / f"{dep.model}-{v.number}"
+                apply(files, folder)
+                click.echo(f"context {context_digest(files)} of {dep.model}@{v.number} in {folder}")
 
 
 def run() -> None:
