@@ -26,6 +26,8 @@ class FileArtifact(BaseModel):
     path: str  # relative, POSIX separators
     content: str | bytes  # text (diffed in a dry run) or binary (an ONNX model, a wheel)
     mode: int = 0o644
+    # Written only when missing and never removed: a file the user (or Pulumi) owns after.
+    create_only: bool = False
 
     @property
     def data(self) -> bytes:
@@ -68,10 +70,35 @@ def plan(resolved: ResolvedSpec, targets: tuple[str, ...] = ()) -> Plan:
                   deployments=tuple(d for d in resolved.deployments if d.target == name))
         for name in sorted(chosen)
     )
-    files = tuple(FileArtifact(path=f"{s.target.name}/plan.json",
-                               content=canonical_json(s.model_dump(mode="json")))
-                  for s in stacks)
-    return Plan(project=resolved.project, stacks=stacks, files=files)
+    files = [FileArtifact(path=f"{s.target.name}/plan.json", content=canonical_json(s.model_dump(mode="json")))
+             for s in stacks]
+    files += pulumi_project(resolved, stacks)
+    return Plan(project=resolved.project, stacks=stacks, files=tuple(sorted(files, key=lambda f: f.path)))
+
+
+def pulumi_project(resolved: ResolvedSpec, stacks: tuple[StackPlan, ...]) -> list[FileArtifact]:
+    """Pulumi.yaml, __main__.py and requirements.txt, and a stack file per Docker or Kubernetes
+    target (local targets run with `mlops-iac serve`, not Pulumi)."""
+    deployed = [s for s in stacks if s.target.spec.kind != "local"]
+    if not deployed:
+        return []
+    missing = [f"{d.name}: {d.model}@{v.number}" for s in deployed for d in s.deployments for v in d.versions
+               if v.image is None or v.onnx_digest is None]
+    if missing:
+        raise PlanError("these versions have no pushed image in mlops.lock (run `mlops-iac build MODEL@N "
+                        "--push REGISTRY`):\n  " + "\n  ".join(missing))
+    from . import __version__
+    from .render import render
+
+    files = [FileArtifact(path="Pulumi.yaml", content=render("pulumi/Pulumi.yaml.j2", project=resolved.project,
+                                                            description=resolved.description)),
+             FileArtifact(path="__main__.py", content=render("pulumi/__main__.py.j2", project=resolved.project)),
+             FileArtifact(path="requirements.txt", content=render("pulumi/requirements.txt.j2",
+                                                                  version=__version__))]
+    files += [FileArtifact(path=f"Pulumi.{s.target.name}.yaml", create_only=True,
+                           content=render("pulumi/Pulumi.stack.yaml.j2", target=s.target.name,
+                                          kind=s.target.spec.kind)) for s in deployed]
+    return files
 
 
 def _require_pinned(resolved: ResolvedSpec) -> None:

@@ -87,6 +87,8 @@ class ResolvedVersion(Resolved):
     digest: str | None
     weight: int
     hardware: ResolvedHardware
+    onnx_digest: str | None = None
+    image: str | None = None  # the pushed image, by digest
 
 
 class ResolvedMonitoring(Resolved):
@@ -215,7 +217,9 @@ def _deployment(spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment,
         warnings.extend(_below_profile(doc, ("deployments", i, "hardware"), hardware, recommended))
         versions.append(ResolvedVersion(ref=ref, number=number,
                                         digest=facts.digest if facts else None,
-                                        weight=weights.get(ref, 0), hardware=hardware))
+                                        weight=weights.get(ref, 0), hardware=hardware,
+                                        onnx_digest=facts.onnx.digest if facts and facts.onnx else None,
+                                        image=facts.image.reference if facts and facts.image else None))
     monitoring = _monitoring(spec, dep, model)
     return ResolvedDeployment(name=deployment_name(dep), model=dep.model, target=dep.target,
                               versions=tuple(versions), auth=dep.auth,

@@ -75,6 +75,9 @@ def plan_changes(files: Sequence[FileArtifact], out: Path) -> list[Change]:
     for rel in sorted(wanted.keys() | _read_manifest(out)):
         target = _inside(out, PurePosixPath(rel))
         old = target.read_bytes() if target.is_file() else None
+        if rel in wanted and wanted[rel].create_only and old is not None:
+            changes.append(Change(rel, "same"))  # the user's now: Pulumi keeps secrets in it
+            continue
         new = wanted[rel].data if rel in wanted else None
         kind: ChangeKind = ("same" if old == new else "add" if old is None
                             else "delete" if new is None else "modify")
@@ -130,7 +133,8 @@ def _swap_in(out: Path, wanted: dict[str, FileArtifact], changes: Iterable[Chang
                 _prune_empty(target.parent, staging)
             elif change.kind in ("add", "modify"):
                 _write_new(target, wanted[change.path])
-        manifest = {"files": sorted(wanted), "generated": "by mlops-iac; do not edit"}
+        manifest = {"files": sorted(p for p, f in wanted.items() if not f.create_only),
+                    "generated": "by mlops-iac; do not edit"}
         _write_new(staging / MANIFEST, FileArtifact(path=MANIFEST, content=json.dumps(
             manifest, indent=2, sort_keys=True) + "\n"))
         os.chmod(staging, 0o755)  # noqa: S103 - a source folder, as git would make it

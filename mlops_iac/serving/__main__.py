@@ -1,17 +1,24 @@
 """`python -m mlops_iac.serving --config server.json`: the entrypoint of every image.
 
 It reads the server settings written into the build context, loads ONNX only, and serves.
+A deployment's own settings (auth, data collection, traffic weights) come from the
+environment variable MLOPS_IAC_SERVER_SETTINGS (the JSON of a server.json) when it is set:
+a Kubernetes ConfigMap or a Docker container's environment, with no file to mount on a
+read-only root filesystem. Relative paths in it are relative to the --config file's folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from ..errors import MlopsIacError
-from .config import read_config
+from .config import ServerConfig, read_config
 from .run import serve
+
+SETTINGS_ENV = "MLOPS_IAC_SERVER_SETTINGS"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     try:
-        config = read_config(args.config)
+        inline = os.environ.get(SETTINGS_ENV)
+        config = ServerConfig.model_validate_json(inline) if inline else read_config(args.config)
         serve(config, args.config.resolve().parent, args.host, args.port)
     except (MlopsIacError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

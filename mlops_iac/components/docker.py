@@ -1,0 +1,57 @@
+"""Docker component (pulumi-docker): a single host or an edge device reached through
+DOCKER_HOST (ssh://user@edge-01). One container per model version, the image by digest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from ..manifests import PORT, UID, server_settings, version_name
+from ..plan import canonical_json
+from ..resolve import ResolvedDeployment, ResolvedVersion
+
+
+@dataclass
+class DockerModelServerArgs:
+    deployment: ResolvedDeployment
+    version: ResolvedVersion
+    port: int  # on the host
+    api_key: pulumi.Input[str] | None = None
+
+
+class DockerModelServer(pulumi.ComponentResource):
+    def __init__(self, name: str, args: DockerModelServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mlops:docker:ModelServer", name, None, opts)
+        dep, version = args.deployment, args.version
+        assert version.image is not None and version.onnx_digest is not None
+        child = pulumi.ResourceOptions(parent=self)
+        cname = version_name(dep.model, version)
+        self.image = docker.RemoteImage(f"{cname}-image", name=version.image, keep_locally=True, opts=child)
+        self.volume = docker.Volume(f"{cname}-data", name=f"{cname}-data", opts=child)
+        hw = version.hardware
+        envs: list[pulumi.Input[str]] = [
+            "MLOPS_IAC_SERVER_SETTINGS=" + canonical_json(server_settings(dep, version, version.onnx_digest)
+                                                          .model_dump(mode="json")).strip()]
+        if dep.auth == "key":
+            if args.api_key is None:
+                raise ValueError(f"deployment {dep.name} has auth: key; set the key with "
+                                 "`pulumi config set --secret mlops:apiKey <key>`")
+            envs.append(pulumi.Output.concat("MLOPS_IAC_API_KEY=", args.api_key))
+        self.container = docker.Container(
+            f"{cname}-container", opts=child, name=cname, image=self.image.image_id,
+            command=["--port", str(PORT)], restart="unless-stopped", must_run=True,
+            ports=[docker.ContainerPortArgs(internal=PORT, external=args.port)],
+            envs=envs, user=f"{UID}:{UID}", read_only=True,
+            memory=-(-hw.memory_limit_bytes // 2**20), cpus=f"{hw.cpu_limit_millis / 1000:g}",
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            security_opts=["no-new-privileges:true"],
+            tmpfs={"/tmp": "rw,size=64m"},  # noqa: S108 - the container's own /tmp, in memory
+            volumes=[docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path="/data")],
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=["CMD", "/opt/venv/bin/python", "-m", "mlops_iac.serving.health"],
+                interval="10s", timeout="3s", start_period="30s", retries=3),
+            labels=[docker.ContainerLabelArgs(label="dev.mlops-iac.deployment", value=dep.name),
+                    docker.ContainerLabelArgs(label="dev.mlops-iac.version", value=str(version.number))])
+        self.register_outputs({"name": cname, "port": args.port, "image": version.image})
