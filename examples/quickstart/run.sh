@@ -12,10 +12,11 @@ echo "== 2. validate"; mlops-iac validate
 echo "== 3. register"; mlops-iac register iris --file model.joblib --metric accuracy=0.978
 echo "== 4. convert";  mlops-iac convert iris@1
 echo "== 5. profile";  mlops-iac profile iris@1 --quick
-echo "== 6. lock";     mlops-iac lock show
-echo "== 7. synth";    mlops-iac synth --out out/stacks
-echo "== 8. serve";    mlops-iac serve --port "${PORT:-8080}" &
+echo "== 6. build";    mlops-iac build iris@1
+echo "== 7. lock";     mlops-iac lock show
+echo "== 8. synth";    mlops-iac synth --out out/stacks
+echo "== 9. serve";    mlops-iac serve --port "${PORT:-8080}" &
 server=$!
 # Stop the server however this script ends, keeping this script's own exit status.
 trap 'status=$?; kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; exit $status' EXIT
-echo "== 9. predict";  python3 predict.py "http://127.0.0.1:${PORT:-8080}"
+echo "== 10. predict"; python3 predict.py "http://127.0.0.1:${PORT:-8080}"
