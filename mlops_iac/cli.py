@@ -227,6 +227,7 @@ def run() -> None:
 def _add_commands() -> None:
     from .cli_build import build
     from .cli_convert import convert
+    from .cli_monitor import monitor
     from .cli_profile import profile
     from .cli_registry import lock_sync, models, register
     from .cli_serve import serve
@@ -236,6 +237,7 @@ def _add_commands() -> None:
     main.add_command(serve)
     main.add_command(profile)
     main.add_command(build)
+    main.add_command(monitor)
     main.add_command(models)
     lock.add_command(lock_sync)
 

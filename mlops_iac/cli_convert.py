@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
 from .cli_registry import file_option, project_registry
 from .convert import Options, Report, Validation, convert_artifact
 from .convert.data import read_features, read_labelled
 from .errors import MlopsIacError
-from .lock import Lock, OnnxFacts, ValidationFacts, update_lock
+from .lock import BaselineFacts, Lock, OnnxFacts, ValidationFacts, update_lock
 from .registry import Registry, Version, parse_ref
 from .registry.records import Status
 from .resolve import ResolvedModel, Workspace
@@ -56,10 +57,15 @@ def convert(ref: str, sample: Path | None, no_speed: bool, file: Path) -> None:
         onnx_file.write_bytes(report.model)
         ref_n = parse_ref(f"{version.model}@{version.version}")
         artifact = registry.link(ref_n, "onnx", onnx_file, report.facts())
+        base = _baseline(report.model, features)
+        base_file = Path(tmp) / "baseline.json"
+        base_file.write_bytes(orjson.dumps(base, option=orjson.OPT_SORT_KEYS))
+        linked = registry.link(ref_n, "baseline", base_file, {"rows": base["rows"], "columns": len(base["columns"])})
+        baseline = BaselineFacts(digest=linked.digest, rows=base["rows"], columns=len(base["columns"]))
     if report.validation is not None:
         status: Status = "validated" if report.validation["passed"] else "rejected"
         registry.set_status(ref_n, status, report.validation)
-    pinned = _record_in_lock(ws, version, artifact.digest, artifact.size, report)
+    pinned = _record_in_lock(ws, version, artifact.digest, artifact.size, report, baseline)
     click.echo(f"stored {version.model}@{version.version} onnx {artifact.digest}"
                + ("; mlops.lock updated" if pinned else ""))
     if report.validation is not None and not report.validation["passed"]:
@@ -105,15 +111,26 @@ def _previous_signature(registry: Registry, version: Version) -> dict[str, Any] 
     return earlier[-1].artifacts["onnx"].facts.get("signature") if earlier else None
 
 
+def _baseline(model: bytes, features: Any) -> dict[str, Any]:
+    """The drift baseline: the sample's features and the ONNX model's answers to them."""
+    from .convert.onnx_tools import session
+    from .monitoring.drift import baseline
+
+    sess = session(model)
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: features}),
+                       strict=True))
+    return baseline(features, outputs, sess.get_inputs()[0].name)
+
+
 def _record_in_lock(ws: Workspace | None, version: Version, digest: str, size: int,
-                    report: Report) -> bool:
+                    report: Report, baseline: BaselineFacts) -> bool:
     if ws is None or ws.lock.version(version.model, version.version) is None:
         return False
     facts = OnnxFacts(digest=digest, size=size, opset=report.opset, optimization=report.optimization,
                       inputs=report.signature["inputs"], outputs=report.signature["outputs"],
                       parity=report.parity.facts(), quantization=report.quantization,
                       speedup=report.speedup, breaking=report.breaking)
-    sections: dict[str, Any] = {"onnx": facts.model_dump()}
+    sections: dict[str, Any] = {"onnx": facts.model_dump(), "baseline": baseline.model_dump()}
     if report.validation is not None:
         v = report.validation
         sections["validation"] = ValidationFacts(metric=v["metric"], value=v["value"],

@@ -73,6 +73,12 @@ class Recommendation(LockModel):
     note: str = ""
 
 
+class BaselineFacts(LockModel):
+    digest: Digest = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    rows: int = Field(ge=1)
+    columns: int = Field(ge=1)
+
+
 class BuildFacts(LockModel):
     context_digest: Digest
     platform: str
@@ -89,6 +95,7 @@ class LockedVersion(LockModel):
     size: int = Field(ge=0)
     onnx: OnnxFacts | None = None
     validation: ValidationFacts | None = None
+    baseline: BaselineFacts | None = None
     profile: dict[str, Any] | None = None
     recommendation: Recommendation | None = None
     build: BuildFacts | None = None

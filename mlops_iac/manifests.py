@@ -199,4 +199,25 @@ def model_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploymen
             route["hostnames"] = [target.hostname]
         objects.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
                         "metadata": _meta(dep.name, ns, label_set), "spec": route})
+    if dep.monitoring.metrics:
+        objects += monitoring_objects(ns, label_set, dep)
     return objects
+
+
+def series_selector(namespace: str, model: str) -> str:
+    """The deployment's series as the ServiceMonitor labels them (namespace, the version Services)."""
+    return f'namespace="{namespace}",service=~"{model}-v[0-9]+-[0-9a-f]{{8}}"'
+
+
+def monitoring_objects(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> list[Object]:
+    """Alerts (prometheus-operator PrometheusRule) and a dashboard for Grafana's sidecar."""
+    from .monitoring.alerts import dashboard_json, rule_groups
+
+    selector = series_selector(ns, dep.model)
+    return [
+        {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": _meta(dep.name, ns, label_set),
+         "spec": {"groups": rule_groups(dep, selector)}},
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": _meta(f"{dep.name}-dashboard", ns, {**label_set, "grafana_dashboard": "1"}),
+         "data": {f"{dep.name}.json": dashboard_json(dep, selector)}},
+    ]

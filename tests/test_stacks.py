@@ -170,11 +170,11 @@ def test_rendered_manifests_pass_kubernetes_validate_and_checkov(tmp_path: Path)
     objects = _render(PRODUCTION)
     validated = 0
     for obj in objects:
-        if obj["kind"] in ("HTTPRoute", "ServiceMonitor"):
+        if obj["kind"] in ("HTTPRoute", "ServiceMonitor", "PrometheusRule"):
             continue  # custom resources: kubernetes-validate ships only the core schemas
         kubernetes_validate.validate(obj, "1.30.0", strict=True)
         validated += 1
-    assert validated == 15
+    assert validated == 16
     checkov = os.environ.get("MLOPS_IAC_CHECKOV") or str(ROOT / ".venv-checkov/bin/checkov")
     if not Path(checkov).exists():
         require("checkov (scripts/test.sh puts it in .venv-checkov)")
@@ -211,5 +211,6 @@ def test_a_version_change_adds_keeps_and_removes_exactly(tmp_path: Path) -> None
     # Only the traffic split and the stable endpoint may change while traffic moves.
     changed = {k for k in set(both) & set(only_v1) if both[k] != only_v1[k]}
     assert changed == {("HTTPRoute", "iris-prod")}
+    assert ("PrometheusRule", "iris-prod") in both and ("ConfigMap", "iris-prod-dashboard") in both
     # Version 1 goes only when it leaves the file.
     assert set(both) - set(only_v2) == v1 and all(both[k] == only_v2[k] for k in v2)

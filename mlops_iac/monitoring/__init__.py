@@ -1,0 +1,1 @@
+"""Monitoring: baselines and drift, alert rules and dashboards for the stacks."""
