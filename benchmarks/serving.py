@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlops_iac.profile.load import wait_ready
+
 PEERS = Path(os.environ.get("MLOPS_IAC_PEERS", "/tmp/mlops-iac-peers"))
 CONCURRENCY = (1, 8, 32)
 
@@ -175,21 +177,6 @@ def peer_python(name: str, packages: list[str]) -> Path | None:
             return None
         marker.write_text("ok")
     return python
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server for {url} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def wrk(url: str, body: bytes, concurrency: int, duration: int, folder: Path) -> tuple[float, float, float]:

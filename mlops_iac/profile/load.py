@@ -48,7 +48,7 @@ def server(model: Path, threads: int, batch: int, workdir: Path):  # type: ignor
     process = subprocess.Popen([sys.executable, "-m", "mlops_iac.serving", "--config", str(settings),
                                 "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(port, process)
+        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process)
         yield port, process.pid
     finally:
         process.send_signal(signal.SIGTERM)
@@ -59,13 +59,14 @@ def server(model: Path, threads: int, batch: int, workdir: Path):  # type: ignor
         log.close()
 
 
-def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Until `url` answers 200; fails at once when the server process has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode} before it was ready")
+            raise RuntimeError(f"the server for {url} exited with {process.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
+            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - our own http://127.0.0.1 URLs
                 if r.status == 200:
                     return
         except OSError:
