@@ -34,9 +34,10 @@ def deployed_refs(dep: Deployment) -> tuple[int | str, ...]:
     return ()
 
 
-def check(spec: Spec, doc: Document, lock: Lock | None, root: Path) -> list[Problem]:
-    """Every cross-section problem; versions are checked against `lock` unless it is None."""
-    problems = [*_duplicate_names(spec, doc), *_paths(spec, doc, root)]
+def check(spec: Spec, doc: Document, lock: Lock | None, root: Path | None) -> list[Problem]:
+    """Every cross-section problem; versions are checked against `lock` unless it is None, and
+    paths against the disk unless `root` is None (a file read from another commit)."""
+    problems = [*_duplicate_names(spec, doc), *(_paths(spec, doc, root) if root is not None else [])]
     for i, dep in enumerate(spec.deployments):
         problems.extend(_deployment(spec, doc, lock, i, dep))
     return problems

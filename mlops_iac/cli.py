@@ -282,3 +282,56 @@ def render_manifests(file: Path, target: str, fmt: str, out: Path | None) -> Non
     else:
         atomic_write(out, text.encode())
         click.echo(f"wrote {len(objects)} objects to {out}")
+
+
+def _side(file: Path, ref: str | None) -> Any:
+    """mlops.yaml and mlops.lock as they are in the working tree (ref None) or at a commit."""
+    import subprocess
+    import tempfile
+
+    from .lock import Lock
+    from .review import Side
+
+    if ref is None:
+        if not file.exists():
+            return Side(None, Lock())
+        ws = load(file, against_lock=False, check_paths=False)
+        return Side(ws.resolved, ws.lock)
+    folder = file.resolve().parent
+    top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode != 0:
+        raise MlopsIacError(f"{folder} is not in a git repository: --base needs one")
+    relative = folder.relative_to(Path(top.stdout.strip()).resolve())
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (file.name, "mlops.lock"):
+            shown = subprocess.run(["git", "-C", str(folder), "show", f"{ref}:{(relative / name).as_posix()}"],
+                                   capture_output=True)
+            if shown.returncode == 0:
+                (Path(tmp) / name).write_bytes(shown.stdout)
+            elif b"does not exist" not in shown.stderr and b"exists on disk, but not in" not in shown.stderr:
+                raise MlopsIacError(f"git show {ref}:{relative / name} failed: {shown.stderr.decode().strip()}")
+        copied = Path(tmp) / file.name
+        if not copied.exists():
+            return Side(None, Lock())
+        ws = load(copied, against_lock=False, check_paths=False)
+        return Side(ws.resolved, ws.lock)
+
+
+@main.command("diff")
+@file_option
+@click.option("--base", default="HEAD", show_default=True, help="The commit to compare with (e.g. origin/main).")
+@click.option("--head", default=None, help="The commit under review (default: the working tree).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the Markdown here instead of standard output.")
+def diff(file: Path, base: str, head: str | None, out: Path | None) -> None:
+    """The review of a deployment change, in Markdown: per deployment the versions and digests,
+    the traffic, resources and profile before and after, a breaking signature, and what will
+    be created, kept and deleted. Always under 60,000 characters (one pull request comment)."""
+    from .review import review
+
+    text = review(_side(file, base), _side(file, head))
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write(out, text.encode())
+        click.echo(f"wrote {out} ({len(text):,} characters)")

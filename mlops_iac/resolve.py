@@ -148,7 +148,7 @@ class Workspace:
         return self.root / "mlops.lock"
 
 
-def load(file: Path, *, against_lock: bool = True) -> Workspace:
+def load(file: Path, *, against_lock: bool = True, check_paths: bool = True) -> Workspace:
     """Load, validate, check and resolve `file` and the mlops.lock beside it.
 
     `against_lock=False` skips checking versions and aliases against the lock: the one
@@ -159,15 +159,15 @@ def load(file: Path, *, against_lock: bool = True) -> Workspace:
     root = file.resolve().parent
     lock_path = root / "mlops.lock"
     lock = read_lock(lock_path, str(file.parent / "mlops.lock"))
-    resolved, warnings = resolve(spec, doc, lock if against_lock else None, root)
+    resolved, warnings = resolve(spec, doc, lock, root if check_paths else None, check_lock=against_lock)
     return Workspace(file, root, doc, spec, lock, resolved, tuple(warnings))
 
 
-def resolve(spec: Spec, doc: Document, lock: Lock | None,
-            root: Path) -> tuple[ResolvedSpec, list[Problem]]:
-    """Resolve `spec` with `lock`; raise `ConfigError` with every error found."""
-    problems = check(spec, doc, lock, root)
-    lock = lock or Lock()
+def resolve(spec: Spec, doc: Document, lock: Lock, root: Path | None, *,
+            check_lock: bool = True) -> tuple[ResolvedSpec, list[Problem]]:
+    """Resolve `spec` with `lock`; raise `ConfigError` with every error found. Versions are
+    checked against the lock only with `check_lock`, paths on disk only with a `root`."""
+    problems = check(spec, doc, lock if check_lock else None, root)
     if only_errors(problems):
         raise ConfigError(problems)
     warnings = [p for p in problems if p.severity == "warning"]

@@ -1,0 +1,180 @@
+"""The review of a deployment change: what a pull request's mlops.yaml and mlops.lock do.
+
+Pure: two resolved specs with their locks in, Markdown out. Per deployment: the versions and
+digests before and after, the traffic split, the resources, the profile's p99 and capacity,
+whether the model's signature breaks clients, and which resources will be created, kept and
+deleted. Bounded: whatever the change, the text stays under GitHub's comment limit; long
+parts are folded in <details>, with a count of what was left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .lock import Lock, LockedVersion
+from .resolve import ResolvedDeployment, ResolvedSpec, ResolvedVersion
+
+LIMIT = 60_000
+MAX_ROWS = 150
+MARKER = "<!-- mlops-iac review -->"
+
+
+@dataclass(frozen=True)
+class Side:
+    resolved: ResolvedSpec | None  # None: the file does not exist on that side
+    lock: Lock
+
+
+def _deployments(side: Side) -> dict[str, ResolvedDeployment]:
+    return {d.name: d for d in side.resolved.deployments} if side.resolved else {}
+
+
+def _target_kind(side: Side, dep: ResolvedDeployment) -> str:
+    assert side.resolved is not None
+    return side.resolved.target(dep.target).spec.kind
+
+
+def resource_names(side: Side, dep: ResolvedDeployment) -> set[str]:
+    """What the deployment runs as, by name: Kubernetes objects or Docker containers."""
+    from .manifests import version_name
+
+    kind = _target_kind(side, dep)
+    names = set()
+    for v in dep.versions:
+        if v.number is None or v.digest is None:
+            continue
+        base = version_name(dep.model, v)
+        if kind == "kubernetes":
+            names |= {f"{k}/{base}" for k in ("Deployment", "Service", "ServiceAccount", "ConfigMap",
+                                              "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy")}
+        elif kind == "docker":
+            names.add(f"Container/{base}")
+        else:
+            names.add(f"process/{base}")
+    return names
+
+
+def _version_cell(v: ResolvedVersion) -> str:
+    digest = (v.digest or "unpinned").removeprefix("sha256:")[:12]
+    return f"v{v.number} `{digest}` {v.weight}%"
+
+
+def _resources(v: ResolvedVersion) -> str:
+    hw = v.hardware
+    return (f"{hw.cpu_millis}m/{hw.cpu_limit_millis}m cpu, {hw.memory_bytes // 2**20}Mi memory, "
+            f"{hw.replicas_min}-{hw.replicas_max} replicas" + (f", {hw.gpu} GPU" if hw.gpu else ""))
+
+
+def _speed(facts: LockedVersion | None) -> str:
+    if facts is None or facts.recommendation is None:
+        return "not profiled"
+    rec = facts.recommendation
+    http = (facts.profile or {}).get("http", [])
+    p99 = min((r["p99Ms"] for r in http), default=None)
+    text = f"{rec.capacity_rps or 0:,.0f} req/s per replica"
+    return text + (f", best p99 {p99:g} ms" if p99 is not None else "")
+
+
+def _breaking(before: Side, after: Side, old: ResolvedDeployment | None, new: ResolvedDeployment) -> list[str]:
+    """Clients of the versions served before vs. the versions served after."""
+    from .convert.onnx_tools import breaking_changes
+
+    def signature(side: Side, model: str, v: ResolvedVersion) -> dict[str, Any] | None:
+        facts = side.lock.version(model, v.number) if v.number else None
+        if facts is None or facts.onnx is None:
+            return None
+        return {"inputs": [t.model_dump(mode="json") for t in facts.onnx.inputs],
+                "outputs": [t.model_dump(mode="json") for t in facts.onnx.outputs]}
+
+    if old is None:
+        return []
+    # What clients were built against: the version that took the most traffic before.
+    served = sorted(old.versions, key=lambda v: -v.weight)
+    previous = next((s for s in (signature(before, old.model, v) for v in served) if s), None)
+    problems = []
+    for v in new.versions:
+        current = signature(after, new.model, v)
+        if current and previous:
+            problems += [f"v{v.number}: {p}" for p in breaking_changes(previous, current)]
+    return problems
+
+
+def review(before: Side, after: Side) -> str:
+    old, new = _deployments(before), _deployments(after)
+    names = sorted(old.keys() | new.keys())
+    rows, sections = [], []
+    changed = 0
+    for name in names:
+        a, b = old.get(name), new.get(name)
+        if a == b and a is not None and _facts(before, a) == _facts(after, a):
+            continue
+        changed += 1
+        rows.append(_row(name, a, b))
+        sections.append(_section(before, after, name, a, b))
+    if not changed:
+        return f"{MARKER}\n### mlops-iac: no deployment changes\n\n{len(names)} deployment(s), all as before.\n"
+    shown = rows[:MAX_ROWS]
+    more = [f"\n_{len(rows) - len(shown)} more rows left out._"] if len(rows) > len(shown) else []
+    head = [MARKER, f"### mlops-iac: {changed} deployment change(s)", "",
+            "| deployment | change | before | after |", "|---|---|---|---|", *shown, *more, ""]
+    return _bounded("\n".join(head), sections)
+
+
+def _facts(side: Side, dep: ResolvedDeployment) -> list[Any]:
+    return [side.lock.version(dep.model, v.number) if v.number else None for v in dep.versions]
+
+
+def _row(name: str, a: ResolvedDeployment | None, b: ResolvedDeployment | None) -> str:
+    change = "added" if a is None else "removed" if b is None else "changed"
+    cells = [", ".join(_version_cell(v) for v in d.versions) if d else "-" for d in (a, b)]
+    return f"| `{name}` | {change} | {cells[0]} | {cells[1]} |"
+
+
+def _section(before: Side, after: Side, name: str, a: ResolvedDeployment | None,
+             b: ResolvedDeployment | None) -> str:
+    lines = [f"#### `{name}`", ""]
+    was = resource_names(before, a) if a else set()
+    will = resource_names(after, b) if b else set()
+    if b is not None:
+        breaking = _breaking(before, after, a, b)
+        if breaking:
+            lines += ["> [!WARNING]", "> **Breaking change** for clients of this deployment:"]
+            lines += [f"> - {p}" for p in breaking]
+            lines.append("")
+        lines += ["| version | traffic | resources | speed |", "|---|---|---|---|"]
+        for v in b.versions:
+            facts = after.lock.version(b.model, v.number) if v.number else None
+            prior = next((p for p in (a.versions if a else ()) if p.number == v.number), None)
+            resources = _resources(v) if prior is None or prior.hardware == v.hardware else \
+                f"{_resources(prior)} → **{_resources(v)}**"
+            traffic = f"{v.weight}%" if prior is None or prior.weight == v.weight else \
+                f"{prior.weight}% → **{v.weight}%**"
+            lines.append(f"| v{v.number} {'(new)' if prior is None else ''} | {traffic} | {resources} | "
+                         f"{_speed(facts)} |")
+        lines.append("")
+    for title, items in (("create", will - was), ("keep", will & was), ("delete", was - will)):
+        if items:
+            shown = sorted(items)[:40]
+            more = f" and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+            lines.append(f"- **{title}** ({len(items)}): " + ", ".join(f"`{n}`" for n in shown) + more)
+    return "\n".join(lines) + "\n"
+
+
+def _bounded(head: str, sections: list[str]) -> str:
+    """Sections in full while they fit, then folded; the rest counted, never cut mid-way."""
+    out = [head]
+    size = len(head)
+    left = 0
+    for i, section in enumerate(sections):
+        folded = f"<details><summary>{section.splitlines()[0].lstrip('# ')}</summary>\n\n{section}\n</details>\n"
+        piece = section if i < 20 else folded
+        if size + len(piece) > LIMIT - 500:
+            left = len(sections) - i
+            break
+        out.append(piece)
+        size += len(piece)
+    if left:
+        out.append(f"\n_{left} more deployment change(s) left out to stay within one comment; run "
+                   "`mlops-iac diff` locally for all of them._\n")
+    return "\n".join(out)

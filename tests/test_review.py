@@ -1,0 +1,107 @@
+"""`mlops-iac diff`: the review of a deployment change between two commits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mlops_iac.cli import main
+from mlops_iac.review import LIMIT, MARKER
+
+from .conftest import ROOT
+
+CANARY = "    versions: [1, 2]\n    traffic: {1: 90, 2: 10}     # canary: 10% to version 2\n"
+
+
+def git(folder: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True, text=True, env=env).stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "examples/production", tmp_path / "deploy")
+    git(tmp_path, "init", "-q", "-b", "main")
+    return tmp_path / "deploy"
+
+
+def commit(repo: Path, text: str | None = None, message: str = "change") -> None:
+    if text is not None:
+        (repo / "mlops.yaml").write_text(text)
+    git(repo.parent, "add", "-A")
+    git(repo.parent, "commit", "-q", "-m", message)
+
+
+def diff(repo: Path, *args: str) -> str:
+    result = CliRunner().invoke(main, ["diff", "-f", str(repo / "mlops.yaml"), *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_a_canary_shows_versions_traffic_and_resources(repo: Path) -> None:
+    original = (repo / "mlops.yaml").read_text()
+    commit(repo, original.replace(CANARY, "    version: 1\n"), "v1 only")
+    commit(repo, original, "canary")
+    text = diff(repo, "--base", "HEAD~1", "--head", "HEAD")
+    assert text.startswith(MARKER) and "1 deployment change(s)" in text
+    assert "| `iris-prod` | changed |" in text and "iris-edge" not in text  # edge did not change
+    assert "v1 `8f03a2cb4a4d` 100%" in text and "v2 `8e247c07abec` 10%" in text
+    assert "100% → **90%**" in text and "| v2 (new) | 10% |" in text
+    assert "**create** (7): `ConfigMap/iris-v2-8e247c07`" in text
+    assert "**keep** (7):" in text and "**delete**" not in text
+    assert "req/s per replica" in text  # the profile's figures
+
+
+def test_no_change_says_so(repo: Path) -> None:
+    commit(repo, message="as is")
+    assert "no deployment changes" in diff(repo, "--base", "HEAD", "--head", "HEAD")
+    assert "no deployment changes" in diff(repo, "--base", "HEAD")  # against the working tree
+
+
+def test_a_removed_deployment_and_a_first_commit(repo: Path) -> None:
+    text = (repo / "mlops.yaml").read_text()
+    commit(repo, message="start")
+    edge = text[text.index("  - name: iris-edge"): text.index("monitoring:")]
+    commit(repo, text.replace(edge, ""), "drop the edge device")
+    out = diff(repo, "--base", "HEAD~1", "--head", "HEAD")
+    assert "| `iris-edge` | removed |" in out and "**delete** (1): `Container/iris-v1-8f03a2cb`" in out
+    (repo.parent / "new").mkdir()
+    shutil.copy(repo / "mlops.yaml", repo.parent / "new/mlops.yaml")
+    shutil.copy(repo / "mlops.lock", repo.parent / "new/mlops.lock")
+    first = CliRunner().invoke(main, ["diff", "-f", str(repo.parent / "new/mlops.yaml"), "--base", "HEAD"])
+    assert first.exit_code == 0 and "| `iris-prod` | added |" in first.stdout
+
+
+def test_a_breaking_signature_is_flagged(repo: Path) -> None:
+    commit(repo, message="start")
+    lock = yaml.safe_load((repo / "mlops.lock").read_text())
+    lock["models"]["iris"]["versions"][2]["onnx"]["inputs"][0]["shape"] = [-1, 5]
+    (repo / "mlops.lock").write_text(yaml.safe_dump(lock))
+    commit(repo, message="v2 takes 5 features")
+    out = diff(repo, "--base", "HEAD~1", "--head", "HEAD")
+    assert "**Breaking change**" in out and "v2: input 'input' changed shape [-1, 4] -> [-1, 5]" in out
+
+
+def test_hundreds_of_models_stay_within_one_comment(repo: Path) -> None:
+    spec = yaml.safe_load((repo / "mlops.yaml").read_text())
+    lock = yaml.safe_load((repo / "mlops.lock").read_text())
+    template = lock["models"]["iris"]
+    spec["models"] = [dict(spec["models"][0], name=f"m{i}") for i in range(300)]
+    spec["deployments"] = [{"name": f"m{i}-prod", "model": f"m{i}", "version": 1, "target": "prod",
+                            "auth": "none"} for i in range(300)]
+    lock["models"] = {f"m{i}": template for i in range(300)}
+    (repo / "mlops.lock").write_text(yaml.safe_dump(lock))
+    commit(repo, yaml.safe_dump(spec), "three hundred models")
+    for d in spec["deployments"]:
+        d.pop("version")
+        d["versions"], d["traffic"] = [1, 2], {1: 50, 2: 50}
+    commit(repo, yaml.safe_dump(spec), "every model gets a canary")
+    out = diff(repo, "--base", "HEAD~1", "--head", "HEAD")
+    assert "300 deployment change(s)" in out
+    assert len(out) < LIMIT and "left out" in out
