@@ -229,7 +229,7 @@ def _add_commands() -> None:
     from .cli_convert import convert
     from .cli_monitor import monitor
     from .cli_profile import profile
-    from .cli_registry import lock_sync, models, register
+    from .cli_registry import lock_pending, lock_sync, models, register
     from .cli_serve import serve
 
     main.add_command(register)
@@ -240,6 +240,7 @@ def _add_commands() -> None:
     main.add_command(monitor)
     main.add_command(models)
     lock.add_command(lock_sync)
+    lock.add_command(lock_pending)
 
 
 _add_commands()
