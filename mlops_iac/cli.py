@@ -231,6 +231,7 @@ def _add_commands() -> None:
     from .cli_profile import profile
     from .cli_registry import lock_pending, lock_sync, models, register
     from .cli_serve import serve
+    from .cli_smoke import smoke
 
     main.add_command(register)
     main.add_command(convert)
@@ -238,6 +239,7 @@ def _add_commands() -> None:
     main.add_command(profile)
     main.add_command(build)
     main.add_command(monitor)
+    main.add_command(smoke)
     main.add_command(models)
     lock.add_command(lock_sync)
     lock.add_command(lock_pending)

@@ -361,21 +361,23 @@ def lock_sync(file: Path) -> None:
 
 @click.command("pending")
 @file_option
-@click.option("--stage", type=click.Choice(["convert", "profile", "build"]), required=True,
-              help="Which facts are missing: the ONNX conversion, the profile, or the pushed image.")
+@click.option("--stage", type=click.Choice(["convert", "profile", "build", "deployed"]), required=True,
+              help="Which facts are missing: the ONNX conversion, the profile, or the pushed image "
+                   "(deployed: list every deployed version).")
 def lock_pending(file: Path, stage: str) -> None:
     """Print, one per line, the deployed versions (MODEL@N) whose lock entry lacks a stage's facts:
     what a workflow still has to convert, profile or build."""
     _, ws = project_registry(file, against_lock=False)
     if ws is None:
         raise MlopsIacError(f"{file} not found")
-    section = {"convert": "onnx", "profile": "recommendation", "build": "image"}[stage]
+    section = {"convert": "onnx", "profile": "recommendation", "build": "image", "deployed": ""}[stage]
     seen: list[str] = []
     for dep in ws.resolved.deployments:
         for v in dep.versions:
             facts = ws.lock.version(dep.model, v.number) if v.number is not None else None
             ref = f"{dep.model}@{v.number if v.number is not None else v.ref}"
-            if (facts is None or getattr(facts, section) is None) and ref not in seen:
+            missing = facts is None or (section and getattr(facts, section) is None)
+            if (missing or stage == "deployed") and ref not in seen:
                 seen.append(ref)
     for ref in seen:
         click.echo(ref)

@@ -160,3 +160,31 @@ def test_every_input_reaches_the_steps_through_env(name: str) -> None:
     text = yaml.safe_dump(action["runs"]["steps"])
     for key in action["inputs"]:
         assert f"inputs.{key}" in text, f"{name}: input {key} is never used"
+
+
+def test_smoke_checks_a_live_endpoint_against_the_pinned_model(converted: Path) -> None:
+    from click.testing import CliRunner
+
+    from mlops_iac.cli import main
+
+    from .conftest import free_port, wait_http
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlops_iac", "serve", "--port", str(port)], cwd=converted,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout=60)
+        ok = CliRunner().invoke(main, ["smoke", "iris@1", "--url", f"http://127.0.0.1:{port}"])
+        assert ok.exit_code == 0 and "smoke test passed" in ok.output, ok.output
+        assert "labels: 0 of 32 differ" in ok.output
+        # The same endpoint asked about another version of the model: a clear failure, not a pass.
+        (converted / "v2.joblib").write_bytes((converted / "model.joblib").read_bytes() + b"\0")
+        runner = CliRunner()
+        runner.invoke(main, ["register", "iris", "--file", "v2.joblib"])
+        runner.invoke(main, ["convert", "iris@2", "--no-speed"])
+        wrong = runner.invoke(main, ["smoke", "iris@2", "--url", f"http://127.0.0.1:{port}"])
+        assert wrong.exit_code == 1 and "answered 404" in wrong.output
+        assert runner.invoke(main, ["smoke", "iris@1", "--url", "file:///etc/passwd"]).exit_code == 1
+    finally:
+        server.terminate()
+        server.wait(30)
