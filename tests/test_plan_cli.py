@@ -174,3 +174,10 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--debug", "validate", "-f", str(tmp_path / "x.yaml")])
     assert result.exit_code == 1 and result.exception is not None
     assert Lock() == Lock()
+
+
+@pytest.mark.parametrize("example", sorted(p.parent.name for p in (ROOT / "examples").glob("*/mlops.yaml")))
+def test_every_example_validates(example: str) -> None:
+    result = CliRunner().invoke(main, ["validate", "-f", str(ROOT / "examples" / example / "mlops.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "valid (" in result.stdout

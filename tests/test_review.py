@@ -105,3 +105,14 @@ def test_hundreds_of_models_stay_within_one_comment(repo: Path) -> None:
     out = diff(repo, "--base", "HEAD~1", "--head", "HEAD")
     assert "300 deployment change(s)" in out
     assert len(out) < LIMIT and "left out" in out
+
+
+def test_a_resource_change_shows_before_and_after(repo: Path) -> None:
+    commit(repo, message="start")
+    text = (repo / "mlops.yaml").read_text()
+    bigger = text.replace("      cpu: 500m\n      memory: 256Mi", "      cpu: '1'\n      memory: 512Mi")
+    commit(repo, bigger, "bigger edge")
+    out = diff(repo, "--base", "HEAD~1", "--head", "HEAD")
+    assert "| `iris-edge` | changed |" in out and "iris-prod" not in out
+    assert "500m/1000m cpu, 256Mi memory" in out and "→ **1000m/2000m cpu, 512Mi memory" in out
+    assert "**keep** (1): `Container/iris-v1-8f03a2cb`" in out

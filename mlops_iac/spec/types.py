@@ -19,6 +19,7 @@ DIGEST = r"^sha256:[0-9a-f]{64}$"
 _DNS_RE = re.compile(DNS_LABEL)
 _DIGEST_RE = re.compile(DIGEST)
 _MILLI_RE = re.compile(r"^([0-9]+)m$")
+_CORES_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 _MEMORY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _MEMORY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
                  "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
@@ -75,6 +76,8 @@ def parse_cpu(value: Any) -> float | str:
         match = _MILLI_RE.match(value)
         if match and int(match.group(1)) > 0:
             return int(match.group(1)) / 1000
+        if _CORES_RE.match(value) and float(value) > 0:  # "1", "0.5": Kubernetes writes cores so too
+            return float(value)
     raise invalid(value, allowed)
 
 
@@ -128,6 +131,7 @@ AliasName = Annotated[str, BeforeValidator(parse_alias),
 Cpu = Annotated[float | str, BeforeValidator(parse_cpu), WithJsonSchema({"anyOf": [
     {"type": "number", "exclusiveMinimum": 0},
     {"type": "string", "pattern": "^[0-9]+m$"},
+    {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"},
     {"const": "auto"},
 ], "description": 'CPU cores: 0.5, "500m" or "auto" (from the profile)'})]
 Memory = Annotated[int | str, BeforeValidator(parse_memory), WithJsonSchema({"anyOf": [
