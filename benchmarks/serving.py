@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlops_iac.profile.load import wait_ready
+from mlops_iac.profile.load import free_port, wait_ready
 
 PEERS = Path(os.environ.get("MLOPS_IAC_PEERS", "/tmp/mlops-iac-peers"))
 CONCURRENCY = (1, 8, 32)
@@ -49,12 +48,6 @@ class Result:
     rps: float
     p50_us: float
     p99_us: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_model(kind: str, folder: Path) -> tuple[Path, np.ndarray]:

@@ -11,6 +11,7 @@ from .build import ContextInputs, context_digest, context_files, image_tag
 from .build.docker import build as docker_build
 from .build.docker import push as docker_push
 from .build.wheels import fetch
+from .cli_convert import _model_spec
 from .cli_registry import file_option, project_registry
 from .errors import MlopsIacError
 from .lock import BuildFacts, ImageFacts, Lock, update_lock
@@ -40,7 +41,7 @@ def gather(registry: Registry, ws: Workspace | None, version: Version, platform:
     if facts is not None and facts.onnx is not None and facts.onnx.digest != onnx.digest:
         raise MlopsIacError(f"mlops.lock pins the ONNX of {version.model}@{version.version} to "
                             f"{facts.onnx.digest}, the registry has {onnx.digest}")
-    spec = next((m for m in ws.resolved.models if m.name == version.model), None) if ws else None
+    spec = _model_spec(ws, version.model)
     deps = [d for d in ws.resolved.deployments if d.model == version.model] if ws else []
     hardware = next((v.hardware for d in deps for v in d.versions if v.number == version.version), None)
     targets = [ws.resolved.target(d.target).spec for d in deps] if ws else []

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plan import canonical_json
+from .plan import canonical_json, collection_config
 from .resolve import ResolvedDeployment, ResolvedVersion
-from .serving.config import CollectionConfig, ModelConfig, ServerConfig
-from .spec.monitoring import FileSink, HttpSink
+from .serving.config import ModelConfig, ServerConfig
+from .spec.monitoring import HttpSink
 from .spec.targets import KubernetesTarget
 
 PORT = 8080
@@ -55,13 +55,8 @@ def server_settings(dep: ResolvedDeployment, version: ResolvedVersion, onnx_dige
     """The server's settings for one version of a deployment (the model is in the image)."""
     assert version.number is not None
     mon, hw = dep.monitoring, version.hardware
-    sink = mon.sink
-    collection = CollectionConfig(
-        enabled=mon.collect, sample_rate=mon.sample_rate, sink=sink.kind,
-        **({"path": f"/data/{sink.path}", "max_bytes": sink.max_bytes, "backups": sink.backups}
-           if isinstance(sink, FileSink) else {}),
-        **({"url": sink.url} if isinstance(sink, HttpSink) else {}))
-    return ServerConfig(deployment=dep.name, auth=dep.auth == "key", metrics=mon.metrics, collection=collection,
+    return ServerConfig(deployment=dep.name, auth=dep.auth == "key", metrics=mon.metrics,
+                        collection=collection_config(mon, "/data/"),
                         models=(ModelConfig(name=dep.model, version=version.number, path="/app/model/model.onnx",
                                             digest=onnx_digest, threads=hw.threads, max_batch_size=hw.max_batch_size,
                                             max_delay_ms=hw.max_delay_ms, gpu=hw.gpu > 0),))

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .errors import PlanError
 from .lock import Lock
-from .resolve import ResolvedDeployment, ResolvedSpec, ResolvedTarget
+from .resolve import ResolvedDeployment, ResolvedMonitoring, ResolvedSpec, ResolvedTarget
 from .serving.config import CollectionConfig, ModelConfig, ServerConfig
 from .spec.monitoring import FileSink, HttpSink
 
@@ -129,12 +129,15 @@ def server_config(dep: ResolvedDeployment, lock: Lock, onnx_paths: dict[int, str
                                   digest=facts.onnx.digest, weight=v.weight, threads=hw.threads,
                                   max_batch_size=hw.max_batch_size, max_delay_ms=hw.max_delay_ms,
                                   handler=handler, gpu=hw.gpu > 0))
-    mon = dep.monitoring
+    return ServerConfig(deployment=dep.name, models=tuple(models), auth=dep.auth == "key",
+                        metrics=dep.monitoring.metrics, collection=collection_config(dep.monitoring))
+
+
+def collection_config(mon: ResolvedMonitoring, folder: str = "") -> CollectionConfig:
+    """The server's data-collection settings; a file sink's path goes under `folder`."""
     sink = mon.sink
-    collection = CollectionConfig(
+    return CollectionConfig(
         enabled=mon.collect, sample_rate=mon.sample_rate, sink=sink.kind,
-        **({"path": sink.path, "max_bytes": sink.max_bytes, "backups": sink.backups}
+        **({"path": f"{folder}{sink.path}", "max_bytes": sink.max_bytes, "backups": sink.backups}
            if isinstance(sink, FileSink) else {}),
         **({"url": sink.url} if isinstance(sink, HttpSink) else {}))
-    return ServerConfig(deployment=dep.name, models=tuple(models), auth=dep.auth == "key",
-                        metrics=mon.metrics, collection=collection)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..convert.measure import tile
+
 Progress = Callable[[str], None]
 
 
@@ -39,11 +41,6 @@ def machine(provider: str = "CPUExecutionProvider") -> dict[str, Any]:
 
 def percentile(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q))
-
-
-def tile(sample: np.ndarray, rows: int) -> np.ndarray:
-    reps = -(-rows // len(sample))
-    return np.ascontiguousarray(np.tile(sample, (reps, 1))[:rows])
 
 
 def grid(model: Path, sample: np.ndarray, batches: tuple[int, ...], threads: tuple[int, ...],
