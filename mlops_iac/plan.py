@@ -70,10 +70,15 @@ def plan(resolved: ResolvedSpec, targets: tuple[str, ...] = ()) -> Plan:
                   deployments=tuple(d for d in resolved.deployments if d.target == name))
         for name in sorted(chosen)
     )
-    files = [FileArtifact(path=f"{s.target.name}/plan.json", content=canonical_json(s.model_dump(mode="json")))
-             for s in stacks]
+    files = [FileArtifact(path=f"{s.target.name}/plan.json", content=stack_json(s)) for s in stacks]
     files += pulumi_project(resolved, stacks)
     return Plan(project=resolved.project, stacks=stacks, files=tuple(sorted(files, key=lambda f: f.path)))
+
+
+def stack_json(stack: StackPlan) -> str:
+    """plan.json as the stack reads it back: by alias, because the user's sections (a target, a
+    sink) read only the names mlops.yaml uses (`maxBytes`), while resolved models use their own."""
+    return canonical_json(stack.model_dump(mode="json", by_alias=True))
 
 
 def pulumi_project(resolved: ResolvedSpec, stacks: tuple[StackPlan, ...]) -> list[FileArtifact]:

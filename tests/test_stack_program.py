@@ -1,0 +1,178 @@
+"""The generated Pulumi program, run the way `pulumi up -s STACK` starts it: Pulumi's mocks
+with the project and stack names, the stack's config (the API key as a secret), and the
+generated `__main__.py` itself executed from its own folder. For every stack of the committed
+stacks/ and of a fresh `synth` of every example; the resources it registers are asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlops_iac.cli import main
+from mlops_iac.plan import StackPlan
+from mlops_iac.plan import plan as make_plan
+from mlops_iac.resolve import load
+
+from .conftest import ROOT
+
+# The examples with facts in a lock: the others (the quickstart) make theirs when run.
+EXAMPLES = sorted(p.parent for p in (ROOT / "examples").glob("*/mlops.lock"))
+
+
+class Mocks(pulumi.runtime.Mocks):
+    """Pulumi's own unit-test engine in place of the CLI's: records what the program registers."""
+
+    def __init__(self) -> None:
+        self.resources: list[pulumi.runtime.MockResourceArgs] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.resources.append(args)
+        outputs = dict(args.inputs)
+        if "RemoteImage" in args.typ:
+            outputs["imageId"] = "sha256:" + "1" * 64
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        return {}
+
+
+def run_generated(folder: Path, project: str, stack: str) -> tuple[Mocks, dict[str, Any]]:
+    """Execute folder/__main__.py as the Pulumi CLI's Python language host would."""
+    mocks = Mocks()
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False)
+    pulumi.runtime.set_all_config({"mlops:apiKey": "s3cret"}, secret_keys=["mlops:apiKey"])
+    exported: dict[str, Any] = {}
+    cwd = Path.cwd()
+
+    @pulumi.runtime.test
+    def program() -> None:
+        os.chdir(folder)  # the CLI runs the program from the project's folder
+        try:
+            runpy.run_path(str(folder / "__main__.py"), run_name="__main__")
+        finally:
+            os.chdir(cwd)
+
+    try:
+        program()
+    finally:
+        pulumi.runtime.set_all_config({})
+    exported.update({r.name: r for r in mocks.resources})
+    return mocks, exported
+
+
+def in_memory(stack: StackPlan) -> list[tuple[str, str, str]]:
+    """What the components register for a plan that never left memory."""
+    from mlops_iac.components import deploy
+
+    mocks = Mocks()
+    pulumi.runtime.set_mocks(mocks, project=stack.project, stack=stack.target.name, preview=False)
+
+    @pulumi.runtime.test
+    def program() -> None:
+        deploy(stack, api_key=pulumi.Output.secret("s3cret"))
+
+    program()
+    return registered(mocks)
+
+
+def registered(mocks: Mocks) -> list[tuple[str, str, str]]:
+    return sorted((r.typ, r.name, json.dumps(r.inputs, sort_keys=True, default=str)) for r in mocks.resources)
+
+
+def check_program(folder: Path, plans: dict[str, StackPlan]) -> None:
+    """Run every stack of a generated project; each registers what its plan in memory does."""
+    project = next(line.split(":", 1)[1].strip() for line in (folder / "Pulumi.yaml").read_text().splitlines()
+                   if line.startswith("name:"))
+    stacks = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in folder.glob("Pulumi.*.yaml"))
+    assert stacks == sorted(plans), f"stack files in {folder}: {stacks}"
+    for name in stacks:
+        mocks, _ = run_generated(folder, project, name)
+        kinds = {r.typ for r in mocks.resources}
+        workloads = [r for r in mocks.resources if r.typ in ("kubernetes:apps/v1:Deployment",
+                                                             "docker:index/container:Container")]
+        assert len(workloads) == sum(len(d.versions) for d in plans[name].deployments) > 0
+        assert {"mlops:k8s:ModelServer", "mlops:docker:ModelServer"} & kinds
+        assert registered(mocks) == in_memory(plans[name]), f"{folder.name}/{name} differs from its plan"
+
+
+def deployed_plans(example: Path) -> dict[str, StackPlan]:
+    stacks = make_plan(load(example / "mlops.yaml").resolved).stacks
+    return {s.target.name: s for s in stacks if s.target.spec.kind != "local"}
+
+
+def test_the_committed_stacks_run_as_pulumi_starts_them() -> None:
+    plans = deployed_plans(ROOT / "examples" / "production")
+    assert sorted(plans) == ["edge", "prod"]
+    check_program(ROOT / "stacks", plans)
+
+
+def test_every_example_with_a_lock_is_checked() -> None:
+    assert [p.name for p in EXAMPLES] == ["production"]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_a_fresh_synth_of_every_example_runs(example: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stacks"
+    result = CliRunner().invoke(main, ["synth", "-f", str(example / "mlops.yaml"), "--out", str(out),
+                                       "--no-contexts"])
+    assert result.exit_code == 0, result.output
+    check_program(out, deployed_plans(example))
+
+
+SINKS = st.one_of(
+    st.builds(lambda path, size, backups: {"kind": "file", "path": path, "maxBytes": size, "backups": backups},
+              st.from_regex(r"[a-z]{1,8}/[a-z]{1,8}\.jsonl", fullmatch=True), st.integers(1024, 2**40),
+              st.integers(0, 1000)),
+    st.just({"kind": "stdout"}),
+    st.builds(lambda host: {"kind": "http", "url": f"https://{host}/events"},
+              st.from_regex(r"[a-z]{1,10}\.example", fullmatch=True)))
+KUBERNETES = st.fixed_dictionaries({"kind": st.just("kubernetes")}, optional={
+    "context": st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True),
+    "namespace": st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True),
+    "gateway": st.fixed_dictionaries({"name": st.just("public")}, optional={"namespace": st.just("gw")}),
+    "hostname": st.just("models.example.com"),
+    "platform": st.sampled_from(["linux/amd64", "linux/arm64"]),
+    "gpu": st.booleans(),
+})
+DOCKER = st.fixed_dictionaries({"kind": st.just("docker")}, optional={
+    "host": st.sampled_from(["ssh://deploy@edge-01", "unix:///var/run/docker.sock", "tcp://10.0.0.2:2376"]),
+    "port": st.integers(1, 60000),
+    "platform": st.sampled_from(["linux/amd64", "linux/arm64"]),
+    "gpu": st.booleans(),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(target=st.one_of(KUBERNETES, DOCKER), sink=SINKS, sample_rate=st.floats(0, 1), threads=st.integers(1, 64))
+def test_plan_json_round_trips_for_every_field(target: dict[str, Any], sink: dict[str, Any], sample_rate: float,
+                                               threads: int) -> None:
+    """What plan() writes as <target>/plan.json, StackPlan reads back equal, every field."""
+    from pydantic import TypeAdapter
+
+    from mlops_iac.plan import stack_json
+    from mlops_iac.resolve import ResolvedTarget
+    from mlops_iac.spec.monitoring import Sink
+    from mlops_iac.spec.targets import Target
+
+    base = PLANS["prod"]
+    dep = base.deployments[0]
+    monitoring = dep.monitoring.model_copy(update={"sink": TypeAdapter(Sink).validate_python(sink),
+                                                   "sample_rate": sample_rate})
+    versions = tuple(v.model_copy(update={"hardware": v.hardware.model_copy(update={"threads": threads})})
+                     for v in dep.versions)
+    stack = base.model_copy(update={
+        "target": ResolvedTarget(name="t", spec=TypeAdapter(Target).validate_python(target)),
+        "deployments": (dep.model_copy(update={"monitoring": monitoring, "versions": versions}),)})
+    assert StackPlan.model_validate_json(stack_json(stack)) == stack
+
+
+PLANS = deployed_plans(ROOT / "examples" / "production")
