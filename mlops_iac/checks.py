@@ -59,6 +59,17 @@ def _duplicate_names(spec: Spec, doc: Document) -> Iterator[Problem]:
                               f"give each deployment its own name; deployments[{names[name]}] "
                               "has it (the default name is <model>-<target>)")
         names.setdefault(name, i)
+    placed: dict[tuple[str, str], int] = {}
+    for i, dep in enumerate(spec.deployments):
+        # Version objects and containers are named by model and version, and the stable Service
+        # selects the model's pods: two deployments of one model on one target would share them.
+        first = placed.setdefault((dep.model, dep.target), i)
+        if first != i:
+            yield doc.problem(("deployments", i, "target"),
+                              f"model {dep.model!r} is deployed to target {dep.target!r} twice",
+                              f"deployments[{first}] ({deployment_name(spec.deployments[first])}) deploys it "
+                              "there already: list every version in that one deployment (versions, traffic), "
+                              "or use another target")
 
 
 def _paths(spec: Spec, doc: Document, root: Path) -> Iterator[Problem]:

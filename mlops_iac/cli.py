@@ -257,10 +257,11 @@ _add_commands()
 def render_manifests(file: Path, target: str, fmt: str, out: Path | None) -> None:
     """The Kubernetes objects of a target as plain manifests (for GitOps and offline checks):
     the same objects `pulumi up` creates. The API key Secret is left out: create it yourself
-    (kubectl create secret generic DEPLOYMENT-api-key --from-literal=apiKey=...)."""
+    (kubectl create secret generic DEPLOYMENT-api-key --from-literal=apiKey=...), and after
+    changing it, `kubectl rollout restart` the deployments (Pulumi does that itself)."""
     import yaml
 
-    from .manifests import model_objects, version_objects
+    from .manifests import target_objects
     from .spec.targets import KubernetesTarget
 
     ws = _workspace(file)
@@ -269,12 +270,7 @@ def render_manifests(file: Path, target: str, fmt: str, out: Path | None) -> Non
     spec = stack.target.spec
     if not isinstance(spec, KubernetesTarget):
         raise MlopsIacError(f"target {target} is {spec.kind}; render writes Kubernetes manifests")
-    objects = []
-    for dep in stack.deployments:
-        objects += model_objects(stack.project, spec, dep)
-        for v in dep.versions:
-            assert v.image is not None and v.onnx_digest is not None
-            objects += version_objects(stack.project, spec, dep, v, v.image, v.onnx_digest)
+    objects = target_objects(stack.project, spec, stack.deployments)
     if fmt == "json":
         text = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2, sort_keys=True) + "\n"
     else:

@@ -5,10 +5,15 @@ resources from these objects, and `mlops-iac render --format yaml` prints them f
 and offline checks. Each model version gets its own, immutable set of objects, named with
 the version and the artifact's digest, so a new version adds objects and never mutates the
 old ones; traffic moves between them through a Gateway API HTTPRoute.
+
+Objects that need CRDs (HTTPRoute, ServiceMonitor, PrometheusRule) are made only when the
+target declares what provides them (`gateway:`, `monitoring.prometheusOperator.enabled`), so
+a first `pulumi up` on a bare cluster succeeds; `skipped()` says what was left out and why.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from .plan import canonical_json, collection_config
@@ -17,8 +22,19 @@ from .serving.config import ModelConfig, ServerConfig
 from .spec.monitoring import HttpSink
 from .spec.targets import KubernetesTarget
 
-PORT = 8080
+# The server's listeners, named alike in pods, Services and the Docker component.
+PORT = 8080  # http: the v2 REST API
+GRPC_PORT = 8081  # grpc: the v2 gRPC API
+METRICS_PORT = 8082  # metrics: GET /metrics without the API key, open only to the monitoring namespace
 UID = 10001
+# The server drains requests in flight this long on SIGTERM (serving/run.py's DRAIN_SECONDS).
+DRAIN_SECONDS = 25
+# Before SIGTERM, the pod keeps serving while Endpoints, kube-proxy and the gateway forget it.
+PRESTOP_SECONDS = 10
+GRACE_SECONDS = PRESTOP_SECONDS + DRAIN_SECONDS + 5
+VERSION_HEADER = "x-model-version"
+API_KEY_VERSION = "mlops-iac.dev/api-key-version"
+POD_SECURITY = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
 Object = dict[str, Any]
 # Beside each object the checks it does not pass, with the reason: checkov reads these.
 SKIPS = {
@@ -56,7 +72,8 @@ def server_settings(dep: ResolvedDeployment, version: ResolvedVersion, onnx_dige
     assert version.number is not None
     mon, hw = dep.monitoring, version.hardware
     return ServerConfig(deployment=dep.name, auth=dep.auth == "key", metrics=mon.metrics,
-                        collection=collection_config(mon, "/data/"),
+                        collection=collection_config(mon, "/data/"), grpc_port=GRPC_PORT,
+                        metrics_port=METRICS_PORT if mon.metrics else None,
                         models=(ModelConfig(name=dep.model, version=version.number, path="/app/model/model.onnx",
                                             digest=onnx_digest, threads=hw.threads, max_batch_size=hw.max_batch_size,
                                             max_delay_ms=hw.max_delay_ms, gpu=hw.gpu > 0),))
@@ -66,24 +83,46 @@ def secret_name(dep: ResolvedDeployment) -> str:
     return f"{dep.name}-api-key"
 
 
+def _operator(target: KubernetesTarget, dep: ResolvedDeployment) -> dict[str, str] | None:
+    """The labels prometheus-operator selects on, or None where its CRDs are not declared."""
+    operator = target.monitoring.prometheus_operator
+    return dict(operator.labels) if operator.enabled and dep.monitoring.metrics else None
+
+
+def namespace_objects(project: str, target: KubernetesTarget) -> list[Object]:
+    """The namespace, labelled so that Kubernetes admits only `restricted` pods into it."""
+    if not target.creates_namespace:
+        return []
+    return [{"apiVersion": "v1", "kind": "Namespace",
+             "metadata": {"name": target.namespace_name, "labels": {
+                 "app.kubernetes.io/part-of": project, "app.kubernetes.io/managed-by": "mlops-iac",
+                 **POD_SECURITY}}}]
+
+
 def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeployment,
                     version: ResolvedVersion, image: str, onnx_digest: str) -> list[Object]:
     """ServiceAccount, ConfigMap, Deployment, Service, PodDisruptionBudget, HPA, NetworkPolicy,
-    and a ServiceMonitor when metrics are on: everything one version runs with."""
+    and a ServiceMonitor with prometheus-operator: everything one version runs with."""
     assert version.number is not None
-    name, ns = version_name(dep.model, version), target.namespace
+    name, ns = version_name(dep.model, version), target.namespace_name
     label_set = labels(project, dep.model, name, version.number)
     selector = {"app.kubernetes.io/name": dep.model, "app.kubernetes.io/instance": name}
     settings = canonical_json(server_settings(dep, version, onnx_digest).model_dump(mode="json"))
+    # Named by content and immutable: changed settings make a new ConfigMap and roll the pods,
+    # never a mixed fleet of old pods reading new settings.
+    settings_name = f"{name}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+    ports = [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+             {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}]
+    if dep.monitoring.metrics:
+        ports.append({"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"})
     objects: list[Object] = [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, ns, label_set),
          "automountServiceAccountToken": False},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(name, ns, label_set),
-         "data": {"server.json": settings}},
-        _deployment(name, ns, label_set, selector, dep, version, image),
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(settings_name, ns, label_set),
+         "immutable": True, "data": {"server.json": settings}},
+        _deployment(name, ns, label_set, selector, dep, version, image, settings_name, target),
         {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, ns, label_set),
-         "spec": {"type": "ClusterIP", "selector": selector,
-                  "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]}},
+         "spec": {"type": "ClusterIP", "selector": selector, "ports": ports}},
         _disruption_budget(name, ns, label_set, selector, version),
         {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _meta(name, ns, label_set),
          "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
@@ -91,32 +130,36 @@ def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploym
                   "maxReplicas": max(1, version.hardware.replicas_max),
                   "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
                       "type": "Utilization", "averageUtilization": 70}}}]}},
-        _network_policy(name, ns, label_set, selector, dep),
+        _network_policy(name, ns, label_set, selector, dep, target),
     ]
-    if dep.monitoring.metrics:
+    operator = _operator(target, dep)
+    if operator is not None:
         objects.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-                        "metadata": _meta(name, ns, label_set),
+                        "metadata": _meta(name, ns, {**label_set, **operator}),
                         "spec": {"selector": {"matchLabels": selector},
-                                 "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}]}})
+                                 "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}]}})
     return objects
 
 
-def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
-                dep: ResolvedDeployment, version: ResolvedVersion, image: str) -> Object:
+def _container(dep: ResolvedDeployment, version: ResolvedVersion, image: str, settings_name: str) -> Object:
     hw = version.hardware
     limits = {"cpu": _quantity_cpu(hw.cpu_limit_millis), "memory": _quantity_memory(hw.memory_limit_bytes)}
     if hw.gpu:
         limits["nvidia.com/gpu"] = str(hw.gpu)
     env: list[Object] = [{"name": "MLOPS_IAC_SERVER_SETTINGS", "valueFrom": {
-        "configMapKeyRef": {"name": name, "key": "server.json"}}}]
+        "configMapKeyRef": {"name": settings_name, "key": "server.json"}}}]
     if dep.auth == "key":
         env.append({"name": "MLOPS_IAC_API_KEY", "valueFrom": {
             "secretKeyRef": {"name": secret_name(dep), "key": "apiKey"}}})
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
-    container = {
-        "name": "server", "image": image, "imagePullPolicy": "Always",
-        "args": ["--port", str(PORT)], "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        "env": env,
+    ports = [{"name": "http", "containerPort": PORT, "protocol": "TCP"},
+             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}]
+    if dep.monitoring.metrics:
+        ports.append({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})
+    return {
+        # The image is pinned by digest: what is on the node is what was asked for.
+        "name": "server", "image": image, "imagePullPolicy": "IfNotPresent",
+        "args": ["--port", str(PORT)], "ports": ports, "env": env,
         "resources": {"requests": {"cpu": _quantity_cpu(hw.cpu_millis),
                                    "memory": _quantity_memory(hw.memory_bytes)}, "limits": limits},
         # Startup waits for the model to load and warm up; only then do liveness and readiness count.
@@ -124,34 +167,42 @@ def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[st
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
                           "failureThreshold": 3},
+        # Keep serving while the pod is taken out of Services and routes; SIGTERM (and the drain) after.
+        "lifecycle": {"preStop": {"exec": {"command": [
+            "/opt/venv/bin/python", "-c", f"import time; time.sleep({PRESTOP_SECONDS})"]}}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
         # /tmp is the pod's own in-memory emptyDir: the root filesystem is read-only.
         "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
     }
+
+
+def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
+                dep: ResolvedDeployment, version: ResolvedVersion, image: str, settings_name: str,
+                target: KubernetesTarget) -> Object:
     annotations = {f"checkov.io/skip{i + 1}": f"{check}={why}" for i, (check, why) in enumerate(SKIPS.items())}
+    pod: Object = {
+        "serviceAccountName": name, "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                       "whenUnsatisfiable": "ScheduleAnyway",
+                                       "labelSelector": {"matchLabels": selector}}],
+        # preStop, then SIGTERM and the server's drain, with a margin: then Kubernetes kills.
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "containers": [_container(dep, version, image, settings_name)],
+        "volumes": [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {"medium": "Memory"}}],
+    }
+    if target.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in target.image_pull_secrets]
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, ns, label_set, annotations=annotations),
+        # No `replicas`: the HPA owns the count, and a value here would reset it on every update.
         "spec": {
-            "replicas": max(1, hw.replicas_min), "revisionHistoryLimit": 2,
-            "selector": {"matchLabels": selector},
+            "revisionHistoryLimit": 2, "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {
-                "metadata": {"labels": label_set, "annotations": annotations},
-                "spec": {
-                    "serviceAccountName": name, "automountServiceAccountToken": False,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                                                   "whenUnsatisfiable": "ScheduleAnyway",
-                                                   "labelSelector": {"matchLabels": selector}}],
-                    # SIGTERM drains requests in flight (25 s); Kubernetes waits this long.
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [container],
-                    "volumes": [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {"medium": "Memory"}}],
-                },
-            },
+            "template": {"metadata": {"labels": label_set, "annotations": annotations}, "spec": pod},
         },
     }
 
@@ -165,38 +216,90 @@ def _disruption_budget(name: str, ns: str, label_set: dict[str, str], selector: 
 
 
 def _network_policy(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
-                    dep: ResolvedDeployment) -> Object:
+                    dep: ResolvedDeployment, target: KubernetesTarget) -> Object:
     egress: list[Object] = [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]
     if isinstance(dep.monitoring.sink, HttpSink):  # the only traffic the server starts itself
         egress.append({"ports": [{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP"}]})
+    ingress: list[Object] = [{"ports": [{"port": PORT, "protocol": "TCP"}, {"port": GRPC_PORT, "protocol": "TCP"}]}]
+    if dep.monitoring.metrics:  # metrics answer without the key: only Prometheus's namespace may ask
+        ingress.append({"from": [{"namespaceSelector": {"matchLabels": {
+                            "kubernetes.io/metadata.name": target.monitoring.namespace}}}],
+                        "ports": [{"port": METRICS_PORT, "protocol": "TCP"}]})
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(name, ns, label_set),
             "spec": {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress", "Egress"],
-                     "ingress": [{"ports": [{"port": PORT, "protocol": "TCP"}]}], "egress": egress}}
+                     "ingress": ingress, "egress": egress}}
 
 
 def model_objects(project: str, target: KubernetesTarget, dep: ResolvedDeployment) -> list[Object]:
     """The stable Service of the model and, with a gateway, the HTTPRoute that splits traffic."""
-    ns = target.namespace
+    ns = target.namespace_name
     label_set = {k: v for k, v in labels(project, dep.model, dep.name, 0).items() if k != "app.kubernetes.io/version"}
+    # Without a gateway this Service spreads requests over every version's ready pods: the split
+    # follows the replica counts, not `traffic`.
     objects: list[Object] = [{
         "apiVersion": "v1", "kind": "Service", "metadata": _meta(dep.name, ns, label_set),
         "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/name": dep.model,
                                                    "app.kubernetes.io/part-of": project},
-                 "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]}}]
+                 "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+                           {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}]}}]
     if target.gateway is not None:
-        route: Object = {
-            "parentRefs": [{"name": target.gateway.name, **({"namespace": target.gateway.namespace}
-                                                           if target.gateway.namespace else {})}],
-            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": f"/v2/models/{dep.model}"}}],
-                       "backendRefs": [{"name": version_name(dep.model, v), "port": PORT, "weight": v.weight}
-                                       for v in dep.versions]}]}
-        if target.hostname:
-            route["hostnames"] = [target.hostname]
         objects.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-                        "metadata": _meta(dep.name, ns, label_set), "spec": route})
+                        "metadata": _meta(dep.name, ns, label_set), "spec": _route(target, dep)})
+    operator = _operator(target, dep)
+    if operator is not None:
+        objects.append(alert_rules(ns, {**label_set, **operator}, dep))
     if dep.monitoring.metrics:
-        objects += monitoring_objects(ns, label_set, dep)
+        objects.append(dashboard(ns, label_set, dep))
     return objects
+
+
+def _route(target: KubernetesTarget, dep: ResolvedDeployment) -> Object:
+    """A rule per version (its path, or the version header) ahead of the weighted rule: the
+    Gateway API prefers the longer path and the match with more headers, so
+    /v2/models/M/versions/N/... and `x-model-version: N` always reach version N, even at weight 0."""
+    assert target.gateway is not None
+    prefix = f"/v2/models/{dep.model}"
+    pinned: list[Object] = [{
+        "matches": [{"path": {"type": "PathPrefix", "value": f"{prefix}/versions/{v.number}"}},
+                    {"path": {"type": "PathPrefix", "value": prefix},
+                     "headers": [{"type": "Exact", "name": VERSION_HEADER, "value": str(v.number)}]}],
+        "backendRefs": [{"name": version_name(dep.model, v), "port": PORT}]} for v in dep.versions]
+    weighted = {"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+                "backendRefs": [{"name": version_name(dep.model, v), "port": PORT, "weight": v.weight}
+                                for v in dep.versions]}
+    route: Object = {"parentRefs": [{"name": target.gateway.name, **({"namespace": target.gateway.namespace}
+                                                                     if target.gateway.namespace else {})}],
+                     "rules": [*pinned, weighted]}
+    if target.hostname:
+        route["hostnames"] = [target.hostname]
+    return route
+
+
+def target_objects(project: str, target: KubernetesTarget, deployments: tuple[ResolvedDeployment, ...]
+                   ) -> list[Object]:
+    """Every object of a target, in the order they are applied; what `render` prints."""
+    objects = namespace_objects(project, target)
+    for dep in deployments:
+        for v in dep.versions:
+            objects += version_objects(project, target, dep, v, v.image or "", v.onnx_digest or "")
+        objects += model_objects(project, target, dep)
+    return objects
+
+
+def skipped(target: KubernetesTarget, dep: ResolvedDeployment) -> list[str]:
+    """What the target does not get, and why: the objects whose CRDs it does not declare."""
+    out = []
+    if target.gateway is None:
+        out.append("HTTPRoute: the target has no `gateway:`; the stable Service spreads requests over every "
+                   "version's pods by replica count, not by `traffic`")
+    if dep.monitoring.metrics and not target.monitoring.prometheus_operator.enabled:
+        out.append("ServiceMonitor, PrometheusRule: the target does not set `monitoring.prometheusOperator.enabled`; "
+                   f"metrics are served on port {METRICS_PORT} (`metrics`) for any Prometheus in namespace "
+                   f"`{target.monitoring.namespace}`")
+    if not target.creates_namespace:
+        out.append(f"Namespace: `{target.namespace_name}` exists already; label it for Pod Security "
+                   "`restricted` yourself")
+    return out
 
 
 def series_selector(namespace: str, model: str) -> str:
@@ -204,15 +307,18 @@ def series_selector(namespace: str, model: str) -> str:
     return f'namespace="{namespace}",service=~"{model}-v[0-9]+-[0-9a-f]{{8}}"'
 
 
-def monitoring_objects(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> list[Object]:
-    """Alerts (prometheus-operator PrometheusRule) and a dashboard for Grafana's sidecar."""
-    from .monitoring.alerts import dashboard_json, rule_groups
+def alert_rules(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> Object:
+    """Alerts as a prometheus-operator PrometheusRule."""
+    from .monitoring.alerts import rule_groups
 
-    selector = series_selector(ns, dep.model)
-    return [
-        {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": _meta(dep.name, ns, label_set),
-         "spec": {"groups": rule_groups(dep, selector)}},
-        {"apiVersion": "v1", "kind": "ConfigMap",
-         "metadata": _meta(f"{dep.name}-dashboard", ns, {**label_set, "grafana_dashboard": "1"}),
-         "data": {f"{dep.name}.json": dashboard_json(dep, selector)}},
-    ]
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": _meta(dep.name, ns, label_set),
+            "spec": {"groups": rule_groups(dep, series_selector(ns, dep.model))}}
+
+
+def dashboard(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> Object:
+    """A dashboard for Grafana's sidecar: a plain ConfigMap, harmless where no Grafana looks."""
+    from .monitoring.alerts import dashboard_json
+
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _meta(f"{dep.name}-dashboard", ns, {**label_set, "grafana_dashboard": "1"}),
+            "data": {f"{dep.name}.json": dashboard_json(dep, series_selector(ns, dep.model))}}

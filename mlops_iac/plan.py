@@ -92,6 +92,7 @@ def pulumi_project(resolved: ResolvedSpec, stacks: tuple[StackPlan, ...]) -> lis
     if missing:
         raise PlanError("these versions have no pushed image in mlops.lock (run `mlops-iac build MODEL@N "
                         "--push REGISTRY`):\n  " + "\n  ".join(missing))
+    _docker_ports(deployed)
     from . import __version__
     from .render import render
 
@@ -104,6 +105,25 @@ def pulumi_project(resolved: ResolvedSpec, stacks: tuple[StackPlan, ...]) -> lis
                            content=render("pulumi/Pulumi.stack.yaml.j2", target=s.target.name,
                                           kind=s.target.spec.kind)) for s in deployed]
     return files
+
+
+def _docker_ports(stacks: list[StackPlan]) -> None:
+    """On a Docker host version N of a deployment listens on the target's port + N - 1."""
+    for stack in stacks:
+        spec = stack.target.spec
+        if spec.kind != "docker":
+            continue
+        holder: dict[int, str] = {}
+        for d in stack.deployments:
+            for v in d.versions:
+                assert v.number is not None
+                port = spec.port + v.number - 1
+                if port > 65535 or port in holder:
+                    raise PlanError(f"target {stack.target.name}: {d.name} v{v.number} would listen on host port "
+                                    f"{port}, " + (f"which {holder[port]} holds" if port in holder else
+                                                   "above 65535") + "; give each deployment its own docker target "
+                                    "(the same host with another `port`)")
+                holder[port] = f"{d.name} v{v.number}"
 
 
 def _require_pinned(resolved: ResolvedSpec) -> None:

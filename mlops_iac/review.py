@@ -36,23 +36,36 @@ def _target_kind(side: Side, dep: ResolvedDeployment) -> str:
 
 
 def resource_names(side: Side, dep: ResolvedDeployment) -> set[str]:
-    """What the deployment runs as, by name: Kubernetes objects or Docker containers."""
-    from .manifests import version_name
+    """What the deployment runs as, by kind and name: the objects `manifests.py` makes for the
+    target (so every kind it can create is listed), Docker containers, or a local process."""
+    from .manifests import model_objects, version_name, version_objects
+    from .spec.targets import KubernetesTarget
 
-    kind = _target_kind(side, dep)
-    names = set()
-    for v in dep.versions:
-        if v.number is None or v.digest is None:
-            continue
-        base = version_name(dep.model, v)
-        if kind == "kubernetes":
-            names |= {f"{k}/{base}" for k in ("Deployment", "Service", "ServiceAccount", "ConfigMap",
-                                              "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy")}
-        elif kind == "docker":
-            names.add(f"Container/{base}")
-        else:
-            names.add(f"process/{base}")
-    return names
+    assert side.resolved is not None
+    target = side.resolved.target(dep.target).spec
+    pinned = [v for v in dep.versions if v.number is not None and v.digest is not None]
+    if isinstance(target, KubernetesTarget):
+        objects = [o for v in pinned for o in version_objects(side.resolved.project, target, dep, v,
+                                                              v.image or "", v.onnx_digest or "")]
+        objects += model_objects(side.resolved.project, target, dep.model_copy(update={"versions": tuple(pinned)}))
+        return {f"{o['kind']}/{o['metadata']['name']}" for o in objects}
+    prefix = "Container" if target.kind == "docker" else "process"
+    return {f"{prefix}/{version_name(dep.model, v)}" for v in pinned}
+
+
+def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
+    """What the target does not deploy, and where `traffic` cannot be honoured."""
+    from .manifests import skipped
+    from .spec.targets import KubernetesTarget
+
+    assert side.resolved is not None
+    target = side.resolved.target(dep.target).spec
+    if isinstance(target, KubernetesTarget):
+        return [f"not deployed: {s}" for s in skipped(target, dep)]
+    if target.kind == "docker" and len(dep.versions) > 1:
+        return ["weights are not honoured on a docker target: each version answers on its own host port "
+                "(the target's port + version - 1); clients choose"]
+    return []
 
 
 def _version_cell(v: ResolvedVersion) -> str:
@@ -153,6 +166,8 @@ def _section(before: Side, after: Side, name: str, a: ResolvedDeployment | None,
             lines.append(f"| v{v.number} {'(new)' if prior is None else ''} | {traffic} | {resources} | "
                          f"{_speed(facts)} |")
         lines.append("")
+    if b is not None:
+        lines += [f"- {c}" for c in caveats(after, b)]
     for title, items in (("create", will - was), ("keep", will & was), ("delete", was - will)):
         if items:
             shown = sorted(items)[:40]

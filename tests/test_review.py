@@ -53,8 +53,9 @@ def test_a_canary_shows_versions_traffic_and_resources(repo: Path) -> None:
     assert "| `iris-prod` | changed |" in text and "iris-edge" not in text  # edge did not change
     assert "v1 `8f03a2cb4a4d` 100%" in text and "v2 `8e247c07abec` 10%" in text
     assert "100% → **90%**" in text and "| v2 (new) | 10% |" in text
-    assert "**create** (7): `ConfigMap/iris-v2-8e247c07`" in text
-    assert "**keep** (7):" in text and "**delete**" not in text
+    assert "**create** (8): `ConfigMap/iris-v2-8e247c07-" in text  # its settings, named by their digest
+    assert "`ServiceMonitor/iris-v2-8e247c07`" in text
+    assert "**keep** (12):" in text and "`HTTPRoute/iris-prod`" in text and "**delete**" not in text
     assert "req/s per replica" in text  # the profile's figures
 
 
@@ -67,7 +68,7 @@ def test_no_change_says_so(repo: Path) -> None:
 def test_a_removed_deployment_and_a_first_commit(repo: Path) -> None:
     text = (repo / "mlops.yaml").read_text()
     commit(repo, message="start")
-    edge = text[text.index("  - name: iris-edge"): text.index("monitoring:")]
+    edge = text[text.index("  - name: iris-edge"): text.index("\nmonitoring:") + 1]
     commit(repo, text.replace(edge, ""), "drop the edge device")
     out = diff(repo, "--base", "HEAD~1", "--head", "HEAD")
     assert "| `iris-edge` | removed |" in out and "**delete** (1): `Container/iris-v1-8f03a2cb`" in out

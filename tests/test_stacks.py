@@ -33,8 +33,12 @@ class Mocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.resources.append(args)
-        return f"{args.name}-id", {**args.inputs, "imageId": "sha256:" + "1" * 64} if "RemoteImage" in args.typ \
-            else args.inputs
+        outputs = dict(args.inputs)
+        if "RemoteImage" in args.typ:
+            outputs["imageId"] = "sha256:" + "1" * 64
+        if args.typ == "kubernetes:core/v1:Secret":  # the API server versions every object it stores
+            outputs["metadata"] = {**outputs["metadata"], "resourceVersion": "4711"}
+        return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         return {}
@@ -90,9 +94,20 @@ def test_kubernetes_components_create_the_immutable_set_per_version() -> None:
     custom = {"HTTPRoute": mocks.of("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute")[0].inputs,
               "ServiceMonitor": mocks.of("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")[0].inputs}
     assert len(mocks.of("mlops:k8s:ModelServer")) == 2 and len(mocks.of("mlops:k8s:ModelEndpoint")) == 1
-    weights = {b["name"]: b["weight"] for b in custom["HTTPRoute"]["spec"]["rules"][0]["backendRefs"]}
+    weights = {b["name"]: b["weight"] for b in custom["HTTPRoute"]["spec"]["rules"][-1]["backendRefs"]}
     assert weights == {"iris-v1-8f03a2cb": 90, "iris-v2-8e247c07": 10}
-    assert custom["ServiceMonitor"]["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert custom["ServiceMonitor"]["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    assert custom["ServiceMonitor"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # A first `up` on the cluster's terms: the namespace is made and admits only restricted pods;
+    # the HPA owns the replica count; the image by digest is not pulled again.
+    (namespace,) = mocks.of("kubernetes:core/v1:Namespace")
+    assert namespace.inputs["metadata"]["name"] == "models"
+    assert {namespace.inputs["metadata"]["labels"][f"pod-security.kubernetes.io/{m}"]
+            for m in ("enforce", "audit", "warn")} == {"restricted"}
+    assert "replicas" not in spec and container["imagePullPolicy"] == "IfNotPresent"
+    assert pod["terminationGracePeriodSeconds"] >= 10 + 25 and container["lifecycle"]["preStop"]["exec"]
+    # Rotating the key updates its Secret, whose new resourceVersion changes the pod template.
+    assert spec["template"]["metadata"]["annotations"]["mlops-iac.dev/api-key-version"] == "4711"
     (secret,) = mocks.of("kubernetes:core/v1:Secret")
     wrapped = secret.inputs["stringData"]  # Pulumi's secret envelope: encrypted in state, never plain
     assert wrapped["4dabf18193072939515e22adb298388d"] == "1b47061264138c4ac30d75fd1eb44270"
@@ -174,7 +189,7 @@ def test_rendered_manifests_pass_kubernetes_validate_and_checkov(tmp_path: Path)
             continue  # custom resources: kubernetes-validate ships only the core schemas
         kubernetes_validate.validate(obj, "1.30.0", strict=True)
         validated += 1
-    assert validated == 16
+    assert validated == 17  # the namespace, 7 per version, the stable Service and the dashboard
     checkov = os.environ.get("MLOPS_IAC_CHECKOV") or str(ROOT / ".venv-checkov/bin/checkov")
     if not Path(checkov).exists():
         require("checkov (scripts/test.sh puts it in .venv-checkov)")

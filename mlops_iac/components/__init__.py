@@ -29,33 +29,42 @@ def deploy(plan: StackPlan, api_key: pulumi.Input[str] | None = None) -> dict[st
 def _kubernetes(plan: StackPlan, target: KubernetesTarget, api_key: pulumi.Input[str] | None) -> dict[str, Any]:
     import pulumi_kubernetes as k8s
 
-    from .kubernetes import ModelEndpoint, ModelEndpointArgs, ModelServer, ModelServerArgs
+    from .kubernetes import (ApiKey, ApiKeyArgs, ClusterNamespace, ClusterNamespaceArgs, ModelEndpoint,
+                             ModelEndpointArgs, ModelServer, ModelServerArgs)
 
     provider = k8s.Provider(plan.target.name, context=target.context)
-    opts = pulumi.ResourceOptions(provider=provider)
+    namespace = ClusterNamespace(target.namespace_name, ClusterNamespaceArgs(plan.project, target),
+                                 pulumi.ResourceOptions(provider=provider))
+    # Everything else goes into the namespace, so after it.
+    opts = pulumi.ResourceOptions(provider=provider, depends_on=[namespace])
     exported: dict[str, Any] = {}
     for dep in plan.deployments:
-        ModelEndpoint(dep.name, ModelEndpointArgs(plan.project, target, dep, api_key), opts)
-        for version in dep.versions:
-            server = ModelServer(f"{dep.name}-v{version.number}",
-                                 ModelServerArgs(plan.project, target, dep, version), opts)
-            exported[server.name] = version.image
+        key_version = None
+        if dep.auth == "key":
+            if api_key is None:
+                raise ValueError(f"deployment {dep.name} has auth: key; set the key with "
+                                 "`pulumi config set --secret mlops:apiKey <key>`")
+            key_version = ApiKey(dep.name, ApiKeyArgs(target, dep, api_key), opts).version
+        servers = [ModelServer(f"{dep.name}-v{v.number}", ModelServerArgs(plan.project, target, dep, v, key_version),
+                               opts) for v in dep.versions]
+        ModelEndpoint(dep.name, ModelEndpointArgs(plan.project, target, dep, servers), opts)
+        exported.update({s.name: v.image for s, v in zip(servers, dep.versions, strict=True)})
     return exported
 
 
 def _docker(plan: StackPlan, target: DockerTarget, api_key: pulumi.Input[str] | None) -> dict[str, Any]:
     import pulumi_docker as docker
 
-    from .docker import DockerModelServer, DockerModelServerArgs
+    from .docker import DockerModelServer, DockerModelServerArgs, host_port
 
-    provider = docker.Provider(plan.target.name, host=target.host)
+    ssh = list(target.ssh_opts) if target.host.startswith("ssh://") else None
+    provider = docker.Provider(plan.target.name, host=target.host, ssh_opts=ssh)
     opts = pulumi.ResourceOptions(provider=provider)
     exported: dict[str, Any] = {}
-    port = target.port
     for dep in plan.deployments:
         for version in dep.versions:
+            port = host_port(target, version)
             DockerModelServer(f"{dep.name}-v{version.number}",
-                              DockerModelServerArgs(dep, version, port, api_key), opts)
-            exported[f"{dep.name}-v{version.number}"] = port  # versions side by side, one port each
-            port += 1
+                              DockerModelServerArgs(dep, version, port, api_key, target.platform), opts)
+            exported[f"{dep.name}-v{version.number}"] = port
     return exported

@@ -1,5 +1,10 @@
 """Docker component (pulumi-docker): a single host or an edge device reached through
-DOCKER_HOST (ssh://user@edge-01). One container per model version, the image by digest."""
+DOCKER_HOST (ssh://user@edge-01). One container per model version, the image by digest.
+
+Each version keeps its own host port (`host_port`: the target's port + version - 1) for as
+long as it runs, so promoting a canary never moves it and never needs a port held by another
+container. Its collected data lives in a named volume, `<version name>-data`, that is kept
+when the version retires (Pulumi forgets it; `docker volume rm` deletes it)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,15 @@ import pulumi_docker as docker
 from ..manifests import PORT, UID, server_settings, version_name
 from ..plan import canonical_json
 from ..resolve import ResolvedDeployment, ResolvedVersion
+from ..spec.targets import DockerTarget
+
+WAIT_SECONDS = 300  # `pulumi up` waits this long for the healthcheck to pass
+
+
+def host_port(target: DockerTarget, version: ResolvedVersion) -> int:
+    """The version's port on the host: a function of the version alone, stable across changes."""
+    assert version.number is not None
+    return target.port + version.number - 1
 
 
 @dataclass
@@ -19,6 +33,7 @@ class DockerModelServerArgs:
     version: ResolvedVersion
     port: int  # on the host
     api_key: pulumi.Input[str] | None = None
+    platform: str = "linux/amd64"
 
 
 class DockerModelServer(pulumi.ComponentResource):
@@ -28,8 +43,11 @@ class DockerModelServer(pulumi.ComponentResource):
         assert version.image is not None and version.onnx_digest is not None
         child = pulumi.ResourceOptions(parent=self)
         cname = version_name(dep.model, version)
-        self.image = docker.RemoteImage(f"{cname}-image", name=version.image, keep_locally=True, opts=child)
-        self.volume = docker.Volume(f"{cname}-data", name=f"{cname}-data", opts=child)
+        self.image = docker.RemoteImage(f"{cname}-image", name=version.image, keep_locally=True,
+                                        platform=args.platform, opts=child)
+        # Kept when the version retires: the collected requests are the drift check's input.
+        self.volume = docker.Volume(f"{cname}-data", name=f"{cname}-data",
+                                    opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
         hw = version.hardware
         envs: list[pulumi.Input[str]] = [
             "MLOPS_IAC_SERVER_SETTINGS=" + canonical_json(server_settings(dep, version, version.onnx_digest)
@@ -42,6 +60,7 @@ class DockerModelServer(pulumi.ComponentResource):
         self.container = docker.Container(
             f"{cname}-container", opts=child, name=cname, image=self.image.image_id,
             command=["--port", str(PORT)], restart="unless-stopped", must_run=True,
+            wait=True, wait_timeout=WAIT_SECONDS,  # `up` succeeds only once the healthcheck passes
             ports=[docker.ContainerPortArgs(internal=PORT, external=args.port)],
             envs=envs, user=f"{UID}:{UID}", read_only=True,
             memory=-(-hw.memory_limit_bytes // 2**20), cpus=f"{hw.cpu_limit_millis / 1000:g}",

@@ -1,20 +1,22 @@
 """Kubernetes components (pulumi-kubernetes). They build the objects of `manifests.py`, so
-`pulumi up` and `mlops-iac render --format yaml` create exactly the same things."""
+`pulumi up` and `mlops-iac render --format yaml` create exactly the same things (plus the
+API key's Secret, which render leaves to the user)."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from ..manifests import model_objects, secret_name, version_name, version_objects
+from ..manifests import API_KEY_VERSION, model_objects, namespace_objects, secret_name, version_name, version_objects
 from ..resolve import ResolvedDeployment, ResolvedVersion
 from ..spec.targets import KubernetesTarget
 
 TYPED = {
+    ("v1", "Namespace"): k8s.core.v1.Namespace,
     ("v1", "ServiceAccount"): k8s.core.v1.ServiceAccount,
     ("v1", "ConfigMap"): k8s.core.v1.ConfigMap,
     ("v1", "Service"): k8s.core.v1.Service,
@@ -42,6 +44,44 @@ def create(obj: dict[str, Any], opts: pulumi.ResourceOptions) -> pulumi.CustomRe
 
 
 @dataclass
+class ClusterNamespaceArgs:
+    project: str
+    target: KubernetesTarget
+
+
+class ClusterNamespace(pulumi.ComponentResource):
+    """The target's namespace, labelled for Pod Security `restricted`, unless it exists already."""
+
+    def __init__(self, name: str, args: ClusterNamespaceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mlops:k8s:Namespace", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.resources = {o["kind"]: create(o, child) for o in namespace_objects(args.project, args.target)}
+        self.register_outputs({"namespace": args.target.namespace_name})
+
+
+@dataclass
+class ApiKeyArgs:
+    target: KubernetesTarget
+    deployment: ResolvedDeployment
+    api_key: pulumi.Input[str]
+
+
+class ApiKey(pulumi.ComponentResource):
+    """The deployment's API key as a Secret. Its resourceVersion, which changes with every update
+    of the Secret, annotates the pods, so rotating the key rolls them."""
+
+    def __init__(self, name: str, args: ApiKeyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mlops:k8s:ApiKey", name, None, opts)
+        self.secret = k8s.core.v1.Secret(
+            f"{secret_name(args.deployment)}-secret", opts=pulumi.ResourceOptions(parent=self), type="Opaque",
+            metadata={"name": secret_name(args.deployment), "namespace": args.target.namespace_name},
+            string_data={"apiKey": pulumi.Output.secret(args.api_key)})
+        self.version: pulumi.Output[str] = self.secret.metadata.apply(
+            lambda meta: (meta.resource_version if meta else None) or "")
+        self.register_outputs({"secret": secret_name(args.deployment)})
+
+
+@dataclass
 class ModelServerArgs:
     """One model version of one deployment on one cluster."""
 
@@ -49,6 +89,7 @@ class ModelServerArgs:
     target: KubernetesTarget
     deployment: ResolvedDeployment
     version: ResolvedVersion
+    api_key_version: pulumi.Input[str] | None = None  # rolls the pods when the key's Secret changes
 
 
 class ModelServer(pulumi.ComponentResource):
@@ -59,36 +100,35 @@ class ModelServer(pulumi.ComponentResource):
         assert args.version.image is not None and args.version.onnx_digest is not None
         objects = version_objects(args.project, args.target, args.deployment, args.version,
                                   args.version.image, args.version.onnx_digest)
+        if args.api_key_version is not None:
+            deployment = next(o for o in objects if o["kind"] == "Deployment")
+            deployment["spec"]["template"]["metadata"]["annotations"][API_KEY_VERSION] = args.api_key_version
         child = pulumi.ResourceOptions(parent=self)
         self.resources = {o["kind"]: create(o, child) for o in objects}
         self.name = version_name(args.deployment.model, args.version)
         self.register_outputs({"name": self.name, "image": args.version.image,
-                               "service": f"{self.name}.{args.target.namespace}.svc"})
+                               "service": f"{self.name}.{args.target.namespace_name}.svc"})
 
 
 @dataclass
 class ModelEndpointArgs:
-    """The stable endpoint of a model's deployment: its Service, the traffic split, the API key."""
+    """The stable endpoint of a model's deployment: its Service and the traffic split."""
 
     project: str
     target: KubernetesTarget
     deployment: ResolvedDeployment
-    api_key: pulumi.Input[str] | None = None
+    servers: list[ModelServer] = field(default_factory=list)
 
 
 class ModelEndpoint(pulumi.ComponentResource):
+    """The stable Service and the HTTPRoute wait for every version's Deployment (pulumi-kubernetes
+    waits until a Deployment is available), so no weight moves to pods that are not ready."""
+
     def __init__(self, name: str, args: ModelEndpointArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlops:k8s:ModelEndpoint", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        deployments: list[pulumi.Resource] = [s.resources["Deployment"] for s in args.servers]
+        child = pulumi.ResourceOptions(parent=self, depends_on=deployments)
         self.resources = {o["kind"]: create(o, child) for o in model_objects(args.project, args.target,
                                                                               args.deployment)}
-        if args.deployment.auth == "key":
-            if args.api_key is None:
-                raise ValueError(f"deployment {args.deployment.name} has auth: key; set the key with "
-                                 "`pulumi config set --secret mlops:apiKey <key>`")
-            self.resources["Secret"] = k8s.core.v1.Secret(
-                f"{secret_name(args.deployment)}-secret", opts=child, type="Opaque",
-                metadata={"name": secret_name(args.deployment), "namespace": args.target.namespace},
-                string_data={"apiKey": pulumi.Output.secret(args.api_key)})
-        self.register_outputs({"service": f"{args.deployment.name}.{args.target.namespace}.svc",
+        self.register_outputs({"service": f"{args.deployment.name}.{args.target.namespace_name}.svc",
                                "weights": {str(v.number): v.weight for v in args.deployment.versions}})

@@ -48,6 +48,8 @@ class ServerConfig(Settings):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY, ge=1024)
     metrics: bool = True
     collection: CollectionConfig = CollectionConfig()
+    grpc_port: int | None = Field(None, ge=1, le=65535)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
 
 
 def read_config(path: Path) -> ServerConfig:
