@@ -311,7 +311,8 @@ def alert_rules(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> 
     """Alerts as a prometheus-operator PrometheusRule."""
     from .monitoring.alerts import rule_groups
 
-    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": _meta(dep.name, ns, label_set),
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": _meta(dep.name, ns, label_set),
             "spec": {"groups": rule_groups(dep, series_selector(ns, dep.model))}}
 
 

@@ -29,8 +29,16 @@ def deploy(plan: StackPlan, api_key: pulumi.Input[str] | None = None) -> dict[st
 def _kubernetes(plan: StackPlan, target: KubernetesTarget, api_key: pulumi.Input[str] | None) -> dict[str, Any]:
     import pulumi_kubernetes as k8s
 
-    from .kubernetes import (ApiKey, ApiKeyArgs, ClusterNamespace, ClusterNamespaceArgs, ModelEndpoint,
-                             ModelEndpointArgs, ModelServer, ModelServerArgs)
+    from .kubernetes import (
+        ApiKey,
+        ApiKeyArgs,
+        ClusterNamespace,
+        ClusterNamespaceArgs,
+        ModelEndpoint,
+        ModelEndpointArgs,
+        ModelServer,
+        ModelServerArgs,
+    )
 
     provider = k8s.Provider(plan.target.name, context=target.context)
     namespace = ClusterNamespace(target.namespace_name, ClusterNamespaceArgs(plan.project, target),

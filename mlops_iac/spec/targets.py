@@ -42,8 +42,8 @@ class Namespace(SpecModel):
 
 class PrometheusOperator(SpecModel):
     enabled: bool = Field(False, description="The cluster has prometheus-operator's CRDs (ServiceMonitor, ...).")
-    labels: dict[str, str] = Field(default_factory=dict,
-                                   description="Labels its Prometheus selects on, e.g. {release: kube-prometheus-stack}.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels its Prometheus selects on, e.g. {release: kube-prometheus-stack}.")
 
 
 class ClusterMonitoring(SpecModel):
