@@ -202,7 +202,7 @@ def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[st
         "spec": {
             "revisionHistoryLimit": 2, "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": label_set, "annotations": annotations}, "spec": pod},
+            "template": {"metadata": {"labels": label_set, "annotations": dict(annotations)}, "spec": pod},
         },
     }
 

@@ -61,7 +61,9 @@ def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
     assert side.resolved is not None
     target = side.resolved.target(dep.target).spec
     if isinstance(target, KubernetesTarget):
-        return [f"not deployed: {s}" for s in skipped(target, dep)]
+        shared = [f"in `Namespace/{target.namespace_name}`, which the stack creates and labels for Pod Security "
+                  "`restricted`"] if target.creates_namespace else []
+        return shared + [f"not deployed: {s}" for s in skipped(target, dep)]
     if target.kind == "docker" and len(dep.versions) > 1:
         return ["weights are not honoured on a docker target: each version answers on its own host port "
                 "(the target's port + version - 1); clients choose"]
