@@ -100,6 +100,7 @@ def pulumi_project(resolved: ResolvedSpec, stacks: tuple[StackPlan, ...]) -> lis
                                                             description=resolved.description)),
              FileArtifact(path="__main__.py", content=render("pulumi/__main__.py.j2", project=resolved.project)),
              FileArtifact(path="requirements.txt", content=render("pulumi/requirements.txt.j2",
+                                                                  requirement=resolved.mlops_iac,
                                                                   version=__version__))]
     files += [FileArtifact(path=f"Pulumi.{s.target.name}.yaml", create_only=True,
                            content=render("pulumi/Pulumi.stack.yaml.j2", target=s.target.name,

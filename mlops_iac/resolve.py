@@ -119,6 +119,7 @@ class ResolvedTarget(Resolved):
 class ResolvedSpec(Resolved):
     project: str
     description: str
+    mlops_iac: str  # the requirement the Pulumi program installs mlops-iac by
     registry: ResolvedRegistry
     models: tuple[ResolvedModel, ...]
     targets: tuple[ResolvedTarget, ...]
@@ -181,6 +182,7 @@ def resolve(spec: Spec, doc: Document, lock: Lock, root: Path | None, *,
     return ResolvedSpec(
         project=spec.project.name,
         description=spec.project.description,
+        mlops_iac=spec.project.mlops_iac,
         registry=ResolvedRegistry(**spec.registry.model_dump(exclude={"backend"}),
                                   backend=spec.registry.backend),
         models=models,

@@ -176,3 +176,51 @@ def test_plan_json_round_trips_for_every_field(target: dict[str, Any], sink: dic
 
 
 PLANS = deployed_plans(ROOT / "examples" / "production")
+
+
+def test_requirements_install_offline_in_a_fresh_venv_from_a_wheel_of_this_checkout(tmp_path: Path) -> None:
+    """stacks/requirements.txt as `pulumi up` installs it, with no index: mlops-iac from a wheel
+    built from this checkout (PIP_FIND_LINKS), Pulumi's SDKs from the interpreter's own site."""
+    import subprocess
+    import sys
+
+    wheels, env_dir = tmp_path / "wheels", tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-q", "-w", str(wheels), str(ROOT)], check=True, timeout=300)
+    # A fresh venv on the interpreter this one was made from: its site has Pulumi's SDKs.
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)], check=True,
+                   timeout=300)
+    python = str(env_dir / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env |= {"PIP_FIND_LINKS": str(wheels), "PIP_NO_INDEX": "1", "PYTHONNOUSERSITE": "1"}
+    requirements = ROOT / "stacks" / "requirements.txt"
+    pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", str(requirements)], check=True, env=env, cwd=tmp_path, timeout=300)
+    # The interpreter's site may hold a development install of mlops-iac, which satisfies the
+    # line above by itself: install that line again, ignoring it, so the wheel must resolve.
+    (line,) = [x for x in requirements.read_text().splitlines() if x.startswith("mlops-iac")]
+    subprocess.run([*pip, "--ignore-installed", "--no-deps", line], check=True, env=env, cwd=tmp_path, timeout=300)
+    # The installed wheel, not this checkout, runs the committed program under Pulumi's mocks.
+    found = subprocess.run([python, "-c", "import mlops_iac.components, pulumi_kubernetes; print(mlops_iac.__file__)"],
+                           check=True, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert found.stdout.strip().startswith(str(env_dir)), found.stdout
+
+
+def test_the_requirement_comes_from_mlops_yaml(tmp_path: Path) -> None:
+    import shutil
+
+    from mlops_iac.errors import ConfigError
+
+    folder = tmp_path / "p"
+    shutil.copytree(ROOT / "examples" / "production", folder)
+    spec = folder / "mlops.yaml"
+    text = spec.read_text()
+    pinned = "mlops-iac @ git+https://github.com/acme/mlops-iac@0123456789abcdef0123456789abcdef01234567"
+    spec.write_text(text.replace("  name: shop\n", f"  name: shop\n  mlopsIac: {pinned}\n"))
+    (requirements,) = [f for f in make_plan(load(spec).resolved).files if f.path == "requirements.txt"]
+    assert pinned in str(requirements.content).splitlines()
+    spec.write_text(text.replace("  name: shop\n", "  name: shop\n  mlopsIac: mlops-iac==0.1.0; rm -rf\n"))
+    with pytest.raises(ConfigError) as caught:
+        load(spec)
+    assert caught.value.first.path == "project.mlopsIac" and "expected a requirement for mlops-iac" in str(caught.value)
