@@ -137,7 +137,14 @@ SINKS = st.one_of(
               st.from_regex(r"[a-z]{1,10}\.example", fullmatch=True)))
 KUBERNETES = st.fixed_dictionaries({"kind": st.just("kubernetes")}, optional={
     "context": st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True),
-    "namespace": st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True),
+    "namespace": st.one_of(st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True),
+                           st.fixed_dictionaries({"name": st.just("team-a"), "create": st.booleans()})),
+    "imagePullSecrets": st.lists(st.sampled_from(["ghcr", "acr"]), max_size=2, unique=True),
+    "monitoring": st.fixed_dictionaries({}, optional={
+        "namespace": st.just("observability"),
+        "prometheusOperator": st.fixed_dictionaries({"enabled": st.booleans()}, optional={
+            "labels": st.dictionaries(st.sampled_from(["release", "team"]), st.from_regex(r"[a-z]{1,8}",
+                                                                                           fullmatch=True))})}),
     "gateway": st.fixed_dictionaries({"name": st.just("public")}, optional={"namespace": st.just("gw")}),
     "hostname": st.just("models.example.com"),
     "platform": st.sampled_from(["linux/amd64", "linux/arm64"]),
@@ -146,6 +153,7 @@ KUBERNETES = st.fixed_dictionaries({"kind": st.just("kubernetes")}, optional={
 DOCKER = st.fixed_dictionaries({"kind": st.just("docker")}, optional={
     "host": st.sampled_from(["ssh://deploy@edge-01", "unix:///var/run/docker.sock", "tcp://10.0.0.2:2376"]),
     "port": st.integers(1, 60000),
+    "sshOpts": st.lists(st.sampled_from(["-o", "BatchMode=yes", "-i", "/keys/edge"]), max_size=4),
     "platform": st.sampled_from(["linux/amd64", "linux/arm64"]),
     "gpu": st.booleans(),
 })
