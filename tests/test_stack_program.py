@@ -45,10 +45,10 @@ class Mocks(pulumi.runtime.Mocks):
         return {}
 
 
-def run_generated(folder: Path, project: str, stack: str) -> tuple[Mocks, dict[str, Any]]:
+def run_generated(folder: Path, project: str, stack: str, preview: bool = False) -> tuple[Mocks, dict[str, Any]]:
     """Execute folder/__main__.py as the Pulumi CLI's Python language host would."""
     mocks = Mocks()
-    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview)
     pulumi.runtime.set_all_config({"mlops:apiKey": "s3cret"}, secret_keys=["mlops:apiKey"])
     exported: dict[str, Any] = {}
     cwd = Path.cwd()
@@ -113,6 +113,14 @@ def test_the_committed_stacks_run_as_pulumi_starts_them() -> None:
     plans = deployed_plans(ROOT / "examples" / "production")
     assert sorted(plans) == ["edge", "prod"]
     check_program(ROOT / "stacks", plans)
+
+
+@pytest.mark.parametrize("stack", ["prod", "edge"])
+def test_the_committed_stacks_preview(stack: str) -> None:
+    """`pulumi preview` runs the program with unknown outputs (the Secret's version, image ids)."""
+    mocks, _ = run_generated(ROOT / "stacks", "shop", stack, preview=True)
+    names = {r.name for r in mocks.resources}
+    assert ("iris-v1-8f03a2cb-deployment" if stack == "prod" else "iris-v1-8f03a2cb-container") in names
 
 
 def test_every_example_with_a_lock_is_checked() -> None:

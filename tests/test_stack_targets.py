@@ -116,6 +116,9 @@ def test_an_existing_namespace_and_pull_secrets(tmp_path: Path) -> None:
     selector = made["NetworkPolicy"][0]["spec"]["ingress"][1]["from"][0]["namespaceSelector"]
     assert selector == {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}
     assert {d["metadata"]["namespace"] for d in made["Deployment"]} == {"team-a"}
+    # `default` always exists: the stack neither creates nor relabels it.
+    assert not KubernetesTarget(kind="kubernetes").creates_namespace
+    assert manifests.namespace_objects("shop", KubernetesTarget(kind="kubernetes")) == []
 
 
 def test_the_review_says_what_is_not_deployed_and_lists_every_kind(tmp_path: Path) -> None:
