@@ -140,6 +140,12 @@ def test_the_review_says_what_is_not_deployed_and_lists_every_kind(tmp_path: Pat
     listed = {kind for kind in every if f"`{kind}/" in text}
     assert listed == every, every - listed
     assert "not deployed" not in text
+    edge = next(d for d in full.resolved.deployments if d.target == "edge")
+    v2 = next(d for d in full.resolved.deployments if d.target == "prod").versions[1]
+    canary = edge.model_copy(update={"versions": (edge.versions[0], v2)})
+    resolved = full.resolved.model_copy(update={"deployments": (canary,)})
+    text = review(Side(None, Lock()), Side(resolved, full.lock))
+    assert "weights are not honoured on a docker target" in text
 
 
 def test_two_deployments_of_one_model_on_one_target_are_a_located_error(tmp_path: Path) -> None:
