@@ -273,3 +273,44 @@ def test_docker_ports_of_two_deployments_that_would_collide_are_refused(tmp_path
     resolved = ws.resolved.model_copy(update={"deployments": (*ws.resolved.deployments, twin)})
     with pytest.raises(PlanError, match="host port 8080, which iris-edge v1 holds"):
         make_plan(resolved)
+
+
+def test_the_real_server_runs_with_the_settings_and_environment_a_pod_gets(tmp_path: Path) -> None:
+    """The ConfigMap's server.json and the pod's environment, given to the real server process:
+    it starts with them (auth on, the gRPC and metrics ports set), answers on the versioned path
+    as onnxruntime does in process, and refuses a request without the key."""
+    import json
+
+    import numpy as np
+
+    from mlops_iac.convert.onnx_tools import run, session
+    from mlops_iac.serving.runtime import sha256_of
+
+    from .server_fixtures import build_models, running_server
+
+    models = build_models(tmp_path / "models")
+    plan = PLANS["prod"]
+    assert isinstance(plan.target.spec, KubernetesTarget)
+    objects = target_objects("shop", plan.target.spec, plan.deployments)
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("iris-v2-")]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    ref = container["env"][0]["valueFrom"]["configMapKeyRef"]
+    (config,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == ref["name"]]
+    settings = json.loads(config["data"][ref["key"]])
+    assert (settings["auth"], settings["grpc_port"], settings["metrics_port"]) == (True, 8081, 8082)
+    # What the image holds at /app/model and the pod's /data volume, here in the test's folder.
+    model = models.folder / "iris.onnx"
+    settings["models"][0] |= {"path": str(model), "digest": sha256_of(model)}
+    settings["collection"]["path"] = str(tmp_path / "data" / "requests.jsonl")
+    assert [e["name"] for e in container["env"]] == ["MLOPS_IAC_SERVER_SETTINGS", "MLOPS_IAC_API_KEY"]
+    env = {"MLOPS_IAC_SERVER_SETTINGS": json.dumps(settings), "MLOPS_IAC_API_KEY": "s3cret"}
+    x = models.iris[:4]
+    request = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    with running_server(models, {"models": [settings["models"][0]]}, env=env) as server:
+        status, _ = server.json("POST", "/v2/models/iris/versions/2/infer", request)
+        assert status == 401
+        status, answer = server.json("POST", "/v2/models/iris/versions/2/infer", request, Authorization="Bearer s3cret")
+        assert status == 200, answer
+    label = next(o for o in answer["outputs"] if o["name"] == "label")
+    assert label["data"] == run(session(model.read_bytes()), x)[0].tolist()
+    assert answer["model_version"] == "2" and np.asarray(label["data"]).shape == (4,)
