@@ -227,6 +227,14 @@ def test_the_grace_period_covers_the_servers_drain() -> None:
 
     assert manifests.DRAIN_SECONDS == DRAIN_SECONDS
     assert manifests.GRACE_SECONDS > manifests.PRESTOP_SECONDS + DRAIN_SECONDS
+    # preStop runs the image's own interpreter, the one its entrypoint runs.
+    plan = PLANS["prod"]
+    assert isinstance(plan.target.spec, KubernetesTarget)
+    (deployment, *_) = [o for o in target_objects("shop", plan.target.spec, plan.deployments)
+                        if o["kind"] == "Deployment"]
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    dockerfile = (ROOT / "templates" / "docker" / "base.Dockerfile.j2").read_text()
+    assert f'ENTRYPOINT ["{command[0]}", "-m", "mlops_iac.serving"' in dockerfile
 
 
 EDGE_V1 = "  - name: iris-edge\n    model: iris\n    version: 1\n    target: edge\n"
