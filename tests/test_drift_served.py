@@ -24,7 +24,7 @@ import joblib
 import numpy as np
 import pytest
 
-from .conftest import free_port, wait_http
+from .conftest import QUICKSTART, free_port, wait_http
 
 MLOPS_IAC = [sys.executable, "-m", "mlops_iac"]
 
@@ -197,3 +197,25 @@ def test_a_changed_label_distribution_drifts_in_the_outputs(project: Project) ->
     report(f"{project.name}, one class only", {k: v for k, v in psi.items() if not k.startswith("input[")})
     assert status == 3
     assert psi["label"] > 1.0, psi
+
+
+def test_the_quickstart_readme_example_gives_no_drift(converted: Path) -> None:
+    """README, Monitoring: serve, send the flowers and the sample, stop, `monitor drift`."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(converted / "serve.log", "wb") as out:
+        server = subprocess.Popen([*MLOPS_IAC, "serve", "--port", str(port)], cwd=converted, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        for args in ([url], [url, "sample.npy", "3"]):
+            sent = subprocess.run([sys.executable, str(QUICKSTART / "predict.py"), *args], cwd=converted,
+                                  capture_output=True, text=True, timeout=120)
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert "sent 135 rows of sample.npy (3 x 45)" in sent.stdout
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    done = subprocess.run([*MLOPS_IAC, "monitor", "drift", "iris@1", "--collected", "collected/requests.jsonl"],
+                          cwd=converted, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "136 records" in done.stdout and "no drift: every column under PSI 0.2" in done.stdout
