@@ -179,3 +179,22 @@ def test_cli_too_little_data_exits_4(converted: Path) -> None:
     result = CliRunner().invoke(main, ["monitor", "drift", "iris@1", "--collected", str(few)])
     assert result.exit_code == 4, result.output
     assert "30 row(s) in 30 record(s)" in result.output and "at least 100" in result.output
+
+
+def test_monitoring_drift_baseline_names_the_reference_data(converted: Path) -> None:
+    sample = np.load(converted / "sample.npy")
+    moved = sample.copy()
+    moved[:, 2] += 2.0
+    np.save(converted / "reference.npy", moved)
+    spec = converted / "mlops.yaml"
+    spec.write_text(spec.read_text().replace("monitoring:\n", "monitoring:\n  drift: {baseline: reference.npy}\n", 1))
+    shifted = collected(converted / "shifted.jsonl", np.tile(moved, (4, 1)), labels=False)
+    runner = CliRunner()
+    against_reference = runner.invoke(main, ["monitor", "drift", "iris@1", "--collected", str(shifted), "--json"])
+    assert against_reference.exit_code == 0, against_reference.output
+    report = json.loads(against_reference.output)
+    assert report["baseline"].endswith("reference.npy")
+    assert all(c["psi"] == 0.0 for c in report["columns"] if c["name"].startswith("input["))
+    against_sample = runner.invoke(main, ["monitor", "drift", "iris@1", "--collected", str(shifted),
+                                          "--baseline", "sample.npy"])
+    assert against_sample.exit_code == 3, against_sample.output
