@@ -18,6 +18,7 @@ from .spec.monitoring import HttpSink
 from .spec.targets import KubernetesTarget
 
 PORT = 8080
+METRICS_PORT = 8082  # /metrics without the API key, for Prometheus (ServerConfig.metrics_port)
 UID = 10001
 Object = dict[str, Any]
 # Beside each object the checks it does not pass, with the reason: checkov reads these.
@@ -56,6 +57,7 @@ def server_settings(dep: ResolvedDeployment, version: ResolvedVersion, onnx_dige
     assert version.number is not None
     mon, hw = dep.monitoring, version.hardware
     return ServerConfig(deployment=dep.name, auth=dep.auth == "key", metrics=mon.metrics,
+                        metrics_port=METRICS_PORT if mon.metrics else None,
                         collection=collection_config(mon, "/data/"),
                         models=(ModelConfig(name=dep.model, version=version.number, path="/app/model/model.onnx",
                                             digest=onnx_digest, threads=hw.threads, max_batch_size=hw.max_batch_size,
@@ -83,7 +85,8 @@ def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploym
         _deployment(name, ns, label_set, selector, dep, version, image),
         {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, ns, label_set),
          "spec": {"type": "ClusterIP", "selector": selector,
-                  "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]}},
+                  "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+                            *_metrics_ports(dep, {"port": METRICS_PORT, "targetPort": "metrics"})]}},
         _disruption_budget(name, ns, label_set, selector, version),
         {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _meta(name, ns, label_set),
          "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
@@ -97,7 +100,7 @@ def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploym
         objects.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
                         "metadata": _meta(name, ns, label_set),
                         "spec": {"selector": {"matchLabels": selector},
-                                 "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}]}})
+                                 "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}]}})
     return objects
 
 
@@ -115,7 +118,8 @@ def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[st
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
     container = {
         "name": "server", "image": image, "imagePullPolicy": "Always",
-        "args": ["--port", str(PORT)], "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "args": ["--port", str(PORT)], "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"},
+                                                 *_metrics_ports(dep, {"containerPort": METRICS_PORT})],
         "env": env,
         "resources": {"requests": {"cpu": _quantity_cpu(hw.cpu_millis),
                                    "memory": _quantity_memory(hw.memory_bytes)}, "limits": limits},
@@ -171,7 +175,16 @@ def _network_policy(name: str, ns: str, label_set: dict[str, str], selector: dic
         egress.append({"ports": [{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP"}]})
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(name, ns, label_set),
             "spec": {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress", "Egress"],
-                     "ingress": [{"ports": [{"port": PORT, "protocol": "TCP"}]}], "egress": egress}}
+                     "ingress": [{"ports": [{"port": PORT, "protocol": "TCP"},
+                                            *_metrics_ports(dep, {"port": METRICS_PORT}, named=False)]}],
+                     "egress": egress}}
+
+
+def _metrics_ports(dep: ResolvedDeployment, port: Object, named: bool = True) -> list[Object]:
+    """The metrics port, where Prometheus scrapes without the API key, when metrics are on."""
+    if not dep.monitoring.metrics:
+        return []
+    return [{**({"name": "metrics"} if named else {}), **port, "protocol": "TCP"}]
 
 
 def model_objects(project: str, target: KubernetesTarget, dep: ResolvedDeployment) -> list[Object]:
