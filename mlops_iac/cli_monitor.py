@@ -61,6 +61,10 @@ def drift(ref: str, paths: tuple[Path, ...], threshold: float | None, min_rows: 
     if reference is None and ws is not None and deployed:
         reference = _configured_reference(ws, version.model, deployed[0].drift_baseline)
     base, source = _load_baseline(registry, version, reference)
+    if base.get("version", 1) < 2:
+        click.secho(f"warning: the baseline of {version.model}@{version.version} predates dtype-aware bins and "
+                    f"may report drift on unchanged data; `mlops-iac convert {version.model}@{version.version}` "
+                    "rebuilds it", fg="yellow", err=True)
     try:
         results, records = check(base, paths, threshold, model=version.model, version=version.version,
                                  min_rows=min_rows)

@@ -178,11 +178,14 @@ class _Reader:
         self.rng = np.random.default_rng(seed)
         self.tensors = _tensors(base)
         self.columns = {c["name"]: _column(c) for c in base["columns"]}
-        self.pending: dict[str, list[Any]] = {}
+        # Per tensor, the rows of a batch as they came (lists of rows) and the values of
+        # one-column tensors sent flat; numpy turns each into a table once per batch.
+        self.rows: dict[str, list[Any]] = {name: [] for name in self.tensors}
+        self.flat: dict[str, list[Any]] = {name: [] for name in self.tensors}
         self.records = 0
 
     def read(self, path: Path) -> None:
-        model, version, tensors, pending = self.model, self.version, self.tensors, self.pending
+        model, version, rows, flat = self.model, self.version, self.rows, self.flat
         parsed, mine, other, cut = 0, 0, None, None
         first = 1
         lineno = 0
@@ -204,15 +207,20 @@ class _Reader:
                     other = other or (lineno, record.get("model"), record.get("version"))
                     continue
                 mine += 1
-                for section in ("inputs", "outputs"):
-                    for name, data in (record.get(section) or {}).items():
-                        tensor = tensors.get(name)
-                        if tensor is None:
-                            continue
+                for part in (record.get("inputs"), record.get("outputs")):
+                    if not part:
+                        continue
+                    for name, data in part.items():
+                        into = rows.get(name)
+                        if into is None:
+                            continue  # not in the baseline (a second input, a string output)
                         if type(data) is not list:
-                            raise CollectedDataError(path, lineno, f"{section} {name!r} is not a list of rows")
+                            raise CollectedDataError(path, lineno, f"{name!r} is not a list of rows")
                         if data:
-                            pending.setdefault(name, []).extend(data if type(data[0]) is list else [[v] for v in data])
+                            if type(data[0]) is list:
+                                into.extend(data)
+                            else:
+                                flat[name].extend(data)
                 if mine % BATCH == 0:  # numpy on batches: the per-record cost stays in JSON parsing
                     self.flush(path, first, lineno)
                     first = lineno + 1
@@ -227,15 +235,17 @@ class _Reader:
                                                      f"file is of {wanted}, the version checked")
 
     def flush(self, path: Path, first: int, last: int) -> None:
-        for name, rows in self.pending.items():
-            tensor = self.tensors[name]
-            table = _table(rows, tensor)
-            if table is None:
-                _locate(path, first, last, self, name)
-                raise CollectedDataError(path, None, f"{name!r} has rows that do not fit the baseline")
-            for j, key in enumerate(tensor.keys):
-                _add(self.columns[key], table[:, j], self.rng)
-        self.pending.clear()
+        for name, tensor in self.tensors.items():
+            for pending, shaped in ((self.rows[name], True), (self.flat[name], False)):
+                if not pending:
+                    continue
+                table = _table(pending if shaped else [pending], tensor, flat=not shaped)
+                if table is None:
+                    _locate(path, first, last, self, name)
+                    raise CollectedDataError(path, None, f"{name!r} has rows that do not fit the baseline")
+                for j, key in enumerate(tensor.keys):
+                    _add(self.columns[key], table[:, j], self.rng)
+                pending.clear()
 
 
 def _column(spec: dict[str, Any]) -> _Column:
@@ -244,13 +254,17 @@ def _column(spec: dict[str, Any]) -> _Column:
     return _Column(edges, np.zeros(len(spec["counts"]), dtype=np.int64), categorical)
 
 
-def _table(rows: list[Any], tensor: _Tensor) -> np.ndarray | None:
+def _table(rows: list[Any], tensor: _Tensor, *, flat: bool = False) -> np.ndarray | None:
     """The rows in the baseline's dtype, widened to float64 for binning; None when they are
-    not all `width` numbers."""
+    not all `width` numbers. `flat`: one row of values of a one-column tensor."""
     try:
         table = np.asarray(rows, dtype=tensor.dtype)
     except (ValueError, TypeError, OverflowError):
         return None
+    if flat:
+        if tensor.width != 1 or table.ndim != 2:
+            return None
+        table = table.reshape(-1, 1)
     if table.ndim != 2 or table.shape[1] != tensor.width:
         return None
     return table.astype(np.float64, copy=False)
