@@ -18,7 +18,7 @@ echo "== 8. synth";    mlops-iac synth --out out/stacks
 echo "== 9. serve";    mlops-iac serve --port "${PORT:-8080}" &
 server=$!
 # Stop the server however this script ends, keeping this script's own exit status.
-trap 'status=$?; kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; exit $status' EXIT
+trap 'status=$?; kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; exit $status' EXIT
 echo "== 10. predict"; python3 predict.py "http://127.0.0.1:${PORT:-8080}"
 echo "== 11. send the sample"; python3 predict.py "http://127.0.0.1:${PORT:-8080}" sample.npy 3
 # A clean stop: the server drains and writes every record its collector holds.
