@@ -83,6 +83,10 @@ def _paths(spec: Spec, doc: Document, root: Path) -> Iterator[Problem]:
     yield from _existing(doc, root, ("build", "extraSteps"), spec.build.extra_steps)
     yield from _existing(doc, root, ("monitoring", "drift", "baseline"),
                          spec.monitoring.drift.baseline)
+    for i, dep in enumerate(spec.deployments):
+        if dep.monitoring is not None:
+            yield from _existing(doc, root, ("deployments", i, "monitoring", "drift", "baseline"),
+                                 dep.monitoring.drift.baseline)
 
 
 def _existing(doc: Document, root: Path, path: PathKey, value: str | None) -> Iterator[Problem]:

@@ -36,3 +36,13 @@ def test_a_file_sink_on_kubernetes_warns_at_the_sink(tmp_path: Path) -> None:
     (tmp_path / "mlops.yaml").write_text(spec.replace("    enabled: true\n    sampleRate: 0.05", "    enabled: false\n"
                                                                                               "    sampleRate: 0.05"))
     assert PROBLEM not in validate(tmp_path)  # nothing collected, nothing lost
+
+
+def test_a_drift_baseline_that_does_not_exist_is_located(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples/production", tmp_path, dirs_exist_ok=True)
+    spec = (tmp_path / "mlops.yaml").read_text()
+    (tmp_path / "mlops.yaml").write_text(spec.replace("    auth: key\n", (
+        "    auth: key\n    monitoring:\n      drift: {baseline: reference.parquet}\n"), 1))
+    result = CliRunner().invoke(main, ["validate", "-f", str(tmp_path / "mlops.yaml")])
+    assert result.exit_code == 1
+    assert "deployments[0].monitoring.drift.baseline: reference.parquet does not exist" in result.output
