@@ -94,6 +94,10 @@ def _paths(spec: Spec, doc: Document, root: Path) -> Iterator[Problem]:
     yield from _existing(doc, root, ("build", "extraSteps"), spec.build.extra_steps)
     yield from _existing(doc, root, ("monitoring", "drift", "baseline"),
                          spec.monitoring.drift.baseline)
+    for i, dep in enumerate(spec.deployments):
+        if dep.monitoring is not None:
+            yield from _existing(doc, root, ("deployments", i, "monitoring", "drift", "baseline"),
+                                 dep.monitoring.drift.baseline)
 
 
 def _existing(doc: Document, root: Path, path: PathKey, value: str | None) -> Iterator[Problem]:
@@ -135,6 +139,23 @@ def _deployment(spec: Spec, doc: Document, lock: Lock | None, i: int,
     if dep.model in models and lock is not None:
         yield from _known_versions(doc, lock, here, dep)
     yield from _hardware(doc, here, dep, target)
+    if isinstance(target, KubernetesTarget):
+        yield from _collection_on_kubernetes(spec, doc, here, dep)
+
+
+def _collection_on_kubernetes(spec: Spec, doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
+    """A file sink in a pod writes to its emptyDir: the data goes when the pod goes (a
+    rollout, an eviction, a scale-down), before any scheduled drift check can read it."""
+    layers = [((*here, "monitoring", "dataCollection"), dep.monitoring.data_collection if dep.monitoring else None),
+              (("monitoring", "dataCollection"), spec.monitoring.data_collection)]
+    enabled = next((c.enabled for _, c in layers if c is not None and c.enabled is not None), False)
+    sink = next(((path, c.sink) for path, c in layers if c is not None and c.sink is not None), None)
+    if enabled and sink is not None and sink[1].kind == "file":
+        yield doc.problem((*sink[0], "sink", "kind"), f"deployment {deployment_name(dep)} collects to a file in "
+                          "its pods on Kubernetes, which is lost with each pod",
+                          "use sink: {kind: http, url: ...} on Kubernetes: CloudEvents to a receiver that "
+                          "keeps them, where a scheduled drift check reads them",
+                          severity="warning")
 
 
 def _selection(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:

@@ -112,14 +112,22 @@ def _previous_signature(registry: Registry, version: Version) -> dict[str, Any] 
 
 
 def _baseline(model: bytes, features: Any) -> dict[str, Any]:
-    """The drift baseline: the sample's features and the ONNX model's answers to them."""
+    """The drift baseline: the sample's features, in the model's input dtype (what the server
+    holds and collects), and the ONNX model's answers to them."""
+    import numpy as np
+
     from .convert.onnx_tools import session
     from .monitoring.drift import baseline
+    from .serving.protocol import DTYPES
+    from .serving.runtime import ORT_TO_V2
 
     sess = session(model)
-    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: features}),
-                       strict=True))
-    return baseline(features, outputs, sess.get_inputs()[0].name)
+    first = sess.get_inputs()[0]
+    dtype = DTYPES.get(ORT_TO_V2.get(first.type, ""))
+    if dtype is not None and dtype.kind in "biuf":
+        features = np.asarray(features).astype(dtype)
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {first.name: features}), strict=True))
+    return baseline(features, outputs, first.name)
 
 
 def _record_in_lock(ws: Workspace | None, version: Version, digest: str, size: int,

@@ -7,16 +7,19 @@ import math
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .cli_registry import file_option, project_registry
 from .errors import MlopsIacError
 from .fsutil import atomic_write
-from .monitoring.drift import DriftResult, check
-from .registry import parse_ref
+from .monitoring.drift import MIN_ROWS, DriftResult, TooLittleData, check
+from .registry import Registry, Version, parse_ref
+from .resolve import Workspace
 
 DRIFT_EXIT = 3  # 1 is an error, 2 a usage error: a workflow can tell drift apart
+TOO_LITTLE_EXIT = 4  # too few rows to say: neither a pass nor a drift
 
 
 @click.group()
@@ -31,35 +34,49 @@ def monitor() -> None:
               help="A file of collected JSON lines (repeatable; rotated files too).")
 @click.option("--threshold", type=float, default=None,
               help="PSI above which a column has drifted (default: monitoring.drift.threshold, else 0.2).")
+@click.option("--min-rows", type=click.IntRange(min=1), default=MIN_ROWS, show_default=True,
+              help=f"Fewer collected rows of the version than this is an error (exit {TOO_LITTLE_EXIT}), not a pass.")
+@click.option("--baseline", "reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Compare against this data (.npy, .npz, .csv, .parquet) and the version's "
+                                 "answers to it (default: monitoring.drift.baseline, else the version's "
+                                 "stored baseline of its sample).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write report.md and psi.png here.")
 @click.option("--json", "as_json", is_flag=True)
 @file_option
-def drift(ref: str, paths: tuple[Path, ...], threshold: float | None, report_dir: Path | None, as_json: bool,
-          file: Path) -> None:
+def drift(ref: str, paths: tuple[Path, ...], threshold: float | None, min_rows: int, reference: Path | None,
+          report_dir: Path | None, as_json: bool, file: Path) -> None:
     """Population stability index and Kolmogorov-Smirnov statistic per input and output column.
 
-    Streams the records (a million need no more memory than ten). Exits 3 when a column's PSI
-    is over the threshold, so a scheduled workflow can open an issue.
+    Reads only the records of this version, each value in its column's dtype, and streams
+    them (a million need no more memory than ten). Exits 3 when a column's PSI is over the
+    threshold, 4 when there are fewer rows than --min-rows, 1 on a file it cannot read (with
+    its line), so a scheduled workflow can tell drift from a broken check.
     """
     registry, ws = project_registry(file, against_lock=False)
     version = registry.resolve(parse_ref(ref))
-    if "baseline" not in version.artifacts:
-        raise MlopsIacError(f"{version.model}@{version.version} has no baseline; `mlops-iac convert` makes it")
+    deployed = [d.monitoring for d in (ws.resolved.deployments if ws else ()) if d.model == version.model]
     if threshold is None:
-        deployed = [d.monitoring.drift_threshold for d in (ws.resolved.deployments if ws else ())
-                    if d.model == version.model]
-        threshold = deployed[0] if deployed else 0.2
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "baseline.json"
-        registry.pull(parse_ref(f"{version.model}@{version.version}"), path, "baseline")
-        base = json.loads(path.read_text())
-    results, records = check(base, paths, threshold)
+        threshold = deployed[0].drift_threshold if deployed else 0.2
+    if reference is None and ws is not None and deployed:
+        reference = _configured_reference(ws, version.model, deployed[0].drift_baseline)
+    base, source = _load_baseline(registry, version, reference)
+    if base.get("version", 1) < 2:
+        click.secho(f"warning: the baseline of {version.model}@{version.version} predates dtype-aware bins and "
+                    f"may report drift on unchanged data; `mlops-iac convert {version.model}@{version.version}` "
+                    "rebuilds it", fg="yellow", err=True)
+    try:
+        results, records = check(base, paths, threshold, model=version.model, version=version.version,
+                                 min_rows=min_rows)
+    except TooLittleData as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(TOO_LITTLE_EXIT)
     drifted = [r for r in results if r.drifted]
     if as_json:
-        click.echo(json.dumps({"records": records, "threshold": threshold, "columns": [r.__dict__ for r in results]},
-                              indent=2, sort_keys=True, default=str))
+        click.echo(json.dumps({"records": records, "threshold": threshold, "baseline": source,
+                               "columns": [r.__dict__ for r in results]}, indent=2, sort_keys=True, default=str))
     else:
+        click.echo(f"baseline: {source}")
         _table(results, records, threshold)
     if report_dir is not None:
         write_report(report_dir, f"{version.model}@{version.version}", base, results, records, threshold)
@@ -67,17 +84,47 @@ def drift(ref: str, paths: tuple[Path, ...], threshold: float | None, report_dir
         click.secho(f"drift: {len(drifted)} column(s) over PSI {threshold:g}: "
                     + ", ".join(r.name for r in drifted), fg="red", err=True)
         sys.exit(DRIFT_EXIT)
+    if not as_json:
+        click.echo(f"no drift: every column under PSI {threshold:g}")
+
+
+def _configured_reference(ws: Workspace, model: str, configured: str | None) -> Path | None:
+    """monitoring.drift.baseline when it names other data than the model's sample (whose
+    baseline `convert` already stored with the version)."""
+    sample = ws.resolved.model(model).sample
+    return ws.root / configured if configured is not None and configured != sample else None
+
+
+def _load_baseline(registry: Registry, version: Version, reference: Path | None) -> tuple[dict[str, Any], str]:
+    ref = parse_ref(f"{version.model}@{version.version}")
+    if reference is not None:
+        from .cli_convert import _baseline
+        from .convert.data import read_features
+
+        if "onnx" not in version.artifacts:
+            raise MlopsIacError(f"{version.model}@{version.version} has no ONNX model to answer {reference}; "
+                                "`mlops-iac convert` makes it")
+        with tempfile.TemporaryDirectory() as tmp:
+            model = Path(tmp) / "model.onnx"
+            registry.pull(ref, model, "onnx")
+            return _baseline(model.read_bytes(), read_features(reference)), str(reference)
+    if "baseline" not in version.artifacts:
+        raise MlopsIacError(f"{version.model}@{version.version} has no baseline; `mlops-iac convert` makes it")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "baseline.json"
+        registry.pull(ref, path, "baseline")
+        return json.loads(path.read_text()), f"the sample stored with {version.model}@{version.version}"
 
 
 def _table(results: list[DriftResult], records: int, threshold: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("column", "PSI", "KS", "KS p-value", "values", "drift", title=f"{records:,} records, "
+    table = Table("column", "kind", "PSI", "KS", "KS p-value", "values", "drift", title=f"{records:,} records, "
                   f"PSI threshold {threshold:g}")
     for r in sorted(results, key=lambda r: -1 if math.isnan(r.psi) else -r.psi):
-        table.add_row(r.name, f"{r.psi:.4f}", f"{r.ks:.4f}", f"{r.ks_pvalue:.2g}", f"{r.count:,}",
-                      "DRIFT" if r.drifted else "")
+        table.add_row(r.name, r.kind, f"{r.psi:.4f}", f"{r.ks:.4f}", f"{r.ks_pvalue:.2g}", f"{r.count:,}",
+                      "DRIFT" if r.drifted else "" if r.count else "no data")
     Console(width=120).print(table)
 
 

@@ -96,11 +96,11 @@ class Running:
 
 @contextmanager
 def running_server(models: Models, config: dict[str, Any], env: dict[str, str] | None = None,
-                   wait_ready: bool = True) -> Iterator[Running]:
+                   wait_ready: bool = True, port: int | None = None) -> Iterator[Running]:
     ServerConfig.model_validate(config)  # fail early, in the test, on a bad fixture
     settings = models.folder / f"server-{time.monotonic_ns()}.json"
     settings.write_text(json.dumps(config))
-    port = free_port()
+    port = port or free_port()
     log = settings.with_suffix(".log")
     with open(log, "wb") as out:
         process = subprocess.Popen(

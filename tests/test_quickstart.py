@@ -14,10 +14,11 @@ def test_quickstart_runs_end_to_end() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     for step in ("1. train", "2. validate", "3. register", "4. convert", "5. profile", "6. build", "8. synth",
-                 "10. predict"):
+                 "10. predict", "11. send the sample", "12. drift"):
         assert f"== {step}" in out
     assert "parity on 45 sample rows: passed" in out
     assert "iris@1: cpu " in out and "replicas 1-" in out  # the profile's recommendation
     assert "iris@1: context sha256:" in out  # the build context
     assert "[6.9, 3.1, 5.4, 2.1] -> virginica" in out
-    assert out.rstrip().endswith("answered over the v2 protocol")
+    assert "answered over the v2 protocol" in out
+    assert out.rstrip().endswith("no drift: every column under PSI 0.2")  # the sample against its own baseline

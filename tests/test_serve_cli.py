@@ -18,7 +18,7 @@ def test_serve_settings_come_from_the_lock(converted: Path) -> None:
         "models"]["iris"]["versions"]["1"]["onnx"]["digest"]
     assert (model.name, model.version, model.digest) == ("iris", 1, lock_digest)
     assert (converted / model.path).exists() and model.path.startswith(".mlops/serve/")
-    assert config.collection.enabled and config.collection.sample_rate == 0.1
+    assert config.collection.enabled and config.collection.sample_rate == 1.0
     assert config.collection.sink == "file" and config.deployment == "iris-local"
 
 

@@ -1,6 +1,9 @@
 """Ask the served model for a prediction over the v2 protocol, as any client would.
 
 Waits for the server to be ready, sends three iris flowers, prints what comes back.
+
+    python predict.py URL                    # three flowers
+    python predict.py URL sample.npy 3       # the model's own sample, three times, row by row
 """
 
 from __future__ import annotations
@@ -30,14 +33,32 @@ def wait_ready(timeout_s: float = 60) -> None:
         time.sleep(0.2)
 
 
-def main() -> None:
-    wait_ready()
-    body = {"id": "quickstart", "inputs": [
-        {"name": "input", "datatype": "FP32", "shape": [len(FLOWERS), 4], "data": [v for f in FLOWERS for v in f]}]}
+def infer(rows: list[list[float]]) -> dict:
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [len(rows), 4],
+                        "data": [v for row in rows for v in row]}]}
     request = urllib.request.Request(f"{URL}/v2/models/iris/infer", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
-        answer = json.load(response)
+        return json.load(response)
+
+
+def send_sample(path: str, times: int) -> None:
+    """What production traffic looks like when nothing has changed: the sample itself."""
+    import numpy as np
+
+    rows = np.load(path).tolist()
+    for _ in range(times):
+        for row in rows:
+            infer([row])
+    print(f"sent {len(rows) * times} rows of {path} ({times} x {len(rows)})")
+
+
+def main() -> None:
+    wait_ready()
+    if len(sys.argv) > 2:
+        send_sample(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+        return
+    answer = infer(FLOWERS)
     outputs = {o["name"]: o for o in answer["outputs"]}
     labels = outputs["label"]["data"]
     for flower, label in zip(FLOWERS, labels, strict=True):

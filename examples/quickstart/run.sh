@@ -5,7 +5,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 python3 -m pip install --quiet --disable-pip-version-check -e "$here/../..[convert]"
 cd "$here"
-rm -rf .mlops out mlops.lock
+rm -rf .mlops out mlops.lock collected
 
 echo "== 1. train";    python3 train.py
 echo "== 2. validate"; mlops-iac validate
@@ -18,5 +18,9 @@ echo "== 8. synth";    mlops-iac synth --out out/stacks
 echo "== 9. serve";    mlops-iac serve --port "${PORT:-8080}" &
 server=$!
 # Stop the server however this script ends, keeping this script's own exit status.
-trap 'status=$?; kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; exit $status' EXIT
+trap 'status=$?; kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; exit $status' EXIT
 echo "== 10. predict"; python3 predict.py "http://127.0.0.1:${PORT:-8080}"
+echo "== 11. send the sample"; python3 predict.py "http://127.0.0.1:${PORT:-8080}" sample.npy 3
+# A clean stop: the server drains and writes every record its collector holds.
+kill "$server"; wait "$server" || true
+echo "== 12. drift"; mlops-iac monitor drift iris@1 --collected collected/requests.jsonl

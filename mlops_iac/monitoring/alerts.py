@@ -15,7 +15,8 @@ from ..resolve import ResolvedDeployment
 
 def rule_groups(dep: ResolvedDeployment, selector: str, *, window: str = "5m", hold: str = "5m") -> list[
         dict[str, Any]]:
-    """p99 latency over the objective, error rate over its bound, data-collection drops.
+    """p99 latency over the objective, error rate over its bound, data-collection drops, a
+    server Prometheus cannot scrape.
 
     `selector` is the PromQL label matcher of the deployment's series (the operator adds
     namespace and service labels; a plain Prometheus its job).
@@ -45,6 +46,12 @@ def rule_groups(dep: ResolvedDeployment, selector: str, *, window: str = "5m", h
          "for": "0m", "labels": {"severity": "warning", **common},
          "annotations": {"summary": f"{dep.name}: data-collection records are being dropped",
                          "description": "The collector's queue is full: the sink is too slow or down."}},
+        {"alert": "ModelTargetDown",
+         "expr": f"up{{{selector}}} == 0",
+         "for": hold, "labels": {"severity": "critical", **common},
+         "annotations": {"summary": f"{dep.name}: Prometheus cannot scrape a model server",
+                         "description": "{{ $labels.instance }} has not answered /metrics: the server is down, "
+                                        "or its metrics port cannot be reached."}},
     ]}]
 
 

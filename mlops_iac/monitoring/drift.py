@@ -1,18 +1,27 @@
 """Drift: the data a model sees in production against the data it was checked on.
 
-The baseline is made once per version, from the model's sample data and the ONNX model's
-answers to it: per feature and per output, the range, mean, spread, a histogram over
-quantile bins, and a reservoir of values. The check streams the server's collected JSON
-lines, holding only bin counts and a fixed-size reservoir per column whatever the number of
+The baseline is made once per version, from the model's sample data (in the model's input
+dtype) and the ONNX model's answers to it: per feature and per output, its dtype, the range,
+mean, spread, a histogram and a reservoir of values. A column with few distinct values
+(labels, flags, small counts) keeps a count per value (categorical); any other column keeps
+about ten quantile bins whose edges lie halfway between two distinct baseline values, so a
+value and its repeats always fall in one bin, and the same data gives a PSI of exactly 0.
+
+The check streams the server's collected JSON lines, reads every value in its column's
+baseline dtype (the JSON of a float32 3.2 is read back as that float32, not as the float64
+3.2), holds only bin counts and a fixed-size reservoir per column whatever the number of
 records, and computes per column the population stability index (PSI, over the baseline's
-bins) and the two-sample Kolmogorov-Smirnov statistic (scipy, on the reservoirs).
+bins) and the two-sample Kolmogorov-Smirnov statistic (scipy, on the reservoirs). Too few
+rows, a file with no record of the version, or rows of the wrong width are errors, never a
+silent pass.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,34 +29,88 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..errors import MlopsIacError
+
 BINS = 10
+CATEGORIES = 10  # at most this many distinct values (each seen twice on average): categorical
 RESERVOIR = 5_000
 BATCH = 8_192
 EPSILON = 1e-4  # keeps PSI finite when a bin is empty on one side
+# Below about a hundred rows the sampling noise of PSI over ten bins alone (about
+# (bins - 1) / rows) nears the usual 0.2 threshold: such a check says nothing either way.
+MIN_ROWS = 100
+_INDEXED = re.compile(r"^(.*)\[(\d+)\]$")
+
+
+class CollectedDataError(MlopsIacError):
+    """A collected file that cannot be checked, with the file and line that show why."""
+
+    def __init__(self, path: Path, line: int | None, message: str) -> None:
+        self.path, self.line = path, line
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+
+class TooLittleData(MlopsIacError):
+    """Fewer collected rows than the check needs: not a pass, not a drift."""
+
+    def __init__(self, rows: int, records: int, minimum: int) -> None:
+        self.rows, self.records, self.minimum = rows, records, minimum
+        super().__init__(f"too little data: {rows} row(s) in {records} record(s) of the version; the check "
+                         f"needs at least {minimum} (--min-rows)")
+
+
+# --- the baseline ---------------------------------------------------------------------------
 
 
 def _edges(values: np.ndarray) -> list[float]:
-    """Inner bin edges at the deciles: every baseline bin holds about a tenth of the data."""
-    edges = np.unique(np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1]))
-    return [float(e) for e in edges]
+    """Inner bin edges near the deciles, each halfway between two distinct values."""
+    distinct = np.unique(values)
+    if len(distinct) < 2:
+        return []
+    cuts = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1], method="inverted_cdf")
+    above = np.unique(np.searchsorted(distinct, cuts, side="left"))
+    above = above[above > 0]  # no edge below the smallest value
+    return [float(e) for e in (distinct[above - 1] + distinct[above]) / 2]
 
 
-def _counts(values: np.ndarray, edges: list[float]) -> list[int]:
-    counts = np.bincount(np.searchsorted(np.asarray(edges), values, side="right"), minlength=len(edges) + 1)
-    return [int(c) for c in counts]
+def _numeric_counts(values: np.ndarray, edges: np.ndarray, bins: int) -> np.ndarray:
+    return np.bincount(np.searchsorted(edges, values, side="right"), minlength=bins)
+
+
+def _category_counts(values: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """Counts per baseline value; the last bin holds every value the baseline never had."""
+    index = np.searchsorted(categories, values, side="left")
+    inside = index < len(categories)
+    known = inside.copy()
+    known[inside] = categories[index[inside]] == values[inside]
+    return np.bincount(np.where(known, index, len(categories)), minlength=len(categories) + 1)
 
 
 def column_baseline(name: str, values: np.ndarray, rng: random.Random) -> dict[str, Any]:
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    edges = _edges(values)
-    sample = values if len(values) <= RESERVOIR else np.asarray(rng.sample(list(values), RESERVOIR))
-    return {"name": name, "dtype": "float", "count": int(values.size), "min": float(values.min()),
-            "max": float(values.max()), "mean": float(values.mean()), "std": float(values.std()),
-            "edges": edges, "counts": _counts(values, edges), "reservoir": [float(v) for v in sample]}
+    """One column in its own dtype; numbers are stored as float64, which holds every value of
+    the dtypes models take (float16/32, integers up to 2**53) exactly."""
+    dtype = np.asarray(values).dtype
+    values = np.asarray(values).reshape(-1)
+    wide = values.astype(np.float64)
+    distinct = np.unique(wide)
+    sample = wide if len(wide) <= RESERVOIR else np.asarray(rng.sample(list(wide), RESERVOIR))
+    column: dict[str, Any] = {
+        "name": name, "dtype": dtype.name, "count": int(wide.size), "min": float(wide.min()),
+        "max": float(wide.max()), "mean": float(wide.mean()), "std": float(wide.std()),
+        "reservoir": [float(v) for v in sample]}
+    if len(distinct) <= CATEGORIES and 2 * len(distinct) <= len(wide):
+        column.update(kind="categorical", categories=[float(v) for v in distinct],
+                      counts=[int(c) for c in _category_counts(wide, distinct)])
+    else:
+        edges = _edges(wide)
+        column.update(kind="numeric", edges=edges,
+                      counts=[int(c) for c in _numeric_counts(wide, np.asarray(edges), len(edges) + 1)])
+    return column
 
 
 def baseline(features: np.ndarray, outputs: dict[str, np.ndarray], input_name: str = "input") -> dict[str, Any]:
-    """The baseline of a version: every input column and every numeric output column."""
+    """The baseline of a version: every input column and every numeric output column, each
+    in the dtype it has (pass the features in the model's input dtype)."""
     rng = random.Random(0)  # noqa: S311 - sampling, not security; the same data, the same baseline
     columns = [column_baseline(f"{input_name}[{j}]", features[:, j], rng) for j in range(features.shape[1])]
     for name, array in sorted(outputs.items()):
@@ -57,13 +120,17 @@ def baseline(features: np.ndarray, outputs: dict[str, np.ndarray], input_name: s
         flat = array.reshape(len(array), -1)
         columns += [column_baseline(f"{name}[{j}]" if flat.shape[1] > 1 else name, flat[:, j], rng)
                     for j in range(flat.shape[1])]
-    return {"version": 1, "rows": len(features), "columns": columns}
+    return {"version": 2, "rows": len(features), "columns": columns}
+
+
+# --- the check ------------------------------------------------------------------------------
 
 
 @dataclass
 class _Column:
-    edges: np.ndarray
+    edges: np.ndarray  # numeric: inner edges; categorical: the baseline's values
     counts: np.ndarray
+    categorical: bool
     reservoir: list[float] = field(default_factory=list)
     seen: int = 0
 
@@ -76,80 +143,182 @@ class DriftResult:
     ks_pvalue: float
     count: int
     drifted: bool
+    kind: str = "numeric"
 
 
-def _records(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
-    for path in paths:
+@dataclass(frozen=True)
+class _Tensor:
+    """A collected input or output as the baseline knows it: its width and dtype."""
+
+    width: int
+    dtype: np.dtype[Any]
+    keys: tuple[str, ...]  # the baseline columns, in order
+
+
+def _tensors(base: dict[str, Any]) -> dict[str, _Tensor]:
+    grouped: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for column in base["columns"]:
+        match = _INDEXED.match(column["name"])
+        name, j = (match.group(1), int(match.group(2))) if match else (column["name"], 0)
+        grouped.setdefault(name, []).append((j, column))
+    tensors = {}
+    for name, columns in grouped.items():
+        columns.sort(key=lambda item: item[0])
+        dtype = columns[0][1].get("dtype", "float64")  # version 1 baselines: float64
+        tensors[name] = _Tensor(columns[-1][0] + 1, np.dtype("float64" if dtype == "float" else dtype),
+                                tuple(c["name"] for _, c in columns))
+    return tensors
+
+
+class _Reader:
+    """Streams records into per-column counts; one per check."""
+
+    def __init__(self, base: dict[str, Any], model: str | None, version: str | None, seed: int) -> None:
+        self.model, self.version = model, version
+        self.rng = np.random.default_rng(seed)
+        self.tensors = _tensors(base)
+        self.columns = {c["name"]: _column(c) for c in base["columns"]}
+        # Per tensor, the rows of a batch as they came (lists of rows) and the values of
+        # one-column tensors sent flat; numpy turns each into a table once per batch.
+        self.rows: dict[str, list[Any]] = {name: [] for name in self.tensors}
+        self.flat: dict[str, list[Any]] = {name: [] for name in self.tensors}
+        self.records = 0
+
+    def read(self, path: Path) -> None:
+        model, version, rows, flat = self.model, self.version, self.rows, self.flat
+        parsed, mine, other, cut = 0, 0, None, None
+        first = 1
+        lineno = 0
         with open(path, "rb") as handle:
-            for line in handle:
-                if line.strip():
-                    try:
-                        yield orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        continue  # a line cut by a crash: skip it, never fail the check
+            for lineno, line in enumerate(handle, 1):
+                if cut is not None:
+                    raise CollectedDataError(path, cut, "not a JSON object (a cut line is only allowed last)")
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    if line.strip():
+                        cut = lineno  # a line cut by a crash, if it is the last
+                    continue
+                parsed += 1
+                if type(record) is not dict:
+                    raise CollectedDataError(path, lineno, f"a {type(record).__name__}, not a record (a JSON object)")
+                if model is not None and (record.get("model") != model or (
+                        version is not None and str(record.get("version", version)) != version)):
+                    other = other or (lineno, record.get("model"), record.get("version"))
+                    continue
+                mine += 1
+                for part in (record.get("inputs"), record.get("outputs")):
+                    if not part:
+                        continue
+                    for name, data in part.items():
+                        into = rows.get(name)
+                        if into is None:
+                            continue  # not in the baseline (a second input, a string output)
+                        if type(data) is not list:
+                            raise CollectedDataError(path, lineno, f"{name!r} is not a list of rows")
+                        if data:
+                            if type(data[0]) is list:
+                                into.extend(data)
+                            else:
+                                flat[name].extend(data)
+                if mine % BATCH == 0:  # numpy on batches: the per-record cost stays in JSON parsing
+                    self.flush(path, first, lineno)
+                    first = lineno + 1
+        self.flush(path, first, lineno)
+        self.records += mine
+        if parsed == 0:
+            raise CollectedDataError(path, cut, "empty: no collected records")
+        if mine == 0 and other is not None:
+            wanted = f"{model}@{version}" if version is not None else f"{model}"
+            found = other[1] if other[2] is None else f"{other[1]}@{other[2]}"
+            raise CollectedDataError(path, other[0], f"a record of {found}; no record in this "
+                                                     f"file is of {wanted}, the version checked")
+
+    def flush(self, path: Path, first: int, last: int) -> None:
+        for name, tensor in self.tensors.items():
+            for pending, shaped in ((self.rows[name], True), (self.flat[name], False)):
+                if not pending:
+                    continue
+                table = _table(pending if shaped else [pending], tensor, flat=not shaped)
+                if table is None:
+                    _locate(path, first, last, self, name)
+                    raise CollectedDataError(path, None, f"{name!r} has rows that do not fit the baseline")
+                for j, key in enumerate(tensor.keys):
+                    _add(self.columns[key], table[:, j], self.rng)
+                pending.clear()
 
 
+def _column(spec: dict[str, Any]) -> _Column:
+    categorical = spec.get("kind") == "categorical"
+    edges = np.asarray(spec["categories"] if categorical else spec["edges"], dtype=np.float64)
+    return _Column(edges, np.zeros(len(spec["counts"]), dtype=np.int64), categorical)
 
 
-def check(base: dict[str, Any], collected: Iterable[Path], threshold: float, *, seed: int = 0) -> tuple[
-        list[DriftResult], int]:
-    """PSI and KS per baseline column over the collected records; (results, records read)."""
-    rng = np.random.default_rng(seed)
-    columns = {c["name"]: _Column(np.asarray(c["edges"]), np.zeros(len(c["edges"]) + 1, dtype=np.int64))
-               for c in base["columns"]}
-    pending: dict[str, list[Any]] = {}
-    records = 0
-    for record in _records(collected):
-        records += 1
-        for section in ("inputs", "outputs"):
-            for name, data in (record.get(section) or {}).items():
-                if isinstance(data, list) and data:  # rows as they came; numpy sees them per batch
-                    pending.setdefault(name, []).extend(data if isinstance(data[0], list) else [[v] for v in data])
-        if records % BATCH == 0:  # numpy on batches: the per-record cost stays in JSON parsing
-            _flush(columns, pending, rng)
-    _flush(columns, pending, rng)
-    results = []
-    for spec in base["columns"]:
-        column = columns[spec["name"]]
-        results.append(_result(spec, column, threshold))
-    return results, records
-
-
-def _flush(columns: dict[str, _Column], pending: dict[str, list[Any]], rng: np.random.Generator) -> None:
-    for name, rows in pending.items():
-        for table in _tables(rows):
-            for j in range(table.shape[1]):
-                key = f"{name}[{j}]" if f"{name}[{j}]" in columns else name
-                if key in columns:
-                    _add(columns[key], table[:, j], rng)
-    pending.clear()
-
-
-def _tables(rows: list[Any]) -> Iterator[np.ndarray]:
-    """The rows as 2-D float arrays: one when they agree in width, one per width when not;
-    rows that are not numbers (a bad record) are left out rather than failing the check."""
+def _table(rows: list[Any], tensor: _Tensor, *, flat: bool = False) -> np.ndarray | None:
+    """The rows in the baseline's dtype, widened to float64 for binning; None when they are
+    not all `width` numbers. `flat`: one row of values of a one-column tensor."""
     try:
-        table = np.asarray(rows, dtype=np.float64)
-        if table.ndim == 2:
-            yield table
-            return
-    except (ValueError, TypeError):
-        pass
-    by_width: dict[int, list[Any]] = {}
-    for row in rows:
-        if isinstance(row, list):
-            by_width.setdefault(len(row), []).append(row)
-    for group in by_width.values():
-        try:
-            table = np.asarray(group, dtype=np.float64)
-        except (ValueError, TypeError):
-            continue
-        if table.ndim == 2:
-            yield table
+        table = np.asarray(rows, dtype=tensor.dtype)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if flat:
+        if tensor.width != 1 or table.ndim != 2:
+            return None
+        table = table.reshape(-1, 1)
+    if table.ndim != 2 or table.shape[1] != tensor.width:
+        return None
+    return table.astype(np.float64, copy=False)
+
+
+def _locate(path: Path, first: int, last: int, reader: _Reader, name: str) -> None:
+    """Find the record of a failed batch that does not fit, reading its lines again."""
+    tensor = reader.tensors[name]
+    with open(path, "rb") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if lineno < first:
+                continue
+            if lineno > last:
+                return
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if type(record) is not dict or (reader.model is not None and record.get("model") != reader.model) or (
+                    reader.version is not None and str(record.get("version", reader.version)) != reader.version):
+                continue
+            for section in ("inputs", "outputs"):
+                data = (record.get(section) or {}).get(name)
+                if not data:
+                    continue
+                rows = data if type(data[0]) is list else [[v] for v in data]
+                if _table(rows, tensor) is None:
+                    widths = sorted({len(r) if type(r) is list else 1 for r in rows})
+                    raise CollectedDataError(path, lineno, f"{section} {name!r}: rows of {widths} value(s); the "
+                                             f"baseline has {tensor.width} {tensor.dtype.name} value(s) per row"
+                                             if widths != [tensor.width] else
+                                             f"{section} {name!r}: values that are not {tensor.dtype.name} numbers")
+
+
+def check(base: dict[str, Any], collected: Iterable[Path], threshold: float, *, model: str | None = None,
+          version: str | int | None = None, min_rows: int = MIN_ROWS, seed: int = 0) -> tuple[
+        list[DriftResult], int]:
+    """PSI and KS per baseline column over the collected records of `model` (and `version`;
+    both: any); (results, records read). Raises CollectedDataError, TooLittleData."""
+    reader = _Reader(base, model, None if version is None else str(version), seed)
+    for path in collected:
+        reader.read(path)
+    rows = max((c.seen for c in reader.columns.values()), default=0)
+    if rows < max(min_rows, 1):
+        raise TooLittleData(rows, reader.records, max(min_rows, 1))
+    results = [_result(spec, reader.columns[spec["name"]], threshold) for spec in base["columns"]]
+    return results, reader.records
 
 
 def _add(column: _Column, values: np.ndarray, rng: np.random.Generator) -> None:
-    column.counts += np.bincount(np.searchsorted(column.edges, values, side="right"), minlength=len(column.counts))
+    if column.categorical:
+        column.counts += _category_counts(values, column.edges)
+    else:
+        column.counts += _numeric_counts(values, column.edges, len(column.counts))
     # Reservoir sampling (algorithm R), vectorised: value number i (1-based over the whole
     # stream) takes a random slot below i, and is kept if that slot is inside the reservoir.
     room = max(0, RESERVOIR - len(column.reservoir))
@@ -174,9 +343,10 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 def _result(spec: dict[str, Any], column: _Column, threshold: float) -> DriftResult:
     from scipy.stats import ks_2samp
 
+    kind = "categorical" if column.categorical else "numeric"
     if column.seen == 0:
-        return DriftResult(spec["name"], math.nan, math.nan, math.nan, 0, False)
+        return DriftResult(spec["name"], math.nan, math.nan, math.nan, 0, False, kind)
     value = psi(np.asarray(spec["counts"], dtype=np.float64), column.counts.astype(np.float64))
     ks = ks_2samp(np.asarray(spec["reservoir"]), np.asarray(column.reservoir))
     return DriftResult(spec["name"], round(value, 6), round(float(ks.statistic), 6), float(ks.pvalue),
-                       column.seen, value > threshold)
+                       column.seen, value > threshold, kind)

@@ -47,6 +47,7 @@ class ServerConfig(Settings):
     api_key_env: str = API_KEY_ENV
     max_body_bytes: int = Field(DEFAULT_MAX_BODY, ge=1024)
     metrics: bool = True
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     collection: CollectionConfig = CollectionConfig()
     grpc_port: int | None = Field(None, ge=1, le=65535)
     metrics_port: int | None = Field(None, ge=1, le=65535)

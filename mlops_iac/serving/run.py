@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import MlopsIacError
 from .app import Server
 from .config import ServerConfig
+from .metrics_listener import MetricsListener
 
 # How long SIGTERM waits for requests in flight (Kubernetes gives 30 s by default).
 DRAIN_SECONDS = 25
@@ -26,6 +31,37 @@ def serve(config: ServerConfig, base: Path, host: str, port: int, *, log_level: 
         log_level=log_level, access_log=False, timeout_graceful_shutdown=DRAIN_SECONDS,
         server_header=False, date_header=False))
     server.on_fatal = lambda: setattr(uv, "should_exit", True)
-    uv.run()
+    if config.metrics_port is None:
+        uv.run()
+    else:
+        side = _quiet_server()(uvicorn.Config(
+            MetricsListener(server), host=host, port=config.metrics_port, loop="uvloop", http="httptools",
+            lifespan="off", log_level=log_level, access_log=False, server_header=False, date_header=False))
+        with asyncio.Runner(loop_factory=uv.config.get_loop_factory()) as runner:
+            runner.run(_both(uv, side))
     if server.failed:
         raise MlopsIacError(f"the server stopped: {server.failed}")
+
+
+async def _both(main: Any, side: Any) -> None:
+    """The main listener and the metrics listener on one loop; the main one owns the signals
+    and the lifespan, and the metrics listener stops with it."""
+    metrics = asyncio.create_task(side.serve())
+    try:
+        await main.serve()
+    finally:
+        side.should_exit = True
+        await metrics
+
+
+def _quiet_server() -> type:
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """A uvicorn server that leaves SIGTERM and SIGINT to the main listener's."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return QuietServer
