@@ -130,6 +130,13 @@ def scrape_target(objects: list[dict[str, Any]], name: str) -> tuple[str, int]:
     return endpoint.get("path", "/metrics"), int(target)
 
 
+def settings_configmap(objects: list[dict[str, Any]], name: str) -> str:
+    """The ConfigMap the Deployment reads its server settings from (named by their digest)."""
+    container = _one(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+    return str(next(e["valueFrom"]["configMapKeyRef"]["name"] for e in container["env"]
+                    if "configMapKeyRef" in e.get("valueFrom", {})))
+
+
 def test_a_real_prometheus_scrapes_an_auth_key_server_and_sees_the_alerts_fire(models: Models, tmp_path: Path) -> None:
     """The rendered ServiceMonitor's scrape against a real server with `auth: key` (its
     rendered settings), the rendered PrometheusRule's alerts: quiet while healthy; slow
@@ -140,7 +147,7 @@ def test_a_real_prometheus_scrapes_an_auth_key_server_and_sees_the_alerts_fire(m
     assert prometheus is not None
     objects = rendered()
     path, container_port = scrape_target(objects, SERVICE)
-    settings = json.loads(_one(objects, "ConfigMap", SERVICE)["data"]["server.json"])
+    settings = json.loads(_one(objects, "ConfigMap", settings_configmap(objects, SERVICE))["data"]["server.json"])
     assert settings["auth"] is True  # the production example: inference needs the key
     pod = {8080: free_port(), **({settings["metrics_port"]: free_port()} if settings.get("metrics_port") else {})}
     assert container_port in pod, f"the ServiceMonitor scrapes container port {container_port}: nothing listens"
