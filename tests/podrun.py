@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -39,7 +40,8 @@ class Unsupported(Exception):
 def _check(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise Unsupported(f"{where}: no docker equivalent for {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")
+        raise Unsupported(f"{where}: no docker equivalent for {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(allowed))})")
 
 
 # --- quantities ------------------------------------------------------------------------------
@@ -106,7 +108,9 @@ class ContainerRun:
     liveness: Probe | None = None
     pre_stop: tuple[str, ...] | None = None  # a command run inside the container before SIGTERM
     healthcheck: bool = False  # the engine's own HEALTHCHECK is on (the Docker component)
-    files: tuple[Path, ...] = field(default=(), compare=False)  # host folders made for configMap/secret volumes
+    files: tuple[Path, ...] = field(default=(), compare=False)  # host folders made for volumes
+    # emptyDirs on the node's disk: mount path -> (host folder, sizeLimit the kubelet evicts at)
+    disk_volumes: Mapping[str, tuple[Path, int | None]] = field(default_factory=dict, compare=False)
 
     def start(self) -> str:
         done = subprocess.run(["docker", *self.argv], capture_output=True, text=True, timeout=120)
@@ -155,6 +159,7 @@ class _Pod:
         self.where = f"Deployment {deployment['metadata']['name']}: spec.template.spec"
         self.flags: list[str] = []
         self.files: list[Path] = []
+        self.sizes: dict[str, tuple[Path, int | None]] = {}
 
     def translate(self) -> ContainerRun:
         _check(self.pod, _POD, self.where)
@@ -187,7 +192,8 @@ class _Pod:
             startup=self._probe(container, "startupProbe", ports, where),
             readiness=self._probe(container, "readinessProbe", ports, where),
             liveness=self._probe(container, "livenessProbe", ports, where),
-            pre_stop=self._pre_stop(container.get("lifecycle"), f"{where}.lifecycle"), files=tuple(self.files))
+            pre_stop=self._pre_stop(container.get("lifecycle"), f"{where}.lifecycle"), files=tuple(self.files),
+            disk_volumes=dict(self.sizes))
 
     def _ports(self, container: Object, where: str) -> dict[str, int]:
         ports: dict[str, int] = {}
@@ -231,8 +237,8 @@ class _Pod:
             volume, path = volumes[mount["name"]], mount["mountPath"]
             kinds = sorted(set(volume) - {"name"})
             if kinds == ["emptyDir"]:
-                self.flags += ["--tmpfs", self._tmpfs(path, volume["emptyDir"], fs_group, mount.get("readOnly", False),
-                                                      f"{self.where}.volumes[{mount['name']}]")]
+                self.flags += self._empty_dir(path, volume, fs_group, mount.get("readOnly", False),
+                                              f"{self.where}.volumes[{mount['name']}]")
             elif kinds in (["configMap"], ["secret"]):
                 folder = self._files(volume, kinds[0], f"{self.where}.volumes[{mount['name']}]")
                 # Kubernetes mounts these read-only whatever the mount says.
@@ -245,19 +251,29 @@ class _Pod:
             raise Unsupported(f"{self.where}.volumes: {sorted(unused)} mounted by no container")
         return mounts
 
-    @staticmethod
-    def _tmpfs(path: str, empty: Object, fs_group: int | None, read_only: bool, where: str) -> str:
+    def _empty_dir(self, path: str, volume: Object, fs_group: int | None, read_only: bool, where: str) -> list[str]:
+        """An emptyDir as the kubelet makes it: mode 0777 (setgid, group fsGroup, with an fsGroup),
+        whatever the image has at that path. In memory: a tmpfs with the size limit; on the node's
+        disk: a fresh host folder (the kubelet enforces its size limit by eviction: see `sizes`)."""
+        empty = volume["emptyDir"]
         _check(empty, {"medium", "sizeLimit"}, f"{where}.emptyDir")
-        if empty.get("medium", "") not in ("", "Memory"):
+        mode = 0o2777 if fs_group is not None else 0o777
+        if empty.get("medium", "") == "Memory":
+            options = ["ro" if read_only else "rw", f"mode={mode:o}"]
+            options += [f"gid={fs_group}"] if fs_group is not None else []
+            options += [f"size={memory_bytes(empty['sizeLimit'])}"] if "sizeLimit" in empty else []
+            # The tmpfs root takes the mode of the image's folder under it (the engine's copy-up),
+            # unlike an emptyDir: the image's folder must then be writable too, or the test fails.
+            return ["--tmpfs", f"{path}:{','.join(options)}"]
+        if empty.get("medium", "") != "":
             raise Unsupported(f"{where}.emptyDir.medium: {empty['medium']}")
-        # An emptyDir is world-writable, group-owned by fsGroup; on a node disk or in memory, a
-        # tmpfs is the same to the server (memory-backed ones count against the memory limit).
-        options = ["ro" if read_only else "rw", "mode=2777" if fs_group is not None else "mode=1777"]
+        folder = Path(tempfile.mkdtemp(prefix=f"{self.name}-{volume['name']}-", dir=self.workdir))
         if fs_group is not None:
-            options.append(f"gid={fs_group}")
-        if "sizeLimit" in empty:
-            options.append(f"size={memory_bytes(empty['sizeLimit'])}")
-        return f"{path}:{','.join(options)}"
+            os.chown(folder, -1, fs_group)
+        folder.chmod(mode)
+        self.files.append(folder)
+        self.sizes[path] = (folder, memory_bytes(empty["sizeLimit"]) if "sizeLimit" in empty else None)
+        return ["-v", f"{folder}:{path}{':ro' if read_only else ''}"]
 
     def _files(self, volume: Object, kind: str, where: str) -> Path:
         source = volume[kind]
