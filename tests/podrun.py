@@ -86,7 +86,7 @@ class Probe:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{self.path}", headers=dict(headers or {}))
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return 200 <= response.status < 400
+                return bool(200 <= response.status < 400)
         except (urllib.error.HTTPError, OSError):
             return False
 
@@ -375,7 +375,8 @@ def pod_run(deployment: Object, objects: list[Object], *, image: str, name: str,
 
 _DOCKER_CONTAINER = {"name", "image", "command", "entrypoints", "envs", "user", "readOnly", "memory", "memorySwap",
                      "cpus", "capabilities", "securityOpts", "tmpfs", "volumes", "ports", "healthcheck", "restart",
-                     "mustRun", "labels", "stopTimeout", "stopSignal", "init", "logDriver", "logOpts", "networkMode"}
+                     "mustRun", "labels", "stopTimeout", "stopSignal", "init", "logDriver", "logOpts", "networkMode",
+                     "destroyGraceSeconds", "wait", "waitTimeout"}
 
 
 def container_run(inputs: Mapping[str, Any], *, image: str, name: str, volumes: Mapping[str, str]) -> ContainerRun:
@@ -427,14 +428,19 @@ def container_run(inputs: Mapping[str, Any], *, image: str, name: str, volumes: 
     health = inputs.get("healthcheck")
     if health is not None:
         flags += _healthcheck(health, f"{where}.healthcheck")
+    if "stopTimeout" in inputs:
+        flags += ["--stop-timeout", str(int(inputs["stopTimeout"]))]
     env = dict(e.split("=", 1) for e in inputs.get("envs") or [])
     entry = ["--entrypoint", inputs["entrypoints"][0]] if inputs.get("entrypoints") else []
     argv = ["run", "-d", "--name", name, "--network", "host", *entry, *flags,
             *[f for k, v in env.items() for f in ("-e", f"{k}={v}")], image,
             *(inputs["entrypoints"][1:] if inputs.get("entrypoints") else []), *(inputs.get("command") or [])]
-    # pulumi-docker's default stop timeout is the engine's: 10 s after SIGTERM.
+    # `wait`/`waitTimeout` make Pulumi wait for `healthy`: the tests wait for it the same way.
+    # A stop waits `stopTimeout` (the engine's default: 10 s) after SIGTERM; pulumi-docker's
+    # destroy waits `destroyGraceSeconds` before it kills.
+    grace = inputs.get("stopTimeout", inputs.get("destroyGraceSeconds", 10))
     return ContainerRun(name=name, argv=tuple(argv), ports=ports, env=env, mounts=mounts, memory_limit=memory,
-                        cpu_limit=cpus, grace_seconds=float(inputs.get("stopTimeout", 10)),
+                        cpu_limit=cpus, grace_seconds=float(grace),
                         healthcheck=health is not None)
 
 

@@ -36,7 +36,7 @@ from click.testing import CliRunner
 from mlops_iac.cli import main
 
 from . import podrun
-from .conftest import QUICKSTART, ROOT, OciRegistryServer
+from .conftest import QUICKSTART, ROOT, OciRegistryServer, require
 from .podrun import ContainerRun, Object, Unsupported
 from .test_build import docker_engine  # noqa: F401 - the session's engine and base image, as test_build uses them
 
@@ -70,6 +70,8 @@ def built(tmp_path_factory: pytest.TempPathFactory, docker_engine: str,  # noqa:
     and built, with a Kubernetes target beside its local one; once per session."""
     import runpy
 
+    if shutil.which("wrk") is None:
+        require("wrk (apt-get install wrk): the load generator")
     folder = tmp_path_factory.mktemp("pods-quickstart")
     for name in ("mlops.yaml", "train.py"):
         shutil.copyfile(QUICKSTART / name, folder / name)
@@ -118,16 +120,24 @@ def production(built: Built, tmp: Path) -> Path:
 
 
 def with_secrets(objects: list[Object]) -> list[Object]:
-    """The API key Secret a user creates beside the rendered objects, holding the test key."""
+    """The Secrets a user creates beside the rendered objects (the API key), holding the test key."""
     names: dict[str, set[str]] = {}
     for dep in (o for o in objects if o["kind"] == "Deployment"):
-        for container in dep["spec"]["template"]["spec"]["containers"]:
+        pod = dep["spec"]["template"]["spec"]
+        for container in pod["containers"]:
             for var in container.get("env", []):
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     names.setdefault(ref["name"], set()).add(ref["key"])
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    names.setdefault(source["secretRef"]["name"], set()).add("apiKey")
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                names.setdefault(volume["secret"]["secretName"], set()).add("apiKey")
+    present = {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
     return objects + [{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": n}, "type": "Opaque",
-                       "stringData": {k: KEY for k in keys}} for n, keys in names.items()]
+                       "stringData": {k: KEY for k in sorted(keys)}} for n, keys in names.items() if n not in present]
 
 
 # --- checks against one running container ------------------------------------------------------
@@ -149,7 +159,11 @@ def settings_of(run: ContainerRun) -> dict[str, Any]:
 
 
 def api_port(run: ContainerRun) -> int:
-    return run.ports.get("http") or next(iter(run.ports.values()))
+    """The inference port: the container port named `http`, else the one the server is told to
+    listen on (`--port N` in its arguments)."""
+    if "http" in run.ports:
+        return run.ports["http"]
+    return int(run.argv[run.argv.index("--port") + 1])
 
 
 def infer_body(rows: np.ndarray) -> bytes:
@@ -204,7 +218,7 @@ def check_inference(run: ContainerRun, expect: Expect, built: Built) -> None:
 
 
 def check_scrape(run: ContainerRun, expect: Expect) -> tuple[str, str | None]:
-    """/metrics as Prometheus scrapes it through the ServiceMonitor (its port, path and auth).
+    """/metrics as Prometheus scrapes it (through the ServiceMonitor: its port, path and auth).
     Returns the figure for the report and, when the scrape is refused, the problem."""
     if expect.scrape is None:
         return "no ServiceMonitor", None
@@ -368,8 +382,8 @@ def check_drain(run: ContainerRun, expect: Expect, built: Built) -> str:
     assert not failed, f"{expect.label}: {len(failed)} of {len(results)} requests failed while stopping: {failed[:3]}"
     in_flight = sum(1 for start, end, _ in results if start < term < end)
     assert in_flight >= 1, f"{expect.label}: no request was in flight at SIGTERM; the drain was not exercised"
+    # Past the grace period the engine kills (137), as the kubelet does: 0 means it drained in time.
     assert status["ExitCode"] == 0 and not status["OOMKilled"], (status, podrun._stderr(run.name))
-    assert exited - term < remaining, f"{expect.label}: not stopped within the grace period"
     return f"drained {in_flight} in flight, exit 0 in {exited - term:.1f}s of {run.grace_seconds:g}s"
 
 
@@ -472,8 +486,9 @@ def kubernetes_runs(folder: Path, target: str, built: Built, workdir: Path) -> l
         hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler" and o["metadata"]["name"] == name)
         recommended = lock[model["name"]]["versions"][model["version"]]["recommendation"]["memoryLimitBytes"]
         assert run.memory_limit is not None and run.memory_limit >= recommended  # the profile's, rounded to MiB
+        # the working set is held to the profile's own figure, not to the rounded-up limit
         runs.append((run, Expect(label=f"{target} {name}", settings=settings, scrape=scrape_of(objects, dep, run),
-                                 memory_limit=run.memory_limit,
+                                 memory_limit=recommended,
                                  # each replica's share of the target rate, at the HPA's floor
                                  target_rps=target_rps(folder, hpa["spec"]["minReplicas"]))))
     return runs
@@ -510,7 +525,11 @@ def test_production_docker_container_runs_as_the_component_asks(built: Built) ->
     run = podrun.container_run(container.inputs, image=built.image, name=f"wt-pods-edge-{uuid.uuid4().hex[:6]}",
                                volumes=volumes)
     assert run.memory_limit is not None
-    expect = Expect(label="edge (pulumi-docker)", settings=settings_of(run), scrape=None,
+    settings = settings_of(run)
+    # No ServiceMonitor on a Docker host: a Prometheus scrapes the metrics listener, else the API port.
+    scrape = (settings["metrics_port"], "/metrics", {}) if settings.get("metrics_port") else \
+        (api_port(run), "/metrics", auth_headers(settings))
+    expect = Expect(label="edge (pulumi-docker)", settings=settings, scrape=scrape,
                     memory_limit=run.memory_limit, target_rps=target_rps(PRODUCTION, 1))
     try:
         try:
@@ -531,8 +550,8 @@ def test_production_docker_container_runs_as_the_component_asks(built: Built) ->
             exercise(again, dataclasses.replace(expect, label=expect.label + " (volume chowned)"), built)
             pytest.xfail(defect)
     finally:
-        for volume in volumes.values():
-            podrun.docker("volume", "rm", "-f", volume, check=False)
+        for created in volumes.values():
+            podrun.docker("volume", "rm", "-f", created, check=False)
 
 
 def volume_owned_by_root(run: ContainerRun, failure: str) -> str | None:
