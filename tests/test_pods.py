@@ -621,14 +621,16 @@ def test_translation_of_the_rendered_fields() -> None:
         "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
                     {"name": "cfg", "configMap": {"name": "c"}}, {"name": "data", "emptyDir": {"sizeLimit": "1Gi"}}],
         "containers": [{
-            "name": "s", "image": "rendered", "args": ["--port", "8080"],
-            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+            "name": "s", "image": "rendered", "imagePullPolicy": "IfNotPresent", "args": ["--port", "8080"],
+            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                      {"name": "metrics", "containerPort": 8082, "protocol": "TCP"}],
             "envFrom": [{"configMapRef": {"name": "c"}}],
             "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "apiKey"}}}],
             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "1500m", "memory": "128Mi"}},
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]}},
             "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5},
+            "livenessProbe": {"httpGet": {"path": "/live", "port": "metrics"}, "timeoutSeconds": 2},
             "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "cfg", "mountPath": "/etc/c"},
                              {"name": "data", "mountPath": "/data"}]}]}}}}
@@ -648,7 +650,12 @@ def test_translation_of_the_rendered_fields() -> None:
         assert flag in argv, (flag, argv)
     assert re.search(r"-v \S+:/etc/c:ro", argv)
     assert run.readiness == podrun.Probe("/ready", 8080, period=5)
+    assert run.liveness == podrun.Probe("/live", 8082, timeout=2) and run.ports["metrics"] == 8082
     assert run.pre_stop == ("@sleep", "5") and run.grace_seconds == 40 and run.memory_limit == 128 * 2**20
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    with tempfile_dir() as workdir:
+        assert podrun.pod_run(deployment, objects, image="b", name="n", workdir=workdir).pre_stop == ("sleep", "5")
 
 
 @contextlib.contextmanager
