@@ -409,7 +409,8 @@ def exercise(run: ContainerRun, expect: Expect, built: Built) -> str | None:
         REPORT.append(
             f"- {expect.label}: ready in {ready:.1f}s; {probes}; {scrape}; {collected}; "
             f"{load.requests} requests at {load.rps:.0f}/s (target {expect.target_rps:g}) p99 {load.p99_ms:.2f} ms "
-            f"under {run.cpu_limit:g} CPU, 0 errors; peak working set {peak / 2**20:.0f} MiB of "
+            f"under {run.cpu_limit:g} CPU ({expect.settings['models'][0]['threads']} thread(s), batches up to "
+            f"{expect.settings['models'][0]['max_batch_size']}), 0 errors; peak working set {peak / 2**20:.0f} MiB of "
             f"{expect.memory_limit / 2**20:.0f} MiB{cache}; {drained}")
     finally:
         podrun.docker("rm", "-f", run.name, check=False)
