@@ -109,6 +109,8 @@ class ContainerRun:
     pre_stop: tuple[str, ...] | None = None  # a command run inside the container before SIGTERM
     healthcheck: bool = False  # the engine's own HEALTHCHECK is on (the Docker component)
     files: tuple[Path, ...] = field(default=(), compare=False)  # host folders made for volumes
+    # configMap/secret volumes: mount path -> the host folder holding their files
+    file_volumes: Mapping[str, Path] = field(default_factory=dict, compare=False)
     # emptyDirs on the node's disk: mount path -> (host folder, sizeLimit the kubelet evicts at)
     disk_volumes: Mapping[str, tuple[Path, int | None]] = field(default_factory=dict, compare=False)
 
@@ -160,6 +162,7 @@ class _Pod:
         self.flags: list[str] = []
         self.files: list[Path] = []
         self.sizes: dict[str, tuple[Path, int | None]] = {}
+        self.file_volumes: dict[str, Path] = {}
 
     def translate(self) -> ContainerRun:
         _check(self.pod, _POD, self.where)
@@ -193,7 +196,7 @@ class _Pod:
             readiness=self._probe(container, "readinessProbe", ports, where),
             liveness=self._probe(container, "livenessProbe", ports, where),
             pre_stop=self._pre_stop(container.get("lifecycle"), f"{where}.lifecycle"), files=tuple(self.files),
-            disk_volumes=dict(self.sizes))
+            disk_volumes=dict(self.sizes), file_volumes=dict(self.file_volumes))
 
     def _ports(self, container: Object, where: str) -> dict[str, int]:
         ports: dict[str, int] = {}
@@ -241,6 +244,7 @@ class _Pod:
                                               f"{self.where}.volumes[{mount['name']}]")
             elif kinds in (["configMap"], ["secret"]):
                 folder = self._files(volume, kinds[0], f"{self.where}.volumes[{mount['name']}]")
+                self.file_volumes[path] = folder
                 # Kubernetes mounts these read-only whatever the mount says.
                 self.flags += ["-v", f"{folder}:{path}:ro"]
             else:

@@ -154,8 +154,17 @@ class Expect:
 
 
 def settings_of(run: ContainerRun) -> dict[str, Any]:
-    settings: dict[str, Any] = json.loads(run.env["MLOPS_IAC_SERVER_SETTINGS"])
-    return settings
+    """The server settings the container gets: from its environment, else the `--config` file
+    its arguments name, on a configMap volume."""
+    if "MLOPS_IAC_SERVER_SETTINGS" in run.env:
+        settings: dict[str, Any] = json.loads(run.env["MLOPS_IAC_SERVER_SETTINGS"])
+        return settings
+    path = run.argv[run.argv.index("--config") + 1] if "--config" in run.argv else None
+    for mount, folder in run.file_volumes.items():
+        if path and path.startswith(mount.rstrip("/") + "/"):
+            settings = json.loads((folder / path[len(mount.rstrip("/")) + 1:]).read_text())
+            return settings
+    raise AssertionError(f"{run.name}: no server settings in its environment or on a configMap volume")
 
 
 def api_port(run: ContainerRun) -> int:
@@ -575,10 +584,10 @@ def test_a_setting_that_stops_the_server_is_caught(built: Built, workdir: Path) 
     writable volume the server writes its collected data to."""
     objects = with_secrets(rendered(built.folder, "cluster"))
     (dep,) = [o for o in objects if o["kind"] == "Deployment"]
+    path = settings_of(podrun.pod_run(dep, objects, image=built.image, name="as-rendered",
+                                      workdir=workdir))["collection"]["path"]
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    path = json.loads(next(o for o in objects if o["kind"] == "ConfigMap" and "server.json" in o.get("data", {}))
-                      ["data"]["server.json"])["collection"]["path"]
     (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
     container["volumeMounts"].remove(mount)
     pod["volumes"] = [v for v in pod["volumes"] if v["name"] != mount["name"]]
@@ -673,3 +682,15 @@ def test_quantities() -> None:
     with pytest.raises(Unsupported):
         podrun.memory_bytes("lots")
 
+
+
+def test_settings_from_a_mounted_config_file(workdir: Path) -> None:
+    deployment: Object = {"kind": "Deployment", "metadata": {"name": "x"}, "spec": {"template": {"spec": {
+        "automountServiceAccountToken": False,
+        "volumes": [{"name": "settings", "configMap": {"name": "x-0123abcd"}}],
+        "containers": [{"name": "s", "image": "i", "args": ["--config", "/etc/mlops/server.json"],
+                        "volumeMounts": [{"name": "settings", "mountPath": "/etc/mlops", "readOnly": True}]}]}}}}
+    objects: list[Object] = [{"kind": "ConfigMap", "metadata": {"name": "x-0123abcd"},
+                              "data": {"server.json": '{"auth": true}'}}]
+    run = podrun.pod_run(deployment, objects, image="b", name="n", workdir=workdir)
+    assert settings_of(run) == {"auth": True} and run.mounts == {"/etc/mlops": "configMap"}
