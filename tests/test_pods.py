@@ -13,7 +13,6 @@ the profile's target rate, and SIGTERM draining requests in flight.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import http.client
 import json
 import re
@@ -241,13 +240,6 @@ def check_scrape(run: ContainerRun, expect: Expect) -> tuple[str, str | None]:
     return f"scrape {port}{path} 200", None
 
 
-def known_scrape_defect(run: ContainerRun, expect: Expect) -> bool:
-    """The ServiceMonitor scrapes the key-protected API port without credentials: the defect the
-    separate metrics listener (port `metrics`, no key) removes. Nothing else is excused."""
-    return expect.settings["auth"] and expect.scrape is not None and expect.scrape[0] == api_port(run) \
-        and not expect.scrape[2]
-
-
 def check_collection(run: ContainerRun, expect: Expect) -> str:
     """Sampled requests land in the collection file, on the rendered writable volume."""
     collection = expect.settings["collection"]
@@ -447,13 +439,8 @@ def wait_healthy(run: ContainerRun) -> float:
 # --- from rendered objects to runs -------------------------------------------------------------
 
 def settle(problems: list[tuple[ContainerRun, Expect, str | None]]) -> None:
-    """Fail on any scrape problem, except the known one, which marks the test as an expected
-    failure (it passes by itself once the ServiceMonitor scrapes a port without the key)."""
-    known = [p for run, expect, p in problems if p is not None and known_scrape_defect(run, expect)]
-    other = [p for run, expect, p in problems if p is not None and not known_scrape_defect(run, expect)]
-    assert not other, other
-    if known:
-        pytest.xfail("known defect: " + "; ".join(known))
+    """Fail on any scrape problem: Prometheus must reach /metrics as the ServiceMonitor says."""
+    assert not [p for _, _, p in problems if p is not None], problems
 
 
 def matches(selector: dict[str, str], label_set: dict[str, str]) -> bool:
@@ -542,41 +529,10 @@ def test_production_docker_container_runs_as_the_component_asks(built: Built) ->
     expect = Expect(label="edge (pulumi-docker)", settings=settings, scrape=scrape,
                     memory_limit=run.memory_limit, target_rps=target_rps(PRODUCTION, 1))
     try:
-        try:
-            settle([(run, expect, exercise(run, expect, built))])
-        except AssertionError as exc:
-            defect = volume_owned_by_root(run, str(exc))
-            if defect is None:
-                raise
-            # The rest measured as it runs once the volume belongs to the server's user (what an
-            # image whose /data is owned by 10001 gives a new named volume), then the defect reported.
-            # (Not empty, or the engine copies the image's owner onto the volume again at each start.)
-            user = run.argv[run.argv.index("--user") + 1]
-            for name in volumes.values():
-                podrun.docker("run", "--rm", "--user", "0", "-v", f"{name}:/v", "--entrypoint", "sh", built.image,
-                              "-c", f"mkdir -p /v/.owned && chown -R {user} /v")
-            again = dataclasses.replace(run, name=run.name + "-owned",
-                                        argv=tuple(run.name + "-owned" if a == run.name else a for a in run.argv))
-            exercise(again, dataclasses.replace(expect, label=expect.label + " (volume chowned)"), built)
-            pytest.xfail(defect)
+        settle([(run, expect, exercise(run, expect, built))])
     finally:
         for created in volumes.values():
             podrun.docker("volume", "rm", "-f", created, check=False)
-
-
-def volume_owned_by_root(run: ContainerRun, failure: str) -> str | None:
-    """The known defect of the Docker component: a new named volume takes the owner of the
-    image's folder under it (root), so the server (user 10001) cannot write its collected data
-    there and exits. Returns the description when that, and only that, is the failure."""
-    denied = re.search(r"Permission denied: '([^']+)'", failure)
-    if denied is None:
-        return None
-    volume = next((m for m, kind in run.mounts.items() if kind == "volume"
-                   and denied.group(1).startswith(m.rstrip("/") + "/")), None)
-    if volume is None:
-        return None
-    return (f"known defect: the Docker component's named volume at {volume} is owned by root, and the server "
-            f"(user {run.argv[run.argv.index('--user') + 1]}) exits: {denied.group(0)}")
 
 
 def test_a_setting_that_stops_the_server_is_caught(built: Built, workdir: Path) -> None:
