@@ -16,6 +16,23 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
 
 
+def _repository_status() -> str | None:
+    done = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all"],
+                          capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_untouched() -> Iterator[None]:
+    """Tests write under tmp_path, never into the repository (a stray file once got committed):
+    the checkout's `git status` is the same after the session as before it."""
+    before = _repository_status()
+    yield
+    after = _repository_status()
+    if before is not None and after != before:
+        pytest.fail(f"the tests changed the repository's working tree:\n{after}")
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A folder with the artifacts that test files name (contents do not matter to the spec)."""
