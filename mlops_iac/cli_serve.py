@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from .cli_registry import file_option, project_registry
+from .cli_registry import file_option, prepare_onnx, project_registry
 from .errors import MlopsIacError
+from .lock import LockedVersion, read_lock
 from .plan import canonical_json, server_config
 from .registry import Registry, parse_ref
 from .resolve import ResolvedDeployment, Workspace
@@ -23,7 +24,8 @@ CACHE = ".mlops/serve"
 @click.option("--deployment", "deployments", multiple=True,
               help="Serve this deployment of mlops.yaml (repeatable; default: every local one).")
 @click.option("--host", default=None, help="Default: the target's host (127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Default: the target's port (8080).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Default: the target's port (8080); 0 picks a free port (printed).")
 @click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Only write the server settings (JSON) here and exit.")
 def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host: str | None,
@@ -46,12 +48,18 @@ def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host:
         click.echo(f"wrote {write_config}")
         return
     host = host or (target.host if target else "127.0.0.1")
-    port = port or (target.port if target else 8080)
-    names = ", ".join(f"{m.name}@{m.version}" for m in config.models)
-    click.echo(f"serving {names} on http://{host}:{port} (v2 protocol; /metrics; Ctrl-C stops)")
+    port = port if port is not None else (target.port if target else 8080)
+    from .serving.run import bind
     from .serving.run import serve as run_server
 
-    run_server(config, root, host, port)
+    sock = bind(host, port)  # before the announcement: a busy port is an error, not a lie
+    port = sock.getsockname()[1]
+    names = ", ".join(f"{m.name}@{m.version}" for m in config.models)
+    click.echo(f"serving {names} on http://{host}:{port} (v2 protocol; /metrics; Ctrl-C stops)")
+    try:
+        run_server(config, root, host, port, sock=sock)
+    finally:
+        sock.close()
 
 
 def _materialize(registry: Registry, root: Path, model: str, number: int, digest: str) -> str:
@@ -75,6 +83,8 @@ def _from_deployments(registry: Registry, ws: Workspace,
     paths = {}
     for v in dep.versions:
         facts = ws.lock.version(dep.model, v.number) if v.number is not None else None
+        if v.number is not None and (facts is None or facts.onnx is None):
+            facts = _prepared(registry, ws, dep.model, v.number) or facts
         if facts is None or facts.onnx is None or v.number is None:
             raise MlopsIacError(f"{dep.model}@{v.ref} has no ONNX conversion in mlops.lock; run "
                                 f"`mlops-iac convert {dep.model}@{v.ref}` first")
@@ -86,6 +96,15 @@ def _from_deployments(registry: Registry, ws: Workspace,
         config = config.model_copy(update={"models": (*config.models, *extra.models)})
     spec = ws.resolved.target(dep.target).spec
     return config, spec if isinstance(spec, LocalTarget) else None
+
+
+def _prepared(registry: Registry, ws: Workspace, model: str, number: int) -> LockedVersion | None:
+    """An ONNX version that was pinned without its checks: prepare it now (no native code runs)."""
+    version = registry.resolve(parse_ref(f"{model}@{number}"))
+    if version.framework != "onnx":
+        return None
+    prepare_onnx(registry, ws.file, version)
+    return read_lock(ws.lock_path).version(model, number)
 
 
 def _choose(ws: Workspace, names: tuple[str, ...]) -> list[ResolvedDeployment]:
@@ -107,6 +126,9 @@ def _adhoc(registry: Registry, root: Path, refs: tuple[str, ...]) -> ServerConfi
     models = []
     for text in refs:
         version = registry.resolve(parse_ref(text))
+        if "onnx" not in version.artifacts and version.framework == "onnx":
+            prepare_onnx(registry, None, version)
+            version = registry.resolve(parse_ref(f"{version.model}@{version.version}"))
         onnx = version.artifacts.get("onnx")
         if onnx is None:
             raise MlopsIacError(f"{version.model}@{version.version} has no ONNX artifact; run "

@@ -72,6 +72,20 @@ def copy_into(src: Path, folder: Path) -> Path:
     return dst
 
 
+def installed_env() -> dict[str, str]:
+    """The environment of a user whose virtual environment is active (this interpreter's), so
+    that `mlops-iac` and `python` are the installed ones."""
+    import sys
+
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`mlops-iac ARGS...` as a user runs it: the installed command, in a folder of theirs."""
+    return subprocess.run(["mlops-iac", *args], cwd=cwd, env=installed_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def require(what: str) -> None:
     """Skip on a developer's machine without `what`; fail in CI, where it must exist."""
     if os.environ.get("MLOPS_IAC_REQUIRE_INTEGRATION"):

@@ -4,13 +4,11 @@ under "A five-minute tour", line by line in a fresh folder, with the installed C
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-from .conftest import ROOT
+from .conftest import ROOT, installed_env
 
 
 def tour_commands() -> list[str]:
@@ -19,11 +17,6 @@ def tour_commands() -> list[str]:
     block = re.search(r"```bash\n(.*?)```", section, re.S)
     assert block is not None, "the tour has no bash block"
     return [line.split("  #")[0].strip() for line in block.group(1).splitlines() if line.strip()]
-
-
-def installed_env() -> dict[str, str]:
-    """The environment of a user whose virtual environment is active (this interpreter's)."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
 def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:

@@ -1,24 +1,44 @@
 """Ask the served model for a prediction over the v2 protocol, as any client would.
 
 Waits for the server to be ready, sends three iris flowers, prints what comes back.
+
+    python predict.py [URL] [SERVER_PID]
+
+With SERVER_PID, it stops waiting as soon as that process has exited.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
 import urllib.request
 
 URL = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"
+SERVER_PID = int(sys.argv[2]) if len(sys.argv) > 2 else None
 FLOWERS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.9, 3.1, 5.4, 2.1]]
 SPECIES = ["setosa", "versicolor", "virginica"]
+
+
+def running(pid: int) -> bool:
+    """Whether the process is alive (an exited child not yet reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except ProcessLookupError:
+        return False
+    except OSError:  # no /proc (macOS): kill's answer is all there is
+        return True
 
 
 def wait_ready(timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
+        if SERVER_PID is not None and not running(SERVER_PID):
+            sys.exit(f"the server (process {SERVER_PID}) exited before it became ready")
         try:
             with urllib.request.urlopen(f"{URL}/v2/health/ready", timeout=1) as response:
                 if response.status == 200:
