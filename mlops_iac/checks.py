@@ -7,10 +7,11 @@ about the disk (paths exist). Each check returns problems; none raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from .errors import Problem
+from .errors import Problem, did_you_mean
 from .loader import Document, PathKey
 from .lock import Lock
 from .spec import Deployment, Spec
@@ -38,9 +39,48 @@ def check(spec: Spec, doc: Document, lock: Lock | None, root: Path | None) -> li
     """Every cross-section problem; versions are checked against `lock` unless it is None, and
     paths against the disk unless `root` is None (a file read from another commit)."""
     problems = [*_duplicate_names(spec, doc), *(_paths(spec, doc, root) if root is not None else [])]
+    models = [m.name for m in spec.models]
     for i, dep in enumerate(spec.deployments):
-        problems.extend(_deployment(spec, doc, lock, i, dep))
+        problems.extend(_deployment(models, dict(spec.targets), doc, lock, i, dep))
     return problems
+
+
+def check_partial(doc: Document) -> list[Problem]:
+    """The cross-section problems of the deployments that parsed, while another part of the
+    file did not: the user sees every problem at once, not the next ones after a fix.
+
+    Models and targets count by the names the file gives them, valid or not, so that a typo
+    inside a model is not also reported as an unknown model.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    from .spec.targets import Target
+
+    data = doc.data if isinstance(doc.data, dict) else {}
+    raw_models = _section(data, "models", list)
+    models = [m["name"] for m in raw_models if isinstance(m, dict) and isinstance(m.get("name"), str)]
+    raw_targets = _section(data, "targets", dict)
+    adapter: TypeAdapter[Any] = TypeAdapter(Target)
+    targets: dict[str, Any] = {}
+    for name, raw in raw_targets.items():
+        try:
+            targets[str(name)] = adapter.validate_python(raw)
+        except ValidationError:
+            targets[str(name)] = None  # named, so not unknown; its own problems are reported already
+    problems: list[Problem] = []
+    for i, raw in enumerate(_section(data, "deployments", list)):
+        try:
+            dep = Deployment.model_validate(raw)
+        except ValidationError:
+            continue
+        # A model without a readable name could be any: then no model name is unknown.
+        problems.extend(_deployment(models if len(models) == len(raw_models) else None, targets, doc, None, i, dep))
+    return problems
+
+
+def _section(data: dict[Any, Any], key: str, kind: type) -> Any:
+    value = data.get(key)
+    return value if isinstance(value, kind) else kind()
 
 
 def _duplicate_names(spec: Spec, doc: Document) -> Iterator[Problem]:
@@ -108,20 +148,19 @@ def _data_file(doc: Document, root: Path, path: PathKey, value: str | None,
                               f"a path relative to the folder of {doc.file}")
 
 
-def _deployment(spec: Spec, doc: Document, lock: Lock | None, i: int,
+def _deployment(models: list[str] | None, targets: Mapping[str, Any], doc: Document, lock: Lock | None, i: int,
                 dep: Deployment) -> Iterator[Problem]:
     here: PathKey = ("deployments", i)
-    models = [m.name for m in spec.models]
-    if dep.model not in models:
-        yield doc.problem((*here, "model"), f"unknown model {dep.model!r}",
+    if models is not None and dep.model not in models:
+        yield doc.problem((*here, "model"), f"unknown model {dep.model!r}{did_you_mean(dep.model, models)}",
                           "expected one of the models: " + ", ".join(models))
-    target = spec.targets.get(dep.target)
-    if target is None:
-        yield doc.problem((*here, "target"), f"unknown target {dep.target!r}",
-                          "expected one of the targets: " + ", ".join(spec.targets))
+    target = targets.get(dep.target)
+    if dep.target not in targets:
+        yield doc.problem((*here, "target"), f"unknown target {dep.target!r}{did_you_mean(dep.target, targets)}",
+                          "expected one of the targets: " + ", ".join(targets))
     yield from _selection(doc, here, dep)
     yield from _traffic(doc, here, dep)
-    if dep.model in models and lock is not None:
+    if models is not None and dep.model in models and lock is not None:
         yield from _known_versions(doc, lock, here, dep)
     yield from _hardware(doc, here, dep, target)
 
