@@ -36,6 +36,12 @@ class Group(click.Group):
                 raise
             _print_error(exc)
             sys.exit(1)
+        except OSError as exc:  # the disk or the network said no: the user's to fix, with the path
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.secho(f"error: {where}{exc.strerror or exc}", fg="red", err=True)
+            sys.exit(1)
 
 
 def _print_error(exc: MlopsIacError) -> None:

@@ -55,6 +55,9 @@ def drift(ref: str, paths: tuple[Path, ...], threshold: float | None, report_dir
         registry.pull(parse_ref(f"{version.model}@{version.version}"), path, "baseline")
         base = json.loads(path.read_text())
     results, records = check(base, paths, threshold)
+    if records == 0:  # a table of nan would look like an answer
+        raise MlopsIacError(f"no readable records in {', '.join(map(str, paths))}; expected the JSON lines "
+                            "that the server's data collection writes")
     drifted = [r for r in results if r.drifted]
     if as_json:
         click.echo(json.dumps({"records": records, "threshold": threshold, "columns": [r.__dict__ for r in results]},

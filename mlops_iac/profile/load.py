@@ -27,7 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MlopsIacError
 from .harness import percentile
+
+
+class ProfileError(MlopsIacError):
+    """The load test could not run or its tool answered in a way we cannot read."""
 
 
 def free_port() -> int:
@@ -64,7 +69,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server for {url} exited with {process.returncode} before it was ready")
+            raise ProfileError(f"the server for {url} exited with {process.returncode} before it was ready")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - our own http://127.0.0.1 URLs
                 if r.status == 200:
@@ -124,14 +129,14 @@ def _wrk(port: int, body: bytes, concurrency: int, seconds: float) -> dict[str, 
 def _find(pattern: str, text: str) -> str:
     match = re.search(pattern, text)
     if match is None:
-        raise RuntimeError(f"unexpected wrk output:\n{text}")
+        raise ProfileError(f"unexpected wrk output:\n{text}")
     return match.group(1)
 
 
 def _ms(text: str, which: str) -> float:
     match = re.search(rf"{which}\s+([\d.]+)(us|ms|s)\b", text)
     if match is None:
-        raise RuntimeError(f"unexpected wrk output:\n{text}")
+        raise ProfileError(f"unexpected wrk output:\n{text}")
     return round(float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)], 4)
 
 
