@@ -8,7 +8,6 @@ import click
 
 from .cli_registry import file_option, prepare_onnx, project_registry
 from .errors import MlopsIacError
-from .lock import LockedVersion, read_lock
 from .plan import canonical_json, server_config
 from .registry import Registry, parse_ref
 from .resolve import ResolvedDeployment, Workspace
@@ -42,6 +41,9 @@ def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host:
     else:
         if ws is None:
             raise MlopsIacError(f"{file} not found; pass MODEL@N references or -f FILE")
+        if _prepare_pinned_onnx(registry, ws, deployments):
+            registry, ws = project_registry(file)
+            assert ws is not None
         config, target = _from_deployments(registry, ws, deployments)
     if write_config is not None:
         write_config.write_text(canonical_json(config.model_dump(mode="json")))
@@ -83,8 +85,6 @@ def _from_deployments(registry: Registry, ws: Workspace,
     paths = {}
     for v in dep.versions:
         facts = ws.lock.version(dep.model, v.number) if v.number is not None else None
-        if v.number is not None and (facts is None or facts.onnx is None):
-            facts = _prepared(registry, ws, dep.model, v.number) or facts
         if facts is None or facts.onnx is None or v.number is None:
             raise MlopsIacError(f"{dep.model}@{v.ref} has no ONNX conversion in mlops.lock; run "
                                 f"`mlops-iac convert {dep.model}@{v.ref}` first")
@@ -98,13 +98,18 @@ def _from_deployments(registry: Registry, ws: Workspace,
     return config, spec if isinstance(spec, LocalTarget) else None
 
 
-def _prepared(registry: Registry, ws: Workspace, model: str, number: int) -> LockedVersion | None:
-    """An ONNX version that was pinned without its checks: prepare it now (no native code runs)."""
-    version = registry.resolve(parse_ref(f"{model}@{number}"))
-    if version.framework != "onnx":
-        return None
-    prepare_onnx(registry, ws.file, version)
-    return read_lock(ws.lock_path).version(model, number)
+def _prepare_pinned_onnx(registry: Registry, ws: Workspace, names: tuple[str, ...]) -> bool:
+    """ONNX versions pinned without their checks (e.g. by `lock sync`): prepare them now, as
+    `register` would have (no native code runs). True when the lock changed."""
+    changed = False
+    for dep in _choose(ws, names):
+        for v in dep.versions:
+            facts = ws.lock.version(dep.model, v.number) if v.number is not None else None
+            if facts is None or facts.onnx is not None or facts.framework != "onnx":
+                continue
+            prepare_onnx(registry, ws.file, registry.resolve(parse_ref(f"{dep.model}@{v.number}")))
+            changed = True
+    return changed
 
 
 def _choose(ws: Workspace, names: tuple[str, ...]) -> list[ResolvedDeployment]:

@@ -112,3 +112,18 @@ def test_register_refuses_onnx_with_external_data(onnx_project: Path) -> None:
     done = cli("register", "reg", "--file", "split.onnx", cwd=onnx_project)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "in external data files; the registry stores one file per version" in done.stderr
+
+
+def test_serve_prepares_an_onnx_version_that_lock_sync_pinned(onnx_project: Path) -> None:
+    spec = onnx_project / "mlops.yaml"
+    spec.rename(onnx_project / "later.yaml")  # registered before the project declared it
+    assert cli("register", "reg", "--file", "model.onnx", cwd=onnx_project).returncode == 0
+    (onnx_project / "later.yaml").rename(spec)
+    assert cli("lock", "sync", cwd=onnx_project).returncode == 0
+    pinned = json.loads(cli("lock", "show", "--json", cwd=onnx_project).stdout)["models"]["reg"]["versions"]["1"]
+    assert "onnx" not in pinned  # lock sync pins the digest only
+    done = cli("serve", "--write-config", "server.json", cwd=onnx_project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    facts = json.loads(cli("lock", "show", "--json", cwd=onnx_project).stdout)["models"]["reg"]["versions"]["1"]
+    config = json.loads((onnx_project / "server.json").read_text())
+    assert config["models"][0]["digest"] == facts["onnx"]["digest"]
