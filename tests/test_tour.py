@@ -50,3 +50,13 @@ def test_init_keeps_an_existing_train_py(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "train.py").read_text() == "print('mine')\n"
     assert (tmp_path / "mlops.yaml").exists() and (tmp_path / "mlops.schema.json").exists()
+
+
+def test_the_readme_command_table_lists_every_command() -> None:
+    from .test_bad_input import command_paths
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## CLI reference", 1)[1].split("\n## ", 1)[0]
+    listed = {m.group(1) for m in re.finditer(r"^\| `mlops-iac ([a-z]+(?: [a-z]+)?)", table, re.M)}
+    listed |= {m.group(1) for m in re.finditer(r" / `(models [a-z]+)", table)}  # two commands in one row
+    assert set(command_paths()) - listed == set()
