@@ -54,6 +54,13 @@ def test_register_onnx_then_serve_without_convert_or_sample(onnx_project: Path) 
     assert facts["onnx"]["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 3]}]
     assert facts["onnx"]["optimization"] == "extended" and facts["baseline"]["rows"] == 64
 
+    # Profiling needs no sample either, and talks to the server in the model's own input name (X).
+    profiled = cli("profile", "reg@1", "--quick", "--budget", "5", cwd=onnx_project)
+    assert profiled.returncode == 0, profiled.stdout + profiled.stderr
+    assert "no sample: 64 rows generated from the signature" in profiled.stdout
+    figures = json.loads(cli("lock", "show", "--json", cwd=onnx_project).stdout)["models"]["reg"]["versions"]["1"]
+    assert figures["profile"]["http"] and all(r["errors"] == 0 for r in figures["profile"]["http"])
+
     server = subprocess.Popen(["mlops-iac", "serve", "--port", "0"], cwd=onnx_project, env=installed_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
