@@ -81,6 +81,9 @@ def test_register_onnx_then_serve_without_convert_or_sample(onnx_project: Path) 
         np.testing.assert_allclose(np.array(answer["outputs"][0]["data"]).reshape(expected.shape), expected,
                                    rtol=1e-5, atol=1e-6)
 
+        smoked = cli("smoke", "reg@1", "--url", url, cwd=onnx_project)  # no sample here either
+        assert smoked.returncode == 0 and "smoke test passed" in smoked.stdout, smoked.stdout + smoked.stderr
+
         busy = cli("serve", "--port", str(port), cwd=onnx_project)  # the port the first server holds
         assert busy.returncode == 1 and "Traceback" not in busy.stderr
         assert busy.stderr.strip() == (f"error: cannot listen on 127.0.0.1:{port}: Address already in use; "
