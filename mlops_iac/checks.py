@@ -8,14 +8,15 @@ about the disk (paths exist). Each check returns problems; none raises.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import Problem, did_you_mean
 from .loader import Document, PathKey
 from .lock import Lock
-from .spec import Deployment, Spec
-from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget
+from .spec import Build, Deployment, Model, Monitoring, Spec
+from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget, Target
 
 DATA_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
@@ -35,47 +36,66 @@ def deployed_refs(dep: Deployment) -> tuple[int | str, ...]:
     return ()
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """The sections to check, each item with its index in the file. From a valid Spec all of
+    them; from a file that failed validation, the items that parsed by themselves."""
+
+    models: list[tuple[int, Model]]
+    model_names: list[str] | None  # None: a model has no readable name, so any name may exist
+    targets: dict[str, Any]  # name -> target, or None for a named target that did not parse
+    deployments: list[tuple[int, Deployment]]
+    build: Build | None
+    monitoring: Monitoring | None
+
+
 def check(spec: Spec, doc: Document, lock: Lock | None, root: Path | None) -> list[Problem]:
     """Every cross-section problem; versions are checked against `lock` unless it is None, and
     paths against the disk unless `root` is None (a file read from another commit)."""
-    problems = [*_duplicate_names(spec, doc), *(_paths(spec, doc, root) if root is not None else [])]
-    models = [m.name for m in spec.models]
-    for i, dep in enumerate(spec.deployments):
-        problems.extend(_deployment(models, dict(spec.targets), doc, lock, i, dep))
-    return problems
+    parts = _Parts(models=list(enumerate(spec.models)), model_names=[m.name for m in spec.models],
+                   targets=dict(spec.targets), deployments=list(enumerate(spec.deployments)),
+                   build=spec.build, monitoring=spec.monitoring)
+    return _check(parts, doc, lock, root)
 
 
-def check_partial(doc: Document) -> list[Problem]:
-    """The cross-section problems of the deployments that parsed, while another part of the
-    file did not: the user sees every problem at once, not the next ones after a fix.
+def check_partial(doc: Document, root: Path | None) -> list[Problem]:
+    """The cross-section problems of the parts that parsed, while another part of the file did
+    not: the user sees every problem at once, not the next ones after a fix.
 
     Models and targets count by the names the file gives them, valid or not, so that a typo
     inside a model is not also reported as an unknown model.
     """
-    from pydantic import TypeAdapter, ValidationError
-
-    from .spec.targets import Target
-
     data = doc.data if isinstance(doc.data, dict) else {}
     raw_models = _section(data, "models", list)
-    models = [m["name"] for m in raw_models if isinstance(m, dict) and isinstance(m.get("name"), str)]
-    raw_targets = _section(data, "targets", dict)
-    adapter: TypeAdapter[Any] = TypeAdapter(Target)
-    targets: dict[str, Any] = {}
-    for name, raw in raw_targets.items():
-        try:
-            targets[str(name)] = adapter.validate_python(raw)
-        except ValidationError:
-            targets[str(name)] = None  # named, so not unknown; its own problems are reported already
-    problems: list[Problem] = []
-    for i, raw in enumerate(_section(data, "deployments", list)):
-        try:
-            dep = Deployment.model_validate(raw)
-        except ValidationError:
-            continue
-        # A model without a readable name could be any: then no model name is unknown.
-        problems.extend(_deployment(models if len(models) == len(raw_models) else None, targets, doc, None, i, dep))
+    names = [m["name"] for m in raw_models if isinstance(m, dict) and isinstance(m.get("name"), str)]
+    targets = {str(name): _parsed(Target, raw) for name, raw in _section(data, "targets", dict).items()}
+    parts = _Parts(models=_items(Model, raw_models), model_names=names if len(names) == len(raw_models) else None,
+                   targets=targets, deployments=_items(Deployment, _section(data, "deployments", list)),
+                   build=_parsed(Build, data.get("build", {})),
+                   monitoring=_parsed(Monitoring, data.get("monitoring", {})))
+    return _check(parts, doc, None, root)
+
+
+def _check(parts: _Parts, doc: Document, lock: Lock | None, root: Path | None) -> list[Problem]:
+    problems = [*_duplicate_names(parts, doc), *(_paths(parts, doc, root) if root is not None else [])]
+    for i, dep in parts.deployments:
+        problems.extend(_deployment(parts.model_names, parts.targets, doc, lock, i, dep))
     return problems
+
+
+def _parsed(kind: Any, raw: Any) -> Any:
+    """`raw` validated as `kind`, or None when it is not valid (its problems are reported apart)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(kind).validate_python(raw)
+    except ValidationError:
+        return None
+
+
+def _items(kind: Any, raw: list[Any]) -> list[tuple[int, Any]]:
+    parsed = [(i, _parsed(kind, item)) for i, item in enumerate(raw)]
+    return [(i, item) for i, item in parsed if item is not None]
 
 
 def _section(data: dict[Any, Any], key: str, kind: type) -> Any:
@@ -83,15 +103,15 @@ def _section(data: dict[Any, Any], key: str, kind: type) -> Any:
     return value if isinstance(value, kind) else kind()
 
 
-def _duplicate_names(spec: Spec, doc: Document) -> Iterator[Problem]:
+def _duplicate_names(parts: _Parts, doc: Document) -> Iterator[Problem]:
     seen: dict[str, int] = {}
-    for i, model in enumerate(spec.models):
+    for i, model in parts.models:
         if model.name in seen:
             yield doc.problem(("models", i, "name"), f"duplicate model name {model.name!r}",
                               f"each model is named once; models[{seen[model.name]}] has it")
         seen.setdefault(model.name, i)
     names: dict[str, int] = {}
-    for i, dep in enumerate(spec.deployments):
+    for i, dep in parts.deployments:
         name = deployment_name(dep)
         if name in names:
             where = ("deployments", i, "name") if dep.name else ("deployments", i)
@@ -101,8 +121,8 @@ def _duplicate_names(spec: Spec, doc: Document) -> Iterator[Problem]:
         names.setdefault(name, i)
 
 
-def _paths(spec: Spec, doc: Document, root: Path) -> Iterator[Problem]:
-    for i, model in enumerate(spec.models):
+def _paths(parts: _Parts, doc: Document, root: Path) -> Iterator[Problem]:
+    for i, model in parts.models:
         here: PathKey = ("models", i)
         if not (root / model.source).exists():
             if model.train:
@@ -120,9 +140,10 @@ def _paths(spec: Spec, doc: Document, root: Path) -> Iterator[Problem]:
         for key, value in (("handler", model.handler),
                            ("build.extraSteps", model.build.extra_steps if model.build else None)):
             yield from _existing(doc, root, (*here, *key.split(".")), value)
-    yield from _existing(doc, root, ("build", "extraSteps"), spec.build.extra_steps)
-    yield from _existing(doc, root, ("monitoring", "drift", "baseline"),
-                         spec.monitoring.drift.baseline)
+    if parts.build is not None:
+        yield from _existing(doc, root, ("build", "extraSteps"), parts.build.extra_steps)
+    if parts.monitoring is not None:
+        yield from _existing(doc, root, ("monitoring", "drift", "baseline"), parts.monitoring.drift.baseline)
 
 
 def _existing(doc: Document, root: Path, path: PathKey, value: str | None) -> Iterator[Problem]:

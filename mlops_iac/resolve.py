@@ -155,11 +155,11 @@ def load(file: Path, *, against_lock: bool = True, check_paths: bool = True) -> 
     command that brings the lock up to date (`lock sync`) must run while it is behind.
     """
     doc = load_file(file)
+    root = file.resolve().parent
     try:
         spec = validate_document(Spec, doc)
     except ConfigError as exc:  # add what the sections that did parse say about each other
-        raise ConfigError({*exc.problems, *check_partial(doc)}) from None
-    root = file.resolve().parent
+        raise ConfigError({*exc.problems, *check_partial(doc, root if check_paths else None)}) from None
     lock_path = root / "mlops.lock"
     lock = read_lock(lock_path, str(file.parent / "mlops.lock"))
     resolved, warnings = resolve(spec, doc, lock, root if check_paths else None, check_lock=against_lock)
