@@ -84,11 +84,22 @@ def _check(parts: _Parts, doc: Document, lock: Lock | None, root: Path | None) -
 
 
 def _parsed(kind: Any, raw: Any) -> Any:
-    """`raw` validated as `kind`, or None when it is not valid (its problems are reported apart)."""
+    """`raw` validated as `kind`, or None when it is not valid (its problems are reported apart).
+
+    A mapping whose failures lie inside some of its keys is tried again without those keys:
+    a deployment with a bad `hardware` still has its traffic and target checked.
+    """
     from pydantic import TypeAdapter, ValidationError
 
+    adapter: TypeAdapter[Any] = TypeAdapter(kind)
     try:
-        return TypeAdapter(kind).validate_python(raw)
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        failed = {err["loc"][0] for err in exc.errors() if err["loc"]}
+    if not isinstance(raw, dict) or not failed or not failed <= set(raw):
+        return None
+    try:
+        return adapter.validate_python({k: v for k, v in raw.items() if k not in failed})
     except ValidationError:
         return None
 
