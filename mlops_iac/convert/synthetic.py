@@ -31,7 +31,8 @@ def rows_from_signature(model: bytes, rows: int = ROWS) -> tuple[np.ndarray, str
     dtype = _NUMPY.get(int(kind.elem_type))
     if dtype is None:
         raise ConversionError(f"input {first.name!r} has an element type rows cannot be made for "
-                              f"({onnx.TensorProto.DataType.Name(kind.elem_type)}); pass --sample")
+                              f"({onnx.TensorProto.DataType.Name(kind.elem_type)}); give a sample: the model's "
+                              "`sample` in mlops.yaml, or `mlops-iac convert MODEL@N --sample PATH`")
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim]
     # A dynamic first axis is the batch; other dynamic axes get size 1.
     shape = [rows if (i == 0 and d <= 0) else max(d, 1) for i, d in enumerate(dims)] or [rows]
