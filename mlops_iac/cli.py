@@ -82,6 +82,18 @@ def main(ctx: click.Context, debug: bool) -> None:
 INIT_SCHEMA = "mlops.schema.json"
 
 
+def _check_model_name(model: str) -> None:
+    """The starter must validate, so its model name follows the same rule as in mlops.yaml."""
+    from pydantic_core import PydanticCustomError
+
+    from .spec.types import parse_name
+
+    try:
+        parse_name(model)
+    except PydanticCustomError as exc:
+        raise click.BadParameter(exc.message(), param_hint="--model") from None
+
+
 @main.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--model", default="model", show_default=True, help="Name of the first model.")
@@ -92,6 +104,7 @@ def init(directory: Path, model: str, force: bool) -> None:
     target = directory / DEFAULT_FILE
     if target.exists() and not force:
         raise click.UsageError(f"{target} exists; pass --force to overwrite it")
+    _check_model_name(model)
     project = re.sub(r"[^a-z0-9-]+", "-", directory.resolve().name.lower()).strip("-") or "project"
     # A relative $schema resolves for everyone who clones the project, offline, and always
     # matches the mlops-iac version that wrote it (`mlops-iac schema > mlops.schema.json`).

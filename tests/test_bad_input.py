@@ -31,6 +31,7 @@ deployments:
 # (command path, arguments, what stderr must say). Each is a mistake a user can make.
 CASES: list[tuple[str, list[str], str]] = [
     ("init", ["init", "."], "exists; pass --force"),
+    ("init", ["init", "fresh", "--model", "My Model"], "DNS-1123 label"),
     ("validate", ["validate", "-f", "missing.yaml"], "file not found"),
     ("schema", ["schema", "--check"], "not found"),
     ("lock show", ["lock", "show", "-f", "broken/mlops.yaml"], "mlops.lock"),
