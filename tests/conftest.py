@@ -30,7 +30,7 @@ def repository_untouched() -> Iterator[None]:
     yield
     after = _repository_status()
     if before is not None and after != before:
-        pytest.fail(f"the tests changed the repository's working tree:\n{after}")
+        pytest.fail(f"the tests changed the repository's working tree (git status before:\n{before}\nafter:\n{after})")
 
 
 @pytest.fixture
