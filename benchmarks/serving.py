@@ -2,7 +2,7 @@
 
     python benchmarks/serving.py [--duration 5] [--no-peers] [--model rf|iris]
 
-Measures, on the same ONNX model (default: the RandomForest of shared/PERFORMANCE.md,
+Measures, on the same ONNX model (default: a RandomForest,
 100 trees of depth 10 on 20 synthetic features):
   - bare in-process `session.run` at batch 1 and batch 32 (the floor);
   - a minimal reference v2 server (a few lines of Starlette on uvicorn with uvloop,

@@ -7,14 +7,16 @@ about the disk (paths exist). Each check returns problems; none raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .errors import Problem
+from .errors import Problem, did_you_mean
 from .loader import Document, PathKey
 from .lock import Lock
-from .spec import Deployment, Spec
-from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget
+from .spec import Build, Deployment, Model, Monitoring, Spec
+from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget, Target
 
 DATA_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
@@ -34,24 +36,95 @@ def deployed_refs(dep: Deployment) -> tuple[int | str, ...]:
     return ()
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """The sections to check, each item with its index in the file. From a valid Spec all of
+    them; from a file that failed validation, the items that parsed by themselves."""
+
+    models: list[tuple[int, Model]]
+    model_names: list[str] | None  # None: a model has no readable name, so any name may exist
+    targets: dict[str, Any]  # name -> target, or None for a named target that did not parse
+    deployments: list[tuple[int, Deployment]]
+    build: Build | None
+    monitoring: Monitoring | None
+
+
 def check(spec: Spec, doc: Document, lock: Lock | None, root: Path | None) -> list[Problem]:
     """Every cross-section problem; versions are checked against `lock` unless it is None, and
     paths against the disk unless `root` is None (a file read from another commit)."""
-    problems = [*_duplicate_names(spec, doc), *(_paths(spec, doc, root) if root is not None else [])]
-    for i, dep in enumerate(spec.deployments):
-        problems.extend(_deployment(spec, doc, lock, i, dep))
+    parts = _Parts(models=list(enumerate(spec.models)), model_names=[m.name for m in spec.models],
+                   targets=dict(spec.targets), deployments=list(enumerate(spec.deployments)),
+                   build=spec.build, monitoring=spec.monitoring)
+    return _check(parts, doc, lock, root)
+
+
+def check_partial(doc: Document, root: Path | None) -> list[Problem]:
+    """The cross-section problems of the parts that parsed, while another part of the file did
+    not: the user sees every problem at once, not the next ones after a fix.
+
+    Models and targets count by the names the file gives them, valid or not, so that a typo
+    inside a model is not also reported as an unknown model.
+    """
+    data = doc.data if isinstance(doc.data, dict) else {}
+    raw_models = _section(data, "models", list)
+    names = [m["name"] for m in raw_models if isinstance(m, dict) and isinstance(m.get("name"), str)]
+    targets = {str(name): _parsed(Target, raw) for name, raw in _section(data, "targets", dict).items()}
+    parts = _Parts(models=_items(Model, raw_models), model_names=names if len(names) == len(raw_models) else None,
+                   targets=targets, deployments=_items(Deployment, _section(data, "deployments", list)),
+                   build=_parsed(Build, data.get("build", {})),
+                   monitoring=_parsed(Monitoring, data.get("monitoring", {})))
+    return _check(parts, doc, None, root)
+
+
+def _check(parts: _Parts, doc: Document, lock: Lock | None, root: Path | None) -> list[Problem]:
+    problems = [*_duplicate_names(parts, doc), *(_paths(parts, doc, root) if root is not None else [])]
+    for i, dep in parts.deployments:
+        problems.extend(_deployment(parts.model_names, parts.targets, doc, lock, i, dep))
+        if isinstance(parts.targets.get(dep.target), KubernetesTarget):
+            problems.extend(_collection_on_kubernetes(parts.monitoring, doc, ("deployments", i), dep))
     return problems
 
 
-def _duplicate_names(spec: Spec, doc: Document) -> Iterator[Problem]:
+def _parsed(kind: Any, raw: Any) -> Any:
+    """`raw` validated as `kind`, or None when it is not valid (its problems are reported apart).
+
+    A mapping whose failures lie inside some of its keys is tried again without those keys:
+    a deployment with a bad `hardware` still has its traffic and target checked.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    adapter: TypeAdapter[Any] = TypeAdapter(kind)
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        failed = {err["loc"][0] for err in exc.errors() if err["loc"]}
+    if not isinstance(raw, dict) or not failed or not failed <= set(raw):
+        return None
+    try:
+        return adapter.validate_python({k: v for k, v in raw.items() if k not in failed})
+    except ValidationError:
+        return None
+
+
+def _items(kind: Any, raw: list[Any]) -> list[tuple[int, Any]]:
+    parsed = [(i, _parsed(kind, item)) for i, item in enumerate(raw)]
+    return [(i, item) for i, item in parsed if item is not None]
+
+
+def _section(data: dict[Any, Any], key: str, kind: type) -> Any:
+    value = data.get(key)
+    return value if isinstance(value, kind) else kind()
+
+
+def _duplicate_names(parts: _Parts, doc: Document) -> Iterator[Problem]:
     seen: dict[str, int] = {}
-    for i, model in enumerate(spec.models):
+    for i, model in parts.models:
         if model.name in seen:
             yield doc.problem(("models", i, "name"), f"duplicate model name {model.name!r}",
                               f"each model is named once; models[{seen[model.name]}] has it")
         seen.setdefault(model.name, i)
     names: dict[str, int] = {}
-    for i, dep in enumerate(spec.deployments):
+    for i, dep in parts.deployments:
         name = deployment_name(dep)
         if name in names:
             where = ("deployments", i, "name") if dep.name else ("deployments", i)
@@ -60,20 +133,21 @@ def _duplicate_names(spec: Spec, doc: Document) -> Iterator[Problem]:
                               "has it (the default name is <model>-<target>)")
         names.setdefault(name, i)
     placed: dict[tuple[str, str], int] = {}
-    for i, dep in enumerate(spec.deployments):
+    by_index = dict(parts.deployments)
+    for i, dep in parts.deployments:
         # Version objects and containers are named by model and version, and the stable Service
         # selects the model's pods: two deployments of one model on one target would share them.
         first = placed.setdefault((dep.model, dep.target), i)
         if first != i:
             yield doc.problem(("deployments", i, "target"),
                               f"model {dep.model!r} is deployed to target {dep.target!r} twice",
-                              f"deployments[{first}] ({deployment_name(spec.deployments[first])}) deploys it "
+                              f"deployments[{first}] ({deployment_name(by_index[first])}) deploys it "
                               "there already: list every version in that one deployment (versions, traffic), "
                               "or use another target")
 
 
-def _paths(spec: Spec, doc: Document, root: Path) -> Iterator[Problem]:
-    for i, model in enumerate(spec.models):
+def _paths(parts: _Parts, doc: Document, root: Path) -> Iterator[Problem]:
+    for i, model in parts.models:
         here: PathKey = ("models", i)
         if not (root / model.source).exists():
             if model.train:
@@ -91,10 +165,11 @@ def _paths(spec: Spec, doc: Document, root: Path) -> Iterator[Problem]:
         for key, value in (("handler", model.handler),
                            ("build.extraSteps", model.build.extra_steps if model.build else None)):
             yield from _existing(doc, root, (*here, *key.split(".")), value)
-    yield from _existing(doc, root, ("build", "extraSteps"), spec.build.extra_steps)
-    yield from _existing(doc, root, ("monitoring", "drift", "baseline"),
-                         spec.monitoring.drift.baseline)
-    for i, dep in enumerate(spec.deployments):
+    if parts.build is not None:
+        yield from _existing(doc, root, ("build", "extraSteps"), parts.build.extra_steps)
+    if parts.monitoring is not None:
+        yield from _existing(doc, root, ("monitoring", "drift", "baseline"), parts.monitoring.drift.baseline)
+    for i, dep in parts.deployments:
         if dep.monitoring is not None:
             yield from _existing(doc, root, ("deployments", i, "monitoring", "drift", "baseline"),
                                  dep.monitoring.drift.baseline)
@@ -123,31 +198,29 @@ def _data_file(doc: Document, root: Path, path: PathKey, value: str | None,
                               f"a path relative to the folder of {doc.file}")
 
 
-def _deployment(spec: Spec, doc: Document, lock: Lock | None, i: int,
+def _deployment(models: list[str] | None, targets: Mapping[str, Any], doc: Document, lock: Lock | None, i: int,
                 dep: Deployment) -> Iterator[Problem]:
     here: PathKey = ("deployments", i)
-    models = [m.name for m in spec.models]
-    if dep.model not in models:
-        yield doc.problem((*here, "model"), f"unknown model {dep.model!r}",
+    if models is not None and dep.model not in models:
+        yield doc.problem((*here, "model"), f"unknown model {dep.model!r}{did_you_mean(dep.model, models)}",
                           "expected one of the models: " + ", ".join(models))
-    target = spec.targets.get(dep.target)
-    if target is None:
-        yield doc.problem((*here, "target"), f"unknown target {dep.target!r}",
-                          "expected one of the targets: " + ", ".join(spec.targets))
+    target = targets.get(dep.target)
+    if dep.target not in targets:
+        yield doc.problem((*here, "target"), f"unknown target {dep.target!r}{did_you_mean(dep.target, targets)}",
+                          "expected one of the targets: " + ", ".join(targets))
     yield from _selection(doc, here, dep)
     yield from _traffic(doc, here, dep)
-    if dep.model in models and lock is not None:
+    if models is not None and dep.model in models and lock is not None:
         yield from _known_versions(doc, lock, here, dep)
     yield from _hardware(doc, here, dep, target)
-    if isinstance(target, KubernetesTarget):
-        yield from _collection_on_kubernetes(spec, doc, here, dep)
 
 
-def _collection_on_kubernetes(spec: Spec, doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
+def _collection_on_kubernetes(monitoring: Monitoring | None, doc: Document, here: PathKey,
+                              dep: Deployment) -> Iterator[Problem]:
     """A file sink in a pod writes to its emptyDir: the data goes when the pod goes (a
     rollout, an eviction, a scale-down), before any scheduled drift check can read it."""
     layers = [((*here, "monitoring", "dataCollection"), dep.monitoring.data_collection if dep.monitoring else None),
-              (("monitoring", "dataCollection"), spec.monitoring.data_collection)]
+              (("monitoring", "dataCollection"), monitoring.data_collection if monitoring else None)]
     enabled = next((c.enabled for _, c in layers if c is not None and c.enabled is not None), False)
     sink = next(((path, c.sink) for path, c in layers if c is not None and c.sink is not None), None)
     if enabled and sink is not None and sink[1].kind == "file":

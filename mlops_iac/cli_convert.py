@@ -39,12 +39,18 @@ def convert(ref: str, sample: Path | None, no_speed: bool, file: Path) -> None:
     """
     registry, ws = project_registry(file, against_lock=False)
     version = registry.resolve(parse_ref(ref))
+    convert_version(registry, ws, version, sample, speed=not no_speed)
+
+
+def convert_version(registry: Registry, ws: Workspace | None, version: Version, sample: Path | None, *,
+                    speed: bool) -> None:
+    """Convert (or, for an ONNX artifact, check and optimise) one version; store and pin the result."""
     spec = _model_spec(ws, version.model)
-    features = read_features(_sample_path(sample, spec, ws))
-    options = _options(spec, not no_speed)
+    options = _options(spec, speed)
     with tempfile.TemporaryDirectory() as tmp:
         native = Path(tmp) / version.lineage.filename
         registry.pull(parse_ref(f"{version.model}@{version.version}"), native)
+        features = _features(sample, spec, ws, version.framework, native)
         report = convert_artifact(version.framework, native, features, options,
                                   validation=_validation(spec, ws),
                                   previous_signature=_previous_signature(registry, version))
@@ -71,6 +77,19 @@ def convert(ref: str, sample: Path | None, no_speed: bool, file: Path) -> None:
     if report.validation is not None and not report.validation["passed"]:
         click.secho(f"{version.model}@{version.version} REJECTED by validation", fg="red", err=True)
         sys.exit(1)
+
+
+def _features(given: Path | None, spec: ResolvedModel | None, ws: Workspace | None, framework: str,
+              artifact: Path) -> Any:
+    """The sample's rows; for an ONNX model without a sample, rows made from its signature."""
+    if given is None and framework == "onnx" and (spec is None or spec.sample is None or ws is None):
+        from .convert.synthetic import rows_from_signature
+
+        rows, how = rows_from_signature(artifact.read_bytes())
+        click.echo(f"no sample: {how}; parity and the drift baseline use them. Set the model's "
+                   "`sample` in mlops.yaml for checks on real data")
+        return rows
+    return read_features(_sample_path(given, spec, ws))
 
 
 def _model_spec(ws: Workspace | None, name: str) -> ResolvedModel | None:
@@ -127,7 +146,8 @@ def _baseline(model: bytes, features: Any) -> dict[str, Any]:
     if dtype is not None and dtype.kind in "biuf":
         features = np.asarray(features).astype(dtype)
     outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {first.name: features}), strict=True))
-    return baseline(features, outputs, first.name)
+    flat = features.reshape(len(features), -1)  # one column per input element, images included
+    return baseline(flat, outputs, first.name)
 
 
 def _record_in_lock(ws: Workspace | None, version: Version, digest: str, size: int,

@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 
-from .cli_convert import _model_spec, _sample_path
+from .cli_convert import _features, _model_spec
 from .cli_registry import file_option, project_registry
-from .convert.data import read_features
 from .errors import MlopsIacError
 from .fsutil import atomic_write
 from .lock import Lock, update_lock
@@ -45,13 +44,14 @@ def profile(ref: str, sample: Path | None, quick: bool, budget: float | None, gp
                             f"`mlops-iac convert {version.model}@{version.version}` first")
     spec = _model_spec(ws, version.model)
     settings = spec.profile if spec else Profile()
-    features = read_features(_sample_path(sample, spec, ws))
     measure = plan(settings.batch_sizes, settings.concurrency, quick=quick, budget_s=budget)
     root = ws.root if ws else Path.cwd()
     folder = out or root / ".mlops" / "profiles" / f"{version.model}-{version.version}"
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model.onnx"
         registry.pull(parse_ref(f"{version.model}@{version.version}"), model, "onnx")
+        # What is measured is the ONNX model, so its signature can make rows when there is no sample.
+        features = _features(sample, spec, ws, "onnx", model)
         figures = _measure(model, features, measure, Path(tmp), gpu)
     rec, _ = recommend(figures, slo_ms=settings.p99_latency_ms, target_rps=settings.target_rps,
                        max_batch=max(settings.batch_sizes))

@@ -123,14 +123,32 @@ def register(model: str, source: Path, framework: str | None, tags: tuple[str, .
     registry, ws = project_registry(file, against_lock=False)
     root = ws.root if ws else Path.cwd()
     path = safe_source(source, root)
+    chosen = _framework(model, path, framework, ws)
+    if chosen == "onnx":
+        from .convert.frameworks import verify_onnx
+
+        verify_onnx(path)  # before anything is stored: a pickle never registers as ONNX
     version, created = registry.register(
-        model, path, _framework(model, path, framework, ws), tags=_pairs(tags, "--tag"),
-        metrics=_metrics(metrics), source=str(source))
+        model, path, chosen, tags=_pairs(tags, "--tag"), metrics=_metrics(metrics), source=str(source))
     note = "" if created else " (already registered: same bytes)"
     click.echo(f"{model}@{version.version} {version.digest}{note}")
     if ws is not None and users_of(ws, version, lock=False):
         pin_in_lock(ws, version)
         click.echo(f"pinned {model}@{version.version} in mlops.lock")
+    if chosen == "onnx":
+        prepare_onnx(registry, file if ws else None, version)
+
+
+def prepare_onnx(registry: Registry, file: Path | None, version: Version) -> None:
+    """An ONNX artifact needs no conversion: check, optimise and sign it now (what `convert`
+    does), so that serve, profile and build take it as it is. Nothing native is loaded."""
+    from .cli_convert import convert_version
+
+    ws = load(file, against_lock=False) if file is not None else None  # the lock as pinned just now
+    pinned = ws.lock.version(version.model, version.version) if ws else None
+    if "onnx" in version.artifacts and (pinned is None or pinned.onnx is not None):
+        return  # the same bytes again: already prepared
+    convert_version(registry, ws, version, None, speed=False)
 
 
 @click.group()

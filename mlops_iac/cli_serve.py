@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .cli_registry import file_option, project_registry
+from .cli_registry import file_option, prepare_onnx, project_registry
 from .errors import MlopsIacError
 from .plan import canonical_json, server_config
 from .registry import Registry, parse_ref
@@ -23,7 +23,8 @@ CACHE = ".mlops/serve"
 @click.option("--deployment", "deployments", multiple=True,
               help="Serve this deployment of mlops.yaml (repeatable; default: every local one).")
 @click.option("--host", default=None, help="Default: the target's host (127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Default: the target's port (8080).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Default: the target's port (8080); 0 picks a free port (printed).")
 @click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Only write the server settings (JSON) here and exit.")
 def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host: str | None,
@@ -40,18 +41,27 @@ def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host:
     else:
         if ws is None:
             raise MlopsIacError(f"{file} not found; pass MODEL@N references or -f FILE")
+        if _prepare_pinned_onnx(registry, ws, deployments):
+            registry, ws = project_registry(file)
+            assert ws is not None
         config, target = _from_deployments(registry, ws, deployments)
     if write_config is not None:
         write_config.write_text(canonical_json(config.model_dump(mode="json")))
         click.echo(f"wrote {write_config}")
         return
     host = host or (target.host if target else "127.0.0.1")
-    port = port or (target.port if target else 8080)
-    names = ", ".join(f"{m.name}@{m.version}" for m in config.models)
-    click.echo(f"serving {names} on http://{host}:{port} (v2 protocol; /metrics; Ctrl-C stops)")
+    port = port if port is not None else (target.port if target else 8080)
+    from .serving.run import bind
     from .serving.run import serve as run_server
 
-    run_server(config, root, host, port)
+    sock = bind(host, port)  # before the announcement: a busy port is an error, not a lie
+    port = sock.getsockname()[1]
+    names = ", ".join(f"{m.name}@{m.version}" for m in config.models)
+    click.echo(f"serving {names} on http://{host}:{port} (v2 protocol; /metrics; Ctrl-C stops)")
+    try:
+        run_server(config, root, host, port, sock=sock)
+    finally:
+        sock.close()
 
 
 def _materialize(registry: Registry, root: Path, model: str, number: int, digest: str) -> str:
@@ -88,6 +98,20 @@ def _from_deployments(registry: Registry, ws: Workspace,
     return config, spec if isinstance(spec, LocalTarget) else None
 
 
+def _prepare_pinned_onnx(registry: Registry, ws: Workspace, names: tuple[str, ...]) -> bool:
+    """ONNX versions pinned without their checks (e.g. by `lock sync`): prepare them now, as
+    `register` would have (no native code runs). True when the lock changed."""
+    changed = False
+    for dep in _choose(ws, names):
+        for v in dep.versions:
+            facts = ws.lock.version(dep.model, v.number) if v.number is not None else None
+            if facts is None or facts.onnx is not None or facts.framework != "onnx":
+                continue
+            prepare_onnx(registry, ws.file, registry.resolve(parse_ref(f"{dep.model}@{v.number}")))
+            changed = True
+    return changed
+
+
 def _choose(ws: Workspace, names: tuple[str, ...]) -> list[ResolvedDeployment]:
     known = {d.name: d for d in ws.resolved.deployments}
     if names:
@@ -107,6 +131,9 @@ def _adhoc(registry: Registry, root: Path, refs: tuple[str, ...]) -> ServerConfi
     models = []
     for text in refs:
         version = registry.resolve(parse_ref(text))
+        if "onnx" not in version.artifacts and version.framework == "onnx":
+            prepare_onnx(registry, None, version)
+            version = registry.resolve(parse_ref(f"{version.model}@{version.version}"))
         onnx = version.artifacts.get("onnx")
         if onnx is None:
             raise MlopsIacError(f"{version.model}@{version.version} has no ONNX artifact; run "

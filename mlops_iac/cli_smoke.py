@@ -12,9 +12,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .cli_convert import _model_spec, _sample_path
+from .cli_convert import _features, _model_spec
 from .cli_registry import file_option, project_registry
-from .convert.data import read_features
 from .convert.onnx_tools import run, session
 from .convert.parity import compare
 from .errors import MlopsIacError
@@ -35,13 +34,14 @@ def smoke(ref: str, url: str, sample: Path | None, rows: int, api_key_env: str, 
     ONNX model, within the parity tolerances recorded in mlops.lock. Exits 1 on a mismatch."""
     registry, ws = project_registry(file, against_lock=False)
     version = registry.resolve(parse_ref(ref))
-    x = read_features(_sample_path(sample, _model_spec(ws, version.model), ws))[:rows]
     facts = ws.lock.version(version.model, version.version) if ws else None
     parity = facts.onnx.parity if facts and facts.onnx else {}
     atol, rtol = float(parity.get("atol", 1e-5)), float(parity.get("rtol", 1e-4))
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model.onnx"
         registry.pull(parse_ref(f"{version.model}@{version.version}"), model, "onnx")
+        # The pinned ONNX model is the reference, so its signature can make rows without a sample.
+        x = _features(sample, _model_spec(ws, version.model), ws, "onnx", model)[:rows]
         sess = session(model.read_bytes())
         names = [o.name for o in sess.get_outputs()]
         expected = run(sess, x)
@@ -59,8 +59,14 @@ def smoke(ref: str, url: str, sample: Path | None, rows: int, api_key_env: str, 
     click.echo("smoke test passed")
 
 
+# numpy's names of the element types a sample or generated rows can have, as v2 names them
+_DATATYPES = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int64": "INT64", "int32": "INT32",
+              "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
+
+
 def _infer(url: str, model: str, version: int, input_name: str, x: np.ndarray, key: str | None) -> dict:  # type: ignore[type-arg]
-    body = json.dumps({"id": "mlops-iac-smoke", "inputs": [{"name": input_name, "datatype": "FP32",
+    datatype = _DATATYPES.get(x.dtype.name, "FP32")
+    body = json.dumps({"id": "mlops-iac-smoke", "inputs": [{"name": input_name, "datatype": datatype,
                                                             "shape": list(x.shape), "data": x.ravel().tolist()}]})
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
     if not url.startswith(("http://", "https://")):

@@ -7,6 +7,7 @@ them at once, and raised together as one `ConfigError`.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -66,3 +67,9 @@ class WriterError(MlopsIacError):
 
 def only_errors(problems: Sequence[Problem]) -> list[Problem]:
     return [p for p in problems if p.severity == "error"]
+
+
+def did_you_mean(got: object, choices: Iterable[object]) -> str:
+    """` (did you mean 'x'?)` for a near miss of one of `choices`, else nothing."""
+    close = difflib.get_close_matches(str(got), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from .errors import ConfigError, Problem
+from .errors import ConfigError, Problem, did_you_mean
 from .spec.types import shown
 
 M = TypeVar("M", bound=BaseModel)
@@ -229,7 +229,8 @@ def _problem(model: type[BaseModel], doc: Document, err: ErrorDetails) -> Proble
     ctx: dict[str, Any] = dict(err.get("ctx") or {})
     if kind == "extra_forbidden":
         parent = _data_path(model, err["loc"][:-1])[1]
-        return doc.problem(path, f"unknown field {path[-1]!r}" if path else "unknown field",
+        hint = did_you_mean(path[-1], _field_names(parent)) if path else ""
+        return doc.problem(path, f"unknown field {path[-1]!r}{hint}" if path else "unknown field",
                            _allowed_fields(parent), of_key=True)
     if kind == "missing":
         parent = _data_path(model, err["loc"][:-1])[1]
@@ -251,9 +252,11 @@ def _describe(kind: str, err: ErrorDetails, ctx: dict[str, Any]) -> tuple[str, s
     if kind == "mlops":
         return (f"got {ctx['got']}" if "got" in ctx else err["msg"].split(";")[0]), ctx["allowed"]
     if kind == "literal_error":
-        return got, f"expected one of: {ctx['expected'].replace(' or ', ', ')}"
+        expected = ctx["expected"].replace(" or ", ", ")
+        return got + did_you_mean(err.get("input"), _choices(expected)), f"expected one of: {expected}"
     if kind == "union_tag_invalid":
-        return got.replace("a mapping", shown(ctx["tag"])), f"expected one of: {ctx['expected_tags']}"
+        hint = did_you_mean(ctx["tag"], _choices(str(ctx["expected_tags"])))
+        return got.replace("a mapping", shown(ctx["tag"])) + hint, f"expected one of: {ctx['expected_tags']}"
     if kind == "union_tag_not_found":
         tag = str(ctx["discriminator"]).strip("'")
         return f"missing {tag}", f"add {tag} to say which kind this is"
@@ -342,6 +345,20 @@ def _data_path(model: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[Path
             path.append(part)
             tp = None
     return tuple(path), _unwrap(tp), on_key
+
+
+def _choices(expected: str) -> list[str]:
+    """`'a', 'b', 'c'` (pydantic's list of literals or tags) -> ["a", "b", "c"]."""
+    return [c.strip().strip("'\"") for c in expected.split(",")]
+
+
+def _field_names(tp: Any) -> list[str]:
+    tp = _unwrap(tp)
+    if get_origin(tp) in (Union, UnionType):
+        tp = next((a for a in get_args(tp) if a is not type(None)), None)
+    if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return []
+    return [f.alias or n for n, f in tp.model_fields.items()]
 
 
 def _allowed_fields(tp: Any, *, required: bool = False) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from .checks import check, deployed_refs, deployment_name
+from .checks import check, check_partial, deployed_refs, deployment_name
 from .errors import ConfigError, Problem, only_errors
 from .loader import Document, PathKey, load_file, validate_document
 from .lock import Lock, Recommendation, read_lock
@@ -156,8 +156,11 @@ def load(file: Path, *, against_lock: bool = True, check_paths: bool = True) -> 
     command that brings the lock up to date (`lock sync`) must run while it is behind.
     """
     doc = load_file(file)
-    spec = validate_document(Spec, doc)
     root = file.resolve().parent
+    try:
+        spec = validate_document(Spec, doc)
+    except ConfigError as exc:  # add what the sections that did parse say about each other
+        raise ConfigError({*exc.problems, *check_partial(doc, root if check_paths else None)}) from None
     lock_path = root / "mlops.lock"
     lock = read_lock(lock_path, str(file.parent / "mlops.lock"))
     resolved, warnings = resolve(spec, doc, lock, root if check_paths else None, check_lock=against_lock)

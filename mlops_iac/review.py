@@ -70,9 +70,14 @@ def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
     return []
 
 
+def _label(v: ResolvedVersion) -> str:
+    """`v3`, or the reference as written (an alias) while the lock does not pin it yet."""
+    return f"v{v.number}" if v.number is not None else f"@{v.ref} (not pinned)"
+
+
 def _version_cell(v: ResolvedVersion) -> str:
     digest = (v.digest or "unpinned").removeprefix("sha256:")[:12]
-    return f"v{v.number} `{digest}` {v.weight}%"
+    return f"{_label(v)} `{digest}` {v.weight}%"
 
 
 def _resources(v: ResolvedVersion) -> str:
@@ -111,7 +116,7 @@ def _breaking(before: Side, after: Side, old: ResolvedDeployment | None, new: Re
     for v in new.versions:
         current = signature(after, new.model, v)
         if current and previous:
-            problems += [f"v{v.number}: {p}" for p in breaking_changes(previous, current)]
+            problems += [f"{_label(v)}: {p}" for p in breaking_changes(previous, current)]
     return problems
 
 
@@ -165,7 +170,7 @@ def _section(before: Side, after: Side, name: str, a: ResolvedDeployment | None,
                 f"{_resources(prior)} → **{_resources(v)}**"
             traffic = f"{v.weight}%" if prior is None or prior.weight == v.weight else \
                 f"{prior.weight}% → **{v.weight}%**"
-            lines.append(f"| v{v.number} {'(new)' if prior is None else ''} | {traffic} | {resources} | "
+            lines.append(f"| {_label(v)} {'(new)' if prior is None else ''} | {traffic} | {resources} | "
                          f"{_speed(facts)} |")
         lines.append("")
     if b is not None:

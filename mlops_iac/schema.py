@@ -7,7 +7,7 @@ from typing import Any
 from .plan import canonical_json
 from .spec import Spec
 
-SCHEMA_ID = "https://mlops-iac.dev/schemas/mlops.v1.schema.json"
+SCHEMA_ID = "urn:mlops-iac:schema:mlops.v1"  # a name, not a place: the schema ships with the tool
 SCHEMA_FILE = "schemas/mlops.v1.schema.json"
 
 

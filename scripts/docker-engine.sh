@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a Docker engine for the tests, as shared/ENVIRONMENT.md describes: no bridge (so run
+# Start a Docker engine for the tests, as CI needs it: no bridge (so run
 # containers with --network host), data under $1 (default a temporary folder).
 # Prints `export DOCKER_HOST=...; export MLOPS_IAC_DOCKERD_PID=...` for eval.
 set -euo pipefail

@@ -16,6 +16,23 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
 
 
+def _repository_status() -> str | None:
+    done = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all"],
+                          capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_untouched() -> Iterator[None]:
+    """Tests write under tmp_path, never into the repository (a stray file once got committed):
+    the checkout's `git status` is the same after the session as before it."""
+    before = _repository_status()
+    yield
+    after = _repository_status()
+    if before is not None and after != before:
+        pytest.fail(f"the tests changed the repository's working tree (git status before:\n{before}\nafter:\n{after})")
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A folder with the artifacts that test files name (contents do not matter to the spec)."""
@@ -53,6 +70,20 @@ def copy_into(src: Path, folder: Path) -> Path:
     dst = folder / "mlops.yaml"
     shutil.copyfile(src, dst)
     return dst
+
+
+def installed_env() -> dict[str, str]:
+    """The environment of a user whose virtual environment is active (this interpreter's), so
+    that `mlops-iac` and `python` are the installed ones."""
+    import sys
+
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`mlops-iac ARGS...` as a user runs it: the installed command, in a folder of theirs."""
+    return subprocess.run(["mlops-iac", *args], cwd=cwd, env=installed_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def require(what: str) -> None:

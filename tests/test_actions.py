@@ -91,7 +91,7 @@ def run_action(name: str, given: dict[str, str], workdir: Path, summary: Path,
     for i, step in enumerate(action["runs"]["steps"]):
         if "uses" in step or ("if" in step and not _condition(step["if"], inputs, steps)):
             continue  # a third-party action, or a step for another event
-        output = workdir / f".output-{name}-{i}"
+        output = summary.parent / f".output-{name}-{i}"  # beside the summary: never in the repository
         output.write_text("")
         step_env = {**os.environ, **(env or {}), "GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(summary),
                     "RUNNER_TEMP": str(workdir), **{k: sub(v) for k, v in step.get("env", {}).items()}}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mlops_iac.errors import ConfigError
-from mlops_iac.lock import Lock, LockedVersion, Recommendation, dumps, read_lock, update_lock, write_lock
+from mlops_iac.lock import Lock, LockedVersion, LockError, Recommendation, dumps, read_lock, update_lock, write_lock
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -39,7 +39,7 @@ def test_with_facts_validates_and_resolves_refs() -> None:
     assert updated.resolve("iris", 1) == 1 and updated.resolve("iris", 2) is None
     assert updated.resolve("iris", f"sha256:{1:064x}") == 1
     assert updated.with_alias("iris", "prod", 1).resolve("iris", "prod") == 1
-    with pytest.raises(KeyError):
+    with pytest.raises(LockError, match=r"not pinned in mlops\.lock"):
         lock.with_facts("iris", 9, recommendation=None)
 
 

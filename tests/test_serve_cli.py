@@ -33,3 +33,28 @@ def test_serve_adhoc_refs_and_errors(converted: Path) -> None:
     runner.invoke(main, ["register", "iris", "--file", "v2.joblib"])
     missing = runner.invoke(main, ["serve", "iris@2", "--write-config", "x.json"])
     assert missing.exit_code == 1 and "run `mlops-iac convert iris@2` first" in missing.output
+
+
+def test_quickstart_client_stops_waiting_when_the_server_has_exited() -> None:
+    """run.sh passes the server's PID to predict.py: a server that died (a busy port) ends the
+    wait at once, with a reason, instead of a minute of polling a port nobody serves."""
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import QUICKSTART, free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    for reap in (True, False):  # exited and reaped, or exited and still a zombie of its parent
+        gone = subprocess.Popen(["true"])
+        if reap:
+            gone.wait()
+        else:  # not polled (that would reap it): wait until the kernel shows it as a zombie
+            stat = Path(f"/proc/{gone.pid}/stat")
+            while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                time.sleep(0.01)
+        done = subprocess.run([sys.executable, str(QUICKSTART / "predict.py"), url, "--pid", str(gone.pid)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1
+        assert f"the server (process {gone.pid}) exited before it became ready" in done.stderr
+        gone.wait()

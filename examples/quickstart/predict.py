@@ -4,19 +4,36 @@ Waits for the server to be ready, sends three iris flowers, prints what comes ba
 
     python predict.py URL                    # three flowers
     python predict.py URL sample.npy 3       # the model's own sample, three times, row by row
+    python predict.py URL --pid SERVER_PID   # stop waiting as soon as that process has exited
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
 import urllib.request
 
-URL = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"
+ARGS = sys.argv[1:]
+SERVER_PID = int(ARGS.pop(ARGS.index("--pid") + 1)) if "--pid" in ARGS else None
+ARGS = [a for a in ARGS if a != "--pid"]
+URL = ARGS[0] if ARGS else "http://127.0.0.1:8080"
 FLOWERS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.9, 3.1, 5.4, 2.1]]
 SPECIES = ["setosa", "versicolor", "virginica"]
+
+
+def running(pid: int) -> bool:
+    """Whether the process is alive (an exited child not yet reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except ProcessLookupError:
+        return False
+    except OSError:  # no /proc (macOS): kill's answer is all there is
+        return True
 
 
 def wait_ready(timeout_s: float = 60) -> None:
@@ -28,6 +45,8 @@ def wait_ready(timeout_s: float = 60) -> None:
                     return
         except (urllib.error.URLError, OSError):
             pass
+        if SERVER_PID is not None and not running(SERVER_PID):
+            sys.exit(f"the server (process {SERVER_PID}) exited before it became ready")
         if time.monotonic() > deadline:
             sys.exit(f"the server at {URL} did not become ready")
         time.sleep(0.2)
@@ -55,8 +74,8 @@ def send_sample(path: str, times: int) -> None:
 
 def main() -> None:
     wait_ready()
-    if len(sys.argv) > 2:
-        send_sample(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+    if len(ARGS) > 1:
+        send_sample(ARGS[1], int(ARGS[2]) if len(ARGS) > 2 else 1)
         return
     answer = infer(FLOWERS)
     outputs = {o["name"]: o for o in answer["outputs"]}

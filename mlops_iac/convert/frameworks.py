@@ -242,14 +242,44 @@ _INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorPro
                   onnx.TensorProto.BOOL}
 
 
+def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors += [a.t for a in node.attribute if a.HasField("t")]
+    return tensors
+
+
+def verify_onnx(path: Path) -> None:
+    """Refuse anything that is not one valid, self-contained ONNX model (before it is stored).
+
+    The registry keeps one file per version, so tensors in external data files would be lost;
+    the checker runs with full shape inference, as onnxruntime will load it.
+    """
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeError, ...
+        raise ConversionError(f"{path.name} is not an ONNX model ({type(exc).__name__}: {exc}); "
+                              "register it with the framework that saved it (--framework sklearn, "
+                              "pytorch, lightgbm or xgboost)") from None
+    check_external_data(path)
+    external = [t.name for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ConversionError(f"{path.name} keeps tensor {external[0]!r} (and {len(external) - 1} more) in "
+                              "external data files; the registry stores one file per version: embed "
+                              "them with onnx.save(onnx.load(PATH), OUT) (models under 2 GiB)")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ConversionError(f"{path.name} is not a valid ONNX model: {str(exc).strip()}") from None
+    if not model.graph.input or not model.graph.output:
+        raise ConversionError(f"{path.name} is not a usable ONNX model: its graph has no inputs or no outputs")
+
+
 def check_external_data(path: Path) -> None:
     """ONNX external data must stay inside the model's folder: no `..`, no absolute paths."""
     model = onnx.load(str(path), load_external_data=False)
     folder = path.resolve().parent
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        tensors += [a.t for a in node.attribute if a.HasField("t")]
-    for tensor in tensors:
+    for tensor in _tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")

@@ -51,6 +51,21 @@ def speedup(native: Callable[[np.ndarray], Any], model: bytes, sample: np.ndarra
 
 
 def metric(name: str, labels: np.ndarray, outputs: list[np.ndarray]) -> float:
+    """The validation metric; one that does not fit the model (roc_auc of a regressor) is the
+    user's choice to fix, so it is a clear error, not a traceback from scikit-learn."""
+    from .frameworks import ConversionError
+
+    try:
+        return _metric(name, labels, outputs)
+    except (ValueError, IndexError) as exc:
+        kind = ("a regression metric: rmse, mae or r2" if name in ("accuracy", "f1", "precision", "recall",
+                                                                  "roc_auc") else
+                "a classification metric: accuracy, f1, precision, recall or roc_auc")
+        raise ConversionError(f"validate.metric {name!r} cannot be computed from this model's outputs "
+                              f"({exc}); if the model is of the other kind, use {kind}") from None
+
+
+def _metric(name: str, labels: np.ndarray, outputs: list[np.ndarray]) -> float:
     from sklearn import metrics as m
 
     prediction = outputs[0].reshape(len(labels), -1)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -27,7 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MlopsIacError
 from .harness import percentile
+
+
+class ProfileError(MlopsIacError):
+    """The load test could not run or its tool answered in a way we cannot read."""
 
 
 def free_port() -> int:
@@ -64,7 +70,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server for {url} exited with {process.returncode} before it was ready")
+            raise ProfileError(f"the server for {url} exited with {process.returncode} before it was ready")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - our own http://127.0.0.1 URLs
                 if r.status == 200:
@@ -86,10 +92,33 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def request_body(sample: np.ndarray, name: str = "input") -> bytes:
+def request_body(sample: np.ndarray, name: str = "input", datatype: str = "FP32") -> bytes:
     row = sample[:1]
-    return json.dumps({"inputs": [{"name": name, "datatype": "FP32", "shape": list(row.shape),
+    return json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": list(row.shape),
                                    "data": row.ravel().tolist()}]}).encode()
+
+
+def model_body(model: Path, sample: np.ndarray) -> bytes:
+    """One request in the model's own terms: its first input's name and datatype (a model
+    brought as ONNX need not call its input `input`)."""
+    import onnx
+
+    from ..convert.onnx_tools import signature
+
+    first = signature(onnx.load(str(model), load_external_data=False))["inputs"][0]
+    return request_body(sample, first["name"], first["datatype"])
+
+
+def check_answer(port: int, body: bytes) -> None:
+    """A load test of error answers measures nothing: the first request must succeed."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/m/infer", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30):  # noqa: S310 - our own http://127.0.0.1 URL
+            return
+    except urllib.error.HTTPError as exc:
+        raise ProfileError(f"the model server refused the profiling request ({exc.code}): "
+                           f"{exc.read().decode(errors='replace')[:500]}") from None
 
 
 def drive(port: int, pid: int, body: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -124,14 +153,14 @@ def _wrk(port: int, body: bytes, concurrency: int, seconds: float) -> dict[str, 
 def _find(pattern: str, text: str) -> str:
     match = re.search(pattern, text)
     if match is None:
-        raise RuntimeError(f"unexpected wrk output:\n{text}")
+        raise ProfileError(f"unexpected wrk output:\n{text}")
     return match.group(1)
 
 
 def _ms(text: str, which: str) -> float:
     match = re.search(rf"{which}\s+([\d.]+)(us|ms|s)\b", text)
     if match is None:
-        raise RuntimeError(f"unexpected wrk output:\n{text}")
+        raise ProfileError(f"unexpected wrk output:\n{text}")
     return round(float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)], 4)
 
 
@@ -167,10 +196,11 @@ async def _asyncio_load(port: int, body: bytes, concurrency: int, seconds: float
 def load_test(model: Path, sample: np.ndarray, threads: int, concurrency: tuple[int, ...], max_batch: int,
               seconds: float, workdir: Path, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every concurrency level, without and (when it can merge requests) with dynamic batching."""
-    body = request_body(sample)
+    body = model_body(model, sample)
     results = []
     for batching in (False, True) if max_batch > 1 else (False,):
         with server(model, threads, max_batch if batching else 1, workdir) as (port, pid):
+            check_answer(port, body)
             drive(port, pid, body, max(concurrency), min(1.0, seconds))  # warm-up
             for level in concurrency:
                 figures = drive(port, pid, body, level, seconds)

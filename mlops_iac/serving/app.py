@@ -1,7 +1,7 @@
 """The model server: a plain ASGI application speaking the Open Inference Protocol v2.
 
 Why plain ASGI and not a web framework: on small models the HTTP stack, not the model, is
-the cost (see shared/PERFORMANCE.md), and a router, request objects and middleware on the
+the cost (see benchmarks/serving.py), and a router, request objects and middleware on the
 hot path would cost more than the model itself. Routing here is a split of the path.
 """
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,23 @@ from .metrics_listener import MetricsListener
 DRAIN_SECONDS = 25
 
 
-def serve(config: ServerConfig, base: Path, host: str, port: int, *, log_level: str = "warning") -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything is announced; port 0 picks a free port.
+
+    A port in use is the user's problem to fix, so it is one clear error, not a traceback
+    after a "serving on ..." line that was never true.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise MlopsIacError(f"cannot listen on {host}:{port}: {reason}; choose another "
+                            "port with --port (0 picks a free one)") from None
+
+
+def serve(config: ServerConfig, base: Path, host: str, port: int, *, log_level: str = "warning",
+          sock: socket.socket | None = None) -> None:
     import uvicorn
 
     try:
@@ -31,24 +49,25 @@ def serve(config: ServerConfig, base: Path, host: str, port: int, *, log_level: 
         log_level=log_level, access_log=False, timeout_graceful_shutdown=DRAIN_SECONDS,
         server_header=False, date_header=False))
     server.on_fatal = lambda: setattr(uv, "should_exit", True)
+    sockets = [sock] if sock is not None else None
     if config.metrics_port is None:
-        uv.run()
+        uv.run(sockets=sockets)
     else:
         side = _quiet_server()(uvicorn.Config(
             MetricsListener(server), host=host, port=config.metrics_port, loop="uvloop", http="httptools",
             lifespan="off", log_level=log_level, access_log=False, server_header=False, date_header=False))
         with asyncio.Runner(loop_factory=uv.config.get_loop_factory()) as runner:
-            runner.run(_both(uv, side))
+            runner.run(_both(uv, side, sockets))
     if server.failed:
         raise MlopsIacError(f"the server stopped: {server.failed}")
 
 
-async def _both(main: Any, side: Any) -> None:
+async def _both(main: Any, side: Any, sockets: list[socket.socket] | None) -> None:
     """The main listener and the metrics listener on one loop; the main one owns the signals
     and the lifespan, and the metrics listener stops with it."""
     metrics = asyncio.create_task(side.serve())
     try:
-        await main.serve()
+        await main.serve(sockets=sockets)
     finally:
         side.should_exit = True
         await metrics

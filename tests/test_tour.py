@@ -1,0 +1,62 @@
+"""The README's five-minute tour, run as written by a first-time user: the block of commands
+under "A five-minute tour", line by line in a fresh folder, with the installed CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from .conftest import ROOT, installed_env
+
+
+def tour_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## A five-minute tour", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block is not None, "the tour has no bash block"
+    return [line.split("  #")[0].strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
+    commands = tour_commands()
+    assert commands[0].startswith("pip install -e ")
+    # The first line installs this checkout; the test runs in the environment it already made.
+    script = "\n".join(["set -euo pipefail", *commands[1:]])
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=installed_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    project = tmp_path / "my-project"
+    out = done.stdout
+    assert "mlops.yaml: valid (1 model(s), 1 target(s), 1 deployment(s))" in out
+    assert re.search(r"^model@1 sha256:[0-9a-f]{64}$", out, re.M), out
+    assert "pinned model@1 in mlops.lock" in out
+    assert "would add" in out and '"model": "model"' in out  # the plan's diff, not written
+    assert not (project / "stacks").exists()
+    # The $schema line points at a file that exists beside mlops.yaml and is the current schema.
+    first = (project / "mlops.yaml").read_text().splitlines()[0]
+    target = project / first.split("$schema=", 1)[1]
+    assert target.is_file()
+    from mlops_iac.schema import json_schema
+
+    assert json.loads(target.read_text()) == json_schema()
+
+
+def test_init_keeps_an_existing_train_py(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("print('mine')\n")
+    done = subprocess.run(["mlops-iac", "init", str(tmp_path)], env=installed_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "train.py").read_text() == "print('mine')\n"
+    assert (tmp_path / "mlops.yaml").exists() and (tmp_path / "mlops.schema.json").exists()
+
+
+def test_the_readme_command_table_lists_every_command() -> None:
+    from .test_bad_input import command_paths
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## CLI reference", 1)[1].split("\n## ", 1)[0]
+    listed = {m.group(1) for m in re.finditer(r"^\| `mlops-iac ([a-z]+(?: [a-z]+)?)", table, re.M)}
+    listed |= {m.group(1) for m in re.finditer(r" / `(models [a-z]+)", table)}  # two commands in one row
+    assert set(command_paths()) - listed == set()
