@@ -24,7 +24,6 @@ from .spec.targets import KubernetesTarget
 
 # The server's listeners, named alike in pods, Services and the Docker component.
 PORT = 8080  # http: the v2 REST API
-GRPC_PORT = 8081  # grpc: the v2 gRPC API
 METRICS_PORT = 8082  # metrics: GET /metrics without the API key, open only to the monitoring namespace
 UID = 10001
 # The server drains requests in flight this long on SIGTERM (serving/run.py's DRAIN_SECONDS).
@@ -72,7 +71,7 @@ def server_settings(dep: ResolvedDeployment, version: ResolvedVersion, onnx_dige
     assert version.number is not None
     mon, hw = dep.monitoring, version.hardware
     return ServerConfig(deployment=dep.name, auth=dep.auth == "key", metrics=mon.metrics,
-                        collection=collection_config(mon, "/data/"), grpc_port=GRPC_PORT,
+                        collection=collection_config(mon, "/data/"),
                         metrics_port=METRICS_PORT if mon.metrics else None,
                         models=(ModelConfig(name=dep.model, version=version.number, path="/app/model/model.onnx",
                                             digest=onnx_digest, threads=hw.threads, max_batch_size=hw.max_batch_size,
@@ -111,8 +110,7 @@ def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploym
     # Named by content and immutable: changed settings make a new ConfigMap and roll the pods,
     # never a mixed fleet of old pods reading new settings.
     settings_name = f"{name}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
-    ports = [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
-             {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}]
+    ports = [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]
     if dep.monitoring.metrics:
         ports.append({"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"})
     objects: list[Object] = [
@@ -152,8 +150,7 @@ def _container(dep: ResolvedDeployment, version: ResolvedVersion, image: str, se
         env.append({"name": "MLOPS_IAC_API_KEY", "valueFrom": {
             "secretKeyRef": {"name": secret_name(dep), "key": "apiKey"}}})
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
-    ports = [{"name": "http", "containerPort": PORT, "protocol": "TCP"},
-             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}]
+    ports = [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
     if dep.monitoring.metrics:
         ports.append({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})
     return {
@@ -220,7 +217,7 @@ def _network_policy(name: str, ns: str, label_set: dict[str, str], selector: dic
     egress: list[Object] = [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]
     if isinstance(dep.monitoring.sink, HttpSink):  # the only traffic the server starts itself
         egress.append({"ports": [{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP"}]})
-    ingress: list[Object] = [{"ports": [{"port": PORT, "protocol": "TCP"}, {"port": GRPC_PORT, "protocol": "TCP"}]}]
+    ingress: list[Object] = [{"ports": [{"port": PORT, "protocol": "TCP"}]}]
     if dep.monitoring.metrics:  # metrics answer without the key: only Prometheus's namespace may ask
         ingress.append({"from": [{"namespaceSelector": {"matchLabels": {
                             "kubernetes.io/metadata.name": target.monitoring.namespace}}}],
@@ -240,8 +237,7 @@ def model_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploymen
         "apiVersion": "v1", "kind": "Service", "metadata": _meta(dep.name, ns, label_set),
         "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/name": dep.model,
                                                    "app.kubernetes.io/part-of": project},
-                 "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
-                           {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}]}}]
+                 "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]}}]
     if target.gateway is not None:
         objects.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
                         "metadata": _meta(dep.name, ns, label_set), "spec": _route(target, dep)})

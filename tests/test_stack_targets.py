@@ -214,7 +214,7 @@ def test_settings_are_an_immutable_configmap_named_by_their_content(tmp_path: Pa
         return config["metadata"]["name"], config["data"]["server.json"]
 
     before, text = settings(PRODUCTION)
-    assert '"grpc_port": 8081' in text and '"metrics_port": 8082' in text
+    assert '"metrics_port": 8082' in text
     folder = variant(tmp_path)
     spec = folder / "mlops.yaml"
     spec.write_text(spec.read_text().replace("sampleRate: 0.05", "sampleRate: 0.2"))
@@ -305,7 +305,7 @@ def test_the_real_server_runs_with_the_settings_and_environment_a_pod_gets(tmp_p
     ref = container["env"][0]["valueFrom"]["configMapKeyRef"]
     (config,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == ref["name"]]
     settings = json.loads(config["data"][ref["key"]])
-    assert (settings["auth"], settings["grpc_port"], settings["metrics_port"]) == (True, 8081, 8082)
+    assert (settings["auth"], settings["metrics_port"]) == (True, 8082)
     # What the image holds at /app/model and the pod's /data volume, here in the test's folder.
     model = models.folder / "iris.onnx"
     settings["models"][0] |= {"path": str(model), "digest": sha256_of(model)}

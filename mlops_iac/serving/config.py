@@ -49,8 +49,6 @@ class ServerConfig(Settings):
     metrics: bool = True
     metrics_port: int | None = Field(None, ge=1, le=65535)
     collection: CollectionConfig = CollectionConfig()
-    grpc_port: int | None = Field(None, ge=1, le=65535)
-    metrics_port: int | None = Field(None, ge=1, le=65535)
 
 
 def read_config(path: Path) -> ServerConfig:
