@@ -20,10 +20,13 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
     "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
+    # bfloat16 has no numpy type: its raw bits travel as uint16 (2 bytes, as in the binary
+    # extension) and the model gets them as a bfloat16 tensor (`ModelRuntime.run`).
+    "BF16": np.dtype(np.uint16),
 }
 # Which numpy kinds of JSON data each datatype accepts: no silent float -> int truncation.
 _KINDS = {name: ("b" if name == "BOOL" else "OSU" if name == "BYTES" else
-                 "biuf" if name.startswith("FP") else "biu") for name in DTYPES}
+                 "biuf" if name in ("FP16", "FP32", "FP64", "BF16") else "biu") for name in DTYPES}
 
 
 class ClientError(Exception):
@@ -151,6 +154,8 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
     if found.size and found.dtype.kind not in _KINDS[datatype]:
         raise ClientError(400, f"input {name!r}: data holds {_kind_name(found.dtype)}, which is not "
                                f"{datatype}")
+    if datatype == "BF16":
+        return bf16_bits(found.astype(np.float32).reshape(shape))
     try:
         with np.errstate(over="raise", invalid="raise"):
             converted = found.astype(DTYPES[datatype]).reshape(shape)
@@ -159,6 +164,16 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
         return converted
     except (TypeError, ValueError, OverflowError, FloatingPointError):
         raise ClientError(400, f"input {name!r}: the values do not fit {datatype}") from None
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 to bfloat16 bits, rounding to nearest even (as PyTorch and ml_dtypes do)."""
+    bits = values.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)  # stays a (quiet) NaN
+    return rounded
 
 
 def _big_ints(name: str, datatype: str, shape: list[int], data: list[Any]) -> np.ndarray:
@@ -262,7 +277,7 @@ def _requested(raw: Any, binary_default: bool) -> tuple[list[str] | None, set[st
     return names, binary, classification
 
 
-_BY_DTYPE = {dtype: name for name, dtype in DTYPES.items() if name != "BYTES"}
+_BY_DTYPE = {dtype: name for name, dtype in DTYPES.items() if name not in ("BYTES", "BF16")}
 
 
 def datatype_of(array: np.ndarray) -> str:

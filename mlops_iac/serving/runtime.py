@@ -26,8 +26,9 @@ ORT_TO_V2 = {
     "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
     "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
     "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
+    "tensor(string)": "BYTES", "tensor(bfloat16)": "BF16",
 }
+_BF16 = 16  # onnx.TensorProto.BFLOAT16
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ class ModelRuntime:
         self.name, self.version = config.name, str(config.version)
         self.inputs = {a.name: _spec(a, path) for a in self.session.get_inputs()}
         self.outputs = {a.name: _spec(a, path) for a in self.session.get_outputs()}
+        for spec in self.outputs.values():
+            if spec.datatype == "BF16":  # onnxruntime's Python API cannot hand bfloat16 back
+                raise MlopsIacError(f"{path}: output {spec.name!r} is bfloat16, which onnxruntime cannot "
+                                    "return to Python; add a Cast to float32 at the end of the graph")
+        self.bf16 = [n for n, t in self.inputs.items() if t.datatype == "BF16"]
         self.output_names = list(self.outputs)
         # String tensors take Python str: BYTES arrive as bytes and are decoded as UTF-8 for them.
         self.strings = [n for n, t in self.inputs.items() if t.datatype == "BYTES"]
@@ -82,6 +88,10 @@ class ModelRuntime:
         # Requests can be merged only when every tensor's first dimension is the batch.
         self.batchable = all(t.shape and t.shape[0] == -1
                              for t in (*self.inputs.values(), *self.outputs.values()))
+        # Rows must agree when requests are batched, or when the graph names one batch dimension.
+        firsts = {arg.shape[0] if arg.shape else None for arg in self.session.get_inputs()}
+        named = len(firsts) == 1 and isinstance(next(iter(firsts)), str)  # one symbol, like "N"
+        self.same_rows = self.batchable and (config.max_batch_size > 1 or named)
         self.handler = _load_handler(base / config.handler) if config.handler else None
         self.preprocess: Callable[..., Any] | None = getattr(self.handler, "preprocess", None)
         self.postprocess: Callable[..., Any] | None = getattr(self.handler, "postprocess", None)
@@ -108,7 +118,7 @@ class ModelRuntime:
                     want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)):
                 raise ClientError(400, f"input {name!r}: got shape {list(array.shape)}; expected "
                                        f"{list(spec.shape)} (-1: any size)")
-        if self.batchable:
+        if self.same_rows:
             self._check_rows(feeds)
         if self.strings:
             feeds = {**feeds, **{n: _as_str(n, feeds[n]) for n in self.strings}}
@@ -134,10 +144,19 @@ class ModelRuntime:
         from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
         wanted = names or self.output_names
+        if self.bf16:
+            feeds = self._bf16_feeds(feeds)
         try:
             return dict(zip(wanted, self.session.run(wanted, feeds), strict=True))
         except InvalidArgument as exc:  # values the model refuses, e.g. an index out of range
             raise ClientError(400, f"the model refused the input: {exc}") from None
+
+    def _bf16_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        from onnxruntime import OrtValue
+
+        bits = {n: OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(feeds[n]), _BF16)
+                for n in self.bf16}
+        return {**feeds, **bits}
 
     def warm_up(self) -> None:
         feeds = {}
@@ -149,7 +168,7 @@ class ModelRuntime:
                 from .protocol import DTYPES
 
                 feeds[name] = np.zeros(shape, dtype=DTYPES[spec.datatype])
-        self.session.run(None, feeds)
+        self.run(feeds)
 
 
 def _as_str(name: str, array: np.ndarray) -> np.ndarray:
