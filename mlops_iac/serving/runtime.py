@@ -72,6 +72,7 @@ class ModelRuntime:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=_providers(config.gpu))
+        self.invalid: type[Exception] = ort.capi.onnxruntime_pybind11_state.InvalidArgument
         self.config = config
         self.name, self.version = config.name, str(config.version)
         self.inputs = {a.name: _spec(a, path) for a in self.session.get_inputs()}
@@ -141,14 +142,12 @@ class ModelRuntime:
         return requested
 
     def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict[str, np.ndarray]:
-        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
-
         wanted = names or self.output_names
         if self.bf16:
             feeds = self._bf16_feeds(feeds)
         try:
             return dict(zip(wanted, self.session.run(wanted, feeds), strict=True))
-        except InvalidArgument as exc:  # values the model refuses, e.g. an index out of range
+        except self.invalid as exc:  # values the model refuses, e.g. an index out of range
             raise ClientError(400, f"the model refused the input: {exc}") from None
 
     def _bf16_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
