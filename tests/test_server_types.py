@@ -173,6 +173,17 @@ def test_elements_are_checked_per_datatype(server: Running, datatype: str, data:
     assert status == 400 and fragment in body["error"], body
 
 
+def test_binary_bool_bytes_must_be_zero_or_one(server: Running) -> None:
+    feeds = [{"name": f"x_{d}", "datatype": d, "shape": [4], "data": v.tolist()}
+             for d, v in VALUES.items() if d != "BOOL"]
+    feeds.append({"name": "x_BOOL", "datatype": "BOOL", "shape": [4], "parameters": {"binary_data_size": 4}})
+    header = json.dumps({"inputs": feeds}).encode()
+    for raw, status in ((b"\x00\x01\x01\x00", 200), (b"\x00\x02\x01\x00", 400)):
+        answer = server.request("POST", "/v2/models/identity/infer", header + raw,
+                                {"Inference-Header-Content-Length": str(len(header))})
+        assert answer[0] == status, answer[2]
+
+
 def test_uint64_above_two_to_the_63_beside_small_values(server: Running) -> None:
     status, body = server.json("POST", "/v2/models/identity/infer",
                                identity_body("UINT64", [1, 2**63 + 5, 2**64 - 1, 0]))

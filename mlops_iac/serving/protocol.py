@@ -234,6 +234,8 @@ def _from_binary(name: str, datatype: str, shape: list[int], count: int, size: A
     if size != count * dtype.itemsize:
         raise ClientError(400, f"input {name!r}: shape {shape} of {datatype} needs "
                                f"{count * dtype.itemsize} bytes, got {size}")
+    if datatype == "BOOL" and chunk.translate(None, b"\x00\x01"):
+        raise ClientError(400, f"input {name!r}: BOOL bytes must be 0 or 1")  # numpy would keep other bytes
     return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
 
 
