@@ -41,7 +41,8 @@ def test_tritonclient_default_settings(server: Running, models: Models, binary: 
 
     client = httpclient.InferenceServerClient(server.url)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("cancer")
-    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert client.get_server_metadata()["extensions"] == [
+        "binary_tensor_data", "classification", "model_configuration", "statistics"]
     meta = client.get_model_metadata("cancer")
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 30]}]
     x = models.cancer[:17]

@@ -31,6 +31,7 @@ from .metrics import Metrics
 from .openapi import document
 from .protocol import ClientError, Request, encode, parse
 from .runtime import ModelRuntime
+from .triton import EXTENSIONS, classify, duration, model_config
 
 log = logging.getLogger("mlops_iac.serving")
 Scope = dict[str, Any]
@@ -55,6 +56,9 @@ class Entry:
     inference: Any
     queue: Any
     batch: Any
+    rows: int = 0  # rows answered (Triton's inference_count)
+    runs: int = 0  # runs outside the batcher (with the batcher's runs: execution_count)
+    last: float = 0.0  # when the last answer went out (epoch seconds)
 
 
 class Server:
@@ -75,7 +79,7 @@ class Server:
         self.collector = Collector(config.collection, base, self.metrics.dropped.inc)
         self.openapi = orjson.dumps(document(), option=orjson.OPT_SORT_KEYS)
         self.metadata = orjson.dumps({"name": "mlops-iac", "version": __version__,
-                                      "extensions": ["binary_tensor_data"]})
+                                      "extensions": EXTENSIONS})
         # What to do when the models cannot be loaded: the runner sets it to stop the server.
         self.on_fatal: Callable[[], None] = lambda: None
 
@@ -142,24 +146,30 @@ class Server:
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
+        if scope["http_version"] == "1.0":
+            send = _keep_alive_10(scope, send)
+        if path.endswith("/") and len(path) > 1:
+            path = path.rstrip("/") or "/"  # /v2/ is the spec's own spelling of /v2
         try:
             if path.startswith("/v2/health/"):
                 await self.health(path, method, send)
                 return
             if self.key is not None and not self._authorized(scope):
                 raise ClientError(401, "missing or wrong bearer token (Authorization: Bearer <key>)")
-            if path == "/metrics" and method == "GET":
-                await respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")
-            elif path == "/v2" and method == "GET":
-                await respond(send, 200, self.metadata)
-            elif path in ("/v2/openapi.json", "/openapi.json") and method == "GET":
-                await respond(send, 200, self.openapi)
-            elif path.startswith("/v2/models/"):
-                await self.model_route(scope, path.split("/")[3:], method, receive, send)
-            else:
+            if path.startswith("/v2/models/"):
+                await self.model_route(scope, path, method, receive, send)
+                return
+            if path not in _FIXED:
                 raise ClientError(404, f"no route {path}; see /v2/openapi.json")
+            _allow(path, method, "GET")
+            if path == "/metrics":
+                await respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")
+            elif path == "/v2":
+                await respond(send, 200, self.metadata)
+            else:
+                await respond(send, 200, self.openapi)
         except ClientError as error:
-            await respond(send, error.status, orjson.dumps({"error": error.message}))
+            await respond(send, error.status, orjson.dumps({"error": error.message}), JSON, error.headers)
         except _Disconnected:
             return
         except Exception:
@@ -167,17 +177,16 @@ class Server:
             await respond(send, 500, b'{"error":"internal server error"}')
 
     async def health(self, path: str, method: str, send: Send) -> None:
-        if method != "GET":
-            raise ClientError(405, f"{path} takes GET")
+        if path not in ("/v2/health/live", "/v2/health/ready"):
+            raise ClientError(404, f"no route {path}")
+        _allow(path, method, "GET")
         if path == "/v2/health/live":
             if self.failed:
                 await respond(send, 500, orjson.dumps({"live": False, "error": self.failed}))
             else:
                 await respond(send, 200, b'{"live":true}')
-        elif path == "/v2/health/ready":
-            await respond(send, 200 if self.ready else 503, orjson.dumps({"ready": self.ready}))
         else:
-            raise ClientError(404, f"no route {path}")
+            await respond(send, 200 if self.ready else 503, orjson.dumps({"ready": self.ready}))
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
@@ -186,31 +195,63 @@ class Server:
                 return hmac.compare_digest(value, self.key)  # constant time
         return False
 
-    async def model_route(self, scope: Scope, parts: list[str], method: str, receive: Receive,
-                          send: Send) -> None:
-        # parts: [name] [versions, v] [infer | ready]
+    async def model_route(self, scope: Scope, path: str, method: str, receive: Receive, send: Send) -> None:
+        # parts: [name] [versions, v] [infer | ready | config | stats]
+        parts = path.split("/")[3:]
         if not parts or not parts[0]:
             raise ClientError(404, "name a model: /v2/models/{name}")
+        if parts == ["stats"] and "stats" not in self.models:  # Triton: every model's statistics
+            _allow(path, method, "GET")
+            await respond(send, 200, orjson.dumps({"model_stats": [
+                self.stats(e) for _, versions in sorted(self.models.items())
+                for _, e in sorted(versions.items())]}))
+            return
         name, rest, version = parts[0], parts[1:], None
         if len(rest) >= 2 and rest[0] == "versions":
             version, rest = rest[1], rest[2:]
         action = rest[0] if rest else ""
-        if len(rest) > 1 or action not in ("", "ready", "infer"):
-            raise ClientError(404, f"no route {scope['path']}; see /v2/openapi.json")
+        if len(rest) > 1 or action not in ("", "ready", "infer", "config", "stats"):
+            raise ClientError(404, f"no route {path}; see /v2/openapi.json")
         if action == "infer":
-            if method != "POST":
-                raise ClientError(405, "infer takes POST")
+            _allow(path, method, "POST")
             await self.infer(scope, name, version, receive, send)
             return
-        if method != "GET":
-            raise ClientError(405, f"{scope['path']} takes GET")
+        _allow(path, method, "GET")
         entry = self.pick(name, version)
         if action == "ready":
             await respond(send, 200, orjson.dumps({"name": name, "ready": self.ready}))
+        elif action == "config":
+            await respond(send, 200, orjson.dumps(model_config(entry.runtime)))
+        elif action == "stats":
+            entries = [entry] if version is not None else [e for _, e in sorted(self.models[name].items())]
+            await respond(send, 200, orjson.dumps({"model_stats": [self.stats(e) for e in entries]}))
         else:
             data = entry.runtime.metadata()
             data["versions"] = sorted(self.models[name])
             await respond(send, 200, orjson.dumps(data))
+
+    def stats(self, entry: Entry) -> dict[str, Any]:
+        """Triton's statistics of one version, from the counters the metrics already keep.
+        compute_input and compute_output are inside compute_infer here (their ns are 0)."""
+        runtime = entry.runtime
+        failed = sum(int(sample.value) for metric in self.metrics.requests.collect()
+                     for sample in metric.samples
+                     if sample.name.endswith("_total") and sample.labels["model"] == runtime.name
+                     and sample.labels["version"] == runtime.version and sample.labels["status"] != "200")
+        ok = entry.latency.counts
+        count = sum(ok)
+        executions = entry.runs + (entry.batcher.executions if entry.batcher is not None else 0)
+        return {
+            "name": runtime.name, "version": runtime.version, "last_inference": int(entry.last * 1000),
+            "inference_count": entry.rows, "execution_count": executions,
+            "inference_stats": {
+                "success": duration(count, entry.latency.sum), "fail": duration(failed, 0.0),
+                "queue": duration(sum(entry.queue.counts), entry.queue.sum),
+                "compute_input": duration(count, 0.0),
+                "compute_infer": duration(sum(entry.inference.counts), entry.inference.sum),
+                "compute_output": duration(count, 0.0)},
+            "batch_stats": [],
+        }
 
     def pick(self, name: str, version: str | None) -> Entry:
         versions = self.models.get(name)
@@ -258,14 +299,13 @@ class Server:
 
     async def run(self, entry: Entry, request: Request, started: float) -> tuple[int, bytes, int | None]:
         runtime = entry.runtime
-        feeds = request.inputs
         if runtime.preprocess is not None:
-            feeds = _call_handler(runtime.preprocess, request)
-            runtime.check(feeds, None)
+            feeds = runtime.check(_call_handler(runtime.preprocess, request), None)
         else:
-            runtime.check(feeds, request.datatypes)
+            feeds = runtime.check(request.inputs, request.datatypes)
         names = runtime.check_outputs(request.outputs) if runtime.postprocess is None else None
-        rows = int(next(iter(feeds.values())).shape[0]) if feeds else 0
+        first = next(iter(feeds.values())) if feeds else None
+        rows = int(first.shape[0]) if first is not None and first.ndim else 1
         if entry.batcher is not None and 0 < rows <= entry.batcher.max_rows:
             outputs, queued, batch_rows = await entry.batcher.submit(feeds)
             entry.queue.observe(queued)
@@ -277,14 +317,19 @@ class Server:
             before = time.perf_counter()
             outputs = runtime.run(feeds, names)
             inference = time.perf_counter() - before
+            entry.runs += 1
         if runtime.postprocess is not None:
             outputs = _call_handler(runtime.postprocess, outputs)
             if request.outputs is not None:
                 outputs = {n: outputs[n] for n in request.outputs if n in outputs}
+        if request.classification:
+            outputs = classify(runtime, outputs, request.classification)
         payload, header = encode(runtime.name, runtime.version, request, outputs)
         entry.inference.observe(inference)
         entry.latency.observe(time.perf_counter() - started)
         entry.ok.inc()
+        entry.rows += rows
+        entry.last = time.time()
         if self.collector.sampled():
             self.collector.offer({"time": time.time(), "model": runtime.name, "version": runtime.version,
                                   "id": request.id, "inputs": feeds, "outputs": outputs,
@@ -330,6 +375,27 @@ def _call_handler(func: Callable[[Any], Any], value: Any) -> dict[str, np.ndarra
     if not isinstance(result, dict):
         raise TypeError(f"the handler returned {type(result).__name__}, not a dict of arrays")
     return {k: np.asarray(v) for k, v in result.items()}
+
+
+# Paths outside /v2/models/ and /v2/health/, all GET.
+_FIXED = frozenset(("/metrics", "/v2", "/v2/openapi.json", "/openapi.json"))
+
+
+def _allow(path: str, method: str, allowed: str) -> None:
+    if method != allowed:
+        raise ClientError(405, f"{path} takes {allowed}", [(b"allow", allowed.encode())])
+
+
+def _keep_alive_10(scope: Scope, send: Send) -> Send:
+    """HTTP/1.0 keeps a connection only when asked, and only when the answer says so."""
+    if not any(k == b"connection" and b"keep-alive" in v.lower() for k, v in scope["headers"]):
+        return send
+
+    async def keeping(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message["headers"], (b"connection", b"keep-alive")]}
+        await send(message)
+    return keeping
 
 
 async def respond(send: Send, status: int, body: bytes, content_type: bytes = JSON,

@@ -5,6 +5,12 @@ worker thread (onnxruntime releases the GIL, so the event loop keeps taking requ
 the outputs are split back by rows. One batch runs at a time per model version; requests
 that arrive while it runs wait for it and form the next batch.
 
+Isolation: a request joins a batch only after its inputs were checked to bring the same
+rows each (`ModelRuntime.check`), and only beside requests whose tensors have the same
+trailing shapes and types, so concatenation cannot mix rows across clients. When a merged
+run fails, or its outputs do not have the batch's rows, every request of the batch runs
+alone: a failing request fails only itself.
+
 When no batch is running, a request waits up to `max_delay` for company. With a delay of 0
 it goes at once ("continuous batching"): no added latency at low load, and batches form by
 themselves under load, which is why the profiler recommends 0 for small models.
@@ -30,6 +36,11 @@ class _Item:
     rows: int
     future: asyncio.Future[tuple[Outputs, float, int]]
     queued: float
+    key: tuple[tuple[str, tuple[int, ...], str], ...]  # what must match to share a batch
+
+
+def _key(feeds: Feeds) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    return tuple((n, a.shape[1:], a.dtype.str) for n, a in feeds.items())
 
 
 class Batcher:
@@ -41,13 +52,14 @@ class Batcher:
         self.pending_rows = 0
         self.timer: asyncio.TimerHandle | None = None
         self.busy = False
+        self.executions = 0  # merged runs, for the statistics extension
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
 
     async def submit(self, feeds: Feeds) -> tuple[Outputs, float, int]:
         """(outputs for these rows, seconds spent queued, rows in the batch that ran them)."""
         loop = asyncio.get_running_loop()
         rows = int(next(iter(feeds.values())).shape[0])
-        item = _Item(feeds, rows, loop.create_future(), time.perf_counter())
+        item = _Item(feeds, rows, loop.create_future(), time.perf_counter(), _key(feeds))
         self.pending.append(item)
         self.pending_rows += rows
         if self.pending_rows >= self.max_rows or (not self.busy and self.max_delay <= 0):
@@ -57,12 +69,16 @@ class Batcher:
         return await item.future
 
     def _take(self) -> list[_Item]:
-        taken: list[_Item] = []
-        rows = 0
-        while self.pending and (not taken or rows + self.pending[0].rows <= self.max_rows):
-            item = self.pending.pop(0)
-            taken.append(item)
-            rows += item.rows
+        """The oldest request and those after it that fit beside it, in arrival order."""
+        first = self.pending[0]
+        taken, kept, rows = [first], [], first.rows
+        for item in self.pending[1:]:
+            if item.key == first.key and rows + item.rows <= self.max_rows:
+                taken.append(item)
+                rows += item.rows
+            else:
+                kept.append(item)
+        self.pending = kept
         self.pending_rows -= rows
         return taken
 
@@ -74,31 +90,49 @@ class Batcher:
             return  # the batch in flight will flush again when it is done
         items = self._take()
         self.busy = True
+        self.executions += 1
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         task = loop.run_in_executor(self.executor, self._run_batch, items)
         task.add_done_callback(lambda done: self._finish(items, started, done))
 
-    def _run_batch(self, items: list[_Item]) -> Outputs:
+    def _run_batch(self, items: list[_Item]) -> list[Outputs | Exception]:
         if len(items) == 1:
-            return self.run(items[0].feeds)
-        names = items[0].feeds.keys()
-        merged = {n: np.concatenate([i.feeds[n] for i in items], axis=0) for n in names}
-        return self.run(merged)
+            return [self._alone(items[0])]
+        total = sum(i.rows for i in items)
+        try:
+            merged = self.run({n: np.concatenate([i.feeds[n] for i in items], axis=0) for n in items[0].feeds})
+        except Exception:  # one request's values can fail the whole batch
+            return [self._alone(i) for i in items]
+        if any(v.ndim == 0 or v.shape[0] != total for v in merged.values()):
+            return [self._alone(i) for i in items]  # outputs not by row: they cannot be split
+        results: list[Outputs | Exception] = []
+        at = 0
+        for item in items:
+            results.append({n: v[at: at + item.rows] for n, v in merged.items()})
+            at += item.rows
+        return results
 
-    def _finish(self, items: list[_Item], started: float, done: asyncio.Future[Outputs]) -> None:
+    def _alone(self, item: _Item) -> Outputs | Exception:
+        try:
+            return self.run(item.feeds)
+        except Exception as exc:  # handed to that request's own future
+            return exc
+
+    def _finish(self, items: list[_Item], started: float,
+                done: asyncio.Future[list[Outputs | Exception]]) -> None:
         self.busy = False
         rows = sum(i.rows for i in items)
         error = done.exception()
-        at = 0
-        for item in items:
-            if not item.future.done():  # a client that went away cancelled its future
-                if error is not None:
-                    item.future.set_exception(error)
-                else:
-                    outputs = {n: v[at: at + item.rows] for n, v in done.result().items()}
-                    item.future.set_result((outputs, started - item.queued, rows))
-            at += item.rows
+        results: list[Outputs | BaseException] = (
+            [error] * len(items) if error is not None else list(done.result()))
+        for item, result in zip(items, results, strict=True):
+            if item.future.done():  # a client that went away cancelled its future
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result((result, started - item.queued, rows))
         if self.pending:  # they waited for this batch: at least as long as a delay is meant for
             self._flush()
 

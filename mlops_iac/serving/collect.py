@@ -129,6 +129,8 @@ def _default(value: Any) -> Any:
         return value.decode("utf-8", "replace")
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, np.ndarray):  # orjson writes numeric arrays itself, not strings (object)
+        return value.tolist()
     raise TypeError
 
 

@@ -12,6 +12,11 @@ _ERROR = {"description": "What was wrong and what was expected.",
           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _META = {"$ref": "#/components/schemas/TensorMetadata"}
+_CONFIG_TENSOR = {"type": "object", "required": ["name", "data_type", "dims"], "properties": {
+    "name": {"type": "string"}, "data_type": {"type": "string"},
+    "dims": {"type": "array", "items": {"type": "integer"}}}}
+_DURATION = {"type": "object", "required": ["count", "ns"], "properties": {
+    "count": {"type": "integer", "minimum": 0}, "ns": {"type": "integer", "minimum": 0}}}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -71,6 +76,16 @@ def document() -> dict[str, Any]:
                 "ModelMetadata", "Inputs and outputs of one version.", [_NAME, _VERSION], model_errors),
             "/v2/models/{name}/versions/{version}/ready": _get(
                 "ModelReady", "Whether one version is ready.", [_NAME, _VERSION], model_errors),
+            "/v2/models/{name}/config": _get("ModelConfig", "Triton's model configuration.", [_NAME],
+                                             model_errors),
+            "/v2/models/{name}/versions/{version}/config": _get(
+                "ModelConfig", "Triton's model configuration of one version.", [_NAME, _VERSION], model_errors),
+            "/v2/models/{name}/stats": _get("ModelStatistics", "Triton's statistics of every version.",
+                                            [_NAME], model_errors),
+            "/v2/models/{name}/versions/{version}/stats": _get(
+                "ModelStatistics", "Triton's statistics of one version.", [_NAME, _VERSION], model_errors),
+            "/v2/models/stats": _get("ModelStatistics", "Triton's statistics of every model.",
+                                     extra={"401": _ERROR}),
             "/v2/models/{name}/infer": _infer([_NAME]),
             "/v2/models/{name}/versions/{version}/infer": _infer([_NAME, _VERSION]),
         },
@@ -92,6 +107,21 @@ def document() -> dict[str, Any]:
                                   "versions": {"type": "array", "items": {"type": "string"}},
                                   "inputs": {"type": "array", "items": _META},
                                   "outputs": {"type": "array", "items": _META}}},
+            "ModelConfig": {"type": "object", "required": ["name", "platform", "max_batch_size", "input", "output"],
+                            "properties": {
+                                "name": {"type": "string"}, "platform": {"type": "string"},
+                                "max_batch_size": {"type": "integer", "minimum": 0},
+                                "input": {"type": "array", "items": _CONFIG_TENSOR},
+                                "output": {"type": "array", "items": _CONFIG_TENSOR}}},
+            "ModelStatistics": {"type": "object", "required": ["model_stats"], "properties": {
+                "model_stats": {"type": "array", "items": {
+                    "type": "object", "required": ["name", "version", "inference_count", "execution_count",
+                                                   "inference_stats"],
+                    "properties": {
+                        "name": {"type": "string"}, "version": {"type": "string"},
+                        "last_inference": {"type": "integer"}, "inference_count": {"type": "integer"},
+                        "execution_count": {"type": "integer"},
+                        "inference_stats": {"type": "object", "additionalProperties": _DURATION}}}}}},
             "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
                 "id": {"type": "string"}, "parameters": {"type": "object"},
                 "inputs": {"type": "array", "minItems": 1, "items": _tensor(True)},

@@ -20,19 +20,23 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
     "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
+    # bfloat16 has no numpy type: its raw bits travel as uint16 (2 bytes, as in the binary
+    # extension) and the model gets them as a bfloat16 tensor (`ModelRuntime.run`).
+    "BF16": np.dtype(np.uint16),
 }
 # Which numpy kinds of JSON data each datatype accepts: no silent float -> int truncation.
 _KINDS = {name: ("b" if name == "BOOL" else "OSU" if name == "BYTES" else
-                 "biuf" if name.startswith("FP") else "biu") for name in DTYPES}
+                 "biuf" if name in ("FP16", "FP32", "FP64", "BF16") else "biu") for name in DTYPES}
 
 
 class ClientError(Exception):
     """A request the client got wrong: answered with `status` and never a 5xx."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers  # e.g. `allow` on a 405
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Request:
     outputs: list[str] | None  # None: every output
     binary_outputs: set[str] = field(default_factory=set)
     parameters: dict[str, Any] = field(default_factory=dict)
+    classification: dict[str, int] = field(default_factory=dict)  # output name -> top k
 
 
 def parse(body: bytes, header_length: str | None) -> Request:
@@ -73,8 +78,17 @@ def parse(body: bytes, header_length: str | None) -> Request:
     if offset != len(binary):
         raise ClientError(400, f"the binary part holds {len(binary)} bytes but the inputs' "
                                f"binary_data_size add up to {offset}")
-    outputs, binary_outputs = _requested(doc.get("outputs"), bool(parameters.get("binary_data_output")))
-    return Request(request_id, inputs, datatypes, outputs, binary_outputs, parameters)
+    binary_default = _flag(parameters, "binary_data_output", "parameters")
+    outputs, binary_outputs, classification = _requested(doc.get("outputs"), binary_default)
+    return Request(request_id, inputs, datatypes, outputs, binary_outputs, parameters, classification)
+
+
+def _flag(params: dict[str, Any], key: str, where: str, default: bool = False) -> bool:
+    """A boolean parameter: JSON true or false only, so that the string "false" never reads as true."""
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise ClientError(400, f"{where}.{key} must be true or false (a JSON boolean), got {value!r}")
+    return value
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -125,6 +139,8 @@ def _tensor(tensor: Any, i: int, binary: bytes, offset: int) -> tuple[str, str, 
 def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
+    if datatype == "BYTES":
+        return _bytes_from_json(name, shape, count, data)
     try:
         found = np.asarray(data)
     except ValueError:
@@ -133,12 +149,13 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
     if found.size != count:
         raise ClientError(400, f"input {name!r}: shape {shape} needs {count} values, data has "
                                f"{found.size}")
+    if found.size and datatype[0] in "IU" and found.dtype.kind in "fO":
+        return _big_ints(name, datatype, shape, data)  # e.g. UINT64 values >= 2**63 read as floats
     if found.size and found.dtype.kind not in _KINDS[datatype]:
         raise ClientError(400, f"input {name!r}: data holds {_kind_name(found.dtype)}, which is not "
                                f"{datatype}")
-    if datatype == "BYTES":
-        return np.asarray([v.encode() if isinstance(v, str) else v for v in found.reshape(-1)],
-                          dtype=object).reshape(shape)
+    if datatype == "BF16":
+        return bf16_bits(found.astype(np.float32).reshape(shape))
     try:
         with np.errstate(over="raise", invalid="raise"):
             converted = found.astype(DTYPES[datatype]).reshape(shape)
@@ -147,6 +164,55 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
         return converted
     except (TypeError, ValueError, OverflowError, FloatingPointError):
         raise ClientError(400, f"input {name!r}: the values do not fit {datatype}") from None
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 to bfloat16 bits, rounding to nearest even (as PyTorch and ml_dtypes do)."""
+    bits = values.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)  # stays a (quiet) NaN
+    return rounded
+
+
+def _big_ints(name: str, datatype: str, shape: list[int], data: list[Any]) -> np.ndarray:
+    """Integers numpy could not hold in one integer type (it reads 2**63 beside 1 as floats):
+    taken from the JSON values themselves and checked one by one, exactly."""
+    flat = np.asarray(data, dtype=object).reshape(-1)
+    if not all(type(v) is int for v in flat):  # a float, a bool, a string, null: not an integer
+        raise ClientError(400, f"input {name!r}: data holds non-integers, which is not {datatype}")
+    try:
+        converted = flat.astype(DTYPES[datatype])
+    except (OverflowError, ValueError, TypeError):
+        raise ClientError(400, f"input {name!r}: the values do not fit {datatype}") from None
+    if converted.astype(object).tolist() != flat.tolist():
+        raise ClientError(400, f"input {name!r}: the values do not fit {datatype}")
+    return converted.reshape(shape)
+
+
+def _bytes_from_json(name: str, shape: list[int], count: int, data: list[Any]) -> np.ndarray:
+    try:
+        found = np.asarray(data, dtype=object)
+    except ValueError:
+        raise ClientError(400, f"input {name!r}: data is a ragged list; expected {count} strings "
+                               f"for shape {shape}") from None
+    flat = found.reshape(-1)
+    if flat.size != count:
+        raise ClientError(400, f"input {name!r}: shape {shape} needs {count} values, data has {flat.size}")
+    items = []
+    for value in flat:
+        if not isinstance(value, str):  # null, numbers, objects, nested lists: not BYTES elements
+            raise ClientError(400, f"input {name!r}: BYTES data must be strings; got {_json_type(value)}")
+        items.append(value.encode())
+    out = np.empty(count, dtype=object)
+    out[:] = items
+    return out.reshape(shape)
+
+
+def _json_type(value: Any) -> str:
+    return {type(None): "null", bool: "a boolean", int: "a number", float: "a number", dict: "an object",
+            list: "a nested list of the wrong shape"}.get(type(value), type(value).__name__)
 
 
 def _kind_name(dtype: np.dtype[Any]) -> str:
@@ -168,6 +234,8 @@ def _from_binary(name: str, datatype: str, shape: list[int], count: int, size: A
     if size != count * dtype.itemsize:
         raise ClientError(400, f"input {name!r}: shape {shape} of {datatype} needs "
                                f"{count * dtype.itemsize} bytes, got {size}")
+    if datatype == "BOOL" and chunk.translate(None, b"\x00\x01"):
+        raise ClientError(400, f"input {name!r}: BOOL bytes must be 0 or 1")  # numpy would keep other bytes
     return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
 
 
@@ -184,26 +252,34 @@ def _unpack_bytes(name: str, chunk: bytes, shape: list[int], count: int) -> np.n
         at += length
     if len(items) != count:
         raise ClientError(400, f"input {name!r}: shape {shape} needs {count} elements, got {len(items)}")
-    return np.asarray(items, dtype=object).reshape(shape)
+    out = np.empty(count, dtype=object)  # np.asarray would make equal-length bytes a 2-D array
+    out[:] = items
+    return out.reshape(shape)
 
 
-def _requested(raw: Any, binary_default: bool) -> tuple[list[str] | None, set[str]]:
+def _requested(raw: Any, binary_default: bool) -> tuple[list[str] | None, set[str], dict[str, int]]:
     if raw is None:
-        return None, ({"*"} if binary_default else set())
+        return None, ({"*"} if binary_default else set()), {}
     if not isinstance(raw, list):
         raise ClientError(400, "'outputs' must be a list of {name, parameters}")
-    names, binary = [], set()
+    names, binary, classification = [], set(), {}
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ClientError(400, f"outputs[{i}] must be an object with a name")
         names.append(item["name"])
         params = _mapping(item.get("parameters"), f"outputs[{i}].parameters")
-        if params.get("binary_data", binary_default):
+        if _flag(params, "binary_data", f"outputs[{i}].parameters", binary_default):
             binary.add(item["name"])
-    return names, binary
+        top = params.get("classification")
+        if top is not None:
+            if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+                raise ClientError(400, f"outputs[{i}].parameters.classification must be a positive "
+                                       f"integer (how many top classes), got {top!r}")
+            classification[item["name"]] = top
+    return names, binary, classification
 
 
-_BY_DTYPE = {dtype: name for name, dtype in DTYPES.items() if name != "BYTES"}
+_BY_DTYPE = {dtype: name for name, dtype in DTYPES.items() if name not in ("BYTES", "BF16")}
 
 
 def datatype_of(array: np.ndarray) -> str:

@@ -35,6 +35,21 @@ def bind(host: str, port: int) -> socket.socket:
                             "port with --port (0 picks a free one)") from None
 
 
+def _protocol() -> type:
+    """uvicorn's httptools protocol, keeping HTTP/1.0 connections that ask for keep-alive
+    (uvicorn closes every HTTP/1.0 connection; nginx speaks HTTP/1.0 to upstreams by default)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class KeepAlive10(HttpToolsProtocol):
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            if (self.cycle is not None and self.parser.get_http_version() == "1.0"
+                    and self.parser.should_keep_alive()):
+                self.cycle.keep_alive = True
+
+    return KeepAlive10
+
+
 def serve(config: ServerConfig, base: Path, host: str, port: int, *, log_level: str = "warning",
           sock: socket.socket | None = None) -> None:
     import uvicorn
@@ -45,7 +60,7 @@ def serve(config: ServerConfig, base: Path, host: str, port: int, *, log_level: 
         raise MlopsIacError(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uv = uvicorn.Server(uvicorn.Config(
-        server, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+        server, host=host, port=port, loop="uvloop", http=_protocol(), lifespan="on",
         log_level=log_level, access_log=False, timeout_graceful_shutdown=DRAIN_SECONDS,
         server_header=False, date_header=False))
     server.on_fatal = lambda: setattr(uv, "should_exit", True)
