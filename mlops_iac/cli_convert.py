@@ -12,7 +12,7 @@ import orjson
 
 from .cli_registry import file_option, project_registry
 from .convert import Options, Report, Validation, convert_artifact
-from .convert.data import read_features, read_labelled
+from .convert.data import Sample, Table, read_examples, read_sample
 from .errors import MlopsIacError
 from .lock import BaselineFacts, Lock, OnnxFacts, ValidationFacts, update_lock
 from .registry import Registry, Version, parse_ref
@@ -40,7 +40,7 @@ def convert(ref: str, sample: Path | None, no_speed: bool, file: Path) -> None:
     registry, ws = project_registry(file, against_lock=False)
     version = registry.resolve(parse_ref(ref))
     spec = _model_spec(ws, version.model)
-    features = read_features(_sample_path(sample, spec, ws))
+    features = read_sample(_sample_path(sample, spec, ws))
     options = _options(spec, not no_speed)
     with tempfile.TemporaryDirectory() as tmp:
         native = Path(tmp) / version.lineage.filename
@@ -100,7 +100,7 @@ def _validation(spec: ResolvedModel | None, ws: Workspace | None) -> Validation 
     if spec is None or spec.validate_ is None or ws is None:
         return None
     rule = spec.validate_
-    features, labels = read_labelled(ws.root / rule.dataset, rule.label)
+    features, labels = read_examples(ws.root / rule.dataset, rule.label)
     assert labels is not None
     return Validation(features, labels, rule.metric, rule.threshold)
 
@@ -111,15 +111,34 @@ def _previous_signature(registry: Registry, version: Version) -> dict[str, Any] 
     return earlier[-1].artifacts["onnx"].facts.get("signature") if earlier else None
 
 
-def _baseline(model: bytes, features: Any) -> dict[str, Any]:
+def _baseline(model: bytes, features: Sample) -> dict[str, Any]:
     """The drift baseline: the sample's features and the ONNX model's answers to them."""
-    from .convert.onnx_tools import session
+    from .convert.onnx_tools import run, session
     from .monitoring.drift import baseline
 
     sess = session(model)
-    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: features}),
-                       strict=True))
+    outputs = dict(zip([o.name for o in sess.get_outputs()], run(sess, features), strict=True))
+    if isinstance(features, Table):
+        return _table_baseline(features, outputs)
     return baseline(features, outputs, sess.get_inputs()[0].name)
+
+
+def _table_baseline(table: Table, outputs: dict[str, Any]) -> dict[str, Any]:
+    """Per named column: the server collects one tensor per column under the column's name, which
+    is how drift matches them. Numeric columns (their missing values left out) only; string
+    columns are left to the drift module's categorical comparison."""
+    import random
+
+    import numpy as np
+
+    from .monitoring.drift import baseline, column_baseline
+
+    rng = random.Random(0)  # noqa: S311 - sampling, not security; the same data, the same baseline
+    base = baseline(np.zeros((table.rows, 0)), outputs)
+    values = [(n, c[~np.isnan(c.astype(np.float64))])
+              for n, c, k in zip(table.names, table.columns, table.kinds, strict=True) if k != "string"]
+    base["columns"] = [column_baseline(n, v, rng) for n, v in values if v.size] + base["columns"]
+    return base
 
 
 def _record_in_lock(ws: Workspace | None, version: Version, digest: str, size: int,

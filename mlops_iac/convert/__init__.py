@@ -16,8 +16,10 @@ import numpy as np
 import onnx
 
 from . import measure, onnx_tools
+from .data import DataError, Sample, Table
 from .frameworks import ConversionError, convert
 from .parity import Parity, compare
+from .pipeline import UnsupportedStep
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Options:
 
 @dataclass(frozen=True)
 class Validation:
-    features: np.ndarray
+    features: Sample
     labels: np.ndarray
     metric: str
     threshold: float
@@ -57,7 +59,7 @@ class Report:
                 "speedup": self.speedup, "signature": self.signature, "breaking": list(self.breaking)}
 
 
-def convert_artifact(framework: str, artifact: Path, sample: np.ndarray, options: Options, *,
+def convert_artifact(framework: str, artifact: Path, sample: Sample, options: Options, *,
                      validation: Validation | None = None,
                      previous_signature: dict[str, Any] | None = None) -> Report:
     converted = convert(framework, artifact, sample, options.opset)
@@ -88,7 +90,8 @@ def convert_artifact(framework: str, artifact: Path, sample: np.ndarray, options
     if validation is not None:
         extra["validation"] = _validate(final, validation)
     if options.measure_speed and converted.native_call is not None:
-        extra["speedup"] = measure.speedup(converted.native_call, final, sample)
+        extra["speedup"] = measure.speedup(converted.native_call, final, sample,
+                                           prepare=converted.prepare)
     return Report(**{**report.__dict__, **extra})
 
 
@@ -118,4 +121,5 @@ def _validate(model: bytes, validation: Validation) -> dict[str, Any]:
             "rows": len(validation.labels)}
 
 
-__all__ = ["ConversionError", "Options", "Report", "Validation", "convert_artifact"]
+__all__ = ["ConversionError", "DataError", "Options", "Report", "Sample", "Table", "UnsupportedStep",
+           "Validation", "convert_artifact"]

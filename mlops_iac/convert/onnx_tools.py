@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .data import Sample, feed
+
 # ONNX element types as the Open Inference Protocol names them.
 V2_DATATYPES: dict[int, str] = {
     onnx.TensorProto.BOOL: "BOOL", onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.UINT16: "UINT16",
@@ -31,8 +33,8 @@ def session(model: bytes, threads: int = 1, level: str = "all") -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def run(sess: Any, x: np.ndarray) -> list[np.ndarray]:
-    return [np.asarray(o) for o in sess.run(None, {sess.get_inputs()[0].name: x})]
+def run(sess: Any, x: Sample) -> list[np.ndarray]:
+    return [np.asarray(o) for o in sess.run(None, feed(sess.get_inputs(), x))]
 
 
 def optimize(model: bytes, level: str) -> bytes:
