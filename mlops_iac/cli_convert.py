@@ -50,9 +50,10 @@ def convert(ref: str, sample: Path | None, no_speed: bool, file: Path) -> None:
                                   previous_signature=_previous_signature(registry, version))
         _print(version, report)
         if not report.parity.passed:
+            hint = f" Likely cause: {report.hint}." if report.hint else ""
             raise MlopsIacError(f"{version.model}@{version.version}: the ONNX model does not give the "
-                                "native model's answers on the sample; nothing was stored. Loosen "
-                                "convert.tolerance only if the differences above are acceptable.")
+                                "native model's answers on the sample; nothing was stored." + hint
+                                + " Loosen convert.tolerance only if the differences above are acceptable.")
         onnx_file = Path(tmp) / "model.onnx"
         onnx_file.write_bytes(report.model)
         ref_n = parse_ref(f"{version.model}@{version.version}")

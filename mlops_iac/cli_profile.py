@@ -10,7 +10,7 @@ import click
 
 from .cli_convert import _model_spec, _sample_path
 from .cli_registry import file_option, project_registry
-from .convert.data import read_features
+from .convert.data import read_sample
 from .errors import MlopsIacError
 from .fsutil import atomic_write
 from .lock import Lock, update_lock
@@ -45,7 +45,7 @@ def profile(ref: str, sample: Path | None, quick: bool, budget: float | None, gp
                             f"`mlops-iac convert {version.model}@{version.version}` first")
     spec = _model_spec(ws, version.model)
     settings = spec.profile if spec else Profile()
-    features = read_features(_sample_path(sample, spec, ws))
+    features = read_sample(_sample_path(sample, spec, ws))
     measure = plan(settings.batch_sizes, settings.concurrency, quick=quick, budget_s=budget)
     root = ws.root if ws else Path.cwd()
     folder = out or root / ".mlops" / "profiles" / f"{version.model}-{version.version}"

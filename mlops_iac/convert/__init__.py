@@ -51,6 +51,7 @@ class Report:
     speedup: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] | None = None
     breaking: tuple[str, ...] = ()
+    hint: str | None = None  # why parity may have failed, and what to change
 
     def facts(self) -> dict[str, Any]:
         """What goes into the registry's artifact record and the lock's `onnx` section."""
@@ -82,7 +83,7 @@ def convert_artifact(framework: str, artifact: Path, sample: Sample, options: Op
     report = Report(model=final, parity=parity if final is optimized else parity_of(final),
                     signature=onnx_tools.signature(onnx.load_from_string(final)),
                     opset=onnx_tools.opset(converted.model), optimization=options.optimization,
-                    quantization=quantization)
+                    quantization=quantization, hint=converted.hint)
     if not report.parity.passed:
         return report
     extra: dict[str, Any] = {

@@ -42,6 +42,7 @@ class Converted:
     native: Runner | None  # outputs in the order of the ONNX graph's outputs
     native_call: Callable[[Any], Any] | None  # what a user would call (for timing), on prepare()'s value
     prepare: Callable[[Sample], Any] = _matrix  # the sample as the native model takes it
+    hint: str | None = None  # what to try when parity fails
 
 
 def convert(framework: str, path: Path, sample: Sample, opset: int | None) -> Converted:
@@ -87,10 +88,12 @@ def _sklearn(path: Path, sample: Sample, opset: int | None) -> Converted:
             native = prepare(x)
             return [model.predict(native), model.predict_proba(native)]
 
-        return Converted(onx, kinds[: len(outputs)], run, model.predict_proba, prepare)
+        return Converted(onx, kinds[: len(outputs)], run, model.predict_proba, prepare,
+                         pipeline.parity_hint(model))
     first: OutputKind = "label" if _is_classifier(model) else "float"
     rest = _floats(len(outputs) - 1)
-    return Converted(onx, (first, *rest), lambda x: [model.predict(prepare(x))], model.predict, prepare)
+    return Converted(onx, (first, *rest), lambda x: [model.predict(prepare(x))], model.predict, prepare,
+                     pipeline.parity_hint(model))
 
 
 def _sklearn_inputs(model: Any, sample: Sample) -> tuple[Callable[[Sample], Any], list[tuple[str, Any]]]:

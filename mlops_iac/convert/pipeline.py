@@ -104,3 +104,27 @@ def initial_types(table: Table) -> list[tuple[str, Any]]:
     types: dict[ColumnKind, Any] = {"float": FloatTensorType, "int": Int64TensorType,
                                     "string": StringTensorType}
     return [(name, types[kind]([None, 1])) for name, kind in zip(table.names, table.kinds, strict=True)]
+
+
+_SCALERS = {"StandardScaler", "MinMaxScaler", "RobustScaler", "MaxAbsScaler", "Normalizer",
+            "PowerTransformer", "QuantileTransformer"}
+
+
+def parity_hint(model: Any) -> str | None:
+    """Why a pipeline's ONNX answers may differ: a scaler in front of trees.
+
+    ONNX computes the scaler in float32; a scaled value that lands next to a split threshold can
+    fall on the other side of it than in the native float64 pipeline, and the tree answers from
+    another leaf. Trees do not need scaled inputs.
+    """
+    parts = list(steps(model))
+    final = parts[-1][1] if parts else model
+    module = type(final).__module__
+    trees = any(k in module for k in ("sklearn.ensemble", "sklearn.tree", "lightgbm", "xgboost"))
+    scalers = [p for p, s in parts if type(s).__name__ in _SCALERS]
+    if trees and scalers:
+        return (f"the tree model {type(final).__name__} follows the scaler(s) at "
+                f"{', '.join(map(repr, scalers))}: ONNX scales in float32, which moves values that "
+                "sit on a split threshold to the other side. Trees need no scaling: pass those "
+                "columns through (an imputer alone is fine)")
+    return None

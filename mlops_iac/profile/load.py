@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..convert.data import Sample, feed
 from .harness import percentile
 
 
@@ -86,10 +87,21 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def request_body(sample: np.ndarray, name: str = "input") -> bytes:
-    row = sample[:1]
-    return json.dumps({"inputs": [{"name": name, "datatype": "FP32", "shape": list(row.shape),
-                                   "data": row.ravel().tolist()}]}).encode()
+_V2 = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64",
+       "tensor(int32)": "INT32", "tensor(bool)": "BOOL", "tensor(string)": "BYTES"}
+
+
+def request_body(sample: Sample, inputs: list[Any] | None = None) -> bytes:
+    """A v2 request for the sample's first row: one tensor per model input (per column for a
+    DataFrame pipeline)."""
+    if inputs is None:  # a single matrix named "input"
+        from types import SimpleNamespace
+
+        inputs = [SimpleNamespace(name="input", type="tensor(float)", shape=[None, None])]
+    row = feed(inputs, sample[:1] if isinstance(sample, np.ndarray) else sample.take(slice(0, 1)))
+    return json.dumps({"inputs": [{"name": i.name, "datatype": _V2.get(i.type, "FP32"),
+                                   "shape": list(row[i.name].shape), "data": row[i.name].ravel().tolist()}
+                                  for i in inputs]}).encode()
 
 
 def drive(port: int, pid: int, body: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -164,10 +176,12 @@ async def _asyncio_load(port: int, body: bytes, concurrency: int, seconds: float
             "p99Ms": round(percentile(latencies, 99) * 1e3, 4), "errors": errors[0], "driver": "asyncio"}
 
 
-def load_test(model: Path, sample: np.ndarray, threads: int, concurrency: tuple[int, ...], max_batch: int,
+def load_test(model: Path, sample: Sample, threads: int, concurrency: tuple[int, ...], max_batch: int,
               seconds: float, workdir: Path, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every concurrency level, without and (when it can merge requests) with dynamic batching."""
-    body = request_body(sample)
+    import onnxruntime as ort
+
+    body = request_body(sample, ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs())
     results = []
     for batching in (False, True) if max_batch > 1 else (False,):
         with server(model, threads, max_batch if batching else 1, workdir) as (port, pid):
