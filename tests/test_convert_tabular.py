@@ -200,3 +200,38 @@ def test_column_changes_are_breaking() -> None:
         "column 'age_years' changed datatype INT64 -> FP32"]
     dropped = table_of(frame.drop(columns=["hue"])).signature()
     assert breaking_changes(old, {"inputs": dropped, "outputs": []}) == ["column 'hue' (FP32) was removed"]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_sends_one_tensor_per_column(binary: bool, tmp_path: Path) -> None:
+    """The v2 way for a DataFrame pipeline: tritonclient's InferInput per column, strings as BYTES,
+    answers as in-process onnxruntime gives them. The string columns need the server to hand
+    BYTES inputs to onnxruntime as str (the server's string-handling fix)."""
+    import tritonclient.http as httpclient
+    from sklearn.linear_model import LogisticRegression
+
+    from .server_fixtures import Models, model_entry, running_server
+
+    path, _, frame, _ = _fit(LogisticRegression(max_iter=5000), tmp_path)
+    report = convert_artifact("sklearn", path, table_of(frame.head(50)), Options(measure_speed=False))
+    (tmp_path / "wine.onnx").write_bytes(report.model)
+    models = Models(tmp_path, np.zeros((1, 1)), np.zeros((1, 1)))
+    held_out = frame.iloc[1::7]
+    rows = table_of(held_out if binary else held_out.dropna())  # JSON has no NaN; the binary extension has
+    session = ort.InferenceSession(report.model, providers=["CPUExecutionProvider"])
+    expected = session.run(None, feed(session.get_inputs(), rows))
+    with running_server(models, {"models": [model_entry(models, "wine")]}) as server:
+        client = httpclient.InferenceServerClient(server.url)
+        meta = client.get_model_metadata("wine")
+        assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [(n, d, [-1, 1]) for n, d in COLUMNS]
+        tensors = []
+        for name, array in feed(session.get_inputs(), rows).items():
+            datatype = {"f": "FP32", "i": "INT64", "O": "BYTES"}[array.dtype.kind]
+            tensor = httpclient.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array, binary_data=binary)
+            tensors.append(tensor)
+        result = client.infer("wine", tensors, outputs=[
+            httpclient.InferRequestedOutput("label", binary_data=binary),
+            httpclient.InferRequestedOutput("probabilities", binary_data=binary)])
+        assert np.array_equal(result.as_numpy("label"), expected[0])
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected[1], rtol=0, atol=1e-6)
