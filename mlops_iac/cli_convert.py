@@ -33,6 +33,10 @@ def convert(ref: str, sample: Path | None, no_speed: bool, file: Path) -> None:
     The ONNX model is stored as a linked artifact of the same version, and the results go to
     the registry and to mlops.lock.
 
+    A pipeline fitted on a DataFrame becomes a model with one input per column, named and
+    typed as the sample's columns (give a .parquet or .csv sample). A missing string is ""
+    (a string tensor has no null): fill string gaps with "" before training.
+
     SAFETY: loading a pickle, joblib or torch file runs code from it. This is the only
     mlops-iac command that loads native artifacts; convert only artifacts you trust.
     Everything downstream (serve, profile, build) loads ONNX only.
