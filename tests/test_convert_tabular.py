@@ -15,7 +15,16 @@ from click.testing import CliRunner
 
 from mlops_iac.cli import main
 from mlops_iac.convert import Options, UnsupportedStep, Validation, convert_artifact
-from mlops_iac.convert.data import DataError, Table, feed, read_examples, read_sample, table_of
+from mlops_iac.convert.data import (
+    DataError,
+    Table,
+    complete_rows,
+    feed,
+    read_examples,
+    read_sample,
+    table_of,
+    v2_tensors,
+)
 from mlops_iac.convert.onnx_tools import breaking_changes
 
 from .tabular_data import Clipper, pipeline, wine_frame
@@ -187,6 +196,12 @@ def test_tables_read_typed_columns(tmp_path: Path) -> None:
     assert feed(inputs, numeric)["input"].shape == (3, 2)
     with pytest.raises(DataError, match="column\\(s\\) 's' hold strings"):
         feed(inputs, table)
+    # A JSON request carries the rows without a missing number, one tensor per column.
+    columns = [type("Input", (), {"name": n, "type": t, "shape": [None, 1]})()
+               for n, t in (("x", "tensor(float)"), ("s", "tensor(string)"))]
+    assert v2_tensors(columns, complete_rows(table)) == [
+        {"name": "x", "datatype": "FP32", "shape": [2, 1], "data": [1.5, 3.0]},
+        {"name": "s", "datatype": "BYTES", "shape": [2, 1], "data": ["a", "c"]}]
 
 
 def test_column_changes_are_breaking() -> None:

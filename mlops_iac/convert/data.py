@@ -177,6 +177,28 @@ def rows_of(sample: Sample, index: Any) -> Sample:
     return sample.take(index) if isinstance(sample, Table) else sample[index]
 
 
+_V2_OF_ORT = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64",
+              "tensor(int32)": "INT32", "tensor(bool)": "BOOL", "tensor(string)": "BYTES"}
+
+
+def complete_rows(sample: Sample) -> Sample:
+    """The rows without a missing number: what a JSON request can carry (JSON has no NaN)."""
+    if not isinstance(sample, Table):
+        return sample[~np.isnan(sample.astype(np.float64)).any(axis=1)]
+    gaps = np.zeros(sample.rows, dtype=bool)
+    for column, kind in zip(sample.columns, sample.kinds, strict=True):
+        if kind == "float":
+            gaps |= np.isnan(column)
+    return sample.take(~gaps)
+
+
+def v2_tensors(inputs: Sequence[Any], sample: Sample) -> list[dict[str, Any]]:
+    """The sample as the `inputs` of a v2 JSON request: one tensor per model input."""
+    arrays = feed(inputs, sample)
+    return [{"name": i.name, "datatype": _V2_OF_ORT.get(i.type, "FP32"), "shape": list(arrays[i.name].shape),
+             "data": arrays[i.name].ravel().tolist()} for i in inputs]
+
+
 def tile_rows(sample: Sample, rows: int) -> Sample:
     if isinstance(sample, Table):
         return sample.tile(rows)

@@ -25,9 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..convert.data import Sample, feed
+from ..convert.data import Sample, complete_rows, rows_of, v2_tensors
 from .harness import percentile
 
 
@@ -87,10 +85,6 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-_V2 = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64",
-       "tensor(int32)": "INT32", "tensor(bool)": "BOOL", "tensor(string)": "BYTES"}
-
-
 def request_body(sample: Sample, inputs: list[Any] | None = None) -> bytes:
     """A v2 request for the sample's first row: one tensor per model input (per column for a
     DataFrame pipeline)."""
@@ -98,10 +92,8 @@ def request_body(sample: Sample, inputs: list[Any] | None = None) -> bytes:
         from types import SimpleNamespace
 
         inputs = [SimpleNamespace(name="input", type="tensor(float)", shape=[None, None])]
-    row = feed(inputs, sample[:1] if isinstance(sample, np.ndarray) else sample.take(slice(0, 1)))
-    return json.dumps({"inputs": [{"name": i.name, "datatype": _V2.get(i.type, "FP32"),
-                                   "shape": list(row[i.name].shape), "data": row[i.name].ravel().tolist()}
-                                  for i in inputs]}).encode()
+    rows = complete_rows(sample)  # JSON has no NaN
+    return json.dumps({"inputs": v2_tensors(inputs, rows_of(rows if len(rows) else sample, slice(0, 1)))}).encode()
 
 
 def drive(port: int, pid: int, body: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
