@@ -98,8 +98,9 @@ def test_the_sample_must_hold_the_training_columns(tmp_path: Path) -> None:
     from sklearn.linear_model import LogisticRegression
 
     path, _, frame, _ = _fit(LogisticRegression(max_iter=5000), tmp_path)
-    with pytest.raises(DataError, match=r"lacks column\(s\) 'cask' that the model takes"):
-        convert_artifact("sklearn", path, table_of(frame.drop(columns=["cask"])), Options())
+    frame.drop(columns=["cask"]).to_parquet(tmp_path / "partial.parquet", index=False)
+    with pytest.raises(DataError, match=r"partial.parquet lacks column\(s\) 'cask' that the model takes"):
+        convert_artifact("sklearn", path, read_sample(tmp_path / "partial.parquet"), Options())
     with pytest.raises(DataError, match="fitted on a DataFrame with columns alcohol, malic_acid"):
         convert_artifact("sklearn", path, np.ones((3, 8), dtype=np.float32), Options())
     # Extra columns (a label, an id) are left out, not refused.

@@ -123,6 +123,7 @@ class Table:
     names: tuple[str, ...]
     columns: tuple[np.ndarray, ...]
     kinds: tuple[ColumnKind, ...]
+    source: str = "the sample"  # the file it came from, for errors
 
     @property
     def rows(self) -> int:
@@ -139,20 +140,21 @@ class Table:
         return [{"name": n, "datatype": V2_OF_KIND[k], "shape": [-1, 1]}
                 for n, k in zip(self.names, self.kinds, strict=True)]
 
-    def select(self, names: Sequence[str], where: str = "the sample") -> Table:
+    def select(self, names: Sequence[str]) -> Table:
         missing = [n for n in names if n not in self.names]
         if missing:
-            raise DataError(f"{where} lacks column(s) {', '.join(map(repr, missing))} that the model "
-                            f"takes; it has: {', '.join(self.names)}")
+            raise DataError(f"{self.source} lacks column(s) {', '.join(map(repr, missing))} that the "
+                            f"model takes; it has: {', '.join(self.names)}")
         at = [self.names.index(n) for n in names]
-        return Table(tuple(names), tuple(self.columns[i] for i in at), tuple(self.kinds[i] for i in at))
+        return Table(tuple(names), tuple(self.columns[i] for i in at), tuple(self.kinds[i] for i in at),
+                     self.source)
 
     def take(self, index: Any) -> Table:
-        return Table(self.names, tuple(c[index] for c in self.columns), self.kinds)
+        return Table(self.names, tuple(c[index] for c in self.columns), self.kinds, self.source)
 
     def tile(self, rows: int) -> Table:
         reps = -(-rows // self.rows)
-        return Table(self.names, tuple(np.tile(c, reps)[:rows] for c in self.columns), self.kinds)
+        return Table(self.names, tuple(np.tile(c, reps)[:rows] for c in self.columns), self.kinds, self.source)
 
     def frame(self) -> Any:
         """A pandas DataFrame, as the native pipeline was trained on."""
@@ -161,11 +163,11 @@ class Table:
         return pd.DataFrame({n: c for n, c in zip(self.names, self.columns, strict=True)},
                             columns=list(self.names))
 
-    def matrix(self, where: str = "the sample") -> np.ndarray:
+    def matrix(self) -> np.ndarray:
         """All columns as one float32 matrix, for models that take a single numeric input."""
         strings = [n for n, k in zip(self.names, self.kinds, strict=True) if k == "string"]
         if strings:
-            raise DataError(f"{where}: column(s) {', '.join(map(repr, strings))} hold strings, but "
+            raise DataError(f"{self.source}: column(s) {', '.join(map(repr, strings))} hold strings, but "
                             "the model takes one numeric matrix")
         return np.column_stack(self.columns).astype(np.float32)
 
@@ -206,7 +208,7 @@ def tile_rows(sample: Sample, rows: int) -> Sample:
     return np.ascontiguousarray(np.tile(sample, (reps, 1))[:rows])
 
 
-def feed(inputs: Sequence[Any], sample: Sample, where: str = "the sample") -> dict[str, np.ndarray]:
+def feed(inputs: Sequence[Any], sample: Sample) -> dict[str, np.ndarray]:
     """The onnxruntime feed for a model's inputs (`session.get_inputs()`), from a sample.
 
     One input per column when the inputs are named after columns; otherwise one input that
@@ -214,13 +216,13 @@ def feed(inputs: Sequence[Any], sample: Sample, where: str = "the sample") -> di
     """
     names = [i.name for i in inputs]
     if isinstance(sample, Table) and (len(names) > 1 or names[0] in sample.names):
-        table = sample.select(names, where)
+        table = sample.select(names)
         return {i.name: _as_input(c, i, table.kind(i.name))
                 for i, c in zip(inputs, table.columns, strict=True)}
     if len(names) > 1:
-        raise DataError(f"{where} is one matrix, but the model takes one input per column "
+        raise DataError(f"the sample is one matrix, but the model takes one input per column "
                         f"({', '.join(names)}); give a .csv or .parquet file with those columns")
-    matrix = sample.matrix(where) if isinstance(sample, Table) else sample
+    matrix = sample.matrix() if isinstance(sample, Table) else sample
     return {names[0]: matrix.astype(_ORT_DTYPES.get(inputs[0].type, np.float32), copy=False)}
 
 
@@ -273,7 +275,7 @@ def _read_frame(path: Path) -> Any:
         raise DataError(f"{path}: cannot read data: {exc}") from None
 
 
-def table_of(frame: Any, where: str = "the data") -> Table:
+def table_of(frame: Any, where: str = "the sample") -> Table:
     """A Table from a pandas DataFrame: floats, ints and strings; anything else refused by name."""
     names, columns, kinds = [], [], []
     for name in frame.columns:
@@ -286,7 +288,7 @@ def table_of(frame: Any, where: str = "the data") -> Table:
         names.append(str(name))
         kinds.append(kind)
         columns.append(_values(series, kind))
-    return Table(tuple(names), tuple(columns), tuple(kinds))
+    return Table(tuple(names), tuple(columns), tuple(kinds), where)
 
 
 def _kind_of(series: Any) -> ColumnKind | None:
