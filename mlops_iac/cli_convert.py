@@ -12,7 +12,7 @@ import orjson
 
 from .cli_registry import file_option, project_registry
 from .convert import Options, Report, Validation, convert_artifact
-from .convert.data import read_features, read_labelled
+from .convert.data import Sample, Table, read_examples, read_sample
 from .errors import MlopsIacError
 from .lock import BaselineFacts, Lock, OnnxFacts, ValidationFacts, update_lock
 from .registry import Registry, Version, parse_ref
@@ -32,6 +32,10 @@ def convert(ref: str, sample: Path | None, no_speed: bool, file: Path) -> None:
 
     The ONNX model is stored as a linked artifact of the same version, and the results go to
     the registry and to mlops.lock.
+
+    A pipeline fitted on a DataFrame becomes a model with one input per column, named and
+    typed as the sample's columns (give a .parquet or .csv sample). A missing string is ""
+    (a string tensor has no null): fill string gaps with "" before training.
 
     SAFETY: loading a pickle, joblib or torch file runs code from it. This is the only
     mlops-iac command that loads native artifacts; convert only artifacts you trust.
@@ -56,9 +60,10 @@ def convert_version(registry: Registry, ws: Workspace | None, version: Version, 
                                   previous_signature=_previous_signature(registry, version))
         _print(version, report)
         if not report.parity.passed:
+            hint = f" Likely cause: {report.hint}." if report.hint else ""
             raise MlopsIacError(f"{version.model}@{version.version}: the ONNX model does not give the "
-                                "native model's answers on the sample; nothing was stored. Loosen "
-                                "convert.tolerance only if the differences above are acceptable.")
+                                "native model's answers on the sample; nothing was stored." + hint
+                                + " Loosen convert.tolerance only if the differences above are acceptable.")
         onnx_file = Path(tmp) / "model.onnx"
         onnx_file.write_bytes(report.model)
         ref_n = parse_ref(f"{version.model}@{version.version}")
@@ -89,7 +94,7 @@ def _features(given: Path | None, spec: ResolvedModel | None, ws: Workspace | No
         click.echo(f"no sample: {how}; parity and the drift baseline use them. Set the model's "
                    "`sample` in mlops.yaml for checks on real data")
         return rows
-    return read_features(_sample_path(given, spec, ws))
+    return read_sample(_sample_path(given, spec, ws))
 
 
 def _model_spec(ws: Workspace | None, name: str) -> ResolvedModel | None:
@@ -119,7 +124,7 @@ def _validation(spec: ResolvedModel | None, ws: Workspace | None) -> Validation 
     if spec is None or spec.validate_ is None or ws is None:
         return None
     rule = spec.validate_
-    features, labels = read_labelled(ws.root / rule.dataset, rule.label)
+    features, labels = read_examples(ws.root / rule.dataset, rule.label)
     assert labels is not None
     return Validation(features, labels, rule.metric, rule.threshold)
 
@@ -130,17 +135,20 @@ def _previous_signature(registry: Registry, version: Version) -> dict[str, Any] 
     return earlier[-1].artifacts["onnx"].facts.get("signature") if earlier else None
 
 
-def _baseline(model: bytes, features: Any) -> dict[str, Any]:
+def _baseline(model: bytes, features: Sample) -> dict[str, Any]:
     """The drift baseline: the sample's features, in the model's input dtype (what the server
-    holds and collects), and the ONNX model's answers to them."""
+    holds and collects), and the ONNX model's answers to them; per named column for a table."""
     import numpy as np
 
-    from .convert.onnx_tools import session
+    from .convert.onnx_tools import run, session
     from .monitoring.drift import baseline
     from .serving.protocol import DTYPES
     from .serving.runtime import ORT_TO_V2
 
     sess = session(model)
+    if isinstance(features, Table):
+        outputs = dict(zip([o.name for o in sess.get_outputs()], run(sess, features), strict=True))
+        return _table_baseline(features, outputs)
     first = sess.get_inputs()[0]
     dtype = DTYPES.get(ORT_TO_V2.get(first.type, ""))
     if dtype is not None and dtype.kind in "biuf":
@@ -148,6 +156,24 @@ def _baseline(model: bytes, features: Any) -> dict[str, Any]:
     outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {first.name: features}), strict=True))
     flat = features.reshape(len(features), -1)  # one column per input element, images included
     return baseline(flat, outputs, first.name)
+
+
+def _table_baseline(table: Table, outputs: dict[str, Any]) -> dict[str, Any]:
+    """Per named column: the server collects one tensor per column under the column's name, which
+    is how drift matches them. Numeric columns (their missing values left out) only; string
+    columns are left to the drift module's categorical comparison."""
+    import random
+
+    import numpy as np
+
+    from .monitoring.drift import baseline, column_baseline
+
+    rng = random.Random(0)  # noqa: S311 - sampling, not security; the same data, the same baseline
+    base = baseline(np.zeros((table.rows, 0)), outputs)
+    values = [(n, c[~np.isnan(c.astype(np.float64))])
+              for n, c, k in zip(table.names, table.columns, table.kinds, strict=True) if k != "string"]
+    base["columns"] = [column_baseline(n, v, rng) for n, v in values if v.size] + base["columns"]
+    return base
 
 
 def _record_in_lock(ws: Workspace | None, version: Version, digest: str, size: int,

@@ -173,6 +173,8 @@ def _section(before: Side, after: Side, name: str, a: ResolvedDeployment | None,
             lines.append(f"| {_label(v)} {'(new)' if prior is None else ''} | {traffic} | {resources} | "
                          f"{_speed(facts)} |")
         lines.append("")
+        lines += [c for c in (_columns(v.number, after.lock.version(b.model, v.number) if v.number else None)
+                              for v in b.versions) if c]
     if b is not None:
         lines += [f"- {c}" for c in caveats(after, b)]
     for title, items in (("create", will - was), ("keep", will & was), ("delete", was - will)):
@@ -181,6 +183,16 @@ def _section(before: Side, after: Side, name: str, a: ResolvedDeployment | None,
             more = f" and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
             lines.append(f"- **{title}** ({len(items)}): " + ", ".join(f"`{n}`" for n in shown) + more)
     return "\n".join(lines) + "\n"
+
+
+def _columns(number: int | None, facts: LockedVersion | None) -> str | None:
+    """The columns a DataFrame pipeline's version takes (one input per column), with their types."""
+    inputs = facts.onnx.inputs if facts is not None and facts.onnx is not None else ()
+    if len(inputs) < 2 or any(list(t.shape) != [-1, 1] for t in inputs):
+        return None
+    shown = [f"`{t.name}` {t.datatype}" for t in inputs[:30]]
+    more = f" and {len(inputs) - len(shown)} more" if len(inputs) > len(shown) else ""
+    return f"- v{number} takes {len(inputs)} columns: " + ", ".join(shown) + more
 
 
 def _bounded(head: str, sections: list[str]) -> str:

@@ -117,3 +117,28 @@ def test_a_resource_change_shows_before_and_after(repo: Path) -> None:
     assert "| `iris-edge` | changed |" in out and "iris-prod" not in out
     assert "500m/1000m cpu, 256Mi memory" in out and "→ **1000m/2000m cpu, 512Mi memory" in out
     assert "**keep** (1): `Container/iris-v1-8f03a2cb`" in out
+
+
+def _columns(*named: tuple[str, str]) -> list[dict[str, object]]:
+    return [{"name": n, "datatype": d, "shape": [-1, 1]} for n, d in named]
+
+
+def test_a_column_change_is_flagged_by_name(repo: Path) -> None:
+    """A DataFrame pipeline takes one input per column: the review names the columns and their
+    types, and a removed, renamed or retyped column is a breaking change."""
+    lock = yaml.safe_load((repo / "mlops.lock").read_text())
+    versions = lock["models"]["iris"]["versions"]
+    before = _columns(("island", "BYTES"), ("bill_length_mm", "FP32"), ("sex", "BYTES"), ("year", "INT64"))
+    versions[1]["onnx"]["inputs"] = versions[2]["onnx"]["inputs"] = before
+    (repo / "mlops.lock").write_text(yaml.safe_dump(lock))
+    commit(repo, message="start")
+    versions[2]["onnx"]["inputs"] = _columns(("island", "BYTES"), ("bill_length_mm", "FP32"),
+                                             ("gender", "BYTES"), ("year", "FP32"))
+    (repo / "mlops.lock").write_text(yaml.safe_dump(lock))
+    commit(repo, message="v2 renames sex and makes year a float")
+    out = diff(repo, "--base", "HEAD~1", "--head", "HEAD")
+    assert "**Breaking change**" in out
+    assert "v2: column 'sex' (BYTES) was removed" in out and "v2: column 'gender' (BYTES) is new and required" in out
+    assert "v2: column 'year' changed datatype INT64 -> FP32" in out
+    assert "v1: " not in out.split("**Breaking change**")[1].split("| version |")[0]  # v1 did not change
+    assert "- v2 takes 4 columns: `island` BYTES, `bill_length_mm` FP32, `gender` BYTES, `year` FP32" in out

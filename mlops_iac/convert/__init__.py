@@ -16,8 +16,10 @@ import numpy as np
 import onnx
 
 from . import measure, onnx_tools
+from .data import DataError, Sample, Table
 from .frameworks import ConversionError, convert
 from .parity import Parity, compare
+from .pipeline import UnsupportedStep
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Options:
 
 @dataclass(frozen=True)
 class Validation:
-    features: np.ndarray
+    features: Sample
     labels: np.ndarray
     metric: str
     threshold: float
@@ -49,6 +51,7 @@ class Report:
     speedup: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] | None = None
     breaking: tuple[str, ...] = ()
+    hint: str | None = None  # why parity may have failed, and what to change
 
     def facts(self) -> dict[str, Any]:
         """What goes into the registry's artifact record and the lock's `onnx` section."""
@@ -57,7 +60,7 @@ class Report:
                 "speedup": self.speedup, "signature": self.signature, "breaking": list(self.breaking)}
 
 
-def convert_artifact(framework: str, artifact: Path, sample: np.ndarray, options: Options, *,
+def convert_artifact(framework: str, artifact: Path, sample: Sample, options: Options, *,
                      validation: Validation | None = None,
                      previous_signature: dict[str, Any] | None = None) -> Report:
     converted = convert(framework, artifact, sample, options.opset)
@@ -80,7 +83,7 @@ def convert_artifact(framework: str, artifact: Path, sample: np.ndarray, options
     report = Report(model=final, parity=parity if final is optimized else parity_of(final),
                     signature=onnx_tools.signature(onnx.load_from_string(final)),
                     opset=onnx_tools.opset(converted.model), optimization=options.optimization,
-                    quantization=quantization)
+                    quantization=quantization, hint=converted.hint)
     if not report.parity.passed:
         return report
     extra: dict[str, Any] = {
@@ -88,7 +91,8 @@ def convert_artifact(framework: str, artifact: Path, sample: np.ndarray, options
     if validation is not None:
         extra["validation"] = _validate(final, validation)
     if options.measure_speed and converted.native_call is not None:
-        extra["speedup"] = measure.speedup(converted.native_call, final, sample)
+        extra["speedup"] = measure.speedup(converted.native_call, final, sample,
+                                           prepare=converted.prepare)
     return Report(**{**report.__dict__, **extra})
 
 
@@ -118,4 +122,5 @@ def _validate(model: bytes, validation: Validation) -> dict[str, Any]:
             "rows": len(validation.labels)}
 
 
-__all__ = ["ConversionError", "Options", "Report", "Validation", "convert_artifact"]
+__all__ = ["ConversionError", "DataError", "Options", "Report", "Sample", "Table", "UnsupportedStep",
+           "Validation", "convert_artifact"]

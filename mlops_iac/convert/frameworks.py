@@ -18,15 +18,21 @@ import numpy as np
 import onnx
 
 from ..errors import MlopsIacError
+from . import pipeline
+from .data import DataError, Sample, Table, feed
 from .parity import OutputKind
 
 INPUT_NAME = "input"
 DEFAULT_OPSET = 17  # supported by every onnxruntime and Triton release still in use
-Runner = Callable[[np.ndarray], list[np.ndarray]]
+Runner = Callable[[Sample], list[np.ndarray]]
 
 
 class ConversionError(MlopsIacError):
     """The artifact could not be loaded or converted."""
+
+
+def _matrix(sample: Sample) -> np.ndarray:
+    return sample.matrix() if isinstance(sample, Table) else sample
 
 
 @dataclass(frozen=True)
@@ -34,18 +40,20 @@ class Converted:
     model: onnx.ModelProto
     kinds: tuple[OutputKind, ...]
     native: Runner | None  # outputs in the order of the ONNX graph's outputs
-    native_call: Callable[[np.ndarray], Any] | None  # what a user would call (for timing)
+    native_call: Callable[[Any], Any] | None  # what a user would call (for timing), on prepare()'s value
+    prepare: Callable[[Sample], Any] = _matrix  # the sample as the native model takes it
+    hint: str | None = None  # what to try when parity fails
 
 
-def convert(framework: str, path: Path, sample: np.ndarray, opset: int | None) -> Converted:
-    converters: dict[str, Callable[[Path, np.ndarray, int | None], Converted]] = {
+def convert(framework: str, path: Path, sample: Sample, opset: int | None) -> Converted:
+    converters: dict[str, Callable[[Path, Sample, int | None], Converted]] = {
         "sklearn": _sklearn, "lightgbm": _sklearn, "xgboost": _sklearn,
         "pytorch": _pytorch, "onnx": _onnx}
     if framework not in converters:
         raise ConversionError(f"no converter for framework {framework!r}")
     try:
         return converters[framework](path, sample, opset)
-    except ConversionError:
+    except (ConversionError, DataError, pipeline.UnsupportedStep):
         raise
     except Exception as exc:
         raise ConversionError(f"converting {path.name} ({framework}) failed: "
@@ -54,7 +62,7 @@ def convert(framework: str, path: Path, sample: np.ndarray, opset: int | None) -
 
 # --- scikit-learn, and LightGBM and XGBoost through their scikit-learn API ------------------
 
-def _sklearn(path: Path, sample: np.ndarray, opset: int | None) -> Converted:
+def _sklearn(path: Path, sample: Sample, opset: int | None) -> Converted:
     import joblib
     from skl2onnx import to_onnx
 
@@ -62,6 +70,8 @@ def _sklearn(path: Path, sample: np.ndarray, opset: int | None) -> Converted:
     model = joblib.load(path)
     if not hasattr(model, "predict"):
         raise ConversionError(f"{path.name} holds a {type(model).__name__}, not a fitted estimator")
+    pipeline.check(model, path.name)
+    prepare, inputs = _sklearn_inputs(model, sample)
     proba = hasattr(model, "predict_proba") and _is_classifier(model)
     target: int | dict[str, int] = opset or DEFAULT_OPSET
     if _has_booster(model):  # onnxmltools' tree converters speak ai.onnx.ml 3 at most
@@ -69,19 +79,46 @@ def _sklearn(path: Path, sample: np.ndarray, opset: int | None) -> Converted:
     with _integer_tree_attributes():
         # zipmap off: probabilities as one tensor, as the v2 protocol carries them.
         options = {"zipmap": False} if _is_classifier(model) else None
-        onx = to_onnx(model, sample[:1], options=options, target_opset=target,
-                      initial_types=[(INPUT_NAME, _float_input(sample))])
+        onx = to_onnx(model, options=options, target_opset=target, initial_types=inputs)
     outputs = [o.name for o in onx.graph.output]
     if proba:
         kinds: tuple[OutputKind, ...] = ("label", "float")
 
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            return [model.predict(x), model.predict_proba(x)]
+        def run(x: Sample) -> list[np.ndarray]:
+            native = prepare(x)
+            return [model.predict(native), model.predict_proba(native)]
 
-        return Converted(onx, kinds[: len(outputs)], run, model.predict_proba)
+        return Converted(onx, kinds[: len(outputs)], run, model.predict_proba, prepare,
+                         pipeline.parity_hint(model))
     first: OutputKind = "label" if _is_classifier(model) else "float"
     rest = _floats(len(outputs) - 1)
-    return Converted(onx, (first, *rest), lambda x: [model.predict(x)], model.predict)
+    return Converted(onx, (first, *rest), lambda x: [model.predict(prepare(x))], model.predict, prepare,
+                     pipeline.parity_hint(model))
+
+
+def _sklearn_inputs(model: Any, sample: Sample) -> tuple[Callable[[Sample], Any], list[tuple[str, Any]]]:
+    """A model fitted on a DataFrame takes one input per column, named and typed as the sample's
+    columns; any other model one float matrix named `input`."""
+    names = pipeline.feature_names(model)
+    if names is not None and isinstance(sample, Table):
+        table = sample.select(names)
+
+        def frame(x: Sample) -> Any:
+            if not isinstance(x, Table):
+                raise DataError("the model takes named columns; give a .csv or .parquet sample")
+            return x.select(names).frame()
+
+        return frame, pipeline.initial_types(table)
+    if names is not None and _selects_by_name(model):
+        raise DataError(f"the model was fitted on a DataFrame with columns {', '.join(names)}; give a "
+                        ".csv or .parquet sample with those columns (not a bare matrix)")
+    return _matrix, [(INPUT_NAME, _float_input(_matrix(sample)))]
+
+
+def _selects_by_name(model: Any) -> bool:
+    from sklearn.compose import ColumnTransformer
+
+    return any(isinstance(step, ColumnTransformer) for _, step in pipeline.steps(model))
 
 
 def _floats(count: int) -> tuple[OutputKind, ...]:
@@ -170,9 +207,10 @@ def _integer_tree_attributes() -> Iterator[None]:
 
 # --- PyTorch ---------------------------------------------------------------------------------
 
-def _pytorch(path: Path, sample: np.ndarray, opset: int | None) -> Converted:
+def _pytorch(path: Path, sample: Sample, opset: int | None) -> Converted:
     import torch
 
+    sample = _matrix(sample)
     try:
         module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         scripted = True
@@ -191,8 +229,8 @@ def _pytorch(path: Path, sample: np.ndarray, opset: int | None) -> Converted:
         with torch.no_grad():
             return module(torch.from_numpy(np.ascontiguousarray(x)))
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        out = call(x)
+    def run(x: Sample) -> list[np.ndarray]:
+        out = call(_matrix(x))
         outs = out if isinstance(out, tuple | list) else (out,)
         return [o.detach().numpy() for o in outs]
 
@@ -218,7 +256,7 @@ def _export_torch(module: Any, example: Any, opset: int | None, scripted: bool) 
 
 # --- ONNX as it is -----------------------------------------------------------------------------
 
-def _onnx(path: Path, sample: np.ndarray, opset: int | None) -> Converted:
+def _onnx(path: Path, sample: Sample, opset: int | None) -> Converted:
     check_external_data(path)
     model = onnx.load(str(path), load_external_data=True)
     try:
@@ -228,14 +266,13 @@ def _onnx(path: Path, sample: np.ndarray, opset: int | None) -> Converted:
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        return [np.asarray(o) for o in session.run(None, {name: x})]
+    def run(x: Sample) -> list[np.ndarray]:
+        return [np.asarray(o) for o in session.run(None, feed(session.get_inputs(), x))]
 
-    kinds = tuple("label" if o.type.tensor_type.elem_type in _INTEGER_TYPES else "float"
-                  for o in model.graph.output)
-    return Converted(model, kinds, run, None)  # type: ignore[arg-type]
+    kinds: tuple[OutputKind, ...] = tuple(
+        "label" if o.type.tensor_type.elem_type in _INTEGER_TYPES else "float" for o in model.graph.output)
+    return Converted(model, kinds, run, None)
 
 
 _INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.STRING,

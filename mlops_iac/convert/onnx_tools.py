@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .data import Sample, feed
+
 # ONNX element types as the Open Inference Protocol names them.
 V2_DATATYPES: dict[int, str] = {
     onnx.TensorProto.BOOL: "BOOL", onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.UINT16: "UINT16",
@@ -31,8 +33,8 @@ def session(model: bytes, threads: int = 1, level: str = "all") -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def run(sess: Any, x: np.ndarray) -> list[np.ndarray]:
-    return [np.asarray(o) for o in sess.run(None, {sess.get_inputs()[0].name: x})]
+def run(sess: Any, x: Sample) -> list[np.ndarray]:
+    return [np.asarray(o) for o in sess.run(None, feed(sess.get_inputs(), x))]
 
 
 def optimize(model: bytes, level: str) -> bytes:
@@ -79,7 +81,11 @@ def opset(model: onnx.ModelProto) -> int:
 
 
 def breaking_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """What in `new` breaks a client of `old`: a changed or missing input or output."""
+    """What in `new` breaks a client of `old`: a changed or missing input or output.
+
+    A DataFrame pipeline takes one input per column: those are named as columns, so a review
+    says "column 'sex' (BYTES) was removed" where a client dropped or renamed a field.
+    """
     if not old:
         return []
     problems = []
@@ -87,18 +93,25 @@ def breaking_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[st
         before = {t["name"]: t for t in old.get(side, [])}
         after = {t["name"]: t for t in new.get(side, [])}
         for name, tensor in sorted(before.items()):
+            what = _what(side, tensor, before)
             if name not in after:
-                problems.append(f"{side[:-1]} {name!r} was removed")
+                problems.append(f"{what} was removed")
                 continue
+            label = what.split(" (")[0]  # the datatype follows in the message itself
             if after[name]["datatype"] != tensor["datatype"]:
-                problems.append(f"{side[:-1]} {name!r} changed datatype {tensor['datatype']} -> "
-                                f"{after[name]['datatype']}")
+                problems.append(f"{label} changed datatype {tensor['datatype']} -> {after[name]['datatype']}")
             if not _shapes_compatible(tensor["shape"], after[name]["shape"]):
-                problems.append(f"{side[:-1]} {name!r} changed shape {tensor['shape']} -> "
-                                f"{after[name]['shape']}")
+                problems.append(f"{label} changed shape {tensor['shape']} -> {after[name]['shape']}")
         if side == "inputs":
-            problems += [f"input {n!r} is new and required" for n in sorted(set(after) - set(before))]
+            problems += [f"{_what(side, after[n], after)} is new and required"
+                         for n in sorted(set(after) - set(before))]
     return problems
+
+
+def _what(side: str, tensor: dict[str, Any], tensors: dict[str, Any]) -> str:
+    if side == "inputs" and len(tensors) > 1 and list(tensor["shape"]) == [-1, 1]:
+        return f"column {tensor['name']!r} ({tensor['datatype']})"
+    return f"{side[:-1]} {tensor['name']!r}"
 
 
 def _shapes_compatible(old: list[int], new: list[int]) -> bool:

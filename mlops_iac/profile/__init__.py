@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ..convert.data import Sample
 from ..lock import Recommendation
 from . import harness, load
 from .recommend import recommend
@@ -48,7 +47,7 @@ def choose_provider(gpu: bool, available: list[str]) -> str:
     return "CUDAExecutionProvider" if gpu and "CUDAExecutionProvider" in available else "CPUExecutionProvider"
 
 
-def run(model: Path, sample: np.ndarray, measure: Plan, workdir: Path, *, gpu: bool = False,
+def run(model: Path, sample: Sample, measure: Plan, workdir: Path, *, gpu: bool = False,
         progress: Any = None) -> dict[str, Any]:
     """Every figure of the profile (the in-process grid, memory, the HTTP load test)."""
     import onnxruntime as ort

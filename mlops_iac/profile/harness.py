@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..convert.measure import tile
+from ..convert.data import Sample, feed, tile_rows
 
 Progress = Callable[[str], None]
 
@@ -43,7 +43,7 @@ def percentile(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q))
 
 
-def grid(model: Path, sample: np.ndarray, batches: tuple[int, ...], threads: tuple[int, ...],
+def grid(model: Path, sample: Sample, batches: tuple[int, ...], threads: tuple[int, ...],
          seconds_per_cell: float, provider: str = "CPUExecutionProvider",
          progress: Progress | None = None) -> list[dict[str, Any]]:
     """Latency percentiles and rows per second for every (batch size, thread count)."""
@@ -55,10 +55,9 @@ def grid(model: Path, sample: np.ndarray, batches: tuple[int, ...], threads: tup
         options.intra_op_num_threads = n
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(model), options, providers=[provider])
-        name = session.get_inputs()[0].name
         for batch in batches:
-            feed = {name: tile(sample, batch)}
-            cells.append(_cell(session, feed, batch, n, seconds_per_cell))
+            inputs = feed(session.get_inputs(), tile_rows(sample, batch))
+            cells.append(_cell(session, inputs, batch, n, seconds_per_cell))
             if progress:
                 progress(f"batch {batch}, {n} thread(s)")
     return cells
@@ -95,20 +94,26 @@ import numpy as np, onnxruntime as ort
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 options = ort.SessionOptions(); options.intra_op_num_threads = int(sys.argv[3])
 session = ort.InferenceSession(sys.argv[1], options, providers=[sys.argv[4]])
-x = np.load(sys.argv[2])
+with np.load(sys.argv[2]) as saved:  # strings saved as fixed-width unicode: no pickle
+    x = {k: (v.astype(object) if v.dtype.kind == "U" else v) for k, v in saved.items()}
 for _ in range(50):
-    session.run(None, {session.get_inputs()[0].name: x})
+    session.run(None, x)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"baselineBytes": baseline * 1024, "peakBytes": peak * 1024}))
 """
 
 
-def peak_memory(model: Path, sample: np.ndarray, batch: int, threads: int, workdir: Path,
+def peak_memory(model: Path, sample: Sample, batch: int, threads: int, workdir: Path,
                 provider: str = "CPUExecutionProvider") -> dict[str, int]:
     """Peak RSS of a fresh process that loads the model and runs the largest batch (measured,
     never derived from the file's size)."""
-    data = workdir / "peak-input.npy"
-    np.save(data, tile(sample, batch))
+    import onnxruntime as ort
+
+    data = workdir / "peak-input.npz"
+    inputs = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()
+    arrays = feed(inputs, tile_rows(sample, batch))
+    saved: dict[str, Any] = {k: (v.astype(str) if v.dtype == object else v) for k, v in arrays.items()}
+    np.savez(data, **saved)
     out = subprocess.run([sys.executable, "-c", _PEAK, str(model), str(data), str(threads), provider],
                          capture_output=True, text=True, timeout=300, check=True)
     figures = json.loads(out.stdout.strip().splitlines()[-1])

@@ -26,8 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ..convert.data import Sample, complete_rows, rows_of, v2_tensors
 from ..errors import MlopsIacError
 from .harness import percentile
 
@@ -92,21 +91,23 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def request_body(sample: np.ndarray, name: str = "input", datatype: str = "FP32") -> bytes:
-    row = sample[:1]
-    return json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": list(row.shape),
-                                   "data": row.ravel().tolist()}]}).encode()
+def request_body(sample: Sample, inputs: list[Any] | None = None) -> bytes:
+    """A v2 request for the sample's first row: one tensor per model input (per column for a
+    DataFrame pipeline)."""
+    if inputs is None:  # a single matrix named "input"
+        from types import SimpleNamespace
+
+        inputs = [SimpleNamespace(name="input", type="tensor(float)", shape=[None, None])]
+    rows = complete_rows(sample)  # JSON has no NaN
+    return json.dumps({"inputs": v2_tensors(inputs, rows_of(rows if len(rows) else sample, slice(0, 1)))}).encode()
 
 
-def model_body(model: Path, sample: np.ndarray) -> bytes:
-    """One request in the model's own terms: its first input's name and datatype (a model
-    brought as ONNX need not call its input `input`)."""
-    import onnx
+def model_body(model: Path, sample: Sample) -> bytes:
+    """One request in the model's own terms: its inputs' names and datatypes (a model brought
+    as ONNX need not call its input `input`), one tensor per column for a DataFrame pipeline."""
+    import onnxruntime as ort
 
-    from ..convert.onnx_tools import signature
-
-    first = signature(onnx.load(str(model), load_external_data=False))["inputs"][0]
-    return request_body(sample, first["name"], first["datatype"])
+    return request_body(sample, ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs())
 
 
 def check_answer(port: int, body: bytes) -> None:
@@ -193,7 +194,7 @@ async def _asyncio_load(port: int, body: bytes, concurrency: int, seconds: float
             "p99Ms": round(percentile(latencies, 99) * 1e3, 4), "errors": errors[0], "driver": "asyncio"}
 
 
-def load_test(model: Path, sample: np.ndarray, threads: int, concurrency: tuple[int, ...], max_batch: int,
+def load_test(model: Path, sample: Sample, threads: int, concurrency: tuple[int, ...], max_batch: int,
               seconds: float, workdir: Path, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every concurrency level, without and (when it can merge requests) with dynamic batching."""
     body = model_body(model, sample)
