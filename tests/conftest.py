@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -20,6 +21,18 @@ def _repository_status() -> str | None:
     done = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all"],
                           capture_output=True, text=True)
     return done.stdout if done.returncode == 0 else None
+
+
+@pytest.fixture(autouse=True)
+def current_event_loop() -> Iterator[None]:
+    """Every test starts with a current event loop in the main thread, as a fresh `pulumi up`
+    process has: Pulumi's mocks look it up, and a test before that ran `asyncio.run` (which
+    leaves none) must not decide whether a later one passes."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)
