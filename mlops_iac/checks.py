@@ -132,6 +132,7 @@ def _deployment(spec: Spec, doc: Document, lock: Lock | None, i: int,
                           "expected one of the targets: " + ", ".join(spec.targets))
     yield from _selection(doc, here, dep)
     yield from _traffic(doc, here, dep)
+    yield from _rollout(doc, here, dep)
     if dep.model in models and lock is not None:
         yield from _known_versions(doc, lock, here, dep)
     yield from _hardware(doc, here, dep, target)
@@ -153,7 +154,7 @@ def _selection(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Proble
 def _traffic(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
     refs = deployed_refs(dep)
     if dep.traffic is None:
-        if len(refs) > 1:
+        if len(refs) > 1 and dep.rollout is None:  # a rollout sets the weights itself
             yield doc.problem((*here, "versions"), f"{len(refs)} versions and no traffic",
                               "add traffic: a percent per version, summing to 100", of_key=True)
         return
@@ -169,6 +170,12 @@ def _traffic(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]
     if total != 100:
         yield doc.problem((*here, "traffic"), f"the weights sum to {total}",
                           "expected weights that sum to 100", of_key=True)
+
+
+def _rollout(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
+    if dep.rollout is not None and (dep.versions is None or len(dep.versions) != 2):
+        yield doc.problem((*here, "rollout"), "a rollout needs two versions: the stable one and the canary",
+                          "expected versions: [STABLE, CANARY] (the canary last) beside rollout", of_key=True)
 
 
 def _known_versions(doc: Document, lock: Lock, here: PathKey, dep: Deployment) -> Iterator[Problem]:

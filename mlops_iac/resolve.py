@@ -208,7 +208,7 @@ def _model(model: Model, spec: Spec) -> ResolvedModel:
 def _deployment(spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment,
                 model: ResolvedModel) -> tuple[ResolvedDeployment, list[Problem]]:
     refs = deployed_refs(dep)
-    weights = dep.traffic if dep.traffic is not None else {refs[0]: 100}
+    weights = _weights(dep, refs, lock)
     versions = []
     warnings: list[Problem] = []
     for ref in refs:
@@ -226,6 +226,20 @@ def _deployment(spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment,
     return ResolvedDeployment(name=deployment_name(dep), model=dep.model, target=dep.target,
                               versions=tuple(versions), auth=dep.auth,
                               monitoring=monitoring), warnings
+
+
+def _weights(dep: Deployment, refs: tuple[int | str, ...], lock: Lock) -> dict[int | str, int]:
+    """Percent per version: a rollout's current step in mlops.lock (a fact) wins over `traffic`;
+    a rollout not yet started gives the canary its first step."""
+    if dep.rollout is None or len(refs) != 2:
+        return dict(dep.traffic) if dep.traffic is not None else {refs[0]: 100}
+    facts = lock.rollouts.get(deployment_name(dep))
+    if facts is not None and [facts.stable, facts.canary] == [lock.resolve(dep.model, r) for r in refs]:
+        return {refs[0]: 100 - facts.weight, refs[1]: facts.weight}
+    if dep.traffic is not None:
+        return dict(dep.traffic)
+    first = dep.rollout.weights()[0]
+    return {refs[0]: 100 - first, refs[1]: first}
 
 
 def _pick(value: Any, recommended: Any, default: Any) -> tuple[Any, Source]:
