@@ -45,9 +45,7 @@ def counts(text: str, model: str) -> dict[int, VersionCounts]:
     """Requests, failures and latency buckets per version of `model` in one /metrics page."""
     found: dict[int, dict[str, object]] = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in (REQUESTS, LATENCY):
-            continue
-        for sample in family.samples:
+        for sample in family.samples:  # by sample name: the family's name depends on the # TYPE line
             if sample.labels.get("model") != model or not sample.labels.get("version", "").isdigit():
                 continue
             entry = found.setdefault(int(sample.labels["version"]), {"requests": 0.0, "errors": 0.0, "buckets": {}})

@@ -253,6 +253,9 @@ class Server:
         except ClientError as error:
             self.metrics.requests.labels(name, entry.runtime.version, str(error.status)).inc()
             raise
+        except Exception:  # answered 500 by http(); counted, so a failing version shows in its error rate
+            self.metrics.requests.labels(name, entry.runtime.version, "500").inc()
+            raise
         extra = [(b"inference-header-content-length", str(header).encode())] if header is not None else []
         await respond(send, status, payload, JSON if header is None else b"application/octet-stream", extra)
 

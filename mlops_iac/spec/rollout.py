@@ -6,7 +6,7 @@ import itertools
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .types import SpecModel, invalid
@@ -58,31 +58,43 @@ class Gates(SpecModel):
     min_requests: int = Field(100, ge=1, description="Fewer canary requests in the window: hold, never promote.")
 
 
+def parse_steps(value: Any) -> tuple[int, ...] | LinearSteps:
+    """One error for either form (a union would report each branch's error separately)."""
+    if isinstance(value, dict):
+        step = value.get("linear", {}).get("step") if isinstance(value.get("linear"), dict) else None
+        if set(value) == {"linear"} and set(value["linear"]) == {"step"} and isinstance(step, int) \
+                and not isinstance(step, bool) and 1 <= step <= 100:
+            return LinearSteps(linear=Linear(step=step))
+        raise invalid(value, "expected {linear: {step: N}} with N a percent from 1 to 100")
+    if not isinstance(value, list | tuple) or not value:
+        raise invalid(value, "expected a list of canary weights ending at 100, like [10, 50, 100], "
+                             "or {linear: {step: N}}")
+    if any(not isinstance(w, int) or isinstance(w, bool) or not 1 <= w <= 100 for w in value):
+        raise _steps(value, "expected canary weights: whole percents from 1 to 100")
+    if any(b <= a for a, b in itertools.pairwise(value)):
+        raise _steps(value, "expected strictly increasing weights, like [10, 50, 100]")
+    if value[-1] != 100:
+        raise _steps(value, "expected the last step to be 100 (the canary takes all traffic)")
+    return tuple(value)
+
+
+Steps = Annotated[tuple[int, ...] | LinearSteps, BeforeValidator(parse_steps), WithJsonSchema({"anyOf": [
+    {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 100}, "minItems": 1},
+    {"type": "object", "properties": {"linear": {"type": "object", "properties": {
+        "step": {"type": "integer", "minimum": 1, "maximum": 100}}, "required": ["step"],
+        "additionalProperties": False}}, "required": ["linear"], "additionalProperties": False}],
+    "description": "Canary weights, increasing, ending at 100; or {linear: {step: N}}"})]
+
+
 class Rollout(SpecModel):
     """A canary promoted on evidence: the last of `versions` is the canary, the other the stable."""
 
-    steps: tuple[int, ...] | LinearSteps = Field(
+    steps: Steps = Field(
         (10, 50, 100), description="Canary weights in percent, increasing, ending at 100; or {linear: {step: N}}.")
     bake: Duration = Field(600.0, description="How long each step runs before it is judged.")
     gates: Gates = Gates()
     on_failure: Literal["rollback", "hold"] = Field(
         "rollback", description="rollback: the canary's weight goes to 0; hold: stay and report.")
-
-    @field_validator("steps")
-    @classmethod
-    def _increasing(cls, value: tuple[int, ...] | LinearSteps) -> tuple[int, ...] | LinearSteps:
-        if isinstance(value, LinearSteps):
-            return value
-        if not value:
-            raise _steps(value, "expected at least one step, ending at 100")
-        for weight in value:
-            if not 1 <= weight <= 100:
-                raise invalid(weight, "expected canary weights from 1 to 100")
-        if any(b <= a for a, b in itertools.pairwise(value)):
-            raise _steps(value, "expected strictly increasing weights, like [10, 50, 100]")
-        if value[-1] != 100:
-            raise _steps(value, "expected the last step to be 100 (the canary takes all traffic)")
-        return value
 
     def weights(self) -> tuple[int, ...]:
         """The canary's weight at each step, the last always 100."""
@@ -92,5 +104,5 @@ class Rollout(SpecModel):
         return self.steps
 
 
-def _steps(value: tuple[int, ...], allowed: str) -> PydanticCustomError:
+def _steps(value: Any, allowed: str) -> PydanticCustomError:
     return PydanticCustomError("mlops", "got {got}; {allowed}", {"got": str(list(value)), "allowed": allowed})

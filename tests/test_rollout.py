@@ -1,0 +1,341 @@
+"""Progressive delivery: the policy, the pure decision, and real servers judged by their /metrics."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mlops_iac.cli import main
+from mlops_iac.errors import ConfigError
+from mlops_iac.lock import LockedVersion, RolloutFacts, read_lock, update_lock
+from mlops_iac.resolve import load
+from mlops_iac.rollout import Evidence, VersionEvidence, decide
+from mlops_iac.rollout.evidence import counts, delta, prometheus_queries, quantile
+from mlops_iac.serving.metrics import Metrics
+from mlops_iac.spec.rollout import Rollout
+
+from .server_fixtures import Models, Running, build_models, model_entry, running_server
+
+DIGESTS = {1: "sha256:" + "a1" * 32, 2: "sha256:" + "b2" * 32}
+POLICY = {"steps": [10, 50, 100], "bake": "2s", "gates": {
+    "errorRate": {"max": 0.01, "relativeTo": "stable", "tolerance": 1.5},
+    "p99LatencyMs": {"max": 1000}, "minRequests": 30}}
+
+
+def spec_text(rollout: dict[str, Any] | None = None, versions: list[int] | None = None) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "mlops-iac/v1", "project": {"name": "canary"},
+        "models": [{"name": "iris", "framework": "sklearn", "source": "model.joblib"}],
+        "targets": {"local": {"kind": "local", "port": 8080}},
+        "deployments": [{"name": "iris-live", "model": "iris", "versions": versions or [1, 2], "target": "local",
+                         **({"rollout": rollout} if rollout is not None else {})}]}, sort_keys=False)
+
+
+def project(folder: Path, rollout: dict[str, Any] | None = None, versions: list[int] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.joblib").write_bytes(b"x")
+    file = folder / "mlops.yaml"
+    file.write_text(spec_text(POLICY if rollout is None else rollout, versions))
+    for n, digest in DIGESTS.items():
+        update_lock(folder / "mlops.lock", lambda lock, n=n, d=digest: lock.with_version(  # type: ignore[misc]
+            "iris", n, LockedVersion(digest=d, framework="sklearn", size=1)))
+    return file
+
+
+# --- the policy ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("rollout", "path", "allowed"), [
+    ({"steps": [10, 5, 100]}, "deployments[0].rollout.steps", "strictly increasing"),
+    ({"steps": [10, 50]}, "deployments[0].rollout.steps", "the last step to be 100"),
+    ({"steps": [0, 100]}, "deployments[0].rollout.steps", "from 1 to 100"),
+    ({"bake": "10 minutes"}, "deployments[0].rollout.bake", 'a duration like "10m"'),
+    ({"gates": {"errorRate": {"max": 2}}}, "deployments[0].rollout.gates.errorRate.max", "1"),
+    ({"onFailure": "panic"}, "deployments[0].rollout.onFailure", "rollback"),
+    ({"steps": {"linear": {"step": 0}}}, "deployments[0].rollout.steps", "{linear: {step: N}}"),
+    ({"steps": "fast"}, "deployments[0].rollout.steps", "[10, 50, 100]"),
+])
+def test_bad_policies_are_located(tmp_path: Path, rollout: dict[str, Any], path: str, allowed: str) -> None:
+    file = project(tmp_path, rollout)
+    with pytest.raises(ConfigError) as caught:
+        load(file)
+    problem = caught.value.first
+    assert problem.path == path and allowed in str(problem), str(caught.value)
+    assert len(caught.value.problems) == 1  # one sentence per mistake, not one per union branch
+    assert problem.line > spec_text(rollout).splitlines().index("  rollout:")  # the policy's own line
+
+
+def test_a_rollout_needs_a_stable_and_a_canary(tmp_path: Path) -> None:
+    file = project(tmp_path, POLICY, versions=[1])
+    (tmp_path / "mlops.yaml").write_text(file.read_text().replace("versions:\n    - 1", "version: 1"))
+    with pytest.raises(ConfigError, match=r"deployments\[0\]\.rollout: a rollout needs two versions"):
+        load(file)
+
+
+def test_policy_weights_and_durations() -> None:
+    assert Rollout.model_validate({"steps": {"linear": {"step": 30}}}).weights() == (30, 60, 90, 100)
+    assert Rollout.model_validate({"bake": "1.5m"}).bake == 90
+    assert Rollout.model_validate({"bake": "500ms"}).bake == 0.5
+    assert Rollout.model_validate({}).weights() == (10, 50, 100)
+
+
+def test_the_lock_weights_win_over_the_first_step(tmp_path: Path) -> None:
+    file = project(tmp_path)
+    weights = lambda: {v.number: v.weight for v in load(file).resolved.deployments[0].versions}  # noqa: E731
+    assert weights() == {1: 90, 2: 10}  # not started: the canary gets its first step
+    update_lock(tmp_path / "mlops.lock", lambda lock: lock.with_rollout(
+        "iris-live", RolloutFacts(stable=1, canary=2, weight=50, step=1, started=1.0)))
+    assert weights() == {1: 50, 2: 50}
+    update_lock(tmp_path / "mlops.lock", lambda lock: lock.with_rollout(  # another canary: stale facts
+        "iris-live", RolloutFacts(stable=1, canary=3, weight=100, started=1.0)))
+    assert weights() == {1: 90, 2: 10}
+
+
+# --- the decision ---------------------------------------------------------------------------
+
+def evidence(canary: tuple[float, float, float | None], stable: tuple[float, float, float | None] = (1000, 0, 5.0),
+             window: float = 120) -> Evidence:
+    return Evidence(VersionEvidence(*canary), VersionEvidence(*stable), window, "test")
+
+
+POLICY_MODEL = Rollout.model_validate({**POLICY, "bake": "2m", "gates": {**POLICY["gates"], "minRequests": 200}})
+
+
+def test_good_canary_after_the_bake_advances_then_promotes() -> None:
+    first = decide(POLICY_MODEL, 0, 120, evidence((300, 1, 8.0)))
+    assert (first.action, first.weight, first.step) == ("advance", 50, 1)
+    last = decide(POLICY_MODEL, 1, 125, evidence((900, 2, 8.0)))
+    assert (last.action, last.weight, last.step) == ("promote", 100, 2)
+
+
+def test_good_canary_still_baking_holds() -> None:
+    d = decide(POLICY_MODEL, 0, 60, evidence((300, 0, 8.0)))
+    assert (d.action, d.weight, d.step) == ("hold", 10, 0) and "baking: 60s of 120s" in d.reasons[0]
+
+
+@pytest.mark.parametrize("requests", [0, 1, 199])
+def test_too_little_traffic_holds_and_never_promotes(requests: int) -> None:
+    d = decide(POLICY_MODEL, 1, 10_000, evidence((requests, 0, 2.0 if requests else None)))
+    assert (d.action, d.weight) == ("hold", 50)
+    assert "too little traffic" in d.reasons[0] and "at least 200" in d.reasons[0]
+
+
+def test_too_little_traffic_holds_even_when_it_fails() -> None:
+    assert decide(POLICY_MODEL, 0, 10_000, evidence((20, 20, 5.0))).action == "hold"
+
+
+def test_failing_error_rate_rolls_back_before_the_bake_ends() -> None:
+    d = decide(POLICY_MODEL, 0, 30, evidence((400, 40, 8.0)))
+    assert (d.action, d.weight) == ("rollback", 0)
+    assert d.reasons == ("error rate 10.00% is over 1.00%",)
+
+
+def test_slow_canary_rolls_back() -> None:
+    d = decide(POLICY_MODEL, 1, 130, evidence((400, 0, 1500.0)))
+    assert (d.action, d.weight) == ("rollback", 0) and "p99 latency 1500.0 ms is over 1000 ms" in d.reasons
+
+
+def test_errors_the_stable_shares_do_not_roll_back_a_good_canary() -> None:
+    shared = decide(POLICY_MODEL, 0, 120, evidence((400, 8, 8.0), stable=(4000, 80, 8.0)))  # both fail 2%
+    assert shared.action == "advance", shared.reasons
+    worse = decide(POLICY_MODEL, 0, 120, evidence((400, 16, 8.0), stable=(4000, 80, 8.0)))  # 4% > 1.5 x 2%
+    assert worse.action == "rollback" and "1.5 times" in worse.reasons[0]
+
+
+def test_on_failure_hold_keeps_the_weight() -> None:
+    policy = POLICY_MODEL.model_copy(update={"on_failure": "hold"})
+    d = decide(policy, 1, 130, evidence((400, 40, 8.0)))
+    assert (d.action, d.weight) == ("hold", 50) and "onFailure is hold" in d.reasons[-1]
+
+
+# --- evidence from /metrics ------------------------------------------------------------------
+
+def page() -> str:
+    """A /metrics page as the server writes it: its own Metrics, 90 answers and 10 failures of v2."""
+    metrics = Metrics()
+    for i in range(100):
+        metrics.requests.labels("iris", "2", "200" if i < 90 else "500").inc()
+        metrics.latency.labels("iris", "2").observe(0.005 if i < 50 else 0.05)
+    metrics.requests.labels("other", "2", "500").inc(7)
+    return metrics.render().decode()
+
+
+def test_counts_deltas_and_quantiles_follow_prometheus() -> None:
+    (only,) = counts(page(), "iris").items()
+    version, c = only
+    assert version == 2 and (c.requests, c.errors) == (100, 10)
+    assert quantile(0.5, c.buckets) == pytest.approx(0.005)
+    assert quantile(0.99, c.buckets) == pytest.approx(0.025 + 0.025 * 49 / 50)  # linear inside the bucket
+    assert delta(c, c).requests == 0
+    restarted = c.model_copy(update={"requests": 5.0, "errors": 0.0})
+    assert delta(restarted, c).requests == 5  # a reset counter: all of now is new
+    q = prometheus_queries("iris", 'namespace="models"', 2.2)
+    assert q["errors"] == ('sum by (version) (increase(mlops_requests_total{namespace="models",model="iris",'
+                           'status!="200"}[3s]))')
+
+
+# --- real servers, traffic at the lock's weights, `rollout step` reading their /metrics -------
+
+BAD_HANDLER = '''
+import itertools
+
+_calls = itertools.count()
+
+
+def postprocess(outputs):
+    # A broken release: every fifth request fails inside the server (answered 500).
+    if next(_calls) % 5 == 4:
+        raise RuntimeError("the new feature map is missing a column")
+    return outputs
+'''
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
+    built = build_models(tmp_path_factory.mktemp("models"))
+    (built.folder / "bad_handler.py").write_text(BAD_HANDLER)
+    return built
+
+
+class Driver:
+    """Clients sending real inference requests, split between the versions at the lock's weights."""
+
+    def __init__(self, models: Models, servers: dict[int, Running], file: Path) -> None:
+        import onnxruntime as ort
+
+        row = models.iris[60:61]
+        self.body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                                            "data": row.ravel().tolist()}]}).encode()
+        session = ort.InferenceSession(str(models.folder / "iris.onnx"), providers=["CPUExecutionProvider"])
+        self.label = session.run(None, {"input": row})[0].ravel().tolist()  # what every answer must say
+        self.servers, self.file = servers, file
+        self.conns = {v: http.client.HTTPConnection("127.0.0.1", s.port, timeout=30) for v, s in servers.items()}
+        self.sent = {v: 0 for v in servers}
+        self.first_error: float | None = None
+        self.rng = random.Random(21)
+
+    def weights(self) -> dict[int, int]:
+        dep = load(self.file).resolved.deployments[0]
+        return {v.number: v.weight for v in dep.versions if v.number is not None}
+
+    def drive(self, n: int) -> None:
+        weights = self.weights()
+        versions = [v for v in self.servers if weights.get(v, 0) > 0]
+        for _ in range(n):
+            version = self.rng.choices(versions, [weights[v] for v in versions])[0]
+            conn = self.conns[version]
+            conn.request("POST", "/v2/models/iris/infer", self.body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            answer = response.read()
+            self.sent[version] += 1
+            if response.status == 200:
+                assert json.loads(answer)["outputs"][0]["data"] == self.label
+            elif self.first_error is None:
+                assert response.status == 500, answer
+                self.first_error = time.time()
+
+
+def servers(stack: ExitStack, models: Models, canary_handler: str | None) -> dict[int, Running]:
+    stable = model_entry(models, "iris", 1)
+    canary = model_entry(models, "iris", 2, **({"handler": canary_handler} if canary_handler else {}))
+    return {1: stack.enter_context(running_server(models, {"deployment": "iris-live", "models": [stable]})),
+            2: stack.enter_context(running_server(models, {"deployment": "iris-live", "models": [canary]}))}
+
+
+def step(file: Path, running: dict[int, Running]) -> dict[str, Any]:
+    args = ["rollout", "step", "iris-live", "-f", str(file)]
+    for s in running.values():
+        args += ["--metrics-url", f"http://127.0.0.1:{s.port}/metrics"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    record = read_lock(file.parent / "mlops.lock").rollouts["iris-live"].decision
+    assert f"### Rollout of `iris-live`: **{record['action']}**" in result.output
+    return record
+
+
+def wait_bake(file: Path) -> None:
+    facts = read_lock(file.parent / "mlops.lock").rollouts["iris-live"]
+    time.sleep(max(0.0, facts.started + 2.05 - time.time()))
+
+
+def until_settled(file: Path, running: dict[int, Running], driver: Driver, per_round: int) -> list[dict[str, Any]]:
+    """Drive traffic and step until the rollout is promoted or rolled back (at most 8 rounds)."""
+    records = [step(file, running)]
+    assert records[0]["action"] == "start" and driver.weights() == {1: 90, 2: 10}
+    for _ in range(8):
+        driver.drive(per_round)
+        record = step(file, running)
+        records.append(record)
+        if record["action"] in ("promote", "rollback"):
+            return records
+        if record["action"] == "hold":
+            wait_bake(file)
+    raise AssertionError([r["action"] for r in records])
+
+
+def test_good_canary_is_promoted_through_every_step(tmp_path: Path, models: Models) -> None:
+    file = project(tmp_path)
+    with ExitStack() as stack:
+        running = servers(stack, models, None)
+        driver = Driver(models, running, file)
+        records = until_settled(file, running, driver, per_round=400)
+    moves = [(r["action"], r["weight"]) for r in records if r["action"] != "hold"]
+    assert moves == [("start", 10), ("advance", 50), ("promote", 100)]
+    assert driver.weights() == {1: 0, 2: 100}
+    for r in records[1:]:  # every judgement saw the canary's own traffic and no errors
+        assert r["evidence"]["canary"]["errors"] == 0 and r["evidence"]["canary"]["requests"] > 0
+    promoted = records[-1]
+    assert promoted["evidence"]["canary"]["requests"] >= 30 and promoted["evidence"]["windowS"] >= 2
+
+
+def test_bad_canary_is_rolled_back_at_its_first_judgement(tmp_path: Path, models: Models) -> None:
+    file = project(tmp_path)
+    with ExitStack() as stack:
+        running = servers(stack, models, "bad_handler.py")
+        driver = Driver(models, running, file)
+        records = until_settled(file, running, driver, per_round=400)
+        rolled_back = time.time()
+    started = read_lock(file.parent / "mlops.lock").rollouts["iris-live"]
+    assert [r["action"] for r in records] == ["start", "rollback"]
+    assert started.state == "rolled-back" and driver.weights() == {1: 100, 2: 0}
+    canary = records[-1]["evidence"]["canary"]
+    assert canary["requests"] == driver.sent[2]  # the server's counters saw every request sent to it
+    assert canary["errors"] == pytest.approx(driver.sent[2] // 5, abs=1)
+    assert driver.first_error is not None
+    seconds = rolled_back - driver.first_error
+    print(f"\nbad canary: first error to weight 0 in {seconds:.2f}s = {seconds / 2:.2f} bake windows "
+          f"(bake 2s); it served {driver.sent[2]} requests ({canary['errors']:.0f} failed) before the rollback")
+
+
+def test_too_little_traffic_holds(tmp_path: Path, models: Models) -> None:
+    file = project(tmp_path)
+    with ExitStack() as stack:
+        running = servers(stack, models, None)
+        driver = Driver(models, running, file)
+        assert step(file, running)["action"] == "start"
+        for _ in range(2):
+            driver.drive(40)  # about 4 canary requests a round: far below minRequests
+            wait_bake(file)
+            record = step(file, running)
+            assert record["action"] == "hold" and "too little traffic" in record["reasons"][0]
+            assert driver.weights() == {1: 90, 2: 10}
+    assert read_lock(file.parent / "mlops.lock").rollouts["iris-live"].state == "progressing"
+
+
+def test_abort_sets_the_canary_to_zero(tmp_path: Path) -> None:
+    file = project(tmp_path)
+    result = CliRunner().invoke(main, ["rollout", "abort", "iris-live", "-f", str(file), "--reason", "pager"])
+    assert result.exit_code == 0, result.output
+    assert "**abort**" in result.output and "- pager" in result.output
+    facts = read_lock(file.parent / "mlops.lock").rollouts["iris-live"]
+    assert (facts.state, facts.weight) == ("aborted", 0)
+    assert {v.number: v.weight for v in load(file).resolved.deployments[0].versions} == {1: 100, 2: 0}
+
