@@ -5,7 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import shutil
+import subprocess
 import time
+import urllib.parse
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from mlops_iac.rollout.evidence import counts, delta, prometheus_queries, quanti
 from mlops_iac.serving.metrics import Metrics
 from mlops_iac.spec.rollout import Rollout
 
+from .conftest import free_port, require, wait_http
 from .server_fixtures import Models, Running, build_models, model_entry, running_server
 
 DIGESTS = {1: "sha256:" + "a1" * 32, 2: "sha256:" + "b2" * 32}
@@ -217,7 +222,6 @@ class Driver:
         session = ort.InferenceSession(str(models.folder / "iris.onnx"), providers=["CPUExecutionProvider"])
         self.label = session.run(None, {"input": row})[0].ravel().tolist()  # what every answer must say
         self.servers, self.file = servers, file
-        self.conns = {v: http.client.HTTPConnection("127.0.0.1", s.port, timeout=30) for v, s in servers.items()}
         self.sent = {v: 0 for v in servers}
         self.first_error: float | None = None
         self.rng = random.Random(21)
@@ -229,9 +233,11 @@ class Driver:
     def drive(self, n: int) -> None:
         weights = self.weights()
         versions = [v for v in self.servers if weights.get(v, 0) > 0]
+        # New connections per round: an idle keep-alive connection is closed by the server while baking.
+        conns = {v: http.client.HTTPConnection("127.0.0.1", s.port, timeout=30) for v, s in self.servers.items()}
         for _ in range(n):
             version = self.rng.choices(versions, [weights[v] for v in versions])[0]
-            conn = self.conns[version]
+            conn = conns[version]
             conn.request("POST", "/v2/models/iris/infer", self.body, {"Content-Type": "application/json"})
             response = conn.getresponse()
             answer = response.read()
@@ -241,6 +247,8 @@ class Driver:
             elif self.first_error is None:
                 assert response.status == 500, answer
                 self.first_error = time.time()
+        for conn in conns.values():
+            conn.close()
 
 
 def servers(stack: ExitStack, models: Models, canary_handler: str | None) -> dict[int, Running]:
@@ -339,3 +347,66 @@ def test_abort_sets_the_canary_to_zero(tmp_path: Path) -> None:
     assert (facts.state, facts.weight) == ("aborted", 0)
     assert {v.number: v.weight for v in load(file).resolved.deployments[0].versions} == {1: 100, 2: 0}
 
+
+
+# --- the same through a real Prometheus (how Kubernetes targets are judged) -----------------
+
+def prometheus_scraping(stack: ExitStack, folder: Path, running: dict[int, Running]) -> str:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        require("prometheus (apt-get install prometheus)")
+    assert binary is not None
+    port = free_port()
+    (folder / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "500ms"},
+        "scrape_configs": [{"job_name": "mlops", "static_configs": [
+            {"targets": [s.url for s in running.values()]}]}]}))
+    log = stack.enter_context(open(folder / "prometheus.log", "wb"))  # noqa: SIM115 - closed by the stack
+    process = subprocess.Popen([binary, f"--config.file={folder / 'prometheus.yml'}",
+                                f"--storage.tsdb.path={folder / 'data'}",
+                                f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+    stack.callback(process.wait, 30)
+    stack.callback(process.terminate)
+    wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=60)
+    return f"http://127.0.0.1:{port}"
+
+
+def scraped(prometheus: str, driver: Driver) -> None:
+    """Wait until Prometheus has scraped every request sent (a condition, not a timer)."""
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": "sum(mlops_requests_total)"})
+    for _ in range(600):
+        with urllib.request.urlopen(url, timeout=5) as response:
+            result = json.load(response)["data"]["result"]
+        if result and float(result[0]["value"][1]) == sum(driver.sent.values()):
+            return
+        time.sleep(0.1)
+    raise AssertionError("Prometheus never scraped the requests sent")
+
+
+@pytest.mark.parametrize("bad", [False, True])
+def test_rollout_judged_through_a_real_prometheus(tmp_path: Path, models: Models, bad: bool) -> None:
+    file = project(tmp_path / "project", {**POLICY, "bake": "4s"})
+    with ExitStack() as stack:
+        running = servers(stack, models, "bad_handler.py" if bad else None)
+        prometheus = prometheus_scraping(stack, tmp_path, running)
+        driver = Driver(models, running, file)
+        args = ["rollout", "step", "iris-live", "-f", str(file), "--prometheus", prometheus,
+                "--selector", 'job="mlops"']
+        records: list[dict[str, Any]] = []
+        for _ in range(10):
+            result = CliRunner().invoke(main, args)
+            assert result.exit_code == 0, result.output
+            records.append(read_lock(file.parent / "mlops.lock").rollouts["iris-live"].decision)
+            if records[-1]["action"] in ("promote", "rollback"):
+                break
+            driver.drive(400)
+            scraped(prometheus, driver)
+            facts = read_lock(file.parent / "mlops.lock").rollouts["iris-live"]
+            time.sleep(max(0.0, facts.started + 4.05 - time.time()))
+    moves = [(r["action"], r["weight"]) for r in records if r["action"] != "hold"]
+    assert moves == ([("start", 10), ("rollback", 0)] if bad else [("start", 10), ("advance", 50), ("promote", 100)])
+    last = records[-1]
+    assert 'increase(mlops_requests_total{job="mlops",model="iris"}' in last["evidence"]["queries"]["requests"]
+    canary = last["evidence"]["canary"]
+    assert canary["requests"] >= 30 and (canary["errors"] > 0) == bad
+    assert canary["p99_ms"] is not None and canary["p99_ms"] > 0
