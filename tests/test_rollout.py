@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from mlops_iac.cli import main
 from mlops_iac.errors import ConfigError
 from mlops_iac.lock import LockedVersion, RolloutFacts, read_lock, update_lock
+from mlops_iac.plan import plan
 from mlops_iac.resolve import load
 from mlops_iac.rollout import Evidence, VersionEvidence, decide
 from mlops_iac.rollout.evidence import counts, delta, prometheus_queries, quantile
@@ -99,6 +100,8 @@ def test_the_lock_weights_win_over_the_first_step(tmp_path: Path) -> None:
     update_lock(tmp_path / "mlops.lock", lambda lock: lock.with_rollout(
         "iris-live", RolloutFacts(stable=1, canary=2, weight=50, step=1, started=1.0)))
     assert weights() == {1: 50, 2: 50}
+    stack = json.loads(plan(load(file).resolved).files[0].content)  # what synth writes and serve runs
+    assert [v["weight"] for v in stack["deployments"][0]["versions"]] == [50, 50]
     update_lock(tmp_path / "mlops.lock", lambda lock: lock.with_rollout(  # another canary: stale facts
         "iris-live", RolloutFacts(stable=1, canary=3, weight=100, started=1.0)))
     assert weights() == {1: 90, 2: 10}
