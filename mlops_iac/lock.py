@@ -108,6 +108,7 @@ class VersionCounts(LockModel):
     requests: float = Field(0, ge=0)
     errors: float = Field(0, ge=0)
     buckets: dict[str, float] = {}  # latency histogram: upper bound (seconds, "+Inf") -> cumulative count
+    created: float | None = None  # newest creation time of its counters: changes when a server restarted
 
 
 class RolloutFacts(LockModel):

@@ -7,10 +7,12 @@ import json
 import random
 import shutil
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -166,18 +168,24 @@ def test_on_failure_hold_keeps_the_weight() -> None:
 
 # --- evidence from /metrics ------------------------------------------------------------------
 
-def page() -> str:
+def page() -> tuple[str, float]:
     """A /metrics page as the server writes it: its own Metrics, 90 answers and 10 failures of v2."""
     metrics = Metrics()
+    metrics.requests.labels("iris", "2", "200")  # made at start, as the server does
+    time.sleep(0.01)  # the 500 child is made later, at the first failure
     for i in range(100):
         metrics.requests.labels("iris", "2", "200" if i < 90 else "500").inc()
         metrics.latency.labels("iris", "2").observe(0.005 if i < 50 else 0.05)
     metrics.requests.labels("other", "2", "500").inc(7)
-    return metrics.render().decode()
+    made_500 = next(s.value for f in metrics.registry.collect() for s in f.samples
+                            if s.name == "mlops_requests_created" and s.labels["status"] == "500"
+                            and s.labels["model"] == "iris")
+    return metrics.render().decode(), made_500
 
 
 def test_counts_deltas_and_quantiles_follow_prometheus() -> None:
-    (only,) = counts(page(), "iris").items()
+    text, made_500 = page()
+    (only,) = counts(text, "iris").items()
     version, c = only
     assert version == 2 and (c.requests, c.errors) == (100, 10)
     assert quantile(0.5, c.buckets) == pytest.approx(0.005)
@@ -185,6 +193,9 @@ def test_counts_deltas_and_quantiles_follow_prometheus() -> None:
     assert delta(c, c).requests == 0
     restarted = c.model_copy(update={"requests": 5.0, "errors": 0.0})
     assert delta(restarted, c).requests == 5  # a reset counter: all of now is new
+    assert c.created is not None and c.created < made_500  # the oldest child: the server's start
+    again = c.model_copy(update={"created": c.created + 1})  # restarted, and as many requests since
+    assert delta(again, c).requests == 100
     q = prometheus_queries("iris", 'namespace="models"', 2.2)
     assert q["errors"] == ('sum by (version) (increase(mlops_requests_total{namespace="models",model="iris",'
                            'status!="200"}[3s]))')
@@ -413,3 +424,77 @@ def test_rollout_judged_through_a_real_prometheus(tmp_path: Path, models: Models
     canary = last["evidence"]["canary"]
     assert canary["requests"] >= 30 and (canary["errors"] > 0) == bad
     assert canary["p99_ms"] is not None and canary["p99_ms"] > 0
+
+
+# --- the local target end to end: `serve`, a load driver, `rollout step` with its defaults ----
+
+@contextmanager
+def serving(folder: Path, port: int) -> Iterator[None]:
+    """`mlops-iac serve` as a user runs it, with the weights mlops.lock holds now."""
+    with open(folder / "serve.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "mlops_iac", "serve"], cwd=folder, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout=60)
+        yield
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def drive_until(port: int, canary_answers: int, body: bytes) -> dict[str, int]:
+    """Unversioned requests, split by the server itself, until the canary answered enough of them."""
+    seen = {"1": 0, "2": 0}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    while seen["2"] < canary_answers:
+        conn.request("POST", "/v2/models/iris/infer", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        assert response.status == 200, answer
+        seen[answer["model_version"]] += 1
+    conn.close()
+    return seen
+
+
+def test_local_target_end_to_end(converted: Path) -> None:
+    import joblib
+    import numpy as np
+    from sklearn.datasets import load_iris
+
+    port = free_port()
+    spec = yaml.safe_load((converted / "mlops.yaml").read_text())
+    (dep,) = spec["deployments"]
+    del dep["version"]
+    spec["targets"]["local"]["port"] = port
+    spec["deployments"] = [{**dep, "name": "iris-live", "versions": [1, 2],
+                            "rollout": {**POLICY, "gates": {**POLICY["gates"], "minRequests": 40}}}]
+    (converted / "mlops.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    model = joblib.load(converted / "model.joblib").set_params(logisticregression__C=0.3)
+    x, y = load_iris(return_X_y=True)
+    joblib.dump(model.fit(x.astype(np.float32), y), converted / "model2.joblib")
+    runner = CliRunner()
+    for args in (["register", "iris", "--file", "model2.joblib"], ["convert", "iris@2", "--no-speed"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                                   "data": x[100].tolist()}]}).encode()
+    actions = []
+    for _ in range(3):
+        with serving(converted, port):
+            started = runner.invoke(main, ["rollout", "step", "iris-live"]) if not actions else None
+            if started is not None:
+                assert started.exit_code == 0 and "**start**" in started.output, started.output
+                actions.append("start")
+            seen = drive_until(port, 40, body)
+            weight = read_lock(converted / "mlops.lock").rollouts["iris-live"].weight
+            assert seen["1"] > seen["2"] if weight == 10 else seen["1"] > 0  # the server split at the lock's weights
+            wait_bake(converted / "mlops.yaml")
+            result = runner.invoke(main, ["rollout", "step", "iris-live"])
+            assert result.exit_code == 0, result.output
+        actions.append(read_lock(converted / "mlops.lock").rollouts["iris-live"].decision["action"])
+        if actions[-1] == "promote":
+            break
+    assert actions == ["start", "advance", "promote"]
+    with serving(converted, port):
+        seen = drive_until(port, 20, body)
+    assert seen == {"1": 0, "2": 20}  # promoted: `serve` gives the canary every request

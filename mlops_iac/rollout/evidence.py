@@ -53,6 +53,9 @@ def counts(text: str, model: str) -> dict[int, VersionCounts]:
                 entry["requests"] = float(entry["requests"]) + sample.value  # type: ignore[arg-type]
                 if sample.labels.get("status") != "200":
                     entry["errors"] = float(entry["errors"]) + sample.value  # type: ignore[arg-type]
+            elif sample.name == f"{REQUESTS}_created":
+                # The oldest child (status 200, made at start): a later first error must not look like a restart.
+                entry["created"] = min(float(entry.get("created") or math.inf), sample.value)  # type: ignore[arg-type]
             elif sample.name == f"{LATENCY}_bucket":
                 buckets: dict[str, float] = entry["buckets"]  # type: ignore[assignment]
                 le = _bound(sample.labels["le"])
@@ -73,15 +76,17 @@ def total(pages: Iterable[Mapping[int, VersionCounts]]) -> dict[int, VersionCoun
             buckets = dict(have.buckets)
             for le, n in c.buckets.items():
                 buckets[le] = buckets.get(le, 0.0) + n
+            created = max((t for t in (have.created, c.created) if t is not None), default=None)
             out[version] = VersionCounts(requests=have.requests + c.requests, errors=have.errors + c.errors,
-                                         buckets=buckets)
+                                         buckets=buckets, created=created)
     return out
 
 
 def delta(now: VersionCounts | None, then: VersionCounts | None) -> VersionCounts:
-    """now - then; a counter that went down was reset (a restarted server): all of now is new."""
+    """now - then; after a restart (counters created anew, or gone down) all of now is new."""
     now, then = now or VersionCounts(), then or VersionCounts()
-    if now.requests < then.requests or now.errors < then.errors:
+    restarted = now.created is not None and then.created is not None and now.created != then.created
+    if restarted or now.requests < then.requests or now.errors < then.errors:
         return now
     buckets = {le: max(0.0, n - then.buckets.get(le, 0.0)) for le, n in now.buckets.items()}
     return VersionCounts(requests=now.requests - then.requests, errors=now.errors - then.errors, buckets=buckets)
