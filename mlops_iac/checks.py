@@ -14,7 +14,7 @@ from .errors import Problem
 from .loader import Document, PathKey
 from .lock import Lock
 from .spec import Deployment, Spec
-from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget
+from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget, Target
 
 DATA_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
@@ -133,6 +133,8 @@ def _deployment(spec: Spec, doc: Document, lock: Lock | None, i: int,
     yield from _selection(doc, here, dep)
     yield from _traffic(doc, here, dep)
     yield from _rollout(doc, here, dep)
+    if dep.shadow:
+        yield from _shadow(doc, here, dep, target, lock if dep.model in models else None)
     if dep.model in models and lock is not None:
         yield from _known_versions(doc, lock, here, dep)
     yield from _hardware(doc, here, dep, target)
@@ -176,6 +178,27 @@ def _rollout(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]
     if dep.rollout is not None and (dep.versions is None or len(dep.versions) != 2):
         yield doc.problem((*here, "rollout"), "a rollout needs two versions: the stable one and the canary",
                           "expected versions: [STABLE, CANARY] (the canary last) beside rollout", of_key=True)
+
+
+def _shadow(doc: Document, here: PathKey, dep: Deployment, target: Target | None,
+            lock: Lock | None) -> Iterator[Problem]:
+    assert dep.shadow is not None
+    refs = deployed_refs(dep)
+    if target is not None and (not isinstance(target, KubernetesTarget) or target.gateway is None):
+        yield doc.problem((*here, "shadow"), "shadow traffic is mirrored by a Gateway API HTTPRoute",
+                          "expected a kubernetes target with `gateway:`", of_key=True)
+    for ref, percent in dep.shadow.items():
+        if ref in refs:
+            yield doc.problem((*here, "shadow", ref), f"version {ref!r} is also in traffic",
+                              "expected a version this deployment does not serve: a shadow's answers are "
+                              "never returned", of_key=True)
+        if not 1 <= percent <= 100:
+            yield doc.problem((*here, "shadow", ref), f"got {percent}", "expected a percent from 1 to 100")
+        entry = lock.models.get(dep.model) if lock is not None else None
+        if entry is not None and lock is not None and lock.resolve(dep.model, ref) is None:
+            yield doc.problem((*here, "shadow", ref), f"{dep.model}@{ref} is not in mlops.lock",
+                              "expected a registered version (register it, then run `mlops-iac lock sync`)",
+                              of_key=True)
 
 
 def _known_versions(doc: Document, lock: Lock, here: PathKey, dep: Deployment) -> Iterator[Problem]:

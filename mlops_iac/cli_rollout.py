@@ -82,7 +82,7 @@ def _deployment(ws: Workspace, name: str) -> tuple[ResolvedDeployment, Rollout, 
     dep = known[name]
     if policy is None:
         raise MlopsIacError(f"{name} has no rollout policy in {ws.file}; add deployments[{index}].rollout")
-    stable, canary = (v.number for v in dep.versions)
+    stable, canary = (v.number for v in dep.served)
     if stable is None or canary is None:
         raise MlopsIacError(f"{name}: both versions must be pinned in mlops.lock (run `mlops-iac lock sync`)")
     return dep, policy, stable, canary

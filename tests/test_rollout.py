@@ -30,7 +30,7 @@ from mlops_iac.rollout.evidence import counts, delta, prometheus_queries, quanti
 from mlops_iac.serving.metrics import Metrics
 from mlops_iac.spec.rollout import Rollout
 
-from .conftest import free_port, require, wait_http
+from .conftest import ROOT, free_port, require, wait_http
 from .server_fixtures import Models, Running, build_models, model_entry, running_server
 
 DIGESTS = {1: "sha256:" + "a1" * 32, 2: "sha256:" + "b2" * 32}
@@ -498,3 +498,63 @@ def test_local_target_end_to_end(converted: Path) -> None:
     with serving(converted, port):
         seen = drive_until(port, 20, body)
     assert seen == {"1": 0, "2": 20}  # promoted: `serve` gives the canary every request
+
+
+# --- shadow traffic on Kubernetes: the HTTPRoute's RequestMirror -----------------------------
+
+CANARY_LINES = "    versions: [1, 2]\n    traffic: {1: 90, 2: 10}     # canary: 10% to version 2\n"
+
+
+def production(folder: Path, replacement: str) -> Path:
+    shutil.copytree(ROOT / "examples" / "production", folder)
+    text = (folder / "mlops.yaml").read_text()
+    assert CANARY_LINES in text
+    (folder / "mlops.yaml").write_text(text.replace(CANARY_LINES, replacement))
+    return folder / "mlops.yaml"
+
+
+def test_shadow_is_mirrored_by_the_route_and_serves_nothing(tmp_path: Path) -> None:
+    from mlops_iac.manifests import target_objects, version_name
+    from mlops_iac.spec.targets import KubernetesTarget
+
+    file = production(tmp_path / "p", "    version: 1\n    shadow: {2: 20}\n")
+    result = plan(load(file).resolved, ("prod",))
+    (stack,) = result.stacks
+    assert isinstance(stack.target.spec, KubernetesTarget)
+    dep = stack.deployments[0]
+    assert dep.shadow == {2: 20} and [(v.number, v.weight) for v in dep.versions] == [(1, 100), (2, 0)]
+    objects = target_objects(stack.project, stack.target.spec, stack.deployments)
+    (route,) = [o for o in objects if o["kind"] == "HTTPRoute"]
+    weighted = route["spec"]["rules"][-1]
+    v1, v2 = (version_name("iris", v) for v in dep.versions)
+    assert weighted["backendRefs"] == [{"name": v1, "port": 8080, "weight": 100}]  # answers come from v1 only
+    assert weighted["filters"] == [{"type": "RequestMirror", "requestMirror": {
+        "backendRef": {"name": v2, "port": 8080}, "percent": 20}}]
+    assert {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"} == {v1, v2}  # the shadow runs
+    # plan.json carries it to the stack program, and reads back the same
+    from mlops_iac.plan import StackPlan
+
+    written = next(f for f in result.files if f.path == "prod/plan.json")
+    assert StackPlan.model_validate_json(written.content).deployments[0].shadow == {2: 20}
+
+
+@pytest.mark.parametrize(("lines", "path", "message"), [
+    ("    version: 1\n    shadow: {1: 20}\n", "deployments[0].shadow[1]", "version 1 is also in traffic"),
+    ("    version: 1\n    shadow: {2: 0}\n", "deployments[0].shadow[2]", "expected a percent from 1 to 100"),
+    ("    version: 1\n    shadow: {7: 20}\n", "deployments[0].shadow[7]", "iris@7 is not in mlops.lock"),
+])
+def test_bad_shadows_are_located(tmp_path: Path, lines: str, path: str, message: str) -> None:
+    file = production(tmp_path / "p", lines)
+    with pytest.raises(ConfigError) as caught:
+        load(file)
+    (problem,) = [p for p in caught.value.problems if p.severity == "error"]
+    assert problem.path == path and message in str(problem) and problem.line > 0
+
+
+def test_shadow_needs_a_gateway(tmp_path: Path) -> None:
+    file = production(tmp_path / "p", CANARY_LINES)
+    text = file.read_text().replace("    cpu: 500m\n", "    cpu: 500m\n", 1)
+    file.write_text(text.replace("    version: 1\n    target: edge\n", "    version: 1\n    shadow: {2: 5}\n"
+                                 "    target: edge\n"))
+    with pytest.raises(ConfigError, match=r"deployments\[1\]\.shadow: shadow traffic is mirrored by a Gateway"):
+        load(file)

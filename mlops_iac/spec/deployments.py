@@ -36,5 +36,8 @@ class Deployment(SpecModel):
     hardware: Hardware = Hardware()
     auth: Literal["none", "key"] = "none"
     monitoring: Monitoring | None = None
+    shadow: dict[VersionRef, int] | None = Field(
+        None, description="Mirror this percent of requests to a version that serves no traffic; its answers "
+                          "are never returned (Kubernetes targets with a gateway: the HTTPRoute's RequestMirror).")
     rollout: Rollout | None = Field(
         None, description="Promote the canary (the last of versions) on evidence, or roll it back.")
