@@ -498,6 +498,9 @@ def test_local_target_end_to_end(converted: Path) -> None:
     with serving(converted, port):
         seen = drive_until(port, 20, body)
     assert seen == {"1": 0, "2": 20}  # promoted: `serve` gives the canary every request
+    synced = runner.invoke(main, ["lock", "sync"])
+    assert synced.exit_code == 0, synced.output
+    assert read_lock(converted / "mlops.lock").rollouts["iris-live"].state == "promoted"  # sync keeps the fact
 
 
 # --- shadow traffic on Kubernetes: the HTTPRoute's RequestMirror -----------------------------
