@@ -147,6 +147,8 @@ def _run(file: Path, name: str, urls: tuple[str, ...], prometheus: str | None, s
          out: Path | None, *, write: bool) -> None:
     ws = load(file)
     dep, policy, stable, canary = _deployment(ws, name)
+    if not write and name not in ws.lock.rollouts:
+        raise MlopsIacError(f"{name}: no rollout has started; `mlops-iac rollout step {name}` starts it")
     source = Source(ws, dep, urls, prometheus, selector)
     counters = source.counters()
     now = time.time()
@@ -160,8 +162,6 @@ def _run(file: Path, name: str, urls: tuple[str, ...], prometheus: str | None, s
         update_lock(ws.lock_path, change)
         text = markdown(name, holder["record"])
     else:
-        if name not in ws.lock.rollouts:
-            raise MlopsIacError(f"{name}: no rollout has started; `mlops-iac rollout step {name}` starts it")
         _, rec = advance(ws.lock, name, policy, stable, canary, source, now, counters, record=False)
         text = markdown(name, rec)
     _emit(text, out)

@@ -21,7 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 from mlops_iac.cli import main
-from mlops_iac.errors import ConfigError
+from mlops_iac.errors import ConfigError, MlopsIacError
 from mlops_iac.lock import LockedVersion, RolloutFacts, read_lock, update_lock
 from mlops_iac.plan import plan
 from mlops_iac.resolve import load
@@ -349,6 +349,14 @@ def test_too_little_traffic_holds(tmp_path: Path, models: Models) -> None:
             record = step(file, running)
             assert record["action"] == "hold" and "too little traffic" in record["reasons"][0]
             assert driver.weights() == {1: 90, 2: 10}
+        before = (file.parent / "mlops.lock").read_bytes()
+        args = ["rollout", "status", "iris-live", "-f", str(file), "--out", str(file.parent / "summary.md")]
+        for s in running.values():
+            args += ["--metrics-url", f"http://127.0.0.1:{s.port}/metrics"]
+        status = CliRunner().invoke(main, args)
+        assert status.exit_code == 0 and "**hold**" in status.output and "too little traffic" in status.output
+        assert (file.parent / "mlops.lock").read_bytes() == before  # status judges and records nothing
+        assert (file.parent / "summary.md").read_text() == status.output
     assert read_lock(file.parent / "mlops.lock").rollouts["iris-live"].state == "progressing"
 
 
@@ -561,3 +569,48 @@ def test_shadow_needs_a_gateway(tmp_path: Path) -> None:
                                  "    target: edge\n"))
     with pytest.raises(ConfigError, match=r"deployments\[1\]\.shadow: shadow traffic is mirrored by a Gateway"):
         load(file)
+
+
+# --- the command's answers to mistakes, and its defaults -----------------------------------
+
+def test_rollout_command_errors_are_clear(tmp_path: Path) -> None:
+    file = project(tmp_path)
+    runner = CliRunner()
+    unknown = runner.invoke(main, ["rollout", "step", "nope", "-f", str(file)])
+    assert unknown.exit_code == 1 and "unknown deployment 'nope'; deployments: iris-live" in unknown.output
+    not_started = runner.invoke(main, ["rollout", "status", "iris-live", "-f", str(file)])
+    assert not_started.exit_code == 1 and "no rollout has started" in not_started.output
+    dead = free_port()
+    down = runner.invoke(main, ["rollout", "step", "iris-live", "-f", str(file),
+                                "--metrics-url", f"http://127.0.0.1:{dead}/metrics"])
+    assert down.exit_code == 1 and f"cannot read http://127.0.0.1:{dead}/metrics" in down.output
+    assert "Traceback" not in down.output and "iris-live" not in read_lock(tmp_path / "mlops.lock").rollouts
+    plain = tmp_path / "plain"
+    plain_file = project(plain, POLICY)
+    data = yaml.safe_load(plain_file.read_text())
+    del data["deployments"][0]["rollout"]
+    data["deployments"][0]["traffic"] = {1: 50, 2: 50}
+    plain_file.write_text(yaml.safe_dump(data))
+    no_policy = runner.invoke(main, ["rollout", "step", "iris-live", "-f", str(plain_file)])
+    assert no_policy.exit_code == 1 and "iris-live has no rollout policy" in no_policy.output
+
+
+def test_default_evidence_sources_follow_the_target(tmp_path: Path) -> None:
+    from mlops_iac.cli_rollout import Source
+
+    file = project(tmp_path)
+    data = yaml.safe_load(file.read_text())
+    data["targets"] = {"edge": {"kind": "docker", "host": "ssh://deploy@edge-01", "port": 9000},
+                       "prod": {"kind": "kubernetes", "namespace": "models"}}
+    data["deployments"][0]["target"] = "edge"
+    file.write_text(yaml.safe_dump(data))
+    ws = load(file)
+    source = Source(ws, ws.resolved.deployments[0], (), None, None)
+    assert source.urls == ("http://edge-01:9000/metrics", "http://edge-01:9001/metrics")  # version N: port + N - 1
+    data["deployments"][0]["target"] = "prod"
+    file.write_text(yaml.safe_dump(data))
+    ws = load(file)
+    with pytest.raises(MlopsIacError, match="pass --prometheus URL"):
+        Source(ws, ws.resolved.deployments[0], (), None, None)
+    k8s = Source(ws, ws.resolved.deployments[0], (), "http://prometheus:9090", None)
+    assert k8s.selector == 'namespace="models",service=~"iris-v[0-9]+-[0-9a-f]{8}"'  # what the ServiceMonitor gives
