@@ -390,7 +390,14 @@ def prometheus_scraping(stack: ExitStack, folder: Path, running: dict[int, Runni
     stack.callback(process.wait, 30)
     stack.callback(process.terminate)
     wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=60)
-    return f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": "sum(up)"})
+    for _ in range(600):  # ready is not scraped: the counters' values before any request must be seen
+        with urllib.request.urlopen(url, timeout=5) as response:
+            result = json.load(response)["data"]["result"]
+        if result and float(result[0]["value"][1]) == len(running):
+            return f"http://127.0.0.1:{port}"
+        time.sleep(0.1)
+    raise AssertionError("Prometheus never scraped the servers")
 
 
 def scraped(prometheus: str, driver: Driver) -> None:
@@ -420,6 +427,7 @@ def test_rollout_judged_through_a_real_prometheus(tmp_path: Path, models: Models
             assert result.exit_code == 0, result.output
             records.append(read_lock(file.parent / "mlops.lock").rollouts["iris-live"].decision)
             if records[-1]["action"] in ("promote", "rollback"):
+                settled = time.time()
                 break
             driver.drive(400)
             scraped(prometheus, driver)
@@ -432,6 +440,11 @@ def test_rollout_judged_through_a_real_prometheus(tmp_path: Path, models: Models
     canary = last["evidence"]["canary"]
     assert canary["requests"] >= 30 and (canary["errors"] > 0) == bad
     assert canary["p99_ms"] is not None and canary["p99_ms"] > 0
+    if bad:
+        assert driver.first_error is not None
+        seconds = settled - driver.first_error
+        print(f"\nthrough Prometheus: first error to weight 0 in {seconds:.2f}s = {seconds / 4:.2f} bake windows "
+              f"(bake 4s, scrape 0.5s); the canary served {driver.sent[2]} requests before the rollback")
 
 
 # --- the local target end to end: `serve`, a load driver, `rollout step` with its defaults ----

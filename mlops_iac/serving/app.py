@@ -93,6 +93,9 @@ class Server:
                           self.metrics.requests.labels(*labels, "200"),
                           self.metrics.latency.labels(*labels), self.metrics.inference.labels(*labels),
                           self.metrics.queue.labels(*labels), self.metrics.batch.labels(*labels))
+            # Failures at 0 from the start: Prometheus's increase() misses the first value of a series
+            # that appears mid-window, and a canary's first errors must count.
+            self.metrics.requests.labels(*labels, "500")
             self.models.setdefault(model.name, {})[str(model.version)] = entry
         for name, versions in self.models.items():
             entries = list(versions.values())
