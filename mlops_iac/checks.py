@@ -210,7 +210,11 @@ def _deployment(models: list[str] | None, targets: Mapping[str, Any], doc: Docum
                           "expected one of the targets: " + ", ".join(targets))
     yield from _selection(doc, here, dep)
     yield from _traffic(doc, here, dep)
-    if models is not None and dep.model in models and lock is not None:
+    yield from _rollout(doc, here, dep)
+    known = models is not None and dep.model in models
+    if dep.shadow:
+        yield from _shadow(doc, here, dep, target, lock if known else None)
+    if known and lock is not None:
         yield from _known_versions(doc, lock, here, dep)
     yield from _hardware(doc, here, dep, target)
 
@@ -247,7 +251,7 @@ def _selection(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Proble
 def _traffic(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
     refs = deployed_refs(dep)
     if dep.traffic is None:
-        if len(refs) > 1:
+        if len(refs) > 1 and dep.rollout is None:  # a rollout sets the weights itself
             yield doc.problem((*here, "versions"), f"{len(refs)} versions and no traffic",
                               "add traffic: a percent per version, summing to 100", of_key=True)
         return
@@ -263,6 +267,33 @@ def _traffic(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]
     if total != 100:
         yield doc.problem((*here, "traffic"), f"the weights sum to {total}",
                           "expected weights that sum to 100", of_key=True)
+
+
+def _rollout(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
+    if dep.rollout is not None and (dep.versions is None or len(dep.versions) != 2):
+        yield doc.problem((*here, "rollout"), "a rollout needs two versions: the stable one and the canary",
+                          "expected versions: [STABLE, CANARY] (the canary last) beside rollout", of_key=True)
+
+
+def _shadow(doc: Document, here: PathKey, dep: Deployment, target: Target | None,
+            lock: Lock | None) -> Iterator[Problem]:
+    assert dep.shadow is not None
+    refs = deployed_refs(dep)
+    if target is not None and (not isinstance(target, KubernetesTarget) or target.gateway is None):
+        yield doc.problem((*here, "shadow"), "shadow traffic is mirrored by a Gateway API HTTPRoute",
+                          "expected a kubernetes target with `gateway:`", of_key=True)
+    for ref, percent in dep.shadow.items():
+        if ref in refs:
+            yield doc.problem((*here, "shadow", ref), f"version {ref!r} is also in traffic",
+                              "expected a version this deployment does not serve: a shadow's answers are "
+                              "never returned", of_key=True)
+        if not 1 <= percent <= 100:
+            yield doc.problem((*here, "shadow", ref), f"got {percent}", "expected a percent from 1 to 100")
+        entry = lock.models.get(dep.model) if lock is not None else None
+        if entry is not None and lock is not None and lock.resolve(dep.model, ref) is None:
+            yield doc.problem((*here, "shadow", ref), f"{dep.model}@{ref} is not in mlops.lock",
+                              "expected a registered version (register it, then run `mlops-iac lock sync`)",
+                              of_key=True)
 
 
 def _known_versions(doc: Document, lock: Lock, here: PathKey, dep: Deployment) -> Iterator[Problem]:

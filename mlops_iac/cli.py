@@ -264,6 +264,7 @@ def _add_commands() -> None:
     from .cli_monitor import monitor
     from .cli_profile import profile
     from .cli_registry import lock_pending, lock_sync, models, register
+    from .cli_rollout import rollout
     from .cli_serve import serve
     from .cli_smoke import smoke
 
@@ -275,6 +276,7 @@ def _add_commands() -> None:
     main.add_command(monitor)
     main.add_command(smoke)
     main.add_command(models)
+    main.add_command(rollout)
     lock.add_command(lock_sync)
     lock.add_command(lock_pending)
 

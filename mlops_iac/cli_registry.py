@@ -356,7 +356,8 @@ def lock_sync(file: Path) -> None:
     lines: list[str] = []
 
     def change(lock: Lock) -> Lock:
-        new = Lock()
+        names = {d.name for d in ws.resolved.deployments}  # a rollout's step is a fact too: keep it
+        new = Lock(rollouts={k: v for k, v in lock.rollouts.items() if k in names})
         for dep in ws.resolved.deployments:
             for v in dep.versions:
                 version = registry.resolve(Ref(dep.model, v.ref))

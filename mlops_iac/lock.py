@@ -106,6 +106,35 @@ class LockedVersion(LockModel):
     image: ImageFacts | None = None
 
 
+class VersionCounts(LockModel):
+    """One version's counters at a moment, as its servers' /metrics gave them."""
+
+    requests: float = Field(0, ge=0)
+    errors: float = Field(0, ge=0)
+    buckets: dict[str, float] = {}  # latency histogram: upper bound (seconds, "+Inf") -> cumulative count
+    created: float | None = None  # newest creation time of its counters: changes when a server restarted
+
+
+class RolloutFacts(LockModel):
+    """Where a deployment's canary stands: a fact `synth`, `serve` and `pulumi up` apply.
+
+    `started` (Unix seconds) is when the current step began: the bake window runs from it, and
+    `snapshot` holds the counters then, so the window's evidence is now minus the snapshot.
+    """
+
+    stable: int = Field(ge=1)
+    canary: int = Field(ge=1)
+    state: Literal["progressing", "promoted", "rolled-back", "aborted"] = "progressing"
+    step: int = Field(0, ge=0)
+    weight: int = Field(ge=0, le=100, description="The canary's percent of requests.")
+    started: float = Field(ge=0)
+    snapshot: dict[int, VersionCounts] = {}
+    decision: dict[str, Any] = {}  # the last decision, its reasons and evidence (see rollout.markdown)
+
+    def weights(self) -> dict[int, int]:
+        return {self.stable: 100 - self.weight, self.canary: self.weight}
+
+
 class LockedModel(LockModel):
     aliases: dict[str, int] = {}
     versions: dict[int, LockedVersion] = {}
@@ -114,6 +143,10 @@ class LockedModel(LockModel):
 class Lock(LockModel):
     lock_version: Literal[1] = 1
     models: dict[str, LockedModel] = {}
+    rollouts: dict[str, RolloutFacts] = {}  # by deployment name
+
+    def with_rollout(self, deployment: str, facts: RolloutFacts) -> Lock:
+        return self.model_copy(update={"rollouts": {**self.rollouts, deployment: facts}})
 
     def version(self, model: str, number: int) -> LockedVersion | None:
         entry = self.models.get(model)
@@ -194,5 +227,6 @@ def update_lock(path: Path, change: Callable[[Lock], Lock]) -> Lock:
         return new
 
 
-__all__ = ["ConfigError", "Lock", "LockError", "LockedModel", "LockedVersion", "dumps", "read_lock",
+__all__ = ["ConfigError", "Lock", "LockError", "LockedModel", "LockedVersion", "RolloutFacts", "VersionCounts",
+           "dumps", "read_lock",
            "update_lock", "write_lock"]

@@ -260,9 +260,13 @@ def _route(target: KubernetesTarget, dep: ResolvedDeployment) -> Object:
                     {"path": {"type": "PathPrefix", "value": prefix},
                      "headers": [{"type": "Exact", "name": VERSION_HEADER, "value": str(v.number)}]}],
         "backendRefs": [{"name": version_name(dep.model, v), "port": PORT}]} for v in dep.versions]
-    weighted = {"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
-                "backendRefs": [{"name": version_name(dep.model, v), "port": PORT, "weight": v.weight}
-                                for v in dep.versions]}
+    weighted: Object = {"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+                        "backendRefs": [{"name": version_name(dep.model, v), "port": PORT, "weight": v.weight}
+                                        for v in dep.versions if v.number not in dep.shadow]}
+    if dep.shadow:  # the gateway copies a share of requests to the shadow and drops its answers
+        weighted["filters"] = [{"type": "RequestMirror", "requestMirror": {
+            "backendRef": {"name": version_name(dep.model, v), "port": PORT}, "percent": dep.shadow[v.number]}}
+            for v in dep.versions if v.number in dep.shadow]
     route: Object = {"parentRefs": [{"name": target.gateway.name, **({"namespace": target.gateway.namespace}
                                                                      if target.gateway.namespace else {})}],
                      "rules": [*pinned, weighted]}

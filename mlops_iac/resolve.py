@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
 
 from .checks import check, check_partial, deployed_refs, deployment_name
 from .errors import ConfigError, Problem, only_errors
@@ -109,6 +109,20 @@ class ResolvedDeployment(Resolved):
     versions: tuple[ResolvedVersion, ...]
     auth: Literal["none", "key"]
     monitoring: ResolvedMonitoring
+    shadow: dict[int, int] = {}  # version number -> percent of requests mirrored to it (it serves none)
+
+    @model_serializer(mode="wrap")
+    def _without_empty_shadow(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Written only when set: a plan.json without shadow traffic stays byte-identical.
+        data: dict[str, Any] = handler(self)
+        if not self.shadow:
+            data.pop("shadow", None)
+        return data
+
+    @property
+    def served(self) -> tuple[ResolvedVersion, ...]:
+        """The versions that answer requests (not the shadows)."""
+        return tuple(v for v in self.versions if v.number not in self.shadow)
 
 
 class ResolvedTarget(Resolved):
@@ -211,10 +225,11 @@ def _model(model: Model, spec: Spec) -> ResolvedModel:
 def _deployment(spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment,
                 model: ResolvedModel) -> tuple[ResolvedDeployment, list[Problem]]:
     refs = deployed_refs(dep)
-    weights = dep.traffic if dep.traffic is not None else {refs[0]: 100}
+    weights = _weights(dep, refs, lock)
     versions = []
     warnings: list[Problem] = []
-    for ref in refs:
+    shadows = tuple(r for r in (dep.shadow or {}) if r not in refs)
+    for ref in (*refs, *shadows):  # a shadow version runs beside the others, with no traffic
         number = lock.resolve(dep.model, ref)
         facts = lock.version(dep.model, number) if number is not None else None
         recommended = facts.recommendation if facts else None
@@ -227,8 +242,23 @@ def _deployment(spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment,
                                         image=facts.image.reference if facts and facts.image else None))
     monitoring = _monitoring(spec, dep, model)
     return ResolvedDeployment(name=deployment_name(dep), model=dep.model, target=dep.target,
-                              versions=tuple(versions), auth=dep.auth,
-                              monitoring=monitoring), warnings
+                              versions=tuple(versions), auth=dep.auth, monitoring=monitoring,
+                              shadow={v.number: (dep.shadow or {})[v.ref] for v in versions[len(refs):]
+                                      if v.number is not None}), warnings
+
+
+def _weights(dep: Deployment, refs: tuple[int | str, ...], lock: Lock) -> dict[int | str, int]:
+    """Percent per version: a rollout's current step in mlops.lock (a fact) wins over `traffic`;
+    a rollout not yet started gives the canary its first step."""
+    if dep.rollout is None or len(refs) != 2:
+        return dict(dep.traffic) if dep.traffic is not None else {refs[0]: 100}
+    facts = lock.rollouts.get(deployment_name(dep))
+    if facts is not None and [facts.stable, facts.canary] == [lock.resolve(dep.model, r) for r in refs]:
+        return {refs[0]: 100 - facts.weight, refs[1]: facts.weight}
+    if dep.traffic is not None:
+        return dict(dep.traffic)
+    first = dep.rollout.weights()[0]
+    return {refs[0]: 100 - first, refs[1]: first}
 
 
 def _pick(value: Any, recommended: Any, default: Any) -> tuple[Any, Source]:

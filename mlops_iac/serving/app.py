@@ -97,6 +97,9 @@ class Server:
                           self.metrics.requests.labels(*labels, "200"),
                           self.metrics.latency.labels(*labels), self.metrics.inference.labels(*labels),
                           self.metrics.queue.labels(*labels), self.metrics.batch.labels(*labels))
+            # Failures at 0 from the start: Prometheus's increase() misses the first value of a series
+            # that appears mid-window, and a canary's first errors must count.
+            self.metrics.requests.labels(*labels, "500")
             self.models.setdefault(model.name, {})[str(model.version)] = entry
         for name, versions in self.models.items():
             entries = list(versions.values())
@@ -293,6 +296,9 @@ class Server:
             status, payload, header = await self.run(entry, request, started)
         except ClientError as error:
             self.metrics.requests.labels(name, entry.runtime.version, str(error.status)).inc()
+            raise
+        except Exception:  # answered 500 by http(); counted, so a failing version shows in its error rate
+            self.metrics.requests.labels(name, entry.runtime.version, "500").inc()
             raise
         extra = [(b"inference-header-content-length", str(header).encode())] if header is not None else []
         await respond(send, status, payload, JSON if header is None else b"application/octet-stream", extra)

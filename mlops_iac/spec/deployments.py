@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from .monitoring import Monitoring
+from .rollout import Rollout
 from .types import AliasName, Cpu, Memory, Name, Replicas, SpecModel, VersionRef
 
 
@@ -35,3 +36,8 @@ class Deployment(SpecModel):
     hardware: Hardware = Hardware()
     auth: Literal["none", "key"] = "none"
     monitoring: Monitoring | None = None
+    shadow: dict[VersionRef, int] | None = Field(
+        None, description="Mirror this percent of requests to a version that serves no traffic; its answers "
+                          "are never returned (Kubernetes targets with a gateway: the HTTPRoute's RequestMirror).")
+    rollout: Rollout | None = Field(
+        None, description="Promote the canary (the last of versions) on evidence, or roll it back.")

@@ -1,0 +1,218 @@
+"""`mlops-iac rollout status|step|abort DEPLOYMENT`: a canary carried through its policy's steps.
+
+Each step reads the evidence over the bake window, decides (mlops_iac.rollout.decide), records
+the decision, its evidence and the canary's new weight in mlops.lock, and prints it as Markdown.
+`synth` and `serve` then apply the lock's weights.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli import file_option
+from .errors import MlopsIacError
+from .lock import Lock, RolloutFacts, VersionCounts, update_lock
+from .resolve import ResolvedDeployment, Workspace, load
+from .rollout import Decision, Evidence, decide
+from .rollout import evidence as sources
+from .rollout.markdown import markdown
+from .serving.config import API_KEY_ENV
+from .spec.rollout import Rollout
+from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget
+
+PROMETHEUS_ENV = "MLOPS_IAC_PROMETHEUS_URL"
+
+
+class Source:
+    """Where a deployment's evidence comes from: its servers' /metrics, or Prometheus."""
+
+    def __init__(self, ws: Workspace, dep: ResolvedDeployment, urls: tuple[str, ...], prometheus: str | None,
+                 selector: str | None) -> None:
+        self.dep = dep
+        target = ws.resolved.target(dep.target).spec
+        self.prometheus = prometheus or (os.environ.get(PROMETHEUS_ENV) if not urls else None)
+        self.urls = urls or (() if self.prometheus else _metrics_urls(target, dep))
+        if not self.urls and not self.prometheus:
+            raise MlopsIacError(f"{dep.name} runs on a Kubernetes target: pass --prometheus URL (or set "
+                                f"{PROMETHEUS_ENV}) or --metrics-url URL")
+        namespace = target.namespace_name if isinstance(target, KubernetesTarget) else ""
+        from .manifests import series_selector
+
+        self.selector = selector if selector is not None else (
+            series_selector(namespace, dep.model) if namespace else "")
+        self.key = os.environ.get(API_KEY_ENV) if dep.auth == "key" else None
+
+    def counters(self) -> dict[int, VersionCounts]:
+        if self.prometheus:
+            return {}  # Prometheus keeps the history itself
+        return sources.total(sources.counts(sources.fetch(url, self.key), self.dep.model) for url in self.urls)
+
+    def evidence(self, facts: RolloutFacts, now: float, counters: dict[int, VersionCounts]) -> Evidence:
+        window = max(0.0, now - facts.started)
+        if self.prometheus:
+            return sources.from_prometheus(self.prometheus, self.dep.model, self.selector, facts.stable,
+                                           facts.canary, window)
+        return sources.from_counters(counters, facts.snapshot, facts.stable, facts.canary, window,
+                                     ", ".join(self.urls))
+
+
+def _metrics_urls(target: Any, dep: ResolvedDeployment) -> tuple[str, ...]:
+    if isinstance(target, LocalTarget):
+        return (f"http://{target.host}:{target.port}/metrics",)
+    if isinstance(target, DockerTarget):
+        match = re.match(r"^(?:tcp|ssh)://(?:[^@/]+@)?([^:/]+)", target.host)
+        host = match.group(1) if match else "127.0.0.1"
+        return tuple(f"http://{host}:{target.port + (v.number or 1) - 1}/metrics" for v in dep.versions)
+    return ()
+
+
+def _deployment(ws: Workspace, name: str) -> tuple[ResolvedDeployment, Rollout, int, int]:
+    known = {d.name: d for d in ws.resolved.deployments}
+    if name not in known:
+        raise MlopsIacError(f"unknown deployment {name!r}; deployments: {', '.join(known) or 'none'}")
+    index = [d.name for d in ws.resolved.deployments].index(name)
+    policy = ws.spec.deployments[index].rollout
+    dep = known[name]
+    if policy is None:
+        raise MlopsIacError(f"{name} has no rollout policy in {ws.file}; add deployments[{index}].rollout")
+    stable, canary = (v.number for v in dep.served)
+    if stable is None or canary is None:
+        raise MlopsIacError(f"{name}: both versions must be pinned in mlops.lock (run `mlops-iac lock sync`)")
+    return dep, policy, stable, canary
+
+
+def _record(action: str, facts: RolloutFacts, before: int, policy: Rollout, evidence: Evidence | None,
+            decision: Decision | None, reasons: tuple[str, ...], now: float) -> dict[str, Any]:
+    ev = asdict(evidence) if evidence else {"canary": {"requests": 0, "errors": 0, "p99_ms": None},
+                                            "stable": {"requests": 0, "errors": 0, "p99_ms": None},
+                                            "window_s": 0.0, "source": "-", "queries": {}}
+    return {"action": action, "stable": facts.stable, "canary": facts.canary, "weightBefore": before,
+            "weight": facts.weight, "step": facts.step, "reasons": list(reasons), "at": round(now, 3),
+            "gates": [asdict(g) for g in decision.gates] if decision else [],
+            "evidence": {"canary": ev["canary"], "stable": ev["stable"], "windowS": ev["window_s"],
+                         "source": ev["source"], "queries": ev["queries"]},
+            "policy": {"weights": list(policy.weights()), "bake": policy.bake,
+                       "gates": policy.gates.model_dump(mode="json", by_alias=True, exclude_none=True),
+                       "onFailure": policy.on_failure}}
+
+
+def advance(lock: Lock, name: str, policy: Rollout, stable: int, canary: int, source: Source,
+            now: float, counters: dict[int, VersionCounts], *, record: bool) -> tuple[RolloutFacts, dict[str, Any]]:
+    """The rollout's facts after one step (pure but for the counters and clock it is given)."""
+    facts = lock.rollouts.get(name)
+    if facts is None or (facts.stable, facts.canary) != (stable, canary):
+        first = policy.weights()[0]
+        facts = RolloutFacts(stable=stable, canary=canary, weight=first, started=now, snapshot=counters)
+        why = f"rollout started: v{canary} takes {first}% for {policy.bake:g}s, then it is judged"
+        return facts, _record("start", facts, 0, policy, None, None, (why,), now)
+    if facts.state != "progressing":
+        return facts, facts.decision
+    evidence = source.evidence(facts, now, counters)
+    decision = decide(policy, facts.step, now - facts.started, evidence)
+    update: dict[str, Any] = {"weight": decision.weight, "step": decision.step}
+    if decision.action == "advance":
+        update |= {"started": now, "snapshot": counters}
+    elif decision.action == "promote":
+        update |= {"state": "promoted"}
+    elif decision.action == "rollback":
+        update |= {"state": "rolled-back"}
+    new = facts.model_copy(update=update) if record or decision.action != "hold" else facts
+    return new, _record(decision.action, new, facts.weight, policy, evidence, decision, decision.reasons, now)
+
+
+@click.group()
+def rollout() -> None:
+    """Carry a canary through its rollout policy: judge, advance, promote or roll back."""
+
+
+def _options(func: Any) -> Any:
+    func = click.option("--metrics-url", "urls", multiple=True,
+                        help="A server's /metrics to read (repeatable; default: the target's servers).")(func)
+    func = click.option("--prometheus", default=None,
+                        help=f"Prometheus's URL (Kubernetes targets; default ${PROMETHEUS_ENV}).")(func)
+    func = click.option("--selector", default=None, help="PromQL label matchers of the deployment's series.")(func)
+    func = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help="Also append the Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).")(func)
+    return file_option(func)
+
+
+def _run(file: Path, name: str, urls: tuple[str, ...], prometheus: str | None, selector: str | None,
+         out: Path | None, *, write: bool) -> None:
+    ws = load(file)
+    dep, policy, stable, canary = _deployment(ws, name)
+    if not write and name not in ws.lock.rollouts:
+        raise MlopsIacError(f"{name}: no rollout has started; `mlops-iac rollout step {name}` starts it")
+    source = Source(ws, dep, urls, prometheus, selector)
+    counters = source.counters()
+    now = time.time()
+    if write:
+        holder: dict[str, Any] = {}
+
+        def change(lock: Lock) -> Lock:
+            facts, holder["record"] = advance(lock, name, policy, stable, canary, source, now, counters, record=True)
+            return lock.with_rollout(name, facts.model_copy(update={"decision": holder["record"]}))
+
+        update_lock(ws.lock_path, change)
+        text = markdown(name, holder["record"])
+    else:
+        _, rec = advance(ws.lock, name, policy, stable, canary, source, now, counters, record=False)
+        text = markdown(name, rec)
+    _emit(text, out)
+
+
+def _emit(text: str, out: Path | None) -> None:
+    click.echo(text, nl=False)
+    if out is not None:
+        with open(out, "a", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+@rollout.command("status")
+@click.argument("deployment")
+@_options
+def status(deployment: str, file: Path, urls: tuple[str, ...], prometheus: str | None, selector: str | None,
+           out: Path | None) -> None:
+    """Judge the current step on the evidence so far; change nothing."""
+    _run(file, deployment, urls, prometheus, selector, out, write=False)
+
+
+@rollout.command("step")
+@click.argument("deployment")
+@_options
+def step(deployment: str, file: Path, urls: tuple[str, ...], prometheus: str | None, selector: str | None,
+         out: Path | None) -> None:
+    """Start the rollout, or judge its current step and record the decision in mlops.lock: advance
+    (after the bake, every gate passing), promote (the last step), hold (baking, or too little
+    traffic) or roll back (a gate failed). Then apply the lock's weights (synth, pulumi up, serve)."""
+    _run(file, deployment, urls, prometheus, selector, out, write=True)
+
+
+@rollout.command("abort")
+@click.argument("deployment")
+@file_option
+@click.option("--reason", default="aborted by hand", show_default=True, help="Recorded with the decision.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also append the Markdown to this file.")
+def abort(deployment: str, file: Path, reason: str, out: Path | None) -> None:
+    """Set the canary's weight to 0 now and stop the rollout."""
+    ws = load(file)
+    _, policy, stable, canary = _deployment(ws, deployment)
+    holder: dict[str, Any] = {}
+
+    def change(lock: Lock) -> Lock:
+        facts = lock.rollouts.get(deployment)
+        before = facts.weight if facts is not None and (facts.stable, facts.canary) == (stable, canary) else 0
+        new = RolloutFacts(stable=stable, canary=canary, state="aborted", weight=0, started=time.time(),
+                           step=facts.step if facts else 0)
+        holder["record"] = _record("abort", new, before, policy, None, None, (reason,), new.started)
+        return lock.with_rollout(deployment, new.model_copy(update={"decision": holder["record"]}))
+
+    update_lock(ws.lock_path, change)
+    _emit(markdown(deployment, holder["record"]), out)
