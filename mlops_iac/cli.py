@@ -230,12 +230,14 @@ def _add_commands() -> None:
     from .cli_monitor import monitor
     from .cli_profile import profile
     from .cli_registry import lock_pending, lock_sync, models, register
+    from .cli_score import score_command
     from .cli_serve import serve
     from .cli_smoke import smoke
 
     main.add_command(register)
     main.add_command(convert)
     main.add_command(serve)
+    main.add_command(score_command)
     main.add_command(profile)
     main.add_command(build)
     main.add_command(monitor)
