@@ -176,6 +176,7 @@ def score(job: Job, progress: Progress | None = None) -> Summary:
     try:
         for result in _execute(job, todo, progress):
             done[result.index] = result
+            _write_manifest(path, state, mine, None)  # the part counts as done from here on
             rejects = sum(r.rejects for r in done.values())
             if 0 <= job.settings.error_threshold < rejects:
                 failed = f"{rejects} rejected rows exceed --error-threshold {job.settings.error_threshold}"

@@ -247,10 +247,11 @@ def _json_table(records: list[dict[str, Any]], columns: list[str], errors: dict[
 
 
 def _json_column(name: str, values: list[Any], errors: dict[int, str]) -> pa.Array:
-    """A column of mixed JSON types: the rows whose type differs from the first value's are
-    bad rows (reason kept), the rest one typed column."""
-    kind = next((type(v) for v in values if v is not None and not isinstance(v, bool | int | float)), float)
-    numeric = kind is float
+    """A column of mixed JSON types: the rows whose type differs from the first value's (any
+    number counts as a number) are bad rows, with the reason; the rest make one typed column."""
+    first = next((v for v in values if v is not None), None)
+    numeric = isinstance(first, int | float) and not isinstance(first, bool)
+    kind = type(first)
     clean = []
     for i, value in enumerate(values):
         ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool)) if numeric \
