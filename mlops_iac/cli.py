@@ -273,6 +273,9 @@ def render_manifests(file: Path, target: str, fmt: str, out: Path | None) -> Non
         raise MlopsIacError(f"target {target} is {spec.kind}; render writes Kubernetes manifests")
     objects = []
     for dep in stack.deployments:
+        if dep.batch is not None:  # kind: batch, a Job instead of a server
+            objects += _batch_objects(stack.project, spec, dep)
+            continue
         objects += model_objects(stack.project, spec, dep)
         for v in dep.versions:
             assert v.image is not None and v.onnx_digest is not None
@@ -287,6 +290,14 @@ def render_manifests(file: Path, target: str, fmt: str, out: Path | None) -> Non
     else:
         atomic_write(out, text.encode())
         click.echo(f"wrote {len(objects)} objects to {out}")
+
+
+def _batch_objects(project: str, spec: Any, dep: Any) -> list[dict[str, Any]]:
+    from .batch_manifests import batch_objects
+
+    (v,) = dep.versions
+    assert v.image is not None and v.onnx_digest is not None
+    return batch_objects(project, spec, dep, v, v.image, v.onnx_digest)
 
 
 def _side(file: Path, ref: str | None) -> Any:

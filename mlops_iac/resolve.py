@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .checks import check, deployed_refs, deployment_name
 from .errors import ConfigError, Problem, only_errors
 from .loader import Document, PathKey, load_file, validate_document
 from .lock import Lock, Recommendation, read_lock
 from .spec import Deployment, Model, Spec
+from .spec.batch import Batch
 from .spec.models import Convert, Profile, Signature, Validate
 from .spec.monitoring import FileSink, HttpSink, Sink, StdoutSink
 from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget
@@ -109,6 +110,9 @@ class ResolvedDeployment(Resolved):
     versions: tuple[ResolvedVersion, ...]
     auth: Literal["none", "key"]
     monitoring: ResolvedMonitoring
+    # kind: batch (no default to fill: the settings as written); left out of an online
+    # deployment's plan.json, so plans of online deployments stay as they were.
+    batch: Batch | None = Field(None, exclude_if=lambda value: value is None)
 
 
 class ResolvedTarget(Resolved):
@@ -223,7 +227,7 @@ def _deployment(spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment,
     monitoring = _monitoring(spec, dep, model)
     return ResolvedDeployment(name=deployment_name(dep), model=dep.model, target=dep.target,
                               versions=tuple(versions), auth=dep.auth,
-                              monitoring=monitoring), warnings
+                              monitoring=monitoring, batch=dep.batch), warnings
 
 
 def _pick(value: Any, recommended: Any, default: Any) -> tuple[Any, Source]:

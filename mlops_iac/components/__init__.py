@@ -35,6 +35,11 @@ def _kubernetes(plan: StackPlan, target: KubernetesTarget, api_key: pulumi.Input
     opts = pulumi.ResourceOptions(provider=provider)
     exported: dict[str, Any] = {}
     for dep in plan.deployments:
+        if dep.batch is not None:
+            from .batch import BatchJob, BatchJobArgs
+
+            exported[dep.name] = BatchJob(dep.name, BatchJobArgs(plan.project, target, dep), opts).name
+            continue
         ModelEndpoint(dep.name, ModelEndpointArgs(plan.project, target, dep, api_key), opts)
         for version in dep.versions:
             server = ModelServer(f"{dep.name}-v{version.number}",

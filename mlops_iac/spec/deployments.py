@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .batch import Batch
 from .monitoring import Monitoring
 from .types import AliasName, Cpu, Memory, Name, Replicas, SpecModel, VersionRef
 
@@ -24,6 +25,8 @@ class Hardware(SpecModel):
 
 class Deployment(SpecModel):
     name: Name | None = Field(None, description="Default: <model>-<target>.")
+    kind: Literal["online", "batch"] = Field("online", description=(
+        "online: a model server answering requests; batch: a job scoring datasets (see batch)."))
     model: Name
     version: VersionRef | None = Field(None, description="One version: a number or a digest.")
     alias: AliasName | None = Field(None, description="One version, by alias (e.g. production).")
@@ -35,3 +38,4 @@ class Deployment(SpecModel):
     hardware: Hardware = Hardware()
     auth: Literal["none", "key"] = "none"
     monitoring: Monitoring | None = None
+    batch: Batch | None = Field(None, description="What a kind: batch deployment scores.")

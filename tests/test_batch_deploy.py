@@ -1,0 +1,135 @@
+"""Batch deployments (`kind: batch`) in mlops.yaml: validation with locations, the indexed Job
+or CronJob in `render` and in the Pulumi stack, valid for Kubernetes and clean for checkov."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mlops_iac.cli import main
+from mlops_iac.errors import ConfigError
+from mlops_iac.resolve import load
+
+from .conftest import ROOT, require
+from .test_stacks import PRODUCTION, run_program, stack_plan
+
+BATCH = """
+  - name: iris-nightly
+    kind: batch
+    model: iris
+    version: 2
+    target: prod
+    hardware: {cpu: 2, memory: 1Gi}
+    batch:
+      input: [customers/*.parquet]
+      output: scores/
+      schedule: "0 2 * * *"
+      parallelism: 4
+      volumeClaim: customer-data
+  - name: iris-backfill
+    kind: batch
+    model: iris
+    version: 1
+    target: prod
+    batch: {input: [history.csv], output: backfill, errorThreshold: -1}
+"""
+
+
+def project(tmp_path: Path, extra: str = BATCH) -> Path:
+    folder = tmp_path / "prod"
+    shutil.copytree(PRODUCTION, folder)
+    text = (folder / "mlops.yaml").read_text()
+    (folder / "mlops.yaml").write_text(text.replace("\nmonitoring:", extra + "\nmonitoring:", 1))
+    return folder
+
+
+def render(folder: Path) -> list[dict[str, Any]]:
+    result = CliRunner().invoke(main, ["render", "-f", str(folder / "mlops.yaml"), "--target", "prod"])
+    assert result.exit_code == 0, result.output
+    return [d for d in yaml.safe_load_all(result.stdout.split("\n", 1)[1]) if d]
+
+
+def test_batch_deployments_render_an_indexed_job_and_a_cronjob(tmp_path: Path) -> None:
+    objects = render(project(tmp_path))
+    cron = next(o for o in objects if o["kind"] == "CronJob")
+    job = next(o for o in objects if o["kind"] == "Job")
+    assert cron["spec"]["schedule"] == "0 2 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = cron["spec"]["jobTemplate"]["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    server = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("iris-v2-"))
+    served = server["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == served["image"] and container["securityContext"] == served["securityContext"]
+    assert container["resources"]["requests"] == {"cpu": "2000m", "memory": "1024Mi"}
+    assert container["command"] == ["/opt/venv/bin/python", "-m", "mlops_iac.scoring"]
+    args = container["args"]
+    assert args[args.index("--input") + 1] == "/data/customers/*.parquet"
+    assert args[args.index("--output") + 1] == "/data/scores/" and args[args.index("--shards") + 1] == "4"
+    assert "--resume" in args  # a retried pod finishes its parts instead of starting over
+    assert pod["volumes"][0] == {"name": "data", "persistentVolumeClaim": {"claimName": "customer-data"}}
+    assert job["spec"]["completions"] == 1 and "--error-threshold" in job["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cron["metadata"]["name"])
+    assert json.loads(config["data"]["server.json"])["models"][0]["version"] == 2
+
+
+def test_batch_manifests_pass_kubernetes_validate_and_checkov(tmp_path: Path) -> None:
+    import kubernetes_validate
+
+    objects = [o for o in render(project(tmp_path))
+               if o["metadata"]["labels"].get("app.kubernetes.io/component") == "batch-scoring"]
+    assert sorted(o["kind"] for o in objects) == ["ConfigMap", "ConfigMap", "CronJob", "Job", "NetworkPolicy",
+                                                  "NetworkPolicy", "ServiceAccount", "ServiceAccount"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.30.0", strict=True)
+    checkov = os.environ.get("MLOPS_IAC_CHECKOV") or str(ROOT / ".venv-checkov/bin/checkov")
+    if not Path(checkov).exists():
+        require("checkov (scripts/test.sh puts it in .venv-checkov)")
+    path = tmp_path / "batch.yaml"
+    path.write_text(yaml.safe_dump_all(objects))
+    scan = subprocess.run([checkov, "--framework", "kubernetes", "-f", str(path), "--skip-download", "--output",
+                           "json", "--compact"], capture_output=True, text=True, timeout=600)
+    report = json.loads(scan.stdout)
+    assert report["summary"]["failed"] == 0, [c["check_id"] for c in report["results"]["failed_checks"]]
+    assert report["summary"]["passed"] > 0
+
+
+def test_the_stack_creates_the_same_job(tmp_path: Path) -> None:
+    from mlops_iac.plan import StackPlan
+
+    # Through plan.json, as the generated __main__.py reads it.
+    written = stack_plan("prod", project(tmp_path)).model_dump_json()
+    mocks, exported = run_program(StackPlan.model_validate_json(written))
+    assert len(mocks.of("mlops:k8s:BatchJob")) == 2
+    (cron,) = mocks.of("kubernetes:batch/v1:CronJob")
+    rendered = next(o for o in render(project(tmp_path / "again")) if o["kind"] == "CronJob")
+    assert cron.inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] == \
+        rendered["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert exported["iris-nightly"].startswith("iris-v2-")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("  - {name: b1, kind: batch, model: iris, version: 1, target: prod}\n",
+     "a batch deployment without batch settings"),
+    ("  - {name: b2, kind: batch, model: iris, version: 1, target: prod,\n"
+     "     batch: {input: [a.csv], output: o, schedule: '61 * * * *'}}\n", "expected a cron schedule of 5 fields"),
+    ("  - {name: b3, model: iris, version: 1, target: prod, batch: {input: [a.csv], output: o}}\n",
+     "batch settings on an online deployment"),
+    ("  - {name: b4, kind: batch, model: iris, versions: [1, 2], traffic: {1: 50, 2: 50}, target: prod,\n"
+     "     batch: {input: [a.csv], output: o}}\n", "a batch deployment scores with one version"),
+])
+def test_batch_settings_are_validated_with_locations(tmp_path: Path, extra: str, message: str) -> None:
+    folder = project(tmp_path, extra)
+    with pytest.raises(ConfigError) as caught:
+        load(folder / "mlops.yaml")
+    text = "\n".join(str(p) for p in caught.value.problems)
+    assert message in text and "mlops.yaml:" in text and "deployments[2]" in text, text
