@@ -256,3 +256,22 @@ def test_cli_scores_a_registered_version(converted: Path) -> None:
     assert "| 150 | 150 | 0 | 1 | 0 |" in (converted / "summary.md").read_text()
     bad = CliRunner().invoke(main, ["score", "iris@1", "--input", "nope.csv", "--output", "x"])
     assert bad.exit_code == 1 and "--input nope.csv: no such file" in bad.output
+
+
+def test_score_action_runs_as_on_a_runner(converted: Path, tmp_path: Path) -> None:
+    from sklearn.datasets import load_iris
+
+    from .test_actions import run_action
+
+    x = load_iris().data.astype(np.float32)
+    (converted / "customers").mkdir()
+    for i, half in enumerate(np.array_split(np.arange(150), 2)):
+        pq.write_table(pa.table({"id": half, **{f"x{j}": x[half, j] for j in range(4)}}),
+                       converted / "customers" / f"{i}.parquet")
+    summary = tmp_path / "summary.md"
+    outputs = run_action("score", {"ref": "iris@1", "input": "customers/*.parquet\n", "output": "scores",
+                                   "batch-size": "50"}, converted, summary)
+    assert outputs["rows-out"] == "150" and outputs["rejects"] == "0"
+    assert json.loads((converted / outputs["manifest"]).read_text())["summary"]["status"] == "complete"
+    assert "### Batch scoring with iris@1: complete" in summary.read_text()
+    assert "| 150 | 150 | 0 | 2 | 0 |" in summary.read_text()
