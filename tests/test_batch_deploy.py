@@ -133,3 +133,17 @@ def test_batch_settings_are_validated_with_locations(tmp_path: Path, extra: str,
         load(folder / "mlops.yaml")
     text = "\n".join(str(p) for p in caught.value.problems)
     assert message in text and "mlops.yaml:" in text and "deployments[2]" in text, text
+
+
+def test_docker_target_runs_a_one_shot_container(tmp_path: Path) -> None:
+    extra = ("  - {name: iris-edge-batch, kind: batch, model: iris, version: 1, target: edge,\n"
+             "     batch: {input: [in/*.csv], output: out, volumeClaim: edge-data}}\n")
+    mocks, exported = run_program(stack_plan("edge", project(tmp_path, extra)))
+    (container,) = [c for c in mocks.of("docker:index/container:Container") if c.name.endswith("-batch")]
+    inputs = container.inputs
+    assert inputs["entrypoints"] == ["/opt/venv/bin/python", "-m", "mlops_iac.scoring"]
+    assert inputs["command"][inputs["command"].index("--input") + 1] == "/data/in/*.csv"
+    assert (inputs["restart"], inputs["mustRun"], inputs["readOnly"], inputs["networkMode"]) == ("no", False, True,
+                                                                                                "none")
+    assert inputs["volumes"] == [{"volumeName": "edge-data", "containerPath": "/data"}]
+    assert exported["iris-edge-batch"] == "one-shot" and exported["iris-edge-v1"] == 8080

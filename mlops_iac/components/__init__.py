@@ -58,6 +58,12 @@ def _docker(plan: StackPlan, target: DockerTarget, api_key: pulumi.Input[str] | 
     exported: dict[str, Any] = {}
     port = target.port
     for dep in plan.deployments:
+        if dep.batch is not None:  # a one-shot container, no port
+            from .docker_batch import DockerBatchJob, DockerBatchJobArgs
+
+            DockerBatchJob(dep.name, DockerBatchJobArgs(dep), opts)
+            exported[dep.name] = "one-shot"  # no port: it scores and exits
+            continue
         for version in dep.versions:
             DockerModelServer(f"{dep.name}-v{version.number}",
                               DockerModelServerArgs(dep, version, port, api_key), opts)
