@@ -19,6 +19,7 @@ from mlops_iac.errors import ConfigError
 from mlops_iac.resolve import load
 
 from .conftest import ROOT, require
+from .test_build import docker_engine  # noqa: F401 - a fixture
 from .test_stacks import PRODUCTION, run_program, stack_plan
 
 BATCH = """
@@ -147,3 +148,77 @@ def test_docker_target_runs_a_one_shot_container(tmp_path: Path) -> None:
                                                                                                 "none")
     assert inputs["volumes"] == [{"volumeName": "edge-data", "containerPath": "/data"}]
     assert exported["iris-edge-batch"] == "one-shot" and exported["iris-edge-v1"] == 8080
+
+
+SCORING = """
+  - name: iris-score
+    kind: batch
+    model: iris
+    version: 1
+    target: cluster
+    hardware: {cpu: 1, memory: 512Mi}
+    batch: {input: [customers/*.parquet], output: scores, parallelism: 2, batchSize: 40, partRows: 40}
+"""
+
+
+@pytest.mark.integration
+def test_the_jobs_pod_spec_runs_on_docker(converted: Path, docker_engine: str, oci_registry: Any,  # noqa: F811
+                                          tmp_path: Path) -> None:
+    """The indexed Job's pods, run with the docker flags that match their spec: the server's
+    image (built with the scoring code), read-only root, user 10001, no capabilities, no
+    network, the settings from the ConfigMap, JOB_COMPLETION_INDEX 0 and 1."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import load_iris
+
+    from mlops_iac.cli_registry import project_registry
+    from mlops_iac.convert.onnx_tools import run, session
+    from mlops_iac.registry import parse_ref
+
+    from .test_build import docker
+
+    base = f"{oci_registry.address}/base/python:3.11-bookworm"
+    docker("tag", docker_engine, base)
+    digest = next(w for w in docker("push", base).split() if w.startswith("sha256:"))
+    spec = converted / "mlops.yaml"
+    text = spec.read_text().replace("registry:\n", f"build:\n  baseImage: \"{base.rsplit(':', 1)[0]}@{digest}\"\n\n"
+                                    "registry:\n", 1)
+    text = text.replace("targets:\n", "targets:\n  cluster:\n    kind: kubernetes\n    namespace: scoring\n", 1)
+    spec.write_text(text.replace("\nmonitoring:", SCORING + "\nmonitoring:", 1))
+    built = CliRunner().invoke(main, ["build", "iris@1", "--push", f"{oci_registry.address}/models"])
+    assert built.exit_code == 0, built.output
+    rendered = CliRunner().invoke(main, ["render", "--target", "cluster"])
+    assert rendered.exit_code == 0, rendered.output
+    objects = [d for d in yaml.safe_load_all(rendered.stdout.split("\n", 1)[1]) if d]
+    job = next(o for o in objects if o["kind"] == "Job")
+    settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["server.json"]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    data = tmp_path / "data"
+    (data / "customers").mkdir(parents=True)
+    x = load_iris().data.astype(np.float32)
+    for i, half in enumerate(np.array_split(np.arange(150), 2)):
+        pq.write_table(pa.table({"id": half, **{f"x{j}": x[half, j] for j in range(4)}}),
+                       data / "customers" / f"{i}.parquet")
+    data.chmod(0o777)
+    security = container["securityContext"]
+    limits = container["resources"]["limits"]
+    for index in range(job["spec"]["completions"]):
+        docker("run", "--rm", "--network", "none", "--read-only", "--user",
+               f"{security['runAsUser']}:{security['runAsGroup']}", "--cap-drop", "ALL",
+               "--security-opt", "no-new-privileges", "--tmpfs", "/tmp", "--memory",
+               limits["memory"].replace("Mi", "m"), "--cpus", str(int(limits["cpu"].removesuffix("m")) / 1000),
+               "-e", f"MLOPS_IAC_SERVER_SETTINGS={settings}", "-e", f"JOB_COMPLETION_INDEX={index}",
+               "-v", f"{data}:/data", "--entrypoint", container["command"][0], container["image"],
+               *container["command"][1:], *container["args"])
+    manifests = sorted((data / "scores").glob("manifest-*.json"))
+    assert [m.name for m in manifests] == ["manifest-00000-of-00002.json", "manifest-00001-of-00002.json"]
+    assert sum(json.loads(m.read_text())["summary"]["rows_out"] for m in manifests) == 150
+    out = pq.read_table(sorted((data / "scores").glob("part-*.parquet")))
+    registry, _ = project_registry(spec, against_lock=False)
+    onnx = tmp_path / "iris.onnx"
+    registry.pull(parse_ref("iris@1"), onnx, "onnx")
+    order = np.argsort(out.column("id").to_numpy())
+    assert out.column("id").to_numpy()[order].tolist() == list(range(150))
+    np.testing.assert_array_equal(out.column("label").to_numpy()[order], run(session(onnx.read_bytes()), x)[0])
