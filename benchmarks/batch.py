@@ -89,15 +89,18 @@ def scored(model: ModelConfig, data: Path, out: Path, batch: int, workers: int) 
     return summary.rows_in / seconds
 
 
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report the
+# benchmark's own peak (the data it holds) instead of its own.
 PEAK = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from mlops_iac.scoring import Settings, prepare, score
 from mlops_iac.serving.config import ModelConfig
 model = ModelConfig.model_validate_json(sys.argv[1])
 job = prepare(model, Path(sys.argv[2]), [sys.argv[3]], Path(sys.argv[4]), Settings(batch_size=10_000))
 summary = score(job)
-print(json.dumps({"rows": summary.rows_in, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"rows": summary.rows_in, "peak_mib": int(hwm.split()[1]) / 1024}))
 """
 
 

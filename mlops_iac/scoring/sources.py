@@ -157,7 +157,7 @@ def batches(source: Source, start: int, stop: int, size: int, columns: list[str]
         return
     pending: list[pa.Table] = []
     held, position = 0, start
-    for chunk in _chunks(source, start, columns, ids):
+    for chunk in _chunks(source, start, stop, columns, ids):
         if position + held + chunk.num_rows > stop:
             chunk = chunk.slice(0, stop - position - held)
         pending.append(chunk)
@@ -173,18 +173,20 @@ def batches(source: Source, start: int, stop: int, size: int, columns: list[str]
         yield Batch(pa.concat_tables(pending).combine_chunks(), position)
 
 
-def _chunks(source: Source, start: int, columns: list[str], ids: tuple[str, ...]) -> Iterator[pa.Table]:
-    """Tables from row `start` on, in whatever sizes the reader gives."""
+def _chunks(source: Source, start: int, stop: int, columns: list[str], ids: tuple[str, ...]) -> Iterator[pa.Table]:
+    """Tables from row `start` on (to `stop` at least), in whatever sizes the reader gives."""
     skip = start
     if source.format == "parquet":
+        # Only the row groups that hold [start, stop): the reader buffers what it is asked
+        # for, so asking for the rest of the file would make memory grow with the file.
         handle = pq.ParquetFile(source.path)
         groups, first = [], 0
         for i in range(handle.num_row_groups):
             rows = handle.metadata.row_group(i).num_rows
-            if first + rows > start:
-                groups.append(i)
-            else:
+            if first + rows <= start:
                 skip -= rows  # whole row groups before the start are never read
+            elif first < stop:
+                groups.append(i)
             first += rows
         readers: Iterator[pa.RecordBatch] = handle.iter_batches(65536, groups, columns) if groups else iter(())
     else:
