@@ -15,37 +15,41 @@ from .registry import parse_ref
 from .scoring import Job, Settings, Summary, parts, prepare, score
 from .scoring.writers import OUTPUT_FORMATS
 from .serving.config import ModelConfig
+from .spec.batch import Batch
 
 
 @click.command(name="score")
-@click.argument("ref", metavar="MODEL@N")
+@click.argument("ref", metavar="MODEL@N", required=False)
 @file_option
-@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH",
+@click.option("--deployment", default=None, help="A kind: batch deployment of mlops.yaml: its pinned version, "
+              "inputs, output and settings (the flags given here win).")
+@click.option("--input", "inputs", multiple=True, metavar="PATH",
               help="Parquet, CSV, .npy or JSON-lines files or globs (repeatable).")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the output parts, the rejects and manifest.json.")
-@click.option("--batch-size", type=click.IntRange(1), default=10_000, show_default=True,
-              help="Rows per session.run (and per Parquet row group).")
-@click.option("--part-rows", type=click.IntRange(1), default=100_000, show_default=True,
-              help="Rows per output part (rounded up to whole batches).")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Rows per session.run (and per Parquet row group). [default: 10000]")
+@click.option("--part-rows", type=click.IntRange(1), default=None,
+              help="Rows per output part (rounded up to whole batches). [default: 100000]")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker processes; each runs onnxruntime on cores/workers threads.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="onnxruntime threads per worker (default: cores / workers).")
-@click.option("--error-threshold", type=click.IntRange(-1), default=0, show_default=True,
-              help="Rejected rows tolerated before the run fails; -1: any number.")
+@click.option("--error-threshold", type=click.IntRange(-1), default=None,
+              help="Rejected rows tolerated before the run fails; -1: any number. [default: 0]")
 @click.option("--id", "ids", multiple=True, metavar="COLUMN",
               help="Id columns copied to the output (default: columns named id or *_id).")
-@click.option("--format", "fmt", type=click.Choice(sorted(OUTPUT_FORMATS)), default="parquet",
-              show_default=True, help="Format of the output parts.")
+@click.option("--format", "fmt", type=click.Choice(sorted(OUTPUT_FORMATS)), default=None,
+              help="Format of the output parts. [default: parquet]")
 @click.option("--resume", is_flag=True, help="Finish a run in --output: skip the parts already done.")
 @click.option("--shard", default="0/1", show_default=True, metavar="I/N",
               help="Score only parts I, I+N, ... (one pod of an indexed Job).")
 @click.option("--summary", "summary_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the summary here as Markdown (a CI job summary).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def score_command(ref: str, file: Path, inputs: tuple[str, ...], output: Path, batch_size: int, part_rows: int,
-                  workers: int, threads: int | None, error_threshold: int, ids: tuple[str, ...], fmt: str,
+def score_command(ref: str | None, file: Path, deployment: str | None, inputs: tuple[str, ...],
+                  output: Path | None, batch_size: int | None, part_rows: int | None, workers: int,
+                  threads: int | None, error_threshold: int | None, ids: tuple[str, ...], fmt: str | None,
                   resume: bool, shard: str, summary_file: Path | None, as_json: bool) -> None:
     """Score whole datasets with a registered model version (its ONNX file, its handler).
 
@@ -54,9 +58,19 @@ def score_command(ref: str, file: Path, inputs: tuple[str, ...], output: Path, b
     rejects-*.parquet with the reason; rows in = rows out + rejects.
     """
     index, count = _shard(shard)
+    batch = None
+    if deployment is not None:  # a local target's batch deployment: the command itself
+        ref, batch, root = _deployment(file, deployment, ref)
+        inputs = inputs or tuple(str(root / p) for p in batch.input)
+        output = output or root / batch.output
+    if ref is None or not inputs or output is None:
+        raise click.UsageError("give MODEL@N, --input and --output, or --deployment NAME")
     model, base = _model(file, ref)
-    settings = Settings(batch_size=batch_size, part_rows=part_rows, workers=workers, threads=threads,
-                        error_threshold=error_threshold, ids=ids or None, format=fmt, resume=resume,
+    settings = Settings(batch_size=_first(batch_size, batch.batch_size if batch else None, 10_000),
+                        part_rows=_first(part_rows, batch.part_rows if batch else None, 100_000),
+                        workers=workers, threads=threads,
+                        error_threshold=_first(error_threshold, batch.error_threshold if batch else None, 0),
+                        ids=ids or None, format=fmt or (batch.format if batch else "parquet"), resume=resume,
                         shard=index, shards=count)
     job = prepare(model, base, list(inputs), output, settings)
     label = f"{model.name}@{model.version}"
@@ -67,6 +81,27 @@ def score_command(ref: str, file: Path, inputs: tuple[str, ...], output: Path, b
         _write_summary(summary_file, job.out / "manifest.json", label)
         raise
     _report(summary, label, time.perf_counter() - started, summary_file, as_json)
+
+
+def _first(given: int | None, spec: int | None, default: int) -> int:
+    return given if given is not None else spec if spec is not None else default
+
+
+def _deployment(file: Path, name: str, ref: str | None) -> tuple[str, Batch, Path]:
+    """The pinned version and batch settings of a kind: batch deployment."""
+    _, ws = project_registry(file)
+    if ws is None:
+        raise MlopsIacError(f"{file} not found; --deployment needs mlops.yaml")
+    batch = {d.name: d for d in ws.resolved.deployments if d.batch is not None}
+    dep = batch.get(name)
+    if dep is None or dep.batch is None:
+        raise MlopsIacError(f"no batch deployment {name!r}; batch deployments: {', '.join(batch) or 'none'}")
+    number = dep.versions[0].number
+    if ref is not None or number is None:
+        raise MlopsIacError(f"{name} scores with {dep.model}@{dep.versions[0].ref} as mlops.lock pins it; "
+                            "give either MODEL@N or --deployment" if ref else f"{name}: its version is not "
+                            "pinned in mlops.lock; run `mlops-iac lock sync`")
+    return f"{dep.model}@{number}", dep.batch, ws.root
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -275,3 +275,25 @@ def test_score_action_runs_as_on_a_runner(converted: Path, tmp_path: Path) -> No
     assert json.loads((converted / outputs["manifest"]).read_text())["summary"]["status"] == "complete"
     assert "### Batch scoring with iris@1: complete" in summary.read_text()
     assert "| 150 | 150 | 0 | 2 | 0 |" in summary.read_text()
+
+
+def test_a_local_batch_deployment_is_the_command_itself(converted: Path) -> None:
+    from sklearn.datasets import load_iris
+
+    x = load_iris().data.astype(np.float32)
+    (converted / "in").mkdir()
+    pq.write_table(pa.table({"id": np.arange(150), **{f"x{j}": x[:, j] for j in range(4)}}),
+                   converted / "in" / "flowers.parquet")
+    spec = converted / "mlops.yaml"
+    spec.write_text(spec.read_text().replace("\nmonitoring:", (
+        "\n  - name: iris-nightly\n    kind: batch\n    model: iris\n    version: 1\n    target: local\n"
+        "    batch: {input: [in/*.parquet], output: out, batchSize: 32, partRows: 64}\n"
+        "\nmonitoring:"), 1))
+    result = CliRunner().invoke(main, ["score", "--deployment", "iris-nightly", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["parts"] == 3  # 150 rows, 64 a part
+    out = pq.read_table(sorted((converted / "out").glob("part-*.parquet")))
+    onnx = next((converted / ".mlops" / "serve").glob("*.onnx"))
+    np.testing.assert_array_equal(out.column("label").to_numpy(), run(session(onnx.read_bytes()), x)[0])
+    unknown = CliRunner().invoke(main, ["score", "--deployment", "iris-local"])
+    assert unknown.exit_code == 1 and "batch deployments: iris-nightly" in unknown.output
