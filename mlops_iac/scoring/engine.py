@@ -118,7 +118,10 @@ def prepare(model: ModelConfig, base: Path, inputs: list[str], out: Path, settin
     _check_settings(settings)
     part_rows = -(-max(settings.part_rows, settings.batch_size) // settings.batch_size) * settings.batch_size
     settings = replace(settings, part_rows=part_rows)
-    runtime = ModelRuntime(model, base)  # verifies the digest and loads the handler: fail early
+    threads = settings.threads or max(1, _cores() // settings.workers)
+    model = model.model_copy(update={"threads": threads})
+    # Verifies the digest and loads the handler: fail early. Kept: one process loads the model once.
+    runtime = _runtime(model, base)
     handler = runtime.preprocess is not None
     sources = tuple(open_source(p) for p in expand(inputs))
     maps, ids = [], []
@@ -250,8 +253,6 @@ def _write_manifest(path: Path, state: dict[str, Any], mine: list[Part], failed:
 
 
 def _execute(job: Job, todo: list[Part], progress: Progress | None) -> Iterator[PartResult]:
-    threads = job.settings.threads or max(1, _cores() // job.settings.workers)
-    job = replace(job, model=job.model.model_copy(update={"threads": threads}))
     if job.settings.workers == 1 or len(todo) <= 1:
         for part in todo:
             yield score_part(job, part, progress)
@@ -307,19 +308,19 @@ def _drain(rows: Any, progress: Progress | None) -> None:
             progress(count)
 
 
-_RUNTIMES: dict[tuple[str, int], ModelRuntime] = {}
+_RUNTIMES: dict[tuple[str, str], ModelRuntime] = {}
 
 
-def _runtime(job: Job) -> ModelRuntime:
-    key = (str(job.base / job.model.path), job.model.threads)
+def _runtime(model: ModelConfig, base: Path) -> ModelRuntime:
+    key = (str(base), model.model_dump_json())  # the file, digest, handler and threads
     if key not in _RUNTIMES:  # one session per process, reused by every part
-        _RUNTIMES[key] = ModelRuntime(job.model, job.base)
+        _RUNTIMES[key] = ModelRuntime(model, base)
     return _RUNTIMES[key]
 
 
 def score_part(job: Job, part: Part, progress: Progress | None = None) -> PartResult:
     """Score one part and write its files atomically; the same part always gives the same bytes."""
-    runtime = _runtime(job)
+    runtime = _runtime(job.model, job.base)
     source, maps, ids = job.sources[part.input], job.maps[part.input], job.ids[part.input]
     columns = list(dict.fromkeys([*ids, *(c for m in maps for c in m.columns)]))
     meta = {"model": job.model.name, "version": str(job.model.version), "digest": job.model.digest or ""}
