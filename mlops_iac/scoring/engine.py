@@ -19,11 +19,12 @@ import json
 import multiprocessing
 import os
 import queue
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -34,10 +35,11 @@ from ..serving.config import ModelConfig
 from ..serving.runtime import ModelRuntime, sha256_of
 from .features import InputMap, arrays, default_ids, plan_inputs
 from .handler import run_model
-from .sources import Source, batches, expand, fingerprint, open_source
+from .sources import Batch, Source, batches, expand, fingerprint, open_source
 from .writers import OUTPUT_FORMATS, PartWriter, output_schema
 
 Progress = Callable[[int], None]
+T = TypeVar("T")
 DEFAULT_PART_ROWS = 100_000
 
 
@@ -330,9 +332,8 @@ def score_part(job: Job, part: Part, progress: Progress | None = None) -> PartRe
     rejects = PartWriter(job.out / f"rejects-{part.index:05d}.{_suffix(job)}", job.settings.format, meta, None)
     rows_in = rows_out = rejected = 0
     try:
-        for batch in batches(source, part.start, part.stop, job.settings.batch_size, columns, ids):
-            reasons = dict(batch.errors)
-            feeds = arrays(batch.table, list(maps), reasons)
+        read = batches(source, part.start, part.stop, job.settings.batch_size, columns, ids)
+        for batch, feeds, reasons in prefetch(_converted(read, list(maps))):
             outputs, keep = run_model(runtime, feeds, reasons, batch.table.num_rows)
             output.write(_rows(batch.table, ids, keep, batch.start, keep_row), outputs)
             if reasons:
@@ -350,6 +351,46 @@ def score_part(job: Job, part: Part, progress: Progress | None = None) -> PartRe
         output.abort()
         rejects.abort()
     return PartResult(part.index, file, digest, rows_in, rows_out, rejected, rfile, rdigest)
+
+
+def _converted(read: Iterator[Batch], maps: list[InputMap]) -> Iterator[tuple[Batch, dict[str, np.ndarray],
+                                                                              dict[int, str]]]:
+    for batch in read:
+        reasons = dict(batch.errors)
+        yield batch, arrays(batch.table, maps, reasons), reasons
+
+
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """`items`, produced by a thread up to `depth` ahead: the next batch is read and converted
+    (Arrow releases the GIL) while onnxruntime runs this one. Order is kept; errors surface."""
+    slots: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put((True, item))
+            slots.put((False, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            slots.put((False, exc))
+
+    thread = threading.Thread(target=produce, daemon=True, name="mlops-iac-prefetch")
+    thread.start()
+    try:
+        while True:
+            ok, item = slots.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                slots.get(timeout=0.05)
 
 
 def _suffix(job: Job) -> str:
