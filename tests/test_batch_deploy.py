@@ -222,3 +222,5 @@ def test_the_jobs_pod_spec_runs_on_docker(converted: Path, docker_engine: str, o
     order = np.argsort(out.column("id").to_numpy())
     assert out.column("id").to_numpy()[order].tolist() == list(range(150))
     np.testing.assert_array_equal(out.column("label").to_numpy()[order], run(session(onnx.read_bytes()), x)[0])
+    built_tag = next(line.split()[1] for line in built.output.splitlines() if line.startswith("built "))
+    docker("rmi", built_tag, base)  # untags the base; the engine keeps it under its own name
