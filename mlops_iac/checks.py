@@ -217,6 +217,20 @@ def _deployment(models: list[str] | None, targets: Mapping[str, Any], doc: Docum
     if known and lock is not None:
         yield from _known_versions(doc, lock, here, dep)
     yield from _hardware(doc, here, dep, target)
+    yield from _batch(doc, here, dep)
+
+
+def _batch(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
+    if dep.kind == "batch" and dep.batch is None:
+        yield doc.problem((*here, "kind"), "a batch deployment without batch settings",
+                          "add batch: {input: [...], output: ...}")
+    if dep.kind == "online" and dep.batch is not None:
+        yield doc.problem((*here, "batch"), "batch settings on an online deployment",
+                          "add kind: batch, or remove batch", of_key=True)
+    if dep.kind == "batch" and (dep.versions is not None or dep.traffic is not None):
+        key = "versions" if dep.versions is not None else "traffic"
+        yield doc.problem((*here, key), "a batch deployment scores with one version",
+                          "expected version or alias, without traffic", of_key=True)
 
 
 def _collection_on_kubernetes(monitoring: Monitoring | None, doc: Document, here: PathKey,

@@ -265,12 +265,14 @@ def _add_commands() -> None:
     from .cli_profile import profile
     from .cli_registry import lock_pending, lock_sync, models, register
     from .cli_rollout import rollout
+    from .cli_score import score_command
     from .cli_serve import serve
     from .cli_smoke import smoke
 
     main.add_command(register)
     main.add_command(convert)
     main.add_command(serve)
+    main.add_command(score_command)
     main.add_command(profile)
     main.add_command(build)
     main.add_command(monitor)
@@ -306,7 +308,11 @@ def render_manifests(file: Path, target: str, fmt: str, out: Path | None) -> Non
     spec = stack.target.spec
     if not isinstance(spec, KubernetesTarget):
         raise MlopsIacError(f"target {target} is {spec.kind}; render writes Kubernetes manifests")
-    objects = target_objects(stack.project, spec, stack.deployments)
+    online = tuple(d for d in stack.deployments if d.batch is None)
+    objects = target_objects(stack.project, spec, online)
+    for dep in stack.deployments:
+        if dep.batch is not None:  # kind: batch, a Job instead of a server
+            objects += _batch_objects(stack.project, spec, dep)
     if fmt == "json":
         text = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2, sort_keys=True) + "\n"
     else:
@@ -329,6 +335,14 @@ def _plain_dumper() -> Any:
             return True
 
     return PlainDumper
+
+
+def _batch_objects(project: str, spec: Any, dep: Any) -> list[dict[str, Any]]:
+    from .batch_manifests import batch_objects
+
+    (v,) = dep.versions
+    assert v.image is not None and v.onnx_digest is not None
+    return batch_objects(project, spec, dep, v, v.image, v.onnx_digest)
 
 
 def _side(file: Path, ref: str | None) -> Any:

@@ -23,10 +23,13 @@ from .writer import apply
 SERVER_PACKAGE = Path(__file__).resolve().parent
 
 
-def server_sources() -> dict[str, bytes]:
-    """The server's own code, as it goes into every image (only what `serving` imports)."""
+def server_sources(batch: bool = False) -> dict[str, bytes]:
+    """The server's own code, as it goes into every image (only what `serving` imports), and
+    batch scoring's (`python -m mlops_iac.scoring`) when the model has a batch deployment."""
     files = [SERVER_PACKAGE / "__init__.py", SERVER_PACKAGE / "errors.py",
              *sorted((SERVER_PACKAGE / "serving").glob("*.py"))]
+    if batch:
+        files += [SERVER_PACKAGE / "fsutil.py", *sorted((SERVER_PACKAGE / "scoring").glob("*.py"))]
     return {f"mlops_iac/{p.relative_to(SERVER_PACKAGE).as_posix()}": p.read_bytes() for p in files}
 
 
@@ -47,6 +50,7 @@ def gather(registry: Registry, ws: Workspace | None, version: Version, platform:
     targets = [ws.resolved.target(d.target).spec for d in deps] if ws else []
     platform = platform or next((t.platform for t in targets if hasattr(t, "platform")), "linux/amd64")
     gpu = gpu or bool(hardware and hardware.gpu)
+    batch = any(d.batch is not None for d in deps)
     rec = facts.recommendation if facts else None
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model.onnx"
@@ -65,7 +69,7 @@ def gather(registry: Registry, ws: Workspace | None, version: Version, platform:
         threads=hardware.threads if hardware else (rec.threads if rec else 1),
         max_batch_size=hardware.max_batch_size if hardware else (rec.max_batch_size if rec else 1),
         max_delay_ms=hardware.max_delay_ms if hardware else (rec.max_delay_ms if rec else 0.0),
-        wheels=tuple(fetch(platform, python_version, gpu)), sources=server_sources())
+        wheels=tuple(fetch(platform, python_version, gpu, batch)), sources=server_sources(batch))
 
 
 @click.command()

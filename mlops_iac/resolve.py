@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
 
 from .checks import check, check_partial, deployed_refs, deployment_name
 from .errors import ConfigError, Problem, only_errors
 from .loader import Document, PathKey, load_file, validate_document
 from .lock import Lock, Recommendation, read_lock
 from .spec import Deployment, Model, Spec
+from .spec.batch import Batch
 from .spec.models import Convert, Profile, Signature, Validate
 from .spec.monitoring import FileSink, HttpSink, Sink, StdoutSink
 from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget
@@ -110,6 +111,9 @@ class ResolvedDeployment(Resolved):
     auth: Literal["none", "key"]
     monitoring: ResolvedMonitoring
     shadow: dict[int, int] = {}  # version number -> percent of requests mirrored to it (it serves none)
+    # kind: batch (no default to fill: the settings as written); left out of an online
+    # deployment's plan.json, so plans of online deployments stay as they were.
+    batch: Batch | None = Field(None, exclude_if=lambda value: value is None)
 
     @model_serializer(mode="wrap")
     def _without_empty_shadow(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -242,7 +246,7 @@ def _deployment(spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment,
                                         image=facts.image.reference if facts and facts.image else None))
     monitoring = _monitoring(spec, dep, model)
     return ResolvedDeployment(name=deployment_name(dep), model=dep.model, target=dep.target,
-                              versions=tuple(versions), auth=dep.auth, monitoring=monitoring,
+                              versions=tuple(versions), auth=dep.auth, monitoring=monitoring, batch=dep.batch,
                               shadow={v.number: (dep.shadow or {})[v.ref] for v in versions[len(refs):]
                                       if v.number is not None}), warnings
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # torch==2.13.0 is the CPU build that lies on our machines' disk; pip takes it from there.
 python3 -m pip install --quiet --disable-pip-version-check torch==2.13.0
-python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,convert,boosters,pytorch,pulumi]"
+python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,convert,score,boosters,pytorch,pulumi]"
 # checkov pins old versions of common packages: it gets a virtual environment of its own.
 if [ ! -x .venv-checkov/bin/checkov ]; then
     python3 -m venv .venv-checkov

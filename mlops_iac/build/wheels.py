@@ -38,8 +38,12 @@ class Wheel:
         return hashlib.sha256(self.data).hexdigest()
 
 
-def pinned(gpu: bool) -> list[str]:
-    packages = [*RUNTIME, "onnxruntime-gpu" if gpu else "onnxruntime"]
+# What `python -m mlops_iac.scoring` adds, in images of models with a batch deployment only.
+BATCH_RUNTIME = ("pyarrow",)
+
+
+def pinned(gpu: bool, batch: bool = False) -> list[str]:
+    packages = [*RUNTIME, *(BATCH_RUNTIME if batch else ()), "onnxruntime-gpu" if gpu else "onnxruntime"]
     out = []
     for name in packages:
         try:
@@ -54,11 +58,11 @@ def cache_dir() -> Path:
     return root / "mlops-iac" / "wheels"
 
 
-def fetch(platform: str, python_version: str, gpu: bool) -> list[Wheel]:
+def fetch(platform: str, python_version: str, gpu: bool, batch: bool = False) -> list[Wheel]:
     """The wheels of the pinned runtime for `platform` (cached; downloaded once from PyPI)."""
     if platform not in PLATFORMS:
         raise MlopsIacError(f"unknown platform {platform!r}; expected one of: {', '.join(PLATFORMS)}")
-    requirements = pinned(gpu)
+    requirements = pinned(gpu, batch)
     folder = cache_dir() / f"{platform.replace('/', '-')}-cp{python_version.replace('.', '')}"
     folder.mkdir(parents=True, exist_ok=True)
     if not _complete(folder, requirements):

@@ -47,6 +47,11 @@ def _kubernetes(plan: StackPlan, target: KubernetesTarget, api_key: pulumi.Input
     opts = pulumi.ResourceOptions(provider=provider, depends_on=[namespace])
     exported: dict[str, Any] = {}
     for dep in plan.deployments:
+        if dep.batch is not None:
+            from .batch import BatchJob, BatchJobArgs
+
+            exported[dep.name] = BatchJob(dep.name, BatchJobArgs(plan.project, target, dep), opts).name
+            continue
         key_version = None
         if dep.auth == "key":
             if api_key is None:
@@ -70,6 +75,12 @@ def _docker(plan: StackPlan, target: DockerTarget, api_key: pulumi.Input[str] | 
     opts = pulumi.ResourceOptions(provider=provider)
     exported: dict[str, Any] = {}
     for dep in plan.deployments:
+        if dep.batch is not None:  # a one-shot container, no port
+            from .docker_batch import DockerBatchJob, DockerBatchJobArgs
+
+            DockerBatchJob(dep.name, DockerBatchJobArgs(dep), opts)
+            exported[dep.name] = "one-shot"  # no port: it scores and exits
+            continue
         for version in dep.versions:
             port = host_port(target, version)
             DockerModelServer(f"{dep.name}-v{version.number}",

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .batch import Batch
 from .monitoring import Monitoring
 from .rollout import Rollout
 from .types import AliasName, Cpu, Memory, Name, Replicas, SpecModel, VersionRef
@@ -25,6 +26,8 @@ class Hardware(SpecModel):
 
 class Deployment(SpecModel):
     name: Name | None = Field(None, description="Default: <model>-<target>.")
+    kind: Literal["online", "batch"] = Field("online", description=(
+        "online: a model server answering requests; batch: a job scoring datasets (see batch)."))
     model: Name
     version: VersionRef | None = Field(None, description="One version: a number or a digest.")
     alias: AliasName | None = Field(None, description="One version, by alias (e.g. production).")
@@ -41,3 +44,4 @@ class Deployment(SpecModel):
                           "are never returned (Kubernetes targets with a gateway: the HTTPRoute's RequestMirror).")
     rollout: Rollout | None = Field(
         None, description="Promote the canary (the last of versions) on evidence, or roll it back.")
+    batch: Batch | None = Field(None, description="What a kind: batch deployment scores.")

@@ -1,0 +1,150 @@
+"""`mlops-iac score` against bare `session.run`, and its peak memory against input size.
+
+Throughput: the same rows, in the same batches, through the same ONNX model (a RandomForest of
+100 trees, depth 10, 20 features, as in the server benchmarks). Bare is `session.run` over
+slices of an array already in memory, in one process, with as many onnxruntime threads as
+cores; `score` reads Parquet, converts, runs, and writes Parquet parts with their manifest.
+Rounds alternate bare and score; each figure is the best of its rounds (on a shared machine
+the least disturbed run says most about the code, medians mostly about the neighbours);
+ratios only.
+
+Memory: peak RSS of a process that scores 1x and 10x the rows at 10k-row batches.
+
+    python benchmarks/batch.py [--rows 200000] [--rounds 5] [--memory-rows 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlops_iac.scoring import Settings, prepare, score
+from mlops_iac.serving.config import ModelConfig
+from mlops_iac.serving.runtime import sha256_of
+
+FEATURES = 20
+
+
+def make_model(folder: Path) -> Path:
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, FEATURES)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).astype(np.int64)
+    model = RandomForestClassifier(100, max_depth=10, random_state=0, n_jobs=1).fit(x, y)
+    onx = to_onnx(model, x[:2], options={id(model): {"zipmap": False}}, target_opset=17)
+    path = folder / "rf.onnx"
+    path.write_bytes(onx.SerializeToString())
+    return path
+
+
+def make_data(path: Path, rows: int) -> None:
+    """`rows` rows (an id and 20 float columns) written 100k at a time."""
+    rng = np.random.default_rng(1)
+    schema = pa.schema([("customer_id", pa.int64())] + [(f"f{i:02d}", pa.float32()) for i in range(FEATURES)])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, 100_000):
+            n = min(100_000, rows - start)
+            x = rng.normal(size=(n, FEATURES)).astype(np.float32)
+            writer.write_table(pa.table([pa.array(np.arange(start, start + n))] + [pa.array(x[:, i])
+                                        for i in range(FEATURES)], schema=schema))
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def bare(onnx: Path, x: np.ndarray, batch: int) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cores()
+    options.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    sess.run(None, {name: x[:batch]})
+    started = time.perf_counter()
+    for i in range(0, len(x), batch):
+        sess.run(None, {name: x[i:i + batch]})
+    return len(x) / (time.perf_counter() - started)
+
+
+def scored(model: ModelConfig, data: Path, out: Path, batch: int, workers: int) -> float:
+    settings = Settings(batch_size=batch, part_rows=max(batch, 100_000), workers=workers)
+    job = prepare(model, data.parent, [str(data)], out, settings)
+    started = time.perf_counter()
+    summary = score(job)
+    seconds = time.perf_counter() - started
+    assert summary.rows_out == summary.rows_in
+    return summary.rows_in / seconds
+
+
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report the
+# benchmark's own peak (the data it holds) instead of its own.
+PEAK = """
+import json, sys
+from pathlib import Path
+from mlops_iac.scoring import Settings, prepare, score
+from mlops_iac.serving.config import ModelConfig
+model = ModelConfig.model_validate_json(sys.argv[1])
+job = prepare(model, Path(sys.argv[2]), [sys.argv[3]], Path(sys.argv[4]), Settings(batch_size=10_000))
+summary = score(job)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"rows": summary.rows_in, "peak_mib": int(hwm.split()[1]) / 1024}))
+"""
+
+
+def peak(model: ModelConfig, folder: Path, data: Path, out: Path) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", PEAK, model.model_dump_json(), str(folder), str(data), str(out)],
+                          check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--memory-rows", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        onnx = make_model(folder)
+        model = ModelConfig(name="rf", version=1, path=onnx.name, digest=sha256_of(onnx))
+        data = folder / "rows.parquet"
+        make_data(data, args.rows)
+        x = np.stack([c.to_numpy() for c in pq.read_table(data).columns[1:]], axis=1)
+        print(f"{args.rows} rows, RandomForest 100 trees depth 10, {FEATURES} features, {cores()} cores")
+        print(f"{'batch':>7} {'bare rows/s':>12} {'score 1w':>10} {'ratio':>6} {'score 2w':>10} {'ratio':>6} "
+              f"{'2w/1w':>6}")
+        for batch in (1_000, 10_000, 100_000):
+            runs: dict[str, list[float]] = {"bare": [], "w1": [], "w2": []}
+            for r in range(args.rounds):
+                runs["bare"].append(bare(onnx, x, batch))
+                for workers in (1, 2):
+                    out = folder / f"out-{batch}-{workers}-{r}"
+                    runs[f"w{workers}"].append(scored(model, data, out, batch, workers))
+            b, w1, w2 = (max(runs[k]) for k in ("bare", "w1", "w2"))
+            print(f"{batch:>7} {b:>12,.0f} {w1:>10,.0f} {w1 / b:>6.2f} {w2:>10,.0f} {w2 / b:>6.2f} {w2 / w1:>6.2f}")
+        print("peak RSS of `score` (10k-row batches):")
+        sizes = {}
+        for factor in (1, 10):
+            path = folder / f"mem-{factor}.parquet"
+            make_data(path, args.memory_rows * factor)
+            sizes[factor] = peak(model, folder, path, folder / f"mem-out-{factor}")
+            print(f"  {factor:>2}x: {sizes[factor]['rows']:>9} rows, peak {sizes[factor]['peak_mib']:.0f} MiB")
+        print(f"  10x / 1x peak RSS: {sizes[10]['peak_mib'] / sizes[1]['peak_mib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
