@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by every `run:` step's bash through BASH_ENV (set by tests/test_workflow_act.py):
 # when the step ends, its job-summary file is appended to $STANDIN_SUMMARIES, which is how
 # GitHub assembles a job's summary from its steps' files. act discards them.
