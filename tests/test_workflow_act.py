@@ -337,3 +337,15 @@ def test_main_then_pull_requests_then_a_failing_conversion(runner: Runner) -> No
     assert "parity on" in log and "FAILED" in log and "max abs error" in log, log[-6000:]
     assert "#### Conversion of `iris@3`: FAILED" in summary and "max abs error" in summary
     assert len([c for c in api.comments.values() if c["issue"] == 7]) == 1  # nothing posted for a failed review
+
+    # 5. A version registered elsewhere, dispatched: a pull request pins it; nothing deploys.
+    git(runner.repo, "switch", "-q", "main")
+    status, log, _ = runner.act("workflow_dispatch", {"ref": "refs/heads/main", "inputs": {"model": "iris@2"}})
+    assert status == 0, log[-6000:]
+    pin = api.pulls[-1]
+    assert len(api.pulls) == 2 and pin["head"]["ref"] == "mlops-iac/pin-iris-2" and pin["token"] == "lock-token"
+    runner.fetch()
+    pinned = git(runner.repo, "show", "origin/mlops-iac/pin-iris-2:mlops.yaml")
+    assert pinned.count("version: 2") == 2 and "version: 1" not in pinned
+    assert git(runner.repo, "rev-parse", "origin/main") == merged  # main moved only by people
+    assert not (runner.work / f"run-{runner.events}/pulumi.jsonl").exists()
