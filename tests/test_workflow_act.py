@@ -78,13 +78,14 @@ class GitHubApi:
         if path == f"/repos/{REPO}/pulls" and method == "POST":
             number = 100 + len(self.pulls)
             pull = {"number": number, "html_url": f"https://github.com/{REPO}/pull/{number}",
-                    "head": {"ref": body["head"]}, "base": {"ref": body["base"]}, "title": body["title"],
+                    "head": {"ref": body["head"], "label": f"{REPO.split('/')[0]}:{body['head']}"},
+                    "base": {"ref": body["base"]}, "title": body["title"],
                     "body": body["body"], "token": token}
             self.pulls.append(pull)
             return 201, pull, ""
         if path == f"/repos/{REPO}/pulls":
-            head = query.get("head", [""])[0].split(":")[-1]
-            return 200, [p for p in self.pulls if p["head"]["ref"] == head], ""
+            head = query.get("head", [""])[0]
+            return 200, [p for p in self.pulls if p["head"]["label"] == head], ""
         return 404, {"message": "Not Found"}, ""
 
 
@@ -161,13 +162,16 @@ class Runner:
     def fetch(self) -> None:
         git(self.repo, "fetch", "-q", "--prune", str(self.origin), "+refs/heads/*:refs/remotes/origin/*")
 
-    def act(self, event: str, payload: dict[str, Any]) -> tuple[int, str, str]:
-        """Run the caller for one event; returns act's exit status, its log and the job summaries."""
+    def act(self, event: str, payload: dict[str, Any], workflow: str = "models.yml",
+            artifacts_of: int | None = None) -> tuple[int, str, str]:
+        """Run a workflow for one event; returns act's exit status, its log and the job summaries.
+        `artifacts_of`: the run whose uploaded artifacts this one downloads (a workflow_run)."""
         self.events += 1
         run = self.work / f"run-{self.events}"
         (run / "artifacts").mkdir(parents=True)
+        artifacts = self.work / f"run-{artifacts_of}/artifacts" if artifacts_of else run / "artifacts"
         (run / "event.json").write_text(json.dumps({**payload, "repository": {"full_name": REPO}}))
-        args = ["act", event, "-e", str(run / "event.json"), "-W", ".github/workflows/models.yml",
+        args = ["act", event, "-e", str(run / "event.json"), "-W", f".github/workflows/{workflow}",
                 "-P", "ubuntu-latest=-self-hosted", "--action-cache-path", str(self.work / "act-cache"),
                 "--no-cache-server", "-s", "GITHUB_TOKEN=default-token", "-s", "LOCK_TOKEN=lock-token",
                 "-s", "PULUMI_CONFIG_PASSPHRASE=passphrase", "-s", "KUBECONFIG=apiVersion: v1",
@@ -176,7 +180,7 @@ class Runner:
             args += ["--local-repository", f"{action}={ROOT / 'tests/workflows/standins' / folder}"]
         env = {**os.environ, "GITHUB_API_URL": self.api.url, "STANDIN_GIT_ROOT": str(self.work / "git"),
                "STANDIN_PYTHON": getattr(sys, "_base_executable", sys.executable),
-               "STANDIN_ARTIFACTS": str(run / "artifacts"), "STANDIN_PULUMI_LOG": str(run / "pulumi.jsonl"),
+               "STANDIN_ARTIFACTS": str(artifacts), "STANDIN_PULUMI_LOG": str(run / "pulumi.jsonl"),
                "STANDIN_SUMMARIES": str(run / "summary.md"),
                "BASH_ENV": str(ROOT / "tests/workflows/standins/collect-summary.sh"),
                # pip works offline: every dependency is installed already, and hatchling builds the checkout.
@@ -211,10 +215,11 @@ def runner(tmp_path: Path, github_api: GitHubApi, oci_registry: OciRegistryServe
     spec = spec.replace("deployments:\n", "deployments:\n  - name: iris-prod\n    model: iris\n    version: 1\n"
                         "    target: prod\n    hardware:\n      cpu: auto\n      memory: auto\n", 1)
     (repo / "mlops.yaml").write_text(spec)
-    caller = (ROOT / "tests/workflows/caller.yml").read_text()
-    caller = caller.replace("@@SHA@@", sha).replace("@@REGISTRY@@", oci_registry.address)
     (repo / ".github/workflows").mkdir(parents=True)
-    (repo / ".github/workflows/models.yml").write_text(caller)
+    for name, copy in (("caller.yml", "models.yml"), ("review-comment.yml", "review-comment.yml")):
+        text = (ROOT / "tests/workflows" / name).read_text()
+        (repo / ".github/workflows" / copy).write_text(text.replace("@@SHA@@", sha).replace("@@REGISTRY@@",
+                                                                                          oci_registry.address))
     (repo / ".gitignore").write_text("model.joblib\n.mlops/\n.mlops-iac-src/\nstacks/\nprofile-report/\n")
     subprocess.run([sys.executable, "train.py"], cwd=repo, check=True, capture_output=True)  # sample and hold-out
     git(repo, "init", "-q", "-b", "main")
@@ -296,13 +301,15 @@ def test_main_then_pull_requests_then_a_failing_conversion(runner: Runner) -> No
     subprocess.run([*cli, "lock", "sync"], cwd=runner.repo, check=True, capture_output=True)
     git(runner.repo, "commit", "-q", "-am", "deploy iris@2")
     head = runner.push("iris-2")
+    # Someone else's comment that copies our marker: ours is matched by author too, so it stays.
+    api.comments[1] = {"id": 1, "issue": 7, "body": "<!-- mlops-iac review -->\nlooks fine", "user": {"login": "eve"}}
     event = {"number": 7, "pull_request": {"number": 7, "head": {"ref": "iris-2", "sha": head,
                                                                  "repo": {"full_name": REPO}},
                                            "base": {"ref": "main", "repo": {"full_name": REPO}}}}
     status, log, summary = runner.act("pull_request", event)
     assert status == 0, log[-6000:]
     assert "#### Conversion of `iris@2`: passed" in summary and "<!-- mlops-iac review -->" in summary
-    posted = [c for c in api.comments.values() if c["issue"] == 7]
+    posted = [c for c in api.comments.values() if c["issue"] == 7 and c["user"]["login"] == BOT]
     assert len(posted) == 1 and posted[0]["body"].startswith("<!-- mlops-iac review -->")
     body = posted[0]["body"]  # mlops-iac diff: per target the versions, and what pulumi up creates and deletes
     assert "v2 (new)" in body and "- **create**" in body and "- **delete**" in body, body
@@ -316,8 +323,29 @@ def test_main_then_pull_requests_then_a_failing_conversion(runner: Runner) -> No
     event["pull_request"]["head"]["sha"] = runner.push("iris-2")  # type: ignore[index]
     status, log, _ = runner.act("pull_request", event)
     assert status == 0, log[-6000:]
-    assert len([c for c in api.comments.values() if c["issue"] == 7]) == 1  # updated, not duplicated
+    ours = [c for c in api.comments.values() if c["issue"] == 7 and c["user"]["login"] == BOT]
+    assert len(ours) == 1  # updated, not duplicated
+    assert ("PATCH", f"/repos/{REPO}/issues/comments/{ours[0]['id']}", "default-token") in api.calls
+    assert api.comments[1]["body"] == "<!-- mlops-iac review -->\nlooks fine"
     assert [m for m, p, _ in api.calls if "/comments" in p and m != "GET"] == ["POST", "PATCH"]
+
+    # 3b. The same change from a fork: its run could not comment; the user's workflow_run
+    #     workflow posts the review it uploaded, on the pull request found by head and commit.
+    fork_head = git(runner.repo, "rev-parse", "HEAD")
+    api.pulls.append({"number": 8, "head": {"ref": "iris-2", "label": "eve:iris-2", "sha": fork_head},
+                      "base": {"ref": "main"}, "html_url": f"https://github.com/{REPO}/pull/8"})
+    decoy = {"number": 9, "head": {"ref": "iris-2", "label": "eve:iris-2", "sha": "0" * 40}, "base": {"ref": "main"}}
+    api.pulls.append(decoy)
+    run = {"id": 4, "event": "pull_request", "conclusion": "success", "head_sha": fork_head, "head_branch": "iris-2",
+           "head_repository": {"full_name": "eve/shop", "owner": {"login": "eve"}}}
+    status, log, _ = runner.act("workflow_run", {"action": "completed", "workflow_run": run},
+                                workflow="review-comment.yml", artifacts_of=runner.events)
+    assert status == 0, log[-6000:]
+    forked = [c for c in api.comments.values() if c["issue"] == 8]
+    review = (runner.work / f"run-{runner.events - 1}/artifacts/mlops-review/review.md").read_text()
+    assert len(forked) == 1 and forked[0]["user"]["login"] == BOT and forked[0]["body"] == review
+    assert not [c for c in api.comments.values() if c["issue"] == 9]
+    api.pulls[:] = [p for p in api.pulls if p["number"] not in (8, 9)]
 
     # 4. A conversion whose parity fails fails the job, with the parity lines in log and summary.
     spec = (runner.repo / "mlops.yaml").read_text().replace(
@@ -336,7 +364,7 @@ def test_main_then_pull_requests_then_a_failing_conversion(runner: Runner) -> No
     assert status != 0
     assert "parity on" in log and "FAILED" in log and "max abs error" in log, log[-6000:]
     assert "#### Conversion of `iris@3`: FAILED" in summary and "max abs error" in summary
-    assert len([c for c in api.comments.values() if c["issue"] == 7]) == 1  # nothing posted for a failed review
+    assert len([c for c in api.comments.values() if c["issue"] == 7]) == 2  # nothing posted for a failed review
 
     # 5. A version registered elsewhere, dispatched: a pull request pins it; nothing deploys.
     git(runner.repo, "switch", "-q", "main")
