@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .manifests import UID, Object, _meta, _quantity_cpu, _quantity_memory, labels, server_settings, version_name
+from .manifests import UID, Object, _meta, _quantity_cpu, _quantity_memory, labels, server_settings
 from .plan import canonical_json
 from .resolve import ResolvedDeployment, ResolvedVersion
 from .spec.batch import Batch
@@ -42,7 +42,9 @@ def batch_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploymen
                   image: str, onnx_digest: str) -> list[Object]:
     """ServiceAccount, ConfigMap, NetworkPolicy and the Job (or CronJob) of one batch deployment."""
     assert dep.batch is not None and version.number is not None
-    name, ns = version_name(dep.model, version), target.namespace_name
+    # Named by the deployment (one version each), never by the version: the online deployment
+    # of the same version on this target owns the version's names.
+    name, ns = dep.name, target.namespace_name
     label_set = {**labels(project, dep.model, name, version.number), "app.kubernetes.io/component": "batch-scoring"}
     settings = canonical_json(server_settings(dep, version, onnx_digest).model_dump(mode="json"))
     job = _job_spec(name, label_set, dep.batch, version, image)
@@ -71,7 +73,7 @@ def _job_spec(name: str, label_set: dict[str, str], batch: Batch, version: Resol
     hw = version.hardware
     limits = {"cpu": _quantity_cpu(hw.cpu_limit_millis), "memory": _quantity_memory(hw.memory_limit_bytes)}
     container: dict[str, Any] = {
-        "name": "score", "image": image, "imagePullPolicy": "Always",
+        "name": "score", "image": image, "imagePullPolicy": "IfNotPresent",  # pinned by digest
         "command": [PYTHON, "-m", "mlops_iac.scoring"], "args": scoring_args(batch),
         "env": [{"name": "MLOPS_IAC_SERVER_SETTINGS", "valueFrom": {
             "configMapKeyRef": {"name": name, "key": "server.json"}}}],

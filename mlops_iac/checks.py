@@ -80,7 +80,7 @@ def _check(parts: _Parts, doc: Document, lock: Lock | None, root: Path | None) -
     problems = [*_duplicate_names(parts, doc), *(_paths(parts, doc, root) if root is not None else [])]
     for i, dep in parts.deployments:
         problems.extend(_deployment(parts.model_names, parts.targets, doc, lock, i, dep))
-        if isinstance(parts.targets.get(dep.target), KubernetesTarget):
+        if isinstance(parts.targets.get(dep.target), KubernetesTarget) and dep.kind != "batch":
             problems.extend(_collection_on_kubernetes(parts.monitoring, doc, ("deployments", i), dep))
     return problems
 
@@ -135,6 +135,8 @@ def _duplicate_names(parts: _Parts, doc: Document) -> Iterator[Problem]:
     placed: dict[tuple[str, str], int] = {}
     by_index = dict(parts.deployments)
     for i, dep in parts.deployments:
+        if dep.kind == "batch":  # a Job named by its deployment: it shares nothing with the servers
+            continue
         # Version objects and containers are named by model and version, and the stable Service
         # selects the model's pods: two deployments of one model on one target would share them.
         first = placed.setdefault((dep.model, dep.target), i)

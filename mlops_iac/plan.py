@@ -116,6 +116,8 @@ def _docker_ports(stacks: list[StackPlan]) -> None:
             continue
         holder: dict[int, str] = {}
         for d in stack.deployments:
+            if d.batch is not None:  # a one-shot container: no port
+                continue
             for v in d.versions:
                 assert v.number is not None
                 port = spec.port + v.number - 1

@@ -66,6 +66,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("convert", ["convert", "reg@1", "--sample", "holdout.npz", "--no-speed"], "roc_auc"),
     ("smoke", ["smoke", "reg@1", "--url", "http://127.0.0.1:9"], "reg@1"),
     ("smoke", ["smoke", "plain@1", "--url", "http://127.0.0.1:9", "--sample", "sample.npy"], "127.0.0.1:9"),
+    ("rollout status", ["rollout", "status", "nope"], "nope"),
+    ("rollout step", ["rollout", "step", "reg-local"], "rollout"),
+    ("rollout abort", ["rollout", "abort", "nope"], "nope"),
+    ("score", ["score", "reg@1", "--input", "missing.parquet", "--output", "scored"], "no ONNX artifact"),
+    ("score", ["score", "plain@1", "--input", "missing.parquet", "--output", "scored"], "missing.parquet"),
+    ("score", ["score", "plain@1", "--input", "garbage.jsonl", "--output", "scored"], "garbage.jsonl"),
 ]
 
 
