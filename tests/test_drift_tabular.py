@@ -139,7 +139,10 @@ def test_a_new_category_is_counted_and_drifts(project: tuple[Path, Any]) -> None
     assert (cask["new_categories"], cask["new_rows"], cask["new_examples"]) == (1, len(shifted.index[::3]), ["clay"])
     assert "cask (1 new categories in" in stderr
     table = subprocess.run([*MLOPS_IAC, "monitor", "drift", "wine@1", "--collected",
-                            str(folder / "collected/requests.jsonl")], cwd=folder, capture_output=True, text=True,
-                           timeout=120)
+                            str(folder / "collected/requests.jsonl"), "--report", "drift"],
+                           cwd=folder, capture_output=True, text=True, timeout=120)
     assert table.returncode == 3
     assert f"1 in {len(shifted.index[::3])} rows ('clay')" in table.stdout, table.stdout
+    cask_line = next(line for line in (folder / "drift/report.md").read_text().splitlines()
+                     if line.startswith("| cask |"))
+    assert f"| 1 in {len(shifted.index[::3])} rows ('clay') | **drift** |" in cask_line
