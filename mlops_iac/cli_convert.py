@@ -160,20 +160,15 @@ def _baseline(model: bytes, features: Sample) -> dict[str, Any]:
 
 def _table_baseline(table: Table, outputs: dict[str, Any]) -> dict[str, Any]:
     """Per named column: the server collects one tensor per column under the column's name, which
-    is how drift matches them. Numeric columns (their missing values left out) only; string
-    columns are left to the drift module's categorical comparison."""
-    import random
-
+    is how drift matches them. Numeric columns binned (their missing values left out), string
+    columns as categories ("" included: it is what a client sends for a missing string)."""
     import numpy as np
 
-    from .monitoring.drift import baseline, column_baseline
+    from .monitoring.drift import table_baseline
 
-    rng = random.Random(0)  # noqa: S311 - sampling, not security; the same data, the same baseline
-    base = baseline(np.zeros((table.rows, 0)), outputs)
-    values = [(n, c[~np.isnan(c.astype(np.float64))])
-              for n, c, k in zip(table.names, table.columns, table.kinds, strict=True) if k != "string"]
-    base["columns"] = [column_baseline(n, v, rng) for n, v in values if v.size] + base["columns"]
-    return base
+    values = [(n, c if k == "string" else c[~np.isnan(c.astype(np.float64))])
+              for n, c, k in zip(table.names, table.columns, table.kinds, strict=True)]
+    return table_baseline([(n, v) for n, v in values if v.size], table.rows, outputs)
 
 
 def _record_in_lock(ws: Workspace | None, version: Version, digest: str, size: int,

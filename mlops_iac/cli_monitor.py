@@ -82,7 +82,8 @@ def drift(ref: str, paths: tuple[Path, ...], threshold: float | None, min_rows: 
         write_report(report_dir, f"{version.model}@{version.version}", base, results, records, threshold)
     if drifted:
         click.secho(f"drift: {len(drifted)} column(s) over PSI {threshold:g}: "
-                    + ", ".join(r.name for r in drifted), fg="red", err=True)
+                    + ", ".join(r.name + (f" ({r.new_categories:,} new categories in {r.new_rows:,} rows)"
+                                          if r.new_categories else "") for r in drifted), fg="red", err=True)
         sys.exit(DRIFT_EXIT)
     if not as_json:
         click.echo(f"no drift: every column under PSI {threshold:g}")
@@ -120,12 +121,26 @@ def _table(results: list[DriftResult], records: int, threshold: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("column", "kind", "PSI", "KS", "KS p-value", "values", "drift", title=f"{records:,} records, "
-                  f"PSI threshold {threshold:g}")
+    table = Table("column", "kind", "PSI", "KS", "KS p-value", "values", "new categories", "drift",
+                  title=f"{records:,} records, PSI threshold {threshold:g}")
     for r in sorted(results, key=lambda r: -1 if math.isnan(r.psi) else -r.psi):
-        table.add_row(r.name, r.kind, f"{r.psi:.4f}", f"{r.ks:.4f}", f"{r.ks_pvalue:.2g}", f"{r.count:,}",
-                      "DRIFT" if r.drifted else "" if r.count else "no data")
-    Console(width=120).print(table)
+        table.add_row(r.name, r.kind, f"{r.psi:.4f}", _ks(r.ks, ".4f"), _ks(r.ks_pvalue, ".2g"), f"{r.count:,}",
+                      _new(r), "DRIFT" if r.drifted else "" if r.count else "no data")
+    Console(width=140).print(table)
+
+
+def _ks(value: float, spec: str) -> str:
+    return "-" if math.isnan(value) else format(value, spec)
+
+
+def _new(r: DriftResult) -> str:
+    """A string column's values the baseline never had: distinct ones, the rows, the commonest."""
+    if r.kind != "string":
+        return ""
+    if not r.new_categories:
+        return "0"
+    shown = ", ".join(repr(v) for v in r.new_examples[:3]) + (", ..." if r.new_categories > 3 else "")
+    return f"{r.new_categories:,} in {r.new_rows:,} rows ({shown})"
 
 
 def write_report(folder: Path, title: str, base: dict[str, object], results: list[DriftResult], records: int,
@@ -149,8 +164,8 @@ def write_report(folder: Path, title: str, base: dict[str, object], results: lis
     plt.close(fig)
     lines = [f"### Drift of {title}", "", f"{records:,} collected records against the baseline of "
              f"{base.get('rows')} rows; PSI threshold {threshold:g}.", "",
-             "| column | PSI | KS | KS p-value | values | drift |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.name} | {r.psi:.4f} | {r.ks:.4f} | {r.ks_pvalue:.2g} | {r.count:,} | "
-              f"{'**drift**' if r.drifted else ''} |" for r in ordered[:200]]
+             "| column | PSI | KS | KS p-value | values | new categories | drift |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.name} | {r.psi:.4f} | {_ks(r.ks, '.4f')} | {_ks(r.ks_pvalue, '.2g')} | {r.count:,} | "
+              f"{_new(r).replace('|', '&#124;')} | {'**drift**' if r.drifted else ''} |" for r in ordered[:200]]
     lines += ["", "![PSI per column](psi.png)"]
     atomic_write(folder / "report.md", ("\n".join(lines) + "\n").encode())

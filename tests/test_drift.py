@@ -13,7 +13,15 @@ from click.testing import CliRunner
 from sklearn.datasets import load_breast_cancer, load_iris
 
 from mlops_iac.cli import main
-from mlops_iac.monitoring.drift import CollectedDataError, TooLittleData, baseline, check, psi
+from mlops_iac.errors import MlopsIacError
+from mlops_iac.monitoring.drift import (
+    CollectedDataError,
+    TooLittleData,
+    baseline,
+    check,
+    psi,
+    table_baseline,
+)
 
 
 def collected(path: Path, features: np.ndarray, rows_per_record: int = 1, labels: bool = True,
@@ -130,6 +138,48 @@ def test_a_column_of_few_values_is_compared_as_categories(tmp_path: Path) -> Non
     unseen[:300, 1] = 7.0  # a value the baseline never had lands in the "other" bin
     results, _ = check(base, [collected(tmp_path / "u.jsonl", unseen, labels=False)], threshold=0.2)
     assert {r.name for r in results if r.drifted} == {"input[1]"}
+
+
+def _table_records(path: Path, amounts: np.ndarray, colours: list[object], flat: bool = False) -> Path:
+    """A table's records as the server writes them: one tensor per column, strings as str."""
+    with open(path, "wb") as out:
+        for i in range(0, len(colours), 4):
+            colour = colours[i: i + 4]
+            out.write(orjson.dumps({"model": "paint", "version": "1", "inputs": {
+                "amount": amounts[i: i + 4, None], "colour": colour if flat else [[c] for c in colour]}},
+                option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
+    return path
+
+
+def test_a_string_column_is_compared_by_its_categories(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    amounts = rng.normal(size=400).astype(np.float32)
+    colours = rng.choice(["red", "green", "blue", ""], 400, p=[0.5, 0.3, 0.15, 0.05]).astype(object)
+    base = table_baseline([("amount", amounts), ("colour", colours)], 400, {})
+    colour = base["columns"][1]
+    assert base["version"] == 3 and base["columns"][0]["dtype"] == "float32"
+    assert (colour["dtype"], colour["kind"], colour["categories"]) == ("string", "categorical",
+                                                                        ["", "blue", "green", "red"])
+    assert colour["counts"][-1] == 0 and sum(colour["counts"]) == 400  # the "other" bin, empty
+    assert table_baseline([("amount", amounts)], 400, {})["version"] == 2  # numbers only: as before
+    for flat in (False, True):  # [n, 1] rows, or the values flat
+        same, _ = check(base, [_table_records(tmp_path / "same.jsonl", amounts, list(colours), flat)], 0.2)
+        assert [(r.name, r.kind, r.psi, r.new_categories) for r in same] == [("amount", "numeric", 0.0, 0),
+                                                                            ("colour", "string", 0.0, 0)]
+    shifted = list(colours)
+    shifted[::5] = ["purple", "teal"] * 40  # two categories the baseline never had, in 80 rows
+    results, _ = check(base, [_table_records(tmp_path / "new.jsonl", amounts, shifted)], 0.2)
+    by_name = {r.name: r for r in results}
+    assert by_name["amount"].psi == 0.0 and not by_name["amount"].drifted
+    new = by_name["colour"]
+    assert new.drifted and new.psi > 0.2 and np.isnan(new.ks)
+    assert (new.new_categories, new.new_rows, sorted(new.new_examples)) == (2, 80, ["purple", "teal"])
+    bad = list(colours)
+    bad[41] = 7  # a number where the baseline has strings
+    with pytest.raises(CollectedDataError, match=r"bad.jsonl:11: inputs 'colour': values that are not strings"):
+        check(base, [_table_records(tmp_path / "bad.jsonl", amounts, bad)], 0.2)
+    with pytest.raises(MlopsIacError, match=r"format version 4; this mlops-iac reads versions 1 to 3"):
+        check({**base, "version": 4}, [tmp_path / "same.jsonl"], 0.2)
 
 
 def test_too_little_data_is_an_error_naming_the_count(tmp_path: Path) -> None:

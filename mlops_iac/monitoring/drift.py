@@ -6,6 +6,9 @@ mean, spread, a histogram and a reservoir of values. A column with few distinct 
 (labels, flags, small counts) keeps a count per value (categorical); any other column keeps
 about ten quantile bins whose edges lie halfway between two distinct baseline values, so a
 value and its repeats always fall in one bin, and the same data gives a PSI of exactly 0.
+A string column (a table's BYTES input) is categorical whatever its number of values: its
+categories (sorted) and their counts, dtype "string"; a baseline with string columns is version
+3 (version 2 readers knew numbers only), and versions 1 and 2 stay readable.
 
 The check streams the server's collected JSON lines, reads every value in its column's
 baseline dtype (the JSON of a float32 3.2 is read back as that float32, not as the float64
@@ -13,7 +16,9 @@ baseline dtype (the JSON of a float32 3.2 is read back as that float32, not as t
 records, and computes per column the population stability index (PSI, over the baseline's
 bins) and the two-sample Kolmogorov-Smirnov statistic (scipy, on the reservoirs). Too few
 rows, a file with no record of the version, or rows of the wrong width are errors, never a
-silent pass.
+silent pass. A string column is compared by its categories: PSI over the baseline's categories
+plus an "other" bin, and the values the baseline never had counted (distinct values and rows);
+KS does not apply to categories without an order, so it is NaN there.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +45,11 @@ EPSILON = 1e-4  # keeps PSI finite when a bin is empty on one side
 # Below about a hundred rows the sampling noise of PSI over ten bins alone (about
 # (bins - 1) / rows) nears the usual 0.2 threshold: such a check says nothing either way.
 MIN_ROWS = 100
+VERSION = 3  # the newest baseline format this module reads and writes
+NUMERIC_VERSION = 2  # what a baseline without string columns is written as, byte for byte as before
+STRING = "string"  # the dtype of a string column in a baseline
+NEW_EXAMPLES = 5  # the most frequent new categories a result names
+NEW_TRACKED = 10_000  # distinct new categories counted exactly; beyond, rows are still counted
 _INDEXED = re.compile(r"^(.*)\[(\d+)\]$")
 
 
@@ -86,10 +97,21 @@ def _category_counts(values: np.ndarray, categories: np.ndarray) -> np.ndarray:
     return np.bincount(np.where(known, index, len(categories)), minlength=len(categories) + 1)
 
 
+def string_baseline(name: str, values: np.ndarray) -> dict[str, Any]:
+    """A string column: its categories, sorted, and a count each, plus the "other" bin (0 here)
+    that counts, in a check, the values the baseline never had."""
+    found = Counter(str(v) for v in np.asarray(values, dtype=object).reshape(-1))
+    categories = sorted(found)
+    return {"name": name, "dtype": STRING, "kind": "categorical", "count": sum(found.values()),
+            "categories": categories, "counts": [found[c] for c in categories] + [0]}
+
+
 def column_baseline(name: str, values: np.ndarray, rng: random.Random) -> dict[str, Any]:
     """One column in its own dtype; numbers are stored as float64, which holds every value of
-    the dtypes models take (float16/32, integers up to 2**53) exactly."""
+    the dtypes models take (float16/32, integers up to 2**53) exactly; strings as categories."""
     dtype = np.asarray(values).dtype
+    if dtype.kind in "OUS":
+        return string_baseline(name, values)
     values = np.asarray(values).reshape(-1)
     wide = values.astype(np.float64)
     distinct = np.unique(wide)
@@ -120,7 +142,20 @@ def baseline(features: np.ndarray, outputs: dict[str, np.ndarray], input_name: s
         flat = array.reshape(len(array), -1)
         columns += [column_baseline(f"{name}[{j}]" if flat.shape[1] > 1 else name, flat[:, j], rng)
                     for j in range(flat.shape[1])]
-    return {"version": 2, "rows": len(features), "columns": columns}
+    return {"version": NUMERIC_VERSION, "rows": len(features), "columns": columns}
+
+
+def table_baseline(columns: list[tuple[str, np.ndarray]], rows: int, outputs: dict[str, np.ndarray]) -> dict[
+        str, Any]:
+    """The baseline of a table's version: per named column (numbers binned, strings as
+    categories), then the outputs; version 3 where a string column is in it."""
+    rng = random.Random(0)  # noqa: S311 - sampling, not security; the same data, the same baseline
+    base = baseline(np.zeros((rows, 0)), outputs)
+    named = [column_baseline(n, v, rng) for n, v in columns]
+    base["columns"] = named + base["columns"]
+    if any(c["dtype"] == STRING for c in named):
+        base["version"] = VERSION
+    return base
 
 
 # --- the check ------------------------------------------------------------------------------
@@ -133,6 +168,10 @@ class _Column:
     categorical: bool
     reservoir: list[float] = field(default_factory=list)
     seen: int = 0
+    # A string column: the index of each baseline category, and the rows per new category.
+    index: dict[str, int] | None = None
+    new: Counter[str] = field(default_factory=Counter)
+    new_rows: int = 0
 
 
 @dataclass
@@ -144,6 +183,9 @@ class DriftResult:
     count: int
     drifted: bool
     kind: str = "numeric"
+    new_categories: int = 0  # a string column: distinct values the baseline never had
+    new_rows: int = 0  # ... and the rows that had one
+    new_examples: list[str] = field(default_factory=list)  # the most frequent of them
 
 
 @dataclass(frozen=True)
@@ -165,7 +207,8 @@ def _tensors(base: dict[str, Any]) -> dict[str, _Tensor]:
     for name, columns in grouped.items():
         columns.sort(key=lambda item: item[0])
         dtype = columns[0][1].get("dtype", "float64")  # version 1 baselines: float64
-        tensors[name] = _Tensor(columns[-1][0] + 1, np.dtype("float64" if dtype == "float" else dtype),
+        tensors[name] = _Tensor(columns[-1][0] + 1, np.dtype(
+            object if dtype == STRING else "float64" if dtype == "float" else dtype),
                                 tuple(c["name"] for _, c in columns))
     return tensors
 
@@ -249,6 +292,10 @@ class _Reader:
 
 
 def _column(spec: dict[str, Any]) -> _Column:
+    if spec.get("dtype") == STRING:
+        categories = spec["categories"]
+        return _Column(np.zeros(0), np.zeros(len(categories) + 1, dtype=np.int64), True,
+                       index={c: i for i, c in enumerate(categories)})
     categorical = spec.get("kind") == "categorical"
     edges = np.asarray(spec["categories"] if categorical else spec["edges"], dtype=np.float64)
     return _Column(edges, np.zeros(len(spec["counts"]), dtype=np.int64), categorical)
@@ -256,7 +303,10 @@ def _column(spec: dict[str, Any]) -> _Column:
 
 def _table(rows: list[Any], tensor: _Tensor, *, flat: bool = False) -> np.ndarray | None:
     """The rows in the baseline's dtype, widened to float64 for binning; None when they are
-    not all `width` numbers. `flat`: one row of values of a one-column tensor."""
+    not all `width` numbers. `flat`: one row of values of a one-column tensor. A string tensor's
+    table holds Python str (None when a value is not a string)."""
+    if tensor.dtype.kind == "O":
+        return _strings(rows, tensor, flat)
     try:
         table = np.asarray(rows, dtype=tensor.dtype)
     except (ValueError, TypeError, OverflowError):
@@ -268,6 +318,24 @@ def _table(rows: list[Any], tensor: _Tensor, *, flat: bool = False) -> np.ndarra
     if table.ndim != 2 or table.shape[1] != tensor.width:
         return None
     return table.astype(np.float64, copy=False)
+
+
+def _strings(rows: list[Any], tensor: _Tensor, flat: bool) -> np.ndarray | None:
+    if flat:
+        values = rows[0]
+        if tensor.width != 1 or any(type(v) is not str for v in values):
+            return None
+        table = np.empty((len(values), 1), dtype=object)
+        table[:, 0] = values
+        return table
+    if any(type(r) is not list or len(r) != tensor.width for r in rows):
+        return None
+    table = np.empty((len(rows), tensor.width), dtype=object)
+    try:
+        table[:] = rows
+    except ValueError:  # rows nested deeper than a table
+        return None
+    return table if all(type(v) is str for v in table.flat) else None
 
 
 def _locate(path: Path, first: int, last: int, reader: _Reader, name: str) -> None:
@@ -296,7 +364,9 @@ def _locate(path: Path, first: int, last: int, reader: _Reader, name: str) -> No
                     raise CollectedDataError(path, lineno, f"{section} {name!r}: rows of {widths} value(s); the "
                                              f"baseline has {tensor.width} {tensor.dtype.name} value(s) per row"
                                              if widths != [tensor.width] else
-                                             f"{section} {name!r}: values that are not {tensor.dtype.name} numbers")
+                                             f"{section} {name!r}: values that are not "
+                                             + ("strings" if tensor.dtype.kind == "O" else
+                                                f"{tensor.dtype.name} numbers"))
 
 
 def check(base: dict[str, Any], collected: Iterable[Path], threshold: float, *, model: str | None = None,
@@ -304,6 +374,9 @@ def check(base: dict[str, Any], collected: Iterable[Path], threshold: float, *, 
         list[DriftResult], int]:
     """PSI and KS per baseline column over the collected records of `model` (and `version`;
     both: any); (results, records read). Raises CollectedDataError, TooLittleData."""
+    if base.get("version", 1) > VERSION:
+        raise MlopsIacError(f"the baseline is of format version {base['version']}; this mlops-iac reads versions "
+                            f"1 to {VERSION}: upgrade mlops-iac, or `mlops-iac convert` the version again")
     reader = _Reader(base, model, None if version is None else str(version), seed)
     for path in collected:
         reader.read(path)
@@ -315,6 +388,9 @@ def check(base: dict[str, Any], collected: Iterable[Path], threshold: float, *, 
 
 
 def _add(column: _Column, values: np.ndarray, rng: np.random.Generator) -> None:
+    if column.index is not None:
+        _add_strings(column, values)
+        return
     if column.categorical:
         column.counts += _category_counts(values, column.edges)
     else:
@@ -334,6 +410,22 @@ def _add(column: _Column, values: np.ndarray, rng: np.random.Generator) -> None:
         column.reservoir = reservoir.tolist()
 
 
+def _add_strings(column: _Column, values: np.ndarray) -> None:
+    """Counts per baseline category, the rest in the "other" bin and per new value."""
+    assert column.index is not None
+    other = len(column.counts) - 1
+    for value, count in Counter(values.tolist()).items():
+        at = column.index.get(value)
+        if at is not None:
+            column.counts[at] += count
+            continue
+        column.counts[other] += count
+        column.new_rows += count
+        if value in column.new or len(column.new) < NEW_TRACKED:
+            column.new[value] += count
+    column.seen += len(values)
+
+
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     e = np.maximum(expected / max(expected.sum(), 1), EPSILON)
     a = np.maximum(actual / max(actual.sum(), 1), EPSILON)
@@ -343,10 +435,13 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 def _result(spec: dict[str, Any], column: _Column, threshold: float) -> DriftResult:
     from scipy.stats import ks_2samp
 
-    kind = "categorical" if column.categorical else "numeric"
+    kind = STRING if column.index is not None else "categorical" if column.categorical else "numeric"
     if column.seen == 0:
         return DriftResult(spec["name"], math.nan, math.nan, math.nan, 0, False, kind)
     value = psi(np.asarray(spec["counts"], dtype=np.float64), column.counts.astype(np.float64))
+    if column.index is not None:  # categories without an order: no KS
+        return DriftResult(spec["name"], round(value, 6), math.nan, math.nan, column.seen, value > threshold, kind,
+                           len(column.new), column.new_rows, [v for v, _ in column.new.most_common(NEW_EXAMPLES)])
     ks = ks_2samp(np.asarray(spec["reservoir"]), np.asarray(column.reservoir))
     return DriftResult(spec["name"], round(value, 6), round(float(ks.statistic), 6), float(ks.pvalue),
                        column.seen, value > threshold, kind)
