@@ -24,29 +24,12 @@ from mlops_iac.plan import plan as make_plan
 from mlops_iac.resolve import load
 
 from .conftest import ROOT
+from .test_stacks import Mocks  # Pulumi's own unit-test engine in place of the CLI's
 
-# The examples with facts in a lock: the others (the quickstart) make theirs when run.
 # Examples whose lock is committed: a quickstart run leaves an ignored lock of its own,
 # made fresh by every run, for a local target that has no Pulumi stack.
 EXAMPLES = sorted(p.parent for p in (ROOT / "examples").glob("*/mlops.lock")
                   if subprocess.run(["git", "check-ignore", "-q", str(p)], cwd=ROOT).returncode != 0)
-
-
-class Mocks(pulumi.runtime.Mocks):
-    """Pulumi's own unit-test engine in place of the CLI's: records what the program registers."""
-
-    def __init__(self) -> None:
-        self.resources: list[pulumi.runtime.MockResourceArgs] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        self.resources.append(args)
-        outputs = dict(args.inputs)
-        if "RemoteImage" in args.typ:
-            outputs["imageId"] = "sha256:" + "1" * 64
-        return f"{args.name}-id", outputs
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
-        return {}
 
 
 def run_generated(folder: Path, project: str, stack: str, preview: bool = False) -> tuple[Mocks, dict[str, Any]]:
