@@ -47,6 +47,7 @@ class _Parts:
     deployments: list[tuple[int, Deployment]]
     build: Build | None
     monitoring: Monitoring | None
+    without_rollout: frozenset[int] = frozenset()  # indices parsed only without a bad `rollout`
 
 
 def check(spec: Spec, doc: Document, lock: Lock | None, root: Path | None) -> list[Problem]:
@@ -71,6 +72,7 @@ def check_partial(doc: Document, root: Path | None) -> list[Problem]:
     targets = {str(name): _parsed(Target, raw) for name, raw in _section(data, "targets", dict).items()}
     parts = _Parts(models=_items(Model, raw_models), model_names=names if len(names) == len(raw_models) else None,
                    targets=targets, deployments=_items(Deployment, _section(data, "deployments", list)),
+                   without_rollout=_without_rollout(_section(data, "deployments", list)),
                    build=_parsed(Build, data.get("build", {})),
                    monitoring=_parsed(Monitoring, data.get("monitoring", {})))
     return _check(parts, doc, None, root)
@@ -79,14 +81,20 @@ def check_partial(doc: Document, root: Path | None) -> list[Problem]:
 def _check(parts: _Parts, doc: Document, lock: Lock | None, root: Path | None) -> list[Problem]:
     problems = [*_duplicate_names(parts, doc), *(_paths(parts, doc, root) if root is not None else [])]
     for i, dep in parts.deployments:
-        problems.extend(_deployment(parts.model_names, parts.targets, doc, lock, i, dep))
+        problems.extend(_deployment(parts.model_names, parts.targets, doc, lock, i, dep,
+                                    rollout=i in parts.without_rollout))
         if isinstance(parts.targets.get(dep.target), KubernetesTarget) and dep.kind != "batch":
             problems.extend(_collection_on_kubernetes(parts.monitoring, doc, ("deployments", i), dep))
     return problems
 
 
 def _parsed(kind: Any, raw: Any) -> Any:
-    """`raw` validated as `kind`, or None when it is not valid (its problems are reported apart).
+    """`raw` validated as `kind`, or None when it is not valid (its problems are reported apart)."""
+    return _parsed_without(kind, raw)[0]
+
+
+def _parsed_without(kind: Any, raw: Any) -> tuple[Any, frozenset[str]]:
+    """`raw` validated as `kind`, and the keys left out to get there.
 
     A mapping whose failures lie inside some of its keys is tried again without those keys:
     a deployment with a bad `hardware` still has its traffic and target checked.
@@ -95,20 +103,26 @@ def _parsed(kind: Any, raw: Any) -> Any:
 
     adapter: TypeAdapter[Any] = TypeAdapter(kind)
     try:
-        return adapter.validate_python(raw)
+        return adapter.validate_python(raw), frozenset()
     except ValidationError as exc:
-        failed = {err["loc"][0] for err in exc.errors() if err["loc"]}
+        failed = frozenset(str(err["loc"][0]) for err in exc.errors() if err["loc"])
     if not isinstance(raw, dict) or not failed or not failed <= set(raw):
-        return None
+        return None, failed
     try:
-        return adapter.validate_python({k: v for k, v in raw.items() if k not in failed})
+        return adapter.validate_python({k: v for k, v in raw.items() if k not in failed}), failed
     except ValidationError:
-        return None
+        return None, failed
 
 
 def _items(kind: Any, raw: list[Any]) -> list[tuple[int, Any]]:
     parsed = [(i, _parsed(kind, item)) for i, item in enumerate(raw)]
     return [(i, item) for i, item in parsed if item is not None]
+
+
+def _without_rollout(raw: list[Any]) -> frozenset[int]:
+    """The deployments that parsed only without their (bad) `rollout`: a rollout sets the
+    weights, so their missing `traffic` is no problem of its own."""
+    return frozenset(i for i, item in enumerate(raw) if "rollout" in _parsed_without(Deployment, item)[1])
 
 
 def _section(data: dict[Any, Any], key: str, kind: type) -> Any:
@@ -201,7 +215,7 @@ def _data_file(doc: Document, root: Path, path: PathKey, value: str | None,
 
 
 def _deployment(models: list[str] | None, targets: Mapping[str, Any], doc: Document, lock: Lock | None, i: int,
-                dep: Deployment) -> Iterator[Problem]:
+                dep: Deployment, *, rollout: bool = False) -> Iterator[Problem]:
     here: PathKey = ("deployments", i)
     if models is not None and dep.model not in models:
         yield doc.problem((*here, "model"), f"unknown model {dep.model!r}{did_you_mean(dep.model, models)}",
@@ -211,7 +225,7 @@ def _deployment(models: list[str] | None, targets: Mapping[str, Any], doc: Docum
         yield doc.problem((*here, "target"), f"unknown target {dep.target!r}{did_you_mean(dep.target, targets)}",
                           "expected one of the targets: " + ", ".join(targets))
     yield from _selection(doc, here, dep)
-    yield from _traffic(doc, here, dep)
+    yield from _traffic(doc, here, dep, rollout=rollout or dep.rollout is not None)
     yield from _rollout(doc, here, dep)
     known = models is not None and dep.model in models
     if dep.shadow:
@@ -264,10 +278,10 @@ def _selection(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Proble
                           "list each version once")
 
 
-def _traffic(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
+def _traffic(doc: Document, here: PathKey, dep: Deployment, *, rollout: bool) -> Iterator[Problem]:
     refs = deployed_refs(dep)
     if dep.traffic is None:
-        if len(refs) > 1 and dep.rollout is None:  # a rollout sets the weights itself
+        if len(refs) > 1 and not rollout:  # a rollout sets the weights itself
             yield doc.problem((*here, "versions"), f"{len(refs)} versions and no traffic",
                               "add traffic: a percent per version, summing to 100", of_key=True)
         return

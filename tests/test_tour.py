@@ -59,4 +59,6 @@ def test_the_readme_command_table_lists_every_command() -> None:
     table = readme.split("## CLI reference", 1)[1].split("\n## ", 1)[0]
     listed = {m.group(1) for m in re.finditer(r"^\| `mlops-iac ([a-z]+(?: [a-z]+)?)", table, re.M)}
     listed |= {m.group(1) for m in re.finditer(r" / `(models [a-z]+)", table)}  # two commands in one row
+    for m in re.finditer(r"^\| `mlops-iac ([a-z]+) ([a-z]+(?:\\\|[a-z]+)+) ", table, re.M):  # `rollout a\|b\|c`
+        listed |= {f"{m.group(1)} {sub}" for sub in m.group(2).split("\\|")}
     assert set(command_paths()) - listed == set()
