@@ -16,7 +16,8 @@ def test_tabular_example_runs_end_to_end() -> None:
                           timeout=900, env={**os.environ, "PORT": str(free_port())})
     out = done.stdout
     report = out[-3000:] + done.stderr[-3000:]
-    for step in ("1. train", "2. validate", "3. register", "4. convert", "5. profile", "6. serve", "7. predict"):
+    for step in ("1. train", "2. validate", "3. register", "4. convert", "5. profile", "6. serve", "7. predict",
+                 "8. send the sample", "9. drift"):
         assert f"== {step}" in out, report
     # Converted with one input per column, named and typed as in the training frame.
     assert "parity on 100 sample rows: passed" in out, report
@@ -31,4 +32,7 @@ def test_tabular_example_runs_end_to_end() -> None:
     assert "86 held-out rows: 0 labels differ from the native pipeline" in out, report
     assert "(atol 1e-05, rtol 0.0001: 0 outside)" in out, report
     assert done.returncode == 0, report
-    assert out.rstrip().endswith("answered over the v2 protocol as the native pipeline does"), report
+    assert "answered over the v2 protocol as the native pipeline does" in out, report
+    # Its own sample, sent through the server and collected, drifts in no column.
+    assert "sent 200 rows of sample.parquet (2 x 100)" in out, report
+    assert "no drift: every column under PSI" in out, report

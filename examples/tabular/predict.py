@@ -71,7 +71,21 @@ def infer(frame: pd.DataFrame) -> dict[str, Any]:
     return {o["name"]: o for o in answer["outputs"]} | {"version": answer["model_version"]}
 
 
+def send_sample(path: Path, times: int) -> None:
+    """What production traffic looks like when nothing has changed: the sample itself, row by
+    row (the server collects each request for `monitor drift`)."""
+    frame = pd.read_parquet(path)
+    for _ in range(times):
+        for i in range(len(frame)):
+            infer(frame.iloc[i:i + 1])
+    print(f"sent {len(frame) * times} rows of {path.name} ({times} x {len(frame)})")
+
+
 def main() -> None:
+    if len(sys.argv) > 2:  # predict.py URL sample.parquet N
+        wait_ready()
+        send_sample(HERE / sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+        return
     warnings.filterwarnings("ignore", message="X does not have valid feature names")
     holdout = pd.read_parquet(HERE / "holdout.parquet")
     frame = holdout.drop(columns=["species"])

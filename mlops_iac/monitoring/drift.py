@@ -391,6 +391,8 @@ def _add(column: _Column, values: np.ndarray, rng: np.random.Generator) -> None:
     if column.index is not None:
         _add_strings(column, values)
         return
+    if values.dtype.kind == "f":  # a missing number (NaN) has no bin; baselines leave them out too
+        values = values[~np.isnan(values)]
     if column.categorical:
         column.counts += _category_counts(values, column.edges)
     else:
