@@ -4,9 +4,7 @@ or CronJob in `render` and in the Pulumi stack, valid for Kubernetes and clean f
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,6 @@ from mlops_iac.cli import main
 from mlops_iac.errors import ConfigError
 from mlops_iac.resolve import load
 
-from .conftest import ROOT, require
 from .test_build import docker_engine  # noqa: F401 - a fixture
 from .test_stacks import PRODUCTION, run_program, stack_plan
 
@@ -92,14 +89,9 @@ def test_batch_manifests_pass_kubernetes_validate_and_checkov(tmp_path: Path) ->
                                                   "NetworkPolicy", "ServiceAccount", "ServiceAccount"]
     for obj in objects:
         kubernetes_validate.validate(obj, "1.30.0", strict=True)
-    checkov = os.environ.get("MLOPS_IAC_CHECKOV") or str(ROOT / ".venv-checkov/bin/checkov")
-    if not Path(checkov).exists():
-        require("checkov (scripts/test.sh puts it in .venv-checkov)")
-    path = tmp_path / "batch.yaml"
-    path.write_text(yaml.safe_dump_all(objects))
-    scan = subprocess.run([checkov, "--framework", "kubernetes", "-f", str(path), "--skip-download", "--output",
-                           "json", "--compact"], capture_output=True, text=True, timeout=600)
-    report = json.loads(scan.stdout)
+    from .test_stacks import checkov_kubernetes
+
+    report = checkov_kubernetes(objects, tmp_path / "batch.yaml")
     assert report["summary"]["failed"] == 0, [c["check_id"] for c in report["results"]["failed_checks"]]
     assert report["summary"]["passed"] > 0
 

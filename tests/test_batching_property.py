@@ -106,18 +106,15 @@ async def call(app: Server, body: bytes) -> tuple[int, bytes]:
 TOTAL = {"requests": 0, "batched": 0}
 
 
-def run_mix(folder: Path, seed: int, invalid_share: float, max_batch: int, delay_ms: float, count: int) -> None:
-    rng = np.random.default_rng(seed)
+def serve_concurrently(folder: Path, max_batch: int, delay_ms: float,
+                       cases: list[Any]) -> tuple[Server, ort.InferenceSession, list[tuple[int, bytes]]]:
+    """Every case sent at once to an in-process server (its batcher at these settings); the
+    server, an onnxruntime session of the same model for the expected answers, and the answers."""
     config = ServerConfig.model_validate({"models": [{
         "name": "multi", "version": 1, "path": "multi.onnx", "max_batch_size": max_batch,
         "max_delay_ms": delay_ms}]})
     app = Server(config, folder)
     app.load()
-    session = ort.InferenceSession(str(folder / "multi.onnx"))
-    kinds = [str(rng.choice(KINDS[3:])) if rng.random() < invalid_share
-             else str(rng.choice(["valid", "big"], p=[0.95, 0.05])) for _ in range(count)]
-    cases = [make_case(rng, kind, tag) for tag, kind in enumerate(kinds)]
-    wants = [expected(session, c) for c in cases]
 
     async def everything() -> list[tuple[int, bytes]]:
         try:
@@ -125,9 +122,17 @@ def run_mix(folder: Path, seed: int, invalid_share: float, max_batch: int, delay
         finally:
             await app.shutdown()
 
-    answers = asyncio.run(everything())
-    for case, want, (status, body) in zip(cases, wants, answers, strict=True):
-        check(case, want, status, body)
+    return app, ort.InferenceSession(str(folder / "multi.onnx")), asyncio.run(everything())
+
+
+def run_mix(folder: Path, seed: int, invalid_share: float, max_batch: int, delay_ms: float, count: int) -> None:
+    rng = np.random.default_rng(seed)
+    kinds = [str(rng.choice(KINDS[3:])) if rng.random() < invalid_share
+             else str(rng.choice(["valid", "big"], p=[0.95, 0.05])) for _ in range(count)]
+    cases = [make_case(rng, kind, tag) for tag, kind in enumerate(kinds)]
+    app, session, answers = serve_concurrently(folder, max_batch, delay_ms, cases)
+    for case, (status, body) in zip(cases, answers, strict=True):
+        check(case, expected(session, case), status, body)
     batcher = app.models["multi"]["1"].batcher
     assert batcher is not None
     TOTAL["requests"] += count
@@ -153,19 +158,7 @@ def test_a_failing_request_fails_only_itself_in_a_batch(folder: Path) -> None:
     """Two requests per batch, one of them failing inside the run: the other still answers."""
     rng = np.random.default_rng(7)
     cases = [make_case(rng, "bad_index" if n % 2 else "valid", n) for n in range(40)]
-    config = ServerConfig.model_validate({"models": [{
-        "name": "multi", "version": 1, "path": "multi.onnx", "max_batch_size": 64, "max_delay_ms": 5}]})
-    app = Server(config, folder)
-    app.load()
-    session = ort.InferenceSession(str(folder / "multi.onnx"))
-
-    async def everything() -> list[tuple[int, bytes]]:
-        try:
-            return await asyncio.gather(*(call(app, c.body) for c in cases))
-        finally:
-            await app.shutdown()
-
-    answers = asyncio.run(everything())
+    app, session, answers = serve_concurrently(folder, 64, 5, cases)
     for case, (status, body) in zip(cases, answers, strict=True):
         check(case, expected(session, case), status, body)
         if case.kind == "bad_index":

@@ -190,14 +190,7 @@ def test_rendered_manifests_pass_kubernetes_validate_and_checkov(tmp_path: Path)
         kubernetes_validate.validate(obj, "1.30.0", strict=True)
         validated += 1
     assert validated == 17  # the namespace, 7 per version, the stable Service and the dashboard
-    checkov = os.environ.get("MLOPS_IAC_CHECKOV") or str(ROOT / ".venv-checkov/bin/checkov")
-    if not Path(checkov).exists():
-        require("checkov (scripts/test.sh puts it in .venv-checkov)")
-    path = tmp_path / "prod.yaml"
-    path.write_text(yaml.safe_dump_all(objects))
-    scan = subprocess.run([checkov, "--framework", "kubernetes", "-f", str(path), "--skip-download", "--output",
-                           "json", "--compact"], capture_output=True, text=True, timeout=600)
-    report = json.loads(scan.stdout)
+    report = checkov_kubernetes(objects, tmp_path / "prod.yaml")
     assert report["summary"]["failed"] == 0, [c["check_id"] for c in report["results"]["failed_checks"]]
     skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
     assert skipped <= {"CKV_K8S_35"}  # each skip is justified in an annotation beside it
@@ -229,3 +222,14 @@ def test_a_version_change_adds_keeps_and_removes_exactly(tmp_path: Path) -> None
     assert ("PrometheusRule", "iris-prod") in both and ("ConfigMap", "iris-prod-dashboard") in both
     # Version 1 goes only when it leaves the file.
     assert set(both) - set(only_v2) == v1 and all(both[k] == only_v2[k] for k in v2)
+
+
+def checkov_kubernetes(objects: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    """checkov's JSON report on the objects, written to `path` as one YAML stream."""
+    checkov = os.environ.get("MLOPS_IAC_CHECKOV") or str(ROOT / ".venv-checkov/bin/checkov")
+    if not Path(checkov).exists():
+        require("checkov (scripts/test.sh puts it in .venv-checkov)")
+    path.write_text(yaml.safe_dump_all(objects))
+    scan = subprocess.run([checkov, "--framework", "kubernetes", "-f", str(path), "--skip-download", "--output",
+                           "json", "--compact"], capture_output=True, text=True, timeout=600)
+    return json.loads(scan.stdout)  # type: ignore[no-any-return]
