@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .manifests import UID, Object, _meta, _quantity_cpu, _quantity_memory, labels, server_settings
+from .manifests import (
+    Object,
+    _meta,
+    _quantity_cpu,
+    _quantity_memory,
+    container_security,
+    labels,
+    pod_security_context,
+    server_settings,
+)
 from .plan import canonical_json
 from .resolve import ResolvedDeployment, ResolvedVersion
 from .spec.batch import Batch
@@ -79,9 +88,7 @@ def _job_spec(name: str, label_set: dict[str, str], batch: Batch, version: Resol
             "configMapKeyRef": {"name": name, "key": "server.json"}}}],
         "resources": {"requests": {"cpu": _quantity_cpu(hw.cpu_millis), "memory": _quantity_memory(hw.memory_bytes)},
                       "limits": limits},
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
-                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": container_security(),
         "volumeMounts": [{"name": "data", "mountPath": DATA}, {"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
     }
     data: Object = ({"name": "data", "persistentVolumeClaim": {"claimName": batch.volume_claim}}
@@ -94,8 +101,7 @@ def _job_spec(name: str, label_set: dict[str, str], batch: Batch, version: Resol
             "metadata": {"labels": label_set},
             "spec": {
                 "serviceAccountName": name, "automountServiceAccountToken": False, "restartPolicy": "OnFailure",
-                "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
-                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "securityContext": pod_security_context(),
                 "containers": [container],
                 "volumes": [data, {"name": "tmp", "emptyDir": {"medium": "Memory"}}],
             },

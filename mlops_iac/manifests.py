@@ -35,6 +35,21 @@ VERSION_HEADER = "x-model-version"
 API_KEY_VERSION = "mlops-iac.dev/api-key-version"
 POD_SECURITY = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
 Object = dict[str, Any]
+
+
+def pod_security_context() -> Object:
+    """Pod Security `restricted`, for every pod we render (servers and batch Jobs alike); a new
+    dict each time, so no two objects share (and could mutate) one."""
+    return {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security() -> Object:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "runAsUser": UID, "runAsGroup": UID, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 # Beside each object the checks it does not pass, with the reason: checkov reads these.
 SKIPS = {
     "CKV_K8S_35": "the API key reaches the server as an environment variable from a Secret; the "
@@ -167,9 +182,7 @@ def _container(dep: ResolvedDeployment, version: ResolvedVersion, image: str, se
         # Keep serving while the pod is taken out of Services and routes; SIGTERM (and the drain) after.
         "lifecycle": {"preStop": {"exec": {"command": [
             "/opt/venv/bin/python", "-c", f"import time; time.sleep({PRESTOP_SECONDS})"]}}},
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
-                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": container_security(),
         # /tmp is the pod's own in-memory emptyDir: the root filesystem is read-only.
         "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
     }
@@ -181,8 +194,7 @@ def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[st
     annotations = {f"checkov.io/skip{i + 1}": f"{check}={why}" for i, (check, why) in enumerate(SKIPS.items())}
     pod: Object = {
         "serviceAccountName": name, "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pod_security_context(),
         "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                                        "whenUnsatisfiable": "ScheduleAnyway",
                                        "labelSelector": {"matchLabels": selector}}],
