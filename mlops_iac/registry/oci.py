@@ -57,6 +57,25 @@ WAIT_LIMIT = 300.0
 ANNOTATION = "dev.mlops-iac"
 
 
+# Why a manifest push is retried: when two writers upload the same blob at once, the
+# reference registry (distribution, filesystem storage) rewrites the blob's link file in place,
+# and a manifest checked in that instant sees the blob as unknown or its digest as invalid.
+# The blob is there a moment later; a blob that is really missing fails every retry.
+BLOB_RACE_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)
+BLOB_RACE_CODES = frozenset({"MANIFEST_BLOB_UNKNOWN", "DIGEST_INVALID", "BLOB_UNKNOWN"})
+
+
+def _blob_race(response: requests.Response) -> bool:
+    """Whether a refused manifest push names only blob problems (see BLOB_RACE_RETRIES)."""
+    if response.status_code != 400:
+        return False
+    try:
+        codes = {error.get("code") for error in response.json().get("errors", [])}
+    except (ValueError, AttributeError):
+        return False
+    return bool(codes) and codes <= BLOB_RACE_CODES
+
+
 def _manifest(artifact_type: str, layers: list[dict[str, Any]],
               annotations: Mapping[str, str]) -> dict[str, Any]:
     return {"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": artifact_type,
@@ -123,11 +142,16 @@ class OciStore:
 
     def _put_manifest(self, repo: str, tag: str, manifest: dict[str, Any]) -> None:
         body = json.dumps(manifest, sort_keys=True).encode()
-        response = self._request("PUT", self._url(repo, f"manifests/{tag}"), data=body,
-                                 headers={"Content-Type": MANIFEST})
-        if response.status_code not in (200, 201):
-            raise RegistryError(f"pushing {self.host}/{repo}:{tag} failed: HTTP "
-                                f"{response.status_code} {response.text[:200]}")
+        for delay in (*BLOB_RACE_RETRIES, None):
+            response = self._request("PUT", self._url(repo, f"manifests/{tag}"), data=body,
+                                     headers={"Content-Type": MANIFEST})
+            if response.status_code in (200, 201):
+                return
+            if delay is None or not _blob_race(response):
+                break
+            time.sleep(delay)
+        raise RegistryError(f"pushing {self.host}/{repo}:{tag} failed: HTTP "
+                            f"{response.status_code} {response.text[:200]}")
 
     def _get_manifest(self, repo: str, tag: str) -> tuple[dict[str, Any], str] | None:
         response = self._request("GET", self._url(repo, f"manifests/{tag}"),
