@@ -82,6 +82,8 @@ class Server:
                                       "extensions": EXTENSIONS})
         # What to do when the models cannot be loaded: the runner sets it to stop the server.
         self.on_fatal: Callable[[], None] = lambda: None
+        # Other listeners on this loop (gRPC) to drain before the batchers close; the runner sets it.
+        self.drain_others: Callable[[], Awaitable[None]] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -119,6 +121,8 @@ class Server:
     async def shutdown(self) -> None:
         self.ready = False
         self.metrics.ready.set(0)
+        if self.drain_others is not None:
+            await self.drain_others()
         for versions in self.models.values():
             for entry in versions.values():
                 if entry.batcher is not None:

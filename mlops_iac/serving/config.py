@@ -48,6 +48,7 @@ class ServerConfig(Settings):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY, ge=1024)
     metrics: bool = True
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    grpc_port: int | None = Field(None, ge=1, le=65535)
     collection: CollectionConfig = CollectionConfig()
 
 
