@@ -24,6 +24,7 @@ from .spec.targets import KubernetesTarget
 
 # The server's listeners, named alike in pods, Services and the Docker component.
 PORT = 8080  # http: the v2 REST API
+GRPC_PORT = 8081  # grpc: the v2 gRPC API (inference.GRPCInferenceService), same key as REST
 METRICS_PORT = 8082  # metrics: GET /metrics without the API key, open only to the monitoring namespace
 UID = 10001
 # The server drains requests in flight this long on SIGTERM (serving/run.py's DRAIN_SECONDS).
@@ -35,6 +36,13 @@ VERSION_HEADER = "x-model-version"
 API_KEY_VERSION = "mlops-iac.dev/api-key-version"
 POD_SECURITY = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
 Object = dict[str, Any]
+
+
+def grpc_service_port() -> Object:
+    """A Service's gRPC port. `kubernetes.io/h2c` (HTTP/2 without TLS) tells gateways and meshes
+    how to speak to it; a new dict each time, as for the security contexts below."""
+    return {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c"}
 
 
 def pod_security_context() -> Object:
@@ -87,7 +95,7 @@ def server_settings(dep: ResolvedDeployment, version: ResolvedVersion, onnx_dige
     mon, hw = dep.monitoring, version.hardware
     return ServerConfig(deployment=dep.name, auth=dep.auth == "key", metrics=mon.metrics,
                         collection=collection_config(mon, "/data/"),
-                        metrics_port=METRICS_PORT if mon.metrics else None,
+                        metrics_port=METRICS_PORT if mon.metrics else None, grpc_port=GRPC_PORT,
                         models=(ModelConfig(name=dep.model, version=version.number, path="/app/model/model.onnx",
                                             digest=onnx_digest, threads=hw.threads, max_batch_size=hw.max_batch_size,
                                             max_delay_ms=hw.max_delay_ms, gpu=hw.gpu > 0),))
@@ -125,7 +133,7 @@ def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploym
     # Named by content and immutable: changed settings make a new ConfigMap and roll the pods,
     # never a mixed fleet of old pods reading new settings.
     settings_name = f"{name}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
-    ports = [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]
+    ports = [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}, grpc_service_port()]
     if dep.monitoring.metrics:
         ports.append({"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"})
     objects: list[Object] = [
@@ -165,7 +173,8 @@ def _container(dep: ResolvedDeployment, version: ResolvedVersion, image: str, se
         env.append({"name": "MLOPS_IAC_API_KEY", "valueFrom": {
             "secretKeyRef": {"name": secret_name(dep), "key": "apiKey"}}})
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
-    ports = [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
+    ports = [{"name": "http", "containerPort": PORT, "protocol": "TCP"},
+             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}]
     if dep.monitoring.metrics:
         ports.append({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})
     return {
@@ -229,7 +238,7 @@ def _network_policy(name: str, ns: str, label_set: dict[str, str], selector: dic
     egress: list[Object] = [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]
     if isinstance(dep.monitoring.sink, HttpSink):  # the only traffic the server starts itself
         egress.append({"ports": [{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP"}]})
-    ingress: list[Object] = [{"ports": [{"port": PORT, "protocol": "TCP"}]}]
+    ingress: list[Object] = [{"ports": [{"port": PORT, "protocol": "TCP"}, {"port": GRPC_PORT, "protocol": "TCP"}]}]
     if dep.monitoring.metrics:  # metrics answer without the key: only Prometheus's namespace may ask
         ingress.append({"from": [{"namespaceSelector": {"matchLabels": {
                             "kubernetes.io/metadata.name": target.monitoring.namespace}}}],
@@ -249,7 +258,8 @@ def model_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploymen
         "apiVersion": "v1", "kind": "Service", "metadata": _meta(dep.name, ns, label_set),
         "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/name": dep.model,
                                                    "app.kubernetes.io/part-of": project},
-                 "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]}}]
+                 "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+                           grpc_service_port()]}}]
     if target.gateway is not None:
         objects.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
                         "metadata": _meta(dep.name, ns, label_set), "spec": _route(target, dep)})

@@ -120,13 +120,15 @@ def _docker_ports(stacks: list[StackPlan]) -> None:
                 continue
             for v in d.versions:
                 assert v.number is not None
-                port = spec.port + v.number - 1
-                if port > 65535 or port in holder:
-                    raise PlanError(f"target {stack.target.name}: {d.name} v{v.number} would listen on host port "
-                                    f"{port}, " + (f"which {holder[port]} holds" if port in holder else
-                                                   "above 65535") + "; give each deployment its own docker target "
-                                    "(the same host with another `port`)")
-                holder[port] = f"{d.name} v{v.number}"
+                firsts = [("", spec.port)] + ([(" (gRPC)", spec.grpc_port)] if spec.grpc_port is not None else [])
+                for what, first in firsts:
+                    port = first + v.number - 1
+                    if port > 65535 or port in holder:
+                        raise PlanError(f"target {stack.target.name}: {d.name} v{v.number}{what} would listen on "
+                                        f"host port {port}, " + (f"which {holder[port]} holds" if port in holder else
+                                                                 "above 65535") + "; give each deployment its own "
+                                        "docker target (the same host with another `port` and `grpcPort`)")
+                    holder[port] = f"{d.name} v{v.number}{what}"
 
 
 def _require_pinned(resolved: ResolvedSpec) -> None:

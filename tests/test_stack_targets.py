@@ -257,6 +257,9 @@ def test_a_docker_promotion_keeps_each_versions_port(tmp_path: Path, platform: s
         containers = {r.inputs["name"]: r.inputs for r in mocks.resources
                       if r.typ == "docker:index/container:Container"}
         ports = {name: c["ports"][0]["external"] for name, c in containers.items()}
+        grpc_ports = {name: c["ports"][1]["external"] for name, c in containers.items()}
+        assert all(c["ports"][1]["internal"] == 8081 for c in containers.values())
+        assert {n: p - 1000 for n, p in grpc_ports.items()} == ports  # grpcPort 9080 beside port 8080
         assert len(set(ports.values())) == len(ports)  # never one port held twice
         assert all(c["wait"] is True and c["waitTimeout"] > 0 for c in containers.values())
         images = [r.inputs for r in mocks.resources if r.typ == "docker:index/remoteImage:RemoteImage"]
@@ -283,6 +286,23 @@ def test_docker_ports_of_two_deployments_that_would_collide_are_refused(tmp_path
         make_plan(resolved)
 
 
+def test_a_grpc_host_port_that_collides_is_refused() -> None:
+    """Version 2's REST port is version 1's gRPC port when grpcPort = port + 1: refused at plan time."""
+    from mlops_iac.errors import PlanError
+    from mlops_iac.plan import plan as make_plan
+
+    ws = load(PRODUCTION / "mlops.yaml")
+    edge = next(t for t in ws.resolved.targets if t.name == "edge")
+    crowded = edge.model_copy(update={"spec": edge.spec.model_copy(update={"grpc_port": 8081})})
+    dep = next(d for d in ws.resolved.deployments if d.target == "edge")
+    two = dep.model_copy(update={"versions": next(d for d in ws.resolved.deployments if d.target == "prod").versions})
+    resolved = ws.resolved.model_copy(update={
+        "targets": tuple(crowded if t.name == "edge" else t for t in ws.resolved.targets),
+        "deployments": tuple(two if d is dep else d for d in ws.resolved.deployments)})
+    with pytest.raises(PlanError, match=r"iris-edge v2 would listen on host port 8081, which iris-edge v1 \(gRPC\) holds"):
+        make_plan(resolved)
+
+
 def test_the_real_server_runs_with_the_settings_and_environment_a_pod_gets(tmp_path: Path) -> None:
     """The ConfigMap's server.json and the pod's environment, given to the real server process:
     it starts with them (auth on, the gRPC and metrics ports set), answers on the versioned path
@@ -305,7 +325,7 @@ def test_the_real_server_runs_with_the_settings_and_environment_a_pod_gets(tmp_p
     ref = container["env"][0]["valueFrom"]["configMapKeyRef"]
     (config,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == ref["name"]]
     settings = json.loads(config["data"][ref["key"]])
-    assert (settings["auth"], settings["metrics_port"]) == (True, 8082)
+    assert (settings["auth"], settings["metrics_port"], settings["grpc_port"]) == (True, 8082, 8081)
     # What the image holds at /app/model and the pod's /data volume, here in the test's folder.
     model = models.folder / "iris.onnx"
     settings["models"][0] |= {"path": str(model), "digest": sha256_of(model)}
@@ -319,6 +339,13 @@ def test_the_real_server_runs_with_the_settings_and_environment_a_pod_gets(tmp_p
         assert status == 401
         status, answer = server.json("POST", "/v2/models/iris/versions/2/infer", request, Authorization="Bearer s3cret")
         assert status == 200, answer
+        import tritonclient.grpc as grpcclient
+
+        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{settings['grpc_port']}") as client:
+            over_grpc = client.infer("iris", [tensor], model_version="2", headers={"authorization": "Bearer s3cret"})
+        assert over_grpc.as_numpy("label").tolist() == run(session(model.read_bytes()), x)[0].tolist()
     label = next(o for o in answer["outputs"] if o["name"] == "label")
     assert label["data"] == run(session(model.read_bytes()), x)[0].tolist()
     assert answer["model_version"] == "2" and np.asarray(label["data"]).shape == (4,)

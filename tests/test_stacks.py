@@ -148,13 +148,14 @@ def test_docker_component_for_an_edge_device() -> None:
     c = container.inputs
     assert c["image"] == "sha256:" + "1" * 64 and c["restart"] == "unless-stopped" and c["readOnly"]
     assert c["memory"] == 256 and c["cpus"] == "1"  # explicit 256Mi; CPU limit 2 x 500m
-    assert c["ports"] == [{"internal": 8080, "external": 8080}]
+    assert c["ports"] == [{"internal": 8080, "external": 8080}, {"internal": 8081, "external": 9080}]  # REST, gRPC
     assert c["healthcheck"]["tests"][-1] == "mlops_iac.serving.health"
     assert c["capabilities"]["drops"] == ["ALL"] and c["user"] == "10001:10001"
     assert c["volumes"][0]["containerPath"] == "/data"
     settings = json.loads(c["envs"][0].split("=", 1)[1])
     assert settings["models"][0]["digest"].startswith("sha256:") and settings["collection"]["sample_rate"] == 0.05
-    assert exported == {"iris-edge-v1": 8080}
+    assert settings["grpc_port"] == 8081
+    assert exported == {"iris-edge-v1": 8080, "iris-edge-v1-grpc": 9080}
     (provider,) = mocks.of("pulumi:providers:docker")
     assert provider.inputs["host"] == "ssh://deploy@edge-01"
 

@@ -21,7 +21,7 @@ from ..errors import MlopsIacError
 # What `python -m mlops_iac.serving` imports, and what those import.
 RUNTIME = ("numpy", "orjson", "uvicorn", "uvloop", "httptools", "h11", "click", "prometheus-client",
            "pydantic", "pydantic-core", "annotated-types", "typing-extensions", "typing-inspection",
-           "flatbuffers", "packaging", "protobuf")
+           "flatbuffers", "packaging", "protobuf", "grpcio")
 PLATFORMS = {
     "linux/amd64": ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"),
     "linux/arm64": ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"),

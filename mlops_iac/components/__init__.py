@@ -68,7 +68,7 @@ def _kubernetes(plan: StackPlan, target: KubernetesTarget, api_key: pulumi.Input
 def _docker(plan: StackPlan, target: DockerTarget, api_key: pulumi.Input[str] | None) -> dict[str, Any]:
     import pulumi_docker as docker
 
-    from .docker import DockerModelServer, DockerModelServerArgs, host_port
+    from .docker import DockerModelServer, DockerModelServerArgs, grpc_host_port, host_port
 
     ssh = list(target.ssh_opts) if target.host.startswith("ssh://") else None
     provider = docker.Provider(plan.target.name, host=target.host, ssh_opts=ssh)
@@ -82,8 +82,10 @@ def _docker(plan: StackPlan, target: DockerTarget, api_key: pulumi.Input[str] | 
             exported[dep.name] = "one-shot"  # no port: it scores and exits
             continue
         for version in dep.versions:
-            port = host_port(target, version)
+            port, grpc_port = host_port(target, version), grpc_host_port(target, version)
             DockerModelServer(f"{dep.name}-v{version.number}",
-                              DockerModelServerArgs(dep, version, port, api_key, target.platform), opts)
+                              DockerModelServerArgs(dep, version, port, api_key, target.platform, grpc_port), opts)
             exported[f"{dep.name}-v{version.number}"] = port
+            if grpc_port is not None:
+                exported[f"{dep.name}-v{version.number}-grpc"] = grpc_port
     return exported

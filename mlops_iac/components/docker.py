@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
-from ..manifests import PORT, UID, server_settings, version_name
+from ..manifests import GRPC_PORT, PORT, UID, server_settings, version_name
 from ..plan import canonical_json
 from ..resolve import ResolvedDeployment, ResolvedVersion
 from ..spec.targets import DockerTarget
@@ -27,6 +27,12 @@ def host_port(target: DockerTarget, version: ResolvedVersion) -> int:
     return target.port + version.number - 1
 
 
+def grpc_host_port(target: DockerTarget, version: ResolvedVersion) -> int | None:
+    """The version's gRPC port on the host, alike; None where the target publishes no gRPC."""
+    assert version.number is not None
+    return None if target.grpc_port is None else target.grpc_port + version.number - 1
+
+
 @dataclass
 class DockerModelServerArgs:
     deployment: ResolvedDeployment
@@ -34,6 +40,7 @@ class DockerModelServerArgs:
     port: int  # on the host
     api_key: pulumi.Input[str] | None = None
     platform: str = "linux/amd64"
+    grpc_port: int | None = None  # on the host; None: not published
 
 
 class DockerModelServer(pulumi.ComponentResource):
@@ -61,7 +68,9 @@ class DockerModelServer(pulumi.ComponentResource):
             f"{cname}-container", opts=child, name=cname, image=self.image.image_id,
             command=["--port", str(PORT)], restart="unless-stopped", must_run=True,
             wait=True, wait_timeout=WAIT_SECONDS,  # `up` succeeds only once the healthcheck passes
-            ports=[docker.ContainerPortArgs(internal=PORT, external=args.port)],
+            ports=[docker.ContainerPortArgs(internal=PORT, external=args.port),
+                   *([docker.ContainerPortArgs(internal=GRPC_PORT, external=args.grpc_port)]
+                     if args.grpc_port is not None else [])],
             envs=envs, user=f"{UID}:{UID}", read_only=True,
             memory=-(-hw.memory_limit_bytes // 2**20), cpus=f"{hw.cpu_limit_millis / 1000:g}",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
@@ -73,4 +82,4 @@ class DockerModelServer(pulumi.ComponentResource):
                 interval="10s", timeout="3s", start_period="30s", retries=3),
             labels=[docker.ContainerLabelArgs(label="dev.mlops-iac.deployment", value=dep.name),
                     docker.ContainerLabelArgs(label="dev.mlops-iac.version", value=str(version.number))])
-        self.register_outputs({"name": cname, "port": args.port, "image": version.image})
+        self.register_outputs({"name": cname, "port": args.port, "grpcPort": args.grpc_port, "image": version.image})

@@ -23,6 +23,9 @@ class DockerTarget(SpecModel):
     host: str = Field("unix:///var/run/docker.sock", pattern=DOCKER_HOST,
                       description="DOCKER_HOST: ssh://user@edge-01, unix:///..., tcp://host:2376")
     port: int = Field(8080, ge=1, le=65535, description="Host port of version 1; version N listens on port + N - 1.")
+    grpc_port: int | None = Field(None, ge=1, le=65535, description=(
+        "Host port of version 1's v2 gRPC listener; version N listens on grpcPort + N - 1. "
+        "Unset: gRPC is served inside the container but not published on the host."))
     ssh_opts: tuple[str, ...] = Field(
         ("-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-o", "ServerAliveInterval=15"),
         description="Options for ssh when host is ssh://; default: never prompt, fail fast on a dead link.")
