@@ -63,11 +63,24 @@ def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
     if isinstance(target, KubernetesTarget):
         shared = [f"in `Namespace/{target.namespace_name}`, which the stack creates and labels for Pod Security "
                   "`restricted`"] if target.creates_namespace else []
-        return shared + [f"not deployed: {s}" for s in skipped(target, dep)]
+        return shared + [f"not deployed: {s}" for s in skipped(target, dep)] + _grpc_route(target, dep)
+    notes = []
     if target.kind == "docker" and len(dep.versions) > 1:
-        return ["weights are not honoured on a docker target: each version answers on its own host port "
-                "(the target's port + version - 1); clients choose"]
-    return []
+        notes.append("weights are not honoured on a docker target: each version answers on its own host port "
+                     "(the target's port + version - 1); clients choose")
+    if target.kind == "docker" and getattr(target, "grpc_port", None) is None:
+        notes.append("gRPC is served inside the container but not published on the host (set the target's "
+                     "`grpcPort`)")
+    return notes
+
+
+def _grpc_route(target: Any, dep: ResolvedDeployment) -> list[str]:
+    """How gRPC clients reach a Kubernetes deployment: the gateway's HTTPRoute carries REST only."""
+    if target.gateway is None:
+        return []
+    split = ", so gRPC follows replica counts, not `traffic`" if len(dep.versions) > 1 else ""
+    return [f"gRPC (port 8081, `grpc`) is reached in the cluster on `Service/{dep.name}` or a version's own "
+            f"Service; the HTTPRoute carries REST only{split}"]
 
 
 def _label(v: ResolvedVersion) -> str:

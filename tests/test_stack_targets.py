@@ -140,6 +140,10 @@ def test_the_review_says_what_is_not_deployed_and_lists_every_kind(tmp_path: Pat
     listed = {kind for kind in every if f"`{kind}/" in text}
     assert listed == every, every - listed
     assert "not deployed" not in text
+    # gRPC: in the cluster on the deployment's Service, beside the gateway's REST route.
+    assert "gRPC (port 8081, `grpc`) is reached in the cluster on `Service/iris-prod`" in text
+    assert "not `traffic`" in text.split("Service/iris-prod` or", 1)[1].split("\n", 1)[0]
+    assert "not published on the host" not in text  # the edge target sets grpcPort
     edge = next(d for d in full.resolved.deployments if d.target == "edge")
     v2 = next(d for d in full.resolved.deployments if d.target == "prod").versions[1]
     canary = edge.model_copy(update={"versions": (edge.versions[0], v2)})
@@ -299,7 +303,7 @@ def test_a_grpc_host_port_that_collides_is_refused() -> None:
     resolved = ws.resolved.model_copy(update={
         "targets": tuple(crowded if t.name == "edge" else t for t in ws.resolved.targets),
         "deployments": tuple(two if d is dep else d for d in ws.resolved.deployments)})
-    with pytest.raises(PlanError, match=r"iris-edge v2 would listen on host port 8081, which iris-edge v1 \(gRPC\) holds"):
+    with pytest.raises(PlanError, match=r"v2 would listen on host port 8081, which iris-edge v1 \(gRPC\) holds"):
         make_plan(resolved)
 
 
