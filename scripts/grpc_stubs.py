@@ -12,6 +12,8 @@ One change to protoc's output: the messages go into a descriptor pool of their o
 process-wide default one. tritonclient.grpc registers the same `inference.*` names in the
 default pool (from Triton's grpc_service.proto), and two files defining one name in a pool
 cannot load in one process; the wire names, which are all gRPC needs, do not depend on the pool.
+(That holds with protobuf's default implementation, upb; its pure-Python fallback registers
+every message in the default pool anyway, so there the two still cannot share a process.)
 """
 
 from __future__ import annotations

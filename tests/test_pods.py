@@ -5,9 +5,10 @@ The image is the one `mlops-iac build` makes from the quickstart (as in test_bui
 place of the rendered reference; everything else (args, env from the ConfigMap and the API key
 Secret, user, read-only root, capabilities, volumes, limits, probes, grace period) is read from
 the rendered objects. Each container is checked as Kubernetes and Prometheus would use it:
-probes, an authenticated inference equal to onnxruntime in process, 401 without the key, the
-ServiceMonitor's scrape, data collection on its volume, memory under the profile's limit at
-the profile's target rate, and SIGTERM draining requests in flight.
+probes, an authenticated inference equal to onnxruntime in process (over REST and gRPC), 401
+(UNAUTHENTICATED) without the key, the ServiceMonitor's scrape, data collection on its volume,
+memory under the profile's limit at the profile's target rate, and SIGTERM draining requests
+in flight.
 """
 
 from __future__ import annotations
@@ -225,6 +226,34 @@ def check_inference(run: ContainerRun, expect: Expect, built: Built) -> None:
     assert status == (401 if expect.settings["auth"] else 200), body
 
 
+def check_grpc(run: ContainerRun, expect: Expect, built: Built) -> str:
+    """The v2 gRPC API on the port the pod (or the component) exposes, as tritonclient.grpc uses
+    it: the same answer as onnxruntime in process, and UNAUTHENTICATED without the key."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from mlops_iac.convert.onnx_tools import run as ort_run
+    from mlops_iac.convert.onnx_tools import session
+
+    listening = expect.settings["grpc_port"]
+    port = run.ports.get("grpc", run.ports.get(str(listening)))
+    assert port == listening, f"{expect.label}: gRPC listens on {listening} but is exposed as {run.ports}"
+    rows = built.sample[:5].astype(np.float32)
+    tensor = grpcclient.InferInput("input", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows)
+    model = expect.settings["models"][0]
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        answer = client.infer(model["name"], [tensor], model_version=str(model["version"]),
+                              headers={k.lower(): v for k, v in auth_headers(expect.settings).items()})
+        if expect.settings["auth"]:
+            with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+                client.infer(model["name"], [tensor])
+    label, probabilities = ort_run(session((built.folder / "build/iris-1/model/model.onnx").read_bytes()), rows)[:2]
+    assert answer.as_numpy("label").tolist() == label.tolist()
+    np.testing.assert_allclose(answer.as_numpy("probabilities"), probabilities, rtol=1e-6, atol=1e-7)
+    return f"gRPC on {port} ok"
+
+
 def check_scrape(run: ContainerRun, expect: Expect) -> tuple[str, str | None]:
     """/metrics as Prometheus scrapes it (through the ServiceMonitor: its port, path and auth).
     Returns the figure for the report and, when the scrape is refused, the problem."""
@@ -403,12 +432,13 @@ def exercise(run: ContainerRun, expect: Expect, built: Built) -> str | None:
             probes = (f"startup {run.startup.path if run.startup else '-'} ok at try {attempts}, "
                       f"readiness {run.readiness.path} ok, liveness {run.liveness.path} ok")
         check_inference(run, expect, built)
+        grpc = check_grpc(run, expect, built)
         load, peak, cache = check_memory_under_load(run, expect, built)
         scrape, refused = check_scrape(run, expect)
         collected = check_collection(run, expect)
         drained = check_drain(run, expect, built)
         REPORT.append(
-            f"- {expect.label}: ready in {ready:.1f}s; {probes}; {scrape}; {collected}; "
+            f"- {expect.label}: ready in {ready:.1f}s; {probes}; {grpc}; {scrape}; {collected}; "
             f"{load.requests} requests at {load.rps:.0f}/s (target {expect.target_rps:g}) p99 {load.p99_ms:.2f} ms "
             f"under {run.cpu_limit:g} CPU ({expect.settings['models'][0]['threads']} thread(s), batches up to "
             f"{expect.settings['models'][0]['max_batch_size']}), 0 errors; peak working set {peak / 2**20:.0f} MiB of "

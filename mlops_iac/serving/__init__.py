@@ -1,4 +1,4 @@
-"""The model server: Open Inference Protocol v2 over REST on onnxruntime."""
+"""The model server: Open Inference Protocol v2 over REST and gRPC on onnxruntime."""
 
 from .app import Server
 from .config import CollectionConfig, ModelConfig, ServerConfig
