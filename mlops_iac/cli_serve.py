@@ -25,10 +25,12 @@ CACHE = ".mlops/serve"
 @click.option("--host", default=None, help="Default: the target's host (127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="Default: the target's port (8080); 0 picks a free port (printed).")
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=None,
+              help="Also serve the v2 gRPC protocol on this port (default: REST only).")
 @click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Only write the server settings (JSON) here and exit.")
 def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host: str | None,
-          port: int | None, write_config: Path | None) -> None:
+          port: int | None, grpc_port: int | None, write_config: Path | None) -> None:
     """Serve models over the Open Inference Protocol v2 (KServe/Triton REST) on onnxruntime.
 
     With MODEL@N references, serve those registered versions (their ONNX artifacts) as they
@@ -45,6 +47,8 @@ def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host:
             registry, ws = project_registry(file)
             assert ws is not None
         config, target = _from_deployments(registry, ws, deployments)
+    if grpc_port is not None:
+        config = config.model_copy(update={"grpc_port": grpc_port})
     if write_config is not None:
         write_config.write_text(canonical_json(config.model_dump(mode="json")))
         click.echo(f"wrote {write_config}")
@@ -57,7 +61,8 @@ def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host:
     sock = bind(host, port)  # before the announcement: a busy port is an error, not a lie
     port = sock.getsockname()[1]
     names = ", ".join(f"{m.name}@{m.version}" for m in config.models)
-    click.echo(f"serving {names} on http://{host}:{port} (v2 protocol; /metrics; Ctrl-C stops)")
+    grpc = f"; gRPC on {host}:{grpc_port}" if grpc_port is not None else ""
+    click.echo(f"serving {names} on http://{host}:{port} (v2 protocol; /metrics{grpc}; Ctrl-C stops)")
     try:
         run_server(config, root, host, port, sock=sock)
     finally:

@@ -58,3 +58,41 @@ def test_quickstart_client_stops_waiting_when_the_server_has_exited() -> None:
         assert done.returncode == 1
         assert f"the server (process {gone.pid}) exited before it became ready" in done.stderr
         gone.wait()
+
+
+def test_serve_with_grpc_answers_over_grpc(converted: Path) -> None:
+    """`mlops-iac serve --grpc-port` as a user runs it: the CLI's own process serves REST and,
+    on the given port, gRPC answers equal to onnxruntime in process on the quickstart's sample."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnxruntime as ort
+    import tritonclient.grpc as grpcclient
+
+    from .conftest import free_port, wait_http
+
+    http, grpc = free_port(), free_port()
+    written = CliRunner().invoke(main, ["serve", "--grpc-port", str(grpc), "--write-config", "grpc.json"])
+    assert written.exit_code == 0, written.output
+    assert ServerConfig.model_validate_json((converted / "grpc.json").read_text()).grpc_port == grpc
+    cli = [sys.executable, "-m", "mlops_iac", "serve", "--port", str(http), "--grpc-port", str(grpc)]
+    process = subprocess.Popen(cli, cwd=converted, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_http(f"http://127.0.0.1:{http}/v2/health/ready", timeout=60)
+        x = np.load(converted / "sample.npy").astype(np.float32)[:3]
+        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}") as client:
+            answer = client.infer("iris", [tensor])
+        model = next((converted / ".mlops" / "serve").glob("*.onnx"))
+        label, probabilities = ort.InferenceSession(str(model)).run(None, {"input": x})
+        assert answer.as_numpy("label").tolist() == label.tolist()
+        np.testing.assert_allclose(answer.as_numpy("probabilities"), probabilities, rtol=1e-6, atol=1e-7)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0].decode()
+    assert f"gRPC on 127.0.0.1:{grpc}" in output and "Traceback" not in output
