@@ -212,7 +212,9 @@ def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool,
     folder = out if out is not None else ws.root / "stacks"
     if contexts and not dry_run:
         _write_contexts(ws, result)
-    changes = apply(result.files, folder, dry_run=dry_run)
+    from .azure import edge_files  # IoT Edge deployment manifests, per device group
+
+    changes = apply((*result.files, *edge_files(result)), folder, dry_run=dry_run)
     for change in changes:
         if change.kind != "same":
             click.echo(f"{'would ' if dry_run else ''}{change.kind} {folder / change.path}")

@@ -38,6 +38,12 @@ class Mocks(pulumi.runtime.Mocks):
             outputs["imageId"] = "sha256:" + "1" * 64
         if args.typ == "kubernetes:core/v1:Secret":  # the API server versions every object it stores
             outputs["metadata"] = {**outputs["metadata"], "resourceVersion": "4711"}
+        if args.typ == "azure-native:containerinstance:ContainerGroup":  # Azure names the group's public IP
+            ip = outputs["ipAddress"]
+            fqdn = f"{ip['dnsNameLabel']}.abc123.{outputs['location']}.azurecontainer.io"
+            outputs["ipAddress"] = {**ip, "fqdn": fqdn}
+        if args.typ == "azure-native:app:ContainerApp":
+            outputs["latestRevisionFqdn"] = f"{args.name}--rev.example.azurecontainerapps.io"
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
