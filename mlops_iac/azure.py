@@ -46,8 +46,10 @@ def registry_server(image: str) -> str:
 
 
 def settings_json(dep: ResolvedDeployment, version: ResolvedVersion) -> str:
+    """The server's settings as one compact line: an environment variable's value."""
     assert version.onnx_digest is not None
-    return canonical_json(server_settings(dep, version, version.onnx_digest).model_dump(mode="json")).strip()
+    return json.dumps(server_settings(dep, version, version.onnx_digest).model_dump(mode="json"), sort_keys=True,
+                      separators=(",", ":"))
 
 
 # --- Container Apps ----------------------------------------------------------------------------
@@ -265,7 +267,7 @@ def edge_manifest(target: IotEdgeTarget, deployments: tuple[ResolvedDeployment, 
     # Our server sends nothing through the hub; should a handler emit messages, they go upstream.
     routes = {f"{name.replace('-', '_')}ToUpstream": f"FROM /messages/modules/{name}/outputs/* INTO $upstream"
               for name in modules}
-    hub = {"schemaVersion": "1.1", "routes": routes, "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}}
+    hub = {"schemaVersion": "1.2", "routes": routes, "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}}
     return {"modulesContent": {"$edgeAgent": {"properties.desired": agent},
                                "$edgeHub": {"properties.desired": hub}}}
 
@@ -304,3 +306,73 @@ def edge_deployment_id(project: str, target_name: str, group: str, manifest: str
     import hashlib
 
     return f"{project}-{target_name}-{group}-{hashlib.sha256(manifest.encode()).hexdigest()[:8]}"[:128]
+
+
+# --- what the review says ----------------------------------------------------------------------
+
+AzureTarget = ContainerAppsTarget | ContainerInstancesTarget | IotEdgeTarget
+
+
+def resource_names(target: AzureTarget, dep: ResolvedDeployment, pinned: list[ResolvedVersion]) -> set[str]:
+    """What a deployment runs as on an Azure target, by kind and name (for the review)."""
+    if isinstance(target, ContainerAppsTarget):
+        return {f"ContainerApp/{dep.name}", *(f"Revision/{dep.name}--{revision_suffix(dep, v)}" for v in pinned)}
+    if isinstance(target, ContainerInstancesTarget):
+        names = {f"ContainerGroup/{version_name(dep.model, v)}" for v in pinned}
+        return names | ({f"RecordSet/{target.front.name}.{target.front.zone}"} if target.front else set())
+    return {f"Module/{module_name(dep, v)}@{group}" for v in pinned for group in target.device_groups}
+
+
+def caveats(target: AzureTarget, dep: ResolvedDeployment) -> list[str]:
+    """What the Azure service does with `traffic`, and what it does not do."""
+    several = len(dep.served) > 1
+    if isinstance(target, ContainerAppsTarget):
+        out = ["weights are the Container App's ingress weights per revision"] if several else []
+        if several:
+            out.append("a version's revision is made when it is the app's template (the newest version): "
+                       "deploy the stable version alone first, then add its canary")
+        return [*out, "Container Apps set no user or read-only root: the image's USER 10001 applies"]
+    if isinstance(target, ContainerInstancesTarget):
+        out = [f"`{target.front.name}.{target.front.zone}` points at v{front_version(dep).number}; every version "
+               "also answers on its own DNS label" if target.front else
+               "no front: each version answers on its own DNS label (<version>.<hash>.<region>.azurecontainer.io)"]
+        return [*out, "container groups serve plain HTTP on a public IP: put TLS in front of them for `auth: key`"]
+    out = [f"applied per device group with `az iot edge deployment create` (priority {target.priority}): "
+           + ", ".join(sorted(target.device_groups))]
+    if several:
+        out.append("weights are not honoured on a device: each version answers on its own host port "
+                   "(the target's port + version - 1); clients choose")
+    return out
+
+
+# --- what `render` prints ----------------------------------------------------------------------
+
+SECRET = "(secret: pulumi config mlops:{})"  # noqa: S105 - what render shows in place of a secret
+
+
+def target_resources(project: str, target_name: str, target: AzureTarget,
+                     deployments: tuple[ResolvedDeployment, ...]) -> list[Object]:
+    """Every resource of an Azure target as `{type, name, properties}`, with the stack's secrets
+    shown as what sets them; for IoT Edge, the deployment per device group."""
+    key, login = SECRET.format("apiKey"), (SECRET.format("registryUsername"), SECRET.format("registryPassword"))
+    out: list[Object] = []
+    for dep in deployments:
+        if isinstance(target, ContainerAppsTarget):
+            out.append({"type": "azure-native:app:ContainerApp", "name": dep.name,
+                        "properties": container_app(project, target, dep, api_key=key, registry=login)})
+        elif isinstance(target, ContainerInstancesTarget):
+            out += [{"type": "azure-native:containerinstance:ContainerGroup", "name": version_name(dep.model, v),
+                     "properties": container_group(project, target, dep, v, api_key=key, registry=login)}
+                    for v in dep.versions]
+            if target.front is not None:
+                fqdn = f"(the FQDN of {version_name(dep.model, front_version(dep))})"
+                out.append({"type": "azure-native:dns:RecordSet", "name": f"{dep.name}-front",
+                            "properties": dns_record(target, dep, fqdn)})
+    if isinstance(target, IotEdgeTarget):
+        manifest = edge_manifest(target, deployments)
+        text = canonical_json(manifest)
+        out += [{"type": "iothub:edge-deployment", "name": edge_deployment_id(project, target_name, group, text),
+                 "properties": {"hub": target.hub, "targetCondition": condition, "priority": target.priority,
+                                "content": manifest}}
+                for group, condition in sorted(target.device_groups.items())]
+    return out

@@ -274,3 +274,20 @@ def test_iot_edge_has_no_pulumi_stack() -> None:
 
     with pytest.raises(ValueError, match="az iot edge deployment create"):
         deploy(stack_plan("plants"))
+
+
+def test_render_prints_what_the_components_create(tmp_path: Path) -> None:
+    """`mlops-iac render` for an Azure target: the properties the components build (secrets shown
+    as the config that sets them)."""
+    out = tmp_path / "apps.json"
+    result = CliRunner().invoke(main, ["render", "-f", str(AZURE / "mlops.yaml"), "--target", "apps", "--format",
+                                       "json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (rendered,) = json.loads(out.read_text())["resources"]
+    (created,) = run_program(stack_plan("apps")).of("azure-native:app:ContainerApp")
+    assert rendered["type"] == "azure-native:app:ContainerApp" and rendered["name"] == "iris-apps"
+    assert rendered["properties"]["template"] == created.inputs["template"]
+    secrets = {s["name"]: s["value"] for s in rendered["properties"]["configuration"]["secrets"]}
+    assert secrets["api-key"] == "(secret: pulumi config mlops:apiKey)"
+    result = CliRunner().invoke(main, ["render", "-f", str(AZURE / "mlops.yaml"), "--target", "plants"])
+    assert result.exit_code == 0 and result.output.count("type: iothub:edge-deployment") == 2

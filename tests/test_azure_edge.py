@@ -1,0 +1,167 @@
+"""IoT Edge: the deployment manifests `synth` writes, validated against Microsoft's published
+JSON schemas (tests/schemas, see SOURCE.md there), and their module run on the Docker engine
+exactly as the edge agent creates it from `createOptions`, then checked as every other
+rendered container is (health, inference against onnxruntime, 401 without the key, metrics,
+data collection, memory under load, drain on stop)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mlops_iac.azure import CREATE_OPTIONS_CHUNK, create_options, split_create_options
+from mlops_iac.cli import main
+from mlops_iac.errors import PlanError
+from mlops_iac.plan import plan as make_plan
+from mlops_iac.resolve import load
+
+from . import podrun
+from .conftest import ROOT, require
+
+# `built` and `docker_engine`: the session's quickstart image and engine, as test_pods uses them
+from .test_pods import KEY, Built, Expect, auth_headers, built, docker_engine, exercise, settings_of, settle, target_rps  # noqa: F401
+
+AZURE = ROOT / "examples" / "azure"
+SCHEMAS = Path(__file__).parent / "schemas"
+
+
+def schema(name: str) -> jsonschema.protocols.Validator:
+    document = json.loads((SCHEMAS / name).read_text())
+    validator: jsonschema.protocols.Validator = jsonschema.validators.validator_for(document)(document)
+    return validator
+
+
+def violations(manifest: dict[str, Any]) -> list[str]:
+    """Every way the manifest breaks the deployment schema, or the edgeAgent's or edgeHub's."""
+    content = manifest.get("modulesContent", {})
+    found = [e.message for e in schema("azure-iot-edge-deployment-2.0.json").iter_errors(manifest)]
+    found += [e.message for e in schema("azure-iot-edgeagent-deployment-1.1.json").iter_errors(
+        {"$edgeAgent": content.get("$edgeAgent")})]
+    found += [e.message for e in schema("azure-iot-edgehub-deployment-1.2.json").iter_errors(
+        {"$edgeHub": content.get("$edgeHub")})]
+    return found
+
+
+def synth(folder: Path, out: Path) -> dict[str, Path]:
+    result = CliRunner().invoke(main, ["synth", "-f", str(folder / "mlops.yaml"), "--out", str(out), "--no-contexts"])
+    assert result.exit_code == 0, result.output
+    return {p.name: p for p in (out / "plants").iterdir()}
+
+
+def test_the_schemas_are_the_published_ones() -> None:
+    source = (SCHEMAS / "SOURCE.md").read_text()
+    for path in sorted(SCHEMAS.glob("*.json")):
+        assert hashlib.sha256(path.read_bytes()).hexdigest() in source, path.name
+
+
+def test_every_manifest_is_valid_and_carries_the_module(tmp_path: Path) -> None:
+    files = synth(AZURE, tmp_path / "stacks")
+    assert sorted(files) == ["plan.json", "plant-1.condition", "plant-1.deployment.json", "plant-2.condition",
+                             "plant-2.deployment.json"]
+    assert files["plant-2.condition"].read_text() == "tags.site='plant-2' AND tags.line='packaging'\n"
+    manifest = json.loads(files["plant-1.deployment.json"].read_text())
+    assert violations(manifest) == []
+    agent = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]
+    (name,) = agent["modules"]
+    module = agent["modules"][name]
+    assert name == "iris-v1-8f03a2cb" and module["settings"]["image"].startswith("ghcr.io/acme/models/iris@sha256:")
+    assert all(len(v) <= CREATE_OPTIONS_CHUNK for k, v in module["settings"].items() if k.startswith("createOptions"))
+    options = podrun.edge_create_options(module["settings"])
+    host = options["HostConfig"]
+    assert options["User"] == "10001:10001" and host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true"] and host["Memory"] == 256 * 2**20
+    assert host["NanoCpus"] == 10**9  # the limit: twice the 500m request
+    assert options["Healthcheck"]["Test"][-1] == "mlops_iac.serving.health"
+    assert module["env"]["MLOPS_IAC_API_KEY"] == {"value": "${MLOPS_IAC_API_KEY}"}  # filled in at apply time
+    assert agent["runtime"]["settings"]["registryCredentials"]["registry0"]["address"] == "ghcr.io"
+    routes = manifest["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]
+    assert routes == {"iris_v1_8f03a2cbToUpstream": "FROM /messages/modules/iris-v1-8f03a2cb/outputs/* INTO $upstream"}
+    # what the schema refuses, it refuses in our manifests too
+    module["restartPolicy"] = "unless-stopped"
+    module["env"]["bad.name"] = {"value": "x"}
+    assert len(set(violations(manifest))) == 2  # each caught by the deployment and the edgeAgent schema
+
+
+def test_long_create_options_are_split_and_joined() -> None:
+    (stack,) = make_plan(load(AZURE / "mlops.yaml").resolved, ("plants",)).stacks
+    dep, target = stack.deployments[0], stack.target.spec
+    options = create_options(dep, dep.versions[0], target)  # type: ignore[arg-type]
+    options["Labels"] = {f"label-{i}": "x" * 40 for i in range(30)}  # well over 512 characters
+    fields = split_create_options(options)
+    text = json.dumps(options, sort_keys=True, separators=(",", ":"))
+    count = -(-len(text) // CREATE_OPTIONS_CHUNK)
+    assert count > 2 and list(fields) == ["createOptions", *[f"createOptions{i:02d}" for i in range(1, count)]]
+    assert podrun.edge_create_options(fields) == options
+    options["Labels"] = {f"label-{i}": "x" * 40 for i in range(100)}  # beyond the eight fields the agent reads
+    with pytest.raises(PlanError, match="the edge agent takes at most 4096"):
+        split_create_options(options)
+
+
+def test_ports_of_two_versions_on_a_device_do_not_collide(tmp_path: Path) -> None:
+    from mlops_iac.azure import edge_files
+
+    folder = tmp_path / "azure"
+    shutil.copytree(AZURE, folder, ignore=shutil.ignore_patterns("stacks"))
+    spec = folder / "mlops.yaml"
+    text = spec.read_text().replace("    version: 1\n    target: plants\n",
+                                    "    versions: [1, 2]\n    traffic: {1: 100, 2: 0}\n    target: plants\n")
+    spec.write_text(text)
+    written = {f.path: f.content for f in edge_files(make_plan(load(spec).resolved))}
+    manifest = json.loads(written["plants/plant-1.deployment.json"])
+    modules = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]
+    ports = {n: podrun.edge_create_options(m["settings"])["HostConfig"]["PortBindings"] for n, m in modules.items()}
+    assert ports == {"iris-v1-8f03a2cb": {"8080/tcp": [{"HostPort": "8080"}]},
+                     "iris-v2-8e247c07": {"8080/tcp": [{"HostPort": "8081"}]}}
+    spec.write_text(text.replace("    hub: acme-plants\n", "    hub: acme-plants\n    port: 65535\n"))
+    with pytest.raises(PlanError, match="would listen on host port 65536"):
+        edge_files(make_plan(load(spec).resolved))
+
+
+def test_the_module_runs_as_the_edge_agent_creates_it(built: Built, tmp_path: Path) -> None:  # noqa: F811
+    """The manifest as the workflow applies it (its placeholders filled by envsubst), and its
+    module's createOptions run on the Docker engine: the checks of every rendered container."""
+    if shutil.which("envsubst") is None:
+        require("envsubst (apt-get install gettext-base): fills a manifest's placeholders")
+    folder = tmp_path / "azure"
+    folder.mkdir()
+    shutil.copyfile(AZURE / "mlops.yaml", folder / "mlops.yaml")
+    shutil.copyfile(AZURE / "mlops.lock", folder / "mlops.lock")
+    lock = yaml.safe_load((folder / "mlops.lock").read_text())
+    assert lock["models"]["iris"]["versions"][1]["onnx"]["digest"] == built.onnx_digest  # the quickstart's model
+    files = synth(folder, tmp_path / "stacks")
+    env = {**os.environ, "MLOPS_IAC_API_KEY": KEY, "MLOPS_IAC_REGISTRY_USERNAME": "u",
+           "MLOPS_IAC_REGISTRY_PASSWORD": "p"}
+    names = "$MLOPS_IAC_API_KEY $MLOPS_IAC_REGISTRY_USERNAME $MLOPS_IAC_REGISTRY_PASSWORD"
+    applied = subprocess.run(["envsubst", names],
+                             input=files["plant-1.deployment.json"].read_text(), capture_output=True, text=True,
+                             env=env, check=True).stdout
+    manifest = json.loads(applied)
+    assert violations(manifest) == [] and "${" not in applied
+    (module,) = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"].values()
+    binds = podrun.edge_create_options(module["settings"])["HostConfig"]["Binds"]
+    volumes = {b.split(":")[0]: podrun.docker("volume", "create", f"wt-edge-{uuid.uuid4().hex[:8]}") for b in binds}
+    run = podrun.edge_run(module, image=built.image, name=f"wt-edge-{uuid.uuid4().hex[:6]}", volumes=volumes)
+    assert "--read-only" in run.argv and run.memory_limit == 256 * 2**20 and run.healthcheck
+    settings = settings_of(run)
+    assert settings["auth"] is True and run.env["MLOPS_IAC_API_KEY"] == KEY
+    # No ServiceMonitor on a device: a Prometheus beside it scrapes the metrics listener.
+    expect = Expect(label="plants (IoT Edge module)", settings=settings,
+                    scrape=(settings["metrics_port"], "/metrics", {}), memory_limit=run.memory_limit,
+                    target_rps=target_rps(AZURE, 1))
+    try:
+        settle([(run, expect, exercise(run, expect, built))])
+    finally:
+        for created in volumes.values():
+            podrun.docker("volume", "rm", "-f", created, check=False)
+    assert auth_headers(settings)  # the key reached the server: unauthenticated requests got 401
