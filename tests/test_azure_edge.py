@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -165,3 +166,51 @@ def test_the_module_runs_as_the_edge_agent_creates_it(built: Built, tmp_path: Pa
         for created in volumes.values():
             podrun.docker("volume", "rm", "-f", created, check=False)
     assert auth_headers(settings)  # the key reached the server: unauthenticated requests got 401
+
+
+def test_the_deploy_action_applies_each_device_group(tmp_path: Path) -> None:
+    """actions/deploy on an azure-iot-edge target: no Pulumi, one `az iot edge deployment create`
+    per device group with the manifest, its placeholders filled from the environment."""
+    from .test_actions import run_action
+
+    if shutil.which("envsubst") is None:
+        require("envsubst (apt-get install gettext-base): fills a manifest's placeholders")
+    repo = tmp_path / "repo"
+    shutil.copytree(AZURE, repo / "deploy", ignore=shutil.ignore_patterns("stacks"))
+    # A stand-in for the Azure CLI (IoT Hub cannot be reached from CI): it records each call and
+    # the manifest it was given, and knows no deployment yet (`show` fails, as for a new id).
+    calls, bin_dir = tmp_path / "az-calls", tmp_path / "bin"
+    calls.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "az").write_text('#!/usr/bin/env bash\n[ "$1" = extension ] && exit 0\n[ "$4" = show ] && exit 3\n'
+                                'n=$(ls "$AZ_CALLS" | wc -l)\n'
+                                'printf "%s\\n" "$@" > "$AZ_CALLS/$n.args"\n'
+                                'while [ $# -gt 0 ]; do\n'
+                                '  [ "$1" = --content ] && cp "$2" "$AZ_CALLS/$n.json"; shift\n'
+                                'done\n')
+    (bin_dir / "az").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "AZ_CALLS": str(calls), "MLOPS_IAC_API_KEY": KEY,
+           "MLOPS_IAC_REGISTRY_USERNAME": "acme", "MLOPS_IAC_REGISTRY_PASSWORD": "registry-pw"}
+    summary = tmp_path / "summary.md"
+    run_action("deploy", {"target": "plants", "working-directory": "deploy"}, repo, summary, env=env)
+    applied = sorted(calls.glob("*.args"))
+    assert len(applied) == 2 and not (repo / "deploy/stacks/Pulumi.plants.yaml").exists()
+    for args_file, group in zip(applied, ("plant-1", "plant-2"), strict=True):
+        args = args_file.read_text().splitlines()
+        assert args[:4] == ["iot", "edge", "deployment", "create"]
+        given = dict(zip(args[4::2], args[5::2], strict=True))
+        condition = (repo / f"deploy/stacks/plants/{group}.condition").read_text().strip()
+        assert given["--hub-name"] == "acme-plants" and given["--priority"] == "10"
+        assert given["--target-condition"] == condition
+        assert re.fullmatch(rf"shop-azure-plants-{group}-[0-9a-f]{{8}}", given["--deployment-id"])
+        manifest = json.loads(args_file.with_suffix(".json").read_text())
+        assert violations(manifest) == []
+        (module,) = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"].values()
+        assert module["env"]["MLOPS_IAC_API_KEY"] == {"value": KEY}
+        credentials = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["runtime"]["settings"]
+        assert credentials["registryCredentials"]["registry0"]["password"] == "registry-pw"
+    assert "created on acme-plants" in summary.read_text()
+    del env["MLOPS_IAC_API_KEY"]  # a secret missing: nothing is deployed with an empty key
+    with pytest.raises(AssertionError, match="needs MLOPS_IAC_API_KEY"):
+        run_action("deploy", {"target": "plants", "working-directory": "deploy"}, repo, summary, env=env)
+    assert len(list(calls.glob("*.args"))) == 2
