@@ -85,9 +85,6 @@ def container_app(project: str, target: ContainerAppsTarget, dep: ResolvedDeploy
                   api_key: Any = None, registry: tuple[Any, Any] | None = None) -> Object:
     """The ContainerApp's arguments: `api_key` and the registry's (username, password) are
     the stack's secrets (Pulumi outputs), or stand-ins when the properties are only printed."""
-    if len(dep.name) > 32:
-        raise PlanError(f"deployment {dep.name}: a Container App name has at most 32 characters; "
-                        "give the deployment a shorter `name`")
     newest = dep.versions[-1]
     assert newest.image is not None
     cores, memory = app_resources(dep, newest)

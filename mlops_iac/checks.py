@@ -7,6 +7,7 @@ about the disk (paths exist). Each check returns problems; none raises.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from .spec.azure import ContainerAppsTarget, ContainerInstancesTarget
 from .spec.targets import AzureTarget, DockerTarget, KubernetesTarget, LocalTarget, Target
 
 DATA_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
+APP_NAME = r"[a-z][a-z0-9-]{0,30}[a-z0-9]"  # a Container App's name (and no "--": revisions use it)
 
 
 def deployment_name(dep: Deployment) -> str:
@@ -112,6 +114,12 @@ def _azure(target: Any, doc: Document, here: PathKey, dep: Deployment) -> Iterat
                               "cannot send a share of requests to a version)",
                               "expected no rollout: switch with traffic 100/0, or use azure-container-apps",
                               of_key=True)
+    name = deployment_name(dep)
+    if isinstance(target, ContainerAppsTarget) and ("--" in name or not re.fullmatch(APP_NAME, name)):
+        yield doc.problem((*here, "name") if dep.name else here, f"deployment name {name!r} cannot name a "
+                          "Container App",
+                          "expected at most 32 lowercase letters, digits and '-', starting with a letter, without "
+                          "'--' (the default name is <model>-<target>)")
     if isinstance(target, ContainerAppsTarget) and dep.hardware.gpu and target.gpu and target.workload_profile is None:
         yield doc.problem((*here, "hardware", "gpu"), f"{dep.hardware.gpu} GPU(s) on Container Apps without a "
                           "workload profile", f"set workloadProfile (a serverless GPU profile of the environment) "

@@ -291,3 +291,15 @@ def test_render_prints_what_the_components_create(tmp_path: Path) -> None:
     assert secrets["api-key"] == "(secret: pulumi config mlops:apiKey)"
     result = CliRunner().invoke(main, ["render", "-f", str(AZURE / "mlops.yaml"), "--target", "plants"])
     assert result.exit_code == 0 and result.output.count("type: iothub:edge-deployment") == 2
+
+
+def test_a_deployment_name_that_cannot_name_a_container_app(tmp_path: Path) -> None:
+    folder = tmp_path / "azure"
+    shutil.copytree(AZURE, folder, ignore=shutil.ignore_patterns("stacks"))
+    spec = folder / "mlops.yaml"
+    long_name = "iris--apps-of-the-shop-in-westeurope"
+    spec.write_text(spec.read_text().replace("  - name: iris-apps\n", f"  - name: {long_name}\n"))
+    with pytest.raises(ConfigError) as caught:
+        load(spec)
+    (problem,) = [p for p in caught.value.problems if p.severity == "error"]
+    assert problem.path == "deployments[0].name" and "at most 32" in problem.allowed and problem.line > 1

@@ -161,8 +161,28 @@ DOCKER = st.fixed_dictionaries({"kind": st.just("docker")}, optional={
 })
 
 
+AZURE = st.one_of(
+    st.fixed_dictionaries({"kind": st.just("azure-container-apps"), "resourceGroup": st.just("ml-prod"),
+                           "location": st.sampled_from(["westeurope", "eastus2"]),
+                           "environment": st.just("/subscriptions/s/resourceGroups/r/providers/Microsoft.App/"
+                                                  "managedEnvironments/e")},
+                          optional={"external": st.booleans(), "concurrency": st.integers(1, 10_000),
+                                    "workloadProfile": st.just("gpu-t4"), "gpu": st.booleans()}),
+    st.fixed_dictionaries({"kind": st.just("azure-container-instances"), "resourceGroup": st.just("ml-prod"),
+                           "location": st.just("westeurope")},
+                          optional={"front": st.fixed_dictionaries({"zone": st.just("example.com"),
+                                                                    "name": st.just("iris")},
+                                                                   optional={"ttl": st.integers(1, 86_400)}),
+                                    "gpu": st.booleans(), "gpuSku": st.sampled_from(["K80", "P100", "V100"])}),
+    st.fixed_dictionaries({"kind": st.just("azure-iot-edge"), "hub": st.just("acme-hub"),
+                           "deviceGroups": st.dictionaries(st.sampled_from(["plant-1", "lab"]),
+                                                           st.just("tags.site='x'"), min_size=1)},
+                          optional={"priority": st.integers(0, 100), "port": st.integers(1, 60000),
+                                    "platform": st.sampled_from(["linux/amd64", "linux/arm64"])}))
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(target=st.one_of(KUBERNETES, DOCKER), sink=SINKS, sample_rate=st.floats(0, 1), threads=st.integers(1, 64))
+@given(target=st.one_of(KUBERNETES, DOCKER, AZURE), sink=SINKS, sample_rate=st.floats(0, 1), threads=st.integers(1, 64))
 def test_plan_json_round_trips_for_every_field(target: dict[str, Any], sink: dict[str, Any], sample_rate: float,
                                                threads: int) -> None:
     """What plan() writes as <target>/plan.json, StackPlan reads back equal, every field."""
