@@ -298,7 +298,9 @@ def render_manifests(file: Path, target: str, fmt: str, out: Path | None) -> Non
     """The Kubernetes objects of a target as plain manifests (for GitOps and offline checks):
     the same objects `pulumi up` creates. The API key Secret is left out: create it yourself
     (kubectl create secret generic DEPLOYMENT-api-key --from-literal=apiKey=...), and after
-    changing it, `kubectl rollout restart` the deployments (Pulumi does that itself)."""
+    changing it, `kubectl rollout restart` the deployments (Pulumi does that itself). For an
+    Azure target: its resources as `pulumi up` creates them (secrets shown as the config that
+    sets them), or for IoT Edge the deployment of each device group."""
     import yaml
 
     from .manifests import target_objects
