@@ -41,15 +41,19 @@ def stack_plan(target: str, folder: Path = AZURE) -> StackPlan:
     return stack
 
 
-def run_program(stack: StackPlan, registry: tuple[str, str] | None = None) -> Mocks:
+def run_program(stack: StackPlan, registry: tuple[str, str] | None = None,
+                exported: dict[str, Any] | None = None) -> Mocks:
+    """The components of a plan under Pulumi's mocks; `exported` gets the stack's exports, resolved."""
     from mlops_iac.components import deploy
 
     mocks = Mocks()
     pulumi.runtime.set_mocks(mocks, project=stack.project, stack=stack.target.name, preview=False)
 
     @pulumi.runtime.test
-    def program() -> None:
-        deploy(stack, api_key="s3cret", registry=registry)
+    def program() -> pulumi.Output[Any]:
+        outputs = deploy(stack, api_key="s3cret", registry=registry)
+        return pulumi.Output.all(**outputs).apply(lambda values: (exported if exported is not None else {})
+                                                  .update(values))
 
     program()
     return mocks
@@ -116,7 +120,9 @@ def test_a_misspelt_property_fails_before_azure_sees_it() -> None:
 # --- Container Apps ----------------------------------------------------------------------------
 
 def test_container_app_has_a_revision_per_version_and_the_weights() -> None:
-    mocks = run_program(stack_plan("apps"), registry=("acme", "registry-pw"))
+    exported: dict[str, Any] = {}
+    mocks = run_program(stack_plan("apps"), registry=("acme", "registry-pw"), exported=exported)
+    assert exported == {"iris-apps": "iris-apps.example.azurecontainerapps.io"}  # the app's name, split by weight
     (component,) = mocks.of("mlops:azure:ContainerApp")
     (resource,) = mocks.of("azure-native:app:ContainerApp")
     inputs = resource.inputs
@@ -193,7 +199,10 @@ def test_container_apps_limits(tmp_path: Path) -> None:
 # --- Container Instances ---------------------------------------------------------------------------
 
 def test_container_groups_per_version_and_the_front() -> None:
-    mocks = run_program(stack_plan("instances"), registry=("acme", "registry-pw"))
+    exported: dict[str, Any] = {}
+    mocks = run_program(stack_plan("instances"), registry=("acme", "registry-pw"), exported=exported)
+    assert exported == {f"iris-v{n}-{d}": f"iris-v{n}-{d}.abc123.westeurope.azurecontainer.io"
+                        for n, d in ((1, "8f03a2cb"), (2, "8e247c07"))}
     groups = {g.name: g.inputs for g in mocks.of("azure-native:containerinstance:ContainerGroup")}
     assert sorted(groups) == ["iris-v1-8f03a2cb-group", "iris-v2-8e247c07-group"]
     v1 = groups["iris-v1-8f03a2cb-group"]

@@ -107,7 +107,10 @@ class ContainerApp(pulumi.ComponentResource):
         data = container_app(args.project, args.target, dep, api_key=key, registry=login)
         self.app = build(app.ContainerApp, f"{dep.name}-app", data, pulumi.ResourceOptions(parent=self))
         self.revisions = {str(v.number): f"{dep.name}--{revision_suffix(dep, v)}" for v in dep.versions}
-        self.register_outputs({"fqdn": self.app.latest_revision_fqdn, "revisions": self.revisions,
+        # The app's own name, which the ingress splits by weight (a revision's FQDN would bypass it).
+        self.fqdn: pulumi.Output[str | None] = self.app.configuration.apply(
+            lambda c: c.ingress.fqdn if c is not None and c.ingress is not None else None)
+        self.register_outputs({"fqdn": self.fqdn, "revisions": self.revisions,
                                "weights": {str(v.number): v.weight for v in dep.served}})
 
 
@@ -150,7 +153,7 @@ def deploy_container_apps(plan: Any, target: ContainerAppsTarget, api_key: pulum
     exported: dict[str, Any] = {}
     for dep in plan.deployments:
         component = ContainerApp(dep.name, ContainerAppArgs(plan.project, target, dep, _key(dep, api_key), registry))
-        exported[dep.name] = component.app.latest_revision_fqdn
+        exported[dep.name] = component.fqdn
     return exported
 
 
