@@ -115,6 +115,12 @@ def test_a_misspelt_property_fails_before_azure_sees_it() -> None:
     with pytest.raises(UnknownProperty, match=r"template\.scale: ScaleArgs has no property 'maxReplica'"):
         typed(app.ContainerAppArgs, data)
     assert unknown_names(app.ContainerAppArgs, data, "ContainerApp") == ["ContainerApp.template[0].scale[0].maxReplica"]
+    del data["template"]["scale"]["maxReplica"]
+    data["configuration"]["activeRevisionsMode"] = "multiple"  # the API's values are case-sensitive here
+    with pytest.raises(UnknownProperty, match=r"activeRevisionsMode: 'multiple' is not one of the provider's values "
+                                              r"\(Labels, Multiple, Single\)"):
+        typed(app.ContainerAppArgs, data)
+    assert "Multiple" in {m.value for m in app.ActiveRevisionsMode}
 
 
 # --- Container Apps ----------------------------------------------------------------------------

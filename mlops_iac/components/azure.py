@@ -23,23 +23,28 @@ from ..resolve import ResolvedDeployment
 from ..spec.azure import ContainerAppsTarget, ContainerInstancesTarget
 
 _ARGS = re.compile(r"ForwardRef\('(\w+Args)'\)")
+_REFS = re.compile(r"ForwardRef\('(\w+)'\)")
 
 
 class UnknownProperty(TypeError):
     """A property the provider's input type does not have."""
 
 
-def _fields(kind: type) -> dict[str, tuple[str, type | None]]:
-    """camelCase name -> (the Python parameter, the nested input type if it has one)."""
+def _fields(kind: type) -> dict[str, tuple[str, type | None, frozenset[str]]]:
+    """camelCase name -> (the Python parameter, the nested input type if it has one, the values
+    of its enum if it has one)."""
+    import enum
     import inspect
 
     module = __import__(kind.__module__, fromlist=["_"])
     out = {}
-    for param in list(inspect.signature(kind).parameters.values()):
+    for param in inspect.signature(kind).parameters.values():
         prop = getattr(kind, param.name, None)
         camel = getattr(getattr(prop, "fget", None), "_pulumi_name", param.name)
         found = _ARGS.search(repr(param.annotation))
-        out[camel] = (param.name, getattr(module, found.group(1)) if found else None)
+        named = [getattr(module, n, None) for n in _REFS.findall(repr(param.annotation))]
+        values = frozenset(str(e.value) for c in named if isinstance(c, type) and issubclass(c, enum.Enum) for e in c)
+        out[camel] = (param.name, getattr(module, found.group(1)) if found else None, values)
     return out
 
 
@@ -52,7 +57,10 @@ def typed(kind: type, data: dict[str, Any], where: str = "") -> dict[str, Any]:
         if key not in fields:
             raise UnknownProperty(f"{where or kind.__name__}: {kind.__name__} has no property {key!r} "
                                   f"(it has: {', '.join(sorted(fields))})")
-        name, nested = fields[key]
+        name, nested, values = fields[key]
+        if values and isinstance(value, str) and value not in values:
+            raise UnknownProperty(f"{where or kind.__name__}.{key}: {value!r} is not one of the provider's values "
+                                  f"({', '.join(sorted(values))})")
         out[name] = _value(nested, value, f"{where}.{key}" if where else key)
     return out
 
