@@ -176,6 +176,10 @@ def test_a_rollout_drives_the_revision_weights(tmp_path: Path) -> None:
     config = unwrap(run_program(stack).of("azure-native:app:ContainerApp")[0].inputs["configuration"])
     assert {t["revisionName"]: t["weight"] for t in config["ingress"]["traffic"]} == {
         "iris-apps--v1-8f03a2cb": 50, "iris-apps--v2-8e247c07": 50}
+    # The evidence comes from Prometheus (the metrics port is open only inside the environment).
+    result = CliRunner().invoke(main, ["rollout", "status", "iris-apps", "-f", str(spec)],
+                                env={"MLOPS_IAC_PROMETHEUS_URL": ""})
+    assert result.exit_code == 1 and "runs on a target of kind azure-container-apps: pass --prometheus" in result.output
 
 
 def test_container_apps_limits(tmp_path: Path) -> None:
