@@ -17,6 +17,7 @@ the IoT Edge deployment manifests.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Any
@@ -300,8 +301,6 @@ def edge_files(plan: Plan) -> tuple[FileArtifact, ...]:
 def edge_deployment_id(project: str, target_name: str, group: str, manifest: str) -> str:
     """IoT Hub deployments are immutable: the id carries the manifest's digest, so a change is a
     new deployment (with the same priority) that replaces the old one on the matching devices."""
-    import hashlib
-
     return f"{project}-{target_name}-{group}-{hashlib.sha256(manifest.encode()).hexdigest()[:8]}"[:128]
 
 
