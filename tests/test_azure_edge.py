@@ -1,8 +1,7 @@
 """IoT Edge: the deployment manifests `synth` writes, validated against Microsoft's published
-JSON schemas (tests/schemas, see SOURCE.md there), and their module run on the Docker engine
-exactly as the edge agent creates it from `createOptions`, then checked as every other
-rendered container is (health, inference against onnxruntime, 401 without the key, metrics,
-data collection, memory under load, drain on stop)."""
+JSON schemas (tests/schemas, see SOURCE.md there), and applied per device group by the deploy
+action. Their module runs on the Docker engine as the edge agent creates it in test_pods.py
+(beside the other rendered containers, sharing the session's built image)."""
 
 from __future__ import annotations
 
@@ -11,14 +10,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from mlops_iac.azure import CREATE_OPTIONS_CHUNK, create_options, split_create_options
@@ -30,8 +27,7 @@ from mlops_iac.resolve import load
 from . import podrun
 from .conftest import ROOT, require
 
-# `built` and `docker_engine`: the session's quickstart image and engine, as test_pods uses them
-from .test_pods import KEY, Built, Expect, auth_headers, built, docker_engine, exercise, settings_of, settle, target_rps  # noqa: F401
+KEY = "edge-test-key-" + uuid.uuid4().hex[:8]
 
 AZURE = ROOT / "examples" / "azure"
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -127,45 +123,6 @@ def test_ports_of_two_versions_on_a_device_do_not_collide(tmp_path: Path) -> Non
     spec.write_text(text.replace("    hub: acme-plants\n", "    hub: acme-plants\n    port: 65535\n"))
     with pytest.raises(PlanError, match="would listen on host port 65536"):
         edge_files(make_plan(load(spec).resolved))
-
-
-def test_the_module_runs_as_the_edge_agent_creates_it(built: Built, tmp_path: Path) -> None:  # noqa: F811
-    """The manifest as the workflow applies it (its placeholders filled by envsubst), and its
-    module's createOptions run on the Docker engine: the checks of every rendered container."""
-    if shutil.which("envsubst") is None:
-        require("envsubst (apt-get install gettext-base): fills a manifest's placeholders")
-    folder = tmp_path / "azure"
-    folder.mkdir()
-    shutil.copyfile(AZURE / "mlops.yaml", folder / "mlops.yaml")
-    shutil.copyfile(AZURE / "mlops.lock", folder / "mlops.lock")
-    lock = yaml.safe_load((folder / "mlops.lock").read_text())
-    assert lock["models"]["iris"]["versions"][1]["onnx"]["digest"] == built.onnx_digest  # the quickstart's model
-    files = synth(folder, tmp_path / "stacks")
-    env = {**os.environ, "MLOPS_IAC_API_KEY": KEY, "MLOPS_IAC_REGISTRY_USERNAME": "u",
-           "MLOPS_IAC_REGISTRY_PASSWORD": "p"}
-    names = "$MLOPS_IAC_API_KEY $MLOPS_IAC_REGISTRY_USERNAME $MLOPS_IAC_REGISTRY_PASSWORD"
-    applied = subprocess.run(["envsubst", names],
-                             input=files["plant-1.deployment.json"].read_text(), capture_output=True, text=True,
-                             env=env, check=True).stdout
-    manifest = json.loads(applied)
-    assert violations(manifest) == [] and "${" not in applied
-    (module,) = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"].values()
-    binds = podrun.edge_create_options(module["settings"])["HostConfig"]["Binds"]
-    volumes = {b.split(":")[0]: podrun.docker("volume", "create", f"wt-edge-{uuid.uuid4().hex[:8]}") for b in binds}
-    run = podrun.edge_run(module, image=built.image, name=f"wt-edge-{uuid.uuid4().hex[:6]}", volumes=volumes)
-    assert "--read-only" in run.argv and run.memory_limit == 256 * 2**20 and run.healthcheck
-    settings = settings_of(run)
-    assert settings["auth"] is True and run.env["MLOPS_IAC_API_KEY"] == KEY
-    # No ServiceMonitor on a device: a Prometheus beside it scrapes the metrics listener.
-    expect = Expect(label="plants (IoT Edge module)", settings=settings,
-                    scrape=(settings["metrics_port"], "/metrics", {}), memory_limit=run.memory_limit,
-                    target_rps=target_rps(AZURE, 1))
-    try:
-        settle([(run, expect, exercise(run, expect, built))])
-    finally:
-        for created in volumes.values():
-            podrun.docker("volume", "rm", "-f", created, check=False)
-    assert auth_headers(settings)  # the key reached the server: unauthenticated requests got 401
 
 
 def test_the_deploy_action_applies_each_device_group(tmp_path: Path) -> None:
