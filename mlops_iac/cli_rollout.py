@@ -40,7 +40,7 @@ class Source:
         self.prometheus = prometheus or (os.environ.get(PROMETHEUS_ENV) if not urls else None)
         self.urls = urls or (() if self.prometheus else _metrics_urls(target, dep))
         if not self.urls and not self.prometheus:
-            raise MlopsIacError(f"{dep.name} runs on a Kubernetes target: pass --prometheus URL (or set "
+            raise MlopsIacError(f"{dep.name} runs on a target of kind {target.kind}: pass --prometheus URL (or set "
                                 f"{PROMETHEUS_ENV}) or --metrics-url URL")
         namespace = target.namespace_name if isinstance(target, KubernetesTarget) else ""
         from .manifests import series_selector

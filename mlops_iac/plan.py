@@ -82,26 +82,30 @@ def stack_json(stack: StackPlan) -> str:
 
 
 def pulumi_project(resolved: ResolvedSpec, stacks: tuple[StackPlan, ...]) -> list[FileArtifact]:
-    """Pulumi.yaml, __main__.py and requirements.txt, and a stack file per Docker or Kubernetes
-    target (local targets run with `mlops-iac serve`, not Pulumi)."""
-    deployed = [s for s in stacks if s.target.spec.kind != "local"]
-    if not deployed:
-        return []
-    missing = [f"{d.name}: {d.model}@{v.number}" for s in deployed for d in s.deployments for v in d.versions
+    """Pulumi.yaml, __main__.py and requirements.txt, and a stack file per Docker, Kubernetes or
+    Azure target (local targets run with `mlops-iac serve`, not Pulumi; IoT Edge devices take the
+    deployment manifests `synth` writes, through `az iot edge deployment create`)."""
+    pushed = [s for s in stacks if s.target.spec.kind != "local"]
+    deployed = [s for s in pushed if s.target.spec.kind != "azure-iot-edge"]
+    missing = [f"{d.name}: {d.model}@{v.number}" for s in pushed for d in s.deployments for v in d.versions
                if v.image is None or v.onnx_digest is None]
     if missing:
         raise PlanError("these versions have no pushed image in mlops.lock (run `mlops-iac build MODEL@N "
                         "--push REGISTRY`):\n  " + "\n  ".join(missing))
+    if not deployed:
+        return []
     _docker_ports(deployed)
     from . import __version__
     from .render import render
 
+    azure = any(s.target.spec.kind.startswith("azure-") for s in deployed)  # the registry login, the SDK
     files = [FileArtifact(path="Pulumi.yaml", content=render("pulumi/Pulumi.yaml.j2", project=resolved.project,
                                                             description=resolved.description)),
-             FileArtifact(path="__main__.py", content=render("pulumi/__main__.py.j2", project=resolved.project)),
+             FileArtifact(path="__main__.py", content=render("pulumi/__main__.py.j2", project=resolved.project,
+                                                             azure=azure)),
              FileArtifact(path="requirements.txt", content=render("pulumi/requirements.txt.j2",
                                                                   requirement=resolved.mlops_iac,
-                                                                  version=__version__))]
+                                                                  version=__version__, azure=azure))]
     files += [FileArtifact(path=f"Pulumi.{s.target.name}.yaml", create_only=True,
                            content=render("pulumi/Pulumi.stack.yaml.j2", target=s.target.name,
                                           kind=s.target.spec.kind)) for s in deployed]

@@ -21,7 +21,7 @@ from .spec import Deployment, Model, Spec
 from .spec.batch import Batch
 from .spec.models import Convert, Profile, Signature, Validate
 from .spec.monitoring import FileSink, HttpSink, Sink, StdoutSink
-from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget
+from .spec.targets import AzureTarget, DockerTarget, KubernetesTarget, LocalTarget
 
 DEFAULT_PYTHON = "3.11"
 # Used where hardware is `auto` and no profile has measured the model yet.
@@ -131,7 +131,7 @@ class ResolvedDeployment(Resolved):
 
 class ResolvedTarget(Resolved):
     name: str
-    spec: LocalTarget | DockerTarget | KubernetesTarget
+    spec: LocalTarget | DockerTarget | KubernetesTarget | AzureTarget
 
 
 class ResolvedSpec(Resolved):

@@ -49,6 +49,10 @@ def resource_names(side: Side, dep: ResolvedDeployment) -> set[str]:
                                                               v.image or "", v.onnx_digest or "")]
         objects += model_objects(side.resolved.project, target, dep.model_copy(update={"versions": tuple(pinned)}))
         return {f"{o['kind']}/{o['metadata']['name']}" for o in objects}
+    if target.kind.startswith("azure-"):
+        from .azure import resource_names as azure_names
+
+        return azure_names(target, dep, pinned)  # type: ignore[arg-type]
     prefix = "Container" if target.kind == "docker" else "process"
     return {f"{prefix}/{version_name(dep.model, v)}" for v in pinned}
 
@@ -64,6 +68,10 @@ def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
         shared = [f"in `Namespace/{target.namespace_name}`, which the stack creates and labels for Pod Security "
                   "`restricted`"] if target.creates_namespace else []
         return shared + [f"not deployed: {s}" for s in skipped(target, dep)] + _grpc_route(target, dep)
+    if target.kind.startswith("azure-"):
+        from .azure import caveats as azure_caveats
+
+        return azure_caveats(target, dep)  # type: ignore[arg-type]
     notes = []
     if target.kind == "docker" and len(dep.versions) > 1:
         notes.append("weights are not honoured on a docker target: each version answers on its own host port "

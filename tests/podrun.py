@@ -548,3 +548,92 @@ def peak_usage(folder: Path) -> int:
         if (folder / name).exists():
             return int((folder / name).read_text())
     raise FileNotFoundError(folder / "memory.peak")
+
+
+# --- an IoT Edge module, as the edge agent creates it -------------------------------------------
+
+_EDGE_CREATE = {"User", "Cmd", "Entrypoint", "ExposedPorts", "StopTimeout", "StopSignal", "Healthcheck", "HostConfig",
+                "Labels", "Env"}
+_EDGE_HOST = {"ReadonlyRootfs", "CapDrop", "CapAdd", "SecurityOpt", "Memory", "MemorySwap", "NanoCpus", "Tmpfs",
+              "Binds", "PortBindings", "LogConfig", "Init"}
+
+
+def edge_create_options(settings: Mapping[str, Any]) -> Object:
+    """`createOptions`, `createOptions01`, ... joined in order, as the edge agent reads them."""
+    keys = sorted((k for k in settings if k.lower().startswith("createoptions")),
+                  key=lambda k: int(k[len("createOptions"):] or 0))
+    options: Object = json.loads("".join(settings[k] for k in keys))
+    return options
+
+
+def _nanos(value: int) -> str:
+    return f"{value / 1e9:g}s"
+
+
+def edge_run(module: Mapping[str, Any], *, image: str, name: str, volumes: Mapping[str, str]) -> ContainerRun:
+    """The `docker run` of a deployment manifest's module: the Docker Engine API create body the
+    edge agent sends (its createOptions), the module's env, and `image` in place of the
+    manifest's reference. `volumes` maps the named volumes of `Binds` to volumes created here.
+    The agent puts modules on its own network; here they share the host's, so port bindings
+    are the ports the server listens on."""
+    where = f"module {name}"
+    _check(module, {"version", "type", "status", "restartPolicy", "settings", "env", "imagePullPolicy",
+                    "startupOrder"}, where)
+    options = edge_create_options(module["settings"])
+    _check(options, _EDGE_CREATE, f"{where}.createOptions")
+    host = options.get("HostConfig") or {}
+    _check(host, _EDGE_HOST, f"{where}.createOptions.HostConfig")
+    flags: list[str] = []
+    if "User" in options:
+        flags += ["--user", options["User"]]
+    if host.get("ReadonlyRootfs"):
+        flags.append("--read-only")
+    if host.get("Init"):
+        flags.append("--init")
+    memory = host.get("Memory")
+    if memory:
+        flags += ["--memory", str(memory), "--memory-swap", str(host.get("MemorySwap", memory))]
+    cpus = host["NanoCpus"] / 1e9 if host.get("NanoCpus") else None
+    if cpus is not None:
+        flags += ["--cpus", f"{cpus:g}"]
+    flags += [f for cap in host.get("CapDrop", []) for f in ("--cap-drop", cap)]
+    flags += [f for cap in host.get("CapAdd", []) for f in ("--cap-add", cap)]
+    flags += [f for opt in host.get("SecurityOpt", []) for f in ("--security-opt", opt)]
+    flags += [f for path, opts in (host.get("Tmpfs") or {}).items() for f in ("--tmpfs", f"{path}:{opts}")]
+    mounts: dict[str, str] = {}
+    for bind in host.get("Binds", []):
+        source, target, *mode = bind.split(":")
+        flags += ["-v", ":".join([volumes[source], target, *mode])]
+        mounts[target] = "volume"
+    log = host.get("LogConfig")
+    if log:
+        flags += ["--log-driver", log["Type"], *[f for k, v in log.get("Config", {}).items()
+                                                 for f in ("--log-opt", f"{k}={v}")]]
+    ports: dict[str, int] = {}
+    for spec, bindings in (host.get("PortBindings") or {}).items():
+        port, protocol = spec.split("/")
+        if protocol != "tcp" or [b.get("HostPort") for b in bindings] != [port]:
+            raise Unsupported(f"{where}: port binding {spec} -> {bindings} (host networking keeps the port)")
+        ports[port] = int(port)
+    health = options.get("Healthcheck")
+    if health is not None:
+        _check(health, {"Test", "Interval", "Timeout", "StartPeriod", "Retries"}, f"{where}.createOptions.Healthcheck")
+        flags += _healthcheck({"tests": health["Test"], "retries": health.get("Retries", 3),
+                               **{k: _nanos(health[v]) for k, v in (("interval", "Interval"), ("timeout", "Timeout"),
+                                                                    ("startPeriod", "StartPeriod")) if v in health}},
+                              f"{where}.createOptions.Healthcheck")
+    if "StopTimeout" in options:
+        flags += ["--stop-timeout", str(int(options["StopTimeout"]))]
+    if "StopSignal" in options:
+        flags += ["--stop-signal", options["StopSignal"]]
+    env = dict(e.split("=", 1) for e in options.get("Env", []))
+    for key, value in (module.get("env") or {}).items():  # the manifest's env wins, as the agent merges it
+        _check(value, {"value"}, f"{where}.env.{key}")
+        env[key] = str(value["value"])
+    entry = ["--entrypoint", options["Entrypoint"][0]] if options.get("Entrypoint") else []
+    argv = ["run", "-d", "--name", name, "--network", "host", *entry, *flags,
+            *[f for k, v in env.items() for f in ("-e", f"{k}={v}")], image,
+            *(options["Entrypoint"][1:] if options.get("Entrypoint") else []), *(options.get("Cmd") or [])]
+    return ContainerRun(name=name, argv=tuple(argv), ports=ports, env=env, mounts=mounts, memory_limit=memory,
+                        cpu_limit=cpus, grace_seconds=float(options.get("StopTimeout", 10)),
+                        healthcheck=health is not None)

@@ -680,3 +680,48 @@ def test_settings_from_a_mounted_config_file(workdir: Path) -> None:
                               "data": {"server.json": '{"auth": true}'}}]
     run = podrun.pod_run(deployment, objects, image="b", name="n", workdir=workdir)
     assert settings_of(run) == {"auth": True} and run.mounts == {"/etc/mlops": "configMap"}
+
+
+# --- an IoT Edge module (tests/test_azure_edge.py checks its manifest) ----------------------------
+
+def test_iot_edge_module_runs_as_the_edge_agent_creates_it(built: Built, tmp_path: Path) -> None:
+    """The manifest as the workflow applies it (its placeholders filled by envsubst), and its
+    module's createOptions run on the Docker engine: the checks of every rendered container."""
+    import os
+
+    from .test_azure_edge import AZURE, synth, violations
+
+    if shutil.which("envsubst") is None:
+        require("envsubst (apt-get install gettext-base): fills a manifest's placeholders")
+    folder = tmp_path / "azure"
+    folder.mkdir()
+    shutil.copyfile(AZURE / "mlops.yaml", folder / "mlops.yaml")
+    shutil.copyfile(AZURE / "mlops.lock", folder / "mlops.lock")
+    lock = yaml.safe_load((folder / "mlops.lock").read_text())
+    assert lock["models"]["iris"]["versions"][1]["onnx"]["digest"] == built.onnx_digest  # the quickstart's model
+    files = synth(folder, tmp_path / "stacks")
+    env = {**os.environ, "MLOPS_IAC_API_KEY": KEY, "MLOPS_IAC_REGISTRY_USERNAME": "u",
+           "MLOPS_IAC_REGISTRY_PASSWORD": "p"}
+    names = "$MLOPS_IAC_API_KEY $MLOPS_IAC_REGISTRY_USERNAME $MLOPS_IAC_REGISTRY_PASSWORD"
+    applied = subprocess.run(["envsubst", names],
+                             input=files["plant-1.deployment.json"].read_text(), capture_output=True, text=True,
+                             env=env, check=True).stdout
+    manifest = json.loads(applied)
+    assert violations(manifest) == [] and "${" not in applied
+    (module,) = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"].values()
+    binds = podrun.edge_create_options(module["settings"])["HostConfig"]["Binds"]
+    volumes = {b.split(":")[0]: podrun.docker("volume", "create", f"wt-edge-{uuid.uuid4().hex[:8]}") for b in binds}
+    run = podrun.edge_run(module, image=built.image, name=f"wt-edge-{uuid.uuid4().hex[:6]}", volumes=volumes)
+    assert "--read-only" in run.argv and run.memory_limit == 256 * 2**20 and run.healthcheck
+    settings = settings_of(run)
+    assert settings["auth"] is True and run.env["MLOPS_IAC_API_KEY"] == KEY
+    # No ServiceMonitor on a device: a Prometheus beside it scrapes the metrics listener.
+    expect = Expect(label="plants (IoT Edge module)", settings=settings,
+                    scrape=(settings["metrics_port"], "/metrics", {}), memory_limit=run.memory_limit,
+                    target_rps=target_rps(AZURE, 1))
+    try:
+        settle([(run, expect, exercise(run, expect, built))])
+    finally:
+        for created in volumes.values():
+            podrun.docker("volume", "rm", "-f", created, check=False)
+    assert auth_headers(settings)  # the key reached the server: unauthenticated requests got 401

@@ -32,6 +32,10 @@ EXAMPLES = sorted(p.parent for p in (ROOT / "examples").glob("*/mlops.lock")
                   if subprocess.run(["git", "check-ignore", "-q", str(p)], cwd=ROOT).returncode != 0)
 
 
+WORKLOADS = ("kubernetes:apps/v1:Deployment", "docker:index/container:Container", "azure-native:app:ContainerApp",
+             "azure-native:containerinstance:ContainerGroup")
+
+
 def run_generated(folder: Path, project: str, stack: str, preview: bool = False) -> tuple[Mocks, dict[str, Any]]:
     """Execute folder/__main__.py as the Pulumi CLI's Python language host would."""
     mocks = Mocks()
@@ -84,16 +88,19 @@ def check_program(folder: Path, plans: dict[str, StackPlan]) -> None:
     for name in stacks:
         mocks, _ = run_generated(folder, project, name)
         kinds = {r.typ for r in mocks.resources}
-        workloads = [r for r in mocks.resources if r.typ in ("kubernetes:apps/v1:Deployment",
-                                                             "docker:index/container:Container")]
-        assert len(workloads) == sum(len(d.versions) for d in plans[name].deployments) > 0
-        assert {"mlops:k8s:ModelServer", "mlops:docker:ModelServer"} & kinds
+        workloads = [r for r in mocks.resources if r.typ in WORKLOADS]
+        # a Container App is one resource for all of its versions (a revision each)
+        assert len(workloads) == sum(1 if plans[name].target.spec.kind == "azure-container-apps" else len(d.versions)
+                                     for d in plans[name].deployments) > 0
+        assert {"mlops:k8s:ModelServer", "mlops:docker:ModelServer", "mlops:azure:ContainerApp",
+                "mlops:azure:ContainerGroups"} & kinds
         assert registered(mocks) == in_memory(plans[name]), f"{folder.name}/{name} differs from its plan"
 
 
 def deployed_plans(example: Path) -> dict[str, StackPlan]:
     stacks = make_plan(load(example / "mlops.yaml").resolved).stacks
-    return {s.target.name: s for s in stacks if s.target.spec.kind != "local"}
+    # local targets run with `serve`, IoT Edge devices take manifests: neither has a Pulumi stack
+    return {s.target.name: s for s in stacks if s.target.spec.kind not in ("local", "azure-iot-edge")}
 
 
 def test_the_committed_stacks_run_as_pulumi_starts_them() -> None:
@@ -111,7 +118,7 @@ def test_the_committed_stacks_preview(stack: str) -> None:
 
 
 def test_every_example_with_a_lock_is_checked() -> None:
-    assert [p.name for p in EXAMPLES] == ["production"]
+    assert [p.name for p in EXAMPLES] == ["azure", "production"]
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
@@ -154,8 +161,28 @@ DOCKER = st.fixed_dictionaries({"kind": st.just("docker")}, optional={
 })
 
 
+AZURE = st.one_of(
+    st.fixed_dictionaries({"kind": st.just("azure-container-apps"), "resourceGroup": st.just("ml-prod"),
+                           "location": st.sampled_from(["westeurope", "eastus2"]),
+                           "environment": st.just("/subscriptions/s/resourceGroups/r/providers/Microsoft.App/"
+                                                  "managedEnvironments/e")},
+                          optional={"external": st.booleans(), "concurrency": st.integers(1, 10_000),
+                                    "workloadProfile": st.just("gpu-t4"), "gpu": st.booleans()}),
+    st.fixed_dictionaries({"kind": st.just("azure-container-instances"), "resourceGroup": st.just("ml-prod"),
+                           "location": st.just("westeurope")},
+                          optional={"front": st.fixed_dictionaries({"zone": st.just("example.com"),
+                                                                    "name": st.just("iris")},
+                                                                   optional={"ttl": st.integers(1, 86_400)}),
+                                    "gpu": st.booleans(), "gpuSku": st.sampled_from(["K80", "P100", "V100"])}),
+    st.fixed_dictionaries({"kind": st.just("azure-iot-edge"), "hub": st.just("acme-hub"),
+                           "deviceGroups": st.dictionaries(st.sampled_from(["plant-1", "lab"]),
+                                                           st.just("tags.site='x'"), min_size=1)},
+                          optional={"priority": st.integers(0, 100), "port": st.integers(1, 60000),
+                                    "platform": st.sampled_from(["linux/amd64", "linux/arm64"])}))
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(target=st.one_of(KUBERNETES, DOCKER), sink=SINKS, sample_rate=st.floats(0, 1), threads=st.integers(1, 64))
+@given(target=st.one_of(KUBERNETES, DOCKER, AZURE), sink=SINKS, sample_rate=st.floats(0, 1), threads=st.integers(1, 64))
 def test_plan_json_round_trips_for_every_field(target: dict[str, Any], sink: dict[str, Any], sample_rate: float,
                                                threads: int) -> None:
     """What plan() writes as <target>/plan.json, StackPlan reads back equal, every field."""

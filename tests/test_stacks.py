@@ -3,6 +3,7 @@ and a version change that adds, keeps and removes exactly what it should."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -38,6 +39,14 @@ class Mocks(pulumi.runtime.Mocks):
             outputs["imageId"] = "sha256:" + "1" * 64
         if args.typ == "kubernetes:core/v1:Secret":  # the API server versions every object it stores
             outputs["metadata"] = {**outputs["metadata"], "resourceVersion": "4711"}
+        if args.typ == "azure-native:containerinstance:ContainerGroup":  # Azure names the group's public IP
+            ip = outputs["ipAddress"]
+            fqdn = f"{ip['dnsNameLabel']}.abc123.{outputs['location']}.azurecontainer.io"
+            outputs["ipAddress"] = {**ip, "fqdn": fqdn}
+        if args.typ == "azure-native:app:ContainerApp":  # Azure names the app's ingress (a secret: it holds keys)
+            config = outputs["configuration"] = copy.deepcopy(outputs["configuration"])  # the inputs stay as given
+            name = args.inputs["containerAppName"]
+            config.get("value", config)["ingress"]["fqdn"] = f"{name}.example.azurecontainerapps.io"
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:

@@ -13,17 +13,37 @@ from typing import Any
 import pulumi
 
 from ..plan import StackPlan
+from ..spec.azure import ContainerAppsTarget, ContainerInstancesTarget
 from ..spec.targets import DockerTarget, KubernetesTarget
 
 
-def deploy(plan: StackPlan, api_key: pulumi.Input[str] | None = None) -> dict[str, Any]:
-    """Create the components of one target's plan; returns what the stack exports."""
+def deploy(plan: StackPlan, api_key: pulumi.Input[str] | None = None,
+           registry: tuple[pulumi.Input[str], pulumi.Input[str]] | None = None) -> dict[str, Any]:
+    """Create the components of one target's plan; returns what the stack exports. `registry`:
+    the (username, password) Azure pulls images with, from the stack's config."""
     target = plan.target.spec
+    if target.kind in ("azure-container-apps", "azure-container-instances"):
+        return _azure(plan, api_key, registry)
     if isinstance(target, KubernetesTarget):
         return _kubernetes(plan, target, api_key)
     if isinstance(target, DockerTarget):
         return _docker(plan, target, api_key)
+    if target.kind == "azure-iot-edge":
+        raise ValueError(f"target {plan.target.name} is azure-iot-edge: apply its deployment manifests with "
+                         "`az iot edge deployment create`, not Pulumi")
     raise ValueError(f"target {plan.target.name} is {target.kind}: it runs with `mlops-iac serve`, not Pulumi")
+
+
+def _azure(plan: StackPlan, api_key: pulumi.Input[str] | None,
+           registry: tuple[pulumi.Input[str], pulumi.Input[str]] | None) -> dict[str, Any]:
+    from .azure import RegistryLogin, deploy_container_apps, deploy_container_instances
+
+    target = plan.target.spec
+    login = RegistryLogin(*registry) if registry is not None else None
+    if isinstance(target, ContainerAppsTarget):
+        return deploy_container_apps(plan, target, api_key, login)
+    assert isinstance(target, ContainerInstancesTarget)
+    return deploy_container_instances(plan, target, api_key, login)
 
 
 def _kubernetes(plan: StackPlan, target: KubernetesTarget, api_key: pulumi.Input[str] | None) -> dict[str, Any]:

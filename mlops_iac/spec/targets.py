@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from .azure import ContainerAppsTarget, ContainerInstancesTarget, IotEdgeTarget
 from .types import Name, SpecModel
 
 Platform = Literal["linux/amd64", "linux/arm64"]
@@ -79,5 +80,6 @@ class KubernetesTarget(SpecModel):
         return self.namespace.create
 
 
-Target = Annotated[LocalTarget | DockerTarget | KubernetesTarget, Field(discriminator="kind")]
+AzureTarget = ContainerAppsTarget | ContainerInstancesTarget | IotEdgeTarget
+Target = Annotated[LocalTarget | DockerTarget | KubernetesTarget | AzureTarget, Field(discriminator="kind")]
 TargetName = Name
