@@ -42,12 +42,13 @@ POLICY = {"steps": [10, 50, 100], "bake": "3s", "gates": {
 MODELS = ("fine", "broken")
 
 
-def spec(versions: bool) -> str:
+def spec(canaries: tuple[str, ...]) -> str:
+    """Both models' deployments; those named in `canaries` serve version 2 as a canary."""
     deployments = []
     for name in MODELS:
-        two = versions and (name == "fine" or versions == "both")
-        deployments.append({"name": f"{name}-prod", "model": name, "target": "prod",
-                            **({"versions": [1, 2], "rollout": json.loads(json.dumps(POLICY))} if two else {"version": 1})})
+        served = {"versions": [1, 2], "rollout": json.loads(json.dumps(POLICY))} if name in canaries \
+            else {"version": 1}  # a copy of the policy each: no YAML anchor shared between entries
+        deployments.append({"name": f"{name}-prod", "model": name, "target": "prod", **served})
     return yaml.safe_dump({
         "apiVersion": "mlops-iac/v1", "project": {"name": "shop"},
         "models": [{"name": n, "framework": "sklearn", "source": f"{n}.joblib"} for n in MODELS],
@@ -149,15 +150,15 @@ def shop(tmp_path: Path, github_api: GitHubApi) -> Iterator[tuple[Runner, Models
     repo.mkdir()
     for name in MODELS:
         shutil.copy2(models.folder / "iris.joblib", repo / f"{name}.joblib")
-    (repo / "mlops.yaml").write_text(spec(False))
+    (repo / "mlops.yaml").write_text(spec(()))
     for name in MODELS:  # version 1 of each, then version 2 (other bytes: a retrained model)
         mlops(repo, "register", name, "--file", f"{name}.joblib")
     for name in MODELS:
         (repo / f"{name}.joblib").write_bytes((models.folder / "iris.joblib").read_bytes() + b"\n")
         mlops(repo, "register", name, "--file", f"{name}.joblib")
-    (repo / "mlops.yaml").write_text(spec("both"))  # type: ignore[arg-type]
+    (repo / "mlops.yaml").write_text(spec(MODELS))
     mlops(repo, "lock", "sync")  # both versions pinned now: the canaries' commits change mlops.yaml only
-    (repo / "mlops.yaml").write_text(spec(False))
+    (repo / "mlops.yaml").write_text(spec(()))
     complete_the_lock(repo, models.folder / "iris.onnx")
     (repo / ".github/workflows").mkdir(parents=True)
     (repo / ".gitignore").write_text(".mlops-iac-src/\nstacks/\n")
@@ -193,9 +194,9 @@ def test_rollouts_are_carried_through_and_a_bad_canary_is_reverted(shop: tuple[R
         git(repo, "add", "-A")
         git(repo, "commit", "-q", "-m", "the workflow")
         # Two changes reviewed and merged: each deployment gets version 2 as a canary, with its policy.
-        (repo / "mlops.yaml").write_text(spec(True))
+        (repo / "mlops.yaml").write_text(spec(("fine",)))
         git(repo, "commit", "-q", "-am", "fine: version 2 as a canary")
-        (repo / "mlops.yaml").write_text(spec("both"))  # type: ignore[arg-type]
+        (repo / "mlops.yaml").write_text(spec(MODELS))
         git(repo, "commit", "-q", "-am", "broken: version 2 as a canary")
         mlops(repo, "validate")
         head = runner.push("main")
@@ -229,7 +230,7 @@ def test_rollouts_are_carried_through_and_a_bad_canary_is_reverted(shop: tuple[R
     runner.fetch()
     branch = reverted["head"]["ref"]
     reverted_spec = yaml.safe_load(git(repo, "show", f"origin/{branch}:mlops.yaml"))
-    assert reverted_spec == yaml.safe_load(spec(True))  # broken-prod back to version 1 alone
+    assert reverted_spec == yaml.safe_load(spec(("fine",)))  # broken-prod back to version 1 alone
     lock = yaml.safe_load(git(repo, "show", f"origin/{branch}:mlops.lock"))
     assert lock["rollouts"]["broken-prod"]["state"] == "rolled-back" and lock["rollouts"]["broken-prod"]["weight"] == 0
     kept = yaml.safe_load(git(repo, "show", f"origin/{promoted['head']['ref']}:mlops.lock"))
