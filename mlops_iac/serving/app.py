@@ -107,7 +107,8 @@ class Server:
             if model.shadow:
                 shadows.setdefault(model.name, []).append((entry, model.shadow))
         for name, versions in self.models.items():
-            entries = list(versions.values())
+            mirrored = {id(e) for e, _ in shadows.get(name, [])}  # they answer only mirrors: never routed
+            entries = [e for e in versions.values() if id(e) not in mirrored] or list(versions.values())
             weights = [e.weight for e in entries]
             self.routes[name] = (entries, weights if any(weights) else [1] * len(entries))
         self.shadow = Shadow(shadows, self.collector, self.metrics.registry) if shadows else None

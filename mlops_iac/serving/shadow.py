@@ -27,6 +27,7 @@ from .protocol import Request
 
 _STOP = object()
 QUEUE_SIZE = 1000
+PAUSE = 0.05  # seconds between bursts of shadow work
 
 
 class Shadow:
@@ -66,14 +67,27 @@ class Shadow:
                     self.dropped.inc()
 
     def _loop(self) -> None:
-        while (job := self.queue.get()) is not _STOP:
-            try:
-                self._mirror(*job)
-            except Exception:  # a failing shadow is recorded as such; it never reaches a client
-                shadow, _, request, *_ = job
-                self.collector.offer({"time": time.time(), "model": shadow.runtime.name,
-                                      "version": shadow.runtime.version, "id": request.id, "shadow": True,
-                                      "error": "the shadow version failed on this request"})
+        # In bursts, a pause between them: the shadow's work shares the interpreter's lock with the
+        # request path, and woken per job it would delay a fifth of the answers a little; woken at
+        # most every PAUSE it delays a few answers, and the median not at all.
+        while True:
+            jobs = [self.queue.get()]
+            while len(jobs) < QUEUE_SIZE:
+                try:
+                    jobs.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            for job in jobs:
+                if job is _STOP:
+                    return
+                try:
+                    self._mirror(*job)
+                except Exception:  # a failing shadow is recorded as such; it never reaches a client
+                    shadow, _, request, *_ = job
+                    self.collector.offer({"time": time.time(), "model": shadow.runtime.name,
+                                          "version": shadow.runtime.version, "id": request.id, "shadow": True,
+                                          "error": "the shadow version failed on this request"})
+            time.sleep(PAUSE)
 
     def _mirror(self, shadow: Any, primary: Any, request: Request, payload: bytes, latency: float,
                 when: float) -> None:
