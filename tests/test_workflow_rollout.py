@@ -241,9 +241,11 @@ def test_rollouts_are_carried_through_and_a_bad_canary_is_reverted(shop: tuple[R
     zero = next(u["time"] for u in ups if u["weights"]["broken-prod"]["2"] == 0)
     first_error = min(t for t, m, v, s in traffic.sent if (m, v) == ("broken", 2) and s != 200)
     served = sum(1 for t, m, v, _ in traffic.sent if (m, v) == ("broken", 2) and t < zero)
+    judged = lock["rollouts"]["broken-prod"]["decision"]["evidence"]
     print(f"\nworkflow: first error to weight 0 in {zero - first_error:.1f}s = {(zero - first_error) / 3:.2f} "
           f"bake windows (bake 3s, judged every 1s, Prometheus scrape 0.5s); the bad canary served {served} "
-          "requests before")
+          f"requests before; the rollback was decided {judged['windowS']:.1f}s after its step began, on "
+          f"{judged['canary']['requests']:.0f} canary requests ({judged['canary']['errors']:.0f} failed)")
     assert zero > first_error
 
     # 2. A person aborts a rollout (workflow_dispatch): the canary goes to 0 through pulumi up at
