@@ -347,9 +347,11 @@ def _shadow(doc: Document, here: PathKey, dep: Deployment, target: Target | None
             lock: Lock | None) -> Iterator[Problem]:
     assert dep.shadow is not None
     refs = deployed_refs(dep)
-    if target is not None and (not isinstance(target, KubernetesTarget) or target.gateway is None):
-        yield doc.problem((*here, "shadow"), "shadow traffic is mirrored by a Gateway API HTTPRoute",
-                          "expected a kubernetes target with `gateway:`", of_key=True)
+    mirrors = isinstance(target, LocalTarget) or (isinstance(target, KubernetesTarget) and target.gateway is not None)
+    if target is not None and not mirrors:
+        yield doc.problem((*here, "shadow"), "shadow traffic is mirrored by a Gateway API HTTPRoute, or on a "
+                          "local target by the server itself",
+                          "expected a kubernetes target with `gateway:`, or a local target", of_key=True)
     for ref, percent in dep.shadow.items():
         if ref in refs:
             yield doc.problem((*here, "shadow", ref), f"version {ref!r} is also in traffic",

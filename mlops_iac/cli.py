@@ -269,6 +269,7 @@ def _add_commands() -> None:
     from .cli_rollout import rollout
     from .cli_score import score_command
     from .cli_serve import serve
+    from .cli_shadow import shadow
     from .cli_smoke import smoke
 
     main.add_command(register)
@@ -281,6 +282,7 @@ def _add_commands() -> None:
     main.add_command(smoke)
     main.add_command(models)
     main.add_command(rollout)
+    main.add_command(shadow)
     lock.add_command(lock_sync)
     lock.add_command(lock_pending)
 

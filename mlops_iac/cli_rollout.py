@@ -7,6 +7,7 @@ the decision, its evidence and the canary's new weight in mlops.lock, and prints
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -149,6 +150,11 @@ def _run(file: Path, name: str, urls: tuple[str, ...], prometheus: str | None, s
     dep, policy, stable, canary = _deployment(ws, name)
     if not write and name not in ws.lock.rollouts:
         raise MlopsIacError(f"{name}: no rollout has started; `mlops-iac rollout step {name}` starts it")
+    facts = ws.lock.rollouts.get(name)
+    if not write and facts is not None and (facts.stable, facts.canary) == (stable, canary) \
+            and facts.state != "progressing" and facts.decision:
+        _emit(markdown(name, facts.decision), out)  # settled: the recorded decision, no evidence to read
+        return
     source = Source(ws, dep, urls, prometheus, selector)
     counters = source.counters()
     now = time.time()
@@ -192,6 +198,45 @@ def step(deployment: str, file: Path, urls: tuple[str, ...], prometheus: str | N
     (after the bake, every gate passing), promote (the last step), hold (baking, or too little
     traffic) or roll back (a gate failed). Then apply the lock's weights (synth, pulumi up, serve)."""
     _run(file, deployment, urls, prometheus, selector, out, write=True)
+
+
+def _listing(ws: Workspace, target: str | None, now: float) -> list[tuple[str, str, int, float]]:
+    """(deployment, state, canary weight, seconds until its next judgement) of every rollout."""
+    rows = []
+    for index, dep in enumerate(ws.resolved.deployments):
+        policy = ws.spec.deployments[index].rollout
+        if policy is None or (target is not None and dep.target != target):
+            continue
+        stable, canary = (v.number for v in dep.served)
+        facts = ws.lock.rollouts.get(dep.name)
+        if facts is None or (facts.stable, facts.canary) != (stable, canary):
+            rows.append((dep.name, "not-started", policy.weights()[0], 0.0))  # what synth applies now
+            continue
+        # Judged every fifth of the bake (at least each second): a failing canary is rolled back
+        # as soon as it has served minRequests, not only at the end of its bake.
+        poll = max(1.0, policy.bake / 5)
+        left = facts.started + policy.bake - now
+        wait = min(left, poll) if left > 0 else poll
+        rows.append((dep.name, facts.state, facts.weight, math.ceil(wait * 10) / 10))
+    return rows
+
+
+@rollout.command("list")
+@file_option
+@click.option("--target", default=None, help="Only the deployments on this target.")
+@click.option("--state", "states", multiple=True,
+              type=click.Choice(["not-started", "progressing", "promoted", "rolled-back", "aborted"]),
+              help="Only rollouts in this state (repeatable).")
+def list_(file: Path, target: str | None, states: tuple[str, ...]) -> None:
+    """Print, one per line and tab-separated, each rollout's deployment, state, canary weight and
+    seconds until its next judgement is due (what the reusable workflow's loop reads)."""
+    ws = load(file)
+    known = {t.name for t in ws.resolved.targets}
+    if target is not None and target not in known:
+        raise MlopsIacError(f"unknown target {target!r}; targets: {', '.join(sorted(known)) or 'none'}")
+    for name, state, weight, wait in _listing(ws, target, time.time()):
+        if not states or state in states:
+            click.echo(f"{name}\t{state}\t{weight}\t{wait:g}")
 
 
 @rollout.command("abort")

@@ -162,7 +162,7 @@ def server_config(dep: ResolvedDeployment, lock: Lock, onnx_paths: dict[int, str
         models.append(ModelConfig(name=dep.model, version=v.number, path=onnx_paths[v.number],
                                   digest=facts.onnx.digest, weight=v.weight, threads=hw.threads,
                                   max_batch_size=hw.max_batch_size, max_delay_ms=hw.max_delay_ms,
-                                  handler=handler, gpu=hw.gpu > 0))
+                                  handler=handler, gpu=hw.gpu > 0, shadow=dep.shadow.get(v.number, 0)))
     return ServerConfig(deployment=dep.name, models=tuple(models), auth=dep.auth == "key",
                         metrics=dep.monitoring.metrics, collection=collection_config(dep.monitoring))
 

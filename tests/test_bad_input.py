@@ -69,6 +69,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("rollout status", ["rollout", "status", "nope"], "nope"),
     ("rollout step", ["rollout", "step", "reg-local"], "rollout"),
     ("rollout abort", ["rollout", "abort", "nope"], "nope"),
+    ("rollout list", ["rollout", "list", "--target", "nope"], "unknown target 'nope'"),
+    ("shadow report", ["shadow", "report", "reg-local", "--collected", "sample.npy"], "mirrors to no shadow"),
     ("score", ["score", "reg@1", "--input", "missing.parquet", "--output", "scored"], "no ONNX artifact"),
     ("score", ["score", "plain@1", "--input", "missing.parquet", "--output", "scored"], "missing.parquet"),
     ("score", ["score", "plain@1", "--input", "garbage.jsonl", "--output", "scored"], "garbage.jsonl"),

@@ -627,3 +627,20 @@ def test_default_evidence_sources_follow_the_target(tmp_path: Path) -> None:
         Source(ws, ws.resolved.deployments[0], (), None, None)
     k8s = Source(ws, ws.resolved.deployments[0], (), "http://prometheus:9090", None)
     assert k8s.selector == 'namespace="models",service=~"iris-v[0-9]+-[0-9a-f]{8}"'  # what the ServiceMonitor gives
+
+
+def test_rollout_list_says_what_is_due_and_when(tmp_path: Path) -> None:
+    file = project(tmp_path)  # bake 2s: judged every second
+    runner = CliRunner()
+    listed = runner.invoke(main, ["rollout", "list", "-f", str(file)])
+    assert listed.exit_code == 0 and listed.output == "iris-live\tnot-started\t10\t0\n"  # the weight synth applies
+    update_lock(tmp_path / "mlops.lock", lambda lock: lock.with_rollout(
+        "iris-live", RolloutFacts(stable=1, canary=2, weight=50, step=1, started=time.time() - 1.5)))
+    name, state, weight, wait = runner.invoke(main, ["rollout", "list", "-f", str(file)]).output.split("\t")
+    assert (name, state, weight) == ("iris-live", "progressing", "50") and 0 < float(wait) <= 0.6
+    update_lock(tmp_path / "mlops.lock", lambda lock: lock.with_rollout(
+        "iris-live", RolloutFacts(stable=1, canary=2, weight=0, state="rolled-back", started=1.0)))
+    only = runner.invoke(main, ["rollout", "list", "-f", str(file), "--state", "progressing", "--target", "local"])
+    assert only.exit_code == 0 and only.output == ""
+    assert runner.invoke(main, ["rollout", "list", "-f", str(file), "--state", "rolled-back"]).output.startswith(
+        "iris-live\trolled-back\t0\t")

@@ -31,6 +31,7 @@ from .metrics import Metrics
 from .openapi import document
 from .protocol import ClientError, Request, encode, parse
 from .runtime import ModelRuntime
+from .shadow import Shadow
 from .triton import EXTENSIONS, classify, duration, model_config
 
 log = logging.getLogger("mlops_iac.serving")
@@ -80,6 +81,7 @@ class Server:
         self.openapi = orjson.dumps(document(), option=orjson.OPT_SORT_KEYS)
         self.metadata = orjson.dumps({"name": "mlops-iac", "version": __version__,
                                       "extensions": EXTENSIONS})
+        self.shadow: Shadow | None = None  # shadow versions, mirrored after the answer (shadow.py)
         # What to do when the models cannot be loaded: the runner sets it to stop the server.
         self.on_fatal: Callable[[], None] = lambda: None
         # Other listeners on this loop (gRPC) to drain before the batchers close; the runner sets it.
@@ -89,6 +91,7 @@ class Server:
 
     def load(self) -> None:
         """Load and warm every model; readiness turns true only after the last one."""
+        shadows: dict[str, list[tuple[Entry, int]]] = {}
         for model in self.config.models:
             runtime = ModelRuntime(model, self.base)
             runtime.warm_up()
@@ -103,10 +106,14 @@ class Server:
             # that appears mid-window, and a canary's first errors must count.
             self.metrics.requests.labels(*labels, "500")
             self.models.setdefault(model.name, {})[str(model.version)] = entry
+            if model.shadow:
+                shadows.setdefault(model.name, []).append((entry, model.shadow))
         for name, versions in self.models.items():
-            entries = list(versions.values())
+            mirrored = {id(e) for e, _ in shadows.get(name, [])}  # they answer only mirrors: never routed
+            entries = [e for e in versions.values() if id(e) not in mirrored] or list(versions.values())
             weights = [e.weight for e in entries]
             self.routes[name] = (entries, weights if any(weights) else [1] * len(entries))
+        self.shadow = Shadow(shadows, self.collector, self.metrics.registry) if shadows else None
         self.ready = True
         self.metrics.ready.set(1)
 
@@ -127,6 +134,8 @@ class Server:
             for entry in versions.values():
                 if entry.batcher is not None:
                     entry.batcher.close()
+        if self.shadow is not None:
+            await asyncio.to_thread(self.shadow.close)
         await asyncio.to_thread(self.collector.close)
 
     # --- ASGI ----------------------------------------------------------------------------
@@ -306,6 +315,8 @@ class Server:
             raise
         extra = [(b"inference-header-content-length", str(header).encode())] if header is not None else []
         await respond(send, status, payload, JSON if header is None else b"application/octet-stream", extra)
+        if self.shadow is not None:  # after the answer went out: a shadow never delays it
+            self.shadow.after(entry, request, payload if header is None else None, started)
 
     async def run(self, entry: Entry, request: Request, started: float) -> tuple[int, bytes, int | None]:
         runtime = entry.runtime

@@ -73,6 +73,11 @@ class Collector:
         if self.rate > 0:
             self.thread.start()
 
+    def start(self) -> None:
+        """Start the writer even at sample rate 0: shadow pairs are written whatever the rate."""
+        if not self.thread.is_alive():
+            self.thread.start()
+
     def _sink(self, base: Path) -> Any:
         if self.config.sink == "file":
             return RotatingFile(base / self.config.path, self.config.max_bytes, self.config.backups)

@@ -4,9 +4,9 @@ context from the lock (`server.json`) and made by `mlops-iac serve` for the loca
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 DEFAULT_MAX_BODY = 64 * 2**20
 API_KEY_ENV = "MLOPS_IAC_API_KEY"
@@ -27,6 +27,17 @@ class ModelConfig(Settings):
     max_delay_ms: float = Field(0.0, ge=0, le=10_000)
     handler: str | None = None
     gpu: bool = False
+    shadow: int = Field(0, ge=0, le=100, description="Percent of this model's answered requests mirrored to "
+                                                     "this version afterwards (its answers are only recorded).")
+
+    @model_serializer(mode="wrap")
+    def _without_no_shadow(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Written only when set: the settings (and so the build contexts' digests) of servers
+        # without a shadow stay byte-identical.
+        data: dict[str, Any] = handler(self)
+        if not self.shadow:
+            data.pop("shadow", None)
+        return data
 
 
 class CollectionConfig(Settings):

@@ -41,7 +41,8 @@ class Deployment(SpecModel):
     monitoring: Monitoring | None = None
     shadow: dict[VersionRef, int] | None = Field(
         None, description="Mirror this percent of requests to a version that serves no traffic; its answers "
-                          "are never returned (Kubernetes targets with a gateway: the HTTPRoute's RequestMirror).")
+                          "are never returned (Kubernetes targets with a gateway: the HTTPRoute's RequestMirror; local "
+                          "targets: the server, after answering).")
     rollout: Rollout | None = Field(
         None, description="Promote the canary (the last of versions) on evidence, or roll it back.")
     batch: Batch | None = Field(None, description="What a kind: batch deployment scores.")
