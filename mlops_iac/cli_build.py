@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .artifacts import FileArtifact
 from .build import ContextInputs, context_digest, context_files, image_tag
 from .build.docker import build as docker_build
 from .build.docker import push as docker_push
@@ -15,7 +16,6 @@ from .cli_convert import _model_spec
 from .cli_registry import file_option, project_registry
 from .errors import MlopsIacError
 from .lock import BuildFacts, ImageFacts, Lock, update_lock
-from .plan import FileArtifact
 from .registry import Registry, Version, parse_ref
 from .resolve import Workspace
 from .writer import apply

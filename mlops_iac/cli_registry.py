@@ -12,8 +12,9 @@ from .errors import MlopsIacError, RegistryError
 from .lock import Lock, LockedVersion, update_lock
 from .registry import Ref, Registry, Version, open_registry, parse_ref
 from .registry.archive import export_archive, import_archive
-from .resolve import ResolvedRegistry, Workspace, load
+from .resolve import Workspace, load
 from .spec.models import Framework
+from .spec.registry import LocalRegistry
 
 FRAMEWORKS = ["sklearn", "onnx", "pytorch", "lightgbm", "xgboost"]
 _BY_SUFFIX = {".onnx": "onnx", ".pt": "pytorch", ".pth": "pytorch", ".joblib": "sklearn",
@@ -25,7 +26,7 @@ def project_registry(file: Path, *, against_lock: bool = True) -> tuple[Registry
     if file.exists():
         ws = load(file, against_lock=against_lock)
         return open_registry(ws.resolved.registry, ws.root), ws
-    return open_registry(ResolvedRegistry(backend="local", path=".mlops/registry"), Path.cwd()), None
+    return open_registry(LocalRegistry(backend="local"), Path.cwd()), None
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:

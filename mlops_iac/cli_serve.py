@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
+from .artifacts import canonical_json
 from .cli_registry import file_option, prepare_onnx, project_registry
 from .errors import MlopsIacError
-from .plan import canonical_json, server_config
+from .plan import server_config
 from .registry import Registry, parse_ref
 from .resolve import ResolvedDeployment, Workspace
 from .serving.config import ModelConfig, ServerConfig

@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from .plan import canonical_json, collection_config
+from .artifacts import canonical_json
+from .plan import collection_config
 from .resolve import ResolvedDeployment, ResolvedVersion
 from .serving.config import ModelConfig, ServerConfig
 from .spec.monitoring import HttpSink
@@ -69,15 +70,15 @@ def labels(project: str, model: str, instance: str, version: int) -> dict[str, s
             "app.kubernetes.io/part-of": project, "app.kubernetes.io/managed-by": "mlops-iac"}
 
 
-def _meta(name: str, namespace: str, label_set: dict[str, str], **extra: Any) -> Object:
+def meta(name: str, namespace: str, label_set: dict[str, str], **extra: Any) -> Object:
     return {"name": name, "namespace": namespace, "labels": label_set, **extra}
 
 
-def _quantity_cpu(millis: int) -> str:
+def quantity_cpu(millis: int) -> str:
     return f"{millis}m"
 
 
-def _quantity_memory(size: int) -> str:
+def quantity_memory(size: int) -> str:
     return f"{-(-size // 2**20)}Mi"
 
 
@@ -129,15 +130,15 @@ def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploym
     if dep.monitoring.metrics:
         ports.append({"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"})
     objects: list[Object] = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, ns, label_set),
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name, ns, label_set),
          "automountServiceAccountToken": False},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(settings_name, ns, label_set),
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(settings_name, ns, label_set),
          "immutable": True, "data": {"server.json": settings}},
         _deployment(name, ns, label_set, selector, dep, version, image, settings_name, target),
-        {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, ns, label_set),
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta(name, ns, label_set),
          "spec": {"type": "ClusterIP", "selector": selector, "ports": ports}},
         _disruption_budget(name, ns, label_set, selector, version),
-        {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _meta(name, ns, label_set),
+        {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta(name, ns, label_set),
          "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
                   "minReplicas": max(1, version.hardware.replicas_min),
                   "maxReplicas": max(1, version.hardware.replicas_max),
@@ -148,7 +149,7 @@ def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploym
     operator = _operator(target, dep)
     if operator is not None:
         objects.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-                        "metadata": _meta(name, ns, {**label_set, **operator}),
+                        "metadata": meta(name, ns, {**label_set, **operator}),
                         "spec": {"selector": {"matchLabels": selector},
                                  "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}]}})
     return objects
@@ -156,7 +157,7 @@ def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploym
 
 def _container(dep: ResolvedDeployment, version: ResolvedVersion, image: str, settings_name: str) -> Object:
     hw = version.hardware
-    limits = {"cpu": _quantity_cpu(hw.cpu_limit_millis), "memory": _quantity_memory(hw.memory_limit_bytes)}
+    limits = {"cpu": quantity_cpu(hw.cpu_limit_millis), "memory": quantity_memory(hw.memory_limit_bytes)}
     if hw.gpu:
         limits["nvidia.com/gpu"] = str(hw.gpu)
     env: list[Object] = [{"name": "MLOPS_IAC_SERVER_SETTINGS", "valueFrom": {
@@ -172,8 +173,8 @@ def _container(dep: ResolvedDeployment, version: ResolvedVersion, image: str, se
         # The image is pinned by digest: what is on the node is what was asked for.
         "name": "server", "image": image, "imagePullPolicy": "IfNotPresent",
         "args": ["--port", str(PORT)], "ports": ports, "env": env,
-        "resources": {"requests": {"cpu": _quantity_cpu(hw.cpu_millis),
-                                   "memory": _quantity_memory(hw.memory_bytes)}, "limits": limits},
+        "resources": {"requests": {"cpu": quantity_cpu(hw.cpu_millis),
+                                   "memory": quantity_memory(hw.memory_bytes)}, "limits": limits},
         # Startup waits for the model to load and warm up; only then do liveness and readiness count.
         "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 90},
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
@@ -206,7 +207,7 @@ def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[st
     if target.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s} for s in target.image_pull_secrets]
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, ns, label_set, annotations=annotations),
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(name, ns, label_set, annotations=annotations),
         # No `replicas`: the HPA owns the count, and a value here would reset it on every update.
         "spec": {
             "revisionHistoryLimit": 2, "selector": {"matchLabels": selector},
@@ -220,7 +221,7 @@ def _disruption_budget(name: str, ns: str, label_set: dict[str, str], selector: 
                        version: ResolvedVersion) -> Object:
     # One replica cannot promise availability during a drain: allow it to move instead of blocking.
     budget = {"minAvailable": 1} if version.hardware.replicas_min >= 2 else {"maxUnavailable": 1}
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(name, ns, label_set),
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(name, ns, label_set),
             "spec": {**budget, "selector": {"matchLabels": selector}}}
 
 
@@ -234,7 +235,7 @@ def _network_policy(name: str, ns: str, label_set: dict[str, str], selector: dic
         ingress.append({"from": [{"namespaceSelector": {"matchLabels": {
                             "kubernetes.io/metadata.name": target.monitoring.namespace}}}],
                         "ports": [{"port": METRICS_PORT, "protocol": "TCP"}]})
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(name, ns, label_set),
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(name, ns, label_set),
             "spec": {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress", "Egress"],
                      "ingress": ingress, "egress": egress}}
 
@@ -246,13 +247,13 @@ def model_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploymen
     # Without a gateway this Service spreads requests over every version's ready pods: the split
     # follows the replica counts, not `traffic`.
     objects: list[Object] = [{
-        "apiVersion": "v1", "kind": "Service", "metadata": _meta(dep.name, ns, label_set),
+        "apiVersion": "v1", "kind": "Service", "metadata": meta(dep.name, ns, label_set),
         "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/name": dep.model,
                                                    "app.kubernetes.io/part-of": project},
                  "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]}}]
     if target.gateway is not None:
         objects.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-                        "metadata": _meta(dep.name, ns, label_set), "spec": _route(target, dep)})
+                        "metadata": meta(dep.name, ns, label_set), "spec": _route(target, dep)})
     operator = _operator(target, dep)
     if operator is not None:
         objects.append(alert_rules(ns, {**label_set, **operator}, dep))
@@ -324,7 +325,7 @@ def alert_rules(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> 
     from .monitoring.alerts import rule_groups
 
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": _meta(dep.name, ns, label_set),
+            "metadata": meta(dep.name, ns, label_set),
             "spec": {"groups": rule_groups(dep, series_selector(ns, dep.model))}}
 
 
@@ -333,5 +334,5 @@ def dashboard(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> Ob
     from .monitoring.alerts import dashboard_json
 
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": _meta(f"{dep.name}-dashboard", ns, {**label_set, "grafana_dashboard": "1"}),
+            "metadata": meta(f"{dep.name}-dashboard", ns, {**label_set, "grafana_dashboard": "1"}),
             "data": {f"{dep.name}.json": dashboard_json(dep, series_selector(ns, dep.model))}}

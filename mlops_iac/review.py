@@ -98,7 +98,7 @@ def _speed(facts: LockedVersion | None) -> str:
 
 def _breaking(before: Side, after: Side, old: ResolvedDeployment | None, new: ResolvedDeployment) -> list[str]:
     """Clients of the versions served before vs. the versions served after."""
-    from .convert.onnx_tools import breaking_changes
+    from .signatures import breaking_changes
 
     def signature(side: Side, model: str, v: ResolvedVersion) -> dict[str, Any] | None:
         facts = side.lock.version(model, v.number) if v.number else None

@@ -18,8 +18,8 @@ from mlops_iac.convert import Options, Validation, convert_artifact
 from mlops_iac.convert import frameworks as fw
 from mlops_iac.convert.data import DataError, read_features, read_labelled
 from mlops_iac.convert.frameworks import ConversionError, check_external_data
-from mlops_iac.convert.onnx_tools import breaking_changes
 from mlops_iac.lock import read_lock
+from mlops_iac.signatures import breaking_changes
 
 
 @pytest.fixture(scope="module")

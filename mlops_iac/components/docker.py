@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
+from ..artifacts import canonical_json
 from ..manifests import PORT, UID, server_settings, version_name
-from ..plan import canonical_json
 from ..resolve import ResolvedDeployment, ResolvedVersion
 from ..spec.targets import DockerTarget
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
+from ..artifacts import canonical_json
 from ..batch_manifests import PYTHON, scoring_args
 from ..manifests import UID, server_settings, version_name
-from ..plan import canonical_json
 from ..resolve import ResolvedDeployment
 
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from .. import __version__
 from .batching import Batcher
 from .collect import Collector
 from .config import ServerConfig
+from .handler import call_handler as _call_handler
 from .metrics import Metrics
 from .openapi import document
 from .protocol import ClientError, Request, encode, parse
@@ -371,16 +371,6 @@ class Server:
         if len(out) > limit or inflater.unconsumed_tail:
             raise ClientError(413, f"the decompressed body is over the limit of {limit} bytes")
         return out
-
-
-def _call_handler(func: Callable[[Any], Any], value: Any) -> dict[str, np.ndarray]:
-    try:
-        result = func(value)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ClientError(400, f"the model's handler refused the request: {exc}") from None
-    if not isinstance(result, dict):
-        raise TypeError(f"the handler returned {type(result).__name__}, not a dict of arrays")
-    return {k: np.asarray(v) for k, v in result.items()}
 
 
 # Paths outside /v2/models/ and /v2/health/, all GET.
