@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from . import __version__
+from .console import DEFAULT_FILE, file_option
 from .errors import ConfigError, MlopsIacError, Problem
 from .fsutil import atomic_write
 from .lock import read_lock
@@ -20,9 +20,6 @@ from .render import render
 from .resolve import Workspace, load
 from .schema import OPENAPI_FILE, SCHEMA_FILE, json_schema_text, openapi_text
 from .writer import apply
-
-F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_FILE = "mlops.yaml"
 
 
 class Group(click.Group):
@@ -56,12 +53,6 @@ def _print_error(exc: MlopsIacError) -> None:
 def _print_problems(problems: tuple[Problem, ...] | list[Problem]) -> None:
     for problem in problems:
         click.secho(str(problem), fg="yellow" if problem.severity == "warning" else "red", err=True)
-
-
-def file_option(func: F) -> F:
-    return click.option("-f", "--file", "file", default=DEFAULT_FILE, show_default=True,
-                        type=click.Path(dir_okay=False, path_type=Path),
-                        help="The mlops.yaml to read.")(func)
 
 
 def _workspace(file: Path) -> Workspace:
@@ -224,9 +215,9 @@ def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool,
 
 def _write_contexts(ws: Workspace, result: Plan) -> None:
     from .build import context_digest, context_files
-    from .cli_build import gather
-    from .cli_registry import project_registry
     from .registry import parse_ref
+    from .workspace import project_registry
+    from .workspace.contexts import gather
 
     registry, _ = project_registry(ws.file, against_lock=False)
     done: set[tuple[str, int]] = set()

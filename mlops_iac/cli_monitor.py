@@ -11,12 +11,13 @@ from typing import Any
 
 import click
 
-from .cli_registry import file_option, project_registry
+from .console import registry_file_option as file_option
 from .errors import MlopsIacError
 from .fsutil import atomic_write
 from .monitoring.drift import MIN_ROWS, DriftResult, TooLittleData, check
 from .registry import Registry, Version, parse_ref
 from .resolve import Workspace
+from .workspace import onnx_file, project_registry
 
 DRIFT_EXIT = 3  # 1 is an error, 2 a usage error: a workflow can tell drift apart
 TOO_LITTLE_EXIT = 4  # too few rows to say: neither a pass nor a drift
@@ -99,16 +100,11 @@ def _configured_reference(ws: Workspace, model: str, configured: str | None) -> 
 def _load_baseline(registry: Registry, version: Version, reference: Path | None) -> tuple[dict[str, Any], str]:
     ref = parse_ref(f"{version.model}@{version.version}")
     if reference is not None:
-        from .cli_convert import _baseline
         from .convert.data import read_features
+        from .workspace.conversion import baseline
 
-        if "onnx" not in version.artifacts:
-            raise MlopsIacError(f"{version.model}@{version.version} has no ONNX model to answer {reference}; "
-                                "`mlops-iac convert` makes it")
-        with tempfile.TemporaryDirectory() as tmp:
-            model = Path(tmp) / "model.onnx"
-            registry.pull(ref, model, "onnx")
-            return _baseline(model.read_bytes(), read_features(reference)), str(reference)
+        with onnx_file(registry, version) as model:  # its answers to the reference data are the baseline
+            return baseline(model.read_bytes(), read_features(reference)), str(reference)
     if "baseline" not in version.artifacts:
         raise MlopsIacError(f"{version.model}@{version.version} has no baseline; `mlops-iac convert` makes it")
     with tempfile.TemporaryDirectory() as tmp:
