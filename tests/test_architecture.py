@@ -127,3 +127,12 @@ def test_no_command_module_imports_another() -> None:
              if fnmatch.fnmatch(a, "cli_*") and (b == "cli" or fnmatch.fnmatch(b, "cli_*"))]
     assert wrong == []
 
+
+
+MAX_LINES = 400
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    """A module over 400 lines holds more than one meaning: split it by meaning."""
+    long = {name: n for name, file in _files().items() if (n := len(file.read_text().splitlines())) > MAX_LINES}
+    assert long == {}

@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .openapi import document
 from .protocol import ClientError, Request, encode, parse
 from .runtime import ModelRuntime
-from .triton import EXTENSIONS, classify, duration, model_config
+from .triton import EXTENSIONS, classify, model_config, statistics
 
 log = logging.getLogger("mlops_iac.serving")
 Scope = dict[str, Any]
@@ -234,27 +234,12 @@ class Server:
             await respond(send, 200, orjson.dumps(data))
 
     def stats(self, entry: Entry) -> dict[str, Any]:
-        """Triton's statistics of one version, from the counters the metrics already keep.
-        compute_input and compute_output are inside compute_infer here (their ns are 0)."""
         runtime = entry.runtime
         failed = sum(int(sample.value) for metric in self.metrics.requests.collect()
                      for sample in metric.samples
                      if sample.name.endswith("_total") and sample.labels["model"] == runtime.name
                      and sample.labels["version"] == runtime.version and sample.labels["status"] != "200")
-        ok = entry.latency.counts
-        count = sum(ok)
-        executions = entry.runs + (entry.batcher.executions if entry.batcher is not None else 0)
-        return {
-            "name": runtime.name, "version": runtime.version, "last_inference": int(entry.last * 1000),
-            "inference_count": entry.rows, "execution_count": executions,
-            "inference_stats": {
-                "success": duration(count, entry.latency.sum), "fail": duration(failed, 0.0),
-                "queue": duration(sum(entry.queue.counts), entry.queue.sum),
-                "compute_input": duration(count, 0.0),
-                "compute_infer": duration(sum(entry.inference.counts), entry.inference.sum),
-                "compute_output": duration(count, 0.0)},
-            "batch_stats": [],
-        }
+        return statistics(entry, failed)
 
     def pick(self, name: str, version: str | None) -> Entry:
         versions = self.models.get(name)

@@ -90,7 +90,7 @@ def baseline(model: bytes, features: Sample) -> dict[str, Any]:
     import numpy as np
 
     from ..convert.onnx_tools import run, session
-    from ..monitoring.drift import baseline
+    from ..monitoring.baseline import baseline
     from ..serving.protocol import DTYPES
     from ..serving.runtime import ORT_TO_V2
 
@@ -113,7 +113,7 @@ def _table_baseline(table: Table, outputs: dict[str, Any]) -> dict[str, Any]:
     columns as categories ("" included: it is what a client sends for a missing string)."""
     import numpy as np
 
-    from ..monitoring.drift import table_baseline
+    from ..monitoring.baseline import table_baseline
 
     values = [(n, c if k == "string" else c[~np.isnan(c.astype(np.float64))])
               for n, c, k in zip(table.names, table.columns, table.kinds, strict=True)]
