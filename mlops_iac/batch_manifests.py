@@ -22,7 +22,7 @@ from .manifests import (
     quantity_memory,
     server_settings,
 )
-from .resolve import ResolvedDeployment, ResolvedVersion
+from .pinned import PinnedDeployment, PinnedVersion
 from .spec.batch import Batch
 from .spec.targets import KubernetesTarget
 
@@ -47,10 +47,10 @@ def _under_data(path: str) -> str:
     return path if path.startswith("/") else f"{DATA}/{path}"
 
 
-def batch_objects(project: str, target: KubernetesTarget, dep: ResolvedDeployment, version: ResolvedVersion,
+def batch_objects(project: str, target: KubernetesTarget, dep: PinnedDeployment, version: PinnedVersion,
                   image: str, onnx_digest: str) -> list[Object]:
     """ServiceAccount, ConfigMap, NetworkPolicy and the Job (or CronJob) of one batch deployment."""
-    assert dep.batch is not None and version.number is not None
+    assert dep.batch is not None  # only a `kind: batch` deployment has a Job
     # Named by the deployment (one version each), never by the version: the online deployment
     # of the same version on this target owns the version's names.
     name, ns = dep.name, target.namespace_name
@@ -78,7 +78,7 @@ def batch_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploymen
     ]
 
 
-def _job_spec(name: str, label_set: dict[str, str], batch: Batch, version: ResolvedVersion, image: str) -> Object:
+def _job_spec(name: str, label_set: dict[str, str], batch: Batch, version: PinnedVersion, image: str) -> Object:
     hw = version.hardware
     limits = {"cpu": quantity_cpu(hw.cpu_limit_millis), "memory": quantity_memory(hw.memory_limit_bytes)}
     container: dict[str, Any] = {

@@ -224,7 +224,6 @@ def _write_contexts(ws: Workspace, result: Plan) -> None:
     for stack in result.stacks:
         for dep in stack.deployments:
             for v in dep.versions:
-                assert v.number is not None
                 facts = ws.lock.version(dep.model, v.number)
                 if (dep.model, v.number) in done:
                     continue
@@ -330,10 +329,11 @@ def _plain_dumper() -> Any:
 
 def _batch_objects(project: str, spec: Any, dep: Any) -> list[dict[str, Any]]:
     from .batch_manifests import batch_objects
+    from .pinned import built
 
-    (v,) = dep.versions
-    assert v.image is not None and v.onnx_digest is not None
-    return batch_objects(project, spec, dep, v, v.image, v.onnx_digest)
+    job = built(dep)  # converted and pushed, or the same error `synth` gives
+    (v,) = job.versions
+    return batch_objects(project, spec, job, v, v.image, v.onnx_digest)
 
 
 def _side(file: Path, ref: str | None) -> Any:

@@ -10,6 +10,7 @@ from .artifacts import canonical_json
 from .console import prepare_onnx
 from .console import registry_file_option as file_option
 from .errors import MlopsIacError
+from .pinned import pin_all
 from .plan import server_config
 from .registry import Registry, parse_ref
 from .resolve import ResolvedDeployment, Workspace
@@ -79,7 +80,8 @@ def _from_deployments(registry: Registry, ws: Workspace,
                                 f"`mlops-iac convert {dep.model}@{v.ref}` first")
         paths[v.number] = cached_onnx(registry, ws.root, dep.model, v.number, facts.onnx.digest)
     handler = ws.resolved.model(dep.model).handler
-    config = server_config(dep, ws.lock, paths, handler)
+    (pinned,) = pin_all((dep,))  # every version is in the lock (checked above)
+    config = server_config(pinned, ws.lock, paths, handler)
     for other in chosen[1:]:  # several deployments share one server: add their models
         extra = _from_deployments(registry, ws, (other.name,))[0]
         config = config.model_copy(update={"models": (*config.models, *extra.models)})

@@ -17,8 +17,9 @@ import hashlib
 from typing import Any
 
 from .artifacts import canonical_json
+from .pinned import PinnedDeployment, PinnedVersion
 from .plan import collection_config
-from .resolve import ResolvedDeployment, ResolvedVersion
+from .resolve import ResolvedDeployment
 from .serving.config import ModelConfig, ServerConfig
 from .spec.monitoring import HttpSink
 from .spec.targets import KubernetesTarget
@@ -58,9 +59,8 @@ SKIPS = {
 }
 
 
-def version_name(model: str, version: ResolvedVersion) -> str:
+def version_name(model: str, version: PinnedVersion) -> str:
     """`iris-v3-8f03a2cb`: the version and the artifact's digest, so it names one content."""
-    assert version.number is not None and version.digest is not None
     return f"{model}-v{version.number}-{version.digest.removeprefix('sha256:')[:8]}"
 
 
@@ -82,9 +82,8 @@ def quantity_memory(size: int) -> str:
     return f"{-(-size // 2**20)}Mi"
 
 
-def server_settings(dep: ResolvedDeployment, version: ResolvedVersion, onnx_digest: str) -> ServerConfig:
+def server_settings(dep: PinnedDeployment, version: PinnedVersion, onnx_digest: str) -> ServerConfig:
     """The server's settings for one version of a deployment (the model is in the image)."""
-    assert version.number is not None
     mon, hw = dep.monitoring, version.hardware
     return ServerConfig(deployment=dep.name, auth=dep.auth == "key", metrics=mon.metrics,
                         collection=collection_config(mon, "/data/"),
@@ -94,11 +93,11 @@ def server_settings(dep: ResolvedDeployment, version: ResolvedVersion, onnx_dige
                                             max_delay_ms=hw.max_delay_ms, gpu=hw.gpu > 0),))
 
 
-def secret_name(dep: ResolvedDeployment) -> str:
+def secret_name(dep: PinnedDeployment) -> str:
     return f"{dep.name}-api-key"
 
 
-def _operator(target: KubernetesTarget, dep: ResolvedDeployment) -> dict[str, str] | None:
+def _operator(target: KubernetesTarget, dep: PinnedDeployment) -> dict[str, str] | None:
     """The labels prometheus-operator selects on, or None where its CRDs are not declared."""
     operator = target.monitoring.prometheus_operator
     return dict(operator.labels) if operator.enabled and dep.monitoring.metrics else None
@@ -114,11 +113,10 @@ def namespace_objects(project: str, target: KubernetesTarget) -> list[Object]:
                  **POD_SECURITY}}}]
 
 
-def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeployment,
-                    version: ResolvedVersion, image: str, onnx_digest: str) -> list[Object]:
+def version_objects(project: str, target: KubernetesTarget, dep: PinnedDeployment,
+                    version: PinnedVersion, image: str, onnx_digest: str) -> list[Object]:
     """ServiceAccount, ConfigMap, Deployment, Service, PodDisruptionBudget, HPA, NetworkPolicy,
     and a ServiceMonitor with prometheus-operator: everything one version runs with."""
-    assert version.number is not None
     name, ns = version_name(dep.model, version), target.namespace_name
     label_set = labels(project, dep.model, name, version.number)
     selector = {"app.kubernetes.io/name": dep.model, "app.kubernetes.io/instance": name}
@@ -155,7 +153,7 @@ def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploym
     return objects
 
 
-def _container(dep: ResolvedDeployment, version: ResolvedVersion, image: str, settings_name: str) -> Object:
+def _container(dep: PinnedDeployment, version: PinnedVersion, image: str, settings_name: str) -> Object:
     hw = version.hardware
     limits = {"cpu": quantity_cpu(hw.cpu_limit_millis), "memory": quantity_memory(hw.memory_limit_bytes)}
     if hw.gpu:
@@ -190,7 +188,7 @@ def _container(dep: ResolvedDeployment, version: ResolvedVersion, image: str, se
 
 
 def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
-                dep: ResolvedDeployment, version: ResolvedVersion, image: str, settings_name: str,
+                dep: PinnedDeployment, version: PinnedVersion, image: str, settings_name: str,
                 target: KubernetesTarget) -> Object:
     annotations = {f"checkov.io/skip{i + 1}": f"{check}={why}" for i, (check, why) in enumerate(SKIPS.items())}
     pod: Object = {
@@ -218,7 +216,7 @@ def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[st
 
 
 def _disruption_budget(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
-                       version: ResolvedVersion) -> Object:
+                       version: PinnedVersion) -> Object:
     # One replica cannot promise availability during a drain: allow it to move instead of blocking.
     budget = {"minAvailable": 1} if version.hardware.replicas_min >= 2 else {"maxUnavailable": 1}
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(name, ns, label_set),
@@ -226,7 +224,7 @@ def _disruption_budget(name: str, ns: str, label_set: dict[str, str], selector: 
 
 
 def _network_policy(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
-                    dep: ResolvedDeployment, target: KubernetesTarget) -> Object:
+                    dep: PinnedDeployment, target: KubernetesTarget) -> Object:
     egress: list[Object] = [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]
     if isinstance(dep.monitoring.sink, HttpSink):  # the only traffic the server starts itself
         egress.append({"ports": [{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP"}]})
@@ -240,7 +238,7 @@ def _network_policy(name: str, ns: str, label_set: dict[str, str], selector: dic
                      "ingress": ingress, "egress": egress}}
 
 
-def model_objects(project: str, target: KubernetesTarget, dep: ResolvedDeployment) -> list[Object]:
+def model_objects(project: str, target: KubernetesTarget, dep: PinnedDeployment) -> list[Object]:
     """The stable Service of the model and, with a gateway, the HTTPRoute that splits traffic."""
     ns = target.namespace_name
     label_set = {k: v for k, v in labels(project, dep.model, dep.name, 0).items() if k != "app.kubernetes.io/version"}
@@ -262,7 +260,7 @@ def model_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploymen
     return objects
 
 
-def _route(target: KubernetesTarget, dep: ResolvedDeployment) -> Object:
+def _route(target: KubernetesTarget, dep: PinnedDeployment) -> Object:
     """A rule per version (its path, or the version header) ahead of the weighted rule: the
     Gateway API prefers the longer path and the match with more headers, so
     /v2/models/M/versions/N/... and `x-model-version: N` always reach version N, even at weight 0."""
@@ -288,7 +286,7 @@ def _route(target: KubernetesTarget, dep: ResolvedDeployment) -> Object:
     return route
 
 
-def target_objects(project: str, target: KubernetesTarget, deployments: tuple[ResolvedDeployment, ...]
+def target_objects(project: str, target: KubernetesTarget, deployments: tuple[PinnedDeployment, ...]
                    ) -> list[Object]:
     """Every object of a target, in the order they are applied; what `render` prints."""
     objects = namespace_objects(project, target)
@@ -320,7 +318,7 @@ def series_selector(namespace: str, model: str) -> str:
     return f'namespace="{namespace}",service=~"{model}-v[0-9]+-[0-9a-f]{{8}}"'
 
 
-def alert_rules(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> Object:
+def alert_rules(ns: str, label_set: dict[str, str], dep: PinnedDeployment) -> Object:
     """Alerts as a prometheus-operator PrometheusRule."""
     from .monitoring.alerts import rule_groups
 
@@ -329,7 +327,7 @@ def alert_rules(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> 
             "spec": {"groups": rule_groups(dep, series_selector(ns, dep.model))}}
 
 
-def dashboard(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> Object:
+def dashboard(ns: str, label_set: dict[str, str], dep: PinnedDeployment) -> Object:
     """A dashboard for Grafana's sidecar: a plain ConfigMap, harmless where no Grafana looks."""
     from .monitoring.alerts import dashboard_json
 

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict
 from .artifacts import FileArtifact, canonical_json
 from .errors import PlanError
 from .lock import Lock
-from .resolve import ResolvedDeployment, ResolvedMonitoring, ResolvedSpec, ResolvedTarget
+from .pinned import PinnedDeployment, pin_all, unbuilt
+from .resolve import ResolvedMonitoring, ResolvedSpec, ResolvedTarget
 from .serving.config import CollectionConfig, ModelConfig, ServerConfig
 from .spec.monitoring import FileSink, HttpSink
 
@@ -27,7 +28,7 @@ class StackPlan(BaseModel):
     generated: str = GENERATED
     project: str
     target: ResolvedTarget
-    deployments: tuple[ResolvedDeployment, ...]
+    deployments: tuple[PinnedDeployment, ...]
 
 
 class Plan(BaseModel):
@@ -43,11 +44,11 @@ def plan(resolved: ResolvedSpec, targets: tuple[str, ...] = ()) -> Plan:
     if unknown:
         known = ", ".join(t.name for t in resolved.targets)
         raise PlanError(f"unknown target(s): {', '.join(unknown)}; expected one of: {known}")
-    _require_pinned(resolved)
+    pinned = pin_all(resolved.deployments)
     chosen = targets or tuple(sorted({d.target for d in resolved.deployments}))
     stacks = tuple(
         StackPlan(project=resolved.project, target=resolved.target(name),
-                  deployments=tuple(d for d in resolved.deployments if d.target == name))
+                  deployments=tuple(d for d in pinned if d.target == name))
         for name in sorted(chosen)
     )
     files = [FileArtifact(path=f"{s.target.name}/plan.json", content=stack_json(s)) for s in stacks]
@@ -67,8 +68,7 @@ def pulumi_project(resolved: ResolvedSpec, stacks: tuple[StackPlan, ...]) -> lis
     deployed = [s for s in stacks if s.target.spec.kind != "local"]
     if not deployed:
         return []
-    missing = [f"{d.name}: {d.model}@{v.number}" for s in deployed for d in s.deployments for v in d.versions
-               if v.image is None or v.onnx_digest is None]
+    missing = [line for s in deployed for d in s.deployments for line in unbuilt(d)]
     if missing:
         raise PlanError("these versions have no pushed image in mlops.lock (run `mlops-iac build MODEL@N "
                         "--push REGISTRY`):\n  " + "\n  ".join(missing))
@@ -99,7 +99,6 @@ def _docker_ports(stacks: list[StackPlan]) -> None:
             if d.batch is not None:  # a one-shot container: no port
                 continue
             for v in d.versions:
-                assert v.number is not None
                 port = spec.port + v.number - 1
                 if port > 65535 or port in holder:
                     raise PlanError(f"target {stack.target.name}: {d.name} v{v.number} would listen on host port "
@@ -109,16 +108,7 @@ def _docker_ports(stacks: list[StackPlan]) -> None:
                 holder[port] = f"{d.name} v{v.number}"
 
 
-def _require_pinned(resolved: ResolvedSpec) -> None:
-    """Deployment reads only mlops.yaml and mlops.lock: every version must be in the lock."""
-    missing = [f"{d.name}: {d.model}@{v.ref}" for d in resolved.deployments for v in d.versions
-               if v.number is None or v.digest is None]
-    if missing:
-        raise PlanError("these deployed versions are not pinned in mlops.lock (register them "
-                        "with `mlops-iac register`, or fix the version):\n  " + "\n  ".join(missing))
-
-
-def server_config(dep: ResolvedDeployment, lock: Lock, onnx_paths: dict[int, str],
+def server_config(dep: PinnedDeployment, lock: Lock, onnx_paths: dict[int, str],
                   handler: str | None) -> ServerConfig:
     """The server settings of one deployment, from the lock's facts alone (pure).
 
@@ -127,7 +117,6 @@ def server_config(dep: ResolvedDeployment, lock: Lock, onnx_paths: dict[int, str
     """
     models = []
     for v in dep.versions:
-        assert v.number is not None
         facts = lock.version(dep.model, v.number)
         if facts is None or facts.onnx is None:
             raise PlanError(f"{dep.model}@{v.number} has no ONNX conversion in mlops.lock; run "

@@ -15,22 +15,21 @@ import pulumi_docker as docker
 
 from ..artifacts import canonical_json
 from ..manifests import PORT, UID, server_settings, version_name
-from ..resolve import ResolvedDeployment, ResolvedVersion
+from ..pinned import BuiltDeployment, BuiltVersion, PinnedVersion
 from ..spec.targets import DockerTarget
 
 WAIT_SECONDS = 300  # `pulumi up` waits this long for the healthcheck to pass
 
 
-def host_port(target: DockerTarget, version: ResolvedVersion) -> int:
+def host_port(target: DockerTarget, version: PinnedVersion) -> int:
     """The version's port on the host: a function of the version alone, stable across changes."""
-    assert version.number is not None
     return target.port + version.number - 1
 
 
 @dataclass
 class DockerModelServerArgs:
-    deployment: ResolvedDeployment
-    version: ResolvedVersion
+    deployment: BuiltDeployment
+    version: BuiltVersion
     port: int  # on the host
     api_key: pulumi.Input[str] | None = None
     platform: str = "linux/amd64"
@@ -40,7 +39,6 @@ class DockerModelServer(pulumi.ComponentResource):
     def __init__(self, name: str, args: DockerModelServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlops:docker:ModelServer", name, None, opts)
         dep, version = args.deployment, args.version
-        assert version.image is not None and version.onnx_digest is not None
         child = pulumi.ResourceOptions(parent=self)
         cname = version_name(dep.model, version)
         self.image = docker.RemoteImage(f"{cname}-image", name=version.image, keep_locally=True,

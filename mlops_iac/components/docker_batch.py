@@ -12,12 +12,12 @@ import pulumi_docker as docker
 from ..artifacts import canonical_json
 from ..batch_manifests import PYTHON, scoring_args
 from ..manifests import UID, server_settings, version_name
-from ..resolve import ResolvedDeployment
+from ..pinned import BuiltDeployment
 
 
 @dataclass
 class DockerBatchJobArgs:
-    deployment: ResolvedDeployment
+    deployment: BuiltDeployment
 
 
 class DockerBatchJob(pulumi.ComponentResource):
@@ -25,7 +25,7 @@ class DockerBatchJob(pulumi.ComponentResource):
         super().__init__("mlops:docker:BatchJob", name, None, opts)
         dep = args.deployment
         (version,) = dep.versions
-        assert dep.batch is not None and version.image is not None and version.onnx_digest is not None
+        assert dep.batch is not None  # only a `kind: batch` deployment runs as a one-shot container
         child = pulumi.ResourceOptions(parent=self)
         cname = version_name(dep.model, version)
         self.image = docker.RemoteImage(f"{cname}-image", name=version.image, keep_locally=True, opts=child)
