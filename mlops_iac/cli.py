@@ -214,7 +214,7 @@ def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool,
 
 
 def _write_contexts(ws: Workspace, result: Plan) -> None:
-    from .build import context_digest, context_files
+    from .images import context_digest, context_files
     from .registry import parse_ref
     from .workspace import project_registry
     from .workspace.contexts import gather

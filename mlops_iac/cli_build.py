@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from .build import context_digest, context_files, image_tag
-from .build.docker import build as docker_build
-from .build.docker import push as docker_push
 from .console import registry_file_option as file_option
+from .images import context_digest, context_files, image_tag
+from .images.docker import build as docker_build
+from .images.docker import push as docker_push
 from .lock import BuildFacts, ImageFacts, Lock, update_lock
 from .registry import Version, parse_ref
 from .resolve import Workspace

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mlops_iac.build import context_digest, context_files
 from mlops_iac.cli import main
+from mlops_iac.images import context_digest, context_files
 from mlops_iac.lock import read_lock
 from mlops_iac.registry import parse_ref
 from mlops_iac.workspace import project_registry

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..build import ContextInputs
-from ..build.wheels import fetch
 from ..errors import MlopsIacError
+from ..images import ContextInputs
+from ..images.wheels import fetch
 from ..registry import Registry, Version
 from ..resolve import Workspace
 from . import model_spec, onnx_artifact, onnx_file, root_of
