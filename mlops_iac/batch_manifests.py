@@ -23,6 +23,7 @@ from .manifests import (
     server_settings,
 )
 from .pinned import PinnedDeployment, PinnedVersion
+from .serving.config import SETTINGS_ENV
 from .spec.batch import Batch
 from .spec.targets import KubernetesTarget
 
@@ -84,7 +85,7 @@ def _job_spec(name: str, label_set: dict[str, str], batch: Batch, version: Pinne
     container: dict[str, Any] = {
         "name": "score", "image": image, "imagePullPolicy": "IfNotPresent",  # pinned by digest
         "command": [PYTHON, "-m", "mlops_iac.scoring"], "args": scoring_args(batch),
-        "env": [{"name": "MLOPS_IAC_SERVER_SETTINGS", "valueFrom": {
+        "env": [{"name": SETTINGS_ENV, "valueFrom": {
             "configMapKeyRef": {"name": name, "key": "server.json"}}}],
         "resources": {"requests": {"cpu": quantity_cpu(hw.cpu_millis), "memory": quantity_memory(hw.memory_bytes)},
                       "limits": limits},

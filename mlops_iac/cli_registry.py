@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
@@ -18,7 +18,7 @@ from .resolve import Workspace
 from .spec.models import Framework
 from .workspace import lock_version, pin_in_lock, project_registry, users_of
 
-FRAMEWORKS = ["sklearn", "onnx", "pytorch", "lightgbm", "xgboost"]
+FRAMEWORKS = list(get_args(Framework))  # the spec's type is the one list
 _BY_SUFFIX = {".onnx": "onnx", ".pt": "pytorch", ".pth": "pytorch", ".joblib": "sklearn",
               ".pkl": "sklearn", ".pickle": "sklearn", ".skops": "sklearn"}
 

@@ -20,7 +20,7 @@ from .artifacts import canonical_json
 from .pinned import PinnedDeployment, PinnedVersion
 from .plan import collection_config
 from .resolve import ResolvedDeployment
-from .serving.config import ModelConfig, ServerConfig
+from .serving.config import SETTINGS_ENV, ModelConfig, ServerConfig
 from .spec.monitoring import HttpSink
 from .spec.targets import KubernetesTarget
 
@@ -158,7 +158,7 @@ def _container(dep: PinnedDeployment, version: PinnedVersion, image: str, settin
     limits = {"cpu": quantity_cpu(hw.cpu_limit_millis), "memory": quantity_memory(hw.memory_limit_bytes)}
     if hw.gpu:
         limits["nvidia.com/gpu"] = str(hw.gpu)
-    env: list[Object] = [{"name": "MLOPS_IAC_SERVER_SETTINGS", "valueFrom": {
+    env: list[Object] = [{"name": SETTINGS_ENV, "valueFrom": {
         "configMapKeyRef": {"name": settings_name, "key": "server.json"}}}]
     if dep.auth == "key":
         env.append({"name": "MLOPS_IAC_API_KEY", "valueFrom": {

@@ -16,6 +16,7 @@ import pulumi_docker as docker
 from ..artifacts import canonical_json
 from ..manifests import PORT, UID, server_settings, version_name
 from ..pinned import BuiltDeployment, BuiltVersion, PinnedVersion
+from ..serving.config import SETTINGS_ENV
 from ..spec.targets import DockerTarget
 
 WAIT_SECONDS = 300  # `pulumi up` waits this long for the healthcheck to pass
@@ -48,7 +49,7 @@ class DockerModelServer(pulumi.ComponentResource):
                                     opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
         hw = version.hardware
         envs: list[pulumi.Input[str]] = [
-            "MLOPS_IAC_SERVER_SETTINGS=" + canonical_json(server_settings(dep, version, version.onnx_digest)
+            f"{SETTINGS_ENV}=" + canonical_json(server_settings(dep, version, version.onnx_digest)
                                                           .model_dump(mode="json")).strip()]
         if dep.auth == "key":
             if args.api_key is None:

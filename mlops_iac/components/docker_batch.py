@@ -13,6 +13,7 @@ from ..artifacts import canonical_json
 from ..batch_manifests import PYTHON, scoring_args
 from ..manifests import UID, server_settings, version_name
 from ..pinned import BuiltDeployment
+from ..serving.config import SETTINGS_ENV
 
 
 @dataclass
@@ -36,7 +37,7 @@ class DockerBatchJob(pulumi.ComponentResource):
             f"{cname}-batch", opts=child, name=f"{cname}-batch", image=self.image.image_id,
             entrypoints=[PYTHON, "-m", "mlops_iac.scoring"], command=scoring_args(dep.batch, shards=False),
             restart="no", must_run=False, attach=False,
-            envs=[f"MLOPS_IAC_SERVER_SETTINGS={settings.strip()}"], user=f"{UID}:{UID}", read_only=True,
+            envs=[f"{SETTINGS_ENV}={settings.strip()}"], user=f"{UID}:{UID}", read_only=True,
             memory=-(-hw.memory_limit_bytes // 2**20), cpus=f"{hw.cpu_limit_millis / 1000:g}",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
             security_opts=["no-new-privileges:true"], network_mode="none",
