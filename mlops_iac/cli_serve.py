@@ -18,8 +18,6 @@ from .serving.config import ModelConfig, ServerConfig
 from .spec.targets import LocalTarget
 from .workspace import cached_onnx, onnx_artifact, project_registry
 
-CACHE = ".mlops/serve"
-
 
 @click.command()
 @click.argument("refs", nargs=-1, metavar="[MODEL@N]...")
