@@ -20,11 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
+from .artifacts import FileArtifact, canonical_json
 from .errors import PlanError
 from .manifests import GRACE_SECONDS, METRICS_PORT, PORT, UID, server_settings, version_name
-from .plan import FileArtifact, Plan, StackPlan, canonical_json
+from .pinned import BuiltDeployment, BuiltVersion, PinnedDeployment, PinnedVersion, built
+from .plan import Plan, StackPlan
 from .resolve import ResolvedDeployment, ResolvedVersion
 from .spec.azure import ContainerAppsTarget, ContainerInstancesTarget, IotEdgeTarget
 
@@ -46,7 +49,7 @@ def registry_server(image: str) -> str:
     return image.split("/", 1)[0]
 
 
-def settings_json(dep: ResolvedDeployment, version: ResolvedVersion) -> str:
+def settings_json(dep: PinnedDeployment, version: BuiltVersion) -> str:
     """The server's settings as one compact line: an environment variable's value."""
     assert version.onnx_digest is not None
     return json.dumps(server_settings(dep, version, version.onnx_digest).model_dump(mode="json"), sort_keys=True,
@@ -55,12 +58,12 @@ def settings_json(dep: ResolvedDeployment, version: ResolvedVersion) -> str:
 
 # --- Container Apps ----------------------------------------------------------------------------
 
-def revision_suffix(dep: ResolvedDeployment, version: ResolvedVersion) -> str:
+def revision_suffix(dep: PinnedDeployment, version: PinnedVersion) -> str:
     """`v2-8e247c07`: the revision is named `<app>--<suffix>`, one per version and content."""
     return version_name(dep.model, version).removeprefix(f"{dep.model}-")
 
 
-def app_resources(dep: ResolvedDeployment, version: ResolvedVersion) -> tuple[float, str]:
+def app_resources(dep: PinnedDeployment, version: PinnedVersion) -> tuple[float, str]:
     """Cores and memory of a replica: the smallest allowed pair that covers the limits."""
     hw = version.hardware
     need = max(hw.cpu_limit_millis / 1000, hw.memory_limit_bytes / (ACA_GIB_PER_CPU * 2**30))
@@ -82,12 +85,11 @@ def _probes(port: int) -> list[Object]:
              "failureThreshold": 3, "timeoutSeconds": 3}]
 
 
-def container_app(project: str, target: ContainerAppsTarget, dep: ResolvedDeployment, *,
+def container_app(project: str, target: ContainerAppsTarget, dep: BuiltDeployment, *,
                   api_key: Any = None, registry: tuple[Any, Any] | None = None) -> Object:
     """The ContainerApp's arguments: `api_key` and the registry's (username, password) are
     the stack's secrets (Pulumi outputs), or stand-ins when the properties are only printed."""
     newest = dep.versions[-1]
-    assert newest.image is not None
     cores, memory = app_resources(dep, newest)
     secrets: list[Object] = []
     env: list[Object] = [{"name": "MLOPS_IAC_SERVER_SETTINGS", "value": settings_json(dep, newest)}]
@@ -97,7 +99,7 @@ def container_app(project: str, target: ContainerAppsTarget, dep: ResolvedDeploy
     ingress: Object = {
         "external": target.external, "targetPort": PORT, "transport": "http", "allowInsecure": False,
         "traffic": [{"revisionName": f"{dep.name}--{revision_suffix(dep, v)}", "weight": v.weight}
-                    for v in dep.served]}
+                    for v in dep.versions if v.number not in dep.shadow]}
     if dep.monitoring.metrics:  # only inside the environment: metrics answer without the key
         ingress["additionalPortMappings"] = [{"external": False, "targetPort": METRICS_PORT}]
     configuration: Object = {"activeRevisionsMode": "Multiple", "ingress": ingress, "secrets": secrets}
@@ -127,7 +129,7 @@ def container_app(project: str, target: ContainerAppsTarget, dep: ResolvedDeploy
 
 # --- Container Instances -----------------------------------------------------------------------
 
-def group_resources(dep: ResolvedDeployment, version: ResolvedVersion) -> tuple[float, float]:
+def group_resources(dep: PinnedDeployment, version: PinnedVersion) -> tuple[float, float]:
     """Cores and GB of a container group: the limits, rounded up to tenths, within ACI's."""
     hw = version.hardware
     cores = math.ceil(hw.cpu_limit_millis / 100 - 1e-9) / 10
@@ -138,8 +140,8 @@ def group_resources(dep: ResolvedDeployment, version: ResolvedVersion) -> tuple[
     return cores, memory
 
 
-def container_group(project: str, target: ContainerInstancesTarget, dep: ResolvedDeployment,
-                    version: ResolvedVersion, *, api_key: Any = None, registry: tuple[Any, Any] | None = None
+def container_group(project: str, target: ContainerInstancesTarget, dep: BuiltDeployment,
+                    version: BuiltVersion, *, api_key: Any = None, registry: tuple[Any, Any] | None = None
                     ) -> Object:
     """One version's ContainerGroup arguments; its DNS label is the version's name."""
     assert version.image is not None
@@ -176,12 +178,12 @@ def container_group(project: str, target: ContainerInstancesTarget, dep: Resolve
     return args
 
 
-def front_version(dep: ResolvedDeployment) -> ResolvedVersion:
+def front_version(versions: Iterable[V]) -> V:
     """The version the stable name points at: the one with all the traffic (checks allow 100/0 only)."""
-    return next(v for v in dep.served if v.weight == 100)
+    return next(v for v in versions if v.weight == 100)
 
 
-def dns_record(target: ContainerInstancesTarget, dep: ResolvedDeployment, fqdn: Any) -> Object:
+def dns_record(target: ContainerInstancesTarget, dep: PinnedDeployment, fqdn: Any) -> Object:
     assert target.front is not None
     return {"resourceGroupName": target.resource_group, "zoneName": target.front.zone,
             "relativeRecordSetName": target.front.name, "recordType": "CNAME", "ttl": target.front.ttl,
@@ -190,17 +192,16 @@ def dns_record(target: ContainerInstancesTarget, dep: ResolvedDeployment, fqdn: 
 
 # --- IoT Edge ----------------------------------------------------------------------------------
 
-def edge_port(target: IotEdgeTarget, version: ResolvedVersion) -> int:
-    assert version.number is not None
+def edge_port(target: IotEdgeTarget, version: PinnedVersion) -> int:
     return target.port + version.number - 1
 
 
-def module_name(dep: ResolvedDeployment, version: ResolvedVersion) -> str:
+def module_name(dep: PinnedDeployment, version: PinnedVersion) -> str:
     """A module name (letters, digits, '-' and '_'), the same as the version's container elsewhere."""
     return version_name(dep.model, version)
 
 
-def create_options(dep: ResolvedDeployment, version: ResolvedVersion, target: IotEdgeTarget) -> Object:
+def create_options(dep: PinnedDeployment, version: BuiltVersion, target: IotEdgeTarget) -> Object:
     """The Docker Engine API's container create body the edge agent uses for the module: the
     limits and restrictions of every other target (read-only root, user 10001, no capabilities,
     no privilege escalation, /tmp in memory), the health check, and the host port."""
@@ -234,7 +235,7 @@ def split_create_options(options: Object) -> Object:
     return {("createOptions" if i == 0 else f"createOptions{i:02d}"): c for i, c in enumerate(chunks)}
 
 
-def _module(dep: ResolvedDeployment, version: ResolvedVersion, target: IotEdgeTarget) -> Object:
+def _module(dep: PinnedDeployment, version: BuiltVersion, target: IotEdgeTarget) -> Object:
     assert version.image is not None
     env: Object = {"MLOPS_IAC_SERVER_SETTINGS": {"value": settings_json(dep, version)}}
     if dep.auth == "key":
@@ -244,7 +245,7 @@ def _module(dep: ResolvedDeployment, version: ResolvedVersion, target: IotEdgeTa
             "env": env}
 
 
-def edge_manifest(target: IotEdgeTarget, deployments: tuple[ResolvedDeployment, ...]) -> Object:
+def edge_manifest(target: IotEdgeTarget, deployments: tuple[BuiltDeployment, ...]) -> Object:
     """The deployment manifest (one per device group: the same modules, another device query)."""
     modules = {module_name(d, v): _module(d, v, target) for d in deployments for v in d.versions}
     servers = sorted({registry_server(v.image) for d in deployments for v in d.versions if v.image})
@@ -291,7 +292,7 @@ def edge_files(plan: Plan) -> tuple[FileArtifact, ...]:
         if not isinstance(target, IotEdgeTarget):
             continue
         edge_ports(stack, target)
-        manifest = canonical_json(edge_manifest(target, stack.deployments))
+        manifest = canonical_json(edge_manifest(target, tuple(map(built, stack.deployments))))
         for group, condition in sorted(target.device_groups.items()):
             files.append(FileArtifact(path=f"{stack.target.name}/{group}.deployment.json", content=manifest))
             files.append(FileArtifact(path=f"{stack.target.name}/{group}.condition", content=condition + "\n"))
@@ -306,17 +307,19 @@ def edge_deployment_id(project: str, target_name: str, group: str, manifest: str
 
 # --- what the review says ----------------------------------------------------------------------
 
+V = TypeVar("V", bound=ResolvedVersion)
 AzureTarget = ContainerAppsTarget | ContainerInstancesTarget | IotEdgeTarget
 
 
-def resource_names(target: AzureTarget, dep: ResolvedDeployment, pinned: list[ResolvedVersion]) -> set[str]:
+def resource_names(target: AzureTarget, dep: ResolvedDeployment, pinned: PinnedDeployment) -> set[str]:
     """What a deployment runs as on an Azure target, by kind and name (for the review)."""
     if isinstance(target, ContainerAppsTarget):
-        return {f"ContainerApp/{dep.name}", *(f"Revision/{dep.name}--{revision_suffix(dep, v)}" for v in pinned)}
+        revisions = (f"Revision/{dep.name}--{revision_suffix(pinned, v)}" for v in pinned.versions)
+        return {f"ContainerApp/{dep.name}", *revisions}
     if isinstance(target, ContainerInstancesTarget):
-        names = {f"ContainerGroup/{version_name(dep.model, v)}" for v in pinned}
+        names = {f"ContainerGroup/{version_name(dep.model, v)}" for v in pinned.versions}
         return names | ({f"RecordSet/{target.front.name}.{target.front.zone}"} if target.front else set())
-    return {f"Module/{module_name(dep, v)}@{group}" for v in pinned for group in target.device_groups}
+    return {f"Module/{module_name(pinned, v)}@{group}" for v in pinned.versions for group in target.device_groups}
 
 
 def caveats(target: AzureTarget, dep: ResolvedDeployment) -> list[str]:
@@ -329,8 +332,9 @@ def caveats(target: AzureTarget, dep: ResolvedDeployment) -> list[str]:
                        "deploy the stable version alone first, then add its canary")
         return [*out, "Container Apps set no user or read-only root: the image's USER 10001 applies"]
     if isinstance(target, ContainerInstancesTarget):
-        out = [f"`{target.front.name}.{target.front.zone}` points at v{front_version(dep).number}; every version "
-               "also answers on its own DNS label" if target.front else
+        front = f"`{target.front.name}.{target.front.zone}`" if target.front else ""
+        out = [f"{front} points at v{front_version(dep.versions).number}; every version also answers"
+               " on its own DNS label" if target.front else
                "no front: each version answers on its own DNS label (<version>.<hash>.<region>.azurecontainer.io)"]
         return [*out, "container groups serve plain HTTP on a public IP: put TLS in front of them for `auth: key`"]
     out = [f"applied per device group with `az iot edge deployment create` (priority {target.priority}): "
@@ -347,7 +351,7 @@ SECRET = "(secret: pulumi config mlops:{})"  # noqa: S105 - what render shows in
 
 
 def target_resources(project: str, target_name: str, target: AzureTarget,
-                     deployments: tuple[ResolvedDeployment, ...]) -> list[Object]:
+                     deployments: tuple[BuiltDeployment, ...]) -> list[Object]:
     """Every resource of an Azure target as `{type, name, properties}`, with the stack's secrets
     shown as what sets them; for IoT Edge, the deployment per device group."""
     key, login = SECRET.format("apiKey"), (SECRET.format("registryUsername"), SECRET.format("registryPassword"))
@@ -361,7 +365,7 @@ def target_resources(project: str, target_name: str, target: AzureTarget,
                      "properties": container_group(project, target, dep, v, api_key=key, registry=login)}
                     for v in dep.versions]
             if target.front is not None:
-                fqdn = f"(the FQDN of {version_name(dep.model, front_version(dep))})"
+                fqdn = f"(the FQDN of {version_name(dep.model, front_version(dep.versions))})"
                 out.append({"type": "azure-native:dns:RecordSet", "name": f"{dep.name}-front",
                             "properties": dns_record(target, dep, fqdn)})
     if isinstance(target, IotEdgeTarget):

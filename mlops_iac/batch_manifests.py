@@ -11,18 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from .artifacts import canonical_json
 from .manifests import (
     Object,
-    _meta,
-    _quantity_cpu,
-    _quantity_memory,
     container_security,
     labels,
+    meta,
     pod_security_context,
+    quantity_cpu,
+    quantity_memory,
     server_settings,
 )
-from .plan import canonical_json
-from .resolve import ResolvedDeployment, ResolvedVersion
+from .pinned import PinnedDeployment, PinnedVersion
+from .serving.config import SETTINGS_ENV
 from .spec.batch import Batch
 from .spec.targets import KubernetesTarget
 
@@ -47,10 +48,10 @@ def _under_data(path: str) -> str:
     return path if path.startswith("/") else f"{DATA}/{path}"
 
 
-def batch_objects(project: str, target: KubernetesTarget, dep: ResolvedDeployment, version: ResolvedVersion,
+def batch_objects(project: str, target: KubernetesTarget, dep: PinnedDeployment, version: PinnedVersion,
                   image: str, onnx_digest: str) -> list[Object]:
     """ServiceAccount, ConfigMap, NetworkPolicy and the Job (or CronJob) of one batch deployment."""
-    assert dep.batch is not None and version.number is not None
+    assert dep.batch is not None  # only a `kind: batch` deployment has a Job
     # Named by the deployment (one version each), never by the version: the online deployment
     # of the same version on this target owns the version's names.
     name, ns = dep.name, target.namespace_name
@@ -58,19 +59,19 @@ def batch_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploymen
     settings = canonical_json(server_settings(dep, version, onnx_digest).model_dump(mode="json"))
     job = _job_spec(name, label_set, dep.batch, version, image)
     workload: Object = (
-        {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": _meta(name, ns, label_set),
+        {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta(name, ns, label_set),
          "spec": {"schedule": dep.batch.schedule, "concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 3,
                   "failedJobsHistoryLimit": 3, "jobTemplate": {"metadata": {"labels": label_set}, "spec": job}}}
         if dep.batch.schedule else
-        {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(name, ns, label_set), "spec": job})
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta(name, ns, label_set), "spec": job})
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, ns, label_set),
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name, ns, label_set),
          "automountServiceAccountToken": False},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(name, ns, label_set),
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(name, ns, label_set),
          "data": {"server.json": settings}},
         workload,
         # A batch pod answers nobody and calls nobody: its rows are on its volume.
-        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(name, ns, label_set),
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(name, ns, label_set),
          "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": name,
                                                   "app.kubernetes.io/component": "batch-scoring"}},
                   "policyTypes": ["Ingress", "Egress"], "ingress": [],
@@ -78,15 +79,15 @@ def batch_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploymen
     ]
 
 
-def _job_spec(name: str, label_set: dict[str, str], batch: Batch, version: ResolvedVersion, image: str) -> Object:
+def _job_spec(name: str, label_set: dict[str, str], batch: Batch, version: PinnedVersion, image: str) -> Object:
     hw = version.hardware
-    limits = {"cpu": _quantity_cpu(hw.cpu_limit_millis), "memory": _quantity_memory(hw.memory_limit_bytes)}
+    limits = {"cpu": quantity_cpu(hw.cpu_limit_millis), "memory": quantity_memory(hw.memory_limit_bytes)}
     container: dict[str, Any] = {
         "name": "score", "image": image, "imagePullPolicy": "IfNotPresent",  # pinned by digest
         "command": [PYTHON, "-m", "mlops_iac.scoring"], "args": scoring_args(batch),
-        "env": [{"name": "MLOPS_IAC_SERVER_SETTINGS", "valueFrom": {
+        "env": [{"name": SETTINGS_ENV, "valueFrom": {
             "configMapKeyRef": {"name": name, "key": "server.json"}}}],
-        "resources": {"requests": {"cpu": _quantity_cpu(hw.cpu_millis), "memory": _quantity_memory(hw.memory_bytes)},
+        "resources": {"requests": {"cpu": quantity_cpu(hw.cpu_millis), "memory": quantity_memory(hw.memory_bytes)},
                       "limits": limits},
         "securityContext": container_security(),
         "volumeMounts": [{"name": "data", "mountPath": DATA}, {"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from . import __version__
-from .errors import ConfigError, MlopsIacError, Problem
+from .console import DEFAULT_FILE, file_option, open_workspace, print_problems
+from .errors import ConfigError, MlopsIacError
 from .fsutil import atomic_write
 from .lock import read_lock
 from .plan import Plan, plan
@@ -20,9 +20,6 @@ from .render import render
 from .resolve import Workspace, load
 from .schema import OPENAPI_FILE, SCHEMA_FILE, json_schema_text, openapi_text
 from .writer import apply
-
-F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_FILE = "mlops.yaml"
 
 
 class Group(click.Group):
@@ -47,27 +44,10 @@ class Group(click.Group):
 def _print_error(exc: MlopsIacError) -> None:
     if isinstance(exc, ConfigError):
         errors = [p for p in exc.problems if p.severity == "error"]
-        _print_problems(exc.problems)
+        print_problems(exc.problems)
         click.secho(f"{len(errors)} problem(s) found", fg="red", err=True)
     else:
         click.secho(f"error: {exc}", fg="red", err=True)
-
-
-def _print_problems(problems: tuple[Problem, ...] | list[Problem]) -> None:
-    for problem in problems:
-        click.secho(str(problem), fg="yellow" if problem.severity == "warning" else "red", err=True)
-
-
-def file_option(func: F) -> F:
-    return click.option("-f", "--file", "file", default=DEFAULT_FILE, show_default=True,
-                        type=click.Path(dir_okay=False, path_type=Path),
-                        help="The mlops.yaml to read.")(func)
-
-
-def _workspace(file: Path) -> Workspace:
-    ws = load(file)
-    _print_problems(ws.warnings)
-    return ws
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -135,7 +115,7 @@ def validate(file: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([p.__dict__ for p in ws.warnings], indent=2))
         return
-    _print_problems(ws.warnings)
+    print_problems(ws.warnings)
     spec = ws.spec
     click.echo(f"{file}: valid ({len(spec.models)} model(s), {len(spec.targets)} target(s), "
                f"{len(spec.deployments)} deployment(s))")
@@ -207,7 +187,7 @@ def lock_show(file: Path, as_json: bool) -> None:
 def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool, contexts: bool) -> None:
     """Plan every deployment and write the generated files (plan.json per target), and the
     build context of every deployed version that has an ONNX conversion in mlops.lock."""
-    ws = _workspace(file)
+    ws = open_workspace(file)
     result = plan(ws.resolved, targets)
     folder = out if out is not None else ws.root / "stacks"
     if contexts and not dry_run:
@@ -225,17 +205,16 @@ def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool,
 
 
 def _write_contexts(ws: Workspace, result: Plan) -> None:
-    from .build import context_digest, context_files
-    from .cli_build import gather
-    from .cli_registry import project_registry
+    from .images import context_digest, context_files
     from .registry import parse_ref
+    from .workspace import project_registry
+    from .workspace.contexts import gather
 
     registry, _ = project_registry(ws.file, against_lock=False)
     done: set[tuple[str, int]] = set()
     for stack in result.stacks:
         for dep in stack.deployments:
             for v in dep.versions:
-                assert v.number is not None
                 facts = ws.lock.version(dep.model, v.number)
                 if (dep.model, v.number) in done:
                     continue
@@ -266,6 +245,7 @@ def _add_commands() -> None:
     from .cli_monitor import monitor
     from .cli_profile import profile
     from .cli_registry import lock_pending, lock_sync, models, register
+    from .cli_render import render_manifests
     from .cli_rollout import rollout
     from .cli_score import score_command
     from .cli_serve import serve
@@ -283,95 +263,12 @@ def _add_commands() -> None:
     main.add_command(models)
     main.add_command(rollout)
     main.add_command(shadow)
+    main.add_command(render_manifests)
     lock.add_command(lock_sync)
     lock.add_command(lock_pending)
 
 
 _add_commands()
-
-
-@main.command("render")
-@file_option
-@click.option("--target", "target", required=True, help="A kubernetes or Azure target of mlops.yaml.")
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write to this file instead of standard output.")
-def render_manifests(file: Path, target: str, fmt: str, out: Path | None) -> None:
-    """The Kubernetes objects of a target as plain manifests (for GitOps and offline checks):
-    the same objects `pulumi up` creates. The API key Secret is left out: create it yourself
-    (kubectl create secret generic DEPLOYMENT-api-key --from-literal=apiKey=...), and after
-    changing it, `kubectl rollout restart` the deployments (Pulumi does that itself). For an
-    Azure target: its resources as `pulumi up` creates them (secrets shown as the config that
-    sets them), or for IoT Edge the deployment of each device group."""
-    import yaml
-
-    from .manifests import target_objects
-    from .spec.targets import KubernetesTarget
-
-    ws = _workspace(file)
-    result = plan(ws.resolved, (target,))
-    (stack,) = result.stacks
-    spec = stack.target.spec
-    if spec.kind.startswith("azure-"):
-        _render_azure(stack, fmt, out)
-        return
-    if not isinstance(spec, KubernetesTarget):
-        raise MlopsIacError(f"target {target} is {spec.kind}; render writes Kubernetes manifests or Azure resources")
-    online = tuple(d for d in stack.deployments if d.batch is None)
-    objects = target_objects(stack.project, spec, online)
-    for dep in stack.deployments:
-        if dep.batch is not None:  # kind: batch, a Job instead of a server
-            objects += _batch_objects(stack.project, spec, dep)
-    if fmt == "json":
-        text = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2, sort_keys=True) + "\n"
-    else:
-        text = "# generated by mlops-iac; do not edit\n" + "".join(
-            "---\n" + yaml.dump(o, Dumper=_plain_dumper(), sort_keys=True, default_flow_style=False) for o in objects)
-    if out is None:
-        click.echo(text, nl=False)
-    else:
-        atomic_write(out, text.encode())
-        click.echo(f"wrote {len(objects)} objects to {out}")
-
-
-def _render_azure(stack: Any, fmt: str, out: Path | None) -> None:
-    """The Azure resources of a target (what `pulumi up` creates, secrets shown as what sets
-    them), or for IoT Edge the deployment of each device group."""
-    import yaml
-
-    from .azure import target_resources
-
-    objects = target_resources(stack.project, stack.target.name, stack.target.spec, stack.deployments)
-    if fmt == "json":
-        text = json.dumps({"resources": objects}, indent=2, sort_keys=True) + "\n"
-    else:
-        text = "# generated by mlops-iac; do not edit\n" + "".join(
-            "---\n" + yaml.dump(o, Dumper=_plain_dumper(), sort_keys=True, default_flow_style=False) for o in objects)
-    if out is None:
-        click.echo(text, nl=False)
-    else:
-        atomic_write(out, text.encode())
-        click.echo(f"wrote {len(objects)} resources to {out}")
-
-
-def _plain_dumper() -> Any:
-    import yaml
-
-    class PlainDumper(yaml.SafeDumper):
-        """Writes shared values out in full: anchors (&id001) confuse kubectl diffs and reviewers."""
-
-        def ignore_aliases(self, data: Any) -> bool:
-            return True
-
-    return PlainDumper
-
-
-def _batch_objects(project: str, spec: Any, dep: Any) -> list[dict[str, Any]]:
-    from .batch_manifests import batch_objects
-
-    (v,) = dep.versions
-    assert v.image is not None and v.onnx_digest is not None
-    return batch_objects(project, spec, dep, v, v.image, v.onnx_digest)
 
 
 def _side(file: Path, ref: str | None) -> Any:

@@ -11,12 +11,13 @@ from typing import Any
 
 import click
 
-from .cli_registry import file_option, project_registry
+from .console import registry_file_option as file_option
 from .errors import MlopsIacError
-from .fsutil import atomic_write
 from .monitoring.drift import MIN_ROWS, DriftResult, TooLittleData, check
+from .monitoring.report import ks_text, new_text, write_report
 from .registry import Registry, Version, parse_ref
 from .resolve import Workspace
+from .workspace import onnx_file, project_registry
 
 DRIFT_EXIT = 3  # 1 is an error, 2 a usage error: a workflow can tell drift apart
 TOO_LITTLE_EXIT = 4  # too few rows to say: neither a pass nor a drift
@@ -99,16 +100,11 @@ def _configured_reference(ws: Workspace, model: str, configured: str | None) -> 
 def _load_baseline(registry: Registry, version: Version, reference: Path | None) -> tuple[dict[str, Any], str]:
     ref = parse_ref(f"{version.model}@{version.version}")
     if reference is not None:
-        from .cli_convert import _baseline
         from .convert.data import read_features
+        from .workspace.conversion import baseline
 
-        if "onnx" not in version.artifacts:
-            raise MlopsIacError(f"{version.model}@{version.version} has no ONNX model to answer {reference}; "
-                                "`mlops-iac convert` makes it")
-        with tempfile.TemporaryDirectory() as tmp:
-            model = Path(tmp) / "model.onnx"
-            registry.pull(ref, model, "onnx")
-            return _baseline(model.read_bytes(), read_features(reference)), str(reference)
+        with onnx_file(registry, version) as model:  # its answers to the reference data are the baseline
+            return baseline(model.read_bytes(), read_features(reference)), str(reference)
     if "baseline" not in version.artifacts:
         raise MlopsIacError(f"{version.model}@{version.version} has no baseline; `mlops-iac convert` makes it")
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,48 +120,6 @@ def _table(results: list[DriftResult], records: int, threshold: float) -> None:
     table = Table("column", "kind", "PSI", "KS", "KS p-value", "values", "new categories", "drift",
                   title=f"{records:,} records, PSI threshold {threshold:g}")
     for r in sorted(results, key=lambda r: -1 if math.isnan(r.psi) else -r.psi):
-        table.add_row(r.name, r.kind, f"{r.psi:.4f}", _ks(r.ks, ".4f"), _ks(r.ks_pvalue, ".2g"), f"{r.count:,}",
-                      _new(r), "DRIFT" if r.drifted else "" if r.count else "no data")
+        table.add_row(r.name, r.kind, f"{r.psi:.4f}", ks_text(r.ks, ".4f"), ks_text(r.ks_pvalue, ".2g"), f"{r.count:,}",
+                      new_text(r), "DRIFT" if r.drifted else "" if r.count else "no data")
     Console(width=140).print(table)
-
-
-def _ks(value: float, spec: str) -> str:
-    return "-" if math.isnan(value) else format(value, spec)
-
-
-def _new(r: DriftResult) -> str:
-    """A string column's values the baseline never had: distinct ones, the rows, the commonest."""
-    if r.kind != "string":
-        return ""
-    if not r.new_categories:
-        return "0"
-    shown = ", ".join(repr(v) for v in r.new_examples[:3]) + (", ..." if r.new_categories > 3 else "")
-    return f"{r.new_categories:,} in {r.new_rows:,} rows ({shown})"
-
-
-def write_report(folder: Path, title: str, base: dict[str, object], results: list[DriftResult], records: int,
-                 threshold: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    ordered = sorted(results, key=lambda r: -1 if math.isnan(r.psi) else -r.psi)
-    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.3 * len(ordered))), dpi=110)
-    ax.barh([r.name for r in ordered][::-1], [0 if math.isnan(r.psi) else r.psi for r in ordered][::-1],
-            color=["#d62728" if r.drifted else "#1f77b4" for r in ordered][::-1])
-    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:g}")
-    ax.set_xlabel("population stability index")
-    ax.set_title(f"{title}: drift per column ({records:,} records)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "psi.png", metadata={"Software": None})
-    plt.close(fig)
-    lines = [f"### Drift of {title}", "", f"{records:,} collected records against the baseline of "
-             f"{base.get('rows')} rows; PSI threshold {threshold:g}.", "",
-             "| column | PSI | KS | KS p-value | values | new categories | drift |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r.name} | {r.psi:.4f} | {_ks(r.ks, '.4f')} | {_ks(r.ks_pvalue, '.2g')} | {r.count:,} | "
-              f"{_new(r).replace('|', '&#124;')} | {'**drift**' if r.drifted else ''} |" for r in ordered[:200]]
-    lines += ["", "![PSI per column](psi.png)"]
-    atomic_write(folder / "report.md", ("\n".join(lines) + "\n").encode())

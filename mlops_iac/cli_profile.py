@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .cli_convert import _features, _model_spec
-from .cli_registry import file_option, project_registry
-from .errors import MlopsIacError
+from .console import registry_file_option as file_option
 from .fsutil import atomic_write
 from .lock import Lock, update_lock
 from .profile import plan, recommend, run
 from .profile.report import markdown, plots
 from .registry import parse_ref
 from .spec.models import Profile
+from .workspace import features as sample_rows
+from .workspace import model_spec, onnx_artifact, onnx_file, project_registry, root_of
 
 
 @click.command()
@@ -39,20 +38,16 @@ def profile(ref: str, sample: Path | None, quick: bool, budget: float | None, gp
     """
     registry, ws = project_registry(file, against_lock=False)
     version = registry.resolve(parse_ref(ref))
-    if "onnx" not in version.artifacts:
-        raise MlopsIacError(f"{version.model}@{version.version} has no ONNX artifact; run "
-                            f"`mlops-iac convert {version.model}@{version.version}` first")
-    spec = _model_spec(ws, version.model)
+    onnx_artifact(version)  # before anything is measured
+    spec = model_spec(ws, version.model)
     settings = spec.profile if spec else Profile()
     measure = plan(settings.batch_sizes, settings.concurrency, quick=quick, budget_s=budget)
-    root = ws.root if ws else Path.cwd()
+    root = root_of(ws)
     folder = out or root / ".mlops" / "profiles" / f"{version.model}-{version.version}"
-    with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "model.onnx"
-        registry.pull(parse_ref(f"{version.model}@{version.version}"), model, "onnx")
+    with onnx_file(registry, version) as model:
         # What is measured is the ONNX model, so its signature can make rows when there is no sample.
-        features = _features(sample, spec, ws, "onnx", model)
-        figures = _measure(model, features, measure, Path(tmp), gpu)
+        features = sample_rows(sample, spec, ws, "onnx", model, click.echo)
+        figures = _measure(model, features, measure, model.parent, gpu)
     rec, _ = recommend(figures, slo_ms=settings.p99_latency_ms, target_rps=settings.target_rps,
                        max_batch=max(settings.batch_sizes))
     title = f"{version.model}@{version.version}"

@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
+from .console import prepare_onnx
+from .console import registry_file_option as file_option
 from .errors import MlopsIacError, RegistryError
-from .lock import Lock, LockedVersion, update_lock
-from .registry import Ref, Registry, Version, open_registry, parse_ref
+from .lock import Lock, update_lock
+from .registry import Ref, parse_ref
 from .registry.archive import export_archive, import_archive
-from .resolve import ResolvedRegistry, Workspace, load
+from .resolve import Workspace
 from .spec.models import Framework
+from .workspace import lock_version, pin_in_lock, project_registry, users_of
 
-FRAMEWORKS = ["sklearn", "onnx", "pytorch", "lightgbm", "xgboost"]
+FRAMEWORKS = list(get_args(Framework))  # the spec's type is the one list
 _BY_SUFFIX = {".onnx": "onnx", ".pt": "pytorch", ".pth": "pytorch", ".joblib": "sklearn",
               ".pkl": "sklearn", ".pickle": "sklearn", ".skops": "sklearn"}
-
-
-def project_registry(file: Path, *, against_lock: bool = True) -> tuple[Registry, Workspace | None]:
-    """The registry that mlops.yaml names, or the default local folder when there is none."""
-    if file.exists():
-        ws = load(file, against_lock=against_lock)
-        return open_registry(ws.resolved.registry, ws.root), ws
-    return open_registry(ResolvedRegistry(backend="local", path=".mlops/registry"), Path.cwd()), None
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -79,30 +74,6 @@ def _framework(model: str, file: Path, given: str | None, ws: Workspace | None) 
     return guessed  # type: ignore[return-value]
 
 
-def lock_version(version: Version) -> LockedVersion:
-    return LockedVersion(digest=version.digest, framework=version.framework, size=version.size)
-
-
-def pin_in_lock(ws: Workspace, version: Version) -> None:
-    """Record a version in mlops.lock, keeping whatever later stages found out about it."""
-    def change(lock: Lock) -> Lock:
-        known = lock.version(version.model, version.version)
-        if known is not None:
-            if known.digest != version.digest:
-                raise RegistryError(f"mlops.lock pins {version.model}@{version.version} to "
-                                    f"{known.digest}, but the registry has {version.digest}")
-            return lock
-        return lock.with_version(version.model, version.version, lock_version(version))
-
-    update_lock(ws.lock_path, change)
-
-
-def file_option(func: Any) -> Any:
-    return click.option("-f", "--file", "file", default="mlops.yaml", show_default=True,
-                        type=click.Path(dir_okay=False, path_type=Path),
-                        help="The mlops.yaml whose registry to use.")(func)
-
-
 @click.command()
 @click.argument("model")
 @click.option("--file", "source", required=True, type=click.Path(path_type=Path),
@@ -137,18 +108,6 @@ def register(model: str, source: Path, framework: str | None, tags: tuple[str, .
         click.echo(f"pinned {model}@{version.version} in mlops.lock")
     if chosen == "onnx":
         prepare_onnx(registry, file if ws else None, version)
-
-
-def prepare_onnx(registry: Registry, file: Path | None, version: Version) -> None:
-    """An ONNX artifact needs no conversion: check, optimise and sign it now (what `convert`
-    does), so that serve, profile and build take it as it is. Nothing native is loaded."""
-    from .cli_convert import convert_version
-
-    ws = load(file, against_lock=False) if file is not None else None  # the lock as pinned just now
-    pinned = ws.lock.version(version.model, version.version) if ws else None
-    if "onnx" in version.artifacts and (pinned is None or pinned.onnx is not None):
-        return  # the same bytes again: already prepared
-    convert_version(registry, ws, version, None, speed=False)
 
 
 @click.group()
@@ -289,22 +248,6 @@ def pull(ref: str, dest: Path, artifact: str | None, force: bool, file: Path) ->
     registry, _ = project_registry(file, against_lock=False)
     version = registry.pull(parse_ref(ref), dest, artifact)
     click.echo(f"{version.model}@{version.version} -> {dest}")
-
-
-def users_of(ws: Workspace | None, version: Version, *, lock: bool = True) -> list[str]:
-    """The deployments in mlops.yaml (and, with `lock`, the pins in mlops.lock) that use `version`."""
-    if ws is None:
-        return []
-    users = []
-    for dep in ws.resolved.deployments:
-        if dep.model == version.model and any(
-                v.number == version.version or v.ref in (version.version, version.digest)
-                for v in dep.versions):
-            users.append(f"deployment {dep.name} in {ws.file.name}")
-    pinned = ws.lock.version(version.model, version.version) if lock else None
-    if pinned is not None and pinned.digest == version.digest:
-        users.append(f"the pin of {version.model}@{version.version} in mlops.lock")
-    return users
 
 
 @models.command("delete")

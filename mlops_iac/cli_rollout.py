@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .cli import file_option
+from .console import file_option
 from .errors import MlopsIacError
 from .lock import Lock, RolloutFacts, VersionCounts, update_lock
 from .resolve import ResolvedDeployment, Workspace, load

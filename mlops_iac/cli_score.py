@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
-from .cli_registry import file_option, project_registry
-from .cli_serve import _materialize
+from .console import registry_file_option as file_option
 from .errors import MlopsIacError
 from .registry import parse_ref
 from .scoring import Job, Settings, Summary, parts, prepare, score
 from .scoring.writers import OUTPUT_FORMATS
 from .serving.config import ModelConfig
 from .spec.batch import Batch
+from .workspace import cached_onnx, onnx_artifact, project_registry, root_of
 
 
 @click.command(name="score")
@@ -114,13 +114,10 @@ def _shard(text: str) -> tuple[int, int]:
 def _model(file: Path, ref: str) -> tuple[ModelConfig, Path]:
     """The version's ONNX file, fetched from the registry and verified as `serve` does."""
     registry, ws = project_registry(file)
-    root = ws.root if ws else Path.cwd()
+    root = root_of(ws)
     version = registry.resolve(parse_ref(ref))
-    onnx = version.artifacts.get("onnx")
-    if onnx is None:
-        raise MlopsIacError(f"{version.model}@{version.version} has no ONNX artifact; run "
-                            f"`mlops-iac convert {version.model}@{version.version}` first")
-    path = _materialize(registry, root, version.model, version.version, onnx.digest)
+    onnx = onnx_artifact(version)
+    path = cached_onnx(registry, root, version.model, version.version, onnx.digest)
     handler = None
     if ws is not None and any(m.name == version.model for m in ws.resolved.models):
         handler = ws.resolved.model(version.model).handler

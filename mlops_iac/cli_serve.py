@@ -6,15 +6,17 @@ from pathlib import Path
 
 import click
 
-from .cli_registry import file_option, prepare_onnx, project_registry
+from .artifacts import canonical_json
+from .console import prepare_onnx
+from .console import registry_file_option as file_option
 from .errors import MlopsIacError
-from .plan import canonical_json, server_config
+from .pinned import pin_all
+from .plan import server_config
 from .registry import Registry, parse_ref
 from .resolve import ResolvedDeployment, Workspace
 from .serving.config import ModelConfig, ServerConfig
 from .spec.targets import LocalTarget
-
-CACHE = ".mlops/serve"
+from .workspace import cached_onnx, onnx_artifact, project_registry
 
 
 @click.command()
@@ -69,20 +71,6 @@ def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host:
         sock.close()
 
 
-def _materialize(registry: Registry, root: Path, model: str, number: int, digest: str) -> str:
-    """The pinned ONNX file in the local cache (fetched and verified once), relative to root."""
-    relative = f"{CACHE}/{digest.removeprefix('sha256:')}.onnx"
-    target = root / relative
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        version = registry.pull(parse_ref(f"{model}@{number}"), target, "onnx")
-        if version.artifacts["onnx"].digest != digest:
-            target.unlink()
-            raise MlopsIacError(f"the registry's ONNX of {model}@{number} is not the one mlops.lock "
-                                "pins; run `mlops-iac convert` again or fix the lock")
-    return relative
-
-
 def _from_deployments(registry: Registry, ws: Workspace,
                       names: tuple[str, ...]) -> tuple[ServerConfig, LocalTarget | None]:
     chosen = _choose(ws, names)
@@ -93,9 +81,10 @@ def _from_deployments(registry: Registry, ws: Workspace,
         if facts is None or facts.onnx is None or v.number is None:
             raise MlopsIacError(f"{dep.model}@{v.ref} has no ONNX conversion in mlops.lock; run "
                                 f"`mlops-iac convert {dep.model}@{v.ref}` first")
-        paths[v.number] = _materialize(registry, ws.root, dep.model, v.number, facts.onnx.digest)
+        paths[v.number] = cached_onnx(registry, ws.root, dep.model, v.number, facts.onnx.digest)
     handler = ws.resolved.model(dep.model).handler
-    config = server_config(dep, ws.lock, paths, handler)
+    (pinned,) = pin_all((dep,))  # every version is in the lock (checked above)
+    config = server_config(pinned, ws.lock, paths, handler)
     for other in chosen[1:]:  # several deployments share one server: add their models
         extra = _from_deployments(registry, ws, (other.name,))[0]
         config = config.model_copy(update={"models": (*config.models, *extra.models)})
@@ -139,11 +128,8 @@ def _adhoc(registry: Registry, root: Path, refs: tuple[str, ...]) -> ServerConfi
         if "onnx" not in version.artifacts and version.framework == "onnx":
             prepare_onnx(registry, None, version)
             version = registry.resolve(parse_ref(f"{version.model}@{version.version}"))
-        onnx = version.artifacts.get("onnx")
-        if onnx is None:
-            raise MlopsIacError(f"{version.model}@{version.version} has no ONNX artifact; run "
-                                f"`mlops-iac convert {version.model}@{version.version}` first")
-        path = _materialize(registry, root, version.model, version.version, onnx.digest)
+        onnx = onnx_artifact(version)
+        path = cached_onnx(registry, root, version.model, version.version, onnx.digest)
         models.append(ModelConfig(name=version.model, version=version.version, path=path,
                                   digest=onnx.digest))
     return ServerConfig(deployment="adhoc", models=tuple(models))

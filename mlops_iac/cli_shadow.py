@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import file_option
+from .console import file_option
 from .errors import MlopsIacError
 from .monitoring.shadow import markdown, pair, plot, read_records
 from .resolve import load

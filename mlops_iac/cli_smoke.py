@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,13 +12,14 @@ from typing import Any
 import click
 import numpy as np
 
-from .cli_convert import _features, _model_spec
-from .cli_registry import file_option, project_registry
+from .console import registry_file_option as file_option
 from .convert.data import complete_rows, rows_of, v2_tensors
 from .convert.onnx_tools import run, session
 from .convert.parity import compare
 from .errors import MlopsIacError
 from .registry import parse_ref
+from .workspace import features as sample_rows
+from .workspace import model_spec, onnx_file, project_registry
 
 
 @click.command()
@@ -39,12 +39,10 @@ def smoke(ref: str, url: str, sample: Path | None, rows: int, api_key_env: str, 
     facts = ws.lock.version(version.model, version.version) if ws else None
     parity = facts.onnx.parity if facts and facts.onnx else {}
     atol, rtol = float(parity.get("atol", 1e-5)), float(parity.get("rtol", 1e-4))
-    with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "model.onnx"
-        registry.pull(parse_ref(f"{version.model}@{version.version}"), model, "onnx")
+    with onnx_file(registry, version) as model:
         # The pinned ONNX model is the reference, so its signature can make rows without a sample.
         # Rows with a missing number are left out: the request is JSON, and JSON has no NaN.
-        x = rows_of(complete_rows(_features(sample, _model_spec(ws, version.model), ws, "onnx", model)),
+        x = rows_of(complete_rows(sample_rows(sample, model_spec(ws, version.model), ws, "onnx", model, click.echo)),
                     slice(0, rows))
         sess = session(model.read_bytes())
         names = [o.name for o in sess.get_outputs()]

@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from .plan import canonical_json, collection_config
-from .resolve import ResolvedDeployment, ResolvedVersion
-from .serving.config import ModelConfig, ServerConfig
+from .artifacts import canonical_json
+from .pinned import PinnedDeployment, PinnedVersion
+from .plan import collection_config
+from .resolve import ResolvedDeployment
+from .serving.config import SETTINGS_ENV, ModelConfig, ServerConfig
 from .spec.monitoring import HttpSink
 from .spec.targets import KubernetesTarget
 
@@ -65,9 +67,8 @@ SKIPS = {
 }
 
 
-def version_name(model: str, version: ResolvedVersion) -> str:
+def version_name(model: str, version: PinnedVersion) -> str:
     """`iris-v3-8f03a2cb`: the version and the artifact's digest, so it names one content."""
-    assert version.number is not None and version.digest is not None
     return f"{model}-v{version.number}-{version.digest.removeprefix('sha256:')[:8]}"
 
 
@@ -77,21 +78,20 @@ def labels(project: str, model: str, instance: str, version: int) -> dict[str, s
             "app.kubernetes.io/part-of": project, "app.kubernetes.io/managed-by": "mlops-iac"}
 
 
-def _meta(name: str, namespace: str, label_set: dict[str, str], **extra: Any) -> Object:
+def meta(name: str, namespace: str, label_set: dict[str, str], **extra: Any) -> Object:
     return {"name": name, "namespace": namespace, "labels": label_set, **extra}
 
 
-def _quantity_cpu(millis: int) -> str:
+def quantity_cpu(millis: int) -> str:
     return f"{millis}m"
 
 
-def _quantity_memory(size: int) -> str:
+def quantity_memory(size: int) -> str:
     return f"{-(-size // 2**20)}Mi"
 
 
-def server_settings(dep: ResolvedDeployment, version: ResolvedVersion, onnx_digest: str) -> ServerConfig:
+def server_settings(dep: PinnedDeployment, version: PinnedVersion, onnx_digest: str) -> ServerConfig:
     """The server's settings for one version of a deployment (the model is in the image)."""
-    assert version.number is not None
     mon, hw = dep.monitoring, version.hardware
     return ServerConfig(deployment=dep.name, auth=dep.auth == "key", metrics=mon.metrics,
                         collection=collection_config(mon, "/data/"),
@@ -101,11 +101,11 @@ def server_settings(dep: ResolvedDeployment, version: ResolvedVersion, onnx_dige
                                             max_delay_ms=hw.max_delay_ms, gpu=hw.gpu > 0),))
 
 
-def secret_name(dep: ResolvedDeployment) -> str:
+def secret_name(dep: PinnedDeployment) -> str:
     return f"{dep.name}-api-key"
 
 
-def _operator(target: KubernetesTarget, dep: ResolvedDeployment) -> dict[str, str] | None:
+def _operator(target: KubernetesTarget, dep: PinnedDeployment) -> dict[str, str] | None:
     """The labels prometheus-operator selects on, or None where its CRDs are not declared."""
     operator = target.monitoring.prometheus_operator
     return dict(operator.labels) if operator.enabled and dep.monitoring.metrics else None
@@ -121,11 +121,10 @@ def namespace_objects(project: str, target: KubernetesTarget) -> list[Object]:
                  **POD_SECURITY}}}]
 
 
-def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeployment,
-                    version: ResolvedVersion, image: str, onnx_digest: str) -> list[Object]:
+def version_objects(project: str, target: KubernetesTarget, dep: PinnedDeployment,
+                    version: PinnedVersion, image: str, onnx_digest: str) -> list[Object]:
     """ServiceAccount, ConfigMap, Deployment, Service, PodDisruptionBudget, HPA, NetworkPolicy,
     and a ServiceMonitor with prometheus-operator: everything one version runs with."""
-    assert version.number is not None
     name, ns = version_name(dep.model, version), target.namespace_name
     label_set = labels(project, dep.model, name, version.number)
     selector = {"app.kubernetes.io/name": dep.model, "app.kubernetes.io/instance": name}
@@ -137,15 +136,15 @@ def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploym
     if dep.monitoring.metrics:
         ports.append({"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"})
     objects: list[Object] = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, ns, label_set),
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name, ns, label_set),
          "automountServiceAccountToken": False},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(settings_name, ns, label_set),
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(settings_name, ns, label_set),
          "immutable": True, "data": {"server.json": settings}},
         _deployment(name, ns, label_set, selector, dep, version, image, settings_name, target),
-        {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, ns, label_set),
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta(name, ns, label_set),
          "spec": {"type": "ClusterIP", "selector": selector, "ports": ports}},
         _disruption_budget(name, ns, label_set, selector, version),
-        {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _meta(name, ns, label_set),
+        {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta(name, ns, label_set),
          "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
                   "minReplicas": max(1, version.hardware.replicas_min),
                   "maxReplicas": max(1, version.hardware.replicas_max),
@@ -156,18 +155,18 @@ def version_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploym
     operator = _operator(target, dep)
     if operator is not None:
         objects.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-                        "metadata": _meta(name, ns, {**label_set, **operator}),
+                        "metadata": meta(name, ns, {**label_set, **operator}),
                         "spec": {"selector": {"matchLabels": selector},
                                  "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}]}})
     return objects
 
 
-def _container(dep: ResolvedDeployment, version: ResolvedVersion, image: str, settings_name: str) -> Object:
+def _container(dep: PinnedDeployment, version: PinnedVersion, image: str, settings_name: str) -> Object:
     hw = version.hardware
-    limits = {"cpu": _quantity_cpu(hw.cpu_limit_millis), "memory": _quantity_memory(hw.memory_limit_bytes)}
+    limits = {"cpu": quantity_cpu(hw.cpu_limit_millis), "memory": quantity_memory(hw.memory_limit_bytes)}
     if hw.gpu:
         limits["nvidia.com/gpu"] = str(hw.gpu)
-    env: list[Object] = [{"name": "MLOPS_IAC_SERVER_SETTINGS", "valueFrom": {
+    env: list[Object] = [{"name": SETTINGS_ENV, "valueFrom": {
         "configMapKeyRef": {"name": settings_name, "key": "server.json"}}}]
     if dep.auth == "key":
         env.append({"name": "MLOPS_IAC_API_KEY", "valueFrom": {
@@ -181,8 +180,8 @@ def _container(dep: ResolvedDeployment, version: ResolvedVersion, image: str, se
         # The image is pinned by digest: what is on the node is what was asked for.
         "name": "server", "image": image, "imagePullPolicy": "IfNotPresent",
         "args": ["--port", str(PORT)], "ports": ports, "env": env,
-        "resources": {"requests": {"cpu": _quantity_cpu(hw.cpu_millis),
-                                   "memory": _quantity_memory(hw.memory_bytes)}, "limits": limits},
+        "resources": {"requests": {"cpu": quantity_cpu(hw.cpu_millis),
+                                   "memory": quantity_memory(hw.memory_bytes)}, "limits": limits},
         # Startup waits for the model to load and warm up; only then do liveness and readiness count.
         "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 90},
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
@@ -198,7 +197,7 @@ def _container(dep: ResolvedDeployment, version: ResolvedVersion, image: str, se
 
 
 def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
-                dep: ResolvedDeployment, version: ResolvedVersion, image: str, settings_name: str,
+                dep: PinnedDeployment, version: PinnedVersion, image: str, settings_name: str,
                 target: KubernetesTarget) -> Object:
     annotations = {f"checkov.io/skip{i + 1}": f"{check}={why}" for i, (check, why) in enumerate(SKIPS.items())}
     pod: Object = {
@@ -215,7 +214,7 @@ def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[st
     if target.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s} for s in target.image_pull_secrets]
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, ns, label_set, annotations=annotations),
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(name, ns, label_set, annotations=annotations),
         # No `replicas`: the HPA owns the count, and a value here would reset it on every update.
         "spec": {
             "revisionHistoryLimit": 2, "selector": {"matchLabels": selector},
@@ -226,15 +225,15 @@ def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[st
 
 
 def _disruption_budget(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
-                       version: ResolvedVersion) -> Object:
+                       version: PinnedVersion) -> Object:
     # One replica cannot promise availability during a drain: allow it to move instead of blocking.
     budget = {"minAvailable": 1} if version.hardware.replicas_min >= 2 else {"maxUnavailable": 1}
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(name, ns, label_set),
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(name, ns, label_set),
             "spec": {**budget, "selector": {"matchLabels": selector}}}
 
 
 def _network_policy(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
-                    dep: ResolvedDeployment, target: KubernetesTarget) -> Object:
+                    dep: PinnedDeployment, target: KubernetesTarget) -> Object:
     egress: list[Object] = [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]
     if isinstance(dep.monitoring.sink, HttpSink):  # the only traffic the server starts itself
         egress.append({"ports": [{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP"}]})
@@ -243,26 +242,26 @@ def _network_policy(name: str, ns: str, label_set: dict[str, str], selector: dic
         ingress.append({"from": [{"namespaceSelector": {"matchLabels": {
                             "kubernetes.io/metadata.name": target.monitoring.namespace}}}],
                         "ports": [{"port": METRICS_PORT, "protocol": "TCP"}]})
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(name, ns, label_set),
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(name, ns, label_set),
             "spec": {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress", "Egress"],
                      "ingress": ingress, "egress": egress}}
 
 
-def model_objects(project: str, target: KubernetesTarget, dep: ResolvedDeployment) -> list[Object]:
+def model_objects(project: str, target: KubernetesTarget, dep: PinnedDeployment) -> list[Object]:
     """The stable Service of the model and, with a gateway, the HTTPRoute that splits traffic."""
     ns = target.namespace_name
     label_set = {k: v for k, v in labels(project, dep.model, dep.name, 0).items() if k != "app.kubernetes.io/version"}
     # Without a gateway this Service spreads requests over every version's ready pods: the split
     # follows the replica counts, not `traffic`.
     objects: list[Object] = [{
-        "apiVersion": "v1", "kind": "Service", "metadata": _meta(dep.name, ns, label_set),
+        "apiVersion": "v1", "kind": "Service", "metadata": meta(dep.name, ns, label_set),
         "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/name": dep.model,
                                                    "app.kubernetes.io/part-of": project},
                  "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
                            grpc_service_port()]}}]
     if target.gateway is not None:
         objects.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-                        "metadata": _meta(dep.name, ns, label_set), "spec": _route(target, dep)})
+                        "metadata": meta(dep.name, ns, label_set), "spec": _route(target, dep)})
     operator = _operator(target, dep)
     if operator is not None:
         objects.append(alert_rules(ns, {**label_set, **operator}, dep))
@@ -271,7 +270,7 @@ def model_objects(project: str, target: KubernetesTarget, dep: ResolvedDeploymen
     return objects
 
 
-def _route(target: KubernetesTarget, dep: ResolvedDeployment) -> Object:
+def _route(target: KubernetesTarget, dep: PinnedDeployment) -> Object:
     """A rule per version (its path, or the version header) ahead of the weighted rule: the
     Gateway API prefers the longer path and the match with more headers, so
     /v2/models/M/versions/N/... and `x-model-version: N` always reach version N, even at weight 0."""
@@ -297,7 +296,7 @@ def _route(target: KubernetesTarget, dep: ResolvedDeployment) -> Object:
     return route
 
 
-def target_objects(project: str, target: KubernetesTarget, deployments: tuple[ResolvedDeployment, ...]
+def target_objects(project: str, target: KubernetesTarget, deployments: tuple[PinnedDeployment, ...]
                    ) -> list[Object]:
     """Every object of a target, in the order they are applied; what `render` prints."""
     objects = namespace_objects(project, target)
@@ -329,19 +328,19 @@ def series_selector(namespace: str, model: str) -> str:
     return f'namespace="{namespace}",service=~"{model}-v[0-9]+-[0-9a-f]{{8}}"'
 
 
-def alert_rules(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> Object:
+def alert_rules(ns: str, label_set: dict[str, str], dep: PinnedDeployment) -> Object:
     """Alerts as a prometheus-operator PrometheusRule."""
     from .monitoring.alerts import rule_groups
 
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": _meta(dep.name, ns, label_set),
+            "metadata": meta(dep.name, ns, label_set),
             "spec": {"groups": rule_groups(dep, series_selector(ns, dep.model))}}
 
 
-def dashboard(ns: str, label_set: dict[str, str], dep: ResolvedDeployment) -> Object:
+def dashboard(ns: str, label_set: dict[str, str], dep: PinnedDeployment) -> Object:
     """A dashboard for Grafana's sidecar: a plain ConfigMap, harmless where no Grafana looks."""
     from .monitoring.alerts import dashboard_json
 
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": _meta(f"{dep.name}-dashboard", ns, {**label_set, "grafana_dashboard": "1"}),
+            "metadata": meta(f"{dep.name}-dashboard", ns, {**label_set, "grafana_dashboard": "1"}),
             "data": {f"{dep.name}.json": dashboard_json(dep, series_selector(ns, dep.model))}}

@@ -21,6 +21,7 @@ from .spec import Deployment, Model, Spec
 from .spec.batch import Batch
 from .spec.models import Convert, Profile, Signature, Validate
 from .spec.monitoring import FileSink, HttpSink, Sink, StdoutSink
+from .spec.registry import Registry
 from .spec.targets import AzureTarget, DockerTarget, KubernetesTarget, LocalTarget
 
 DEFAULT_PYTHON = "3.11"
@@ -39,13 +40,6 @@ _SINK: TypeAdapter[FileSink | StdoutSink | HttpSink] = TypeAdapter(Sink)
 
 class Resolved(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ResolvedRegistry(Resolved):
-    backend: Literal["local", "oci"]
-    path: str | None = None
-    repository: str | None = None
-    insecure: bool = False
 
 
 class ResolvedBuild(Resolved):
@@ -138,7 +132,7 @@ class ResolvedSpec(Resolved):
     project: str
     description: str
     mlops_iac: str  # the requirement the Pulumi program installs mlops-iac by
-    registry: ResolvedRegistry
+    registry: Registry  # a discriminated union: a local folder or an OCI repository
     models: tuple[ResolvedModel, ...]
     targets: tuple[ResolvedTarget, ...]
     deployments: tuple[ResolvedDeployment, ...]
@@ -204,8 +198,7 @@ def resolve(spec: Spec, doc: Document, lock: Lock, root: Path | None, *,
         project=spec.project.name,
         description=spec.project.description,
         mlops_iac=spec.project.mlops_iac,
-        registry=ResolvedRegistry(**spec.registry.model_dump(exclude={"backend"}),
-                                  backend=spec.registry.backend),
+        registry=spec.registry,
         models=models,
         targets=tuple(ResolvedTarget(name=n, spec=t) for n, t in sorted(spec.targets.items())),
         deployments=tuple(deployments),

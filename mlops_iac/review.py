@@ -39,22 +39,23 @@ def resource_names(side: Side, dep: ResolvedDeployment) -> set[str]:
     """What the deployment runs as, by kind and name: the objects `manifests.py` makes for the
     target (so every kind it can create is listed), Docker containers, or a local process."""
     from .manifests import model_objects, version_name, version_objects
+    from .pinned import pin
     from .spec.targets import KubernetesTarget
 
     assert side.resolved is not None
     target = side.resolved.target(dep.target).spec
-    pinned = [v for v in dep.versions if v.number is not None and v.digest is not None]
+    pinned = pin(dep)  # the versions the lock pins: the others have no names yet
     if isinstance(target, KubernetesTarget):
-        objects = [o for v in pinned for o in version_objects(side.resolved.project, target, dep, v,
-                                                              v.image or "", v.onnx_digest or "")]
-        objects += model_objects(side.resolved.project, target, dep.model_copy(update={"versions": tuple(pinned)}))
+        objects = [o for v in pinned.versions for o in version_objects(side.resolved.project, target, pinned, v,
+                                                                       v.image or "", v.onnx_digest or "")]
+        objects += model_objects(side.resolved.project, target, pinned)
         return {f"{o['kind']}/{o['metadata']['name']}" for o in objects}
     if target.kind.startswith("azure-"):
         from .azure import resource_names as azure_names
 
         return azure_names(target, dep, pinned)  # type: ignore[arg-type]
     prefix = "Container" if target.kind == "docker" else "process"
-    return {f"{prefix}/{version_name(dep.model, v)}" for v in pinned}
+    return {f"{prefix}/{version_name(dep.model, v)}" for v in pinned.versions}
 
 
 def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
@@ -119,7 +120,7 @@ def _speed(facts: LockedVersion | None) -> str:
 
 def _breaking(before: Side, after: Side, old: ResolvedDeployment | None, new: ResolvedDeployment) -> list[str]:
     """Clients of the versions served before vs. the versions served after."""
-    from .convert.onnx_tools import breaking_changes
+    from .signatures import breaking_changes
 
     def signature(side: Side, model: str, v: ResolvedVersion) -> dict[str, Any] | None:
         facts = side.lock.version(model, v.number) if v.number else None

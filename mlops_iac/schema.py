@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plan import canonical_json
+from .artifacts import canonical_json
 from .spec import Spec
 
 SCHEMA_ID = "urn:mlops-iac:schema:mlops.v1"  # a name, not a place: the schema ships with the tool

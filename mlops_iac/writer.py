@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from .artifacts import FileArtifact
 from .errors import WriterError
 from .fsutil import fsync_dir, locked_dir
-from .plan import FileArtifact
 
 MANIFEST = ".mlops-iac-manifest.json"
 ChangeKind = Literal["add", "modify", "delete", "same"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import shutil
 import socket
@@ -10,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,6 +106,14 @@ def require(what: str) -> None:
     if os.environ.get("MLOPS_IAC_REQUIRE_INTEGRATION"):
         pytest.fail(f"{what} is required in CI (MLOPS_IAC_REQUIRE_INTEGRATION is set)")
     pytest.skip(f"{what} is not available on this machine")
+
+
+def require_module(name: str) -> Any:
+    """An optional dependency the tests need: imported, or `require`d (a failure in CI)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        require(f"{name} (an extra in pyproject.toml: pytorch for torch, dev for jsonschema)")
 
 
 def free_port() -> int:

@@ -200,8 +200,9 @@ def test_smoke_checks_a_live_endpoint_against_the_pinned_model(converted: Path) 
         # The same endpoint asked about another version of the model: a clear failure, not a pass.
         (converted / "v2.joblib").write_bytes((converted / "model.joblib").read_bytes() + b"\0")
         runner = CliRunner()
-        runner.invoke(main, ["register", "iris", "--file", "v2.joblib"])
-        runner.invoke(main, ["convert", "iris@2", "--no-speed"])
+        for step in (["register", "iris", "--file", "v2.joblib"], ["convert", "iris@2", "--no-speed"]):
+            done = runner.invoke(main, step)
+            assert done.exit_code == 0, done.output
         wrong = runner.invoke(main, ["smoke", "iris@2", "--url", f"http://127.0.0.1:{port}"])
         assert wrong.exit_code == 1 and "answered 404" in wrong.output
         assert runner.invoke(main, ["smoke", "iris@1", "--url", "file:///etc/passwd"]).exit_code == 1

@@ -164,9 +164,9 @@ def test_the_jobs_pod_spec_runs_on_docker(converted: Path, docker_engine: str, o
     import pyarrow.parquet as pq
     from sklearn.datasets import load_iris
 
-    from mlops_iac.cli_registry import project_registry
     from mlops_iac.convert.onnx_tools import run, session
     from mlops_iac.registry import parse_ref
+    from mlops_iac.workspace import project_registry
 
     from .test_build import docker
 

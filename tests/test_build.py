@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mlops_iac.build import context_digest, context_files
 from mlops_iac.cli import main
-from mlops_iac.cli_build import gather
-from mlops_iac.cli_registry import project_registry
+from mlops_iac.images import context_digest, context_files
 from mlops_iac.lock import read_lock
 from mlops_iac.registry import parse_ref
+from mlops_iac.workspace import project_registry
+from mlops_iac.workspace.contexts import gather
 
 from .conftest import ROOT, OciRegistryServer, free_port, require, wait_http
 

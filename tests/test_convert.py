@@ -18,8 +18,10 @@ from mlops_iac.convert import Options, Validation, convert_artifact
 from mlops_iac.convert import frameworks as fw
 from mlops_iac.convert.data import DataError, read_features, read_labelled
 from mlops_iac.convert.frameworks import ConversionError, check_external_data
-from mlops_iac.convert.onnx_tools import breaking_changes
 from mlops_iac.lock import read_lock
+from mlops_iac.signatures import breaking_changes
+
+from .conftest import require_module
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,7 @@ def _standardized(features: np.ndarray) -> np.ndarray:
 
 
 def _torch_mlp(features: np.ndarray, labels: np.ndarray) -> Any:
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -101,7 +103,7 @@ def _torch_mlp(features: np.ndarray, labels: np.ndarray) -> Any:
 @pytest.mark.parametrize("saved_as", ["torchscript", "module"])
 def test_pytorch_mlp_converts_with_parity(cancer: tuple[np.ndarray, np.ndarray], tmp_path: Path,
                                           saved_as: str) -> None:
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch")
     features, labels = _standardized(cancer[0]), cancer[1]
     model = _torch_mlp(features[:400], labels[:400])
     path = tmp_path / "mlp.pt"
@@ -149,7 +151,7 @@ def test_a_tampered_graph_fails_parity(cancer: tuple[np.ndarray, np.ndarray], tm
 
 def test_quantisation_is_kept_only_within_the_bound(cancer: tuple[np.ndarray, np.ndarray],
                                                     tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch")
     features, labels = _standardized(cancer[0]), cancer[1]
     path = tmp_path / "mlp.pt"
     torch.jit.save(torch.jit.script(_torch_mlp(features, labels)), str(path))
@@ -262,7 +264,8 @@ def test_cli_parity_failure_stores_nothing(quickstart: Path) -> None:
     spec.write_text(spec.read_text().replace("    sample: sample.npy\n", (
         "    sample: sample.npy\n    convert:\n      tolerance: {atol: 0, rtol: 0}\n")))
     runner = CliRunner()
-    runner.invoke(main, ["register", "iris", "--file", "model.joblib"])
+    registered = runner.invoke(main, ["register", "iris", "--file", "model.joblib"])
+    assert registered.exit_code == 0, registered.output
     result = runner.invoke(main, ["convert", "iris@1", "--no-speed"])
     assert result.exit_code == 1
     assert "does not give the native model's answers" in result.output and "FAILED" in result.output
@@ -276,7 +279,8 @@ def test_cli_validation_gate_rejects(quickstart: Path) -> None:
     spec = quickstart / "mlops.yaml"
     spec.write_text(spec.read_text().replace("threshold: 0.9", "threshold: 0.999"))
     runner = CliRunner()
-    runner.invoke(main, ["register", "iris", "--file", "model.joblib"])
+    registered = runner.invoke(main, ["register", "iris", "--file", "model.joblib"])
+    assert registered.exit_code == 0, registered.output
     result = runner.invoke(main, ["convert", "iris@1", "--no-speed"])
     assert result.exit_code == 1 and "REJECTED" in result.output
     assert "status rejected" in runner.invoke(main, ["models", "show", "iris@1"]).output

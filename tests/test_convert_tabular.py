@@ -24,7 +24,7 @@ from mlops_iac.convert.data import (
     table_of,
     v2_tensors,
 )
-from mlops_iac.convert.onnx_tools import breaking_changes
+from mlops_iac.signatures import breaking_changes
 
 from .tabular_data import Clipper, pipeline, wine_frame
 

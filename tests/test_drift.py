@@ -14,14 +14,8 @@ from sklearn.datasets import load_breast_cancer, load_iris
 
 from mlops_iac.cli import main
 from mlops_iac.errors import MlopsIacError
-from mlops_iac.monitoring.drift import (
-    CollectedDataError,
-    TooLittleData,
-    baseline,
-    check,
-    psi,
-    table_baseline,
-)
+from mlops_iac.monitoring.baseline import baseline, table_baseline
+from mlops_iac.monitoring.drift import CollectedDataError, TooLittleData, check, psi
 
 
 def collected(path: Path, features: np.ndarray, rows_per_record: int = 1, labels: bool = True,

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from mlops_iac.artifacts import FileArtifact
 from mlops_iac.errors import WriterError
-from mlops_iac.plan import FileArtifact
 from mlops_iac.writer import MANIFEST, apply, plan_changes
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pulumi
 
+from ..pinned import built
 from ..plan import StackPlan
 from ..spec.azure import ContainerAppsTarget, ContainerInstancesTarget
 from ..spec.targets import DockerTarget, KubernetesTarget
@@ -66,7 +67,7 @@ def _kubernetes(plan: StackPlan, target: KubernetesTarget, api_key: pulumi.Input
     # Everything else goes into the namespace, so after it.
     opts = pulumi.ResourceOptions(provider=provider, depends_on=[namespace])
     exported: dict[str, Any] = {}
-    for dep in plan.deployments:
+    for dep in map(built, plan.deployments):  # every version converted and pushed, or an error
         if dep.batch is not None:
             from .batch import BatchJob, BatchJobArgs
 
@@ -94,7 +95,7 @@ def _docker(plan: StackPlan, target: DockerTarget, api_key: pulumi.Input[str] | 
     provider = docker.Provider(plan.target.name, host=target.host, ssh_opts=ssh)
     opts = pulumi.ResourceOptions(provider=provider)
     exported: dict[str, Any] = {}
-    for dep in plan.deployments:
+    for dep in map(built, plan.deployments):  # every version converted and pushed, or an error
         if dep.batch is not None:  # a one-shot container, no port
             from .docker_batch import DockerBatchJob, DockerBatchJobArgs
 

@@ -19,7 +19,7 @@ import pulumi_azure_native.dns as dns
 
 from ..azure import container_app, container_group, dns_record, front_version, revision_suffix
 from ..manifests import version_name
-from ..resolve import ResolvedDeployment
+from ..pinned import BuiltDeployment, built
 from ..spec.azure import ContainerAppsTarget, ContainerInstancesTarget
 
 _ARGS = re.compile(r"ForwardRef\('(\w+Args)'\)")
@@ -98,7 +98,7 @@ class RegistryLogin:
 class ContainerAppArgs:
     project: str
     target: ContainerAppsTarget
-    deployment: ResolvedDeployment
+    deployment: BuiltDeployment
     api_key: pulumi.Input[str] | None = None
     registry: RegistryLogin | None = None
 
@@ -126,7 +126,7 @@ class ContainerApp(pulumi.ComponentResource):
 class ContainerGroupArgs:
     project: str
     target: ContainerInstancesTarget
-    deployment: ResolvedDeployment
+    deployment: BuiltDeployment
     api_key: pulumi.Input[str] | None = None
     registry: RegistryLogin | None = None
 
@@ -149,7 +149,7 @@ class ContainerGroups(pulumi.ComponentResource):
         self.fqdns = {str(n): g.ip_address.apply(lambda ip: ip.fqdn if ip else None) for n, g in self.groups.items()}
         outputs: dict[str, Any] = {"fqdns": self.fqdns}
         if target.front is not None:
-            serving = front_version(dep)
+            serving = front_version(dep.versions)
             self.record = build(dns.RecordSet, f"{dep.name}-front", dns_record(target, dep, self.fqdns[
                 str(serving.number)]), pulumi.ResourceOptions(parent=self, depends_on=[self.groups[serving.number]]))
             outputs["front"] = f"{target.front.name}.{target.front.zone}"
@@ -159,7 +159,7 @@ class ContainerGroups(pulumi.ComponentResource):
 def deploy_container_apps(plan: Any, target: ContainerAppsTarget, api_key: pulumi.Input[str] | None,
                           registry: RegistryLogin | None) -> dict[str, Any]:
     exported: dict[str, Any] = {}
-    for dep in plan.deployments:
+    for dep in map(built, plan.deployments):  # every version converted and pushed, or an error
         component = ContainerApp(dep.name, ContainerAppArgs(plan.project, target, dep, _key(dep, api_key), registry))
         exported[dep.name] = component.fqdn
     return exported
@@ -168,14 +168,14 @@ def deploy_container_apps(plan: Any, target: ContainerAppsTarget, api_key: pulum
 def deploy_container_instances(plan: Any, target: ContainerInstancesTarget, api_key: pulumi.Input[str] | None,
                                registry: RegistryLogin | None) -> dict[str, Any]:
     exported: dict[str, Any] = {}
-    for dep in plan.deployments:
+    for dep in map(built, plan.deployments):  # every version converted and pushed, or an error
         component = ContainerGroups(dep.name, ContainerGroupArgs(plan.project, target, dep, _key(dep, api_key),
                                                                  registry))
         exported.update({version_name(dep.model, v): component.fqdns[str(v.number)] for v in dep.versions})
     return exported
 
 
-def _key(dep: ResolvedDeployment, api_key: pulumi.Input[str] | None) -> pulumi.Input[str] | None:
+def _key(dep: BuiltDeployment, api_key: pulumi.Input[str] | None) -> pulumi.Input[str] | None:
     if dep.auth != "key":
         return None
     if api_key is None:

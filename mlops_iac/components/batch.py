@@ -10,7 +10,7 @@ import pulumi_kubernetes as k8s
 
 from ..batch_manifests import batch_objects
 from ..manifests import version_name
-from ..resolve import ResolvedDeployment
+from ..pinned import BuiltDeployment
 from ..spec.targets import KubernetesTarget
 from .kubernetes import create
 
@@ -21,7 +21,7 @@ JOBS = {"Job": k8s.batch.v1.Job, "CronJob": k8s.batch.v1.CronJob}
 class BatchJobArgs:
     project: str
     target: KubernetesTarget
-    deployment: ResolvedDeployment
+    deployment: BuiltDeployment
 
 
 class BatchJob(pulumi.ComponentResource):
@@ -30,7 +30,6 @@ class BatchJob(pulumi.ComponentResource):
     def __init__(self, name: str, args: BatchJobArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlops:k8s:BatchJob", name, None, opts)
         (version,) = args.deployment.versions
-        assert version.image is not None and version.onnx_digest is not None
         objects = batch_objects(args.project, args.target, args.deployment, version, version.image,
                                 version.onnx_digest)
         child = pulumi.ResourceOptions(parent=self)

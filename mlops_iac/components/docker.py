@@ -13,30 +13,29 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
+from ..artifacts import canonical_json
 from ..manifests import GRPC_PORT, PORT, UID, server_settings, version_name
-from ..plan import canonical_json
-from ..resolve import ResolvedDeployment, ResolvedVersion
+from ..pinned import BuiltDeployment, BuiltVersion, PinnedVersion
+from ..serving.config import SETTINGS_ENV
 from ..spec.targets import DockerTarget
 
 WAIT_SECONDS = 300  # `pulumi up` waits this long for the healthcheck to pass
 
 
-def host_port(target: DockerTarget, version: ResolvedVersion) -> int:
+def host_port(target: DockerTarget, version: PinnedVersion) -> int:
     """The version's port on the host: a function of the version alone, stable across changes."""
-    assert version.number is not None
     return target.port + version.number - 1
 
 
-def grpc_host_port(target: DockerTarget, version: ResolvedVersion) -> int | None:
+def grpc_host_port(target: DockerTarget, version: PinnedVersion) -> int | None:
     """The version's gRPC port on the host, alike; None where the target publishes no gRPC."""
-    assert version.number is not None
     return None if target.grpc_port is None else target.grpc_port + version.number - 1
 
 
 @dataclass
 class DockerModelServerArgs:
-    deployment: ResolvedDeployment
-    version: ResolvedVersion
+    deployment: BuiltDeployment
+    version: BuiltVersion
     port: int  # on the host
     api_key: pulumi.Input[str] | None = None
     platform: str = "linux/amd64"
@@ -47,7 +46,6 @@ class DockerModelServer(pulumi.ComponentResource):
     def __init__(self, name: str, args: DockerModelServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlops:docker:ModelServer", name, None, opts)
         dep, version = args.deployment, args.version
-        assert version.image is not None and version.onnx_digest is not None
         child = pulumi.ResourceOptions(parent=self)
         cname = version_name(dep.model, version)
         self.image = docker.RemoteImage(f"{cname}-image", name=version.image, keep_locally=True,
@@ -57,7 +55,7 @@ class DockerModelServer(pulumi.ComponentResource):
                                     opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
         hw = version.hardware
         envs: list[pulumi.Input[str]] = [
-            "MLOPS_IAC_SERVER_SETTINGS=" + canonical_json(server_settings(dep, version, version.onnx_digest)
+            f"{SETTINGS_ENV}=" + canonical_json(server_settings(dep, version, version.onnx_digest)
                                                           .model_dump(mode="json")).strip()]
         if dep.auth == "key":
             if args.api_key is None:

@@ -9,15 +9,16 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
+from ..artifacts import canonical_json
 from ..batch_manifests import PYTHON, scoring_args
 from ..manifests import UID, server_settings, version_name
-from ..plan import canonical_json
-from ..resolve import ResolvedDeployment
+from ..pinned import BuiltDeployment
+from ..serving.config import SETTINGS_ENV
 
 
 @dataclass
 class DockerBatchJobArgs:
-    deployment: ResolvedDeployment
+    deployment: BuiltDeployment
 
 
 class DockerBatchJob(pulumi.ComponentResource):
@@ -25,7 +26,7 @@ class DockerBatchJob(pulumi.ComponentResource):
         super().__init__("mlops:docker:BatchJob", name, None, opts)
         dep = args.deployment
         (version,) = dep.versions
-        assert dep.batch is not None and version.image is not None and version.onnx_digest is not None
+        assert dep.batch is not None  # only a `kind: batch` deployment runs as a one-shot container
         child = pulumi.ResourceOptions(parent=self)
         cname = version_name(dep.model, version)
         self.image = docker.RemoteImage(f"{cname}-image", name=version.image, keep_locally=True, opts=child)
@@ -36,7 +37,7 @@ class DockerBatchJob(pulumi.ComponentResource):
             f"{cname}-batch", opts=child, name=f"{cname}-batch", image=self.image.image_id,
             entrypoints=[PYTHON, "-m", "mlops_iac.scoring"], command=scoring_args(dep.batch, shards=False),
             restart="no", must_run=False, attach=False,
-            envs=[f"MLOPS_IAC_SERVER_SETTINGS={settings.strip()}"], user=f"{UID}:{UID}", read_only=True,
+            envs=[f"{SETTINGS_ENV}={settings.strip()}"], user=f"{UID}:{UID}", read_only=True,
             memory=-(-hw.memory_limit_bytes // 2**20), cpus=f"{hw.cpu_limit_millis / 1000:g}",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
             security_opts=["no-new-privileges:true"], network_mode="none",

@@ -12,7 +12,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from ..manifests import API_KEY_VERSION, model_objects, namespace_objects, secret_name, version_name, version_objects
-from ..resolve import ResolvedDeployment, ResolvedVersion
+from ..pinned import BuiltDeployment, BuiltVersion
 from ..spec.targets import KubernetesTarget
 
 TYPED = {
@@ -62,7 +62,7 @@ class ClusterNamespace(pulumi.ComponentResource):
 @dataclass
 class ApiKeyArgs:
     target: KubernetesTarget
-    deployment: ResolvedDeployment
+    deployment: BuiltDeployment
     api_key: pulumi.Input[str]
 
 
@@ -87,8 +87,8 @@ class ModelServerArgs:
 
     project: str
     target: KubernetesTarget
-    deployment: ResolvedDeployment
-    version: ResolvedVersion
+    deployment: BuiltDeployment
+    version: BuiltVersion
     api_key_version: pulumi.Input[str] | None = None  # rolls the pods when the key's Secret changes
 
 
@@ -97,7 +97,6 @@ class ModelServer(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ModelServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlops:k8s:ModelServer", name, None, opts)
-        assert args.version.image is not None and args.version.onnx_digest is not None
         objects = version_objects(args.project, args.target, args.deployment, args.version,
                                   args.version.image, args.version.onnx_digest)
         if args.api_key_version is not None:
@@ -116,7 +115,7 @@ class ModelEndpointArgs:
 
     project: str
     target: KubernetesTarget
-    deployment: ResolvedDeployment
+    deployment: BuiltDeployment
     servers: list[ModelServer] = field(default_factory=list)
 
 

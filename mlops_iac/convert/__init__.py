@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..signatures import breaking_changes
 from . import measure, onnx_tools
 from .data import DataError, Sample, Table
 from .frameworks import ConversionError, convert
@@ -87,7 +88,7 @@ def convert_artifact(framework: str, artifact: Path, sample: Sample, options: Op
     if not report.parity.passed:
         return report
     extra: dict[str, Any] = {
-        "breaking": tuple(onnx_tools.breaking_changes(previous_signature, report.signature))}
+        "breaking": tuple(breaking_changes(previous_signature, report.signature))}
     if validation is not None:
         extra["validation"] = _validate(final, validation)
     if options.measure_speed and converted.native_call is not None:

@@ -8,12 +8,30 @@ goes into a ConfigMap that Grafana's sidecar picks up (label grafana_dashboard: 
 from __future__ import annotations
 
 import json
-from typing import Any
-
-from ..resolve import ResolvedDeployment
+from typing import Any, Protocol
 
 
-def rule_groups(dep: ResolvedDeployment, selector: str, *, window: str = "5m", hold: str = "5m") -> list[
+class Objectives(Protocol):
+    """The alert thresholds of a deployment's monitoring."""
+
+    @property
+    def alert_p99_ms(self) -> float: ...
+    @property
+    def alert_error_rate(self) -> float: ...
+
+
+class Watched(Protocol):
+    """What the rules need of a deployment (a resolved one is one): no dependency on the core."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def monitoring(self) -> Objectives: ...
+
+
+def rule_groups(dep: Watched, selector: str, *, window: str = "5m", hold: str = "5m") -> list[
         dict[str, Any]]:
     """p99 latency over the objective, error rate over its bound, data-collection drops, a
     server Prometheus cannot scrape.
@@ -55,7 +73,7 @@ def rule_groups(dep: ResolvedDeployment, selector: str, *, window: str = "5m", h
     ]}]
 
 
-def dashboard(dep: ResolvedDeployment, selector: str) -> dict[str, Any]:
+def dashboard(dep: Watched, selector: str) -> dict[str, Any]:
     """Request rate, latency quantiles, batch sizes, errors per version, traffic split."""
     s = f'{selector},model="{dep.model}"'
     latency = f"rate(mlops_request_seconds_bucket{{{s}}}[5m])"
@@ -88,5 +106,5 @@ def dashboard(dep: ResolvedDeployment, selector: str) -> dict[str, Any]:
     }
 
 
-def dashboard_json(dep: ResolvedDeployment, selector: str) -> str:
+def dashboard_json(dep: Watched, selector: str) -> str:
     return json.dumps(dashboard(dep, selector), indent=2, sort_keys=True) + "\n"

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..convert.data import Sample
-from ..lock import Recommendation
 from . import harness, load
-from .recommend import recommend
+from .recommend import Recommendation, recommend
 
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
 

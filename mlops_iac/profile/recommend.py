@@ -22,13 +22,32 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..lock import Recommendation
+from pydantic import BaseModel, ConfigDict
 
 HEADROOM_CPU = 0.20
 HEADROOM_MEMORY = 0.25
 UTILISATION = 0.70
 BATCHING_GAIN = 1.20
 MEMORY_STEP = 16 * 2**20
+
+
+class Recommendation(BaseModel):
+    """What the figures recommend: the profile's own result, which the CLI stores in
+    mlops.lock (whose `Recommendation` checks it again), so profiling knows nothing of the lock."""
+
+    model_config = ConfigDict(frozen=True)
+    cpu_millis: int
+    cpu_limit_millis: int
+    memory_bytes: int
+    memory_limit_bytes: int
+    threads: int
+    max_batch_size: int
+    max_delay_ms: float
+    replicas_min: int
+    replicas_max: int
+    capacity_rps: float
+    slo_met: bool
+    note: str
 
 
 def _round_up(value: float, step: float) -> int:

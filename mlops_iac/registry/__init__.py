@@ -1,6 +1,6 @@
 """The model registry: immutable, content-addressed, auto-numbered versions.
 
-`open_registry` picks the backend from the resolved spec: a local folder by default, an OCI
+`open_registry` picks the backend from the spec's `registry:` section: a local folder by default, an OCI
 registry for teams. Both run the same rules (`core.Registry`) over a `Store`.
 """
 
@@ -9,20 +9,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..resolve import ResolvedRegistry
+from ..spec.registry import LocalRegistry, OciRegistry
 from .core import Registry
 from .local import LocalStore
 from .records import Artifact, Event, ModelIndex, Version
 from .refs import Ref, parse_ref
 
 
-def open_registry(config: ResolvedRegistry, root: Path) -> Registry:
-    if config.backend == "oci":
+def open_registry(config: LocalRegistry | OciRegistry, root: Path) -> Registry:
+    """The registry `mlops.yaml` configures (its `registry:` section), relative to `root`."""
+    if isinstance(config, OciRegistry):
         from .oci import OciStore
 
-        assert config.repository is not None
         return Registry(OciStore(config.repository, insecure=config.insecure, env=os.environ))
-    return Registry(LocalStore(root / (config.path or ".mlops/registry")))
+    return Registry(LocalStore(root / config.path))
 
 
 __all__ = ["Artifact", "Event", "LocalStore", "ModelIndex", "Ref", "Registry", "Version",

@@ -15,11 +15,10 @@ import sys
 from pathlib import Path
 
 from ..errors import MlopsIacError
-from ..serving.config import ServerConfig, read_config
+from ..serving.config import SETTINGS_ENV, ServerConfig, read_config
 from .engine import Settings, prepare, score
 from .writers import OUTPUT_FORMATS
 
-SETTINGS_ENV = "MLOPS_IAC_SERVER_SETTINGS"
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 
 

@@ -19,12 +19,11 @@ import json
 import multiprocessing
 import os
 import queue
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,11 +34,10 @@ from ..serving.config import ModelConfig
 from ..serving.runtime import ModelRuntime, sha256_of
 from .features import InputMap, arrays, default_ids, plan_inputs
 from .handler import run_model
-from .sources import Batch, Source, batches, expand, fingerprint, open_source
+from .sources import Batch, Source, batches, expand, fingerprint, open_source, prefetch
 from .writers import OUTPUT_FORMATS, PartWriter, output_schema
 
 Progress = Callable[[int], None]
-T = TypeVar("T")
 DEFAULT_PART_ROWS = 100_000
 
 
@@ -358,39 +356,6 @@ def _converted(read: Iterator[Batch], maps: list[InputMap]) -> Iterator[tuple[Ba
     for batch in read:
         reasons = dict(batch.errors)
         yield batch, arrays(batch.table, maps, reasons), reasons
-
-
-def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """`items`, produced by a thread up to `depth` ahead: the next batch is read and converted
-    (Arrow releases the GIL) while onnxruntime runs this one. Order is kept; errors surface."""
-    slots: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                slots.put((True, item))
-            slots.put((False, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            slots.put((False, exc))
-
-    thread = threading.Thread(target=produce, daemon=True, name="mlops-iac-prefetch")
-    thread.start()
-    try:
-        while True:
-            ok, item = slots.get()
-            if not ok:
-                if item is not None:
-                    raise item
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                slots.get(timeout=0.05)
 
 
 def _suffix(job: Job) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..serving.app import _call_handler
+from ..serving.handler import call_handler
 from ..serving.protocol import ClientError, Request
 from ..serving.runtime import ModelRuntime
 
@@ -46,9 +46,9 @@ def _kept(rows: int, reasons: dict[int, str]) -> np.ndarray:
 
 def _forward(runtime: ModelRuntime, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if runtime.preprocess is not None:
-        feeds = _call_handler(runtime.preprocess, Request(None, feeds, {}, None))
+        feeds = call_handler(runtime.preprocess, Request(None, feeds, {}, None))
     runtime.check(feeds, None)
     outputs: dict[str, Any] = runtime.run(feeds)
     if runtime.postprocess is not None:
-        outputs = _call_handler(runtime.postprocess, outputs)
+        outputs = call_handler(runtime.postprocess, outputs)
     return outputs

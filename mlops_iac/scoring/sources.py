@@ -8,12 +8,15 @@ data and the settings. Every reader streams: memory is bounded by the batch, not
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -22,6 +25,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import MlopsIacError
+
+T = TypeVar("T")
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".npy": "npy",
            ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -274,3 +279,36 @@ def fingerprint(source: Source) -> dict[str, Any]:
     """What identifies an input for resuming: a changed file must not resume an old run."""
     return {"path": os.fspath(source.path), "format": source.format, "rows": source.rows,
             "size": source.size, "mtime_ns": source.mtime_ns}
+
+
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """`items`, produced by a thread up to `depth` ahead: the next batch is read and converted
+    (Arrow releases the GIL) while onnxruntime runs this one. Order is kept; errors surface."""
+    slots: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put((True, item))
+            slots.put((False, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            slots.put((False, exc))
+
+    thread = threading.Thread(target=produce, daemon=True, name="mlops-iac-prefetch")
+    thread.start()
+    try:
+        while True:
+            ok, item = slots.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                slots.get(timeout=0.05)

@@ -15,10 +15,8 @@ import sys
 from pathlib import Path
 
 from ..errors import MlopsIacError
-from .config import ServerConfig, read_config
+from .config import SETTINGS_ENV, ServerConfig, read_config
 from .run import serve
-
-SETTINGS_ENV = "MLOPS_IAC_SERVER_SETTINGS"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,19 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from .. import __version__
 from .batching import Batcher
 from .collect import Collector
 from .config import ServerConfig
+from .handler import call_handler as _call_handler
 from .metrics import Metrics
 from .openapi import document
 from .protocol import ClientError, Request, encode, parse
 from .runtime import ModelRuntime
 from .shadow import Shadow
-from .triton import EXTENSIONS, classify, duration, model_config
+from .triton import EXTENSIONS, classify, model_config, statistics
 
 log = logging.getLogger("mlops_iac.serving")
 Scope = dict[str, Any]
@@ -247,27 +247,12 @@ class Server:
             await respond(send, 200, orjson.dumps(data))
 
     def stats(self, entry: Entry) -> dict[str, Any]:
-        """Triton's statistics of one version, from the counters the metrics already keep.
-        compute_input and compute_output are inside compute_infer here (their ns are 0)."""
         runtime = entry.runtime
         failed = sum(int(sample.value) for metric in self.metrics.requests.collect()
                      for sample in metric.samples
                      if sample.name.endswith("_total") and sample.labels["model"] == runtime.name
                      and sample.labels["version"] == runtime.version and sample.labels["status"] != "200")
-        ok = entry.latency.counts
-        count = sum(ok)
-        executions = entry.runs + (entry.batcher.executions if entry.batcher is not None else 0)
-        return {
-            "name": runtime.name, "version": runtime.version, "last_inference": int(entry.last * 1000),
-            "inference_count": entry.rows, "execution_count": executions,
-            "inference_stats": {
-                "success": duration(count, entry.latency.sum), "fail": duration(failed, 0.0),
-                "queue": duration(sum(entry.queue.counts), entry.queue.sum),
-                "compute_input": duration(count, 0.0),
-                "compute_infer": duration(sum(entry.inference.counts), entry.inference.sum),
-                "compute_output": duration(count, 0.0)},
-            "batch_stats": [],
-        }
+        return statistics(entry, failed)
 
     def pick(self, name: str, version: str | None) -> Entry:
         versions = self.models.get(name)
@@ -386,16 +371,6 @@ class Server:
         if len(out) > limit or inflater.unconsumed_tail:
             raise ClientError(413, f"the decompressed body is over the limit of {limit} bytes")
         return out
-
-
-def _call_handler(func: Callable[[Any], Any], value: Any) -> dict[str, np.ndarray]:
-    try:
-        result = func(value)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ClientError(400, f"the model's handler refused the request: {exc}") from None
-    if not isinstance(result, dict):
-        raise TypeError(f"the handler returned {type(result).__name__}, not a dict of arrays")
-    return {k: np.asarray(v) for k, v in result.items()}
 
 
 # Paths outside /v2/models/ and /v2/health/, all GET.

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 
 DEFAULT_MAX_BODY = 64 * 2**20
 API_KEY_ENV = "MLOPS_IAC_API_KEY"
+# The JSON of a server.json, where an image gets its settings (a Kubernetes ConfigMap, Docker env).
+SETTINGS_ENV = "MLOPS_IAC_SERVER_SETTINGS"
 
 
 class Settings(BaseModel):

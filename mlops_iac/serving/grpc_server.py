@@ -114,7 +114,7 @@ class InferenceService:
     async def answer(self, entry: Entry, request: Request, started: float) -> dict[str, np.ndarray]:
         """The outputs of one request, through the model's batcher, counted and collected as the
         REST path counts and collects them (Server.run, which also encodes the REST answer)."""
-        from .app import _call_handler
+        from .handler import call_handler as _call_handler
 
         runtime = entry.runtime
         if runtime.preprocess is not None:

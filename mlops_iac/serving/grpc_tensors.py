@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import open_inference_grpc_pb2 as pb
-from .protocol import DTYPES, ClientError, Request, _from_binary, _to_bytes, datatype_of
+from .protocol import DTYPES, ClientError, Request, from_binary, to_bytes, datatype_of
 
 # Which InferTensorContents field holds each datatype; FP16 and BF16 travel raw only.
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -61,7 +61,7 @@ def _tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
         if given:
             raise ClientError(400, f"input {name!r}: give its data in raw_input_contents or in contents, "
                                    "not both")
-        return _from_binary(name, datatype, shape, count, len(raw), raw, 0)
+        return from_binary(name, datatype, shape, count, len(raw), raw, 0)
     field = CONTENTS.get(datatype)
     if field is None:
         raise ClientError(400, f"input {name!r}: {datatype} data must come in raw_input_contents")
@@ -119,7 +119,7 @@ def response_of(model: str, version: str, request_id: str | None,
     response = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id or "")
     for name, array in outputs.items():
         response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        response.raw_output_contents.append(_to_bytes(array))
+        response.raw_output_contents.append(to_bytes(array))
     return response
 
 

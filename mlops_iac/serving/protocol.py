@@ -130,7 +130,7 @@ def _tensor(tensor: Any, i: int, binary: bytes, offset: int) -> tuple[str, str, 
     params = _mapping(tensor.get("parameters"), f"inputs[{i}].parameters")
     size = params.get("binary_data_size")
     if size is not None:
-        return name, datatype, _from_binary(name, datatype, shape, count, size, binary, offset), size
+        return name, datatype, from_binary(name, datatype, shape, count, size, binary, offset), size
     if "data" not in tensor:
         raise ClientError(400, f"input {name!r} has neither 'data' nor a binary_data_size parameter")
     return name, datatype, _from_json(name, datatype, shape, count, tensor["data"]), 0
@@ -220,7 +220,7 @@ def _kind_name(dtype: np.dtype[Any]) -> str:
         dtype.kind, "integers")
 
 
-def _from_binary(name: str, datatype: str, shape: list[int], count: int, size: Any,
+def from_binary(name: str, datatype: str, shape: list[int], count: int, size: Any,
                  binary: bytes, offset: int) -> np.ndarray:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ClientError(400, f"input {name!r}: binary_data_size must be a non-negative integer")
@@ -299,7 +299,7 @@ def encode(model: str, version: str, request: Request,
     for name, array in outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if every or name in request.binary_outputs:
-            blob = _to_bytes(array)
+            blob = to_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -321,7 +321,7 @@ def _json_data(array: np.ndarray) -> Any:
     return flat  # orjson writes numpy arrays natively (OPT_SERIALIZE_NUMPY)
 
 
-def _to_bytes(array: np.ndarray) -> bytes:
+def to_bytes(array: np.ndarray) -> bytes:
     if array.dtype.kind in "OSU":
         parts = []
         for item in array.reshape(-1):

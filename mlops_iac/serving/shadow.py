@@ -100,14 +100,14 @@ class Shadow:
         runtime = shadow.runtime
         began = time.perf_counter()
         if runtime.preprocess is not None:
-            from .app import _call_handler
+            from .handler import call_handler as _call_handler
 
             feeds = runtime.check(_call_handler(runtime.preprocess, request), None)
         else:
             feeds = runtime.check(request.inputs, request.datatypes)
         result = runtime.run(feeds, None)
         if runtime.postprocess is not None:
-            from .app import _call_handler
+            from .handler import call_handler as _call_handler
 
             result = _call_handler(runtime.postprocess, result)
         self.mirrored.labels(runtime.name, runtime.version).inc()

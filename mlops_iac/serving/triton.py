@@ -6,12 +6,15 @@ Triton's clients and tools (`get_model_config`, `get_inference_statistics`) read
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .protocol import ClientError
 from .runtime import ModelRuntime
+
+if TYPE_CHECKING:
+    from .app import Entry
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 
@@ -80,3 +83,24 @@ def model_config(runtime: ModelRuntime) -> dict[str, Any]:
 
 def duration(count: int, seconds: float) -> dict[str, int]:
     return {"count": count, "ns": int(seconds * 1e9)}
+
+
+def statistics(entry: Entry, failed: int) -> dict[str, Any]:
+    """Triton's statistics of one version, from the counters the metrics already keep
+    (`failed`: its requests answered with an error). compute_input and compute_output are
+    inside compute_infer here (their ns are 0)."""
+    runtime = entry.runtime
+    ok = entry.latency.counts
+    count = sum(ok)
+    executions = entry.runs + (entry.batcher.executions if entry.batcher is not None else 0)
+    return {
+        "name": runtime.name, "version": runtime.version, "last_inference": int(entry.last * 1000),
+        "inference_count": entry.rows, "execution_count": executions,
+        "inference_stats": {
+            "success": duration(count, entry.latency.sum), "fail": duration(failed, 0.0),
+            "queue": duration(sum(entry.queue.counts), entry.queue.sum),
+            "compute_input": duration(count, 0.0),
+            "compute_infer": duration(sum(entry.inference.counts), entry.inference.sum),
+            "compute_output": duration(count, 0.0)},
+        "batch_stats": [],
+    }

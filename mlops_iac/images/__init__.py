@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from ..plan import FileArtifact, canonical_json
+from ..artifacts import FileArtifact, canonical_json
 from ..render import render
 from ..serving.config import ModelConfig, ServerConfig
 from .wheels import Wheel, requirements_txt

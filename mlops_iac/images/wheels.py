@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
+
 from ..errors import MlopsIacError
 
 # What `python -m mlops_iac.serving` imports, and what those import.
@@ -78,18 +81,19 @@ def fetch(platform: str, python_version: str, gpu: bool, batch: bool = False) ->
     return [Wheel(p.name, p.read_bytes()) for p in sorted(folder.glob("*.whl")) if _wanted(p.name, requirements)]
 
 
-def _normal(name: str) -> str:
-    return name.lower().replace("-", "_").replace(".", "_")
+def _pins(requirements: list[str]) -> set[tuple[str, Version]]:
+    """`name==version` requirements as (normalised name, version), as packaging compares them."""
+    return {(canonicalize_name(name), Version(ver)) for name, ver in (r.split("==") for r in requirements)}
 
 
 def _wanted(filename: str, requirements: list[str]) -> bool:
-    name, ver = filename.split("-")[:2]
-    return any(_normal(name) == _normal(r.split("==")[0]) and ver == r.split("==")[1] for r in requirements)
+    name, ver, _, _ = parse_wheel_filename(filename)
+    return (name, ver) in _pins(requirements)
 
 
 def _complete(folder: Path, requirements: list[str]) -> bool:
-    have = {(_normal(p.name.split("-")[0]), p.name.split("-")[1]) for p in folder.glob("*.whl")}
-    return all((_normal(r.split("==")[0]), r.split("==")[1]) in have for r in requirements)
+    have = {parse_wheel_filename(p.name)[:2] for p in folder.glob("*.whl")}
+    return _pins(requirements) <= have
 
 
 def requirements_txt(wheels: list[Wheel]) -> str:

@@ -7,21 +7,19 @@ about the disk (paths exist). Each check returns problems; none raises.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import Problem, did_you_mean
-from .loader import Document, PathKey
-from .lock import Lock
-from .spec import Build, Deployment, Model, Monitoring, Spec
-from .spec.azure import ContainerAppsTarget, ContainerInstancesTarget
-from .spec.targets import AzureTarget, DockerTarget, KubernetesTarget, LocalTarget, Target
+from ..errors import Problem, did_you_mean
+from ..loader import Document, PathKey
+from ..lock import Lock
+from ..spec import Build, Deployment, Model, Monitoring, Spec
+from ..spec.targets import AzureTarget, DockerTarget, KubernetesTarget, LocalTarget, Target
+from .azure import azure_problems
 
 DATA_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
-APP_NAME = r"[a-z][a-z0-9-]{0,30}[a-z0-9]"  # a Container App's name (and no "--": revisions use it)
 
 
 def deployment_name(dep: Deployment) -> str:
@@ -88,42 +86,8 @@ def _check(parts: _Parts, doc: Document, lock: Lock | None, root: Path | None) -
                                     rollout=i in parts.without_rollout))
         if isinstance(parts.targets.get(dep.target), KubernetesTarget) and dep.kind != "batch":
             problems.extend(_collection_on_kubernetes(parts.monitoring, doc, ("deployments", i), dep))
-        problems.extend(_azure(parts.targets.get(dep.target), doc, ("deployments", i), dep))
+        problems.extend(azure_problems(parts.targets.get(dep.target), doc, ("deployments", i), dep))
     return problems
-
-
-def _azure(target: Any, doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
-    """What the Azure services cannot do: ACI has no load balancer (a DNS name points at one
-    version), Container Apps reserve GPUs only through a GPU workload profile, and none of
-    them runs our batch Jobs."""
-    kind = getattr(target, "kind", "")
-    if not kind.startswith("azure-"):
-        return
-    if dep.kind == "batch":
-        yield doc.problem((*here, "kind"), f"a batch deployment on target {dep.target!r} ({kind})",
-                          "run kind: batch on a kubernetes or docker target")
-    if isinstance(target, ContainerInstancesTarget):
-        for ref, weight in (dep.traffic or {}).items():
-            if weight not in (0, 100):
-                yield doc.problem((*here, "traffic", ref), f"{weight}% on target {dep.target!r}: Container Instances "
-                                  "have no load balancer, and the front is one DNS name for one version",
-                                  "expected 100 for the version that serves and 0 for the others (each still "
-                                  "answers on its own DNS label); split traffic on azure-container-apps")
-        if dep.rollout is not None:
-            yield doc.problem((*here, "rollout"), f"a canary rollout on target {dep.target!r} (Container Instances "
-                              "cannot send a share of requests to a version)",
-                              "expected no rollout: switch with traffic 100/0, or use azure-container-apps",
-                              of_key=True)
-    name = deployment_name(dep)
-    if isinstance(target, ContainerAppsTarget) and ("--" in name or not re.fullmatch(APP_NAME, name)):
-        yield doc.problem((*here, "name") if dep.name else here, f"deployment name {name!r} cannot name a "
-                          "Container App",
-                          "expected at most 32 lowercase letters, digits and '-', starting with a letter, without "
-                          "'--' (the default name is <model>-<target>)")
-    if isinstance(target, ContainerAppsTarget) and dep.hardware.gpu and target.gpu and target.workload_profile is None:
-        yield doc.problem((*here, "hardware", "gpu"), f"{dep.hardware.gpu} GPU(s) on Container Apps without a "
-                          "workload profile", f"set workloadProfile (a serverless GPU profile of the environment) "
-                          f"on targets.{dep.target}")
 
 
 def _parsed(kind: Any, raw: Any) -> Any:

@@ -1,0 +1,139 @@
+"""The workspace layer: a project opened (spec, lock, registry) and the operations the commands
+share on it: resolve a ref, fetch a version's ONNX model, pin a version in the lock, find the
+users of a version, take the sample.
+
+The commands (`cli*.py`) parse their flags, call these and print; none of them imports another
+command's helpers. Nothing here prints except through a callback the caller gives.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import MlopsIacError, RegistryError
+from ..lock import Lock, LockedVersion, update_lock
+from ..registry import Registry, Version, open_registry, parse_ref
+from ..registry.records import Artifact
+from ..resolve import ResolvedModel, Workspace, load
+from ..spec.registry import LocalRegistry
+
+CACHE = ".mlops/serve"  # verified ONNX files by digest, beside mlops.yaml (what `serve` and `score` run)
+
+
+def project_registry(file: Path, *, against_lock: bool = True) -> tuple[Registry, Workspace | None]:
+    """The registry that mlops.yaml names, or the default local folder when there is none."""
+    if file.exists():
+        ws = load(file, against_lock=against_lock)
+        return open_registry(ws.resolved.registry, ws.root), ws
+    return open_registry(LocalRegistry(backend="local"), Path.cwd()), None
+
+
+def root_of(ws: Workspace | None) -> Path:
+    """The folder relative paths start from: mlops.yaml's, or the current one without it."""
+    return ws.root if ws else Path.cwd()
+
+
+def model_spec(ws: Workspace | None, name: str) -> ResolvedModel | None:
+    """The model as mlops.yaml declares it, when it does."""
+    if ws is None:
+        return None
+    return next((m for m in ws.resolved.models if m.name == name), None)
+
+
+def onnx_artifact(version: Version) -> Artifact:
+    """The version's ONNX model; the one message for a version that was never converted."""
+    onnx = version.artifacts.get("onnx")
+    if onnx is None:
+        raise MlopsIacError(f"{version.model}@{version.version} has no ONNX artifact; run "
+                            f"`mlops-iac convert {version.model}@{version.version}` first")
+    return onnx
+
+
+@contextmanager
+def onnx_file(registry: Registry, version: Version) -> Iterator[Path]:
+    """The version's ONNX model, verified against its digest, in a temporary folder that goes
+    away after the block (its siblings there are the caller's scratch space)."""
+    onnx_artifact(version)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "model.onnx"
+        registry.pull(parse_ref(f"{version.model}@{version.version}"), model, "onnx")
+        yield model
+
+
+def cached_onnx(registry: Registry, root: Path, model: str, number: int, digest: str) -> str:
+    """The pinned ONNX file in the local cache (fetched and verified once), relative to root."""
+    relative = f"{CACHE}/{digest.removeprefix('sha256:')}.onnx"
+    target = root / relative
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        version = registry.pull(parse_ref(f"{model}@{number}"), target, "onnx")
+        if version.artifacts["onnx"].digest != digest:
+            target.unlink()
+            raise MlopsIacError(f"the registry's ONNX of {model}@{number} is not the one mlops.lock "
+                                "pins; run `mlops-iac convert` again or fix the lock")
+    return relative
+
+
+def lock_version(version: Version) -> LockedVersion:
+    return LockedVersion(digest=version.digest, framework=version.framework, size=version.size)
+
+
+def pin_in_lock(ws: Workspace, version: Version) -> None:
+    """Record a version in mlops.lock, keeping whatever later stages found out about it."""
+    def change(lock: Lock) -> Lock:
+        known = lock.version(version.model, version.version)
+        if known is not None:
+            if known.digest != version.digest:
+                raise RegistryError(f"mlops.lock pins {version.model}@{version.version} to "
+                                    f"{known.digest}, but the registry has {version.digest}")
+            return lock
+        return lock.with_version(version.model, version.version, lock_version(version))
+
+    update_lock(ws.lock_path, change)
+
+
+def users_of(ws: Workspace | None, version: Version, *, lock: bool = True) -> list[str]:
+    """The deployments in mlops.yaml (and, with `lock`, the pins in mlops.lock) that use `version`."""
+    if ws is None:
+        return []
+    users = []
+    for dep in ws.resolved.deployments:
+        if dep.model == version.model and any(
+                v.number == version.version or v.ref in (version.version, version.digest)
+                for v in dep.versions):
+            users.append(f"deployment {dep.name} in {ws.file.name}")
+    pinned = ws.lock.version(version.model, version.version) if lock else None
+    if pinned is not None and pinned.digest == version.digest:
+        users.append(f"the pin of {version.model}@{version.version} in mlops.lock")
+    return users
+
+
+def sample_path(given: Path | None, spec: ResolvedModel | None, ws: Workspace | None) -> Path:
+    if given is not None:
+        return given
+    if spec is None or spec.sample is None or ws is None:
+        # A missing flag is a usage error (exit 2, with the usage line), as click reports its own.
+        raise click.UsageError("no sample data: pass --sample PATH or set the model's `sample` in "
+                               "mlops.yaml")
+    return ws.root / spec.sample
+
+
+def features(given: Path | None, spec: ResolvedModel | None, ws: Workspace | None, framework: str,
+             artifact: Path, echo: Callable[[str], None]) -> Any:
+    """The sample's rows; for an ONNX model without a sample, rows made from its signature."""
+    if given is None and framework == "onnx" and (spec is None or spec.sample is None or ws is None):
+        from ..convert.synthetic import rows_from_signature
+
+        rows, how = rows_from_signature(artifact.read_bytes())
+        echo(f"no sample: {how}; parity and the drift baseline use them. Set the model's "
+             "`sample` in mlops.yaml for checks on real data")
+        return rows
+    from ..convert.data import read_sample
+
+    return read_sample(sample_path(given, spec, ws))
