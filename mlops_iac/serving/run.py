@@ -36,18 +36,83 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _protocol() -> type:
-    """uvicorn's httptools protocol, keeping HTTP/1.0 connections that ask for keep-alive
-    (uvicorn closes every HTTP/1.0 connection; nginx speaks HTTP/1.0 to upstreams by default)."""
+    """uvicorn's httptools protocol, with two changes on the response path:
+
+    - HTTP/1.0 connections that ask for keep-alive are kept (uvicorn closes every HTTP/1.0
+      connection; nginx speaks HTTP/1.0 to upstreams by default);
+    - a response goes out in one write, headers and body together (`_one_write_cycle`):
+      uvicorn writes the headers at `http.response.start` and the body after, two syscalls
+      where one does, about a fifth of the CPU of a small model's request.
+    """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class KeepAlive10(HttpToolsProtocol):
+    cycle_class = _one_write_cycle()
+
+    class ServingProtocol(HttpToolsProtocol):
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
-            if (self.cycle is not None and self.parser.get_http_version() == "1.0"
-                    and self.parser.should_keep_alive()):
+            if self.cycle is None:
+                return
+            # uvicorn names its cycle class inside on_headers_complete; the cycle's task has not
+            # run yet, so its class can still change (a subclass with the same state).
+            self.cycle.__class__ = cycle_class
+            if self.parser.get_http_version() == "1.0" and self.parser.should_keep_alive():
                 self.cycle.keep_alive = True
 
-    return KeepAlive10
+    return ServingProtocol
+
+
+class _Gather:
+    """Stands in for the transport while uvicorn's cycle writes one response: keeps the writes
+    so they leave in one; a close asked for meanwhile happens after that write."""
+
+    __slots__ = ("closing", "parts", "transport")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport, self.closing = transport, False
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing or bool(self.transport.is_closing())
+
+
+def _one_write_cycle() -> type:
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    class OneWriteCycle(RequestResponseCycle):
+        """Holds `http.response.start` until the body that ends the response, then lets
+        uvicorn's own `send` (its header checks, keep-alive, HEAD) write both into one buffer."""
+
+        held: Any = None
+
+        async def send(self, message: Any) -> None:
+            if message["type"] == "http.response.start" and not self.response_started:
+                self.held = message  # a second start (uvicorn's 500 after an error) replaces it
+                return
+            if self.held is None:
+                await super().send(message)
+                return
+            start, self.held = self.held, None
+            transport = self.transport
+            gather = _Gather(transport)
+            self.transport = gather  # type: ignore[assignment]
+            try:
+                await super().send(start)
+                await super().send(message)
+            finally:
+                self.transport = transport
+                if gather.parts and not transport.is_closing():
+                    transport.write(b"".join(gather.parts))
+                if gather.closing:
+                    transport.close()
+
+    return OneWriteCycle
 
 
 def serve(config: ServerConfig, base: Path, host: str, port: int, *, log_level: str = "warning",
