@@ -135,15 +135,22 @@ class Server:
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         background: asyncio.Task[None] | None = None
+        publisher: asyncio.Task[None] | None = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 background = asyncio.create_task(self._load_in_background())
+                if self.metrics.shared is not None:  # a worker process: its metrics meet the others'
+                    publisher = asyncio.create_task(self.metrics.publish_forever())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if background is not None and not background.done():
                     background.cancel()
+                if publisher is not None:
+                    publisher.cancel()
                 await self.shutdown()
+                if self.metrics.shared is not None:
+                    self.metrics.publish()  # the last requests count in the workers still draining
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

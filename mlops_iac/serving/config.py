@@ -49,6 +49,8 @@ class ServerConfig(Settings):
     metrics: bool = True
     metrics_port: int | None = Field(None, ge=1, le=65535)
     collection: CollectionConfig = CollectionConfig()
+    workers: int = Field(1, ge=0, le=256, description="Server processes (0: one per CPU); never more "
+                         "than the CPUs the container may use (its CPU quota).")
 
 
 def read_config(path: Path) -> ServerConfig:

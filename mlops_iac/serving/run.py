@@ -117,35 +117,60 @@ def _one_write_cycle() -> type:
 
 def serve(config: ServerConfig, base: Path, host: str, port: int, *, log_level: str = "warning",
           sock: socket.socket | None = None) -> None:
+    """Serves until SIGTERM: in this process, or in `config.workers` worker processes."""
+    from .workers import supervise, worker_count
+
+    count = worker_count(config.workers)
+    if count == 1:
+        serve_one(config, base, [sock] if sock is not None else None, host=host, port=port,
+                  log_level=log_level)
+        return
+    if config.collection.enabled and config.collection.sink == "file":
+        raise MlopsIacError(f"collection.sink is `file` with {count} workers: one file takes one writer; "
+                            "set workers to 1, or collection.sink to `stdout` or `http`")
+    sockets = [sock if sock is not None else bind(host, port)]
+    if config.metrics_port is not None:
+        sockets.append(bind(host, config.metrics_port))
+    supervise(config, base, sockets, count, log_level)
+
+
+def serve_one(config: ServerConfig, base: Path, sockets: list[socket.socket] | None, *,
+              host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+              shared: tuple[Path, int] | None = None) -> None:
+    """One server process; `sockets`: the main listener and, with a metrics port, its listener;
+    `shared`: the folder where the workers' metrics meet, and this worker's number."""
     import uvicorn
 
     try:
         server = Server(config, base)
     except ValueError as exc:
         raise MlopsIacError(str(exc)) from None
+    if shared is not None:
+        server.metrics.share(*shared)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uv = uvicorn.Server(uvicorn.Config(
         server, host=host, port=port, loop="uvloop", http=_protocol(), lifespan="on",
         log_level=log_level, access_log=False, timeout_graceful_shutdown=DRAIN_SECONDS,
         server_header=False, date_header=False))
     server.on_fatal = lambda: setattr(uv, "should_exit", True)
-    sockets = [sock] if sock is not None else None
+    main = sockets[:1] if sockets else None
     if config.metrics_port is None:
-        uv.run(sockets=sockets)
+        uv.run(sockets=main)
     else:
         side = _quiet_server()(uvicorn.Config(
             MetricsListener(server), host=host, port=config.metrics_port, loop="uvloop", http="httptools",
             lifespan="off", log_level=log_level, access_log=False, server_header=False, date_header=False))
         with asyncio.Runner(loop_factory=uv.config.get_loop_factory()) as runner:
-            runner.run(_both(uv, side, sockets))
+            runner.run(_both(uv, side, main, sockets[1:] if sockets and len(sockets) > 1 else None))
     if server.failed:
         raise MlopsIacError(f"the server stopped: {server.failed}")
 
 
-async def _both(main: Any, side: Any, sockets: list[socket.socket] | None) -> None:
+async def _both(main: Any, side: Any, sockets: list[socket.socket] | None,
+                side_sockets: list[socket.socket] | None) -> None:
     """The main listener and the metrics listener on one loop; the main one owns the signals
     and the lifespan, and the metrics listener stops with it."""
-    metrics = asyncio.create_task(side.serve())
+    metrics = asyncio.create_task(side.serve(sockets=side_sockets))
     try:
         await main.serve(sockets=sockets)
     finally:
