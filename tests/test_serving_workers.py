@@ -206,3 +206,12 @@ def test_a_collection_file_with_several_workers_is_refused(models: Models) -> No
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "collection.sink is `file` with 2 workers" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_one_worker_leaves_the_settings_as_they_were() -> None:
+    from mlops_iac.serving.config import ServerConfig
+
+    one = ServerConfig.model_validate({"models": [{"name": "m", "version": 1, "path": "m.onnx"}]})
+    assert "workers" not in one.model_dump(mode="json")  # deployed settings and their digests unchanged
+    two = one.model_copy(update={"workers": 2})
+    assert ServerConfig.model_validate_json(two.model_dump_json()).workers == 2

@@ -4,9 +4,9 @@ context from the lock (`server.json`) and made by `mlops-iac serve` for the loca
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 DEFAULT_MAX_BODY = 64 * 2**20
 API_KEY_ENV = "MLOPS_IAC_API_KEY"
@@ -51,6 +51,15 @@ class ServerConfig(Settings):
     collection: CollectionConfig = CollectionConfig()
     workers: int = Field(1, ge=0, le=256, description="Server processes (0: one per CPU); never more "
                          "than the CPUs the container may use (its CPU quota).")
+
+    @model_serializer(mode="wrap")
+    def _leave_out_one_worker(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # One worker is written as before there were workers: the settings of every deployment
+        # stay byte for byte what they were, and so do the digests pinned from them.
+        data: dict[str, Any] = handler(self)
+        if data.get("workers") == 1:
+            del data["workers"]
+        return data
 
 
 def read_config(path: Path) -> ServerConfig:
