@@ -83,11 +83,15 @@ class _Gather:
 
 
 def _one_write_cycle() -> type:
+    from uvicorn.protocols.http import httptools_impl as uv
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
     class OneWriteCycle(RequestResponseCycle):
-        """Holds `http.response.start` until the body that ends the response, then lets
-        uvicorn's own `send` (its header checks, keep-alive, HEAD) write both into one buffer."""
+        """Holds `http.response.start` until the body that ends the response, then writes both
+        at once. The common answer (a whole body with its content-length, keep-alive or close)
+        is written here, with uvicorn's header checks; anything else (HEAD, chunked, a
+        connection header, write back-pressure) goes through uvicorn's own `send`, still into
+        one write."""
 
         held: Any = None
 
@@ -99,6 +103,41 @@ def _one_write_cycle() -> type:
                 await super().send(message)
                 return
             start, self.held = self.held, None
+            if not self._write_whole(start, message):
+                await self._send_gathered(start, message)
+
+        def _write_whole(self, start: Any, message: Any) -> bool:
+            """The response in one write, when it is the common case; False to leave it to uvicorn."""
+            if (message["type"] != "http.response.body" or message.get("more_body", False) or self.disconnected
+                    or self.flow.write_paused or self.access_log or self.scope["method"] == "HEAD"):
+                return False
+            body = message.get("body", b"")
+            content, length = [uv.STATUS_LINE[start["status"]]], None
+            for name, value in (*self.default_headers, *start.get("headers", ())):
+                if uv.HEADER_RE.search(name) or uv.HEADER_VALUE_RE.search(value):
+                    return False  # uvicorn refuses it, with its own error
+                name = name.lower()
+                if name == b"content-length":
+                    length = value
+                elif name in (b"connection", b"transfer-encoding"):
+                    return False
+                content.extend((name, b": ", value, b"\r\n"))
+            if length is None or length != str(len(body)).encode():
+                return False
+            if not self.keep_alive:
+                content.append(b"connection: close\r\n")
+            content.extend((b"\r\n", body))
+            self.response_started = True
+            self.waiting_for_100_continue = False
+            self.transport.write(b"".join(content))
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+            return True
+
+        async def _send_gathered(self, start: Any, message: Any) -> None:
             transport = self.transport
             gather = _Gather(transport)
             self.transport = gather  # type: ignore[assignment]
