@@ -56,7 +56,8 @@ class Batcher:
         self.max_delay = max_delay_s
         self.pending: list[_Item] = []
         self.pending_rows = 0
-        self.timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.gathering = False  # a request of a quiet moment gives the others one turn to join
         self.busy = False
         self.executions = 0  # merged runs, for the statistics extension
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
@@ -70,11 +71,22 @@ class Batcher:
         self.pending_rows += rows
         if self.pending_rows >= self.max_rows:
             self._flush()
-        elif self.timer is None and not self.busy:  # while busy, the batch's end flushes
-            # A delay of 0 still lets the requests already read join: tasks started in this turn
-            # of the loop reach submit() before a callback scheduled now runs.
-            self.timer = (loop.call_soon(self._flush) if self.max_delay <= 0
-                          else loop.call_later(self.max_delay, self._flush))
+        elif self.busy or self.gathering or self.timer is not None:
+            pass  # the batch in flight, the gathering request or the timer flushes this one
+        elif self.max_delay > 0:
+            self.timer = loop.call_later(self.max_delay, self._flush)
+        else:
+            # A delay of 0 still lets the requests already read join: their tasks, started in
+            # this turn of the loop, reach submit() before this one resumes. Alone, it runs
+            # inline in _flush and is answered here, without a wake-up through its future.
+            self.gathering = True
+            try:
+                await asyncio.sleep(0)
+            finally:  # cancelled too: the requests that joined must not wait for nobody
+                self.gathering = False
+                self._flush()
+            if item.future.done():
+                return item.future.result()
         return await item.future
 
     def _take(self) -> list[_Item]:
