@@ -80,6 +80,10 @@ class Server:
         self.openapi = orjson.dumps(document(), option=orjson.OPT_SORT_KEYS)
         self.metadata = orjson.dumps({"name": "mlops-iac", "version": __version__,
                                       "extensions": EXTENSIONS})
+        # Requests the HTTP protocol has read whose handling has not started (the runner's
+        # protocol counts them when it sets counts_arrivals): the batcher's "is anyone waiting".
+        self.arrived = 0
+        self.counts_arrivals = False
         # What to do when the models cannot be loaded: the runner sets it to stop the server.
         self.on_fatal: Callable[[], None] = lambda: None
 
@@ -91,7 +95,8 @@ class Server:
             runtime = ModelRuntime(model, self.base)
             runtime.warm_up()
             labels = (model.name, str(model.version))
-            batcher = (Batcher(runtime.run, model.max_batch_size, model.max_delay_ms / 1000)
+            batcher = (Batcher(runtime.run, model.max_batch_size, model.max_delay_ms / 1000,
+                               (lambda: self.arrived) if self.counts_arrivals else None)
                        if model.max_batch_size > 1 and runtime.batchable else None)
             entry = Entry(runtime, batcher, model.weight,
                           self.metrics.requests.labels(*labels, "200"),
@@ -155,6 +160,8 @@ class Server:
                 return
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.arrived:
+            self.arrived -= 1
         path, method = scope["path"], scope["method"]
         if scope["http_version"] == "1.0":
             send = _keep_alive_10(scope, send)

@@ -50,8 +50,12 @@ def _key(feeds: Feeds) -> tuple[tuple[str, tuple[int, ...], str], ...]:
 
 
 class Batcher:
-    def __init__(self, run: Callable[[Feeds], Outputs], max_batch_size: int, max_delay_s: float) -> None:
+    def __init__(self, run: Callable[[Feeds], Outputs], max_batch_size: int, max_delay_s: float,
+                 waiting: Callable[[], int] | None = None) -> None:
         self.run = run
+        # How many requests were read and have not started yet (the server's HTTP protocol
+        # counts them): none, and a request of a quiet moment has nobody to wait for.
+        self.waiting = waiting
         self.max_rows = max_batch_size
         self.max_delay = max_delay_s
         self.pending: list[_Item] = []
@@ -75,6 +79,10 @@ class Batcher:
             pass  # the batch in flight, the gathering request or the timer flushes this one
         elif self.max_delay > 0:
             self.timer = loop.call_later(self.max_delay, self._flush)
+        elif self.waiting is not None and not self.waiting():
+            self._flush()  # nobody else read: alone, inline, now
+            if item.future.done():
+                return item.future.result()
         else:
             # A delay of 0 still lets the requests already read join: their tasks, started in
             # this turn of the loop, reach submit() before this one resumes. Alone, it runs

@@ -35,7 +35,7 @@ def bind(host: str, port: int) -> socket.socket:
                             "port with --port (0 picks a free one)") from None
 
 
-def _protocol() -> type:
+def _protocol(server: Server | None = None) -> type:
     """uvicorn's httptools protocol, with two changes on the response path:
 
     - HTTP/1.0 connections that ask for keep-alive are kept (uvicorn closes every HTTP/1.0
@@ -50,9 +50,12 @@ def _protocol() -> type:
 
     class ServingProtocol(HttpToolsProtocol):
         def on_headers_complete(self) -> None:
+            before = self.cycle
             super().on_headers_complete()
-            if self.cycle is None:
-                return
+            if self.cycle is None or self.cycle is before:
+                return  # an upgrade, or a request refused before it had a cycle
+            if server is not None:
+                server.arrived += 1  # read; its task starts later (see Batcher.waiting)
             # uvicorn names its cycle class inside on_headers_complete; the cycle's task has not
             # run yet, so its class can still change (a subclass with the same state).
             self.cycle.__class__ = cycle_class
@@ -186,9 +189,10 @@ def serve_one(config: ServerConfig, base: Path, sockets: list[socket.socket] | N
         raise MlopsIacError(str(exc)) from None
     if shared is not None:
         server.metrics.share(*shared)
+    server.counts_arrivals = True
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uv = uvicorn.Server(uvicorn.Config(
-        server, host=host, port=port, loop="uvloop", http=_protocol(), lifespan="on",
+        server, host=host, port=port, loop="uvloop", http=_protocol(server), lifespan="on",
         log_level=log_level, access_log=False, timeout_graceful_shutdown=DRAIN_SECONDS,
         server_header=False, date_header=False))
     server.on_fatal = lambda: setattr(uv, "should_exit", True)
