@@ -407,7 +407,8 @@ def report(results: list[Result], bare: dict[str, float], model: str) -> None:
     print(f"{'server':22} {'conc':>4} {'req/s':>9} {'p50 us':>9} {'p99 us':>9} {'CPU us/req':>10}"
           "   (medians of interleaved rounds)")
     for r in sorted(results, key=lambda r: (r.name, r.concurrency)):
-        print(f"{r.name:22} {r.concurrency:>4} {r.rps:>9,.0f} {r.p50_us:>9.0f} {r.p99_us:>9.0f} {r.cpu_us:>10.1f}")
+        cpu = f"{r.cpu_us:>10.1f}" if r.cpu_us else f"{'-':>10}"  # BentoML's workers leave the session
+        print(f"{r.name:22} {r.concurrency:>4} {r.rps:>9,.0f} {r.p50_us:>9.0f} {r.p99_us:>9.0f} {cpu}")
     by = {(r.name, r.concurrency): r for r in results}
     print("ratios (mlops-iac requests per second over ...):")
     others = ["minimal reference", "baseline", *PEERS_SHOWN]
@@ -419,7 +420,7 @@ def report(results: list[Result], bare: dict[str, float], model: str) -> None:
     for c in CONCURRENCY:
         ours = by[("mlops-iac", c)]
         parts = [f"{name} {by[(name, c)].cpu_us / ours.cpu_us:.2f}x" for name in sorted({n for n, _ in by})
-                 if name != "mlops-iac" and (name, c) in by]
+                 if name != "mlops-iac" and (name, c) in by and by[(name, c)].cpu_us]
         print(f"  concurrency {c:>2}: " + ", ".join(parts))
     goals(by, bare, model)
 
