@@ -20,7 +20,7 @@ from .metrics_listener import MetricsListener
 DRAIN_SECONDS = 25
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """The listening socket, bound before anything is announced; port 0 picks a free port.
 
     A port in use is the user's problem to fix, so it is one clear error, not a traceback
@@ -28,7 +28,7 @@ def bind(host: str, port: int) -> socket.socket:
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
+        return socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise MlopsIacError(f"cannot listen on {host}:{port}: {reason}; choose another "
@@ -170,7 +170,7 @@ def serve(config: ServerConfig, base: Path, host: str, port: int, *, log_level: 
     if config.collection.enabled and config.collection.sink == "file":
         raise MlopsIacError(f"collection.sink is `file` with {count} workers: one file takes one writer; "
                             "set workers to 1, or collection.sink to `stdout` or `http`")
-    sockets = [sock if sock is not None else bind(host, port)]
+    sockets = [sock if sock is not None else bind(host, port, reuse_port=True)]
     if config.metrics_port is not None:
         sockets.append(bind(host, config.metrics_port))
     supervise(config, base, sockets, count, log_level)
