@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,8 +255,18 @@ def start(name: str, command: list[str], ready: str, url: str, body: bytes, fold
                                    env={**os.environ, **(env or {})}, start_new_session=True)
     wait_ready(ready, process)
     check = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(check, timeout=10) as response:
-        assert response.status == 200
+    deadline = time.monotonic() + 60
+    answered = 0
+    while answered < 20:  # on new connections: with workers, each loads on its own
+        try:
+            with urllib.request.urlopen(check, timeout=10) as response:
+                assert response.status == 200
+                answered += 1
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise
+            answered = 0
+            time.sleep(0.2)
     return Target(name, url, body, process)
 
 
