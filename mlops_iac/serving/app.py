@@ -326,7 +326,7 @@ class Server:
         names = runtime.check_outputs(request.outputs) if runtime.postprocess is None else None
         first = next(iter(feeds.values())) if feeds else None
         rows = int(first.shape[0]) if first is not None and first.ndim else 1
-        if entry.batcher is not None and 0 < rows <= entry.batcher.max_rows:
+        if entry.batcher is not None and 0 < rows <= entry.batcher.max_rows and not entry.batcher.quiet():
             outputs, queued, batch_rows = await entry.batcher.submit(feeds)
             entry.queue.observe(queued)
             entry.batch.observe(batch_rows)
