@@ -253,6 +253,16 @@ def start(name: str, command: list[str], ready: str, url: str, body: bytes, fold
     with open(folder / f"{name.split()[0]}-{len(name)}.log", "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
                                    env={**os.environ, **(env or {})}, start_new_session=True)
+    target = Target(name, url, body, process)
+    try:
+        _check(ready, url, body, process)
+    except BaseException:  # a server that did not come up is not left running
+        stop(target)
+        raise
+    return target
+
+
+def _check(ready: str, url: str, body: bytes, process: subprocess.Popen[bytes]) -> None:
     wait_ready(ready, process)
     check = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     deadline = time.monotonic() + 60
@@ -267,7 +277,6 @@ def start(name: str, command: list[str], ready: str, url: str, body: bytes, fold
                 raise
             answered = 0
             time.sleep(0.2)
-    return Target(name, url, body, process)
 
 
 def stop(target: Target) -> None:
