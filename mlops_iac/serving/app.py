@@ -8,13 +8,11 @@ hot path would cost more than the model itself. Routing here is a split of the p
 from __future__ import annotations
 
 import asyncio
-import gzip
 import hmac
 import logging
 import os
 import random
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import orjson
 
 from .. import __version__
 from .batching import Batcher
+from .bodies import Disconnected, decompress, read_body
 from .collect import Collector
 from .config import ServerConfig
 from .handler import call_handler as _call_handler
@@ -39,10 +38,6 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON = b"application/json"
-
-
-class _Disconnected(Exception):
-    pass
 
 
 @dataclass
@@ -82,6 +77,10 @@ class Server:
         self.metadata = orjson.dumps({"name": "mlops-iac", "version": __version__,
                                       "extensions": EXTENSIONS})
         self.shadow: Shadow | None = None  # shadow versions, mirrored after the answer (shadow.py)
+        # Requests the HTTP protocol has read whose handling has not started (the runner's
+        # protocol counts them when it sets counts_arrivals): the batcher's "is anyone waiting".
+        self.arrived = 0
+        self.counts_arrivals = False
         # What to do when the models cannot be loaded: the runner sets it to stop the server.
         self.on_fatal: Callable[[], None] = lambda: None
         # Other listeners on this loop (gRPC) to drain before the batchers close; the runner sets it.
@@ -96,7 +95,8 @@ class Server:
             runtime = ModelRuntime(model, self.base)
             runtime.warm_up()
             labels = (model.name, str(model.version))
-            batcher = (Batcher(runtime.run, model.max_batch_size, model.max_delay_ms / 1000)
+            batcher = (Batcher(runtime.run, model.max_batch_size, model.max_delay_ms / 1000,
+                               (lambda: self.arrived) if self.counts_arrivals else None)
                        if model.max_batch_size > 1 and runtime.batchable else None)
             entry = Entry(runtime, batcher, model.weight,
                           self.metrics.requests.labels(*labels, "200"),
@@ -148,19 +148,28 @@ class Server:
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         background: asyncio.Task[None] | None = None
+        publisher: asyncio.Task[None] | None = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 background = asyncio.create_task(self._load_in_background())
+                if self.metrics.shared is not None:  # a worker process: its metrics meet the others'
+                    publisher = asyncio.create_task(self.metrics.publish_forever())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if background is not None and not background.done():
                     background.cancel()
+                if publisher is not None:
+                    publisher.cancel()
                 await self.shutdown()
+                if self.metrics.shared is not None:
+                    self.metrics.publish()  # the last requests count in the workers still draining
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.arrived:
+            self.arrived -= 1
         path, method = scope["path"], scope["method"]
         if scope["http_version"] == "1.0":
             send = _keep_alive_10(scope, send)
@@ -186,7 +195,7 @@ class Server:
                 await respond(send, 200, self.openapi)
         except ClientError as error:
             await respond(send, error.status, orjson.dumps({"error": error.message}), JSON, error.headers)
-        except _Disconnected:
+        except Disconnected:
             return
         except Exception:
             log.exception("internal error on %s %s", method, path)
@@ -286,9 +295,9 @@ class Server:
                 encoding = value.decode("latin-1").lower()
             elif key == b"content-length":
                 declared = value
-        body = await self.read_body(receive, declared)
+        body = await read_body(receive, declared, self.config.max_body_bytes)
         if encoding:
-            body = self.decompress(body, encoding)
+            body = decompress(body, encoding, self.config.max_body_bytes)
         request = parse(body, header_length)
         try:
             status, payload, header = await self.run(entry, request, started)
@@ -312,7 +321,7 @@ class Server:
         names = runtime.check_outputs(request.outputs) if runtime.postprocess is None else None
         first = next(iter(feeds.values())) if feeds else None
         rows = int(first.shape[0]) if first is not None and first.ndim else 1
-        if entry.batcher is not None and 0 < rows <= entry.batcher.max_rows:
+        if entry.batcher is not None and 0 < rows <= entry.batcher.max_rows and not entry.batcher.quiet():
             outputs, queued, batch_rows = await entry.batcher.submit(feeds)
             entry.queue.observe(queued)
             entry.batch.observe(batch_rows)
@@ -341,36 +350,6 @@ class Server:
                                   "id": request.id, "inputs": feeds, "outputs": outputs,
                                   "latencyMs": round((time.perf_counter() - started) * 1000, 3)})
         return 200, payload, header
-
-    async def read_body(self, receive: Receive, declared: bytes | None) -> bytes:
-        limit = self.config.max_body_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ClientError(413, f"the body is {int(declared)} bytes; the limit is {limit}")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise ClientError(413, f"the body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def decompress(self, body: bytes, encoding: str) -> bytes:
-        if encoding not in ("gzip", "deflate"):
-            raise ClientError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
-        limit = self.config.max_body_bytes
-        inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-        try:
-            out = inflater.decompress(body, limit + 1)  # a bomb stops at the limit
-        except (zlib.error, gzip.BadGzipFile) as exc:
-            raise ClientError(400, f"the {encoding} body is corrupt: {exc}") from None
-        if len(out) > limit or inflater.unconsumed_tail:
-            raise ClientError(413, f"the decompressed body is over the limit of {limit} bytes")
-        return out
 
 
 # Paths outside /v2/models/ and /v2/health/, all GET.

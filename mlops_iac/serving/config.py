@@ -63,6 +63,17 @@ class ServerConfig(Settings):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     grpc_port: int | None = Field(None, ge=1, le=65535)
     collection: CollectionConfig = CollectionConfig()
+    workers: int = Field(1, ge=0, le=256, description="Server processes (0: one per CPU); never more "
+                         "than the CPUs the container may use (its CPU quota).")
+
+    @model_serializer(mode="wrap")
+    def _leave_out_one_worker(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # One worker is written as before there were workers: the settings of every deployment
+        # stay byte for byte what they were, and so do the digests pinned from them.
+        data: dict[str, Any] = handler(self)
+        if data.get("workers") == 1:
+            del data["workers"]
+        return data
 
 
 def read_config(path: Path) -> ServerConfig:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import open_inference_grpc_pb2 as pb
-from .protocol import DTYPES, ClientError, Request, from_binary, to_bytes, datatype_of
+from .protocol import DTYPES, ClientError, Request, datatype_of, from_binary, to_bytes
 
 # Which InferTensorContents field holds each datatype; FP16 and BF16 travel raw only.
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",

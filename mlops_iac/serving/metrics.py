@@ -5,15 +5,25 @@ by `FastHistogram` instead of prometheus-client's `Histogram`: its `observe` tak
 and walks the buckets, about 5 us a call on our machines, twice per request, which is a
 tenth of the whole request. Ours is a bisect and two additions, without a lock: every
 observation happens on the event loop's one thread (batches report back to it too).
+
+With worker processes (`workers.py`) each worker keeps its own metrics and, every second,
+writes them to a folder the workers share; `/metrics` on any worker adds the others' (at
+most a second old) to its own live ones: counters and histograms add up, the readiness
+gauge is the lowest (ready when every worker is).
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -83,6 +93,7 @@ class Metrics:
         self.ready = Gauge("mlops_ready", "1 when every model is loaded and warm.", registry=self.registry)
         self.traffic = Counter("mlops_traffic_routed", "Unversioned requests routed to each version.",
                                labels, registry=self.registry)
+        self.shared: tuple[Path, int] | None = None  # the workers' folder, this worker's number
 
     def _histogram(self, name: str, documentation: str, labels: Sequence[str],
                    bounds: Sequence[float]) -> HistogramFamily:
@@ -90,5 +101,72 @@ class Metrics:
         self.registry.register(family)
         return family
 
+
+    def share(self, folder: Path, index: int) -> None:
+        self.shared = (folder, index)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.shared is None:
+            return generate_latest(self.registry)
+        others = self._others()
+        merged = _Merged(self._series(), others)
+        merged.add("mlops_workers", "Worker processes whose metrics this answer adds up.", 1 + len(others))
+        return generate_latest(merged)
+
+    def _series(self) -> list[Any]:
+        return [[m.name, m.type, m.documentation, [[s.name, s.labels, s.value] for s in m.samples]]
+                for m in self.registry.collect()]
+
+    def publish(self) -> None:
+        """This worker's series, for the other workers' /metrics (written whole, then renamed)."""
+        assert self.shared is not None
+        folder, index = self.shared
+        scratch = folder / f".worker-{index}.json"
+        scratch.write_bytes(orjson.dumps(self._series()))
+        scratch.replace(folder / f"worker-{index}.json")
+
+    async def publish_forever(self, every: float = 1.0) -> None:
+        while True:
+            self.publish()
+            await asyncio.sleep(every)
+
+    def _others(self) -> list[list[Any]]:
+        assert self.shared is not None
+        folder, index = self.shared
+        found = []
+        for path in sorted(folder.glob("worker-*.json")):
+            if path.name != f"worker-{index}.json":
+                try:
+                    found.append(orjson.loads(path.read_bytes()))
+                except (OSError, orjson.JSONDecodeError):  # a worker that is just starting or gone
+                    continue
+        return found
+
+
+class _Merged:
+    """Several workers' series as one registry: sums, except the lowest of a gauge (readiness)
+    and of `_created` (when a series began)."""
+
+    def __init__(self, own: list[Any], others: list[list[Any]]) -> None:
+        self.families: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+        for series in (own, *others):
+            for name, kind, documentation, samples in series:
+                values = self.families.setdefault(name, (kind, documentation, {}))[2]
+                for sample, labels, value in samples:
+                    key = (sample, tuple(labels.items()))
+                    if key not in values:
+                        values[key] = value
+                    elif kind == "gauge" or sample.endswith("_created"):
+                        values[key] = min(values[key], value)
+                    else:
+                        values[key] += value
+
+    def add(self, name: str, documentation: str, value: float) -> None:
+        self.families[name] = ("gauge", documentation, {(name, ()): value})
+
+    def collect(self) -> Iterator[Metric]:
+        for name, (kind, documentation, values) in self.families.items():
+            metric = Metric(name, documentation, kind)
+            for (sample, labels), value in values.items():
+                metric.add_sample(sample, dict(labels), value)
+            yield metric
