@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'   # the minimal Starlette reference, scikit-learn for the model
     python benchmarks/serving.py [--duration 5] [--no-peers] [--model rf|mlp|iris]
-                                 [--baseline DIR] [--workers 2]
+                                 [--baseline DIR] [--workers 2] [--grpc]
 
 Measures, on the same ONNX model (default: a RandomForest,
 100 trees of depth 10 on 20 synthetic features):
@@ -17,6 +17,8 @@ Measures, on the same ONNX model (default: a RandomForest,
     A peer that does not install or start is left out with the reason printed;
   - with --workers N, the mlops-iac server with N worker processes;
   - with --baseline DIR, the server of another mlops-iac checkout (an A/B of a change);
+  - with --grpc, then gRPC against REST on our server at the same concurrencies, through
+    tritonclient's asyncio clients (benchmarks/serving_grpc.py: wrk speaks no gRPC);
 driven by wrk (one thread, keep-alive) at concurrency 1, 8 and 32, in interleaved rounds.
 Prints requests per second, p50 and p99, and the ratios the goals are stated in (the
 tiny-model goals with the default `rf`; the 150 us goals with `--model mlp`).
@@ -312,6 +314,8 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--workers", type=int, default=0, help="also measure the server with N workers")
     parser.add_argument("--baseline", type=Path, help="another mlops-iac checkout, measured as 'baseline'")
+    parser.add_argument("--grpc", action="store_true",
+                        help="then gRPC against REST on our server, same model (benchmarks/serving_grpc.py)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -345,6 +349,9 @@ def main() -> None:
         for target in targets:
             stop(target)
     report(results, bare, args.model)
+    if args.grpc:  # a Python client on both protocols: wrk speaks no gRPC
+        subprocess.run([sys.executable, str(Path(__file__).with_name("serving_grpc.py")), "--model", args.model,
+                        "--rounds", str(args.rounds), "--seconds", str(args.duration)], check=True)
 
 
 def start_ours(name: str, extra: dict[str, object], env: dict[str, str], v2: bytes, folder: Path) -> Target:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from .artifacts import FileArtifact, canonical_json
 from .errors import PlanError
-from .manifests import GRACE_SECONDS, METRICS_PORT, PORT, UID, server_settings, version_name
+from .manifests import GRACE_SECONDS, GRPC_PORT, METRICS_PORT, PORT, UID, server_settings, version_name
 from .pinned import BuiltDeployment, BuiltVersion, PinnedDeployment, PinnedVersion, built
 from .plan import Plan, StackPlan
 from .resolve import ResolvedDeployment, ResolvedVersion
@@ -206,6 +206,9 @@ def create_options(dep: PinnedDeployment, version: BuiltVersion, target: IotEdge
     limits and restrictions of every other target (read-only root, user 10001, no capabilities,
     no privilege escalation, /tmp in memory), the health check, and the host port."""
     hw, nanos = version.hardware, 10**9
+    ports = {PORT: edge_port(target, version)}
+    if target.grpc_port is not None:
+        ports[GRPC_PORT] = target.grpc_port + version.number - 1
     host: Object = {
         "ReadonlyRootfs": True, "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges:true"],
         "Memory": hw.memory_limit_bytes, "MemorySwap": hw.memory_limit_bytes,
@@ -213,11 +216,11 @@ def create_options(dep: PinnedDeployment, version: BuiltVersion, target: IotEdge
         "Tmpfs": {"/tmp": "rw,size=64m"},  # noqa: S108 - the container's own /tmp, in memory
         # Kept when the module goes: the collected requests are the drift check's input.
         "Binds": [f"{module_name(dep, version)}-data:/data"],
-        "PortBindings": {f"{PORT}/tcp": [{"HostPort": str(edge_port(target, version))}]},
+        "PortBindings": {f"{port}/tcp": [{"HostPort": str(host_port)}] for port, host_port in ports.items()},
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}}
     if hw.gpu:
         host["DeviceRequests"] = [{"Driver": "nvidia", "Count": hw.gpu, "Capabilities": [["gpu"]]}]
-    return {"User": f"{UID}:{UID}", "Cmd": ["--port", str(PORT)], "ExposedPorts": {f"{PORT}/tcp": {}},
+    return {"User": f"{UID}:{UID}", "Cmd": ["--port", str(PORT)], "ExposedPorts": {f"{p}/tcp": {} for p in ports},
             "StopTimeout": GRACE_SECONDS - 10,
             "Healthcheck": {"Test": ["CMD", "/opt/venv/bin/python", "-m", "mlops_iac.serving.health"],
                             "Interval": 10 * nanos, "Timeout": 3 * nanos, "StartPeriod": 30 * nanos, "Retries": 3},
@@ -276,11 +279,15 @@ def edge_ports(stack: StackPlan, target: IotEdgeTarget) -> None:
     holder: dict[int, str] = {}
     for dep in stack.deployments:
         for v in dep.versions:
-            port = edge_port(target, v)
-            if port > 65535 or port in holder:
-                raise PlanError(f"target {stack.target.name}: {dep.name} v{v.number} would listen on host port "
-                                f"{port}, " + (f"which {holder[port]} holds" if port in holder else "above 65535"))
-            holder[port] = f"{dep.name} v{v.number}"
+            ports = [("", edge_port(target, v))]
+            if target.grpc_port is not None:
+                ports.append((" (gRPC)", target.grpc_port + v.number - 1))
+            for what, port in ports:
+                if port > 65535 or port in holder:
+                    raise PlanError(f"target {stack.target.name}: {dep.name} v{v.number}{what} would listen on host "
+                                    f"port {port}, " + (f"which {holder[port]} holds" if port in holder else
+                                                        "above 65535"))
+                holder[port] = f"{dep.name} v{v.number}{what}"
 
 
 def edge_files(plan: Plan) -> tuple[FileArtifact, ...]:
@@ -342,6 +349,8 @@ def caveats(target: AzureTarget, dep: ResolvedDeployment) -> list[str]:
     if several:
         out.append("weights are not honoured on a device: each version answers on its own host port "
                    "(the target's port + version - 1); clients choose")
+    if target.grpc_port is None:
+        out.append("gRPC is served inside the module but not published on the device (set the target's `grpcPort`)")
     return out
 
 

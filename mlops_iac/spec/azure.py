@@ -63,6 +63,9 @@ class IotEdgeTarget(SpecModel):
         "applies to, e.g. {plant-1: \"tags.site='plant-1'\"}."))
     priority: int = Field(10, ge=0, le=2_147_483_647, description="Higher wins where deployments overlap.")
     port: int = Field(8080, ge=1, le=65535, description="Host port of version 1; version N listens on port + N - 1.")
+    grpc_port: int | None = Field(None, ge=1, le=65535, description=(
+        "Host port of version 1's v2 gRPC listener; version N listens on grpcPort + N - 1. "
+        "Unset: gRPC is served inside the module but not published on the device."))
     platform: Literal["linux/amd64", "linux/arm64"] = "linux/amd64"
     gpu: bool = Field(False, description="The devices have the NVIDIA container runtime.")
 
