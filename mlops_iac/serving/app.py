@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from .. import __version__
@@ -313,6 +314,13 @@ class Server:
             self.shadow.after(entry, request, payload if header is None else None, started)
 
     async def run(self, entry: Entry, request: Request, started: float) -> tuple[int, bytes, int | None]:
+        outputs = await self.outputs(entry, request, started)
+        payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
+        return 200, payload, header
+
+    async def outputs(self, entry: Entry, request: Request, started: float) -> dict[str, np.ndarray]:
+        """One request's outputs through the model's batcher (or inline), counted and collected:
+        the REST and gRPC paths alike; each encodes the answer its own way."""
         runtime = entry.runtime
         if runtime.preprocess is not None:
             feeds = runtime.check(_call_handler(runtime.preprocess, request), None)
@@ -339,7 +347,6 @@ class Server:
                 outputs = {n: outputs[n] for n in request.outputs if n in outputs}
         if request.classification:
             outputs = classify(runtime, outputs, request.classification)
-        payload, header = encode(runtime.name, runtime.version, request, outputs)
         entry.inference.observe(inference)
         entry.latency.observe(time.perf_counter() - started)
         entry.ok.inc()
@@ -349,7 +356,7 @@ class Server:
             self.collector.offer({"time": time.time(), "model": runtime.name, "version": runtime.version,
                                   "id": request.id, "inputs": feeds, "outputs": outputs,
                                   "latencyMs": round((time.perf_counter() - started) * 1000, 3)})
-        return 200, payload, header
+        return outputs
 
 
 # Paths outside /v2/models/ and /v2/health/, all GET.

@@ -18,16 +18,15 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
 
 from .. import __version__
 from . import open_inference_grpc_pb2 as pb
 from .grpc_tensors import metadata_of, request_of, response_of
-from .protocol import ClientError, Request
-from .triton import EXTENSIONS, classify
+from .protocol import ClientError
+from .triton import EXTENSIONS
 
 if TYPE_CHECKING:
-    from .app import Entry, Server
+    from .app import Server
 
 log = logging.getLogger("mlops_iac.serving.grpc")
 SERVICE = "inference.GRPCInferenceService"
@@ -102,7 +101,7 @@ class InferenceService:
         labels = (entry.runtime.name, entry.runtime.version)
         try:
             request = request_of(message)
-            outputs = await self.answer(entry, request, started)
+            outputs = await self.server.outputs(entry, request, started)
             return response_of(entry.runtime.name, entry.runtime.version, request.id, outputs)
         except ClientError as error:
             self.server.metrics.requests.labels(*labels, str(error.status)).inc()
@@ -110,49 +109,6 @@ class InferenceService:
         except Exception:  # counted, so a failing version shows in its error rate
             self.server.metrics.requests.labels(*labels, "500").inc()
             raise
-
-    async def answer(self, entry: Entry, request: Request, started: float) -> dict[str, np.ndarray]:
-        """The outputs of one request, through the model's batcher, counted and collected as the
-        REST path counts and collects them (Server.run, which also encodes the REST answer)."""
-        from .handler import call_handler as _call_handler
-
-        runtime = entry.runtime
-        if runtime.preprocess is not None:
-            feeds = runtime.check(_call_handler(runtime.preprocess, request), None)
-        else:
-            feeds = runtime.check(request.inputs, request.datatypes)
-        names = runtime.check_outputs(request.outputs) if runtime.postprocess is None else None
-        first = next(iter(feeds.values())) if feeds else None
-        rows = int(first.shape[0]) if first is not None and first.ndim else 1
-        if entry.batcher is not None and 0 < rows <= entry.batcher.max_rows:
-            outputs, queued, batch_rows = await entry.batcher.submit(feeds)
-            entry.queue.observe(queued)
-            entry.batch.observe(batch_rows)
-            inference = time.perf_counter() - started - queued
-            if names is not None:
-                outputs = {n: outputs[n] for n in names}
-        else:
-            before = time.perf_counter()
-            outputs = runtime.run(feeds, names)
-            inference = time.perf_counter() - before
-            entry.runs += 1
-        if runtime.postprocess is not None:
-            outputs = _call_handler(runtime.postprocess, outputs)
-            if request.outputs is not None:
-                outputs = {n: outputs[n] for n in request.outputs if n in outputs}
-        if request.classification:
-            outputs = classify(runtime, outputs, request.classification)
-        entry.inference.observe(inference)
-        entry.latency.observe(time.perf_counter() - started)
-        entry.ok.inc()
-        entry.rows += rows
-        entry.last = time.time()
-        collector = self.server.collector
-        if collector.sampled():
-            collector.offer({"time": time.time(), "model": runtime.name, "version": runtime.version,
-                             "id": request.id, "inputs": feeds, "outputs": outputs,
-                             "latencyMs": round((time.perf_counter() - started) * 1000, 3)})
-        return outputs
 
 
 def _guarded(func: Handler) -> Handler:
