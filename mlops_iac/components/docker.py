@@ -14,7 +14,7 @@ import pulumi
 import pulumi_docker as docker
 
 from ..artifacts import canonical_json
-from ..manifests import GRPC_PORT, PORT, UID, server_settings, version_name
+from ..manifests import GRACE_SECONDS, GRPC_PORT, PORT, PRESTOP_SECONDS, UID, server_settings, version_name
 from ..pinned import BuiltDeployment, BuiltVersion, PinnedVersion
 from ..serving.config import SETTINGS_ENV
 from ..spec.targets import DockerTarget
@@ -66,6 +66,7 @@ class DockerModelServer(pulumi.ComponentResource):
             f"{cname}-container", opts=child, name=cname, image=self.image.image_id,
             command=["--port", str(PORT)], restart="unless-stopped", must_run=True,
             wait=True, wait_timeout=WAIT_SECONDS,  # `up` succeeds only once the healthcheck passes
+            stop_timeout=GRACE_SECONDS - PRESTOP_SECONDS,  # SIGTERM drains requests (not the engine's 10 s)
             ports=[docker.ContainerPortArgs(internal=PORT, external=args.port),
                    *([docker.ContainerPortArgs(internal=GRPC_PORT, external=args.grpc_port)]
                      if args.grpc_port is not None else [])],

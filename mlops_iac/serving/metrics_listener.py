@@ -37,8 +37,8 @@ class MetricsListener:
                 raise ClientError(404, f"no route {path} on the metrics port: /metrics, /v2/health/live, "
                                        "/v2/health/ready")
             elif method != "GET":
-                raise ClientError(405, "/metrics takes GET")
+                raise ClientError(405, "/metrics takes GET", [(b"allow", b"GET")])
             else:
                 await respond(send, 200, self.server.metrics.render(), PROMETHEUS_TEXT)
         except ClientError as error:
-            await respond(send, error.status, orjson.dumps({"error": error.message}))
+            await respond(send, error.status, orjson.dumps({"error": error.message}), extra=error.headers)
