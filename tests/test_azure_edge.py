@@ -113,13 +113,18 @@ def test_ports_of_two_versions_on_a_device_do_not_collide(tmp_path: Path) -> Non
     spec = folder / "mlops.yaml"
     text = spec.read_text().replace("    version: 1\n    target: plants\n",
                                     "    versions: [1, 2]\n    traffic: {1: 100, 2: 0}\n    target: plants\n")
+    assert "    grpcPort: 8081 " in text
+    spec.write_text(text)  # v2's HTTP port would be v1's gRPC port
+    with pytest.raises(PlanError, match=r"v2 would listen on host port 8081, which iris-plants v1 \(gRPC\)"):
+        edge_files(make_plan(load(spec).resolved))
+    text = text.replace("    grpcPort: 8081 ", "    grpcPort: 9080 ")
     spec.write_text(text)
     written = {f.path: f.content for f in edge_files(make_plan(load(spec).resolved))}
     manifest = json.loads(written["plants/plant-1.deployment.json"])
     modules = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]
     ports = {n: podrun.edge_create_options(m["settings"])["HostConfig"]["PortBindings"] for n, m in modules.items()}
-    assert ports == {"iris-v1-8f03a2cb": {"8080/tcp": [{"HostPort": "8080"}]},
-                     "iris-v2-8e247c07": {"8080/tcp": [{"HostPort": "8081"}]}}
+    assert ports == {"iris-v1-8f03a2cb": {"8080/tcp": [{"HostPort": "8080"}], "8081/tcp": [{"HostPort": "9080"}]},
+                     "iris-v2-8e247c07": {"8080/tcp": [{"HostPort": "8081"}], "8081/tcp": [{"HostPort": "9081"}]}}
     spec.write_text(text.replace("    hub: acme-plants\n", "    hub: acme-plants\n    port: 65535\n"))
     with pytest.raises(PlanError, match="would listen on host port 65536"):
         edge_files(make_plan(load(spec).resolved))
