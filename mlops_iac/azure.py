@@ -27,7 +27,7 @@ from .artifacts import FileArtifact, canonical_json
 from .errors import PlanError
 from .manifests import GRACE_SECONDS, GRPC_PORT, METRICS_PORT, PORT, UID, server_settings, version_name
 from .pinned import BuiltDeployment, BuiltVersion, PinnedDeployment, PinnedVersion, built
-from .plan import Plan, StackPlan
+from .plan import Plan, check_host_ports
 from .resolve import ResolvedDeployment, ResolvedVersion
 from .spec.azure import ContainerAppsTarget, ContainerInstancesTarget, IotEdgeTarget
 
@@ -274,22 +274,6 @@ def edge_manifest(target: IotEdgeTarget, deployments: tuple[BuiltDeployment, ...
                                "$edgeHub": {"properties.desired": hub}}}
 
 
-def edge_ports(stack: StackPlan, target: IotEdgeTarget) -> None:
-    """On a device version N listens on the target's port + N - 1: no two modules on one port."""
-    holder: dict[int, str] = {}
-    for dep in stack.deployments:
-        for v in dep.versions:
-            ports = [("", edge_port(target, v))]
-            if target.grpc_port is not None:
-                ports.append((" (gRPC)", target.grpc_port + v.number - 1))
-            for what, port in ports:
-                if port > 65535 or port in holder:
-                    raise PlanError(f"target {stack.target.name}: {dep.name} v{v.number}{what} would listen on host "
-                                    f"port {port}, " + (f"which {holder[port]} holds" if port in holder else
-                                                        "above 65535"))
-                holder[port] = f"{dep.name} v{v.number}{what}"
-
-
 def edge_files(plan: Plan) -> tuple[FileArtifact, ...]:
     """`<target>/<group>.deployment.json` for every device group of every IoT Edge target, and
     `<target>/<group>.condition` with its device query, as `az iot edge deployment create` takes them."""
@@ -298,7 +282,7 @@ def edge_files(plan: Plan) -> tuple[FileArtifact, ...]:
         target = stack.target.spec
         if not isinstance(target, IotEdgeTarget):
             continue
-        edge_ports(stack, target)
+        check_host_ports(stack, target.port, target.grpc_port)  # modules share the device's ports
         manifest = canonical_json(edge_manifest(target, tuple(map(built, stack.deployments))))
         for group, condition in sorted(target.device_groups.items()):
             files.append(FileArtifact(path=f"{stack.target.name}/{group}.deployment.json", content=manifest))

@@ -93,25 +93,29 @@ def pulumi_project(resolved: ResolvedSpec, stacks: tuple[StackPlan, ...]) -> lis
 
 
 def _docker_ports(stacks: list[StackPlan]) -> None:
-    """On a Docker host version N of a deployment listens on the target's port + N - 1."""
     for stack in stacks:
         spec = stack.target.spec
-        if spec.kind != "docker":
+        if spec.kind == "docker":
+            check_host_ports(stack, spec.port, spec.grpc_port, "; give each deployment its own docker target "
+                             "(the same host with another `port` and `grpcPort`)")
+
+
+def check_host_ports(stack: StackPlan, port: int, grpc_port: int | None, advice: str = "") -> None:
+    """On one host (a Docker host, an edge device) version N of a deployment listens on
+    `port + N - 1`, and its gRPC on `grpc_port + N - 1`: no two on one port, none above 65535."""
+    firsts = [("", port)] + ([(" (gRPC)", grpc_port)] if grpc_port is not None else [])
+    holder: dict[int, str] = {}
+    for d in stack.deployments:
+        if d.batch is not None:  # a one-shot container: no port
             continue
-        holder: dict[int, str] = {}
-        for d in stack.deployments:
-            if d.batch is not None:  # a one-shot container: no port
-                continue
-            for v in d.versions:
-                firsts = [("", spec.port)] + ([(" (gRPC)", spec.grpc_port)] if spec.grpc_port is not None else [])
-                for what, first in firsts:
-                    port = first + v.number - 1
-                    if port > 65535 or port in holder:
-                        raise PlanError(f"target {stack.target.name}: {d.name} v{v.number}{what} would listen on "
-                                        f"host port {port}, " + (f"which {holder[port]} holds" if port in holder else
-                                                                 "above 65535") + "; give each deployment its own "
-                                        "docker target (the same host with another `port` and `grpcPort`)")
-                    holder[port] = f"{d.name} v{v.number}{what}"
+        for v in d.versions:
+            for what, first in firsts:
+                taken = first + v.number - 1
+                if taken > 65535 or taken in holder:
+                    raise PlanError(f"target {stack.target.name}: {d.name} v{v.number}{what} would listen on host "
+                                    f"port {taken}, " + (f"which {holder[taken]} holds" if taken in holder else
+                                                         "above 65535") + advice)
+                holder[taken] = f"{d.name} v{v.number}{what}"
 
 
 def server_config(dep: PinnedDeployment, lock: Lock, onnx_paths: dict[int, str],
