@@ -57,8 +57,12 @@ def make_data(path: Path, rows: int) -> None:
         for start in range(0, rows, 100_000):
             n = min(100_000, rows - start)
             x = rng.normal(size=(n, FEATURES)).astype(np.float32)
-            writer.write_table(pa.table([pa.array(np.arange(start, start + n))] + [pa.array(x[:, i])
-                                        for i in range(FEATURES)], schema=schema))
+            writer.write_table(
+                pa.table(
+                    [pa.array(np.arange(start, start + n))] + [pa.array(x[:, i]) for i in range(FEATURES)],
+                    schema=schema,
+                )
+            )
 
 
 def cores() -> int:
@@ -76,7 +80,7 @@ def bare(onnx: Path, x: np.ndarray, batch: int) -> float:
     sess.run(None, {name: x[:batch]})
     started = time.perf_counter()
     for i in range(0, len(x), batch):
-        sess.run(None, {name: x[i:i + batch]})
+        sess.run(None, {name: x[i : i + batch]})
     return len(x) / (time.perf_counter() - started)
 
 
@@ -106,8 +110,12 @@ print(json.dumps({"rows": summary.rows_in, "peak_mib": int(hwm.split()[1]) / 102
 
 
 def peak(model: ModelConfig, folder: Path, data: Path, out: Path) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", PEAK, model.model_dump_json(), str(folder), str(data), str(out)],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, model.model_dump_json(), str(folder), str(data), str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -125,8 +133,9 @@ def main() -> None:
         make_data(data, args.rows)
         x = np.stack([c.to_numpy() for c in pq.read_table(data).columns[1:]], axis=1)
         print(f"{args.rows} rows, RandomForest 100 trees depth 10, {FEATURES} features, {cores()} cores")
-        print(f"{'batch':>7} {'bare rows/s':>12} {'score 1w':>10} {'ratio':>6} {'score 2w':>10} {'ratio':>6} "
-              f"{'2w/1w':>6}")
+        print(
+            f"{'batch':>7} {'bare rows/s':>12} {'score 1w':>10} {'ratio':>6} {'score 2w':>10} {'ratio':>6} {'2w/1w':>6}"
+        )
         for batch in (1_000, 10_000, 100_000):
             runs: dict[str, list[float]] = {"bare": [], "w1": [], "w2": []}
             for r in range(args.rounds):

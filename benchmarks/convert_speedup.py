@@ -47,8 +47,10 @@ def models() -> dict[str, tuple[str, Any]]:
         "RandomForest (100 trees, depth 10)": ("sklearn", RandomForestClassifier(100, max_depth=10, random_state=0)),
         "HistGradientBoosting (100)": ("sklearn", HistGradientBoostingClassifier(max_iter=100, random_state=0)),
         "Pipeline (scaler + LR)": ("sklearn", make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))),
-        "MLP 64x64": ("sklearn", make_pipeline(StandardScaler(),
-                                               MLPClassifier((64, 64), max_iter=500, random_state=0))),
+        "MLP 64x64": (
+            "sklearn",
+            make_pipeline(StandardScaler(), MLPClassifier((64, 64), max_iter=500, random_state=0)),
+        ),
         "LightGBM (100)": ("lightgbm", LGBMClassifier(n_estimators=100, verbose=-1, random_state=0)),
         "XGBoost (100)": ("xgboost", XGBClassifier(n_estimators=100, random_state=0)),
     }
@@ -59,8 +61,9 @@ def torch_mlp(features: np.ndarray, labels: np.ndarray, folder: Path) -> tuple[P
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    net = torch.nn.Sequential(torch.nn.Linear(30, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
-                              torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(30, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2)
+    )
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     for _ in range(100):
         opt.zero_grad()
@@ -90,9 +93,14 @@ def frame_pipelines(folder: Path) -> list[tuple[str, str, Path, Any, Sample]]:
     frame, labels = wine_frame()
     cases = []
     for name, framework, estimator, scaled in (
-            ("DataFrame pipeline + LR", "sklearn", LogisticRegression(max_iter=5000), True),
-            ("DataFrame pipeline + LightGBM (100)", "lightgbm", LGBMClassifier(n_estimators=100, verbose=-1,
-                                                                              random_state=0), False)):
+        ("DataFrame pipeline + LR", "sklearn", LogisticRegression(max_iter=5000), True),
+        (
+            "DataFrame pipeline + LightGBM (100)",
+            "lightgbm",
+            LGBMClassifier(n_estimators=100, verbose=-1, random_state=0),
+            False,
+        ),
+    ):
         model = pipeline(estimator)
         if not scaled:  # trees take the numbers as they are
             model.steps[0][1].transformers[0][1].steps.pop()
@@ -144,8 +152,10 @@ def main() -> None:
                     rows.append((name, batch, threads, native_s, onnx_s))
     print(f"{'model':36} {'batch':>5} {'ORT threads':>11} {'native ms':>10} {'ONNX ms':>9} {'speed-up':>9}")
     for name, batch, threads, native_s, onnx_s in rows:
-        print(f"{name:36} {batch:>5} {threads:>11} {native_s * 1e3:>10.4f} {onnx_s * 1e3:>9.4f} "
-              f"{native_s / onnx_s:>8.1f}x")
+        print(
+            f"{name:36} {batch:>5} {threads:>11} {native_s * 1e3:>10.4f} {onnx_s * 1e3:>9.4f} "
+            f"{native_s / onnx_s:>8.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,17 @@ def main() -> None:
         with open(path, "wb") as out:
             rows = features[rng.integers(0, len(features), args.records)]
             for row in rows:
-                out.write(orjson.dumps({"model": "iris", "version": "1", "inputs": {"input": [row.tolist()]},
-                                        "outputs": {"label": [0], "probabilities": [[0.3, 0.3, 0.4]]}}) + b"\n")
+                out.write(
+                    orjson.dumps(
+                        {
+                            "model": "iris",
+                            "version": "1",
+                            "inputs": {"input": [row.tolist()]},
+                            "outputs": {"label": [0], "probabilities": [[0.3, 0.3, 0.4]]},
+                        }
+                    )
+                    + b"\n"
+                )
         size = path.stat().st_size
         start, cpu = time.perf_counter(), time.process_time()
         with open(path, "rb") as handle:
@@ -61,8 +70,10 @@ def main() -> None:
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"{records:,} records ({size / 2**20:.0f} MiB of JSON lines), {len(results)} columns, one core")
     print(f"  read + parse only (baseline)  {records / parse:>10,.0f} records/s")
-    print(f"  drift check (PSI + KS)        {records / elapsed:>10,.0f} records/s  "
-          f"({elapsed / parse:.2f}x the parse time)")
+    print(
+        f"  drift check (PSI + KS)        {records / elapsed:>10,.0f} records/s  "
+        f"({elapsed / parse:.2f}x the parse time)"
+    )
     # CPU seconds of this process: what the check costs, whatever else shares the core.
     print(f"  per CPU second: parse {records / parse_cpu:,.0f}, check {records / elapsed_cpu:,.0f} records")
     print(f"  peak RSS before/after the check: {before / 1024:.0f} / {after / 1024:.0f} MiB")

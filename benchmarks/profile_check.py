@@ -70,8 +70,11 @@ def cgroups(name: str, cpu_millis: int, memory_bytes: int):  # type: ignore[no-u
 
 async def paced(port: int, body: bytes, rate: float, seconds: float, connections: int) -> list[float]:
     """Open-loop load: request i is due at start + i / rate; latency counts from then."""
-    request = (b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    request = (
+        b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     total = int(rate * seconds)
     start = time.perf_counter() + 0.2
     latencies: list[float] = []
@@ -126,15 +129,43 @@ def main() -> None:
         model = Path(tmp) / "model.onnx"
         registry.pull(ref, model, "onnx")
         settings = Path(tmp) / "server.json"
-        settings.write_text(json.dumps({"models": [{
-            "name": "m", "version": 1, "path": "model.onnx", "threads": rec.threads,
-            "max_batch_size": rec.max_batch_size, "max_delay_ms": rec.max_delay_ms}]}))
+        settings.write_text(
+            json.dumps(
+                {
+                    "models": [
+                        {
+                            "name": "m",
+                            "version": 1,
+                            "path": "model.onnx",
+                            "threads": rec.threads,
+                            "max_batch_size": rec.max_batch_size,
+                            "max_delay_ms": rec.max_delay_ms,
+                        }
+                    ]
+                }
+            )
+        )
         port = free_port()
         name = f"mlops-check-{os.getpid()}"
         with cgroups(name, cpu_limit, memory_limit) as (add, cpu_group, _):
-            process = subprocess.Popen(["taskset", "-c", ",".join(str(c) for c in range(cores)), sys.executable,
-                                        "-m", "mlops_iac.serving", "--config", str(settings), "--host", "127.0.0.1",
-                                        "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    ",".join(str(c) for c in range(cores)),
+                    sys.executable,
+                    "-m",
+                    "mlops_iac.serving",
+                    "--config",
+                    str(settings),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             add(process.pid)  # before it imports anything: the whole life of the server is limited
             try:
                 deadline = time.monotonic() + 60
@@ -148,22 +179,31 @@ def main() -> None:
                             sys.exit("the server did not start inside the limits")
                         time.sleep(0.1)
                 throttled_before = _throttled(cpu_group)
-                latencies = asyncio.run(paced(port, request_body(sample), rate, args.seconds,
-                                              connections=max(4, int(rate * slo / 1000) + 2)))
+                latencies = asyncio.run(
+                    paced(
+                        port, request_body(sample), rate, args.seconds, connections=max(4, int(rate * slo / 1000) + 2)
+                    )
+                )
                 throttled = _throttled(cpu_group) - throttled_before
                 peak = peak_rss(process.pid)
             finally:
                 process.terminate()
                 process.wait(30)
     p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99))
-    print(f"{ref}: cpu limit {cpu_limit}m (request {rec.cpu_millis}m) on {cores} core(s), memory limit "
-          f"{memory_limit // 2**20} MiB, threads {rec.threads}, batching "
-          f"{'max ' + str(rec.max_batch_size) if rec.max_batch_size > 1 else 'off'}")
+    print(
+        f"{ref}: cpu limit {cpu_limit}m (request {rec.cpu_millis}m) on {cores} core(s), memory limit "
+        f"{memory_limit // 2**20} MiB, threads {rec.threads}, batching "
+        f"{'max ' + str(rec.max_batch_size) if rec.max_batch_size > 1 else 'off'}"
+    )
     print(f"driven open-loop at {rate:g} requests/s for {args.seconds:g} s: {len(latencies)} requests")
-    print(f"p50 {p50:.2f} ms, p99 {p99:.2f} ms against the objective {slo:g} ms: "
-          f"{'HOLDS' if p99 <= slo else 'MISSED'} ({p99 / slo:.2f} of the objective)")
-    print(f"peak memory {peak / 2**20:.0f} MiB of the {memory_limit // 2**20} MiB limit; CFS throttled periods "
-          f"during the run: {throttled}")
+    print(
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms against the objective {slo:g} ms: "
+        f"{'HOLDS' if p99 <= slo else 'MISSED'} ({p99 / slo:.2f} of the objective)"
+    )
+    print(
+        f"peak memory {peak / 2**20:.0f} MiB of the {memory_limit // 2**20} MiB limit; CFS throttled periods "
+        f"during the run: {throttled}"
+    )
 
 
 def _throttled(group: Path) -> int:

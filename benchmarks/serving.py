@@ -201,8 +201,7 @@ def peer_python(name: str, packages: list[str]) -> Path | None:
     if not marker.exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], capture_output=True,
-                              text=True)
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], capture_output=True, text=True)
         if done.returncode != 0:
             print(f"({name}: install failed, left out: {done.stderr.strip()[-300:]})")
             return None
@@ -226,10 +225,16 @@ def cpu_seconds(session: int) -> float:
 
 def wrk(url: str, body: bytes, concurrency: int, duration: int, folder: Path) -> tuple[float, float, float, int]:
     script = folder / "post.lua"
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(body.decode())}\n")
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body.decode())}\n"
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     if "Non-2xx" in out:
         raise RuntimeError(f"{url} answered errors under load:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -250,11 +255,25 @@ class Target:
     process: subprocess.Popen[bytes]
 
 
-def start(name: str, command: list[str], ready: str, url: str, body: bytes, folder: Path,
-          cwd: Path | None = None, env: dict[str, str] | None = None) -> Target:
+def start(
+    name: str,
+    command: list[str],
+    ready: str,
+    url: str,
+    body: bytes,
+    folder: Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Target:
     with open(folder / f"{name.split()[0]}-{len(name)}.log", "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-                                   env={**os.environ, **(env or {})}, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     target = Target(name, url, body, process)
     try:
         _check(ready, url, body, process)
@@ -302,8 +321,10 @@ def measure(targets: list[Target], rounds: int, duration: int, folder: Path) -> 
                 rps, p50, p99, done = wrk(target.url, target.body, c, duration, folder)
                 cpu_us = (cpu_seconds(target.process.pid) - before) * 1e6 / max(done, 1)
                 samples.setdefault((target.name, c), []).append((rps, p50, p99, cpu_us))
-    return [Result(name, c, *(statistics.median(s[i] for s in runs) for i in range(4)))
-            for (name, c), runs in samples.items()]
+    return [
+        Result(name, c, *(statistics.median(s[i] for s in runs) for i in range(4)))
+        for (name, c), runs in samples.items()
+    ]
 
 
 def main() -> None:
@@ -314,8 +335,11 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--workers", type=int, default=0, help="also measure the server with N workers")
     parser.add_argument("--baseline", type=Path, help="another mlops-iac checkout, measured as 'baseline'")
-    parser.add_argument("--grpc", action="store_true",
-                        help="then gRPC against REST on our server, same model (benchmarks/serving_grpc.py)")
+    parser.add_argument(
+        "--grpc",
+        action="store_true",
+        help="then gRPC against REST on our server, same model (benchmarks/serving_grpc.py)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -323,19 +347,42 @@ def main() -> None:
     path, x = build_model(args.model, folder)
     bare = in_process(path, x)
     row = x[:1]
-    v2 = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, row.shape[1]],
-                                 "data": row.ravel().tolist()}]}).encode()
+    v2 = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, row.shape[1]], "data": row.ravel().tolist()}]}
+    ).encode()
     targets: list[Target] = []
     try:
         (folder / "minimal.py").write_text(MINIMAL.format(path=str(path)))
         port = free_port()
-        targets.append(start("minimal reference", [
-            sys.executable, "-m", "uvicorn", "minimal:app", "--port", str(port), "--loop", "uvloop", "--http",
-            "httptools", "--log-level", "warning", "--no-access-log"],
-            f"http://127.0.0.1:{port}/v2/health/ready", f"http://127.0.0.1:{port}/v2/models/m/infer", v2, folder,
-            cwd=folder))
+        targets.append(
+            start(
+                "minimal reference",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "minimal:app",
+                    "--port",
+                    str(port),
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                f"http://127.0.0.1:{port}/v2/health/ready",
+                f"http://127.0.0.1:{port}/v2/models/m/infer",
+                v2,
+                folder,
+                cwd=folder,
+            )
+        )
         ours: list[tuple[str, dict[str, object], dict[str, str]]] = [
-            ("mlops-iac", {}, {}), ("mlops-iac batching", {"max_batch_size": 32, "max_delay_ms": 0}, {})]
+            ("mlops-iac", {}, {}),
+            ("mlops-iac batching", {"max_batch_size": 32, "max_delay_ms": 0}, {}),
+        ]
         if args.workers > 1:
             ours.append((f"mlops-iac {args.workers} workers", {"workers": args.workers}, {}))
         if args.baseline is not None:
@@ -350,8 +397,19 @@ def main() -> None:
             stop(target)
     report(results, bare, args.model)
     if args.grpc:  # a Python client on both protocols: wrk speaks no gRPC
-        subprocess.run([sys.executable, str(Path(__file__).with_name("serving_grpc.py")), "--model", args.model,
-                        "--rounds", str(args.rounds), "--seconds", str(args.duration)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("serving_grpc.py")),
+                "--model",
+                args.model,
+                "--rounds",
+                str(args.rounds),
+                "--seconds",
+                str(args.duration),
+            ],
+            check=True,
+        )
 
 
 def start_ours(name: str, extra: dict[str, object], env: dict[str, str], v2: bytes, folder: Path) -> Target:
@@ -362,10 +420,25 @@ def start_ours(name: str, extra: dict[str, object], env: dict[str, str], v2: byt
     settings = folder / f"server-{name.replace(' ', '-')}.json"
     settings.write_text(json.dumps(server))
     port = free_port()
-    return start(name, [sys.executable, "-m", "mlops_iac.serving", "--config", str(settings),
-                        "--host", "127.0.0.1", "--port", str(port)],
-                 f"http://127.0.0.1:{port}/v2/health/ready", f"http://127.0.0.1:{port}/v2/models/m/infer",
-                 v2, folder, env=env)
+    return start(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "mlops_iac.serving",
+            "--config",
+            str(settings),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        f"http://127.0.0.1:{port}/v2/health/ready",
+        f"http://127.0.0.1:{port}/v2/models/m/infer",
+        v2,
+        folder,
+        env=env,
+    )
 
 
 def peers(path: Path, v2: bytes, row: np.ndarray, folder: Path) -> list[Target]:
@@ -390,14 +463,22 @@ def _mlserver(path: Path, v2: bytes, row: np.ndarray, folder: Path) -> Target | 
     models = folder / "mlserver"
     (models / "m").mkdir(parents=True)
     (models / "m" / "runtime.py").write_text(MLSERVER_RUNTIME)
-    (models / "m" / "model-settings.json").write_text(json.dumps(
-        {"name": "m", "implementation": "runtime.OnnxRuntime", "parameters": {"uri": str(path)}}))
+    (models / "m" / "model-settings.json").write_text(
+        json.dumps({"name": "m", "implementation": "runtime.OnnxRuntime", "parameters": {"uri": str(path)}})
+    )
     http, grpc, metrics = free_port(), free_port(), free_port()
-    (models / "settings.json").write_text(json.dumps(
-        {"http_port": http, "grpc_port": grpc, "metrics_port": metrics, "debug": False}))
-    return start("MLServer", [str(python.parent / "mlserver"), "start", str(models)],
-                 f"http://127.0.0.1:{http}/v2/health/ready", f"http://127.0.0.1:{http}/v2/models/m/infer",
-                 v2, folder, cwd=models / "m")
+    (models / "settings.json").write_text(
+        json.dumps({"http_port": http, "grpc_port": grpc, "metrics_port": metrics, "debug": False})
+    )
+    return start(
+        "MLServer",
+        [str(python.parent / "mlserver"), "start", str(models)],
+        f"http://127.0.0.1:{http}/v2/health/ready",
+        f"http://127.0.0.1:{http}/v2/models/m/infer",
+        v2,
+        folder,
+        cwd=models / "m",
+    )
 
 
 def _bentoml(path: Path, v2: bytes, row: np.ndarray, folder: Path) -> Target | None:
@@ -409,9 +490,16 @@ def _bentoml(path: Path, v2: bytes, row: np.ndarray, folder: Path) -> Target | N
     (service / "service.py").write_text(BENTO_SERVICE.format(path=str(path)))
     port = free_port()
     body = json.dumps({"x": row.tolist()}).encode()
-    return start("BentoML", [str(python.parent / "bentoml"), "serve", "service:Model", "--port", str(port)],
-                 f"http://127.0.0.1:{port}/readyz", f"http://127.0.0.1:{port}/predict",
-                 body, folder, cwd=service, env={"BENTOML_DO_NOT_TRACK": "true"})
+    return start(
+        "BentoML",
+        [str(python.parent / "bentoml"), "serve", "service:Model", "--port", str(port)],
+        f"http://127.0.0.1:{port}/readyz",
+        f"http://127.0.0.1:{port}/predict",
+        body,
+        folder,
+        cwd=service,
+        env={"BENTOML_DO_NOT_TRACK": "true"},
+    )
 
 
 def _kserve(path: Path, v2: bytes, row: np.ndarray, folder: Path) -> Target | None:
@@ -420,19 +508,29 @@ def _kserve(path: Path, v2: bytes, row: np.ndarray, folder: Path) -> Target | No
         return None
     (folder / "kserve_model.py").write_text(KSERVE_MODEL.format(path=str(path)))
     http, grpc = free_port(), free_port()
-    return start("KServe", [str(python), str(folder / "kserve_model.py"), str(http), str(grpc)],
-                 f"http://127.0.0.1:{http}/v2/health/ready", f"http://127.0.0.1:{http}/v2/models/m/infer",
-                 v2, folder, cwd=folder)
+    return start(
+        "KServe",
+        [str(python), str(folder / "kserve_model.py"), str(http), str(grpc)],
+        f"http://127.0.0.1:{http}/v2/health/ready",
+        f"http://127.0.0.1:{http}/v2/models/m/infer",
+        v2,
+        folder,
+        cwd=folder,
+    )
 
 
 PEERS_SHOWN = ("MLServer", "BentoML", "KServe")
 
 
 def report(results: list[Result], bare: dict[str, float], model: str) -> None:
-    print(f"in-process session.run, 1 thread: batch 1 {bare['batch1_us']:.1f} us "
-          f"({1e6 / bare['batch1_us']:,.0f} calls/s); batch 32 {bare['batch32_us']:.1f} us")
-    print(f"{'server':22} {'conc':>4} {'req/s':>9} {'p50 us':>9} {'p99 us':>9} {'CPU us/req':>10}"
-          "   (medians of interleaved rounds)")
+    print(
+        f"in-process session.run, 1 thread: batch 1 {bare['batch1_us']:.1f} us "
+        f"({1e6 / bare['batch1_us']:,.0f} calls/s); batch 32 {bare['batch32_us']:.1f} us"
+    )
+    print(
+        f"{'server':22} {'conc':>4} {'req/s':>9} {'p50 us':>9} {'p99 us':>9} {'CPU us/req':>10}"
+        "   (medians of interleaved rounds)"
+    )
     for r in sorted(results, key=lambda r: (r.name, r.concurrency)):
         cpu = f"{r.cpu_us:>10.1f}" if r.cpu_us else f"{'-':>10}"  # BentoML's workers leave the session
         print(f"{r.name:22} {r.concurrency:>4} {r.rps:>9,.0f} {r.p50_us:>9.0f} {r.p99_us:>9.0f} {cpu}")
@@ -446,18 +544,24 @@ def report(results: list[Result], bare: dict[str, float], model: str) -> None:
     print("CPU per request (the server's, over mlops-iac's; lower is cheaper, robust to noise):")
     for c in CONCURRENCY:
         ours = by[("mlops-iac", c)]
-        parts = [f"{name} {by[(name, c)].cpu_us / ours.cpu_us:.2f}x" for name in sorted({n for n, _ in by})
-                 if name != "mlops-iac" and (name, c) in by and by[(name, c)].cpu_us]
+        parts = [
+            f"{name} {by[(name, c)].cpu_us / ours.cpu_us:.2f}x"
+            for name in sorted({n for n, _ in by})
+            if name != "mlops-iac" and (name, c) in by and by[(name, c)].cpu_us
+        ]
         print(f"  concurrency {c:>2}: " + ", ".join(parts))
     goals(by, bare, model)
 
 
 def goals(by: dict[tuple[str, int], Result], bare: dict[str, float], model: str) -> None:
     """The server-speed goals, each as measured here against its target."""
+
     def line(what: str, value: float, target: float, unit: str = "x", lower: bool = False) -> None:
         met = value <= target if lower else value >= target
-        print(f"  {what:62} {value:7.2f}{unit} (goal {'<=' if lower else '>='} {target:g}{unit}) "
-              f"{'met' if met else 'NOT met'}")
+        print(
+            f"  {what:62} {value:7.2f}{unit} (goal {'<=' if lower else '>='} {target:g}{unit}) "
+            f"{'met' if met else 'NOT met'}"
+        )
 
     def rps(name: str, c: int) -> float:
         return by[(name, c)].rps
@@ -465,20 +569,26 @@ def goals(by: dict[tuple[str, int], Result], bare: dict[str, float], model: str)
     print(f"goals (model {model}; the tiny-model goals apply to rf and iris, the 150 us ones to mlp):")
     floor = 1.8 if model != "mlp" else 1.3
     for c in (8, 32):  # the best of our configurations (one worker, batching, workers) at c
-        best = max((name for name, at in by if name.startswith("mlops-iac") and at == c),
-                   key=lambda name: rps(name, c))
+        best = max((name for name, at in by if name.startswith("mlops-iac") and at == c), key=lambda name: rps(name, c))
         line(f"{best} over minimal reference, concurrency {c}", rps(best, c) / rps("minimal reference", c), floor)
-    line("added median latency at concurrency 1 over bare session.run",
-         by[("mlops-iac", 1)].p50_us - bare["batch1_us"], 80, " us", lower=True)
+    line(
+        "added median latency at concurrency 1 over bare session.run",
+        by[("mlops-iac", 1)].p50_us - bare["batch1_us"],
+        80,
+        " us",
+        lower=True,
+    )
     line("batching over unbatched, concurrency 1", rps("mlops-iac batching", 1) / rps("mlops-iac", 1), 0.97)
     if model == "mlp":
-        line("batching over unbatched, concurrency 32",
-             rps("mlops-iac batching", 32) / rps("mlops-iac", 32), 1.5)
+        line("batching over unbatched, concurrency 32", rps("mlops-iac batching", 32) / rps("mlops-iac", 32), 1.5)
     for name, _ in by:
         if name.endswith(" workers") and _ == 32:
             n = int(name.split()[1])
-            line(f"{name} over 1 worker, concurrency 32 (cores: {os.cpu_count()})",
-                 rps(name, 32) / rps("mlops-iac", 32), 0.85 * n)
+            line(
+                f"{name} over 1 worker, concurrency 32 (cores: {os.cpu_count()})",
+                rps(name, 32) / rps("mlops-iac", 32),
+                0.85 * n,
+            )
 
 
 if __name__ == "__main__":

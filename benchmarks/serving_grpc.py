@@ -75,8 +75,12 @@ async def drive(kind: str, url: str, row: np.ndarray, concurrency: int, seconds:
     elapsed, used = time.perf_counter() - started, cpu_seconds(pid) - cpu
     await client.close()
     ordered = sorted(latencies)
-    return Run(len(ordered) / elapsed, ordered[len(ordered) // 2] / 1000, ordered[int(len(ordered) * 0.99)] / 1000,
-               used / len(ordered) * 1e6)
+    return Run(
+        len(ordered) / elapsed,
+        ordered[len(ordered) // 2] / 1000,
+        ordered[int(len(ordered) * 0.99)] / 1000,
+        used / len(ordered) * 1e6,
+    )
 
 
 def main() -> None:
@@ -88,11 +92,25 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="mlops-bench-grpc-"))
     _, x = build_model(args.model, folder)
     http, grpc = free_port(), free_port()
-    (folder / "server.json").write_text(json.dumps({"models": [{"name": "m", "version": 1, "path": "model.onnx"}],
-                                                    "grpc_port": grpc}))
+    (folder / "server.json").write_text(
+        json.dumps({"models": [{"name": "m", "version": 1, "path": "model.onnx"}], "grpc_port": grpc})
+    )
     with open(folder / "server.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "mlops_iac.serving", "--config", str(folder / "server.json"),
-                                   "--host", "127.0.0.1", "--port", str(http)], stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlops_iac.serving",
+                "--config",
+                str(folder / "server.json"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(http),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     runs: dict[tuple[str, int], list[Run]] = {}
     try:
         wait_ready(f"http://127.0.0.1:{http}/v2/health/ready", server)
@@ -105,20 +123,28 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    report({key: Run(*(statistics.median(getattr(r, f) for r in rs) for f in ("rps", "p50_us", "p99_us", "cpu_us")))
-            for key, rs in runs.items()})
+    report(
+        {
+            key: Run(*(statistics.median(getattr(r, f) for r in rs) for f in ("rps", "p50_us", "p99_us", "cpu_us")))
+            for key, rs in runs.items()
+        }
+    )
 
 
 def report(runs: dict[tuple[str, int], Run]) -> None:
-    print(f"{'protocol':8} {'conc':>4} {'req/s':>9} {'p50 us':>9} {'p99 us':>9} {'server CPU us/req':>18}"
-          "   (medians of interleaved rounds; one Python client process)")
+    print(
+        f"{'protocol':8} {'conc':>4} {'req/s':>9} {'p50 us':>9} {'p99 us':>9} {'server CPU us/req':>18}"
+        "   (medians of interleaved rounds; one Python client process)"
+    )
     for (kind, c), r in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
         print(f"{kind:8} {c:>4} {r.rps:>9,.0f} {r.p50_us:>9.0f} {r.p99_us:>9.0f} {r.cpu_us:>18.0f}")
     print("gRPC over REST:")
     for c in CONCURRENCY:
         g, h = runs[("gRPC", c)], runs[("REST", c)]
-        print(f"  concurrency {c:>2}: requests/s {g.rps / h.rps:.2f}x, p99 {g.p99_us / h.p99_us:.2f}x, "
-              f"server CPU per request {g.cpu_us / h.cpu_us:.2f}x")
+        print(
+            f"  concurrency {c:>2}: requests/s {g.rps / h.rps:.2f}x, p99 {g.p99_us / h.p99_us:.2f}x, "
+            f"server CPU per request {g.cpu_us / h.cpu_us:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -39,9 +39,21 @@ def server(folder: Path, name: str, config: dict[str, object]) -> Iterator[int]:
     settings = folder / f"{name}.json"
     settings.write_text(json.dumps(config))
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "mlops_iac.serving", "--config", str(settings),
-                                "--host", "127.0.0.1", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlops_iac.serving",
+            "--config",
+            str(settings),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process)
         yield port
@@ -80,12 +92,22 @@ def main() -> None:
         path, x = build_model(args.model, folder)
         entry = {"name": "m", "path": path.name, "digest": sha256_of(path)}
         plain = {"deployment": "plain", "models": [{**entry, "version": 1}]}
-        mirrored = {"deployment": "mirrored", "models": [
-            {**entry, "version": 1}, {**entry, "version": 2, "weight": 0, "shadow": args.percent}],
-            "collection": {"enabled": True, "sample_rate": 0.0, "sink": "file", "path": "collected/shadow.jsonl"}}
-        bodies = [json.dumps({"id": f"r{i}", "inputs": [{"name": "input", "datatype": "FP32",
-                                                         "shape": [1, x.shape[1]], "data": x[i % len(x)].tolist()}]
-                              }).encode() for i in range(args.requests)]
+        mirrored = {
+            "deployment": "mirrored",
+            "models": [{**entry, "version": 1}, {**entry, "version": 2, "weight": 0, "shadow": args.percent}],
+            "collection": {"enabled": True, "sample_rate": 0.0, "sink": "file", "path": "collected/shadow.jsonl"},
+        }
+        bodies = [
+            json.dumps(
+                {
+                    "id": f"r{i}",
+                    "inputs": [
+                        {"name": "input", "datatype": "FP32", "shape": [1, x.shape[1]], "data": x[i % len(x)].tolist()}
+                    ],
+                }
+            ).encode()
+            for i in range(args.requests)
+        ]
         ratios = []
         with server(folder, "plain", plain) as a, server(folder, "mirrored", mirrored) as b:
             drive(a, bodies[:200])  # warm both
@@ -97,8 +119,10 @@ def main() -> None:
                 got = {label: drive(port, bodies) for port, label in order}
                 ratio = p(got["with"], 50) / p(got["without"], 50)
                 ratios.append(ratio)
-                print(f"{n + 1} | {p(got['without'], 50):.0f} | {p(got['without'], 99):.0f} | "
-                      f"{p(got['with'], 50):.0f} | {p(got['with'], 99):.0f} | {ratio:.3f}")
+                print(
+                    f"{n + 1} | {p(got['without'], 50):.0f} | {p(got['without'], 99):.0f} | "
+                    f"{p(got['with'], 50):.0f} | {p(got['with'], 99):.0f} | {ratio:.3f}"
+                )
         lines = (folder / "collected/shadow.jsonl").read_text().splitlines()
         shadows = sum(1 for line in lines if '"shadow":true' in line)
         sent = args.requests * args.rounds + 200

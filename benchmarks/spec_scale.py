@@ -21,9 +21,11 @@ from mlops_iac.lock import Lock, LockedVersion, write_lock
 from mlops_iac.plan import plan
 from mlops_iac.resolve import load
 
-TARGETS = {"local": {"kind": "local"},
-           "edge": {"kind": "docker", "host": "ssh://deploy@edge-01"},
-           "prod": {"kind": "kubernetes", "namespace": "models"}}
+TARGETS = {
+    "local": {"kind": "local"},
+    "edge": {"kind": "docker", "host": "ssh://deploy@edge-01"},
+    "prod": {"kind": "kubernetes", "namespace": "models"},
+}
 
 
 def generate(folder: Path, models: int) -> Path:
@@ -32,20 +34,34 @@ def generate(folder: Path, models: int) -> Path:
     spec = {
         "apiVersion": "mlops-iac/v1",
         "project": {"name": "scale"},
-        "models": [{"name": f"m{i}", "framework": "sklearn", "source": "model.joblib",
-                    "sample": "sample.npy", "profile": {"p99LatencyMs": 20}} for i in range(models)],
+        "models": [
+            {
+                "name": f"m{i}",
+                "framework": "sklearn",
+                "source": "model.joblib",
+                "sample": "sample.npy",
+                "profile": {"p99LatencyMs": 20},
+            }
+            for i in range(models)
+        ],
         "targets": TARGETS,
-        "deployments": [{"model": f"m{i}", "target": target,
-                         **({"versions": [1, 2], "traffic": {1: 90, 2: 10}} if i % 5 == 0
-                            else {"version": 1}),
-                         "hardware": {"cpu": "500m", "memory": "1Gi"}}
-                        for i in range(models) for target in TARGETS],
+        "deployments": [
+            {
+                "model": f"m{i}",
+                "target": target,
+                **({"versions": [1, 2], "traffic": {1: 90, 2: 10}} if i % 5 == 0 else {"version": 1}),
+                "hardware": {"cpu": "500m", "memory": "1Gi"},
+            }
+            for i in range(models)
+            for target in TARGETS
+        ],
     }
     lock = Lock()
     for i in range(models):
         for n in (1, 2):
-            lock = lock.with_version(f"m{i}", n, LockedVersion(
-                digest=f"sha256:{i * 2 + n:064x}", framework="sklearn", size=1))
+            lock = lock.with_version(
+                f"m{i}", n, LockedVersion(digest=f"sha256:{i * 2 + n:064x}", framework="sklearn", size=1)
+            )
     write_lock(folder / "mlops.lock", lock)
     file = folder / "mlops.yaml"
     file.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -74,13 +90,17 @@ def main() -> None:
         ws = load(file)
         plan_s = timed(lambda: plan(ws.resolved), args.repeat)
         total = load_s + plan_s
-    print(f"{args.models} models, {len(TARGETS)} targets, {args.models * len(TARGETS)} deployments, "
-          f"{len(text) // 1024} KiB of YAML (+ a lock of {args.models * 2} versions)")
+    print(
+        f"{args.models} models, {len(TARGETS)} targets, {args.models * len(TARGETS)} deployments, "
+        f"{len(text) // 1024} KiB of YAML (+ a lock of {args.models * 2} versions)"
+    )
     print(f"  baseline yaml.safe_load        {baseline * 1000:8.1f} ms")
     print(f"  load + validate + resolve      {load_s * 1000:8.1f} ms  ({load_s / baseline:.2f}x baseline)")
     print(f"  plan                           {plan_s * 1000:8.1f} ms")
-    print(f"  total                          {total * 1000:8.1f} ms  ({total / baseline:.2f}x baseline)"
-          f"  goal < 1000 ms: {'met' if total < 1 else 'MISSED'}")
+    print(
+        f"  total                          {total * 1000:8.1f} ms  ({total / baseline:.2f}x baseline)"
+        f"  goal < 1000 ms: {'met' if total < 1 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,19 @@ def scoring_args(batch: Batch, shards: bool = True) -> list[str]:
     args = ["--config", "/app/server.json"]
     for pattern in batch.input:
         args += ["--input", _under_data(pattern)]
-    args += ["--output", _under_data(batch.output), "--batch-size", str(batch.batch_size),
-             "--part-rows", str(batch.part_rows), "--error-threshold", str(batch.error_threshold),
-             "--format", batch.format, "--resume"]
+    args += [
+        "--output",
+        _under_data(batch.output),
+        "--batch-size",
+        str(batch.batch_size),
+        "--part-rows",
+        str(batch.part_rows),
+        "--error-threshold",
+        str(batch.error_threshold),
+        "--format",
+        batch.format,
+        "--resume",
+    ]
     if shards:
         args += ["--shards", str(batch.parallelism)]
     return args
@@ -48,8 +58,9 @@ def _under_data(path: str) -> str:
     return path if path.startswith("/") else f"{DATA}/{path}"
 
 
-def batch_objects(project: str, target: KubernetesTarget, dep: PinnedDeployment, version: PinnedVersion,
-                  image: str, onnx_digest: str) -> list[Object]:
+def batch_objects(
+    project: str, target: KubernetesTarget, dep: PinnedDeployment, version: PinnedVersion, image: str, onnx_digest: str
+) -> list[Object]:
     """ServiceAccount, ConfigMap, NetworkPolicy and the Job (or CronJob) of one batch deployment."""
     assert dep.batch is not None  # only a `kind: batch` deployment has a Job
     # Named by the deployment (one version each), never by the version: the online deployment
@@ -59,23 +70,49 @@ def batch_objects(project: str, target: KubernetesTarget, dep: PinnedDeployment,
     settings = canonical_json(server_settings(dep, version, onnx_digest).model_dump(mode="json"))
     job = _job_spec(name, label_set, dep.batch, version, image)
     workload: Object = (
-        {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta(name, ns, label_set),
-         "spec": {"schedule": dep.batch.schedule, "concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 3,
-                  "failedJobsHistoryLimit": 3, "jobTemplate": {"metadata": {"labels": label_set}, "spec": job}}}
-        if dep.batch.schedule else
-        {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta(name, ns, label_set), "spec": job})
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": meta(name, ns, label_set),
+            "spec": {
+                "schedule": dep.batch.schedule,
+                "concurrencyPolicy": "Forbid",
+                "successfulJobsHistoryLimit": 3,
+                "failedJobsHistoryLimit": 3,
+                "jobTemplate": {"metadata": {"labels": label_set}, "spec": job},
+            },
+        }
+        if dep.batch.schedule
+        else {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta(name, ns, label_set), "spec": job}
+    )
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name, ns, label_set),
-         "automountServiceAccountToken": False},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(name, ns, label_set),
-         "data": {"server.json": settings}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta(name, ns, label_set),
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta(name, ns, label_set),
+            "data": {"server.json": settings},
+        },
         workload,
         # A batch pod answers nobody and calls nobody: its rows are on its volume.
-        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(name, ns, label_set),
-         "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": name,
-                                                  "app.kubernetes.io/component": "batch-scoring"}},
-                  "policyTypes": ["Ingress", "Egress"], "ingress": [],
-                  "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]}},
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": meta(name, ns, label_set),
+            "spec": {
+                "podSelector": {
+                    "matchLabels": {"app.kubernetes.io/instance": name, "app.kubernetes.io/component": "batch-scoring"}
+                },
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [],
+                "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}],
+            },
+        },
     ]
 
 
@@ -83,25 +120,37 @@ def _job_spec(name: str, label_set: dict[str, str], batch: Batch, version: Pinne
     hw = version.hardware
     limits = {"cpu": quantity_cpu(hw.cpu_limit_millis), "memory": quantity_memory(hw.memory_limit_bytes)}
     container: dict[str, Any] = {
-        "name": "score", "image": image, "imagePullPolicy": "IfNotPresent",  # pinned by digest
-        "command": [PYTHON, "-m", "mlops_iac.scoring"], "args": scoring_args(batch),
-        "env": [{"name": SETTINGS_ENV, "valueFrom": {
-            "configMapKeyRef": {"name": name, "key": "server.json"}}}],
-        "resources": {"requests": {"cpu": quantity_cpu(hw.cpu_millis), "memory": quantity_memory(hw.memory_bytes)},
-                      "limits": limits},
+        "name": "score",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",  # pinned by digest
+        "command": [PYTHON, "-m", "mlops_iac.scoring"],
+        "args": scoring_args(batch),
+        "env": [{"name": SETTINGS_ENV, "valueFrom": {"configMapKeyRef": {"name": name, "key": "server.json"}}}],
+        "resources": {
+            "requests": {"cpu": quantity_cpu(hw.cpu_millis), "memory": quantity_memory(hw.memory_bytes)},
+            "limits": limits,
+        },
         "securityContext": container_security(),
         "volumeMounts": [{"name": "data", "mountPath": DATA}, {"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
     }
-    data: Object = ({"name": "data", "persistentVolumeClaim": {"claimName": batch.volume_claim}}
-                    if batch.volume_claim else {"name": "data", "emptyDir": {}})
+    data: Object = (
+        {"name": "data", "persistentVolumeClaim": {"claimName": batch.volume_claim}}
+        if batch.volume_claim
+        else {"name": "data", "emptyDir": {}}
+    )
     return {
-        "completionMode": "Indexed", "completions": batch.parallelism, "parallelism": batch.parallelism,
+        "completionMode": "Indexed",
+        "completions": batch.parallelism,
+        "parallelism": batch.parallelism,
         # A retried pod resumes from the manifest: only unfinished parts are scored again.
-        "backoffLimit": 3 * batch.parallelism, "ttlSecondsAfterFinished": 7 * 86400,
+        "backoffLimit": 3 * batch.parallelism,
+        "ttlSecondsAfterFinished": 7 * 86400,
         "template": {
             "metadata": {"labels": label_set},
             "spec": {
-                "serviceAccountName": name, "automountServiceAccountToken": False, "restartPolicy": "OnFailure",
+                "serviceAccountName": name,
+                "automountServiceAccountToken": False,
+                "restartPolicy": "OnFailure",
                 "securityContext": pod_security_context(),
                 "containers": [container],
                 "volumes": [data, {"name": "tmp", "emptyDir": {"medium": "Memory"}}],

@@ -88,9 +88,10 @@ def init(directory: Path, model: str, force: bool) -> None:
     project = re.sub(r"[^a-z0-9-]+", "-", directory.resolve().name.lower()).strip("-") or "project"
     # A relative $schema resolves for everyone who clones the project, offline, and always
     # matches the mlops-iac version that wrote it (`mlops-iac schema > mlops.schema.json`).
-    files = {DEFAULT_FILE: render("init/mlops.yaml.j2", project=project[:63], model=model,
-                                  schema_url=INIT_SCHEMA),
-             INIT_SCHEMA: json_schema_text()}
+    files = {
+        DEFAULT_FILE: render("init/mlops.yaml.j2", project=project[:63], model=model, schema_url=INIT_SCHEMA),
+        INIT_SCHEMA: json_schema_text(),
+    }
     if force or not (directory / "train.py").exists():
         files["train.py"] = render("init/train.py.j2", model=model)
     for name, text in files.items():
@@ -117,8 +118,10 @@ def validate(file: Path, as_json: bool) -> None:
         return
     print_problems(ws.warnings)
     spec = ws.spec
-    click.echo(f"{file}: valid ({len(spec.models)} model(s), {len(spec.targets)} target(s), "
-               f"{len(spec.deployments)} deployment(s))")
+    click.echo(
+        f"{file}: valid ({len(spec.models)} model(s), {len(spec.targets)} target(s), "
+        f"{len(spec.deployments)} deployment(s))"
+    )
 
 
 @main.command()
@@ -130,12 +133,13 @@ def schema(openapi: bool, check: bool) -> None:
     if check:
         current = Path(committed)
         if not current.exists():
-            raise MlopsIacError(f"{committed} not found: run `mlops-iac schema --check` from the root of "
-                                "the mlops-iac repository, where the committed copy lives")
+            raise MlopsIacError(
+                f"{committed} not found: run `mlops-iac schema --check` from the root of "
+                "the mlops-iac repository, where the committed copy lives"
+            )
         if current.read_text() != text:
             flag = " --openapi" if openapi else ""
-            raise MlopsIacError(f"{committed} is stale; regenerate it with "
-                                f"`mlops-iac schema{flag} > {committed}`")
+            raise MlopsIacError(f"{committed} is stale; regenerate it with `mlops-iac schema{flag} > {committed}`")
         return
     click.echo(text, nl=False)
 
@@ -153,8 +157,9 @@ def lock_show(file: Path, as_json: bool) -> None:
     path = file.resolve().parent / "mlops.lock"
     current = read_lock(path, str(file.parent / "mlops.lock"))
     if as_json:
-        click.echo(json.dumps(current.model_dump(mode="json", by_alias=True, exclude_none=True),
-                              indent=2, sort_keys=True))
+        click.echo(
+            json.dumps(current.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2, sort_keys=True)
+        )
         return
     if not current.models:
         click.echo(f"{path.name}: no model versions locked yet (run mlops-iac register)")
@@ -168,22 +173,34 @@ def lock_show(file: Path, as_json: bool) -> None:
             aliases = ",".join(a for a, n in sorted(entry.aliases.items()) if n == number)
             rec = facts.recommendation
             table.add_row(
-                name, str(number), aliases or "-", facts.digest[:19],
+                name,
+                str(number),
+                aliases or "-",
+                facts.digest[:19],
                 f"opset {facts.onnx.opset}" if facts.onnx else "-",
                 ("yes" if facts.validation.passed else "REJECTED") if facts.validation else "-",
                 f"{rec.cpu_millis}m/{rec.memory_bytes // 2**20}Mi" if rec else "-",
-                facts.image.reference if facts.image else "-")
+                facts.image.reference if facts.image else "-",
+            )
     Console(width=160).print(table)
 
 
 @main.command()
 @file_option
 @click.option("--target", "targets", multiple=True, help="Only this target (repeatable).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: stacks/ beside mlops.yaml).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: stacks/ beside mlops.yaml).",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
-@click.option("--contexts/--no-contexts", default=True, show_default=True,
-              help="Also write the build context of every deployed version (under build/).")
+@click.option(
+    "--contexts/--no-contexts",
+    default=True,
+    show_default=True,
+    help="Also write the build context of every deployed version (under build/).",
+)
 def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool, contexts: bool) -> None:
     """Plan every deployment and write the generated files (plan.json per target), and the
     build context of every deployed version that has an ONNX conversion in mlops.lock."""
@@ -220,8 +237,10 @@ def _write_contexts(ws: Workspace, result: Plan) -> None:
                     continue
                 done.add((dep.model, v.number))
                 if facts is None or facts.onnx is None:
-                    click.echo(f"no build context for {dep.model}@{v.number}: run `mlops-iac convert "
-                               f"{dep.model}@{v.number}` first")
+                    click.echo(
+                        f"no build context for {dep.model}@{v.number}: run `mlops-iac convert "
+                        f"{dep.model}@{v.number}` first"
+                    )
                     continue
                 version = registry.resolve(parse_ref(f"{dep.model}@{v.number}"))
                 files = context_files(gather(registry, ws, version, None, False))
@@ -291,8 +310,9 @@ def _side(file: Path, ref: str | None) -> Any:
     relative = folder.relative_to(Path(top.stdout.strip()).resolve())
     with tempfile.TemporaryDirectory() as tmp:
         for name in (file.name, "mlops.lock"):
-            shown = subprocess.run(["git", "-C", str(folder), "show", f"{ref}:{(relative / name).as_posix()}"],
-                                   capture_output=True)
+            shown = subprocess.run(
+                ["git", "-C", str(folder), "show", f"{ref}:{(relative / name).as_posix()}"], capture_output=True
+            )
             if shown.returncode == 0:
                 (Path(tmp) / name).write_bytes(shown.stdout)
             elif b"does not exist" not in shown.stderr and b"exists on disk, but not in" not in shown.stderr:
@@ -308,8 +328,12 @@ def _side(file: Path, ref: str | None) -> Any:
 @file_option
 @click.option("--base", default="HEAD", show_default=True, help="The commit to compare with (e.g. origin/main).")
 @click.option("--head", default=None, help="The commit under review (default: the working tree).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the Markdown here instead of standard output.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the Markdown here instead of standard output.",
+)
 def diff(file: Path, base: str, head: str | None, out: Path | None) -> None:
     """The review of a deployment change, in Markdown: per deployment the versions and digests,
     the traffic, resources and profile before and after, a breaking signature, and what will

@@ -20,17 +20,31 @@ from .writer import apply
 
 @click.command()
 @click.argument("ref")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Context folder (default: build/MODEL-N beside mlops.yaml).")
-@click.option("--platform", type=click.Choice(["linux/amd64", "linux/arm64"]), default=None,
-              help="Default: the platform of the version's deployment target, else linux/amd64.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Context folder (default: build/MODEL-N beside mlops.yaml).",
+)
+@click.option(
+    "--platform",
+    type=click.Choice(["linux/amd64", "linux/arm64"]),
+    default=None,
+    help="Default: the platform of the version's deployment target, else linux/amd64.",
+)
 @click.option("--gpu", is_flag=True, help="The CUDA variant (default: when a deployment asks for a GPU).")
 @click.option("--docker", "with_docker", is_flag=True, help="Build the image with the local engine (--network none).")
-@click.option("--push", "registry_url", default=None, metavar="REGISTRY/REPO",
-              help="Push the image there and record its digest in mlops.lock (implies --docker).")
+@click.option(
+    "--push",
+    "registry_url",
+    default=None,
+    metavar="REGISTRY/REPO",
+    help="Push the image there and record its digest in mlops.lock (implies --docker).",
+)
 @file_option
-def build(ref: str, out: Path | None, platform: str | None, gpu: bool, with_docker: bool,
-          registry_url: str | None, file: Path) -> None:
+def build(
+    ref: str, out: Path | None, platform: str | None, gpu: bool, with_docker: bool, registry_url: str | None, file: Path
+) -> None:
     """Write the deterministic, hermetic build context of a model version (Dockerfile, ONNX model,
     server, wheels with hashes, settings from the lock), and optionally build and push it."""
     registry, ws = project_registry(file, against_lock=False)
@@ -41,8 +55,10 @@ def build(ref: str, out: Path | None, platform: str | None, gpu: bool, with_dock
     root = root_of(ws)
     folder = out or root / "build" / f"{version.model}-{version.version}"
     apply(files, folder)
-    click.echo(f"{version.model}@{version.version}: context {digest} ({inputs.platform}, "
-               f"{sum(len(f.data) for f in files) / 2**20:.1f} MiB) in {folder}")
+    click.echo(
+        f"{version.model}@{version.version}: context {digest} ({inputs.platform}, "
+        f"{sum(len(f.data) for f in files) / 2**20:.1f} MiB) in {folder}"
+    )
     image = None
     if with_docker or registry_url:
         repository = f"{registry_url.rstrip('/')}/{version.model}" if registry_url else f"mlops-iac/{version.model}"

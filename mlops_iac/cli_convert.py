@@ -13,9 +13,11 @@ from .workspace import project_registry
 
 @click.command()
 @click.argument("ref")
-@click.option("--sample", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Inputs for the parity check (.npy, .npz, .csv, .parquet); default: the "
-                   "model's `sample` in mlops.yaml.")
+@click.option(
+    "--sample",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Inputs for the parity check (.npy, .npz, .csv, .parquet); default: the model's `sample` in mlops.yaml.",
+)
 @click.option("--no-speed", is_flag=True, help="Skip timing native against ONNX.")
 @registry_file_option
 def convert(ref: str, sample: Path | None, no_speed: bool, file: Path) -> None:

@@ -30,23 +30,55 @@ def monitor() -> None:
 
 @monitor.command("drift")
 @click.argument("ref")
-@click.option("--collected", "paths", multiple=True, required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A file of collected JSON lines (repeatable; rotated files too).")
-@click.option("--threshold", type=float, default=None,
-              help="PSI above which a column has drifted (default: monitoring.drift.threshold, else 0.2).")
-@click.option("--min-rows", type=click.IntRange(min=1), default=MIN_ROWS, show_default=True,
-              help=f"Fewer collected rows of the version than this is an error (exit {TOO_LITTLE_EXIT}), not a pass.")
-@click.option("--baseline", "reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Compare against this data (.npy, .npz, .csv, .parquet) and the version's "
-                                 "answers to it (default: monitoring.drift.baseline, else the version's "
-                                 "stored baseline of its sample).")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write report.md and psi.png here.")
+@click.option(
+    "--collected",
+    "paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file of collected JSON lines (repeatable; rotated files too).",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="PSI above which a column has drifted (default: monitoring.drift.threshold, else 0.2).",
+)
+@click.option(
+    "--min-rows",
+    type=click.IntRange(min=1),
+    default=MIN_ROWS,
+    show_default=True,
+    help=f"Fewer collected rows of the version than this is an error (exit {TOO_LITTLE_EXIT}), not a pass.",
+)
+@click.option(
+    "--baseline",
+    "reference",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Compare against this data (.npy, .npz, .csv, .parquet) and the version's "
+    "answers to it (default: monitoring.drift.baseline, else the version's "
+    "stored baseline of its sample).",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write report.md and psi.png here.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @file_option
-def drift(ref: str, paths: tuple[Path, ...], threshold: float | None, min_rows: int, reference: Path | None,
-          report_dir: Path | None, as_json: bool, file: Path) -> None:
+def drift(
+    ref: str,
+    paths: tuple[Path, ...],
+    threshold: float | None,
+    min_rows: int,
+    reference: Path | None,
+    report_dir: Path | None,
+    as_json: bool,
+    file: Path,
+) -> None:
     """Population stability index and Kolmogorov-Smirnov statistic per input and output column.
 
     Reads only the records of this version, each value in its column's dtype, and streams
@@ -63,28 +95,50 @@ def drift(ref: str, paths: tuple[Path, ...], threshold: float | None, min_rows: 
         reference = _configured_reference(ws, version.model, deployed[0].drift_baseline)
     base, source = _load_baseline(registry, version, reference)
     if base.get("version", 1) < 2:
-        click.secho(f"warning: the baseline of {version.model}@{version.version} predates dtype-aware bins and "
-                    f"may report drift on unchanged data; `mlops-iac convert {version.model}@{version.version}` "
-                    "rebuilds it", fg="yellow", err=True)
+        click.secho(
+            f"warning: the baseline of {version.model}@{version.version} predates dtype-aware bins and "
+            f"may report drift on unchanged data; `mlops-iac convert {version.model}@{version.version}` "
+            "rebuilds it",
+            fg="yellow",
+            err=True,
+        )
     try:
-        results, records = check(base, paths, threshold, model=version.model, version=version.version,
-                                 min_rows=min_rows)
+        results, records = check(
+            base, paths, threshold, model=version.model, version=version.version, min_rows=min_rows
+        )
     except TooLittleData as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(TOO_LITTLE_EXIT)
     drifted = [r for r in results if r.drifted]
     if as_json:
-        click.echo(json.dumps({"records": records, "threshold": threshold, "baseline": source,
-                               "columns": [r.__dict__ for r in results]}, indent=2, sort_keys=True, default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "records": records,
+                    "threshold": threshold,
+                    "baseline": source,
+                    "columns": [r.__dict__ for r in results],
+                },
+                indent=2,
+                sort_keys=True,
+                default=str,
+            )
+        )
     else:
         click.echo(f"baseline: {source}")
         _table(results, records, threshold)
     if report_dir is not None:
         write_report(report_dir, f"{version.model}@{version.version}", base, results, records, threshold)
     if drifted:
-        click.secho(f"drift: {len(drifted)} column(s) over PSI {threshold:g}: "
-                    + ", ".join(r.name + (f" ({r.new_categories:,} new categories in {r.new_rows:,} rows)"
-                                          if r.new_categories else "") for r in drifted), fg="red", err=True)
+        click.secho(
+            f"drift: {len(drifted)} column(s) over PSI {threshold:g}: "
+            + ", ".join(
+                r.name + (f" ({r.new_categories:,} new categories in {r.new_rows:,} rows)" if r.new_categories else "")
+                for r in drifted
+            ),
+            fg="red",
+            err=True,
+        )
         sys.exit(DRIFT_EXIT)
     if not as_json:
         click.echo(f"no drift: every column under PSI {threshold:g}")
@@ -117,9 +171,26 @@ def _table(results: list[DriftResult], records: int, threshold: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("column", "kind", "PSI", "KS", "KS p-value", "values", "new categories", "drift",
-                  title=f"{records:,} records, PSI threshold {threshold:g}")
+    table = Table(
+        "column",
+        "kind",
+        "PSI",
+        "KS",
+        "KS p-value",
+        "values",
+        "new categories",
+        "drift",
+        title=f"{records:,} records, PSI threshold {threshold:g}",
+    )
     for r in sorted(results, key=lambda r: -1 if math.isnan(r.psi) else -r.psi):
-        table.add_row(r.name, r.kind, f"{r.psi:.4f}", ks_text(r.ks, ".4f"), ks_text(r.ks_pvalue, ".2g"), f"{r.count:,}",
-                      new_text(r), "DRIFT" if r.drifted else "" if r.count else "no data")
+        table.add_row(
+            r.name,
+            r.kind,
+            f"{r.psi:.4f}",
+            ks_text(r.ks, ".4f"),
+            ks_text(r.ks_pvalue, ".2g"),
+            f"{r.count:,}",
+            new_text(r),
+            "DRIFT" if r.drifted else "" if r.count else "no data",
+        )
     Console(width=140).print(table)

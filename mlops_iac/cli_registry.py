@@ -19,8 +19,15 @@ from .spec.models import Framework
 from .workspace import lock_version, pin_in_lock, project_registry, users_of
 
 FRAMEWORKS = list(get_args(Framework))  # the spec's type is the one list
-_BY_SUFFIX = {".onnx": "onnx", ".pt": "pytorch", ".pth": "pytorch", ".joblib": "sklearn",
-              ".pkl": "sklearn", ".pickle": "sklearn", ".skops": "sklearn"}
+_BY_SUFFIX = {
+    ".onnx": "onnx",
+    ".pt": "pytorch",
+    ".pth": "pytorch",
+    ".joblib": "sklearn",
+    ".pkl": "sklearn",
+    ".pickle": "sklearn",
+    ".skops": "sklearn",
+}
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -39,8 +46,7 @@ def _metrics(values: tuple[str, ...]) -> dict[str, float]:
         try:
             out[key] = float(value)
         except ValueError:
-            raise click.BadParameter(f"{key}={value}: the value must be a number",
-                                     param_hint="--metric") from None
+            raise click.BadParameter(f"{key}={value}: the value must be a number", param_hint="--metric") from None
     return out
 
 
@@ -69,23 +75,34 @@ def _framework(model: str, file: Path, given: str | None, ws: Workspace | None) 
             return declared
     guessed = _BY_SUFFIX.get(file.suffix.lower())
     if guessed is None:
-        raise RegistryError(f"cannot tell the framework of {file.name}; pass --framework "
-                            f"({', '.join(FRAMEWORKS)})")
+        raise RegistryError(f"cannot tell the framework of {file.name}; pass --framework ({', '.join(FRAMEWORKS)})")
     return guessed  # type: ignore[return-value]
 
 
 @click.command()
 @click.argument("model")
-@click.option("--file", "source", required=True, type=click.Path(path_type=Path),
-              help="The trained artifact to register.")
-@click.option("--framework", type=click.Choice(FRAMEWORKS),
-              help="Default: the model's framework in mlops.yaml, else from the file's suffix.")
+@click.option(
+    "--file", "source", required=True, type=click.Path(path_type=Path), help="The trained artifact to register."
+)
+@click.option(
+    "--framework",
+    type=click.Choice(FRAMEWORKS),
+    help="Default: the model's framework in mlops.yaml, else from the file's suffix.",
+)
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable).")
 @click.option("--metric", "metrics", multiple=True, metavar="KEY=NUMBER", help="A metric (repeatable).")
-@click.option("-c", "--config", "file", default="mlops.yaml", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="The mlops.yaml to use.")
-def register(model: str, source: Path, framework: str | None, tags: tuple[str, ...],
-             metrics: tuple[str, ...], file: Path) -> None:
+@click.option(
+    "-c",
+    "--config",
+    "file",
+    default="mlops.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The mlops.yaml to use.",
+)
+def register(
+    model: str, source: Path, framework: str | None, tags: tuple[str, ...], metrics: tuple[str, ...], file: Path
+) -> None:
     """Store an artifact as the next version of MODEL and print MODEL@N and its digest.
 
     Registering the same bytes again returns the existing version. When MODEL is declared in
@@ -100,7 +117,8 @@ def register(model: str, source: Path, framework: str | None, tags: tuple[str, .
 
         verify_onnx(path)  # before anything is stored: a pickle never registers as ONNX
     version, created = registry.register(
-        model, path, chosen, tags=_pairs(tags, "--tag"), metrics=_metrics(metrics), source=str(source))
+        model, path, chosen, tags=_pairs(tags, "--tag"), metrics=_metrics(metrics), source=str(source)
+    )
     note = "" if created else " (already registered: same bytes)"
     click.echo(f"{model}@{version.version} {version.digest}{note}")
     if ws is not None and users_of(ws, version, lock=False):
@@ -126,16 +144,31 @@ def list_models(model: str | None, file: Path, as_json: bool) -> None:
         rows = []
         for name in registry.models():
             index = registry.index(name)
-            rows.append({"model": name, "versions": len(index.versions),
-                         "latest": max(index.versions, default=None),
-                         "aliases": dict(sorted(index.aliases.items()))})
+            rows.append(
+                {
+                    "model": name,
+                    "versions": len(index.versions),
+                    "latest": max(index.versions, default=None),
+                    "aliases": dict(sorted(index.aliases.items())),
+                }
+            )
         _emit(rows, as_json, ["model", "versions", "latest", "aliases"])
         return
     index = registry.index(model)
     aliases = {n: sorted(a for a, m in index.aliases.items() if m == n) for n in index.versions}
-    rows = [{"version": n, "digest": v.digest, "size": v.size, "framework": v.framework,
-             "status": v.status, "created": v.lineage.created, "aliases": aliases[n],
-             "tags": v.tags} for n, v in sorted(index.versions.items())]
+    rows = [
+        {
+            "version": n,
+            "digest": v.digest,
+            "size": v.size,
+            "framework": v.framework,
+            "status": v.status,
+            "created": v.lineage.created,
+            "aliases": aliases[n],
+            "tags": v.tags,
+        }
+        for n, v in sorted(index.versions.items())
+    ]
     _emit(rows, as_json, ["version", "digest", "size", "framework", "status", "created", "aliases"])
 
 
@@ -184,11 +217,12 @@ def show(ref: str, file: Path, as_json: bool) -> None:
     click.echo(f"  tags       {_cell(version.tags)}")
     click.echo(f"  metrics    {_cell(version.metrics)}")
     lineage = version.lineage
-    click.echo(f"  lineage    {lineage.source} at {lineage.created}; commit {lineage.git_commit or '-'}"
-               f"; CI run {lineage.ci_run or '-'}; by {lineage.user or '-'}")
+    click.echo(
+        f"  lineage    {lineage.source} at {lineage.created}; commit {lineage.git_commit or '-'}"
+        f"; CI run {lineage.ci_run or '-'}; by {lineage.user or '-'}"
+    )
     for kind, artifact in sorted(version.artifacts.items()):
-        click.echo(f"  artifact   {kind}: {artifact.digest} ({artifact.size} bytes) from "
-                   f"{artifact.derived_from[:19]}")
+        click.echo(f"  artifact   {kind}: {artifact.digest} ({artifact.size} bytes) from {artifact.derived_from[:19]}")
         for key, value in sorted(artifact.facts.items()):
             click.echo(f"             {key}: {json.dumps(value, sort_keys=True)}")
     click.echo("  history")
@@ -218,8 +252,10 @@ def alias(ref: str, alias: str, file: Path) -> None:
     """Point ALIAS (e.g. production) at a version; the move is recorded in the history."""
     registry, _ = project_registry(file, against_lock=False)
     version = registry.alias(parse_ref(ref), alias)
-    click.echo(f"{version.model}@{alias} -> {version.version}; run `mlops-iac lock sync` to "
-               "take it into mlops.lock (deployments follow the lock, after review)")
+    click.echo(
+        f"{version.model}@{alias} -> {version.version}; run `mlops-iac lock sync` to "
+        "take it into mlops.lock (deployments follow the lock, after review)"
+    )
 
 
 @models.command("unalias")
@@ -260,8 +296,7 @@ def delete(ref: str, file: Path) -> None:
     if parsed.selector is None:
         raise click.UsageError("name the version to delete: MODEL@N")
     version = registry.delete(parsed, lambda v: users_of(ws, v))
-    click.echo(f"deleted {version.model}@{version.version} ({version.digest}); "
-               "its number will not be reused")
+    click.echo(f"deleted {version.model}@{version.version} ({version.digest}); its number will not be reused")
 
 
 @models.command("export")
@@ -308,8 +343,10 @@ def lock_sync(file: Path) -> None:
                     new = new.with_alias(dep.model, v.ref, version.version)
                 known = lock.version(dep.model, version.version)
                 if known is not None and known.digest != version.digest:
-                    raise RegistryError(f"mlops.lock pins {dep.model}@{version.version} to "
-                                        f"{known.digest}, the registry has {version.digest}")
+                    raise RegistryError(
+                        f"mlops.lock pins {dep.model}@{version.version} to "
+                        f"{known.digest}, the registry has {version.digest}"
+                    )
                 new = new.with_version(dep.model, version.version, known or lock_version(version))
                 lines.append(f"{dep.name}: {dep.model}@{v.ref} -> {version.version} {version.digest}")
         return new
@@ -323,9 +360,13 @@ def lock_sync(file: Path) -> None:
 
 @click.command("pending")
 @file_option
-@click.option("--stage", type=click.Choice(["convert", "profile", "build", "deployed"]), required=True,
-              help="Which facts are missing: the ONNX conversion, the profile, or the pushed image "
-                   "(deployed: list every deployed version).")
+@click.option(
+    "--stage",
+    type=click.Choice(["convert", "profile", "build", "deployed"]),
+    required=True,
+    help="Which facts are missing: the ONNX conversion, the profile, or the pushed image "
+    "(deployed: list every deployed version).",
+)
 def lock_pending(file: Path, stage: str) -> None:
     """Print, one per line, the deployed versions (MODEL@N) whose lock entry lacks a stage's facts:
     what a workflow still has to convert, profile or build."""

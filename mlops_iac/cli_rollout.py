@@ -34,20 +34,29 @@ PROMETHEUS_ENV = "MLOPS_IAC_PROMETHEUS_URL"
 class Source:
     """Where a deployment's evidence comes from: its servers' /metrics, or Prometheus."""
 
-    def __init__(self, ws: Workspace, dep: ResolvedDeployment, urls: tuple[str, ...], prometheus: str | None,
-                 selector: str | None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        dep: ResolvedDeployment,
+        urls: tuple[str, ...],
+        prometheus: str | None,
+        selector: str | None,
+    ) -> None:
         self.dep = dep
         target = ws.resolved.target(dep.target).spec
         self.prometheus = prometheus or (os.environ.get(PROMETHEUS_ENV) if not urls else None)
         self.urls = urls or (() if self.prometheus else _metrics_urls(target, dep))
         if not self.urls and not self.prometheus:
-            raise MlopsIacError(f"{dep.name} runs on a target of kind {target.kind}: pass --prometheus URL (or set "
-                                f"{PROMETHEUS_ENV}) or --metrics-url URL")
+            raise MlopsIacError(
+                f"{dep.name} runs on a target of kind {target.kind}: pass --prometheus URL (or set "
+                f"{PROMETHEUS_ENV}) or --metrics-url URL"
+            )
         namespace = target.namespace_name if isinstance(target, KubernetesTarget) else ""
         from .manifests import series_selector
 
-        self.selector = selector if selector is not None else (
-            series_selector(namespace, dep.model) if namespace else "")
+        self.selector = (
+            selector if selector is not None else (series_selector(namespace, dep.model) if namespace else "")
+        )
         self.key = os.environ.get(API_KEY_ENV) if dep.auth == "key" else None
 
     def counters(self) -> dict[int, VersionCounts]:
@@ -58,10 +67,10 @@ class Source:
     def evidence(self, facts: RolloutFacts, now: float, counters: dict[int, VersionCounts]) -> Evidence:
         window = max(0.0, now - facts.started)
         if self.prometheus:
-            return sources.from_prometheus(self.prometheus, self.dep.model, self.selector, facts.stable,
-                                           facts.canary, window)
-        return sources.from_counters(counters, facts.snapshot, facts.stable, facts.canary, window,
-                                     ", ".join(self.urls))
+            return sources.from_prometheus(
+                self.prometheus, self.dep.model, self.selector, facts.stable, facts.canary, window
+            )
+        return sources.from_counters(counters, facts.snapshot, facts.stable, facts.canary, window, ", ".join(self.urls))
 
 
 def _metrics_urls(target: Any, dep: ResolvedDeployment) -> tuple[str, ...]:
@@ -89,23 +98,65 @@ def _deployment(ws: Workspace, name: str) -> tuple[ResolvedDeployment, Rollout, 
     return dep, policy, stable, canary
 
 
-def _record(action: str, facts: RolloutFacts, before: int, policy: Rollout, evidence: Evidence | None,
-            decision: Decision | None, reasons: tuple[str, ...], now: float) -> dict[str, Any]:
-    ev = asdict(evidence) if evidence else {"canary": {"requests": 0, "errors": 0, "p99_ms": None},
-                                            "stable": {"requests": 0, "errors": 0, "p99_ms": None},
-                                            "window_s": 0.0, "source": "-", "queries": {}}
-    return {"action": action, "stable": facts.stable, "canary": facts.canary, "weightBefore": before,
-            "weight": facts.weight, "step": facts.step, "reasons": list(reasons), "at": round(now, 3),
-            "gates": [asdict(g) for g in decision.gates] if decision else [],
-            "evidence": {"canary": ev["canary"], "stable": ev["stable"], "windowS": ev["window_s"],
-                         "source": ev["source"], "queries": ev["queries"]},
-            "policy": {"weights": list(policy.weights()), "bake": policy.bake,
-                       "gates": policy.gates.model_dump(mode="json", by_alias=True, exclude_none=True),
-                       "onFailure": policy.on_failure}}
+def _record(
+    action: str,
+    facts: RolloutFacts,
+    before: int,
+    policy: Rollout,
+    evidence: Evidence | None,
+    decision: Decision | None,
+    reasons: tuple[str, ...],
+    now: float,
+) -> dict[str, Any]:
+    ev = (
+        asdict(evidence)
+        if evidence
+        else {
+            "canary": {"requests": 0, "errors": 0, "p99_ms": None},
+            "stable": {"requests": 0, "errors": 0, "p99_ms": None},
+            "window_s": 0.0,
+            "source": "-",
+            "queries": {},
+        }
+    )
+    return {
+        "action": action,
+        "stable": facts.stable,
+        "canary": facts.canary,
+        "weightBefore": before,
+        "weight": facts.weight,
+        "step": facts.step,
+        "reasons": list(reasons),
+        "at": round(now, 3),
+        "gates": [asdict(g) for g in decision.gates] if decision else [],
+        "evidence": {
+            "canary": ev["canary"],
+            "stable": ev["stable"],
+            "windowS": ev["window_s"],
+            "source": ev["source"],
+            "queries": ev["queries"],
+        },
+        "policy": {
+            "weights": list(policy.weights()),
+            "bake": policy.bake,
+            "gates": policy.gates.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "onFailure": policy.on_failure,
+        },
+    }
 
 
-def advance(lock: Lock, name: str, policy: Rollout, stable: int, canary: int, source: Source,
-            now: float, counters: dict[int, VersionCounts], *, record: bool) -> tuple[RolloutFacts, dict[str, Any]]:
+def advance(
+    lock: Lock,
+    name: str,
+    policy: Rollout,
+    stable: int,
+    canary: int,
+    source: Source,
+    now: float,
+    counters: dict[int, VersionCounts],
+    *,
+    record: bool,
+) -> tuple[RolloutFacts, dict[str, Any]]:
     """The rollout's facts after one step (pure but for the counters and clock it is given)."""
     facts = lock.rollouts.get(name)
     if facts is None or (facts.stable, facts.canary) != (stable, canary):
@@ -134,25 +185,47 @@ def rollout() -> None:
 
 
 def _options(func: Any) -> Any:
-    func = click.option("--metrics-url", "urls", multiple=True,
-                        help="A server's /metrics to read (repeatable; default: the target's servers).")(func)
-    func = click.option("--prometheus", default=None,
-                        help=f"Prometheus's URL (Kubernetes targets; default ${PROMETHEUS_ENV}).")(func)
+    func = click.option(
+        "--metrics-url",
+        "urls",
+        multiple=True,
+        help="A server's /metrics to read (repeatable; default: the target's servers).",
+    )(func)
+    func = click.option(
+        "--prometheus", default=None, help=f"Prometheus's URL (Kubernetes targets; default ${PROMETHEUS_ENV})."
+    )(func)
     func = click.option("--selector", default=None, help="PromQL label matchers of the deployment's series.")(func)
-    func = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                        help="Also append the Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).")(func)
+    func = click.option(
+        "--out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Also append the Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).",
+    )(func)
     return file_option(func)
 
 
-def _run(file: Path, name: str, urls: tuple[str, ...], prometheus: str | None, selector: str | None,
-         out: Path | None, *, write: bool) -> None:
+def _run(
+    file: Path,
+    name: str,
+    urls: tuple[str, ...],
+    prometheus: str | None,
+    selector: str | None,
+    out: Path | None,
+    *,
+    write: bool,
+) -> None:
     ws = load(file)
     dep, policy, stable, canary = _deployment(ws, name)
     if not write and name not in ws.lock.rollouts:
         raise MlopsIacError(f"{name}: no rollout has started; `mlops-iac rollout step {name}` starts it")
     facts = ws.lock.rollouts.get(name)
-    if not write and facts is not None and (facts.stable, facts.canary) == (stable, canary) \
-            and facts.state != "progressing" and facts.decision:
+    if (
+        not write
+        and facts is not None
+        and (facts.stable, facts.canary) == (stable, canary)
+        and facts.state != "progressing"
+        and facts.decision
+    ):
         _emit(markdown(name, facts.decision), out)  # settled: the recorded decision, no evidence to read
         return
     source = Source(ws, dep, urls, prometheus, selector)
@@ -183,8 +256,9 @@ def _emit(text: str, out: Path | None) -> None:
 @rollout.command("status")
 @click.argument("deployment")
 @_options
-def status(deployment: str, file: Path, urls: tuple[str, ...], prometheus: str | None, selector: str | None,
-           out: Path | None) -> None:
+def status(
+    deployment: str, file: Path, urls: tuple[str, ...], prometheus: str | None, selector: str | None, out: Path | None
+) -> None:
     """Judge the current step on the evidence so far; change nothing."""
     _run(file, deployment, urls, prometheus, selector, out, write=False)
 
@@ -192,8 +266,9 @@ def status(deployment: str, file: Path, urls: tuple[str, ...], prometheus: str |
 @rollout.command("step")
 @click.argument("deployment")
 @_options
-def step(deployment: str, file: Path, urls: tuple[str, ...], prometheus: str | None, selector: str | None,
-         out: Path | None) -> None:
+def step(
+    deployment: str, file: Path, urls: tuple[str, ...], prometheus: str | None, selector: str | None, out: Path | None
+) -> None:
     """Start the rollout, or judge its current step and record the decision in mlops.lock: advance
     (after the bake, every gate passing), promote (the last step), hold (baking, or too little
     traffic) or roll back (a gate failed). Then apply the lock's weights (synth, pulumi up, serve)."""
@@ -224,9 +299,13 @@ def _listing(ws: Workspace, target: str | None, now: float) -> list[tuple[str, s
 @rollout.command("list")
 @file_option
 @click.option("--target", default=None, help="Only the deployments on this target.")
-@click.option("--state", "states", multiple=True,
-              type=click.Choice(["not-started", "progressing", "promoted", "rolled-back", "aborted"]),
-              help="Only rollouts in this state (repeatable).")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["not-started", "progressing", "promoted", "rolled-back", "aborted"]),
+    help="Only rollouts in this state (repeatable).",
+)
 def list_(file: Path, target: str | None, states: tuple[str, ...]) -> None:
     """Print, one per line and tab-separated, each rollout's deployment, state, canary weight and
     seconds until its next judgement is due (what the reusable workflow's loop reads)."""
@@ -243,8 +322,12 @@ def list_(file: Path, target: str | None, states: tuple[str, ...]) -> None:
 @click.argument("deployment")
 @file_option
 @click.option("--reason", default="aborted by hand", show_default=True, help="Recorded with the decision.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also append the Markdown to this file.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also append the Markdown to this file.",
+)
 def abort(deployment: str, file: Path, reason: str, out: Path | None) -> None:
     """Set the canary's weight to 0 now and stop the rollout."""
     ws = load(file)
@@ -254,8 +337,14 @@ def abort(deployment: str, file: Path, reason: str, out: Path | None) -> None:
     def change(lock: Lock) -> Lock:
         facts = lock.rollouts.get(deployment)
         before = facts.weight if facts is not None and (facts.stable, facts.canary) == (stable, canary) else 0
-        new = RolloutFacts(stable=stable, canary=canary, state="aborted", weight=0, started=time.time(),
-                           step=facts.step if facts else 0)
+        new = RolloutFacts(
+            stable=stable,
+            canary=canary,
+            state="aborted",
+            weight=0,
+            started=time.time(),
+            step=facts.step if facts else 0,
+        )
         holder["record"] = _record("abort", new, before, policy, None, None, (reason,), new.started)
         return lock.with_rollout(deployment, new.model_copy(update={"decision": holder["record"]}))
 

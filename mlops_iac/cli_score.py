@@ -21,36 +21,104 @@ from .workspace import cached_onnx, onnx_artifact, project_registry, root_of
 @click.command(name="score")
 @click.argument("ref", metavar="MODEL@N", required=False)
 @file_option
-@click.option("--deployment", default=None, help="A kind: batch deployment of mlops.yaml: its pinned version, "
-              "inputs, output and settings (the flags given here win).")
-@click.option("--input", "inputs", multiple=True, metavar="PATH",
-              help="Parquet, CSV, .npy or JSON-lines files or globs (repeatable).")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the output parts, the rejects and manifest.json.")
-@click.option("--batch-size", type=click.IntRange(1), default=None,
-              help="Rows per session.run (and per Parquet row group). [default: 10000]")
-@click.option("--part-rows", type=click.IntRange(1), default=None,
-              help="Rows per output part (rounded up to whole batches). [default: 100000]")
-@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Worker processes; each runs onnxruntime on cores/workers threads.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None,
-              help="onnxruntime threads per worker (default: cores / workers).")
-@click.option("--error-threshold", type=click.IntRange(-1), default=None,
-              help="Rejected rows tolerated before the run fails; -1: any number. [default: 0]")
-@click.option("--id", "ids", multiple=True, metavar="COLUMN",
-              help="Id columns copied to the output (default: columns named id or *_id).")
-@click.option("--format", "fmt", type=click.Choice(sorted(OUTPUT_FORMATS)), default=None,
-              help="Format of the output parts. [default: parquet]")
+@click.option(
+    "--deployment",
+    default=None,
+    help="A kind: batch deployment of mlops.yaml: its pinned version, "
+    "inputs, output and settings (the flags given here win).",
+)
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="PATH",
+    help="Parquet, CSV, .npy or JSON-lines files or globs (repeatable).",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the output parts, the rejects and manifest.json.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=None,
+    help="Rows per session.run (and per Parquet row group). [default: 10000]",
+)
+@click.option(
+    "--part-rows",
+    type=click.IntRange(1),
+    default=None,
+    help="Rows per output part (rounded up to whole batches). [default: 100000]",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes; each runs onnxruntime on cores/workers threads.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="onnxruntime threads per worker (default: cores / workers).",
+)
+@click.option(
+    "--error-threshold",
+    type=click.IntRange(-1),
+    default=None,
+    help="Rejected rows tolerated before the run fails; -1: any number. [default: 0]",
+)
+@click.option(
+    "--id",
+    "ids",
+    multiple=True,
+    metavar="COLUMN",
+    help="Id columns copied to the output (default: columns named id or *_id).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(OUTPUT_FORMATS)),
+    default=None,
+    help="Format of the output parts. [default: parquet]",
+)
 @click.option("--resume", is_flag=True, help="Finish a run in --output: skip the parts already done.")
-@click.option("--shard", default="0/1", show_default=True, metavar="I/N",
-              help="Score only parts I, I+N, ... (one pod of an indexed Job).")
-@click.option("--summary", "summary_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the summary here as Markdown (a CI job summary).")
+@click.option(
+    "--shard",
+    default="0/1",
+    show_default=True,
+    metavar="I/N",
+    help="Score only parts I, I+N, ... (one pod of an indexed Job).",
+)
+@click.option(
+    "--summary",
+    "summary_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the summary here as Markdown (a CI job summary).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def score_command(ref: str | None, file: Path, deployment: str | None, inputs: tuple[str, ...],
-                  output: Path | None, batch_size: int | None, part_rows: int | None, workers: int,
-                  threads: int | None, error_threshold: int | None, ids: tuple[str, ...], fmt: str | None,
-                  resume: bool, shard: str, summary_file: Path | None, as_json: bool) -> None:
+def score_command(
+    ref: str | None,
+    file: Path,
+    deployment: str | None,
+    inputs: tuple[str, ...],
+    output: Path | None,
+    batch_size: int | None,
+    part_rows: int | None,
+    workers: int,
+    threads: int | None,
+    error_threshold: int | None,
+    ids: tuple[str, ...],
+    fmt: str | None,
+    resume: bool,
+    shard: str,
+    summary_file: Path | None,
+    as_json: bool,
+) -> None:
     """Score whole datasets with a registered model version (its ONNX file, its handler).
 
     Output parts are written atomically and listed in OUTPUT/manifest.json; after a crash,
@@ -66,12 +134,18 @@ def score_command(ref: str | None, file: Path, deployment: str | None, inputs: t
     if ref is None or not inputs or output is None:
         raise click.UsageError("give MODEL@N, --input and --output, or --deployment NAME")
     model, base = _model(file, ref)
-    settings = Settings(batch_size=_first(batch_size, batch.batch_size if batch else None, 10_000),
-                        part_rows=_first(part_rows, batch.part_rows if batch else None, 100_000),
-                        workers=workers, threads=threads,
-                        error_threshold=_first(error_threshold, batch.error_threshold if batch else None, 0),
-                        ids=ids or None, format=fmt or (batch.format if batch else "parquet"), resume=resume,
-                        shard=index, shards=count)
+    settings = Settings(
+        batch_size=_first(batch_size, batch.batch_size if batch else None, 10_000),
+        part_rows=_first(part_rows, batch.part_rows if batch else None, 100_000),
+        workers=workers,
+        threads=threads,
+        error_threshold=_first(error_threshold, batch.error_threshold if batch else None, 0),
+        ids=ids or None,
+        format=fmt or (batch.format if batch else "parquet"),
+        resume=resume,
+        shard=index,
+        shards=count,
+    )
     job = prepare(model, base, list(inputs), output, settings)
     label = f"{model.name}@{model.version}"
     started = time.perf_counter()
@@ -98,9 +172,12 @@ def _deployment(file: Path, name: str, ref: str | None) -> tuple[str, Batch, Pat
         raise MlopsIacError(f"no batch deployment {name!r}; batch deployments: {', '.join(batch) or 'none'}")
     number = dep.versions[0].number
     if ref is not None or number is None:
-        raise MlopsIacError(f"{name} scores with {dep.model}@{dep.versions[0].ref} as mlops.lock pins it; "
-                            "give either MODEL@N or --deployment" if ref else f"{name}: its version is not "
-                            "pinned in mlops.lock; run `mlops-iac lock sync`")
+        raise MlopsIacError(
+            f"{name} scores with {dep.model}@{dep.versions[0].ref} as mlops.lock pins it; "
+            "give either MODEL@N or --deployment"
+            if ref
+            else f"{name}: its version is not pinned in mlops.lock; run `mlops-iac lock sync`"
+        )
     return f"{dep.model}@{number}", dep.batch, ws.root
 
 
@@ -121,8 +198,9 @@ def _model(file: Path, ref: str) -> tuple[ModelConfig, Path]:
     handler = None
     if ws is not None and any(m.name == version.model for m in ws.resolved.models):
         handler = ws.resolved.model(version.model).handler
-    return ModelConfig(name=version.model, version=version.version, path=path, digest=onnx.digest,
-                       handler=handler), root
+    return ModelConfig(
+        name=version.model, version=version.version, path=path, digest=onnx.digest, handler=handler
+    ), root
 
 
 def _run_with_progress(job: Job, label: str, quiet: bool) -> Summary:
@@ -144,26 +222,42 @@ def _run_with_progress(job: Job, label: str, quiet: bool) -> Summary:
             return Text(f"{task.speed or 0:>9,.0f} rows/s")
 
     total = sum(p.stop - p.start for p in parts(job) if p.index % job.settings.shards == job.settings.shard)
-    columns = (TextColumn(f"scoring {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
-               TaskProgressColumn(), RowsPerSecond(), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn(f"scoring {label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TaskProgressColumn(),
+        RowsPerSecond(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=quiet, transient=False) as progress:
         task = progress.add_task("score", total=total)
         return score(job, lambda rows: progress.advance(task, rows))
 
 
 def _report(summary: Summary, label: str, seconds: float, summary_file: Path | None, as_json: bool) -> None:
-    data = {"rows_in": summary.rows_in, "rows_out": summary.rows_out, "rejects": summary.rejects,
-            "parts": summary.parts, "resumed_parts": summary.skipped, "manifest": str(summary.manifest)}
+    data = {
+        "rows_in": summary.rows_in,
+        "rows_out": summary.rows_out,
+        "rejects": summary.rejects,
+        "parts": summary.parts,
+        "resumed_parts": summary.skipped,
+        "manifest": str(summary.manifest),
+    }
     if summary_file is not None:
         summary_file.write_text(summary.markdown(label))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     rate = summary.rows_in / seconds if seconds > 0 else 0.0
-    click.echo(f"scored {summary.rows_in} rows with {label}: {summary.rows_out} out, {summary.rejects} "
-               f"rejected, {summary.parts} part(s) ({summary.skipped} already done), {rate:,.0f} rows/s; "
-               f"manifest {summary.manifest}")
+    click.echo(
+        f"scored {summary.rows_in} rows with {label}: {summary.rows_out} out, {summary.rejects} "
+        f"rejected, {summary.parts} part(s) ({summary.skipped} already done), {rate:,.0f} rows/s; "
+        f"manifest {summary.manifest}"
+    )
 
 
 def _write_summary(summary_file: Path | None, manifest: Path, label: str) -> None:
@@ -171,5 +265,14 @@ def _write_summary(summary_file: Path | None, manifest: Path, label: str) -> Non
     if summary_file is None or not manifest.exists():
         return
     doc = json.loads(manifest.read_text())["summary"]
-    summary_file.write_text(Summary(doc["rows_in"], doc["rows_out"], doc["rejects"], doc["parts"], 0, manifest,
-                                    doc.get("error") or doc["status"]).markdown(label))
+    summary_file.write_text(
+        Summary(
+            doc["rows_in"],
+            doc["rows_out"],
+            doc["rejects"],
+            doc["parts"],
+            0,
+            manifest,
+            doc.get("error") or doc["status"],
+        ).markdown(label)
+    )

@@ -22,17 +22,40 @@ from .workspace import cached_onnx, onnx_artifact, project_registry
 @click.command()
 @click.argument("refs", nargs=-1, metavar="[MODEL@N]...")
 @file_option
-@click.option("--deployment", "deployments", multiple=True,
-              help="Serve this deployment of mlops.yaml (repeatable; default: every local one).")
+@click.option(
+    "--deployment",
+    "deployments",
+    multiple=True,
+    help="Serve this deployment of mlops.yaml (repeatable; default: every local one).",
+)
 @click.option("--host", default=None, help="Default: the target's host (127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), default=None,
-              help="Default: the target's port (8080); 0 picks a free port (printed).")
-@click.option("--grpc-port", type=click.IntRange(1, 65535), default=None,
-              help="Also serve the v2 gRPC protocol on this port (default: REST only).")
-@click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Only write the server settings (JSON) here and exit.")
-def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host: str | None,
-          port: int | None, grpc_port: int | None, write_config: Path | None) -> None:
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Default: the target's port (8080); 0 picks a free port (printed).",
+)
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Also serve the v2 gRPC protocol on this port (default: REST only).",
+)
+@click.option(
+    "--write-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Only write the server settings (JSON) here and exit.",
+)
+def serve(
+    refs: tuple[str, ...],
+    file: Path,
+    deployments: tuple[str, ...],
+    host: str | None,
+    port: int | None,
+    grpc_port: int | None,
+    write_config: Path | None,
+) -> None:
     """Serve models over the Open Inference Protocol v2 (KServe/Triton REST) on onnxruntime.
 
     With MODEL@N references, serve those registered versions (their ONNX artifacts) as they
@@ -71,16 +94,19 @@ def serve(refs: tuple[str, ...], file: Path, deployments: tuple[str, ...], host:
         sock.close()
 
 
-def _from_deployments(registry: Registry, ws: Workspace,
-                      names: tuple[str, ...]) -> tuple[ServerConfig, LocalTarget | None]:
+def _from_deployments(
+    registry: Registry, ws: Workspace, names: tuple[str, ...]
+) -> tuple[ServerConfig, LocalTarget | None]:
     chosen = _choose(ws, names)
     dep = chosen[0]
     paths = {}
     for v in dep.versions:
         facts = ws.lock.version(dep.model, v.number) if v.number is not None else None
         if facts is None or facts.onnx is None or v.number is None:
-            raise MlopsIacError(f"{dep.model}@{v.ref} has no ONNX conversion in mlops.lock; run "
-                                f"`mlops-iac convert {dep.model}@{v.ref}` first")
+            raise MlopsIacError(
+                f"{dep.model}@{v.ref} has no ONNX conversion in mlops.lock; run "
+                f"`mlops-iac convert {dep.model}@{v.ref}` first"
+            )
         paths[v.number] = cached_onnx(registry, ws.root, dep.model, v.number, facts.onnx.digest)
     handler = ws.resolved.model(dep.model).handler
     (pinned,) = pin_all((dep,))  # every version is in the lock (checked above)
@@ -111,11 +137,9 @@ def _choose(ws: Workspace, names: tuple[str, ...]) -> list[ResolvedDeployment]:
     if names:
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise MlopsIacError(f"unknown deployment(s) {', '.join(unknown)}; deployments: "
-                                + ", ".join(known))
+            raise MlopsIacError(f"unknown deployment(s) {', '.join(unknown)}; deployments: " + ", ".join(known))
         return [known[n] for n in names]
-    local = [d for d in ws.resolved.deployments
-             if isinstance(ws.resolved.target(d.target).spec, LocalTarget)]
+    local = [d for d in ws.resolved.deployments if isinstance(ws.resolved.target(d.target).spec, LocalTarget)]
     if not local:
         raise MlopsIacError("no deployment on a local target; name one with --deployment")
     return local
@@ -130,6 +154,5 @@ def _adhoc(registry: Registry, root: Path, refs: tuple[str, ...]) -> ServerConfi
             version = registry.resolve(parse_ref(f"{version.model}@{version.version}"))
         onnx = onnx_artifact(version)
         path = cached_onnx(registry, root, version.model, version.version, onnx.digest)
-        models.append(ModelConfig(name=version.model, version=version.version, path=path,
-                                  digest=onnx.digest))
+        models.append(ModelConfig(name=version.model, version=version.version, path=path, digest=onnx.digest))
     return ServerConfig(deployment="adhoc", models=tuple(models))

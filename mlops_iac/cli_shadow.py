@@ -21,10 +21,21 @@ def shadow() -> None:
 @shadow.command("report")
 @click.argument("deployment")
 @file_option
-@click.option("--collected", "paths", multiple=True, required=True, type=click.Path(path_type=Path),
-              help="Collected records (a JSON-lines file or a folder of them; repeatable).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("shadow-report"),
-              show_default=True, help="Where report.md and shadow.png are written.")
+@click.option(
+    "--collected",
+    "paths",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Collected records (a JSON-lines file or a folder of them; repeatable).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("shadow-report"),
+    show_default=True,
+    help="Where report.md and shadow.png are written.",
+)
 def report(deployment: str, file: Path, paths: tuple[Path, ...], out: Path) -> None:
     """Pair the mirrored requests' records by request id: label agreement, numeric differences per
     output, latency of each version."""
@@ -34,16 +45,19 @@ def report(deployment: str, file: Path, paths: tuple[Path, ...], out: Path) -> N
         raise MlopsIacError(f"unknown deployment {deployment!r}; deployments: {', '.join(known) or 'none'}")
     dep = known[deployment]
     if not dep.shadow:
-        raise MlopsIacError(f"{deployment} mirrors to no shadow version; add `shadow: {{VERSION: PERCENT}}` to it "
-                            f"in {ws.file}")
+        raise MlopsIacError(
+            f"{deployment} mirrors to no shadow version; add `shadow: {{VERSION: PERCENT}}` to it in {ws.file}"
+        )
     records = read_records(paths)
     texts = []
     for version in sorted(dep.shadow):
         result = pair(records, dep.model, str(version))
         if result.pairs == 0:
-            raise MlopsIacError(f"no mirrored request of {dep.model} to v{version} in "
-                                f"{', '.join(map(str, paths))}: is data collection on (monitoring.collect) "
-                                "and its sink a file?")
+            raise MlopsIacError(
+                f"no mirrored request of {dep.model} to v{version} in "
+                f"{', '.join(map(str, paths))}: is data collection on (monitoring.collect) "
+                "and its sink a file?"
+            )
         png = out / f"shadow-v{version}.png"
         plot(result, png)
         texts.append(markdown(deployment, result, png.name))

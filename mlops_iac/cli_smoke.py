@@ -25,11 +25,19 @@ from .workspace import model_spec, onnx_file, project_registry
 @click.command()
 @click.argument("ref")
 @click.option("--url", required=True, help="The deployed server's base URL, e.g. https://models.example.com.")
-@click.option("--sample", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Inputs to send (default: the model's sample in mlops.yaml).")
+@click.option(
+    "--sample",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Inputs to send (default: the model's sample in mlops.yaml).",
+)
 @click.option("--rows", type=int, default=32, show_default=True, help="How many sample rows to send.")
-@click.option("--api-key-env", default="MLOPS_IAC_API_KEY", show_default=True,
-              help="The environment variable holding the bearer token (for auth: key).")
+@click.option(
+    "--api-key-env",
+    default="MLOPS_IAC_API_KEY",
+    show_default=True,
+    help="The environment variable holding the bearer token (for auth: key).",
+)
 @file_option
 def smoke(ref: str, url: str, sample: Path | None, rows: int, api_key_env: str, file: Path) -> None:
     """Send the model's sample to a deployed endpoint and check the answers against the pinned
@@ -42,13 +50,14 @@ def smoke(ref: str, url: str, sample: Path | None, rows: int, api_key_env: str, 
     with onnx_file(registry, version) as model:
         # The pinned ONNX model is the reference, so its signature can make rows without a sample.
         # Rows with a missing number are left out: the request is JSON, and JSON has no NaN.
-        x = rows_of(complete_rows(sample_rows(sample, model_spec(ws, version.model), ws, "onnx", model, click.echo)),
-                    slice(0, rows))
+        x = rows_of(
+            complete_rows(sample_rows(sample, model_spec(ws, version.model), ws, "onnx", model, click.echo)),
+            slice(0, rows),
+        )
         sess = session(model.read_bytes())
         names = [o.name for o in sess.get_outputs()]
         expected = run(sess, x)
-    answer = _infer(url, version.model, version.version, v2_tensors(sess.get_inputs(), x),
-                    os.environ.get(api_key_env))
+    answer = _infer(url, version.model, version.version, v2_tensors(sess.get_inputs(), x), os.environ.get(api_key_env))
     got = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in answer["outputs"]}
     missing = [n for n in names if n not in got]
     if missing:

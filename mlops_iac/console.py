@@ -24,19 +24,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def file_option(func: F) -> F:
-    return click.option("-f", "--file", "file", default=DEFAULT_FILE, show_default=True,
-                        type=click.Path(dir_okay=False, path_type=Path),
-                        help="The mlops.yaml to read.")(func)
+    return click.option(
+        "-f",
+        "--file",
+        "file",
+        default=DEFAULT_FILE,
+        show_default=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The mlops.yaml to read.",
+    )(func)
 
 
 def registry_file_option(func: Any) -> Any:
-    return click.option("-f", "--file", "file", default="mlops.yaml", show_default=True,
-                        type=click.Path(dir_okay=False, path_type=Path),
-                        help="The mlops.yaml whose registry to use.")(func)
+    return click.option(
+        "-f",
+        "--file",
+        "file",
+        default="mlops.yaml",
+        show_default=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The mlops.yaml whose registry to use.",
+    )(func)
 
 
-def convert_version(registry: Registry, ws: Workspace | None, version: Version, sample: Path | None, *,
-                    speed: bool) -> None:
+def convert_version(
+    registry: Registry, ws: Workspace | None, version: Version, sample: Path | None, *, speed: bool
+) -> None:
     """Convert, store and pin one version, printing the report; exit 1 when validation rejected it."""
     report = convert_and_store(registry, ws, version, sample, speed=speed, echo=click.echo, show=print_report)
     if report.validation is not None and not report.validation["passed"]:
@@ -55,26 +68,36 @@ def prepare_onnx(registry: Registry, file: Path | None, version: Version) -> Non
 
 
 def print_report(version: Version, report: Report) -> None:
-    click.echo(f"{version.model}@{version.version} ({version.framework}) -> ONNX opset {report.opset}, "
-               f"optimisation {report.optimization}")
-    click.echo(f"parity on {report.parity.rows} sample rows: "
-               f"{'passed' if report.parity.passed else 'FAILED'}")
+    click.echo(
+        f"{version.model}@{version.version} ({version.framework}) -> ONNX opset {report.opset}, "
+        f"optimisation {report.optimization}"
+    )
+    click.echo(f"parity on {report.parity.rows} sample rows: {'passed' if report.parity.passed else 'FAILED'}")
     click.echo(report.parity.describe())
     quant = report.quantization
     if quant.get("mode") not in (None, "none"):
-        click.echo(f"quantisation {quant['mode']}: {'kept' if quant['kept'] else 'dropped'} "
-                   f"({quant.get('reason', '')})")
+        click.echo(
+            f"quantisation {quant['mode']}: {'kept' if quant['kept'] else 'dropped'} ({quant.get('reason', '')})"
+        )
     for key, row in sorted(report.speedup.items()):
         if isinstance(row, dict):
-            click.echo(f"speed-up at {key.replace('batch', 'batch ')}: native {row['nativeMs']} ms, "
-                       f"ONNX {row['onnxMs']} ms, {row['speedup']}x")
+            click.echo(
+                f"speed-up at {key.replace('batch', 'batch ')}: native {row['nativeMs']} ms, "
+                f"ONNX {row['onnxMs']} ms, {row['speedup']}x"
+            )
     if report.validation is not None:
         v = report.validation
-        click.echo(f"validation: {v['metric']} = {v['value']:.4f} (threshold {v['threshold']}) "
-                   f"{'passed' if v['passed'] else 'FAILED'}")
+        click.echo(
+            f"validation: {v['metric']} = {v['value']:.4f} (threshold {v['threshold']}) "
+            f"{'passed' if v['passed'] else 'FAILED'}"
+        )
     sig = report.signature
-    click.echo("signature: " + ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in sig["inputs"])
-               + " -> " + ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in sig["outputs"]))
+    click.echo(
+        "signature: "
+        + ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in sig["inputs"])
+        + " -> "
+        + ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in sig["outputs"])
+    )
     for change in report.breaking:
         click.secho(f"BREAKING CHANGE against the previous version: {change}", fg="yellow", err=True)
 

@@ -60,11 +60,19 @@ class Document:
                 return (pos.line, pos.column)
         return (1, 1)
 
-    def problem(self, path: PathKey, message: str, allowed: str = "", *,
-                of_key: bool = False, severity: str = "error") -> Problem:
+    def problem(
+        self, path: PathKey, message: str, allowed: str = "", *, of_key: bool = False, severity: str = "error"
+    ) -> Problem:
         line, column = self.position(path, of_key=of_key)
-        return Problem(self.file, line, column, format_path(path), message, allowed,
-                       "warning" if severity == "warning" else "error")
+        return Problem(
+            self.file,
+            line,
+            column,
+            format_path(path),
+            message,
+            allowed,
+            "warning" if severity == "warning" else "error",
+        )
 
 
 def format_path(path: PathKey) -> str:
@@ -107,14 +115,12 @@ class _Builder:
         if isinstance(node, yaml.ScalarNode):
             return self.loader.construct_object(node, deep=True)
         if id(node) in self.active:
-            self.fail(node, path, "an alias refers to a node that contains it",
-                      "YAML aliases must not be recursive")
+            self.fail(node, path, "an alias refers to a node that contains it", "YAML aliases must not be recursive")
             return None
         self.active.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):
-                return [self.build(item, (*path, i), _mark(item.start_mark))
-                        for i, item in enumerate(node.value)]
+                return [self.build(item, (*path, i), _mark(item.start_mark)) for i, item in enumerate(node.value)]
             assert isinstance(node, yaml.MappingNode)
             return self.mapping(node, path)
         finally:
@@ -127,8 +133,12 @@ class _Builder:
                 continue
             key = self.loader.construct_object(key_node, deep=True)
             if key in seen:
-                self.fail(key_node, (*path, key), f"duplicate key {key!r}; the first is on line {seen[key]}",
-                          "each key may appear once in a mapping")
+                self.fail(
+                    key_node,
+                    (*path, key),
+                    f"duplicate key {key!r}; the first is on line {seen[key]}",
+                    "each key may appear once in a mapping",
+                )
             else:
                 seen[key] = _mark(key_node.start_mark)[0]
         # flatten_mapping resolves `<<: *anchor` merges in place; explicit keys win.
@@ -136,8 +146,7 @@ class _Builder:
         out: dict[Hashable, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                self.fail(key_node, path, "a mapping or list is used as a key",
-                          "keys must be plain strings or numbers")
+                self.fail(key_node, path, "a mapping or list is used as a key", "keys must be plain strings or numbers")
                 continue
             key = self.loader.construct_object(key_node, deep=True)
             if not isinstance(key, Hashable):
@@ -162,28 +171,46 @@ def load_text(text: str, file: str) -> Document:
         what = exc.problem or "invalid YAML"
         if exc.context and exc.context_mark is not None and exc.context_mark != exc.problem_mark:
             what += f" ({exc.context} that started on line {exc.context_mark.line + 1})"
-        raise ConfigError([Problem(file, line, column, "", f"YAML syntax: {what}",
-                                   "the file must be valid YAML 1.1")]) from None
+        raise ConfigError(
+            [Problem(file, line, column, "", f"YAML syntax: {what}", "the file must be valid YAML 1.1")]
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem(file, 1, 1, "", f"YAML error: {exc}",
-                                   "the file must be one valid YAML document")]) from None
+        raise ConfigError(
+            [Problem(file, 1, 1, "", f"YAML error: {exc}", "the file must be one valid YAML document")]
+        ) from None
     finally:
         loader.dispose()
     if node is None:
-        raise ConfigError([Problem(file, 1, 1, "", "the file is empty",
-                                   "a mapping with apiVersion and the sections of the file")])
+        raise ConfigError(
+            [Problem(file, 1, 1, "", "the file is empty", "a mapping with apiVersion and the sections of the file")]
+        )
     builder = _Builder(file, loader)
     try:
         data = builder.build(node, (), _mark(node.start_mark))
     except _TooLarge:
-        raise ConfigError([Problem(file, 1, 1, "", f"the document expands to more than {MAX_NODES} nodes",
-                                   "fewer aliases; no real file comes near this")]) from None
+        raise ConfigError(
+            [
+                Problem(
+                    file,
+                    1,
+                    1,
+                    "",
+                    f"the document expands to more than {MAX_NODES} nodes",
+                    "fewer aliases; no real file comes near this",
+                )
+            ]
+        ) from None
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
         # A scalar that matches a tag but cannot be built (e.g. a timestamp like 2026-13-45).
         mark = getattr(exc, "problem_mark", None)
         line, column = _mark(mark)
-        raise ConfigError([Problem(file, line, column, "", f"cannot read a value: {exc}",
-                                   "plain strings, numbers, lists and mappings")]) from None
+        raise ConfigError(
+            [
+                Problem(
+                    file, line, column, "", f"cannot read a value: {exc}", "plain strings, numbers, lists and mappings"
+                )
+            ]
+        ) from None
     if builder.problems:
         raise ConfigError(builder.problems)
     return Document(file, data, builder.positions)
@@ -195,21 +222,23 @@ def load_file(path: Path, display: str | None = None) -> Document:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError([Problem(name, 1, 1, "", "file not found",
-                                   "create it with `mlops-iac init` or pass -f FILE")]) from None
+        raise ConfigError(
+            [Problem(name, 1, 1, "", "file not found", "create it with `mlops-iac init` or pass -f FILE")]
+        ) from None
     except OSError as exc:
-        raise ConfigError([Problem(name, 1, 1, "", f"cannot read the file: {exc.strerror}",
-                                   "a readable file")]) from None
+        raise ConfigError(
+            [Problem(name, 1, 1, "", f"cannot read the file: {exc.strerror}", "a readable file")]
+        ) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError([Problem(name, line, 1, "", "the file is not UTF-8 text",
-                                   "UTF-8 encoded YAML")]) from None
+        raise ConfigError([Problem(name, line, 1, "", "the file is not UTF-8 text", "UTF-8 encoded YAML")]) from None
     return load_text(text, name)
 
 
 # --- pydantic errors become located problems ------------------------------------------------
+
 
 def validate_document(model: type[M], doc: Document) -> M:
     """Validate `doc.data` as `model`; every pydantic error becomes one located `Problem`."""
@@ -219,8 +248,9 @@ def validate_document(model: type[M], doc: Document) -> M:
         errors = exc.errors(include_url=False)
     # A list whose items failed also reports "too short" (it counts valid items): noise.
     failed = {err["loc"][:n] for err in errors for n in range(len(err["loc"]))}
-    raise ConfigError(_problem(model, doc, err) for err in errors
-                      if not (err["type"] == "too_short" and err["loc"] in failed))
+    raise ConfigError(
+        _problem(model, doc, err) for err in errors if not (err["type"] == "too_short" and err["loc"] in failed)
+    )
 
 
 def _problem(model: type[BaseModel], doc: Document, err: ErrorDetails) -> Problem:
@@ -230,12 +260,12 @@ def _problem(model: type[BaseModel], doc: Document, err: ErrorDetails) -> Proble
     if kind == "extra_forbidden":
         parent = _data_path(model, err["loc"][:-1])[1]
         hint = did_you_mean(path[-1], _field_names(parent)) if path else ""
-        return doc.problem(path, f"unknown field {path[-1]!r}{hint}" if path else "unknown field",
-                           _allowed_fields(parent), of_key=True)
+        return doc.problem(
+            path, f"unknown field {path[-1]!r}{hint}" if path else "unknown field", _allowed_fields(parent), of_key=True
+        )
     if kind == "missing":
         parent = _data_path(model, err["loc"][:-1])[1]
-        return doc.problem(path, "missing required field",
-                           _allowed_fields(parent, required=True), of_key=True)
+        return doc.problem(path, "missing required field", _allowed_fields(parent, required=True), of_key=True)
     if "at" in ctx:  # a validator pointed at a key inside the mapping it checked
         path = (*path, ctx["at"])
         on_key = True
@@ -269,13 +299,19 @@ def _describe(kind: str, err: ErrorDetails, ctx: dict[str, Any]) -> tuple[str, s
 
 
 _EXPECTED = {
-    "int_type": "expected a whole number", "int_parsing": "expected a whole number",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
     "int_from_float": "expected a whole number",
-    "float_type": "expected a number", "float_parsing": "expected a number",
-    "bool_type": "expected true or false", "bool_parsing": "expected true or false",
-    "string_type": "expected a string", "list_type": "expected a list",
-    "tuple_type": "expected a list", "dict_type": "expected a mapping",
-    "model_type": "expected a mapping", "model_attributes_type": "expected a mapping",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "tuple_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
     "finite_number": "expected a finite number",
 }
 _BOUNDS = {

@@ -33,8 +33,7 @@ class LockError(MlopsIacError):
 
 
 class LockModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
-                              populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
 
 class TensorFacts(LockModel):
@@ -173,8 +172,9 @@ class Lock(LockModel):
         """A new lock with some sections of one version replaced (validated again)."""
         current = self.version(model, number)
         if current is None:
-            raise LockError(f"{model}@{number} is not pinned in mlops.lock; register it or run "
-                            "`mlops-iac lock sync` first")
+            raise LockError(
+                f"{model}@{number} is not pinned in mlops.lock; register it or run `mlops-iac lock sync` first"
+            )
         data = current.model_dump(by_alias=False)
         data.update(sections)
         return self.with_version(model, number, LockedVersion.model_validate(data))
@@ -194,8 +194,7 @@ def dumps(lock: Lock) -> str:
     """The lock as text: same facts, same bytes."""
     data = lock.model_dump(mode="json", by_alias=True, exclude_none=True)
     data["models"] = {name: _int_keys(model) for name, model in data["models"].items()}
-    body = yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True,
-                          width=100)
+    body = yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True, width=100)
     return HEADER + body
 
 
@@ -228,6 +227,16 @@ def update_lock(path: Path, change: Callable[[Lock], Lock]) -> Lock:
         return new
 
 
-__all__ = ["ConfigError", "Lock", "LockError", "LockedModel", "LockedVersion", "RolloutFacts", "VersionCounts",
-           "dumps", "read_lock",
-           "update_lock", "write_lock"]
+__all__ = [
+    "ConfigError",
+    "Lock",
+    "LockError",
+    "LockedModel",
+    "LockedVersion",
+    "RolloutFacts",
+    "VersionCounts",
+    "dumps",
+    "read_lock",
+    "update_lock",
+    "write_lock",
+]

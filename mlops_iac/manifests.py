@@ -43,27 +43,43 @@ Object = dict[str, Any]
 def grpc_service_port() -> Object:
     """A Service's gRPC port. `kubernetes.io/h2c` (HTTP/2 without TLS) tells gateways and meshes
     how to speak to it; a new dict each time, as for the security contexts below."""
-    return {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
-            "appProtocol": "kubernetes.io/h2c"}
+    return {
+        "name": "grpc",
+        "port": GRPC_PORT,
+        "targetPort": "grpc",
+        "protocol": "TCP",
+        "appProtocol": "kubernetes.io/h2c",
+    }
 
 
 def pod_security_context() -> Object:
     """Pod Security `restricted`, for every pod we render (servers and batch Jobs alike); a new
     dict each time, so no two objects share (and could mutate) one."""
-    return {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
-            "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "fsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def container_security() -> Object:
-    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-            "runAsUser": UID, "runAsGroup": UID, "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 # Beside each object the checks it does not pass, with the reason: checkov reads these.
 SKIPS = {
     "CKV_K8S_35": "the API key reaches the server as an environment variable from a Secret; the "
-                  "server reads no files besides its model",
+    "server reads no files besides its model",
 }
 
 
@@ -73,9 +89,14 @@ def version_name(model: str, version: PinnedVersion) -> str:
 
 
 def labels(project: str, model: str, instance: str, version: int) -> dict[str, str]:
-    return {"app.kubernetes.io/name": model, "app.kubernetes.io/instance": instance,
-            "app.kubernetes.io/version": str(version), "app.kubernetes.io/component": "model-server",
-            "app.kubernetes.io/part-of": project, "app.kubernetes.io/managed-by": "mlops-iac"}
+    return {
+        "app.kubernetes.io/name": model,
+        "app.kubernetes.io/instance": instance,
+        "app.kubernetes.io/version": str(version),
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/part-of": project,
+        "app.kubernetes.io/managed-by": "mlops-iac",
+    }
 
 
 def meta(name: str, namespace: str, label_set: dict[str, str], **extra: Any) -> Object:
@@ -93,12 +114,26 @@ def quantity_memory(size: int) -> str:
 def server_settings(dep: PinnedDeployment, version: PinnedVersion, onnx_digest: str) -> ServerConfig:
     """The server's settings for one version of a deployment (the model is in the image)."""
     mon, hw = dep.monitoring, version.hardware
-    return ServerConfig(deployment=dep.name, auth=dep.auth == "key", metrics=mon.metrics,
-                        collection=collection_config(mon, "/data/"),
-                        metrics_port=METRICS_PORT if mon.metrics else None, grpc_port=GRPC_PORT,
-                        models=(ModelConfig(name=dep.model, version=version.number, path="/app/model/model.onnx",
-                                            digest=onnx_digest, threads=hw.threads, max_batch_size=hw.max_batch_size,
-                                            max_delay_ms=hw.max_delay_ms, gpu=hw.gpu > 0),))
+    return ServerConfig(
+        deployment=dep.name,
+        auth=dep.auth == "key",
+        metrics=mon.metrics,
+        collection=collection_config(mon, "/data/"),
+        metrics_port=METRICS_PORT if mon.metrics else None,
+        grpc_port=GRPC_PORT,
+        models=(
+            ModelConfig(
+                name=dep.model,
+                version=version.number,
+                path="/app/model/model.onnx",
+                digest=onnx_digest,
+                threads=hw.threads,
+                max_batch_size=hw.max_batch_size,
+                max_delay_ms=hw.max_delay_ms,
+                gpu=hw.gpu > 0,
+            ),
+        ),
+    )
 
 
 def secret_name(dep: PinnedDeployment) -> str:
@@ -115,14 +150,25 @@ def namespace_objects(project: str, target: KubernetesTarget) -> list[Object]:
     """The namespace, labelled so that Kubernetes admits only `restricted` pods into it."""
     if not target.creates_namespace:
         return []
-    return [{"apiVersion": "v1", "kind": "Namespace",
-             "metadata": {"name": target.namespace_name, "labels": {
-                 "app.kubernetes.io/part-of": project, "app.kubernetes.io/managed-by": "mlops-iac",
-                 **POD_SECURITY}}}]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": target.namespace_name,
+                "labels": {
+                    "app.kubernetes.io/part-of": project,
+                    "app.kubernetes.io/managed-by": "mlops-iac",
+                    **POD_SECURITY,
+                },
+            },
+        }
+    ]
 
 
-def version_objects(project: str, target: KubernetesTarget, dep: PinnedDeployment,
-                    version: PinnedVersion, image: str, onnx_digest: str) -> list[Object]:
+def version_objects(
+    project: str, target: KubernetesTarget, dep: PinnedDeployment, version: PinnedVersion, image: str, onnx_digest: str
+) -> list[Object]:
     """ServiceAccount, ConfigMap, Deployment, Service, PodDisruptionBudget, HPA, NetworkPolicy,
     and a ServiceMonitor with prometheus-operator: everything one version runs with."""
     name, ns = version_name(dep.model, version), target.namespace_name
@@ -136,28 +182,58 @@ def version_objects(project: str, target: KubernetesTarget, dep: PinnedDeploymen
     if dep.monitoring.metrics:
         ports.append({"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"})
     objects: list[Object] = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name, ns, label_set),
-         "automountServiceAccountToken": False},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(settings_name, ns, label_set),
-         "immutable": True, "data": {"server.json": settings}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta(name, ns, label_set),
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta(settings_name, ns, label_set),
+            "immutable": True,
+            "data": {"server.json": settings},
+        },
         _deployment(name, ns, label_set, selector, dep, version, image, settings_name, target),
-        {"apiVersion": "v1", "kind": "Service", "metadata": meta(name, ns, label_set),
-         "spec": {"type": "ClusterIP", "selector": selector, "ports": ports}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(name, ns, label_set),
+            "spec": {"type": "ClusterIP", "selector": selector, "ports": ports},
+        },
         _disruption_budget(name, ns, label_set, selector, version),
-        {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta(name, ns, label_set),
-         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                  "minReplicas": max(1, version.hardware.replicas_min),
-                  "maxReplicas": max(1, version.hardware.replicas_max),
-                  "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
-                      "type": "Utilization", "averageUtilization": 70}}}]}},
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": meta(name, ns, label_set),
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "minReplicas": max(1, version.hardware.replicas_min),
+                "maxReplicas": max(1, version.hardware.replicas_max),
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+                    }
+                ],
+            },
+        },
         _network_policy(name, ns, label_set, selector, dep, target),
     ]
     operator = _operator(target, dep)
     if operator is not None:
-        objects.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-                        "metadata": meta(name, ns, {**label_set, **operator}),
-                        "spec": {"selector": {"matchLabels": selector},
-                                 "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}]}})
+        objects.append(
+            {
+                "apiVersion": "monitoring.coreos.com/v1",
+                "kind": "ServiceMonitor",
+                "metadata": meta(name, ns, {**label_set, **operator}),
+                "spec": {
+                    "selector": {"matchLabels": selector},
+                    "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
+                },
+            }
+        )
     return objects
 
 
@@ -166,46 +242,76 @@ def _container(dep: PinnedDeployment, version: PinnedVersion, image: str, settin
     limits = {"cpu": quantity_cpu(hw.cpu_limit_millis), "memory": quantity_memory(hw.memory_limit_bytes)}
     if hw.gpu:
         limits["nvidia.com/gpu"] = str(hw.gpu)
-    env: list[Object] = [{"name": SETTINGS_ENV, "valueFrom": {
-        "configMapKeyRef": {"name": settings_name, "key": "server.json"}}}]
+    env: list[Object] = [
+        {"name": SETTINGS_ENV, "valueFrom": {"configMapKeyRef": {"name": settings_name, "key": "server.json"}}}
+    ]
     if dep.auth == "key":
-        env.append({"name": "MLOPS_IAC_API_KEY", "valueFrom": {
-            "secretKeyRef": {"name": secret_name(dep), "key": "apiKey"}}})
+        env.append(
+            {"name": "MLOPS_IAC_API_KEY", "valueFrom": {"secretKeyRef": {"name": secret_name(dep), "key": "apiKey"}}}
+        )
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
-    ports = [{"name": "http", "containerPort": PORT, "protocol": "TCP"},
-             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}]
+    ports = [
+        {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+    ]
     if dep.monitoring.metrics:
         ports.append({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})
     return {
         # The image is pinned by digest: what is on the node is what was asked for.
-        "name": "server", "image": image, "imagePullPolicy": "IfNotPresent",
-        "args": ["--port", str(PORT)], "ports": ports, "env": env,
-        "resources": {"requests": {"cpu": quantity_cpu(hw.cpu_millis),
-                                   "memory": quantity_memory(hw.memory_bytes)}, "limits": limits},
+        "name": "server",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["--port", str(PORT)],
+        "ports": ports,
+        "env": env,
+        "resources": {
+            "requests": {"cpu": quantity_cpu(hw.cpu_millis), "memory": quantity_memory(hw.memory_bytes)},
+            "limits": limits,
+        },
         # Startup waits for the model to load and warm up; only then do liveness and readiness count.
         "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 90},
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
-                          "failureThreshold": 3},
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
         # Keep serving while the pod is taken out of Services and routes; SIGTERM (and the drain) after.
-        "lifecycle": {"preStop": {"exec": {"command": [
-            "/opt/venv/bin/python", "-c", f"import time; time.sleep({PRESTOP_SECONDS})"]}}},
+        "lifecycle": {
+            "preStop": {
+                "exec": {"command": ["/opt/venv/bin/python", "-c", f"import time; time.sleep({PRESTOP_SECONDS})"]}
+            }
+        },
         "securityContext": container_security(),
         # /tmp is the pod's own in-memory emptyDir: the root filesystem is read-only.
         "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
     }
 
 
-def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
-                dep: PinnedDeployment, version: PinnedVersion, image: str, settings_name: str,
-                target: KubernetesTarget) -> Object:
+def _deployment(
+    name: str,
+    ns: str,
+    label_set: dict[str, str],
+    selector: dict[str, str],
+    dep: PinnedDeployment,
+    version: PinnedVersion,
+    image: str,
+    settings_name: str,
+    target: KubernetesTarget,
+) -> Object:
     annotations = {f"checkov.io/skip{i + 1}": f"{check}={why}" for i, (check, why) in enumerate(SKIPS.items())}
     pod: Object = {
-        "serviceAccountName": name, "automountServiceAccountToken": False,
+        "serviceAccountName": name,
+        "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
-        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                                       "whenUnsatisfiable": "ScheduleAnyway",
-                                       "labelSelector": {"matchLabels": selector}}],
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector},
+            }
+        ],
         # preStop, then SIGTERM and the server's drain, with a margin: then Kubernetes kills.
         "terminationGracePeriodSeconds": GRACE_SECONDS,
         "containers": [_container(dep, version, image, settings_name)],
@@ -214,37 +320,64 @@ def _deployment(name: str, ns: str, label_set: dict[str, str], selector: dict[st
     if target.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s} for s in target.image_pull_secrets]
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(name, ns, label_set, annotations=annotations),
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(name, ns, label_set, annotations=annotations),
         # No `replicas`: the HPA owns the count, and a value here would reset it on every update.
         "spec": {
-            "revisionHistoryLimit": 2, "selector": {"matchLabels": selector},
+            "revisionHistoryLimit": 2,
+            "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {"metadata": {"labels": label_set, "annotations": dict(annotations)}, "spec": pod},
         },
     }
 
 
-def _disruption_budget(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
-                       version: PinnedVersion) -> Object:
+def _disruption_budget(
+    name: str, ns: str, label_set: dict[str, str], selector: dict[str, str], version: PinnedVersion
+) -> Object:
     # One replica cannot promise availability during a drain: allow it to move instead of blocking.
     budget = {"minAvailable": 1} if version.hardware.replicas_min >= 2 else {"maxUnavailable": 1}
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(name, ns, label_set),
-            "spec": {**budget, "selector": {"matchLabels": selector}}}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(name, ns, label_set),
+        "spec": {**budget, "selector": {"matchLabels": selector}},
+    }
 
 
-def _network_policy(name: str, ns: str, label_set: dict[str, str], selector: dict[str, str],
-                    dep: PinnedDeployment, target: KubernetesTarget) -> Object:
+def _network_policy(
+    name: str,
+    ns: str,
+    label_set: dict[str, str],
+    selector: dict[str, str],
+    dep: PinnedDeployment,
+    target: KubernetesTarget,
+) -> Object:
     egress: list[Object] = [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]
     if isinstance(dep.monitoring.sink, HttpSink):  # the only traffic the server starts itself
         egress.append({"ports": [{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP"}]})
     ingress: list[Object] = [{"ports": [{"port": PORT, "protocol": "TCP"}, {"port": GRPC_PORT, "protocol": "TCP"}]}]
     if dep.monitoring.metrics:  # metrics answer without the key: only Prometheus's namespace may ask
-        ingress.append({"from": [{"namespaceSelector": {"matchLabels": {
-                            "kubernetes.io/metadata.name": target.monitoring.namespace}}}],
-                        "ports": [{"port": METRICS_PORT, "protocol": "TCP"}]})
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(name, ns, label_set),
-            "spec": {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress", "Egress"],
-                     "ingress": ingress, "egress": egress}}
+        ingress.append(
+            {
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": target.monitoring.namespace}}}
+                ],
+                "ports": [{"port": METRICS_PORT, "protocol": "TCP"}],
+            }
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(name, ns, label_set),
+        "spec": {
+            "podSelector": {"matchLabels": selector},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    }
 
 
 def model_objects(project: str, target: KubernetesTarget, dep: PinnedDeployment) -> list[Object]:
@@ -253,15 +386,27 @@ def model_objects(project: str, target: KubernetesTarget, dep: PinnedDeployment)
     label_set = {k: v for k, v in labels(project, dep.model, dep.name, 0).items() if k != "app.kubernetes.io/version"}
     # Without a gateway this Service spreads requests over every version's ready pods: the split
     # follows the replica counts, not `traffic`.
-    objects: list[Object] = [{
-        "apiVersion": "v1", "kind": "Service", "metadata": meta(dep.name, ns, label_set),
-        "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/name": dep.model,
-                                                   "app.kubernetes.io/part-of": project},
-                 "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
-                           grpc_service_port()]}}]
+    objects: list[Object] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(dep.name, ns, label_set),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {"app.kubernetes.io/name": dep.model, "app.kubernetes.io/part-of": project},
+                "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}, grpc_service_port()],
+            },
+        }
+    ]
     if target.gateway is not None:
-        objects.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-                        "metadata": meta(dep.name, ns, label_set), "spec": _route(target, dep)})
+        objects.append(
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": meta(dep.name, ns, label_set),
+                "spec": _route(target, dep),
+            }
+        )
     operator = _operator(target, dep)
     if operator is not None:
         objects.append(alert_rules(ns, {**label_set, **operator}, dep))
@@ -276,28 +421,54 @@ def _route(target: KubernetesTarget, dep: PinnedDeployment) -> Object:
     /v2/models/M/versions/N/... and `x-model-version: N` always reach version N, even at weight 0."""
     assert target.gateway is not None
     prefix = f"/v2/models/{dep.model}"
-    pinned: list[Object] = [{
-        "matches": [{"path": {"type": "PathPrefix", "value": f"{prefix}/versions/{v.number}"}},
-                    {"path": {"type": "PathPrefix", "value": prefix},
-                     "headers": [{"type": "Exact", "name": VERSION_HEADER, "value": str(v.number)}]}],
-        "backendRefs": [{"name": version_name(dep.model, v), "port": PORT}]} for v in dep.versions]
-    weighted: Object = {"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
-                        "backendRefs": [{"name": version_name(dep.model, v), "port": PORT, "weight": v.weight}
-                                        for v in dep.versions if v.number not in dep.shadow]}
+    pinned: list[Object] = [
+        {
+            "matches": [
+                {"path": {"type": "PathPrefix", "value": f"{prefix}/versions/{v.number}"}},
+                {
+                    "path": {"type": "PathPrefix", "value": prefix},
+                    "headers": [{"type": "Exact", "name": VERSION_HEADER, "value": str(v.number)}],
+                },
+            ],
+            "backendRefs": [{"name": version_name(dep.model, v), "port": PORT}],
+        }
+        for v in dep.versions
+    ]
+    weighted: Object = {
+        "matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+        "backendRefs": [
+            {"name": version_name(dep.model, v), "port": PORT, "weight": v.weight}
+            for v in dep.versions
+            if v.number not in dep.shadow
+        ],
+    }
     if dep.shadow:  # the gateway copies a share of requests to the shadow and drops its answers
-        weighted["filters"] = [{"type": "RequestMirror", "requestMirror": {
-            "backendRef": {"name": version_name(dep.model, v), "port": PORT}, "percent": dep.shadow[v.number]}}
-            for v in dep.versions if v.number in dep.shadow]
-    route: Object = {"parentRefs": [{"name": target.gateway.name, **({"namespace": target.gateway.namespace}
-                                                                     if target.gateway.namespace else {})}],
-                     "rules": [*pinned, weighted]}
+        weighted["filters"] = [
+            {
+                "type": "RequestMirror",
+                "requestMirror": {
+                    "backendRef": {"name": version_name(dep.model, v), "port": PORT},
+                    "percent": dep.shadow[v.number],
+                },
+            }
+            for v in dep.versions
+            if v.number in dep.shadow
+        ]
+    route: Object = {
+        "parentRefs": [
+            {
+                "name": target.gateway.name,
+                **({"namespace": target.gateway.namespace} if target.gateway.namespace else {}),
+            }
+        ],
+        "rules": [*pinned, weighted],
+    }
     if target.hostname:
         route["hostnames"] = [target.hostname]
     return route
 
 
-def target_objects(project: str, target: KubernetesTarget, deployments: tuple[PinnedDeployment, ...]
-                   ) -> list[Object]:
+def target_objects(project: str, target: KubernetesTarget, deployments: tuple[PinnedDeployment, ...]) -> list[Object]:
     """Every object of a target, in the order they are applied; what `render` prints."""
     objects = namespace_objects(project, target)
     for dep in deployments:
@@ -311,15 +482,20 @@ def skipped(target: KubernetesTarget, dep: ResolvedDeployment) -> list[str]:
     """What the target does not get, and why: the objects whose CRDs it does not declare."""
     out = []
     if target.gateway is None:
-        out.append("HTTPRoute: the target has no `gateway:`; the stable Service spreads requests over every "
-                   "version's pods by replica count, not by `traffic`")
+        out.append(
+            "HTTPRoute: the target has no `gateway:`; the stable Service spreads requests over every "
+            "version's pods by replica count, not by `traffic`"
+        )
     if dep.monitoring.metrics and not target.monitoring.prometheus_operator.enabled:
-        out.append("ServiceMonitor, PrometheusRule: the target does not set `monitoring.prometheusOperator.enabled`; "
-                   f"metrics are served on port {METRICS_PORT} (`metrics`) for any Prometheus in namespace "
-                   f"`{target.monitoring.namespace}`")
+        out.append(
+            "ServiceMonitor, PrometheusRule: the target does not set `monitoring.prometheusOperator.enabled`; "
+            f"metrics are served on port {METRICS_PORT} (`metrics`) for any Prometheus in namespace "
+            f"`{target.monitoring.namespace}`"
+        )
     if not target.creates_namespace:
-        out.append(f"Namespace: `{target.namespace_name}` exists already; label it for Pod Security "
-                   "`restricted` yourself")
+        out.append(
+            f"Namespace: `{target.namespace_name}` exists already; label it for Pod Security `restricted` yourself"
+        )
     return out
 
 
@@ -332,15 +508,21 @@ def alert_rules(ns: str, label_set: dict[str, str], dep: PinnedDeployment) -> Ob
     """Alerts as a prometheus-operator PrometheusRule."""
     from .monitoring.alerts import rule_groups
 
-    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": meta(dep.name, ns, label_set),
-            "spec": {"groups": rule_groups(dep, series_selector(ns, dep.model))}}
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": meta(dep.name, ns, label_set),
+        "spec": {"groups": rule_groups(dep, series_selector(ns, dep.model))},
+    }
 
 
 def dashboard(ns: str, label_set: dict[str, str], dep: PinnedDeployment) -> Object:
     """A dashboard for Grafana's sidecar: a plain ConfigMap, harmless where no Grafana looks."""
     from .monitoring.alerts import dashboard_json
 
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": meta(f"{dep.name}-dashboard", ns, {**label_set, "grafana_dashboard": "1"}),
-            "data": {f"{dep.name}.json": dashboard_json(dep, series_selector(ns, dep.model))}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(f"{dep.name}-dashboard", ns, {**label_set, "grafana_dashboard": "1"}),
+        "data": {f"{dep.name}.json": dashboard_json(dep, series_selector(ns, dep.model))},
+    }

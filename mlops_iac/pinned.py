@@ -41,11 +41,14 @@ def pin_all(deployments: Iterable[ResolvedDeployment]) -> tuple[PinnedDeployment
     """Every deployment with its versions pinned; deployment reads only mlops.yaml and
     mlops.lock, so a version the lock does not pin is an error (all of them named at once)."""
     deployments = tuple(deployments)
-    missing = [f"{d.name}: {d.model}@{v.ref}" for d in deployments for v in d.versions
-               if v.number is None or v.digest is None]
+    missing = [
+        f"{d.name}: {d.model}@{v.ref}" for d in deployments for v in d.versions if v.number is None or v.digest is None
+    ]
     if missing:
-        raise PlanError("these deployed versions are not pinned in mlops.lock (register them "
-                        "with `mlops-iac register`, or fix the version):\n  " + "\n  ".join(missing))
+        raise PlanError(
+            "these deployed versions are not pinned in mlops.lock (register them "
+            "with `mlops-iac register`, or fix the version):\n  " + "\n  ".join(missing)
+        )
     return tuple(pin(d) for d in deployments)
 
 
@@ -63,7 +66,9 @@ def built(dep: PinnedDeployment) -> BuiltDeployment:
     """The deployment as a stack deploys it: every version converted and pushed."""
     missing = unbuilt(dep)
     if missing:
-        raise PlanError("these versions have no pushed image in mlops.lock (run `mlops-iac build MODEL@N "
-                        "--push REGISTRY`):\n  " + "\n  ".join(missing))
+        raise PlanError(
+            "these versions have no pushed image in mlops.lock (run `mlops-iac build MODEL@N "
+            "--push REGISTRY`):\n  " + "\n  ".join(missing)
+        )
     versions = tuple(BuiltVersion(**dict(v)) for v in dep.versions)
     return BuiltDeployment(**{**dict(dep), "versions": versions})

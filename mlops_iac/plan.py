@@ -47,8 +47,11 @@ def plan(resolved: ResolvedSpec, targets: tuple[str, ...] = ()) -> Plan:
     pinned = pin_all(resolved.deployments)
     chosen = targets or tuple(sorted({d.target for d in resolved.deployments}))
     stacks = tuple(
-        StackPlan(project=resolved.project, target=resolved.target(name),
-                  deployments=tuple(d for d in pinned if d.target == name))
+        StackPlan(
+            project=resolved.project,
+            target=resolved.target(name),
+            deployments=tuple(d for d in pinned if d.target == name),
+        )
         for name in sorted(chosen)
     )
     files = [FileArtifact(path=f"{s.target.name}/plan.json", content=stack_json(s)) for s in stacks]
@@ -70,8 +73,10 @@ def pulumi_project(resolved: ResolvedSpec, stacks: tuple[StackPlan, ...]) -> lis
     deployed = [s for s in pushed if s.target.spec.kind != "azure-iot-edge"]
     missing = [line for s in pushed for d in s.deployments for line in unbuilt(d)]
     if missing:
-        raise PlanError("these versions have no pushed image in mlops.lock (run `mlops-iac build MODEL@N "
-                        "--push REGISTRY`):\n  " + "\n  ".join(missing))
+        raise PlanError(
+            "these versions have no pushed image in mlops.lock (run `mlops-iac build MODEL@N "
+            "--push REGISTRY`):\n  " + "\n  ".join(missing)
+        )
     if not deployed:
         return []
     _docker_ports(deployed)
@@ -79,16 +84,29 @@ def pulumi_project(resolved: ResolvedSpec, stacks: tuple[StackPlan, ...]) -> lis
     from .render import render
 
     azure = any(s.target.spec.kind.startswith("azure-") for s in deployed)  # the registry login, the SDK
-    files = [FileArtifact(path="Pulumi.yaml", content=render("pulumi/Pulumi.yaml.j2", project=resolved.project,
-                                                            description=resolved.description)),
-             FileArtifact(path="__main__.py", content=render("pulumi/__main__.py.j2", project=resolved.project,
-                                                             azure=azure)),
-             FileArtifact(path="requirements.txt", content=render("pulumi/requirements.txt.j2",
-                                                                  requirement=resolved.mlops_iac,
-                                                                  version=__version__, azure=azure))]
-    files += [FileArtifact(path=f"Pulumi.{s.target.name}.yaml", create_only=True,
-                           content=render("pulumi/Pulumi.stack.yaml.j2", target=s.target.name,
-                                          kind=s.target.spec.kind)) for s in deployed]
+    files = [
+        FileArtifact(
+            path="Pulumi.yaml",
+            content=render("pulumi/Pulumi.yaml.j2", project=resolved.project, description=resolved.description),
+        ),
+        FileArtifact(
+            path="__main__.py", content=render("pulumi/__main__.py.j2", project=resolved.project, azure=azure)
+        ),
+        FileArtifact(
+            path="requirements.txt",
+            content=render(
+                "pulumi/requirements.txt.j2", requirement=resolved.mlops_iac, version=__version__, azure=azure
+            ),
+        ),
+    ]
+    files += [
+        FileArtifact(
+            path=f"Pulumi.{s.target.name}.yaml",
+            create_only=True,
+            content=render("pulumi/Pulumi.stack.yaml.j2", target=s.target.name, kind=s.target.spec.kind),
+        )
+        for s in deployed
+    ]
     return files
 
 
@@ -96,8 +114,12 @@ def _docker_ports(stacks: list[StackPlan]) -> None:
     for stack in stacks:
         spec = stack.target.spec
         if spec.kind == "docker":
-            check_host_ports(stack, spec.port, spec.grpc_port, "; give each deployment its own docker target "
-                             "(the same host with another `port` and `grpcPort`)")
+            check_host_ports(
+                stack,
+                spec.port,
+                spec.grpc_port,
+                "; give each deployment its own docker target (the same host with another `port` and `grpcPort`)",
+            )
 
 
 def check_host_ports(stack: StackPlan, port: int, grpc_port: int | None, advice: str = "") -> None:
@@ -112,14 +134,16 @@ def check_host_ports(stack: StackPlan, port: int, grpc_port: int | None, advice:
             for what, first in firsts:
                 taken = first + v.number - 1
                 if taken > 65535 or taken in holder:
-                    raise PlanError(f"target {stack.target.name}: {d.name} v{v.number}{what} would listen on host "
-                                    f"port {taken}, " + (f"which {holder[taken]} holds" if taken in holder else
-                                                         "above 65535") + advice)
+                    raise PlanError(
+                        f"target {stack.target.name}: {d.name} v{v.number}{what} would listen on host "
+                        f"port {taken}, "
+                        + (f"which {holder[taken]} holds" if taken in holder else "above 65535")
+                        + advice
+                    )
                 holder[taken] = f"{d.name} v{v.number}{what}"
 
 
-def server_config(dep: PinnedDeployment, lock: Lock, onnx_paths: dict[int, str],
-                  handler: str | None) -> ServerConfig:
+def server_config(dep: PinnedDeployment, lock: Lock, onnx_paths: dict[int, str], handler: str | None) -> ServerConfig:
     """The server settings of one deployment, from the lock's facts alone (pure).
 
     `onnx_paths` maps each version number to where its ONNX file will be, relative to the
@@ -129,22 +153,46 @@ def server_config(dep: PinnedDeployment, lock: Lock, onnx_paths: dict[int, str],
     for v in dep.versions:
         facts = lock.version(dep.model, v.number)
         if facts is None or facts.onnx is None:
-            raise PlanError(f"{dep.model}@{v.number} has no ONNX conversion in mlops.lock; run "
-                            f"`mlops-iac convert {dep.model}@{v.number}` first")
+            raise PlanError(
+                f"{dep.model}@{v.number} has no ONNX conversion in mlops.lock; run "
+                f"`mlops-iac convert {dep.model}@{v.number}` first"
+            )
         hw = v.hardware
-        models.append(ModelConfig(name=dep.model, version=v.number, path=onnx_paths[v.number],
-                                  digest=facts.onnx.digest, weight=v.weight, threads=hw.threads,
-                                  max_batch_size=hw.max_batch_size, max_delay_ms=hw.max_delay_ms,
-                                  handler=handler, gpu=hw.gpu > 0, shadow=dep.shadow.get(v.number, 0)))
-    return ServerConfig(deployment=dep.name, models=tuple(models), auth=dep.auth == "key",
-                        metrics=dep.monitoring.metrics, collection=collection_config(dep.monitoring))
+        models.append(
+            ModelConfig(
+                name=dep.model,
+                version=v.number,
+                path=onnx_paths[v.number],
+                digest=facts.onnx.digest,
+                weight=v.weight,
+                threads=hw.threads,
+                max_batch_size=hw.max_batch_size,
+                max_delay_ms=hw.max_delay_ms,
+                handler=handler,
+                gpu=hw.gpu > 0,
+                shadow=dep.shadow.get(v.number, 0),
+            )
+        )
+    return ServerConfig(
+        deployment=dep.name,
+        models=tuple(models),
+        auth=dep.auth == "key",
+        metrics=dep.monitoring.metrics,
+        collection=collection_config(dep.monitoring),
+    )
 
 
 def collection_config(mon: ResolvedMonitoring, folder: str = "") -> CollectionConfig:
     """The server's data-collection settings; a file sink's path goes under `folder`."""
     sink = mon.sink
     return CollectionConfig(
-        enabled=mon.collect, sample_rate=mon.sample_rate, sink=sink.kind,
-        **({"path": f"{folder}{sink.path}", "max_bytes": sink.max_bytes, "backups": sink.backups}
-           if isinstance(sink, FileSink) else {}),
-        **({"url": sink.url} if isinstance(sink, HttpSink) else {}))
+        enabled=mon.collect,
+        sample_rate=mon.sample_rate,
+        sink=sink.kind,
+        **(
+            {"path": f"{folder}{sink.path}", "max_bytes": sink.max_bytes, "backups": sink.backups}
+            if isinstance(sink, FileSink)
+            else {}
+        ),
+        **({"url": sink.url} if isinstance(sink, HttpSink) else {}),
+    )

@@ -179,8 +179,9 @@ def load(file: Path, *, against_lock: bool = True, check_paths: bool = True) -> 
     return Workspace(file, root, doc, spec, lock, resolved, tuple(warnings))
 
 
-def resolve(spec: Spec, doc: Document, lock: Lock, root: Path | None, *,
-            check_lock: bool = True) -> tuple[ResolvedSpec, list[Problem]]:
+def resolve(
+    spec: Spec, doc: Document, lock: Lock, root: Path | None, *, check_lock: bool = True
+) -> tuple[ResolvedSpec, list[Problem]]:
     """Resolve `spec` with `lock`; raise `ConfigError` with every error found. Versions are
     checked against the lock only with `check_lock`, paths on disk only with a `root`."""
     problems = check(spec, doc, lock if check_lock else None, root)
@@ -210,17 +211,28 @@ def _model(model: Model, spec: Spec) -> ResolvedModel:
     build = ResolvedBuild(
         base_image=(own.base_image if own and own.base_image else spec.build.base_image),
         extra_steps=(own.extra_steps if own and own.extra_steps else spec.build.extra_steps),
-        python_version=(own.python_version if own and own.python_version
-                        else spec.build.python_version or DEFAULT_PYTHON),
+        python_version=(
+            own.python_version if own and own.python_version else spec.build.python_version or DEFAULT_PYTHON
+        ),
     )
-    return ResolvedModel(name=model.name, framework=model.framework, source=model.source,
-                         train=model.train, signature=model.signature, sample=model.sample,
-                         handler=model.handler, convert=model.convert, validate_=model.validate_,
-                         profile=model.profile, build=build)
+    return ResolvedModel(
+        name=model.name,
+        framework=model.framework,
+        source=model.source,
+        train=model.train,
+        signature=model.signature,
+        sample=model.sample,
+        handler=model.handler,
+        convert=model.convert,
+        validate_=model.validate_,
+        profile=model.profile,
+        build=build,
+    )
 
 
-def _deployment(spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment,
-                model: ResolvedModel) -> tuple[ResolvedDeployment, list[Problem]]:
+def _deployment(
+    spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment, model: ResolvedModel
+) -> tuple[ResolvedDeployment, list[Problem]]:
     refs = deployed_refs(dep)
     weights = _weights(dep, refs, lock)
     versions = []
@@ -232,16 +244,28 @@ def _deployment(spec: Spec, doc: Document, lock: Lock, i: int, dep: Deployment,
         recommended = facts.recommendation if facts else None
         hardware = _hardware(dep, recommended)
         warnings.extend(_below_profile(doc, ("deployments", i, "hardware"), hardware, recommended))
-        versions.append(ResolvedVersion(ref=ref, number=number,
-                                        digest=facts.digest if facts else None,
-                                        weight=weights.get(ref, 0), hardware=hardware,
-                                        onnx_digest=facts.onnx.digest if facts and facts.onnx else None,
-                                        image=facts.image.reference if facts and facts.image else None))
+        versions.append(
+            ResolvedVersion(
+                ref=ref,
+                number=number,
+                digest=facts.digest if facts else None,
+                weight=weights.get(ref, 0),
+                hardware=hardware,
+                onnx_digest=facts.onnx.digest if facts and facts.onnx else None,
+                image=facts.image.reference if facts and facts.image else None,
+            )
+        )
     monitoring = _monitoring(spec, dep, model)
-    return ResolvedDeployment(name=deployment_name(dep), model=dep.model, target=dep.target,
-                              versions=tuple(versions), auth=dep.auth, monitoring=monitoring, batch=dep.batch,
-                              shadow={v.number: (dep.shadow or {})[v.ref] for v in versions[len(refs):]
-                                      if v.number is not None}), warnings
+    return ResolvedDeployment(
+        name=deployment_name(dep),
+        model=dep.model,
+        target=dep.target,
+        versions=tuple(versions),
+        auth=dep.auth,
+        monitoring=monitoring,
+        batch=dep.batch,
+        shadow={v.number: (dep.shadow or {})[v.ref] for v in versions[len(refs) :] if v.number is not None},
+    ), warnings
 
 
 def _weights(dep: Deployment, refs: tuple[int | str, ...], lock: Lock) -> dict[int | str, int]:
@@ -275,34 +299,46 @@ def _hardware(dep: Deployment, rec: Recommendation | None) -> ResolvedHardware:
     cpu_millis, memory_bytes = round(float(cpu) * 1000), int(memory)
     profiled = rec is not None and cpu_from == "profile"
     return ResolvedHardware(
-        cpu_millis=cpu_millis, memory_bytes=memory_bytes, gpu=hw.gpu,
+        cpu_millis=cpu_millis,
+        memory_bytes=memory_bytes,
+        gpu=hw.gpu,
         # Limits: the profile's when it sized the request; else twice the CPU (bursts are not
         # throttled on every spike) and exactly the memory (no overcommit, no surprise OOM).
         cpu_limit_millis=(rec.cpu_limit_millis or 2 * cpu_millis) if profiled and rec else 2 * cpu_millis,
-        memory_limit_bytes=(rec.memory_limit_bytes or memory_bytes) if rec and memory_from == "profile"
+        memory_limit_bytes=(rec.memory_limit_bytes or memory_bytes)
+        if rec and memory_from == "profile"
         else memory_bytes,
-        replicas_min=int(low), replicas_max=max(int(high), int(low)),
+        replicas_min=int(low),
+        replicas_max=max(int(high), int(low)),
         threads=rec.threads if rec else 1,
         max_batch_size=rec.max_batch_size if rec else 1,
         max_delay_ms=rec.max_delay_ms if rec else 0.0,
-        sources={"cpu": cpu_from, "memory": memory_from, "replicasMin": low_from,
-                 "replicasMax": high_from},
+        sources={"cpu": cpu_from, "memory": memory_from, "replicasMin": low_from, "replicasMax": high_from},
     )
 
 
-def _below_profile(doc: Document, here: PathKey, hw: ResolvedHardware,
-                   rec: Recommendation | None) -> list[Problem]:
+def _below_profile(doc: Document, here: PathKey, hw: ResolvedHardware, rec: Recommendation | None) -> list[Problem]:
     if rec is None:
         return []
     out = []
     if hw.sources["cpu"] == "explicit" and hw.cpu_millis < rec.cpu_millis:
-        out.append(doc.problem((*here, "cpu"), f"{hw.cpu_millis}m is below the profile's "
-                               f"{rec.cpu_millis}m", "the p99 objective may be missed",
-                               severity="warning"))
+        out.append(
+            doc.problem(
+                (*here, "cpu"),
+                f"{hw.cpu_millis}m is below the profile's {rec.cpu_millis}m",
+                "the p99 objective may be missed",
+                severity="warning",
+            )
+        )
     if hw.sources["memory"] == "explicit" and hw.memory_bytes < rec.memory_bytes:
-        out.append(doc.problem((*here, "memory"), f"{hw.memory_bytes} bytes is below the "
-                               f"profile's {rec.memory_bytes}", "the container may be OOM-killed",
-                               severity="warning"))
+        out.append(
+            doc.problem(
+                (*here, "memory"),
+                f"{hw.memory_bytes} bytes is below the profile's {rec.memory_bytes}",
+                "the container may be OOM-killed",
+                severity="warning",
+            )
+        )
     return out
 
 
@@ -320,8 +356,7 @@ def _monitoring(spec: Spec, dep: Deployment, model: ResolvedModel) -> ResolvedMo
     merged = DEFAULT_MONITORING
     for layer in (spec.monitoring, dep.monitoring):
         if layer is not None:
-            merged = _deep_merge(merged, layer.model_dump(by_alias=True, exclude_none=True,
-                                                          exclude_unset=True))
+            merged = _deep_merge(merged, layer.model_dump(by_alias=True, exclude_none=True, exclude_unset=True))
     collection = merged["dataCollection"]
     return ResolvedMonitoring(
         metrics=merged["metrics"]["enabled"],

@@ -46,8 +46,11 @@ def resource_names(side: Side, dep: ResolvedDeployment) -> set[str]:
     target = side.resolved.target(dep.target).spec
     pinned = pin(dep)  # the versions the lock pins: the others have no names yet
     if isinstance(target, KubernetesTarget):
-        objects = [o for v in pinned.versions for o in version_objects(side.resolved.project, target, pinned, v,
-                                                                       v.image or "", v.onnx_digest or "")]
+        objects = [
+            o
+            for v in pinned.versions
+            for o in version_objects(side.resolved.project, target, pinned, v, v.image or "", v.onnx_digest or "")
+        ]
         objects += model_objects(side.resolved.project, target, pinned)
         return {f"{o['kind']}/{o['metadata']['name']}" for o in objects}
     if target.kind.startswith("azure-"):
@@ -66,8 +69,14 @@ def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
     assert side.resolved is not None
     target = side.resolved.target(dep.target).spec
     if isinstance(target, KubernetesTarget):
-        shared = [f"in `Namespace/{target.namespace_name}`, which the stack creates and labels for Pod Security "
-                  "`restricted`"] if target.creates_namespace else []
+        shared = (
+            [
+                f"in `Namespace/{target.namespace_name}`, which the stack creates and labels for Pod Security "
+                "`restricted`"
+            ]
+            if target.creates_namespace
+            else []
+        )
         return shared + [f"not deployed: {s}" for s in skipped(target, dep)] + _grpc_route(target, dep)
     if target.kind.startswith("azure-"):
         from .azure import caveats as azure_caveats
@@ -75,11 +84,12 @@ def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
         return azure_caveats(target, dep)  # type: ignore[arg-type]
     notes = []
     if target.kind == "docker" and len(dep.versions) > 1:
-        notes.append("weights are not honoured on a docker target: each version answers on its own host port "
-                     "(the target's port + version - 1); clients choose")
+        notes.append(
+            "weights are not honoured on a docker target: each version answers on its own host port "
+            "(the target's port + version - 1); clients choose"
+        )
     if target.kind == "docker" and getattr(target, "grpc_port", None) is None:
-        notes.append("gRPC is served inside the container but not published on the host (set the target's "
-                     "`grpcPort`)")
+        notes.append("gRPC is served inside the container but not published on the host (set the target's `grpcPort`)")
     return notes
 
 
@@ -88,8 +98,10 @@ def _grpc_route(target: Any, dep: ResolvedDeployment) -> list[str]:
     if target.gateway is None:
         return []
     split = ", so gRPC follows replica counts, not `traffic`" if len(dep.versions) > 1 else ""
-    return [f"gRPC (port 8081, `grpc`) is reached in the cluster on `Service/{dep.name}` or a version's own "
-            f"Service; the HTTPRoute carries REST only{split}"]
+    return [
+        f"gRPC (port 8081, `grpc`) is reached in the cluster on `Service/{dep.name}` or a version's own "
+        f"Service; the HTTPRoute carries REST only{split}"
+    ]
 
 
 def _label(v: ResolvedVersion) -> str:
@@ -104,8 +116,10 @@ def _version_cell(v: ResolvedVersion) -> str:
 
 def _resources(v: ResolvedVersion) -> str:
     hw = v.hardware
-    return (f"{hw.cpu_millis}m/{hw.cpu_limit_millis}m cpu, {hw.memory_bytes // 2**20}Mi memory, "
-            f"{hw.replicas_min}-{hw.replicas_max} replicas" + (f", {hw.gpu} GPU" if hw.gpu else ""))
+    return (
+        f"{hw.cpu_millis}m/{hw.cpu_limit_millis}m cpu, {hw.memory_bytes // 2**20}Mi memory, "
+        f"{hw.replicas_min}-{hw.replicas_max} replicas" + (f", {hw.gpu} GPU" if hw.gpu else "")
+    )
 
 
 def _speed(facts: LockedVersion | None) -> str:
@@ -126,8 +140,10 @@ def _breaking(before: Side, after: Side, old: ResolvedDeployment | None, new: Re
         facts = side.lock.version(model, v.number) if v.number else None
         if facts is None or facts.onnx is None:
             return None
-        return {"inputs": [t.model_dump(mode="json") for t in facts.onnx.inputs],
-                "outputs": [t.model_dump(mode="json") for t in facts.onnx.outputs]}
+        return {
+            "inputs": [t.model_dump(mode="json") for t in facts.onnx.inputs],
+            "outputs": [t.model_dump(mode="json") for t in facts.onnx.outputs],
+        }
 
     if old is None:
         return []
@@ -158,8 +174,16 @@ def review(before: Side, after: Side) -> str:
         return f"{MARKER}\n### mlops-iac: no deployment changes\n\n{len(names)} deployment(s), all as before.\n"
     shown = rows[:MAX_ROWS]
     more = [f"\n_{len(rows) - len(shown)} more rows left out._"] if len(rows) > len(shown) else []
-    head = [MARKER, f"### mlops-iac: {changed} deployment change(s)", "",
-            "| deployment | change | before | after |", "|---|---|---|---|", *shown, *more, ""]
+    head = [
+        MARKER,
+        f"### mlops-iac: {changed} deployment change(s)",
+        "",
+        "| deployment | change | before | after |",
+        "|---|---|---|---|",
+        *shown,
+        *more,
+        "",
+    ]
     return _bounded("\n".join(head), sections)
 
 
@@ -173,8 +197,7 @@ def _row(name: str, a: ResolvedDeployment | None, b: ResolvedDeployment | None) 
     return f"| `{name}` | {change} | {cells[0]} | {cells[1]} |"
 
 
-def _section(before: Side, after: Side, name: str, a: ResolvedDeployment | None,
-             b: ResolvedDeployment | None) -> str:
+def _section(before: Side, after: Side, name: str, a: ResolvedDeployment | None, b: ResolvedDeployment | None) -> str:
     lines = [f"#### `{name}`", ""]
     was = resource_names(before, a) if a else set()
     will = resource_names(after, b) if b else set()
@@ -188,15 +211,25 @@ def _section(before: Side, after: Side, name: str, a: ResolvedDeployment | None,
         for v in b.versions:
             facts = after.lock.version(b.model, v.number) if v.number else None
             prior = next((p for p in (a.versions if a else ()) if p.number == v.number), None)
-            resources = _resources(v) if prior is None or prior.hardware == v.hardware else \
-                f"{_resources(prior)} → **{_resources(v)}**"
-            traffic = f"{v.weight}%" if prior is None or prior.weight == v.weight else \
-                f"{prior.weight}% → **{v.weight}%**"
-            lines.append(f"| {_label(v)} {'(new)' if prior is None else ''} | {traffic} | {resources} | "
-                         f"{_speed(facts)} |")
+            resources = (
+                _resources(v)
+                if prior is None or prior.hardware == v.hardware
+                else f"{_resources(prior)} → **{_resources(v)}**"
+            )
+            traffic = (
+                f"{v.weight}%" if prior is None or prior.weight == v.weight else f"{prior.weight}% → **{v.weight}%**"
+            )
+            lines.append(
+                f"| {_label(v)} {'(new)' if prior is None else ''} | {traffic} | {resources} | {_speed(facts)} |"
+            )
         lines.append("")
-        lines += [c for c in (_columns(v.number, after.lock.version(b.model, v.number) if v.number else None)
-                              for v in b.versions) if c]
+        lines += [
+            c
+            for c in (
+                _columns(v.number, after.lock.version(b.model, v.number) if v.number else None) for v in b.versions
+            )
+            if c
+        ]
     if b is not None:
         lines += [f"- {c}" for c in caveats(after, b)]
     for title, items in (("create", will - was), ("keep", will & was), ("delete", was - will)):
@@ -231,6 +264,8 @@ def _bounded(head: str, sections: list[str]) -> str:
         out.append(piece)
         size += len(piece)
     if left:
-        out.append(f"\n_{left} more deployment change(s) left out to stay within one comment; run "
-                   "`mlops-iac diff` locally for all of them._\n")
+        out.append(
+            f"\n_{left} more deployment change(s) left out to stay within one comment; run "
+            "`mlops-iac diff` locally for all of them._\n"
+        )
     return "\n".join(out)

@@ -13,8 +13,12 @@ SCHEMA_FILE = "schemas/mlops.v1.schema.json"
 
 def json_schema() -> dict[str, Any]:
     schema = Spec.model_json_schema(by_alias=True, mode="validation")
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
-            "title": "mlops.yaml (mlops-iac/v1)", **schema}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "mlops.yaml (mlops-iac/v1)",
+        **schema,
+    }
 
 
 def json_schema_text() -> str:

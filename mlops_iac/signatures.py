@@ -31,8 +31,9 @@ def breaking_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[st
             if not _shapes_compatible(tensor["shape"], after[name]["shape"]):
                 problems.append(f"{label} changed shape {tensor['shape']} -> {after[name]['shape']}")
         if side == "inputs":
-            problems += [f"{_what(side, after[n], after)} is new and required"
-                         for n in sorted(set(after) - set(before))]
+            problems += [
+                f"{_what(side, after[n], after)} is new and required" for n in sorted(set(after) - set(before))
+            ]
     return problems
 
 

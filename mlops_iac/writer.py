@@ -38,11 +38,18 @@ class Change:
 def safe_relative(path: str) -> PurePosixPath:
     """`path` as a relative path that stays inside its folder, or a WriterError."""
     pure = PurePosixPath(path)
-    bad = (not path or "\\" in path or "\x00" in path or pure.is_absolute()
-           or any(part in ("..", "") for part in path.split("/")) or path.startswith("~"))
+    bad = (
+        not path
+        or "\\" in path
+        or "\x00" in path
+        or pure.is_absolute()
+        or any(part in ("..", "") for part in path.split("/"))
+        or path.startswith("~")
+    )
     if bad:
-        raise WriterError(f"refusing to write {path!r}: generated paths must be relative and "
-                          "stay inside the output folder")
+        raise WriterError(
+            f"refusing to write {path!r}: generated paths must be relative and stay inside the output folder"
+        )
     return pure
 
 
@@ -79,8 +86,7 @@ def plan_changes(files: Sequence[FileArtifact], out: Path) -> list[Change]:
             changes.append(Change(rel, "same"))  # the user's now: Pulumi keeps secrets in it
             continue
         new = wanted[rel].data if rel in wanted else None
-        kind: ChangeKind = ("same" if old == new else "add" if old is None
-                            else "delete" if new is None else "modify")
+        kind: ChangeKind = "same" if old == new else "add" if old is None else "delete" if new is None else "modify"
         if old is None and new is None:
             continue
         changes.append(Change(rel, kind, "" if kind == "same" else _diff(rel, old, new)))
@@ -92,10 +98,14 @@ def _diff(rel: str, old: bytes | None, new: bytes | None) -> str:
         before, after = (old or b"").decode("utf-8"), (new or b"").decode("utf-8")
     except UnicodeDecodeError:
         return f"Binary files a/{rel} and b/{rel} differ\n"
-    return "".join(difflib.unified_diff(
-        before.splitlines(keepends=True), after.splitlines(keepends=True),
-        fromfile=f"a/{rel}" if old is not None else "/dev/null",
-        tofile=f"b/{rel}" if new is not None else "/dev/null"))
+    return "".join(
+        difflib.unified_diff(
+            before.splitlines(keepends=True),
+            after.splitlines(keepends=True),
+            fromfile=f"a/{rel}" if old is not None else "/dev/null",
+            tofile=f"b/{rel}" if new is not None else "/dev/null",
+        )
+    )
 
 
 def apply(files: Sequence[FileArtifact], out: Path, *, dry_run: bool = False) -> list[Change]:
@@ -124,8 +134,7 @@ def _swap_in(out: Path, wanted: dict[str, FileArtifact], changes: Iterable[Chang
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
         if out.exists():
-            shutil.copytree(out, staging, symlinks=True, dirs_exist_ok=True,
-                            copy_function=_link_or_copy)
+            shutil.copytree(out, staging, symlinks=True, dirs_exist_ok=True, copy_function=_link_or_copy)
         for change in changes:
             target = staging / change.path
             if change.kind == "delete":
@@ -133,10 +142,14 @@ def _swap_in(out: Path, wanted: dict[str, FileArtifact], changes: Iterable[Chang
                 _prune_empty(target.parent, staging)
             elif change.kind in ("add", "modify"):
                 _write_new(target, wanted[change.path])
-        manifest = {"files": sorted(p for p, f in wanted.items() if not f.create_only),
-                    "generated": "by mlops-iac; do not edit"}
-        _write_new(staging / MANIFEST, FileArtifact(path=MANIFEST, content=json.dumps(
-            manifest, indent=2, sort_keys=True) + "\n"))
+        manifest = {
+            "files": sorted(p for p, f in wanted.items() if not f.create_only),
+            "generated": "by mlops-iac; do not edit",
+        }
+        _write_new(
+            staging / MANIFEST,
+            FileArtifact(path=MANIFEST, content=json.dumps(manifest, indent=2, sort_keys=True) + "\n"),
+        )
         os.chmod(staging, 0o755)  # noqa: S103 - a source folder, as git would make it
         fsync_dir(staging)
         if out.exists():

@@ -41,8 +41,9 @@ def generate(out: Path) -> Path:
             raise SystemExit(f"protoc failed with {code}")
         code_text = (Path(tmp) / "mlops_iac" / "serving" / MODULE).read_text()
     if code_text.count(DEFAULT_POOL) != 1:
-        raise SystemExit(f"protoc's output no longer registers its file with {DEFAULT_POOL!r}; "
-                         "update scripts/grpc_stubs.py")
+        raise SystemExit(
+            f"protoc's output no longer registers its file with {DEFAULT_POOL!r}; update scripts/grpc_stubs.py"
+        )
     out.mkdir(parents=True, exist_ok=True)
     target = out / MODULE
     target.write_text(code_text.replace(DEFAULT_POOL, OWN_POOL))

@@ -11,7 +11,7 @@ if [ ! -x .venv-checkov/bin/checkov ]; then
     python3 -m venv .venv-checkov
     .venv-checkov/bin/pip install --quiet --disable-pip-version-check checkov
 fi
-echo "== ruff";   python3 -m ruff check .
+echo "== ruff";   python3 -m ruff check . && python3 -m ruff format --check .
 echo "== mypy";   python3 -m mypy
 echo "== schema"; python3 -m mlops_iac schema --check && python3 -m mlops_iac schema --openapi --check
 echo "== pytest"; python3 -m pytest "$@"

@@ -20,8 +20,9 @@ QUICKSTART = ROOT / "examples" / "quickstart"
 
 
 def _repository_status() -> str | None:
-    done = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True
+    )
     return done.stdout if done.returncode == 0 else None
 
 
@@ -97,8 +98,9 @@ def installed_env() -> dict[str, str]:
 
 def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`mlops-iac ARGS...` as a user runs it: the installed command, in a folder of theirs."""
-    return subprocess.run(["mlops-iac", *args], cwd=cwd, env=installed_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["mlops-iac", *args], cwd=cwd, env=installed_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def require(what: str) -> None:
@@ -155,10 +157,12 @@ def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegist
     (folder / "config.yml").write_text(
         "version: 0.1\nlog: {level: error}\n"
         f"storage: {{filesystem: {{rootdirectory: {folder / 'data'}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n")
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
     with open(folder / "log", "wb") as log:
-        proc = subprocess.Popen([str(binary), "serve", str(folder / "config.yml")],
-                                stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(
+            [str(binary), "serve", str(folder / "config.yml")], stdout=subprocess.DEVNULL, stderr=log
+        )
         try:
             wait_http(f"http://127.0.0.1:{port}/v2/")
             yield OciRegistryServer(f"127.0.0.1:{port}", folder / "data")

@@ -40,8 +40,9 @@ class Unsupported(Exception):
 def _check(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise Unsupported(f"{where}: no docker equivalent for {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(allowed))})")
+        raise Unsupported(
+            f"{where}: no docker equivalent for {', '.join(unknown)} (known: {', '.join(sorted(allowed))})"
+        )
 
 
 # --- quantities ------------------------------------------------------------------------------
@@ -68,6 +69,7 @@ def cpu_cores(quantity: str | int | float) -> float:
 
 
 # --- what a run needs besides argv -----------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -127,16 +129,48 @@ class ContainerRun:
 _POD_NO_OP = {
     "serviceAccountName",  # an identity for the API server; the token is not mounted (checked below)
     "topologySpreadConstraints",  # where replicas land: one engine, one node
-    "affinity", "nodeSelector", "tolerations", "priorityClassName",  # scheduling only
+    "affinity",
+    "nodeSelector",
+    "tolerations",
+    "priorityClassName",  # scheduling only
 }
-_POD = _POD_NO_OP | {"automountServiceAccountToken", "securityContext", "terminationGracePeriodSeconds",
-                     "containers", "volumes"}
+_POD = _POD_NO_OP | {
+    "automountServiceAccountToken",
+    "securityContext",
+    "terminationGracePeriodSeconds",
+    "containers",
+    "volumes",
+}
 _POD_SECURITY = {"runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "supplementalGroups", "seccompProfile"}
-_CONTAINER = {"name", "image", "imagePullPolicy", "command", "args", "ports", "env", "envFrom", "resources",
-              "startupProbe", "readinessProbe", "livenessProbe", "securityContext", "volumeMounts", "lifecycle",
-              "terminationMessagePolicy", "workingDir"}
-_SECURITY = {"allowPrivilegeEscalation", "readOnlyRootFilesystem", "runAsNonRoot", "runAsUser", "runAsGroup",
-             "capabilities", "seccompProfile", "privileged"}
+_CONTAINER = {
+    "name",
+    "image",
+    "imagePullPolicy",
+    "command",
+    "args",
+    "ports",
+    "env",
+    "envFrom",
+    "resources",
+    "startupProbe",
+    "readinessProbe",
+    "livenessProbe",
+    "securityContext",
+    "volumeMounts",
+    "lifecycle",
+    "terminationMessagePolicy",
+    "workingDir",
+}
+_SECURITY = {
+    "allowPrivilegeEscalation",
+    "readOnlyRootFilesystem",
+    "runAsNonRoot",
+    "runAsUser",
+    "runAsGroup",
+    "capabilities",
+    "seccompProfile",
+    "privileged",
+}
 _PROBE = {"httpGet", "initialDelaySeconds", "periodSeconds", "timeoutSeconds", "successThreshold", "failureThreshold"}
 
 
@@ -186,17 +220,38 @@ class _Pod:
                 raise Unsupported(f"{where}: $(VAR) expansion in command/args")
         entry = ["--entrypoint", command[0]] if command else []
         # Kubernetes ignores the image's HEALTHCHECK: only the probes count.
-        argv = ["run", "-d", "--name", self.name, "--network", "host", "--no-healthcheck", *entry, *self.flags,
-                *[f for k, v in env.items() for f in ("-e", f"{k}={v}")], self.image,
-                *(command[1:] if command else []), *(args if args is not None else [])]
+        argv = [
+            "run",
+            "-d",
+            "--name",
+            self.name,
+            "--network",
+            "host",
+            "--no-healthcheck",
+            *entry,
+            *self.flags,
+            *[f for k, v in env.items() for f in ("-e", f"{k}={v}")],
+            self.image,
+            *(command[1:] if command else []),
+            *(args if args is not None else []),
+        ]
         return ContainerRun(
-            name=self.name, argv=tuple(argv), ports=ports, env=env, mounts=mounts, memory_limit=memory,
-            cpu_limit=cpu, grace_seconds=float(self.pod.get("terminationGracePeriodSeconds", 30)),
+            name=self.name,
+            argv=tuple(argv),
+            ports=ports,
+            env=env,
+            mounts=mounts,
+            memory_limit=memory,
+            cpu_limit=cpu,
+            grace_seconds=float(self.pod.get("terminationGracePeriodSeconds", 30)),
             startup=self._probe(container, "startupProbe", ports, where),
             readiness=self._probe(container, "readinessProbe", ports, where),
             liveness=self._probe(container, "livenessProbe", ports, where),
-            pre_stop=self._pre_stop(container.get("lifecycle"), f"{where}.lifecycle"), files=tuple(self.files),
-            disk_volumes=dict(self.sizes), file_volumes=dict(self.file_volumes))
+            pre_stop=self._pre_stop(container.get("lifecycle"), f"{where}.lifecycle"),
+            files=tuple(self.files),
+            disk_volumes=dict(self.sizes),
+            file_volumes=dict(self.file_volumes),
+        )
 
     def _ports(self, container: Object, where: str) -> dict[str, int]:
         ports: dict[str, int] = {}
@@ -204,8 +259,9 @@ class _Pod:
             _check(port, {"name", "containerPort", "protocol"}, f"{where}.ports[{i}]")
             if port.get("protocol", "TCP") != "TCP":
                 raise Unsupported(f"{where}.ports[{i}].protocol: {port['protocol']}")
-            ports[port.get("name", str(port["containerPort"]))] = ports[str(port["containerPort"])] = \
-                int(port["containerPort"])
+            ports[port.get("name", str(port["containerPort"]))] = ports[str(port["containerPort"])] = int(
+                port["containerPort"]
+            )
         return ports
 
     def _env(self, container: Object, where: str) -> dict[str, str]:
@@ -219,8 +275,9 @@ class _Pod:
             env.update({source.get("prefix", "") + k: v for k, v in values.items()})
         for i, var in enumerate(container.get("env") or []):  # env wins over envFrom, as in Kubernetes
             _check(var, {"name", "value", "valueFrom"}, f"{where}.env[{i}]")
-            env[var["name"]] = var["value"] if "value" in var else self._value_from(var["valueFrom"],
-                                                                                    f"{where}.env[{i}].valueFrom")
+            env[var["name"]] = (
+                var["value"] if "value" in var else self._value_from(var["valueFrom"], f"{where}.env[{i}].valueFrom")
+            )
         return env
 
     def _value_from(self, ref: Object, where: str) -> str:
@@ -240,8 +297,9 @@ class _Pod:
             volume, path = volumes[mount["name"]], mount["mountPath"]
             kinds = sorted(set(volume) - {"name"})
             if kinds == ["emptyDir"]:
-                self.flags += self._empty_dir(path, volume, fs_group, mount.get("readOnly", False),
-                                              f"{self.where}.volumes[{mount['name']}]")
+                self.flags += self._empty_dir(
+                    path, volume, fs_group, mount.get("readOnly", False), f"{self.where}.volumes[{mount['name']}]"
+                )
             elif kinds in (["configMap"], ["secret"]):
                 folder = self._files(volume, kinds[0], f"{self.where}.volumes[{mount['name']}]")
                 self.file_volumes[path] = folder
@@ -347,10 +405,15 @@ class _Pod:
         if get.get("scheme", "HTTP") != "HTTP":
             raise Unsupported(f"{where}.{key}.httpGet.scheme: {get['scheme']}")
         port = get["port"]
-        return Probe(path=get.get("path", "/"), port=ports[str(port)] if str(port) in ports else int(port),
-                     initial_delay=probe.get("initialDelaySeconds", 0), period=probe.get("periodSeconds", 10),
-                     timeout=probe.get("timeoutSeconds", 1), success_threshold=probe.get("successThreshold", 1),
-                     failure_threshold=probe.get("failureThreshold", 3))
+        return Probe(
+            path=get.get("path", "/"),
+            port=ports[str(port)] if str(port) in ports else int(port),
+            initial_delay=probe.get("initialDelaySeconds", 0),
+            period=probe.get("periodSeconds", 10),
+            timeout=probe.get("timeoutSeconds", 1),
+            success_threshold=probe.get("successThreshold", 1),
+            failure_threshold=probe.get("failureThreshold", 3),
+        )
 
     @staticmethod
     def _pre_stop(lifecycle: Object | None, where: str) -> tuple[str, ...] | None:
@@ -377,10 +440,36 @@ def pod_run(deployment: Object, objects: list[Object], *, image: str, name: str,
 
 # --- the Docker component's container --------------------------------------------------------
 
-_DOCKER_CONTAINER = {"name", "image", "command", "entrypoints", "envs", "user", "readOnly", "memory", "memorySwap",
-                     "cpus", "capabilities", "securityOpts", "tmpfs", "volumes", "ports", "healthcheck", "restart",
-                     "mustRun", "labels", "stopTimeout", "stopSignal", "init", "logDriver", "logOpts", "networkMode",
-                     "destroyGraceSeconds", "wait", "waitTimeout"}
+_DOCKER_CONTAINER = {
+    "name",
+    "image",
+    "command",
+    "entrypoints",
+    "envs",
+    "user",
+    "readOnly",
+    "memory",
+    "memorySwap",
+    "cpus",
+    "capabilities",
+    "securityOpts",
+    "tmpfs",
+    "volumes",
+    "ports",
+    "healthcheck",
+    "restart",
+    "mustRun",
+    "labels",
+    "stopTimeout",
+    "stopSignal",
+    "init",
+    "logDriver",
+    "logOpts",
+    "networkMode",
+    "destroyGraceSeconds",
+    "wait",
+    "waitTimeout",
+}
 
 
 def container_run(inputs: Mapping[str, Any], *, image: str, name: str, volumes: Mapping[str, str]) -> ContainerRun:
@@ -392,8 +481,11 @@ def container_run(inputs: Mapping[str, Any], *, image: str, name: str, volumes: 
     if inputs.get("networkMode", "host") != "host":
         raise Unsupported(f"{where}.networkMode: {inputs['networkMode']} (the CI engine has host networking only)")
     if "logDriver" in inputs or "logOpts" in inputs:
-        flags += ["--log-driver", inputs.get("logDriver", "json-file"),
-                  *[f for k, v in (inputs.get("logOpts") or {}).items() for f in ("--log-opt", f"{k}={v}")]]
+        flags += [
+            "--log-driver",
+            inputs.get("logDriver", "json-file"),
+            *[f for k, v in (inputs.get("logOpts") or {}).items() for f in ("--log-opt", f"{k}={v}")],
+        ]
     if "user" in inputs:
         flags += ["--user", inputs["user"]]
     if inputs.get("readOnly"):
@@ -436,16 +528,35 @@ def container_run(inputs: Mapping[str, Any], *, image: str, name: str, volumes: 
         flags += ["--stop-timeout", str(int(inputs["stopTimeout"]))]
     env = dict(e.split("=", 1) for e in inputs.get("envs") or [])
     entry = ["--entrypoint", inputs["entrypoints"][0]] if inputs.get("entrypoints") else []
-    argv = ["run", "-d", "--name", name, "--network", "host", *entry, *flags,
-            *[f for k, v in env.items() for f in ("-e", f"{k}={v}")], image,
-            *(inputs["entrypoints"][1:] if inputs.get("entrypoints") else []), *(inputs.get("command") or [])]
+    argv = [
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        *entry,
+        *flags,
+        *[f for k, v in env.items() for f in ("-e", f"{k}={v}")],
+        image,
+        *(inputs["entrypoints"][1:] if inputs.get("entrypoints") else []),
+        *(inputs.get("command") or []),
+    ]
     # `wait`/`waitTimeout` make Pulumi wait for `healthy`: the tests wait for it the same way.
     # A stop waits `stopTimeout` (the engine's default: 10 s) after SIGTERM; pulumi-docker's
     # destroy waits `destroyGraceSeconds` before it kills.
     grace = inputs.get("stopTimeout", inputs.get("destroyGraceSeconds", 10))
-    return ContainerRun(name=name, argv=tuple(argv), ports=ports, env=env, mounts=mounts, memory_limit=memory,
-                        cpu_limit=cpus, grace_seconds=float(grace),
-                        healthcheck=health is not None)
+    return ContainerRun(
+        name=name,
+        argv=tuple(argv),
+        ports=ports,
+        env=env,
+        mounts=mounts,
+        memory_limit=memory,
+        cpu_limit=cpus,
+        grace_seconds=float(grace),
+        healthcheck=health is not None,
+    )
 
 
 def _healthcheck(health: Mapping[str, Any], where: str) -> list[str]:
@@ -458,8 +569,12 @@ def _healthcheck(health: Mapping[str, Any], where: str) -> list[str]:
     else:
         raise Unsupported(f"{where}.tests: {tests[0]}")
     flags = ["--health-cmd", command]
-    for key, flag in (("interval", "--health-interval"), ("timeout", "--health-timeout"),
-                      ("startPeriod", "--health-start-period"), ("startInterval", "--health-start-interval")):
+    for key, flag in (
+        ("interval", "--health-interval"),
+        ("timeout", "--health-timeout"),
+        ("startPeriod", "--health-start-period"),
+        ("startInterval", "--health-start-interval"),
+    ):
         if key in health:
             flags += [flag, health[key]]
     if "retries" in health:
@@ -476,6 +591,7 @@ def duration_seconds(text: str) -> float:
 
 
 # --- running -----------------------------------------------------------------------------------
+
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
     done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
@@ -503,8 +619,9 @@ def run_startup(run: ContainerRun) -> tuple[float, int]:
         if not state(run.name)["Running"]:
             raise AssertionError(f"{run.name} stopped before it was ready:\n{_stderr(run.name)}")
         time.sleep(max(0.0, probe.period - (time.monotonic() - tick)))
-    raise AssertionError(f"{run.name}: startup probe {probe.path} failed {probe.failure_threshold} times:\n"
-                         f"{_stderr(run.name)}")
+    raise AssertionError(
+        f"{run.name}: startup probe {probe.path} failed {probe.failure_threshold} times:\n{_stderr(run.name)}"
+    )
 
 
 def _stderr(name: str) -> str:
@@ -552,16 +669,40 @@ def peak_usage(folder: Path) -> int:
 
 # --- an IoT Edge module, as the edge agent creates it -------------------------------------------
 
-_EDGE_CREATE = {"User", "Cmd", "Entrypoint", "ExposedPorts", "StopTimeout", "StopSignal", "Healthcheck", "HostConfig",
-                "Labels", "Env"}
-_EDGE_HOST = {"ReadonlyRootfs", "CapDrop", "CapAdd", "SecurityOpt", "Memory", "MemorySwap", "NanoCpus", "Tmpfs",
-              "Binds", "PortBindings", "LogConfig", "Init"}
+_EDGE_CREATE = {
+    "User",
+    "Cmd",
+    "Entrypoint",
+    "ExposedPorts",
+    "StopTimeout",
+    "StopSignal",
+    "Healthcheck",
+    "HostConfig",
+    "Labels",
+    "Env",
+}
+_EDGE_HOST = {
+    "ReadonlyRootfs",
+    "CapDrop",
+    "CapAdd",
+    "SecurityOpt",
+    "Memory",
+    "MemorySwap",
+    "NanoCpus",
+    "Tmpfs",
+    "Binds",
+    "PortBindings",
+    "LogConfig",
+    "Init",
+}
 
 
 def edge_create_options(settings: Mapping[str, Any]) -> Object:
     """`createOptions`, `createOptions01`, ... joined in order, as the edge agent reads them."""
-    keys = sorted((k for k in settings if k.lower().startswith("createoptions")),
-                  key=lambda k: int(k[len("createOptions"):] or 0))
+    keys = sorted(
+        (k for k in settings if k.lower().startswith("createoptions")),
+        key=lambda k: int(k[len("createOptions") :] or 0),
+    )
     options: Object = json.loads("".join(settings[k] for k in keys))
     return options
 
@@ -577,8 +718,11 @@ def edge_run(module: Mapping[str, Any], *, image: str, name: str, volumes: Mappi
     The agent puts modules on its own network; here they share the host's, so port bindings
     are the ports the server listens on."""
     where = f"module {name}"
-    _check(module, {"version", "type", "status", "restartPolicy", "settings", "env", "imagePullPolicy",
-                    "startupOrder"}, where)
+    _check(
+        module,
+        {"version", "type", "status", "restartPolicy", "settings", "env", "imagePullPolicy", "startupOrder"},
+        where,
+    )
     options = edge_create_options(module["settings"])
     _check(options, _EDGE_CREATE, f"{where}.createOptions")
     host = options.get("HostConfig") or {}
@@ -607,8 +751,11 @@ def edge_run(module: Mapping[str, Any], *, image: str, name: str, volumes: Mappi
         mounts[target] = "volume"
     log = host.get("LogConfig")
     if log:
-        flags += ["--log-driver", log["Type"], *[f for k, v in log.get("Config", {}).items()
-                                                 for f in ("--log-opt", f"{k}={v}")]]
+        flags += [
+            "--log-driver",
+            log["Type"],
+            *[f for k, v in log.get("Config", {}).items() for f in ("--log-opt", f"{k}={v}")],
+        ]
     ports: dict[str, int] = {}
     for spec, bindings in (host.get("PortBindings") or {}).items():
         port, protocol = spec.split("/")
@@ -618,10 +765,18 @@ def edge_run(module: Mapping[str, Any], *, image: str, name: str, volumes: Mappi
     health = options.get("Healthcheck")
     if health is not None:
         _check(health, {"Test", "Interval", "Timeout", "StartPeriod", "Retries"}, f"{where}.createOptions.Healthcheck")
-        flags += _healthcheck({"tests": health["Test"], "retries": health.get("Retries", 3),
-                               **{k: _nanos(health[v]) for k, v in (("interval", "Interval"), ("timeout", "Timeout"),
-                                                                    ("startPeriod", "StartPeriod")) if v in health}},
-                              f"{where}.createOptions.Healthcheck")
+        flags += _healthcheck(
+            {
+                "tests": health["Test"],
+                "retries": health.get("Retries", 3),
+                **{
+                    k: _nanos(health[v])
+                    for k, v in (("interval", "Interval"), ("timeout", "Timeout"), ("startPeriod", "StartPeriod"))
+                    if v in health
+                },
+            },
+            f"{where}.createOptions.Healthcheck",
+        )
     if "StopTimeout" in options:
         flags += ["--stop-timeout", str(int(options["StopTimeout"]))]
     if "StopSignal" in options:
@@ -631,9 +786,28 @@ def edge_run(module: Mapping[str, Any], *, image: str, name: str, volumes: Mappi
         _check(value, {"value"}, f"{where}.env.{key}")
         env[key] = str(value["value"])
     entry = ["--entrypoint", options["Entrypoint"][0]] if options.get("Entrypoint") else []
-    argv = ["run", "-d", "--name", name, "--network", "host", *entry, *flags,
-            *[f for k, v in env.items() for f in ("-e", f"{k}={v}")], image,
-            *(options["Entrypoint"][1:] if options.get("Entrypoint") else []), *(options.get("Cmd") or [])]
-    return ContainerRun(name=name, argv=tuple(argv), ports=ports, env=env, mounts=mounts, memory_limit=memory,
-                        cpu_limit=cpus, grace_seconds=float(options.get("StopTimeout", 10)),
-                        healthcheck=health is not None)
+    argv = [
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        *entry,
+        *flags,
+        *[f for k, v in env.items() for f in ("-e", f"{k}={v}")],
+        image,
+        *(options["Entrypoint"][1:] if options.get("Entrypoint") else []),
+        *(options.get("Cmd") or []),
+    ]
+    return ContainerRun(
+        name=name,
+        argv=tuple(argv),
+        ports=ports,
+        env=env,
+        mounts=mounts,
+        memory_limit=memory,
+        cpu_limit=cpus,
+        grace_seconds=float(options.get("StopTimeout", 10)),
+        healthcheck=health is not None,
+    )

@@ -50,8 +50,7 @@ def build_models(folder: Path) -> Models:
     }
     for name, (model, features) in trained.items():
         joblib.dump(model, folder / f"{name}.joblib")
-        report = convert_artifact("sklearn", folder / f"{name}.joblib", features[:50],
-                                  Options(measure_speed=False))
+        report = convert_artifact("sklearn", folder / f"{name}.joblib", features[:50], Options(measure_speed=False))
         assert report.parity.passed
         (folder / f"{name}.onnx").write_bytes(report.model)
     return Models(folder, iris_x, cancer_x)
@@ -72,8 +71,9 @@ class Running:
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         conn = self.connection()
         try:
             conn.request(method, path, body=body, headers=headers or {})
@@ -95,8 +95,13 @@ class Running:
 
 
 @contextmanager
-def running_server(models: Models, config: dict[str, Any], env: dict[str, str] | None = None,
-                   wait_ready: bool = True, port: int | None = None) -> Iterator[Running]:
+def running_server(
+    models: Models,
+    config: dict[str, Any],
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+    port: int | None = None,
+) -> Iterator[Running]:
     ServerConfig.model_validate(config)  # fail early, in the test, on a bad fixture
     settings = models.folder / f"server-{time.monotonic_ns()}.json"
     settings.write_text(json.dumps(config))
@@ -104,9 +109,21 @@ def running_server(models: Models, config: dict[str, Any], env: dict[str, str] |
     log = settings.with_suffix(".log")
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlops_iac.serving", "--config", str(settings), "--host", "127.0.0.1",
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})})
+            [
+                sys.executable,
+                "-m",
+                "mlops_iac.serving",
+                "--config",
+                str(settings),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
         running = Running(f"127.0.0.1:{port}", port, process, log)
         try:
             wait_http(f"http://127.0.0.1:{port}/v2/health/live", timeout=60)
@@ -127,8 +144,21 @@ def running_server(models: Models, config: dict[str, Any], env: dict[str, str] |
 
 # --- models for the datatype, string and batching tests -------------------------------------
 
-V2_TO_ONNX = {"BOOL": 9, "UINT8": 2, "UINT16": 4, "UINT32": 12, "UINT64": 13, "INT8": 3, "INT16": 5,
-              "INT32": 6, "INT64": 7, "FP16": 10, "FP32": 1, "FP64": 11, "BYTES": 8}
+V2_TO_ONNX = {
+    "BOOL": 9,
+    "UINT8": 2,
+    "UINT16": 4,
+    "UINT32": 12,
+    "UINT64": 13,
+    "INT8": 3,
+    "INT16": 5,
+    "INT32": 6,
+    "INT64": 7,
+    "FP16": 10,
+    "FP32": 1,
+    "FP64": 11,
+    "BYTES": 8,
+}
 
 
 def _save(graph: Any, path: Path, metadata: dict[str, str] | None = None) -> Path:
@@ -161,9 +191,12 @@ def text_model(folder: Path) -> Path:
     """A string in, the same string out: `text` [-1] -> `echo` [-1]."""
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["text"], ["echo"])], "text",
-                              [helper.make_tensor_value_info("text", TensorProto.STRING, ["N"])],
-                              [helper.make_tensor_value_info("echo", TensorProto.STRING, ["N"])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"])],
+        "text",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["N"])],
+    )
     return _save(graph, folder / "text.onnx")
 
 
@@ -176,26 +209,36 @@ def multi_model(folder: Path) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
-        [helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.float32(2), "two")),
-         helper.make_node("Mul", ["a", "two"], ["a2"]),
-         helper.make_node("Concat", ["a2", "b"], ["y"], axis=1),
-         helper.make_node("Constant", [], ["table"], value=numpy_helper.from_array(TABLE, "table")),
-         helper.make_node("Gather", ["table", "i"], ["g"], axis=0)],
+        [
+            helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.float32(2), "two")),
+            helper.make_node("Mul", ["a", "two"], ["a2"]),
+            helper.make_node("Concat", ["a2", "b"], ["y"], axis=1),
+            helper.make_node("Constant", [], ["table"], value=numpy_helper.from_array(TABLE, "table")),
+            helper.make_node("Gather", ["table", "i"], ["g"], axis=0),
+        ],
         "multi",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 2]),
-         helper.make_tensor_value_info("i", TensorProto.INT64, ["N", 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5]),
-         helper.make_tensor_value_info("g", TensorProto.FLOAT, ["N", 1, 4])])
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 2]),
+            helper.make_tensor_value_info("i", TensorProto.INT64, ["N", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5]),
+            helper.make_tensor_value_info("g", TensorProto.FLOAT, ["N", 1, 4]),
+        ],
+    )
     return _save(graph, folder / "multi.onnx")
 
 
 def bf16_model(folder: Path) -> Path:
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], "bf16",
-                              [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["N", 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        "bf16",
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+    )
     return _save(graph, folder / "bf16.onnx")
 
 
@@ -217,8 +260,12 @@ def categorical_model(folder: Path) -> tuple[Path, np.ndarray]:
     target[rng.random(300) < 0.1] = 0  # noise, so the probabilities are not all certain
     pipe = make_pipeline(OneHotEncoder(handle_unknown="ignore"), LogisticRegression(max_iter=500))
     pipe.fit(colors, target)
-    onnx_model = convert_sklearn(pipe, initial_types=[("color", StringTensorType([None, 1]))],
-                                 options={id(pipe.steps[-1][1]): {"zipmap": False}}, target_opset=17)
+    onnx_model = convert_sklearn(
+        pipe,
+        initial_types=[("color", StringTensorType([None, 1]))],
+        options={id(pipe.steps[-1][1]): {"zipmap": False}},
+        target_opset=17,
+    )
     entry = onnx_model.metadata_props.add()
     entry.key, entry.value = "labels", json.dumps(["zero", "one", "two"])
     path = folder / "colors.onnx"

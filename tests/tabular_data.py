@@ -42,11 +42,18 @@ def pipeline(estimator: Any) -> Any:
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
     numeric = ["alcohol", "malic_acid", "color_intensity", "hue", "proline", "age_years"]
-    pre = ColumnTransformer([
-        ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
-        ("region", OneHotEncoder(handle_unknown="ignore"), ["region"]),
-        ("cask", make_pipeline(SimpleImputer(missing_values="", strategy="constant", fill_value="none"),
-                               OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)),
-         ["cask"]),
-    ])
+    pre = ColumnTransformer(
+        [
+            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+            ("region", OneHotEncoder(handle_unknown="ignore"), ["region"]),
+            (
+                "cask",
+                make_pipeline(
+                    SimpleImputer(missing_values="", strategy="constant", fill_value="none"),
+                    OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+                ),
+                ["cask"],
+            ),
+        ]
+    )
     return Pipeline([("pre", pre), ("model", estimator)])

@@ -31,29 +31,39 @@ def tool(name: str) -> str:
 
 
 def test_workflows_and_actions_are_lint_clean() -> None:
-    files = [*sorted((ROOT / ".github/workflows").glob("*.yml")), ROOT / "tests/workflows/uses-every-action.yml",
-             *sorted((ROOT / "examples/workflows").glob("*.yml"))]
+    files = [
+        *sorted((ROOT / ".github/workflows").glob("*.yml")),
+        ROOT / "tests/workflows/uses-every-action.yml",
+        *sorted((ROOT / "examples/workflows").glob("*.yml")),
+    ]
     tool("shellcheck")  # actionlint checks the workflows' scripts with it when it is on PATH
     lint = subprocess.run([tool("actionlint"), *map(str, files)], capture_output=True, text=True, cwd=ROOT)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     # The files themselves: given a folder outside .github/, zizmor may collect nothing.
-    audited = [*sorted((ROOT / ".github/workflows").glob("*.yml")),
-               *sorted((ROOT / "examples/workflows").glob("*.yml")), *sorted((ROOT / "actions").glob("*/action.yml"))]
-    audit = subprocess.run([tool("zizmor"), "--format", "plain", *map(str, audited)],
-                           capture_output=True, text=True, cwd=ROOT)
+    audited = [
+        *sorted((ROOT / ".github/workflows").glob("*.yml")),
+        *sorted((ROOT / "examples/workflows").glob("*.yml")),
+        *sorted((ROOT / "actions").glob("*/action.yml")),
+    ]
+    audit = subprocess.run(
+        [tool("zizmor"), "--format", "plain", *map(str, audited)], capture_output=True, text=True, cwd=ROOT
+    )
     assert audit.returncode == 0 and "No findings to report" in audit.stdout + audit.stderr, audit.stdout
 
 
 def test_composite_action_scripts_are_shellcheck_clean() -> None:
     shellcheck = tool("shellcheck")
-    actions = [*sorted((ROOT / "actions").glob("*/action.yml")),
-               *sorted((ROOT / "tests/workflows/standins").glob("*/action.yml"))]
+    actions = [
+        *sorted((ROOT / "actions").glob("*/action.yml")),
+        *sorted((ROOT / "tests/workflows/standins").glob("*/action.yml")),
+    ]
     checked = 0
     for path in actions:
         for step in yaml.safe_load(path.read_text())["runs"]["steps"]:
             if "run" in step:
-                done = subprocess.run([shellcheck, "--shell=bash", "-"], input=step["run"], capture_output=True,
-                                      text=True)
+                done = subprocess.run(
+                    [shellcheck, "--shell=bash", "-"], input=step["run"], capture_output=True, text=True
+                )
                 assert done.returncode == 0, f"{path.relative_to(ROOT)}:\n{done.stdout}"
                 checked += 1
     assert checked >= len(ACTIONS)
@@ -96,8 +106,9 @@ def _condition(text: str, inputs: dict[str, str], steps: dict[str, dict[str, str
     return True
 
 
-def run_action(name: str, given: dict[str, str], workdir: Path, summary: Path,
-               env: dict[str, str] | None = None) -> dict[str, str]:
+def run_action(
+    name: str, given: dict[str, str], workdir: Path, summary: Path, env: dict[str, str] | None = None
+) -> dict[str, str]:
     """Run the action's `run` steps with bash, as the runner does; return its outputs."""
     action = yaml.safe_load((ROOT / "actions" / name / "action.yml").read_text())
     inputs = {k: str(v.get("default", "")) for k, v in action["inputs"].items()}
@@ -112,12 +123,24 @@ def run_action(name: str, given: dict[str, str], workdir: Path, summary: Path,
             continue  # a third-party action, or a step for another event
         output = summary.parent / f".output-{name}-{i}"  # beside the summary: never in the repository
         output.write_text("")
-        step_env = {**os.environ, **(env or {}), "GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(summary),
-                    "RUNNER_TEMP": str(workdir), "GITHUB_ACTION_PATH": str(ROOT / "actions" / name),
-                    **{k: sub(v) for k, v in step.get("env", {}).items()}}
+        step_env = {
+            **os.environ,
+            **(env or {}),
+            "GITHUB_OUTPUT": str(output),
+            "GITHUB_STEP_SUMMARY": str(summary),
+            "RUNNER_TEMP": str(workdir),
+            "GITHUB_ACTION_PATH": str(ROOT / "actions" / name),
+            **{k: sub(v) for k, v in step.get("env", {}).items()},
+        }
         cwd = workdir / sub(step.get("working-directory", "."))
-        done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=cwd,
-                              env=step_env, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+            cwd=cwd,
+            env=step_env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert done.returncode == 0, f"{name} step {i}:\n{done.stdout}\n{done.stderr}"
         steps[step.get("id", str(i))] = dict(line.split("=", 1) for line in output.read_text().splitlines() if line)
     return {k: sub(v["value"]) for k, v in action.get("outputs", {}).items()}
@@ -125,8 +148,9 @@ def run_action(name: str, given: dict[str, str], workdir: Path, summary: Path,
 
 def test_register_convert_profile_build_run_as_on_a_runner(quickstart: Path, tmp_path: Path) -> None:
     summary = tmp_path / "summary.md"
-    registered = run_action("register", {"model": "iris", "file": "model.joblib", "tags": "team=ml\nstage=dev"},
-                            quickstart, summary)
+    registered = run_action(
+        "register", {"model": "iris", "file": "model.joblib", "tags": "team=ml\nstage=dev"}, quickstart, summary
+    )
     assert registered["ref"] == "iris@1" and registered["version"] == "1"
     assert registered["digest"].startswith("sha256:")
     converted = run_action("convert", {"ref": "iris@1"}, quickstart, summary)
@@ -156,8 +180,9 @@ def test_review_and_deploy_run_as_on_a_runner(tmp_path: Path) -> None:
     review = Path(reviewed["review"]).read_text()
     assert "90% → **50%**" in review and int(reviewed["characters"]) == len(review.encode())
     assert summary.read_text().startswith("<!-- mlops-iac review -->")
-    deployed = run_action("deploy", {"target": "prod", "working-directory": "deploy"}, repo, summary,
-                          env={"PIP_NO_INDEX": "1"})  # the stack's requirements are installed here already
+    deployed = run_action(
+        "deploy", {"target": "prod", "working-directory": "deploy"}, repo, summary, env={"PIP_NO_INDEX": "1"}
+    )  # the stack's requirements are installed here already
     assert deployed["summary"] == ""  # pulumi/actions does not run here
     assert (repo / "deploy/stacks/__main__.py").exists() and (repo / "deploy/stacks/prod/plan.json").exists()
 
@@ -166,8 +191,13 @@ def test_setup_installs_the_checked_out_project(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     summary = tmp_path / "summary.md"
-    outputs = run_action("setup", {"source": "workspace", "extras": ""}, ROOT, summary,
-                         env={"PATH": f"{venv / 'bin'}:{os.environ['PATH']}"})
+    outputs = run_action(
+        "setup",
+        {"source": "workspace", "extras": ""},
+        ROOT,
+        summary,
+        env={"PATH": f"{venv / 'bin'}:{os.environ['PATH']}"},
+    )
     from mlops_iac import __version__
 
     assert outputs["version"] == __version__ and f"mlops-iac {__version__} installed" in summary.read_text()
@@ -190,8 +220,12 @@ def test_smoke_checks_a_live_endpoint_against_the_pinned_model(converted: Path) 
     from .conftest import free_port, wait_http
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlops_iac", "serve", "--port", str(port)], cwd=converted,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlops_iac", "serve", "--port", str(port)],
+        cwd=converted,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout=60)
         ok = CliRunner().invoke(main, ["smoke", "iris@1", "--url", f"http://127.0.0.1:{port}"])

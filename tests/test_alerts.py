@@ -49,44 +49,90 @@ def test_rules_pass_promtool_check_and_unit_tests(tmp_path: Path) -> None:
 
     def expected(alert: str, severity: str, **extra: str) -> dict[str, Any]:
         desc = annotations[alert]["description"].replace("{{ $labels.version }}", "1")
-        return {"exp_labels": {"severity": severity, **common, **extra},
-                "exp_annotations": {"summary": annotations[alert]["summary"], "description": desc}}
+        return {
+            "exp_labels": {"severity": severity, **common, **extra},
+            "exp_annotations": {"summary": annotations[alert]["summary"], "description": desc},
+        }
 
-    tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [
-        {"interval": "1m", "input_series": [
-            {"series": f'mlops_requests_total{{{labels},status="200"}}', "values": "0+60x30"},
-            {"series": f'mlops_requests_total{{{labels},status="400"}}', "values": "0+6x30"},
-            {"series": f'mlops_request_seconds_bucket{{{labels},le="0.05"}}', "values": "0+6x30"},
-            {"series": f'mlops_request_seconds_bucket{{{labels},le="0.1"}}', "values": "0+66x30"},
-            {"series": f'mlops_request_seconds_bucket{{{labels},le="+Inf"}}', "values": "0+66x30"},
-            {"series": f'mlops_collection_dropped_total{{namespace="models",service="{SERVICE}"}}',
-             "values": "0+1x30"},
-            {"series": f'up{{namespace="models",service="{SERVICE}",instance="10.0.0.7:8082"}}',
-             "values": "1x5 0x25"}],
-         "alert_rule_test": [
-             {"eval_time": "20m", "alertname": "ModelLatencyP99High",
-              "exp_alerts": [expected("ModelLatencyP99High", "warning", version="1")]},
-             {"eval_time": "20m", "alertname": "ModelErrorRateHigh",
-              "exp_alerts": [expected("ModelErrorRateHigh", "critical", version="1")]},
-             {"eval_time": "20m", "alertname": "ModelDataCollectionDropping",
-              "exp_alerts": [expected("ModelDataCollectionDropping", "warning")]},
-             {"eval_time": "20m", "alertname": "ModelTargetDown",
-              "exp_alerts": [{"exp_labels": {"severity": "critical", **common, "namespace": "models",
-                                             "service": SERVICE, "instance": "10.0.0.7:8082"},
-                              "exp_annotations": {
-                                  "summary": annotations["ModelTargetDown"]["summary"],
-                                  "description": annotations["ModelTargetDown"]["description"].replace(
-                                      "{{ $labels.instance }}", "10.0.0.7:8082")}}]}]},
-        {"interval": "1m", "input_series": [  # healthy: fast, no errors, nothing dropped
-            {"series": f'mlops_requests_total{{{labels},status="200"}}', "values": "0+60x30"},
-            {"series": f'mlops_request_seconds_bucket{{{labels},le="0.01"}}', "values": "0+60x30"},
-            {"series": f'mlops_request_seconds_bucket{{{labels},le="+Inf"}}', "values": "0+60x30"},
-            {"series": f'mlops_collection_dropped_total{{namespace="models",service="{SERVICE}"}}',
-             "values": "0x30"},
-            {"series": f'up{{namespace="models",service="{SERVICE}",instance="10.0.0.7:8082"}}',
-             "values": "1x30"}],
-         "alert_rule_test": [{"eval_time": "20m", "alertname": name, "exp_alerts": []}
-                             for name in annotations]}]}
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'mlops_requests_total{{{labels},status="200"}}', "values": "0+60x30"},
+                    {"series": f'mlops_requests_total{{{labels},status="400"}}', "values": "0+6x30"},
+                    {"series": f'mlops_request_seconds_bucket{{{labels},le="0.05"}}', "values": "0+6x30"},
+                    {"series": f'mlops_request_seconds_bucket{{{labels},le="0.1"}}', "values": "0+66x30"},
+                    {"series": f'mlops_request_seconds_bucket{{{labels},le="+Inf"}}', "values": "0+66x30"},
+                    {
+                        "series": f'mlops_collection_dropped_total{{namespace="models",service="{SERVICE}"}}',
+                        "values": "0+1x30",
+                    },
+                    {
+                        "series": f'up{{namespace="models",service="{SERVICE}",instance="10.0.0.7:8082"}}',
+                        "values": "1x5 0x25",
+                    },
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "20m",
+                        "alertname": "ModelLatencyP99High",
+                        "exp_alerts": [expected("ModelLatencyP99High", "warning", version="1")],
+                    },
+                    {
+                        "eval_time": "20m",
+                        "alertname": "ModelErrorRateHigh",
+                        "exp_alerts": [expected("ModelErrorRateHigh", "critical", version="1")],
+                    },
+                    {
+                        "eval_time": "20m",
+                        "alertname": "ModelDataCollectionDropping",
+                        "exp_alerts": [expected("ModelDataCollectionDropping", "warning")],
+                    },
+                    {
+                        "eval_time": "20m",
+                        "alertname": "ModelTargetDown",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    **common,
+                                    "namespace": "models",
+                                    "service": SERVICE,
+                                    "instance": "10.0.0.7:8082",
+                                },
+                                "exp_annotations": {
+                                    "summary": annotations["ModelTargetDown"]["summary"],
+                                    "description": annotations["ModelTargetDown"]["description"].replace(
+                                        "{{ $labels.instance }}", "10.0.0.7:8082"
+                                    ),
+                                },
+                            }
+                        ],
+                    },
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": [  # healthy: fast, no errors, nothing dropped
+                    {"series": f'mlops_requests_total{{{labels},status="200"}}', "values": "0+60x30"},
+                    {"series": f'mlops_request_seconds_bucket{{{labels},le="0.01"}}', "values": "0+60x30"},
+                    {"series": f'mlops_request_seconds_bucket{{{labels},le="+Inf"}}', "values": "0+60x30"},
+                    {
+                        "series": f'mlops_collection_dropped_total{{namespace="models",service="{SERVICE}"}}',
+                        "values": "0x30",
+                    },
+                    {
+                        "series": f'up{{namespace="models",service="{SERVICE}",instance="10.0.0.7:8082"}}',
+                        "values": "1x30",
+                    },
+                ],
+                "alert_rule_test": [{"eval_time": "20m", "alertname": name, "exp_alerts": []} for name in annotations],
+            },
+        ],
+    }
     spec = tmp_path / "tests.yml"
     spec.write_text(yaml.safe_dump(tests))
     tested = subprocess.run([promtool(), "test", "rules", str(spec)], capture_output=True, text=True)
@@ -104,11 +150,12 @@ def rendered() -> list[dict[str, Any]]:
 
     from mlops_iac.cli import main
 
-    result = CliRunner().invoke(main, ["render", "-f", str(ROOT / "examples/production/mlops.yaml"),
-                                       "--target", "prod", "--format", "json"])
+    result = CliRunner().invoke(
+        main, ["render", "-f", str(ROOT / "examples/production/mlops.yaml"), "--target", "prod", "--format", "json"]
+    )
     assert result.exit_code == 0, result.output
     text = result.stdout  # without the warnings validation printed on stderr
-    document = json.loads(text[text.index("\n{") + 1 if not text.startswith("{") else 0:])
+    document = json.loads(text[text.index("\n{") + 1 if not text.startswith("{") else 0 :])
     return list(document["items"])
 
 
@@ -133,8 +180,13 @@ def scrape_target(objects: list[dict[str, Any]], name: str) -> tuple[str, int]:
 def settings_configmap(objects: list[dict[str, Any]], name: str) -> str:
     """The ConfigMap the Deployment reads its server settings from (named by their digest)."""
     container = _one(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
-    return str(next(e["valueFrom"]["configMapKeyRef"]["name"] for e in container["env"]
-                    if "configMapKeyRef" in e.get("valueFrom", {})))
+    return str(
+        next(
+            e["valueFrom"]["configMapKeyRef"]["name"]
+            for e in container["env"]
+            if "configMapKeyRef" in e.get("valueFrom", {})
+        )
+    )
 
 
 def test_a_real_prometheus_scrapes_an_auth_key_server_and_sees_the_alerts_fire(models: Models, tmp_path: Path) -> None:
@@ -156,29 +208,53 @@ def test_a_real_prometheus_scrapes_an_auth_key_server_and_sees_the_alerts_fire(m
         "def preprocess(request):\n"
         "    x = request.inputs['input']\n"
         "    if x[0, 0] > 100: time.sleep(0.3)  # a slow request, on demand\n"
-        "    return {'input': x}\n")
+        "    return {'input': x}\n"
+    )
     receiver = _EventReceiver()  # stands in for the CloudEvents receiver (KServe's logger, a broker)
-    config = {"models": [model_entry(models, "iris", handler="slow.py")], "auth": settings["auth"],
-              "metrics_port": pod.get(settings.get("metrics_port") or 0),
-              "collection": {"enabled": True, "sample_rate": 1.0, "sink": "http", "url": receiver.url,
-                             "queue_size": 20}}
+    config = {
+        "models": [model_entry(models, "iris", handler="slow.py")],
+        "auth": settings["auth"],
+        "metrics_port": pod.get(settings.get("metrics_port") or 0),
+        "collection": {"enabled": True, "sample_rate": 1.0, "sink": "http", "url": receiver.url, "queue_size": 20},
+    }
     rule = _one(objects, "PrometheusRule", "iris-prod")
-    groups = json.loads(json.dumps(rule["spec"]["groups"]).replace(
-        json.dumps(series_selector("models", "iris"))[1:-1], 'job=\\"mlops\\"').replace("[5m]", "[20s]")
-                        .replace('"for": "5m"', '"for": "0s"'))
+    groups = json.loads(
+        json.dumps(rule["spec"]["groups"])
+        .replace(json.dumps(series_selector("models", "iris"))[1:-1], 'job=\\"mlops\\"')
+        .replace("[5m]", "[20s]")
+        .replace('"for": "5m"', '"for": "0s"')
+    )
     rules = tmp_path / "rules.yml"
     rules.write_text(yaml.safe_dump({"groups": groups}))
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": [str(rules)],
-        "scrape_configs": [{"job_name": "mlops", "metrics_path": path,
-                            "static_configs": [{"targets": [f"127.0.0.1:{pod[container_port]}"]}]}]}))
+    (tmp_path / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(rules)],
+                "scrape_configs": [
+                    {
+                        "job_name": "mlops",
+                        "metrics_path": path,
+                        "static_configs": [{"targets": [f"127.0.0.1:{pod[container_port]}"]}],
+                    }
+                ],
+            }
+        )
+    )
     names = {r["alert"] for r in groups[0]["rules"]}
     assert names == {"ModelLatencyP99High", "ModelErrorRateHigh", "ModelDataCollectionDropping", "ModelTargetDown"}
     port = free_port()
     with open(tmp_path / "prometheus.log", "wb") as log:
-        process = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                                    f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+        process = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=log,
+        )
     try:
         with running_server(models, config, env={"MLOPS_IAC_API_KEY": "s3cret"}, port=pod[8080]) as server:
             wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=60)
@@ -236,8 +312,9 @@ class _EventReceiver:
 
 def _drive(server: Any, models: Models, stop: threading.Event, mode: dict[str, bool]) -> None:
     def body(data: list[float]) -> bytes:
-        return json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, len(data)],
-                                       "data": data}]}).encode()
+        return json.dumps(
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, len(data)], "data": data}]}
+        ).encode()
 
     fast, slow, bad = body(models.iris[0].tolist()), body([500.0, 1.0, 1.0, 1.0]), body([1.0, 2.0, 3.0])
     key = {"Authorization": "Bearer s3cret"}

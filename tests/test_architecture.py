@@ -33,8 +33,7 @@ def unit(module: str) -> str:
 
 def imports() -> dict[tuple[str, str], int]:
     """(importing unit, imported unit) -> a line where it happens, for every project import."""
-    return {(here, unit(target)): line for (here, target, _, line) in reversed(_edges())
-            if unit(target) != here}
+    return {(here, unit(target)): line for (here, target, _, line) in reversed(_edges()) if unit(target) != here}
 
 
 def _edges() -> list[tuple[str, str, tuple[str, ...], int]]:
@@ -47,7 +46,7 @@ def _edges() -> list[tuple[str, str, tuple[str, ...], int]]:
         for node in ast.walk(ast.parse(file.read_text())):
             targets: list[tuple[str, tuple[str, ...]]] = []
             if isinstance(node, ast.ImportFrom):
-                base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+                base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
                 module = ".".join(p for p in (base, node.module or "") if p)
                 names = tuple(a.name for a in node.names)
                 targets = [(module, names)] if node.module else [(f"{module}.{n}", ()) for n in names]
@@ -69,8 +68,11 @@ def layer_of(name: str, table: dict[str, int]) -> int | None:
 
 def test_every_module_has_a_layer() -> None:
     table = layers()
-    names = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
-             if (p.suffix == ".py" or (p / "__init__.py").exists())}
+    names = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" or (p / "__init__.py").exists())
+    }
     assert {n for n in names if layer_of(n, table) is None} == set()
 
 
@@ -101,12 +103,15 @@ def test_no_module_takes_another_modules_private_names() -> None:
         for node in ast.walk(ast.parse(file.read_text())):
             if not isinstance(node, ast.ImportFrom):
                 continue
-            base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
             module = ".".join(p for p in (base, node.module or "") if p)
             if module.split(".")[0] != "mlops_iac" or module == name:
                 continue
-            taken += [f"{name}:{node.lineno} takes {module}.{a.name}" for a in node.names
-                      if a.name.startswith("_") and not a.name.startswith("__")]
+            taken += [
+                f"{name}:{node.lineno} takes {module}.{a.name}"
+                for a in node.names
+                if a.name.startswith("_") and not a.name.startswith("__")
+            ]
     assert taken == []
 
 
@@ -116,17 +121,22 @@ HEAVY = {"convert": ("profile", "workspace", "cli", "cli_*", "console")}
 
 
 def test_heavy_rooms_are_loaded_only_where_they_are_used() -> None:
-    wrong = [f"{a} imports {b}" for (a, b) in sorted(imports())
-             if b in HEAVY and not any(fnmatch.fnmatch(a, p) for p in HEAVY[b])]
+    wrong = [
+        f"{a} imports {b}"
+        for (a, b) in sorted(imports())
+        if b in HEAVY and not any(fnmatch.fnmatch(a, p) for p in HEAVY[b])
+    ]
     assert wrong == []
 
 
 def test_no_command_module_imports_another() -> None:
     """`cli` registers the commands; what two commands share lives in `console` or `workspace`."""
-    wrong = [f"{a} imports {b}" for (a, b) in sorted(imports())
-             if fnmatch.fnmatch(a, "cli_*") and (b == "cli" or fnmatch.fnmatch(b, "cli_*"))]
+    wrong = [
+        f"{a} imports {b}"
+        for (a, b) in sorted(imports())
+        if fnmatch.fnmatch(a, "cli_*") and (b == "cli" or fnmatch.fnmatch(b, "cli_*"))
+    ]
     assert wrong == []
-
 
 
 MAX_LINES = 400

@@ -41,8 +41,9 @@ def stack_plan(target: str, folder: Path = AZURE) -> StackPlan:
     return stack
 
 
-def run_program(stack: StackPlan, registry: tuple[str, str] | None = None,
-                exported: dict[str, Any] | None = None) -> Mocks:
+def run_program(
+    stack: StackPlan, registry: tuple[str, str] | None = None, exported: dict[str, Any] | None = None
+) -> Mocks:
     """The components of a plan under Pulumi's mocks; `exported` gets the stack's exports, resolved."""
     from mlops_iac.components import deploy
 
@@ -52,8 +53,9 @@ def run_program(stack: StackPlan, registry: tuple[str, str] | None = None,
     @pulumi.runtime.test
     def program() -> pulumi.Output[Any]:
         outputs = deploy(stack, api_key="s3cret", registry=registry)
-        return pulumi.Output.all(**outputs).apply(lambda values: (exported if exported is not None else {})
-                                                  .update(values))
+        return pulumi.Output.all(**outputs).apply(
+            lambda values: (exported if exported is not None else {}).update(values)
+        )
 
     program()
     return mocks
@@ -67,6 +69,7 @@ def unwrap(value: Any) -> Any:
 
 
 # --- the provider's own input types ---------------------------------------------------------------
+
 
 def input_names(kind: type) -> dict[str, type | None]:
     """The wire names of an input type's properties, each with its nested input type, read
@@ -117,13 +120,17 @@ def test_a_misspelt_property_fails_before_azure_sees_it() -> None:
     assert unknown_names(app.ContainerAppArgs, data, "ContainerApp") == ["ContainerApp.template[0].scale[0].maxReplica"]
     del data["template"]["scale"]["maxReplica"]
     data["configuration"]["activeRevisionsMode"] = "multiple"  # the API's values are case-sensitive here
-    with pytest.raises(UnknownProperty, match=r"activeRevisionsMode: 'multiple' is not one of the provider's values "
-                                              r"\(Labels, Multiple, Single\)"):
+    with pytest.raises(
+        UnknownProperty,
+        match=r"activeRevisionsMode: 'multiple' is not one of the provider's values "
+        r"\(Labels, Multiple, Single\)",
+    ):
         typed(app.ContainerAppArgs, data)
     assert "Multiple" in {m.value for m in app.ActiveRevisionsMode}
 
 
 # --- Container Apps ----------------------------------------------------------------------------
+
 
 def test_container_app_has_a_revision_per_version_and_the_weights() -> None:
     exported: dict[str, Any] = {}
@@ -146,7 +153,10 @@ def test_container_app_has_a_revision_per_version_and_the_weights() -> None:
     (container,) = template["containers"]
     assert container["image"].startswith("ghcr.io/acme/models/iris@sha256:4bdad59a")  # v2, by digest
     assert {p["type"]: p["httpGet"]["path"] for p in container["probes"]} == {
-        "Startup": "/v2/health/ready", "Readiness": "/v2/health/ready", "Liveness": "/v2/health/live"}
+        "Startup": "/v2/health/ready",
+        "Readiness": "/v2/health/ready",
+        "Liveness": "/v2/health/live",
+    }
     assert all(p["failureThreshold"] <= 10 and p["periodSeconds"] <= 240 for p in container["probes"])
     env = {e["name"]: e for e in container["env"]}
     assert env["MLOPS_IAC_API_KEY"] == {"name": "MLOPS_IAC_API_KEY", "secretRef": "api-key"}
@@ -155,7 +165,8 @@ def test_container_app_has_a_revision_per_version_and_the_weights() -> None:
     assert container["resources"] == {"cpu": 1.0, "memory": "2Gi"}
     scale = template["scale"]
     assert scale["minReplicas"] == 1 and scale["rules"] == [
-        {"name": "http-concurrency", "http": {"metadata": {"concurrentRequests": "100"}}}]
+        {"name": "http-concurrency", "http": {"metadata": {"concurrentRequests": "100"}}}
+    ]
     assert inputs["managedEnvironmentId"].endswith("/managedEnvironments/ml-prod")
     assert component.name == "iris-apps"
 
@@ -167,18 +178,27 @@ def test_a_rollout_drives_the_revision_weights(tmp_path: Path) -> None:
     folder = tmp_path / "azure"
     shutil.copytree(AZURE, folder, ignore=shutil.ignore_patterns("stacks"))
     spec = folder / "mlops.yaml"
-    spec.write_text(spec.read_text().replace("    traffic: {1: 90, 2: 10}     # canary: 10% to version 2's revision\n",
-                                             "    rollout: {steps: [10, 50, 100]}\n"))
+    spec.write_text(
+        spec.read_text().replace(
+            "    traffic: {1: 90, 2: 10}     # canary: 10% to version 2's revision\n",
+            "    rollout: {steps: [10, 50, 100]}\n",
+        )
+    )
     lock = read_lock(folder / "mlops.lock")
-    write_lock(folder / "mlops.lock", lock.with_rollout("iris-apps", RolloutFacts(stable=1, canary=2, step=1,
-                                                                                   weight=50, started=0)))
+    write_lock(
+        folder / "mlops.lock",
+        lock.with_rollout("iris-apps", RolloutFacts(stable=1, canary=2, step=1, weight=50, started=0)),
+    )
     stack = stack_plan("apps", folder)
     config = unwrap(run_program(stack).of("azure-native:app:ContainerApp")[0].inputs["configuration"])
     assert {t["revisionName"]: t["weight"] for t in config["ingress"]["traffic"]} == {
-        "iris-apps--v1-8f03a2cb": 50, "iris-apps--v2-8e247c07": 50}
+        "iris-apps--v1-8f03a2cb": 50,
+        "iris-apps--v2-8e247c07": 50,
+    }
     # The evidence comes from Prometheus (the metrics port is open only inside the environment).
-    result = CliRunner().invoke(main, ["rollout", "status", "iris-apps", "-f", str(spec)],
-                                env={"MLOPS_IAC_PROMETHEUS_URL": ""})
+    result = CliRunner().invoke(
+        main, ["rollout", "status", "iris-apps", "-f", str(spec)], env={"MLOPS_IAC_PROMETHEUS_URL": ""}
+    )
     assert result.exit_code == 1 and "runs on a target of kind azure-container-apps: pass --prometheus" in result.output
 
 
@@ -195,7 +215,8 @@ def test_container_apps_limits(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(spec)
     assert [p.allowed for p in caught.value.problems if p.severity == "error"] == [
-        "set gpu: true on targets.apps or use gpu: 0"]
+        "set gpu: true on targets.apps or use gpu: 0"
+    ]
     spec.write_text(spec.read_text().replace("    concurrency: 100", "    gpu: true\n    concurrency: 100"))
     with pytest.raises(ConfigError) as caught:
         load(spec)
@@ -208,24 +229,30 @@ def test_container_apps_limits(tmp_path: Path) -> None:
 
 # --- Container Instances ---------------------------------------------------------------------------
 
+
 def test_container_groups_per_version_and_the_front() -> None:
     exported: dict[str, Any] = {}
     mocks = run_program(stack_plan("instances"), registry=("acme", "registry-pw"), exported=exported)
-    assert exported == {f"iris-v{n}-{d}": f"iris-v{n}-{d}.abc123.westeurope.azurecontainer.io"
-                        for n, d in ((1, "8f03a2cb"), (2, "8e247c07"))}
+    assert exported == {
+        f"iris-v{n}-{d}": f"iris-v{n}-{d}.abc123.westeurope.azurecontainer.io"
+        for n, d in ((1, "8f03a2cb"), (2, "8e247c07"))
+    }
     groups = {g.name: g.inputs for g in mocks.of("azure-native:containerinstance:ContainerGroup")}
     assert sorted(groups) == ["iris-v1-8f03a2cb-group", "iris-v2-8e247c07-group"]
     v1 = groups["iris-v1-8f03a2cb-group"]
     (container,) = unwrap(v1["containers"])  # secret: the API key is a secure value
     assert container["image"].startswith("ghcr.io/acme/models/iris@sha256:4e00161a")
     assert {e["name"]: e.get("secureValue", "-") for e in container["environmentVariables"]} == {
-        "MLOPS_IAC_SERVER_SETTINGS": "-", "MLOPS_IAC_API_KEY": "s3cret"}
+        "MLOPS_IAC_SERVER_SETTINGS": "-",
+        "MLOPS_IAC_API_KEY": "s3cret",
+    }
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["resources"]["requests"] == {"cpu": 1.0, "memoryInGB": 0.2}  # 1 core limit, 128Mi -> 0.2 GB
     assert v1["ipAddress"]["dnsNameLabel"] == "iris-v1-8f03a2cb" and v1["osType"] == "Linux"
-    assert unwrap(v1["imageRegistryCredentials"]) == [{"server": "ghcr.io", "username": "acme",
-                                                       "password": "registry-pw"}]
+    assert unwrap(v1["imageRegistryCredentials"]) == [
+        {"server": "ghcr.io", "username": "acme", "password": "registry-pw"}
+    ]
     (record,) = mocks.of("azure-native:dns:RecordSet")
     assert record.inputs["recordType"] == "CNAME" and record.inputs["relativeRecordSetName"] == "iris"
     # the front points at the version with all the traffic: v1 (traffic {1: 100, 2: 0})
@@ -258,14 +285,18 @@ def test_container_instances_limits(tmp_path: Path) -> None:
     folder = tmp_path / "azure"
     shutil.copytree(AZURE, folder, ignore=shutil.ignore_patterns("stacks"))
     spec = folder / "mlops.yaml"
-    spec.write_text(spec.read_text().replace("    target: instances\n", "    target: instances\n    hardware:\n"
-                                             "      cpu: 2\n      memory: 20Gi\n"))
+    spec.write_text(
+        spec.read_text().replace(
+            "    target: instances\n", "    target: instances\n    hardware:\n      cpu: 2\n      memory: 20Gi\n"
+        )
+    )
     stack = stack_plan("instances", folder)
     with pytest.raises(PlanError, match=r"exceed a Container Instances group \(4 cores, 16 GB\)"):
         container_group("p", stack.target.spec, stack.deployments[0], stack.deployments[0].versions[0])  # type: ignore[arg-type]
 
 
 # --- the generated program and the golden stacks ---------------------------------------------------
+
 
 def test_golden_azure_stacks_are_fresh(tmp_path: Path) -> None:
     """examples/azure/stacks is what `mlops-iac synth` makes of examples/azure (its default
@@ -299,8 +330,9 @@ def test_render_prints_what_the_components_create(tmp_path: Path) -> None:
     """`mlops-iac render` for an Azure target: the properties the components build (secrets shown
     as the config that sets them)."""
     out = tmp_path / "apps.json"
-    result = CliRunner().invoke(main, ["render", "-f", str(AZURE / "mlops.yaml"), "--target", "apps", "--format",
-                                       "json", "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["render", "-f", str(AZURE / "mlops.yaml"), "--target", "apps", "--format", "json", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     (rendered,) = json.loads(out.read_text())["resources"]
     (created,) = run_program(stack_plan("apps")).of("azure-native:app:ContainerApp")

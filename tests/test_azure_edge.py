@@ -43,10 +43,16 @@ def violations(manifest: dict[str, Any]) -> list[str]:
     """Every way the manifest breaks the deployment schema, or the edgeAgent's or edgeHub's."""
     content = manifest.get("modulesContent", {})
     found = [e.message for e in schema("azure-iot-edge-deployment-2.0.json").iter_errors(manifest)]
-    found += [e.message for e in schema("azure-iot-edgeagent-deployment-1.1.json").iter_errors(
-        {"$edgeAgent": content.get("$edgeAgent")})]
-    found += [e.message for e in schema("azure-iot-edgehub-deployment-1.2.json").iter_errors(
-        {"$edgeHub": content.get("$edgeHub")})]
+    found += [
+        e.message
+        for e in schema("azure-iot-edgeagent-deployment-1.1.json").iter_errors(
+            {"$edgeAgent": content.get("$edgeAgent")}
+        )
+    ]
+    found += [
+        e.message
+        for e in schema("azure-iot-edgehub-deployment-1.2.json").iter_errors({"$edgeHub": content.get("$edgeHub")})
+    ]
     return found
 
 
@@ -64,8 +70,13 @@ def test_the_schemas_are_the_published_ones() -> None:
 
 def test_every_manifest_is_valid_and_carries_the_module(tmp_path: Path) -> None:
     files = synth(AZURE, tmp_path / "stacks")
-    assert sorted(files) == ["plan.json", "plant-1.condition", "plant-1.deployment.json", "plant-2.condition",
-                             "plant-2.deployment.json"]
+    assert sorted(files) == [
+        "plan.json",
+        "plant-1.condition",
+        "plant-1.deployment.json",
+        "plant-2.condition",
+        "plant-2.deployment.json",
+    ]
     assert files["plant-2.condition"].read_text() == "tags.site='plant-2' AND tags.line='packaging'\n"
     manifest = json.loads(files["plant-1.deployment.json"].read_text())
     assert violations(manifest) == []
@@ -111,8 +122,10 @@ def test_ports_of_two_versions_on_a_device_do_not_collide(tmp_path: Path) -> Non
     folder = tmp_path / "azure"
     shutil.copytree(AZURE, folder, ignore=shutil.ignore_patterns("stacks"))
     spec = folder / "mlops.yaml"
-    text = spec.read_text().replace("    version: 1\n    target: plants\n",
-                                    "    versions: [1, 2]\n    traffic: {1: 100, 2: 0}\n    target: plants\n")
+    text = spec.read_text().replace(
+        "    version: 1\n    target: plants\n",
+        "    versions: [1, 2]\n    traffic: {1: 100, 2: 0}\n    target: plants\n",
+    )
     assert "    grpcPort: 8081 " in text
     spec.write_text(text)  # v2's HTTP port would be v1's gRPC port
     with pytest.raises(PlanError, match=r"v2 would listen on host port 8081, which iris-plants v1 \(gRPC\)"):
@@ -123,8 +136,10 @@ def test_ports_of_two_versions_on_a_device_do_not_collide(tmp_path: Path) -> Non
     manifest = json.loads(written["plants/plant-1.deployment.json"])
     modules = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]
     ports = {n: podrun.edge_create_options(m["settings"])["HostConfig"]["PortBindings"] for n, m in modules.items()}
-    assert ports == {"iris-v1-8f03a2cb": {"8080/tcp": [{"HostPort": "8080"}], "8081/tcp": [{"HostPort": "9080"}]},
-                     "iris-v2-8e247c07": {"8080/tcp": [{"HostPort": "8081"}], "8081/tcp": [{"HostPort": "9081"}]}}
+    assert ports == {
+        "iris-v1-8f03a2cb": {"8080/tcp": [{"HostPort": "8080"}], "8081/tcp": [{"HostPort": "9080"}]},
+        "iris-v2-8e247c07": {"8080/tcp": [{"HostPort": "8081"}], "8081/tcp": [{"HostPort": "9081"}]},
+    }
     spec.write_text(text.replace("    hub: acme-plants\n", "    hub: acme-plants\n    port: 65535\n"))
     with pytest.raises(PlanError, match="would listen on host port 65536"):
         edge_files(make_plan(load(spec).resolved))
@@ -144,15 +159,22 @@ def test_the_deploy_action_applies_each_device_group(tmp_path: Path) -> None:
     calls, bin_dir = tmp_path / "az-calls", tmp_path / "bin"
     calls.mkdir()
     bin_dir.mkdir()
-    (bin_dir / "az").write_text('#!/usr/bin/env bash\n[ "$1" = extension ] && exit 0\n[ "$4" = show ] && exit 3\n'
-                                'n=$(ls "$AZ_CALLS" | wc -l)\n'
-                                'printf "%s\\n" "$@" > "$AZ_CALLS/$n.args"\n'
-                                'while [ $# -gt 0 ]; do\n'
-                                '  [ "$1" = --content ] && cp "$2" "$AZ_CALLS/$n.json"; shift\n'
-                                'done\n')
+    (bin_dir / "az").write_text(
+        '#!/usr/bin/env bash\n[ "$1" = extension ] && exit 0\n[ "$4" = show ] && exit 3\n'
+        'n=$(ls "$AZ_CALLS" | wc -l)\n'
+        'printf "%s\\n" "$@" > "$AZ_CALLS/$n.args"\n'
+        "while [ $# -gt 0 ]; do\n"
+        '  [ "$1" = --content ] && cp "$2" "$AZ_CALLS/$n.json"; shift\n'
+        "done\n"
+    )
     (bin_dir / "az").chmod(0o755)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "AZ_CALLS": str(calls), "MLOPS_IAC_API_KEY": KEY,
-           "MLOPS_IAC_REGISTRY_USERNAME": "acme", "MLOPS_IAC_REGISTRY_PASSWORD": "registry-pw"}
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "AZ_CALLS": str(calls),
+        "MLOPS_IAC_API_KEY": KEY,
+        "MLOPS_IAC_REGISTRY_USERNAME": "acme",
+        "MLOPS_IAC_REGISTRY_PASSWORD": "registry-pw",
+    }
     summary = tmp_path / "summary.md"
     run_action("deploy", {"target": "plants", "working-directory": "deploy"}, repo, summary, env=env)
     applied = sorted(calls.glob("*.args"))

@@ -40,8 +40,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("synth", ["synth", "--target", "nope", "--dry-run"], "nope"),
     ("register", ["register", "reg", "--file", "missing.joblib"], "missing.joblib does not exist"),
     ("register", ["register", "reg", "--file", "model.joblib", "--framework", "onnx"], "is not an ONNX model"),
-    ("register", ["register", "reg", "--file", "model.joblib", "--framework", "tensorflow"],
-     "'tensorflow' is not one of"),
+    (
+        "register",
+        ["register", "reg", "--file", "model.joblib", "--framework", "tensorflow"],
+        "'tensorflow' is not one of",
+    ),
     ("models list", ["models", "list", "nope"], "nope"),
     ("models show", ["models", "show", "reg@99"], "reg@99"),
     ("models show", ["models", "show", "reg@@"], "reg@@"),
@@ -61,8 +64,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("render", ["render", "--target", "local"], "local"),
     ("diff", ["diff", "--base", "no-such-commit"], "git"),
     ("monitor drift", ["monitor", "drift", "reg@1", "--collected", "missing.jsonl"], "missing.jsonl"),
-    ("monitor drift", ["monitor", "drift", "plain@1", "--collected", "garbage.jsonl"],
-     "garbage.jsonl:1: not a JSON object"),
+    (
+        "monitor drift",
+        ["monitor", "drift", "plain@1", "--collected", "garbage.jsonl"],
+        "garbage.jsonl:1: not a JSON object",
+    ),
     ("convert", ["convert", "reg@1", "--sample", "holdout.npz", "--no-speed"], "roc_auc"),
     ("smoke", ["smoke", "reg@1", "--url", "http://127.0.0.1:9"], "reg@1"),
     ("smoke", ["smoke", "plain@1", "--url", "http://127.0.0.1:9", "--sample", "sample.npy"], "127.0.0.1:9"),
@@ -113,16 +119,20 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "garbage.jsonl").write_text('{"unclosed\nnot json\n')
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        for args in (["register", "reg", "--file", "model.joblib"], ["register", "plain", "--file", "model.joblib"],
-                     ["convert", "plain@1", "--sample", "sample.npy", "--no-speed"]):  # plain: not in mlops.yaml
+        for args in (
+            ["register", "reg", "--file", "model.joblib"],
+            ["register", "plain", "--file", "model.joblib"],
+            ["convert", "plain@1", "--sample", "sample.npy", "--no-speed"],
+        ):  # plain: not in mlops.yaml
             result = CliRunner().invoke(main, args)
             assert result.exit_code == 0, result.output
     return folder
 
 
 @pytest.mark.parametrize(("path", "args", "said"), CASES, ids=[" ".join(c[1][:3]) for c in CASES])
-def test_bad_input_is_an_error_without_a_traceback(path: str, args: list[str], said: str, workdir: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_input_is_an_error_without_a_traceback(
+    path: str, args: list[str], said: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(workdir)
     result = CliRunner().invoke(main, args)
     # An exception the CLI did not turn into a message reaches the runner as itself.

@@ -74,8 +74,10 @@ def test_batch_deployments_render_an_indexed_job_and_a_cronjob(tmp_path: Path) -
     assert args[args.index("--output") + 1] == "/data/scores/" and args[args.index("--shards") + 1] == "4"
     assert "--resume" in args  # a retried pod finishes its parts instead of starting over
     assert pod["volumes"][0] == {"name": "data", "persistentVolumeClaim": {"claimName": "customer-data"}}
-    assert job["spec"]["completions"] == 1 and "--error-threshold" in job["spec"]["template"]["spec"][
-        "containers"][0]["args"]
+    assert (
+        job["spec"]["completions"] == 1
+        and "--error-threshold" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
     config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cron["metadata"]["name"])
     assert json.loads(config["data"]["server.json"])["models"][0]["version"] == 2
 
@@ -83,10 +85,21 @@ def test_batch_deployments_render_an_indexed_job_and_a_cronjob(tmp_path: Path) -
 def test_batch_manifests_pass_kubernetes_validate_and_checkov(tmp_path: Path) -> None:
     import kubernetes_validate
 
-    objects = [o for o in render(project(tmp_path))
-               if o["metadata"]["labels"].get("app.kubernetes.io/component") == "batch-scoring"]
-    assert sorted(o["kind"] for o in objects) == ["ConfigMap", "ConfigMap", "CronJob", "Job", "NetworkPolicy",
-                                                  "NetworkPolicy", "ServiceAccount", "ServiceAccount"]
+    objects = [
+        o
+        for o in render(project(tmp_path))
+        if o["metadata"]["labels"].get("app.kubernetes.io/component") == "batch-scoring"
+    ]
+    assert sorted(o["kind"] for o in objects) == [
+        "ConfigMap",
+        "ConfigMap",
+        "CronJob",
+        "Job",
+        "NetworkPolicy",
+        "NetworkPolicy",
+        "ServiceAccount",
+        "ServiceAccount",
+    ]
     for obj in objects:
         kubernetes_validate.validate(obj, "1.30.0", strict=True)
     from .test_stacks import checkov_kubernetes
@@ -105,21 +118,36 @@ def test_the_stack_creates_the_same_job(tmp_path: Path) -> None:
     assert len(mocks.of("mlops:k8s:BatchJob")) == 2
     (cron,) = mocks.of("kubernetes:batch/v1:CronJob")
     rendered = next(o for o in render(project(tmp_path / "again")) if o["kind"] == "CronJob")
-    assert cron.inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] == \
-        rendered["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert (
+        cron.inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+        == rendered["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
     assert exported["iris-nightly"].startswith("iris-v2-")
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ("  - {name: b1, kind: batch, model: iris, version: 1, target: prod}\n",
-     "a batch deployment without batch settings"),
-    ("  - {name: b2, kind: batch, model: iris, version: 1, target: prod,\n"
-     "     batch: {input: [a.csv], output: o, schedule: '61 * * * *'}}\n", "expected a cron schedule of 5 fields"),
-    ("  - {name: b3, model: iris, version: 1, target: prod, batch: {input: [a.csv], output: o}}\n",
-     "batch settings on an online deployment"),
-    ("  - {name: b4, kind: batch, model: iris, versions: [1, 2], traffic: {1: 50, 2: 50}, target: prod,\n"
-     "     batch: {input: [a.csv], output: o}}\n", "a batch deployment scores with one version"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "  - {name: b1, kind: batch, model: iris, version: 1, target: prod}\n",
+            "a batch deployment without batch settings",
+        ),
+        (
+            "  - {name: b2, kind: batch, model: iris, version: 1, target: prod,\n"
+            "     batch: {input: [a.csv], output: o, schedule: '61 * * * *'}}\n",
+            "expected a cron schedule of 5 fields",
+        ),
+        (
+            "  - {name: b3, model: iris, version: 1, target: prod, batch: {input: [a.csv], output: o}}\n",
+            "batch settings on an online deployment",
+        ),
+        (
+            "  - {name: b4, kind: batch, model: iris, versions: [1, 2], traffic: {1: 50, 2: 50}, target: prod,\n"
+            "     batch: {input: [a.csv], output: o}}\n",
+            "a batch deployment scores with one version",
+        ),
+    ],
+)
 def test_batch_settings_are_validated_with_locations(tmp_path: Path, extra: str, message: str) -> None:
     folder = project(tmp_path, extra)
     with pytest.raises(ConfigError) as caught:
@@ -129,15 +157,21 @@ def test_batch_settings_are_validated_with_locations(tmp_path: Path, extra: str,
 
 
 def test_docker_target_runs_a_one_shot_container(tmp_path: Path) -> None:
-    extra = ("  - {name: iris-edge-batch, kind: batch, model: iris, version: 1, target: edge,\n"
-             "     batch: {input: [in/*.csv], output: out, volumeClaim: edge-data}}\n")
+    extra = (
+        "  - {name: iris-edge-batch, kind: batch, model: iris, version: 1, target: edge,\n"
+        "     batch: {input: [in/*.csv], output: out, volumeClaim: edge-data}}\n"
+    )
     mocks, exported = run_program(stack_plan("edge", project(tmp_path, extra)))
     (container,) = [c for c in mocks.of("docker:index/container:Container") if c.name.endswith("-batch")]
     inputs = container.inputs
     assert inputs["entrypoints"] == ["/opt/venv/bin/python", "-m", "mlops_iac.scoring"]
     assert inputs["command"][inputs["command"].index("--input") + 1] == "/data/in/*.csv"
-    assert (inputs["restart"], inputs["mustRun"], inputs["readOnly"], inputs["networkMode"]) == ("no", False, True,
-                                                                                                "none")
+    assert (inputs["restart"], inputs["mustRun"], inputs["readOnly"], inputs["networkMode"]) == (
+        "no",
+        False,
+        True,
+        "none",
+    )
     assert inputs["volumes"] == [{"volumeName": "edge-data", "containerPath": "/data"}]
     assert exported["iris-edge-batch"] == "one-shot" and exported["iris-edge-v1"] == 8080
 
@@ -154,8 +188,12 @@ SCORING = """
 
 
 @pytest.mark.integration
-def test_the_jobs_pod_spec_runs_on_docker(converted: Path, docker_engine: str, oci_registry: Any,  # noqa: F811
-                                          tmp_path: Path) -> None:
+def test_the_jobs_pod_spec_runs_on_docker(
+    converted: Path,
+    docker_engine: str,  # noqa: F811
+    oci_registry: Any,
+    tmp_path: Path,
+) -> None:
     """The indexed Job's pods, run with the docker flags that match their spec: the server's
     image (built with the scoring code), read-only root, user 10001, no capabilities, no
     network, the settings from the ConfigMap, JOB_COMPLETION_INDEX 0 and 1."""
@@ -174,8 +212,9 @@ def test_the_jobs_pod_spec_runs_on_docker(converted: Path, docker_engine: str, o
     docker("tag", docker_engine, base)
     digest = next(w for w in docker("push", base).split() if w.startswith("sha256:"))
     spec = converted / "mlops.yaml"
-    text = spec.read_text().replace("registry:\n", f"build:\n  baseImage: \"{base.rsplit(':', 1)[0]}@{digest}\"\n\n"
-                                    "registry:\n", 1)
+    text = spec.read_text().replace(
+        "registry:\n", f'build:\n  baseImage: "{base.rsplit(":", 1)[0]}@{digest}"\n\nregistry:\n', 1
+    )
     text = text.replace("targets:\n", "targets:\n  cluster:\n    kind: kubernetes\n    namespace: scoring\n", 1)
     spec.write_text(text.replace("\nmonitoring:", SCORING + "\nmonitoring:", 1))
     built = CliRunner().invoke(main, ["build", "iris@1", "--push", f"{oci_registry.address}/models"])
@@ -191,19 +230,43 @@ def test_the_jobs_pod_spec_runs_on_docker(converted: Path, docker_engine: str, o
     (data / "customers").mkdir(parents=True)
     x = load_iris().data.astype(np.float32)
     for i, half in enumerate(np.array_split(np.arange(150), 2)):
-        pq.write_table(pa.table({"id": half, **{f"x{j}": x[half, j] for j in range(4)}}),
-                       data / "customers" / f"{i}.parquet")
+        pq.write_table(
+            pa.table({"id": half, **{f"x{j}": x[half, j] for j in range(4)}}), data / "customers" / f"{i}.parquet"
+        )
     data.chmod(0o777)
     security = container["securityContext"]
     limits = container["resources"]["limits"]
     for index in range(job["spec"]["completions"]):
-        docker("run", "--rm", "--network", "none", "--read-only", "--user",
-               f"{security['runAsUser']}:{security['runAsGroup']}", "--cap-drop", "ALL",
-               "--security-opt", "no-new-privileges", "--tmpfs", "/tmp", "--memory",
-               limits["memory"].replace("Mi", "m"), "--cpus", str(int(limits["cpu"].removesuffix("m")) / 1000),
-               "-e", f"MLOPS_IAC_SERVER_SETTINGS={settings}", "-e", f"JOB_COMPLETION_INDEX={index}",
-               "-v", f"{data}:/data", "--entrypoint", container["command"][0], container["image"],
-               *container["command"][1:], *container["args"])
+        docker(
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--read-only",
+            "--user",
+            f"{security['runAsUser']}:{security['runAsGroup']}",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--tmpfs",
+            "/tmp",
+            "--memory",
+            limits["memory"].replace("Mi", "m"),
+            "--cpus",
+            str(int(limits["cpu"].removesuffix("m")) / 1000),
+            "-e",
+            f"MLOPS_IAC_SERVER_SETTINGS={settings}",
+            "-e",
+            f"JOB_COMPLETION_INDEX={index}",
+            "-v",
+            f"{data}:/data",
+            "--entrypoint",
+            container["command"][0],
+            container["image"],
+            *container["command"][1:],
+            *container["args"],
+        )
     manifests = sorted((data / "scores").glob("manifest-*.json"))
     assert [m.name for m in manifests] == ["manifest-00000-of-00002.json", "manifest-00001-of-00002.json"]
     assert sum(json.loads(m.read_text())["summary"]["rows_out"] for m in manifests) == 150

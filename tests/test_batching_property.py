@@ -54,8 +54,14 @@ def make_case(rng: np.random.Generator, kind: str, tag: int) -> Case:
         inputs[0] = ("a", "FP32", np.zeros((rows, 4), dtype=np.float32))
     elif kind == "wrong_type":
         inputs[2] = ("i", "INT32", i.astype(np.int32))
-    body = json.dumps({"id": str(tag), "inputs": [
-        {"name": n, "datatype": t, "shape": list(x.shape), "data": x.ravel().tolist()} for n, t, x in inputs]})
+    body = json.dumps(
+        {
+            "id": str(tag),
+            "inputs": [
+                {"name": n, "datatype": t, "shape": list(x.shape), "data": x.ravel().tolist()} for n, t, x in inputs
+            ],
+        }
+    )
     return Case(kind, body.encode(), {n: x for n, _, x in inputs})
 
 
@@ -88,8 +94,13 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 async def call(app: Server, body: bytes) -> tuple[int, bytes]:
     """One POST through the ASGI application, as uvicorn would make it."""
-    scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/v2/models/multi/infer",
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/v2/models/multi/infer",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
     sent: list[dict[str, Any]] = []
     messages = iter([{"type": "http.request", "body": body, "more_body": False}])
 
@@ -106,13 +117,24 @@ async def call(app: Server, body: bytes) -> tuple[int, bytes]:
 TOTAL = {"requests": 0, "batched": 0}
 
 
-def serve_concurrently(folder: Path, max_batch: int, delay_ms: float,
-                       cases: list[Any]) -> tuple[Server, ort.InferenceSession, list[tuple[int, bytes]]]:
+def serve_concurrently(
+    folder: Path, max_batch: int, delay_ms: float, cases: list[Any]
+) -> tuple[Server, ort.InferenceSession, list[tuple[int, bytes]]]:
     """Every case sent at once to an in-process server (its batcher at these settings); the
     server, an onnxruntime session of the same model for the expected answers, and the answers."""
-    config = ServerConfig.model_validate({"models": [{
-        "name": "multi", "version": 1, "path": "multi.onnx", "max_batch_size": max_batch,
-        "max_delay_ms": delay_ms}]})
+    config = ServerConfig.model_validate(
+        {
+            "models": [
+                {
+                    "name": "multi",
+                    "version": 1,
+                    "path": "multi.onnx",
+                    "max_batch_size": max_batch,
+                    "max_delay_ms": delay_ms,
+                }
+            ]
+        }
+    )
     app = Server(config, folder)
     app.load()
 
@@ -127,8 +149,12 @@ def serve_concurrently(folder: Path, max_batch: int, delay_ms: float,
 
 def run_mix(folder: Path, seed: int, invalid_share: float, max_batch: int, delay_ms: float, count: int) -> None:
     rng = np.random.default_rng(seed)
-    kinds = [str(rng.choice(KINDS[3:])) if rng.random() < invalid_share
-             else str(rng.choice(["valid", "big"], p=[0.95, 0.05])) for _ in range(count)]
+    kinds = [
+        str(rng.choice(KINDS[3:]))
+        if rng.random() < invalid_share
+        else str(rng.choice(["valid", "big"], p=[0.95, 0.05]))
+        for _ in range(count)
+    ]
     cases = [make_case(rng, kind, tag) for tag, kind in enumerate(kinds)]
     app, session, answers = serve_concurrently(folder, max_batch, delay_ms, cases)
     for case, (status, body) in zip(cases, answers, strict=True):
@@ -139,10 +165,18 @@ def run_mix(folder: Path, seed: int, invalid_share: float, max_batch: int, delay
     TOTAL["batched"] += count - batcher.executions  # requests that shared a run with another
 
 
-@settings(max_examples=20, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), invalid_share=st.floats(0.0, 0.7),
-       max_batch=st.sampled_from([2, 8, 32]), delay_ms=st.sampled_from([0.0, 0.5, 2.0]))
+@settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    invalid_share=st.floats(0.0, 0.7),
+    max_batch=st.sampled_from([2, 8, 32]),
+    delay_ms=st.sampled_from([0.0, 0.5, 2.0]),
+)
 def _mixes(folder: Path, seed: int, invalid_share: float, max_batch: int, delay_ms: float) -> None:
     run_mix(folder, seed, invalid_share, max_batch, delay_ms, 500)
 
@@ -181,8 +215,9 @@ def test_mixed_requests_over_http(server: Running, folder: Path) -> None:
     cases = [make_case(rng, str(rng.choice(KINDS)), n) for n in range(400)]
 
     def one(case: Case) -> tuple[int, bytes]:
-        status, _, body = server.request("POST", "/v2/models/multi/infer", case.body,
-                                         {"Content-Type": "application/json"})
+        status, _, body = server.request(
+            "POST", "/v2/models/multi/infer", case.body, {"Content-Type": "application/json"}
+        )
         return status, body
 
     with ThreadPoolExecutor(16) as pool:

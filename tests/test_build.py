@@ -38,8 +38,14 @@ def test_same_lock_same_context_and_a_new_model_changes_it(converted: Path) -> N
     digest = context_digest(first)
     assert digest == context_digest(again)
     paths = [f.path for f in first]
-    assert {"Dockerfile", ".dockerignore", "server.json", "model/model.onnx", "wheels/requirements.txt",
-            "src/mlops_iac/serving/app.py"} <= set(paths)
+    assert {
+        "Dockerfile",
+        ".dockerignore",
+        "server.json",
+        "model/model.onnx",
+        "wheels/requirements.txt",
+        "src/mlops_iac/serving/app.py",
+    } <= set(paths)
     assert any(p.startswith("wheels/onnxruntime-") for p in paths)
     requirements = next(f for f in first if f.path == "wheels/requirements.txt").data.decode()
     assert all("--hash=sha256:" in line for line in requirements.splitlines()[1:])
@@ -86,21 +92,38 @@ def test_generated_dockerfiles_lint_clean(converted: Path, tmp_path: Path, varia
     if variant == "cuda":
         inputs = dataclasses.replace(inputs, gpu=True, wheels=())
     if variant == "extra-steps":
-        inputs = dataclasses.replace(inputs, extra_steps="ENV OMP_NUM_THREADS=1", handler=b"def preprocess(r):\n"
-                                     b"    return dict(r.inputs)\n")
+        inputs = dataclasses.replace(
+            inputs, extra_steps="ENV OMP_NUM_THREADS=1", handler=b"def preprocess(r):\n    return dict(r.inputs)\n"
+        )
     dockerfile = next(f for f in context_files(inputs) if f.path == "Dockerfile")
     path = tmp_path / "Dockerfile"
     path.write_bytes(dockerfile.data)
     lint = subprocess.run([hadolint, str(path)], capture_output=True, text=True)
     assert lint.returncode == 0 and lint.stdout == "", lint.stdout
-    scan = subprocess.run([checkov, "--framework", "dockerfile", "-f", str(path), "--skip-download", "--compact",
-                           "--output", "json", "--quiet"], capture_output=True, text=True, timeout=300)
+    scan = subprocess.run(
+        [
+            checkov,
+            "--framework",
+            "dockerfile",
+            "-f",
+            str(path),
+            "--skip-download",
+            "--compact",
+            "--output",
+            "json",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     report = json.loads(scan.stdout)
     assert report["summary"]["failed"] == 0, report
     assert report["summary"]["passed"] >= 20
 
 
 # --- a real image ------------------------------------------------------------------------------
+
 
 def docker(*args: str, timeout: float = 900) -> str:
     done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
@@ -118,7 +141,8 @@ def docker_engine() -> str:
 
 
 def test_image_builds_offline_serves_and_round_trips_a_registry(
-        converted: Path, docker_engine: str, oci_registry: OciRegistryServer) -> None:
+    converted: Path, docker_engine: str, oci_registry: OciRegistryServer
+) -> None:
     import tritonclient.http as httpclient
 
     # The base pinned by digest, as in production: push the local base to the loopback registry.
@@ -127,8 +151,11 @@ def test_image_builds_offline_serves_and_round_trips_a_registry(
     pushed = docker("push", base)
     base_digest = next(word for word in pushed.split() if word.startswith("sha256:"))
     spec = converted / "mlops.yaml"
-    spec.write_text(spec.read_text().replace("registry:\n", f"build:\n  baseImage: \"{base.rsplit(':', 1)[0]}@"
-                                             f"{base_digest}\"\n\nregistry:\n", 1))
+    spec.write_text(
+        spec.read_text().replace(
+            "registry:\n", f'build:\n  baseImage: "{base.rsplit(":", 1)[0]}@{base_digest}"\n\nregistry:\n', 1
+        )
+    )
     started = time.monotonic()
     result = CliRunner().invoke(main, ["build", "iris@1", "--push", f"{oci_registry.address}/models"])
     build_seconds = time.monotonic() - started

@@ -27,8 +27,9 @@ def test_render_yaml_writes_shared_values_in_full() -> None:
     assert result.exit_code == 0, result.output
     assert "&id" not in result.stdout and "*id" not in result.stdout
     objects = [d for d in yaml.safe_load_all(result.stdout) if d]
-    as_json = CliRunner().invoke(main, ["render", "-f", str(PRODUCTION / "mlops.yaml"), "--target", "prod",
-                                        "--format", "json"])
+    as_json = CliRunner().invoke(
+        main, ["render", "-f", str(PRODUCTION / "mlops.yaml"), "--target", "prod", "--format", "json"]
+    )
     import json
 
     assert objects == json.loads(as_json.stdout)["items"]  # the same objects, only the format differs

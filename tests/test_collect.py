@@ -31,8 +31,9 @@ class SlowSink:
 def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     drops: list[int] = []
     sink = SlowSink()
-    collector = Collector(CollectionConfig(enabled=True, sample_rate=1.0, queue_size=5), tmp_path,
-                          lambda: drops.append(1), sink=sink)
+    collector = Collector(
+        CollectionConfig(enabled=True, sample_rate=1.0, queue_size=5), tmp_path, lambda: drops.append(1), sink=sink
+    )
     for i in range(50):
         collector.offer({"i": i, "x": np.arange(3, dtype=np.float32)})
     # Every offer returned while the sink was still stuck (it has written nothing): a stuck sink

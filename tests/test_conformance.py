@@ -50,8 +50,10 @@ schema = schemathesis.openapi.from_dict(bound(yaml.safe_load(SPEC.read_text())))
 
 # Statuses the document does not list, which the server answers by choice (README, "Where the
 # protocol leaves room"): status -> what it must be about.
-CHOICES = {404: ("is not served here", "has no version"),  # names other than the bound ones (negative data)
-           405: ("takes",)}  # a method the path does not take (TRACE, ...), answered with `Allow`
+CHOICES = {
+    404: ("is not served here", "has no version"),  # names other than the bound ones (negative data)
+    405: ("takes",),
+}  # a method the path does not take (TRACE, ...), answered with `Allow`
 
 
 @schema.parametrize()
@@ -69,8 +71,12 @@ def test_the_protocols_openapi_document_finds_nothing(case: Any, server: Running
     documented = {int(code) for code in case.operation.definition.raw["responses"]}
     if response.status_code not in documented:
         said = CHOICES.get(response.status_code, ())
-        assert any(text in response.text for text in said), \
-            (case.method, case.formatted_path, response.status_code, response.text)
+        assert any(text in response.text for text in said), (
+            case.method,
+            case.formatted_path,
+            response.status_code,
+            response.text,
+        )
         if response.status_code == 404:
             assert case.path_parameters != BOUND  # only for what the binding does not name
         else:
@@ -84,6 +90,9 @@ def test_the_binding_reaches_the_model(server: Running) -> None:
     assert "POST /v2/models/{MODEL_NAME}/versions/{MODEL_VERSION}/infer" in operations
     status, doc = server.json("GET", "/v2/models/iris/versions/1")
     assert status == 200 and doc["name"] == "iris"
-    status, doc = server.json("POST", "/v2/models/iris/versions/1/infer", {"inputs": [
-        {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]})
+    status, doc = server.json(
+        "POST",
+        "/v2/models/iris/versions/1/infer",
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]},
+    )
     assert status == 200 and doc["model_name"] == "iris"

@@ -51,15 +51,19 @@ def _sklearn_models() -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", list(_sklearn_models()))
-def test_sklearn_family_converts_with_parity(name: str, cancer: tuple[np.ndarray, np.ndarray],
-                                             tmp_path: Path) -> None:
+def test_sklearn_family_converts_with_parity(name: str, cancer: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
     features, labels = cancer
     model = _sklearn_models()[name].fit(features[:400], labels[:400])
     path = tmp_path / "model.joblib"
     joblib.dump(model, path)
     framework = name if name in ("lightgbm", "xgboost") else "sklearn"
-    report = convert_artifact(framework, path, features[400:500], Options(measure_speed=False),
-                              validation=Validation(features[500:], labels[500:], "roc_auc", 0.8))
+    report = convert_artifact(
+        framework,
+        path,
+        features[400:500],
+        Options(measure_speed=False),
+        validation=Validation(features[500:], labels[500:], "roc_auc", 0.8),
+    )
     assert report.parity.passed, report.parity.describe()
     assert [o.name for o in report.parity.outputs] == ["label", "probabilities"]
     assert report.parity.outputs[0].mismatches == 0
@@ -75,8 +79,13 @@ def test_regressor_converts(tmp_path: Path) -> None:
     features = features.astype(np.float32)
     path = tmp_path / "reg.joblib"
     joblib.dump(GradientBoostingRegressor(n_estimators=30, random_state=0).fit(features, target), path)
-    report = convert_artifact("sklearn", path, features[:80], Options(atol=1e-3, rtol=1e-4),
-                              validation=Validation(features, target, "rmse", 80.0))
+    report = convert_artifact(
+        "sklearn",
+        path,
+        features[:80],
+        Options(atol=1e-3, rtol=1e-4),
+        validation=Validation(features, target, "rmse", 80.0),
+    )
     assert report.parity.passed, report.parity.describe()
     assert report.validation is not None and report.validation["passed"]
     assert set(report.speedup) == {"threads", "batch1", "batch1000"}
@@ -101,8 +110,7 @@ def _torch_mlp(features: np.ndarray, labels: np.ndarray) -> Any:
 
 
 @pytest.mark.parametrize("saved_as", ["torchscript", "module"])
-def test_pytorch_mlp_converts_with_parity(cancer: tuple[np.ndarray, np.ndarray], tmp_path: Path,
-                                          saved_as: str) -> None:
+def test_pytorch_mlp_converts_with_parity(cancer: tuple[np.ndarray, np.ndarray], tmp_path: Path, saved_as: str) -> None:
     torch = require_module("torch")
     features, labels = _standardized(cancer[0]), cancer[1]
     model = _torch_mlp(features[:400], labels[:400])
@@ -123,8 +131,9 @@ def test_pytorch_mlp_converts_with_parity(cancer: tuple[np.ndarray, np.ndarray],
     assert (np.argmax(logits, 1) == labels[500:]).mean() > 0.9  # a real, trained model
 
 
-def test_a_tampered_graph_fails_parity(cancer: tuple[np.ndarray, np.ndarray], tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_tampered_graph_fails_parity(
+    cancer: tuple[np.ndarray, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sklearn.linear_model import LogisticRegression
 
     features, labels = cancer
@@ -149,31 +158,37 @@ def test_a_tampered_graph_fails_parity(cancer: tuple[np.ndarray, np.ndarray], tm
     assert "FAILED" in report.parity.describe()
 
 
-def test_quantisation_is_kept_only_within_the_bound(cancer: tuple[np.ndarray, np.ndarray],
-                                                    tmp_path: Path) -> None:
+def test_quantisation_is_kept_only_within_the_bound(cancer: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
     torch = require_module("torch")
     features, labels = _standardized(cancer[0]), cancer[1]
     path = tmp_path / "mlp.pt"
     torch.jit.save(torch.jit.script(_torch_mlp(features, labels)), str(path))
-    strict = convert_artifact("pytorch", path, features[:100],
-                              Options(quantize="dynamic-int8", atol=1e-6, rtol=1e-6, measure_speed=False))
+    strict = convert_artifact(
+        "pytorch", path, features[:100], Options(quantize="dynamic-int8", atol=1e-6, rtol=1e-6, measure_speed=False)
+    )
     assert strict.parity.passed and strict.quantization["kept"] is False
     assert "float model is kept" in strict.quantization["reason"]
-    loose = convert_artifact("pytorch", path, features[:100],
-                             Options(quantize="dynamic-int8", atol=1.0, rtol=1.0, measure_speed=False))
+    loose = convert_artifact(
+        "pytorch", path, features[:100], Options(quantize="dynamic-int8", atol=1.0, rtol=1.0, measure_speed=False)
+    )
     assert loose.quantization["kept"] is True
-    assert any(n.op_type.startswith("DynamicQuantize") or "Integer" in n.op_type
-               for n in onnx.load_from_string(loose.model).graph.node)
+    assert any(
+        n.op_type.startswith("DynamicQuantize") or "Integer" in n.op_type
+        for n in onnx.load_from_string(loose.model).graph.node
+    )
 
 
 def test_onnx_artifacts_are_checked_and_external_data_stays_inside(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
     weights = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [1.0, 2.0, 3.0, 4.0])
-    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["output"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 2])],
-                              [weights])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["output"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 2])],
+        [weights],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     good = tmp_path / "good.onnx"
     onnx.save(model, str(good))
@@ -201,9 +216,13 @@ def test_onnx_artifacts_are_checked_and_external_data_stays_inside(tmp_path: Pat
 
 
 def test_breaking_changes() -> None:
-    old = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
-           "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},
-                       {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]}
+    old = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [
+            {"name": "label", "datatype": "INT64", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+        ],
+    }
     assert breaking_changes(old, old) == []
     assert breaking_changes(None, old) == []
     wider = {**old, "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 5]}]}
@@ -255,22 +274,28 @@ def test_cli_converts_records_and_gates(quickstart: Path) -> None:
     assert "status validated" in shown.output and "artifact   onnx" in shown.output
     pulled = runner.invoke(main, ["models", "pull", "iris@1", "--artifact", "onnx", "--to", "m.onnx"])
     assert pulled.exit_code == 0
-    assert "sha256:" + __import__("hashlib").sha256((quickstart / "m.onnx").read_bytes()).hexdigest() \
-        == locked.onnx.digest
+    assert (
+        "sha256:" + __import__("hashlib").sha256((quickstart / "m.onnx").read_bytes()).hexdigest() == locked.onnx.digest
+    )
 
 
 def test_cli_parity_failure_stores_nothing(quickstart: Path) -> None:
     spec = quickstart / "mlops.yaml"
-    spec.write_text(spec.read_text().replace("    sample: sample.npy\n", (
-        "    sample: sample.npy\n    convert:\n      tolerance: {atol: 0, rtol: 0}\n")))
+    spec.write_text(
+        spec.read_text().replace(
+            "    sample: sample.npy\n", ("    sample: sample.npy\n    convert:\n      tolerance: {atol: 0, rtol: 0}\n")
+        )
+    )
     runner = CliRunner()
     registered = runner.invoke(main, ["register", "iris", "--file", "model.joblib"])
     assert registered.exit_code == 0, registered.output
     result = runner.invoke(main, ["convert", "iris@1", "--no-speed"])
     assert result.exit_code == 1
     assert "does not give the native model's answers" in result.output and "FAILED" in result.output
-    assert "onnx" not in runner.invoke(main, ["models", "show", "iris@1", "--json"]).output.split(
-        '"artifacts"')[1].split("}")[0]
+    assert (
+        "onnx"
+        not in runner.invoke(main, ["models", "show", "iris@1", "--json"]).output.split('"artifacts"')[1].split("}")[0]
+    )
     locked = read_lock(quickstart / "mlops.lock").version("iris", 1)
     assert locked is not None and locked.onnx is None
 

@@ -28,8 +28,16 @@ from mlops_iac.signatures import breaking_changes
 
 from .tabular_data import Clipper, pipeline, wine_frame
 
-COLUMNS = [("alcohol", "FP32"), ("malic_acid", "FP32"), ("color_intensity", "FP32"), ("hue", "FP32"),
-           ("proline", "FP32"), ("region", "BYTES"), ("cask", "BYTES"), ("age_years", "INT64")]
+COLUMNS = [
+    ("alcohol", "FP32"),
+    ("malic_acid", "FP32"),
+    ("color_intensity", "FP32"),
+    ("hue", "FP32"),
+    ("proline", "FP32"),
+    ("region", "BYTES"),
+    ("cask", "BYTES"),
+    ("age_years", "INT64"),
+]
 
 
 def _estimators() -> dict[str, tuple[str, Any]]:
@@ -38,12 +46,14 @@ def _estimators() -> dict[str, tuple[str, Any]]:
     from sklearn.linear_model import LogisticRegression
     from xgboost import XGBClassifier
 
-    return {"logistic-regression": ("sklearn", LogisticRegression(max_iter=5000)),
-            # Not HistGradientBoosting here: it splits on float64 thresholds, so a held-out value
-            # within float32 rounding of one can differ (the sample's parity check measures that).
-            "random-forest": ("sklearn", RandomForestClassifier(n_estimators=30, random_state=0)),
-            "lightgbm": ("lightgbm", LGBMClassifier(n_estimators=30, verbose=-1, random_state=0)),
-            "xgboost": ("xgboost", XGBClassifier(n_estimators=30, random_state=0))}
+    return {
+        "logistic-regression": ("sklearn", LogisticRegression(max_iter=5000)),
+        # Not HistGradientBoosting here: it splits on float64 thresholds, so a held-out value
+        # within float32 rounding of one can differ (the sample's parity check measures that).
+        "random-forest": ("sklearn", RandomForestClassifier(n_estimators=30, random_state=0)),
+        "lightgbm": ("lightgbm", LGBMClassifier(n_estimators=30, verbose=-1, random_state=0)),
+        "xgboost": ("xgboost", XGBClassifier(n_estimators=30, random_state=0)),
+    }
 
 
 def _fit(estimator: Any, folder: Path, *, scaled: bool = True) -> tuple[Path, Any, Any, np.ndarray]:
@@ -65,12 +75,18 @@ def test_dataframe_pipeline_converts_one_input_per_column(name: str, tmp_path: P
     frame.iloc[::2].head(60).to_parquet(tmp_path / "sample.parquet", index=False)
     sample = read_sample(tmp_path / "sample.parquet")
     held_out = frame.iloc[1::2]
-    report = convert_artifact(framework, path, sample, Options(measure_speed=False),
-                              validation=Validation(table_of(held_out), labels[1::2], "accuracy", 0.8))
+    report = convert_artifact(
+        framework,
+        path,
+        sample,
+        Options(measure_speed=False),
+        validation=Validation(table_of(held_out), labels[1::2], "accuracy", 0.8),
+    )
     assert report.parity.passed, report.parity.describe()
     # The columns of the training frame, in its order, with their types.
-    assert [(t["name"], t["datatype"], t["shape"]) for t in report.signature["inputs"]] == \
-        [(n, d, [-1, 1]) for n, d in COLUMNS]
+    assert [(t["name"], t["datatype"], t["shape"]) for t in report.signature["inputs"]] == [
+        (n, d, [-1, 1]) for n, d in COLUMNS
+    ]
     assert report.validation is not None and report.validation["passed"]
     # The ONNX model answers the held-out rows as the native pipeline does.
     session = ort.InferenceSession(report.model, providers=["CPUExecutionProvider"])
@@ -103,8 +119,9 @@ def test_the_sample_must_hold_the_training_columns(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="fitted on a DataFrame with columns alcohol, malic_acid"):
         convert_artifact("sklearn", path, np.ones((3, 8), dtype=np.float32), Options())
     # Extra columns (a label, an id) are left out, not refused.
-    report = convert_artifact("sklearn", path, table_of(frame.assign(id=range(len(frame)))),
-                              Options(measure_speed=False))
+    report = convert_artifact(
+        "sklearn", path, table_of(frame.assign(id=range(len(frame)))), Options(measure_speed=False)
+    )
     assert report.parity.passed and "id" not in [t["name"] for t in report.signature["inputs"]]
 
 
@@ -121,16 +138,22 @@ def _with_step(kind: str) -> Any:
     elif kind == "custom":
         transformers[0][1].steps.append(("clip", Clipper()))
     else:  # strings whose gaps are NaN: a string tensor has no NaN
-        transformers[1] = ("region", make_pipeline(SimpleImputer(strategy="most_frequent"),
-                                                   OneHotEncoder(handle_unknown="ignore")), ["region"])
+        transformers[1] = (
+            "region",
+            make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
+            ["region"],
+        )
     return model
 
 
-@pytest.mark.parametrize(("kind", "where", "why"), [
-    ("function", "'pre/num/log' (FunctionTransformer)", "applies the Python function tanh"),
-    ("custom", "'pre/num/clip' (Clipper)", "has no ONNX converter"),
-    ("nan-strings", "'pre/region/simpleimputer' (SimpleImputer)", "SimpleImputer(missing_values=''"),
-])
+@pytest.mark.parametrize(
+    ("kind", "where", "why"),
+    [
+        ("function", "'pre/num/log' (FunctionTransformer)", "applies the Python function tanh"),
+        ("custom", "'pre/num/clip' (Clipper)", "has no ONNX converter"),
+        ("nan-strings", "'pre/region/simpleimputer' (SimpleImputer)", "SimpleImputer(missing_values=''"),
+    ],
+)
 def test_an_unsupported_step_is_named_with_alternatives(kind: str, where: str, why: str, tmp_path: Path) -> None:
     frame, labels = wine_frame()
     if kind == "nan-strings":
@@ -158,8 +181,7 @@ def test_cli_refuses_an_unsupported_step_without_a_traceback(tmp_path: Path, mon
     assert runner.invoke(main, ["register", "penguins", "--file", "model.joblib"]).exit_code == 0
     result = runner.invoke(main, ["convert", "penguins@1"])
     assert result.exit_code == 1
-    assert "error: model.joblib: step 'pre/num/log' (FunctionTransformer) applies the Python function" \
-        in result.output
+    assert "error: model.joblib: step 'pre/num/log' (FunctionTransformer) applies the Python function" in result.output
     assert "Traceback" not in result.output
     index = (tmp_path / ".mlops" / "registry" / "index" / "penguins.json").read_text()
     assert '"onnx"' not in index  # nothing was stored
@@ -178,8 +200,9 @@ def test_a_scaler_before_trees_fails_parity_with_its_cause(tmp_path: Path) -> No
 def test_tables_read_typed_columns(tmp_path: Path) -> None:
     import pandas as pd
 
-    frame = pd.DataFrame({"x": [1.5, None, 3.0], "n": [1, 2, 3], "flag": [True, False, True],
-                          "s": ["a", None, "c"], "label": [0, 1, 1]})
+    frame = pd.DataFrame(
+        {"x": [1.5, None, 3.0], "n": [1, 2, 3], "flag": [True, False, True], "s": ["a", None, "c"], "label": [0, 1, 1]}
+    )
     frame.to_parquet(tmp_path / "t.parquet", index=False)
     table, labels = read_examples(tmp_path / "t.parquet")
     assert isinstance(table, Table) and table.names == ("x", "n", "flag", "s")
@@ -199,11 +222,14 @@ def test_tables_read_typed_columns(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="column\\(s\\) 's' hold strings"):
         feed(inputs, table)
     # A JSON request carries the rows without a missing number, one tensor per column.
-    columns = [type("Input", (), {"name": n, "type": t, "shape": [None, 1]})()
-               for n, t in (("x", "tensor(float)"), ("s", "tensor(string)"))]
+    columns = [
+        type("Input", (), {"name": n, "type": t, "shape": [None, 1]})()
+        for n, t in (("x", "tensor(float)"), ("s", "tensor(string)"))
+    ]
     assert v2_tensors(columns, complete_rows(table)) == [
         {"name": "x", "datatype": "FP32", "shape": [2, 1], "data": [1.5, 3.0]},
-        {"name": "s", "datatype": "BYTES", "shape": [2, 1], "data": ["a", "c"]}]
+        {"name": "s", "datatype": "BYTES", "shape": [2, 1], "data": ["a", "c"]},
+    ]
 
 
 def test_column_changes_are_breaking() -> None:
@@ -211,10 +237,13 @@ def test_column_changes_are_breaking() -> None:
     old = {"inputs": table_of(frame).signature(), "outputs": []}
     renamed = table_of(frame.rename(columns={"cask": "barrel"})).signature()
     assert breaking_changes(old, {"inputs": renamed, "outputs": []}) == [
-        "column 'cask' (BYTES) was removed", "column 'barrel' (BYTES) is new and required"]
+        "column 'cask' (BYTES) was removed",
+        "column 'barrel' (BYTES) is new and required",
+    ]
     retyped = table_of(frame.assign(age_years=frame["age_years"].astype(float))).signature()
     assert breaking_changes(old, {"inputs": retyped, "outputs": []}) == [
-        "column 'age_years' changed datatype INT64 -> FP32"]
+        "column 'age_years' changed datatype INT64 -> FP32"
+    ]
     dropped = table_of(frame.drop(columns=["hue"])).signature()
     assert breaking_changes(old, {"inputs": dropped, "outputs": []}) == ["column 'hue' (FP32) was removed"]
 
@@ -247,8 +276,13 @@ def test_tritonclient_sends_one_tensor_per_column(binary: bool, tmp_path: Path) 
             tensor = httpclient.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array, binary_data=binary)
             tensors.append(tensor)
-        result = client.infer("wine", tensors, outputs=[
-            httpclient.InferRequestedOutput("label", binary_data=binary),
-            httpclient.InferRequestedOutput("probabilities", binary_data=binary)])
+        result = client.infer(
+            "wine",
+            tensors,
+            outputs=[
+                httpclient.InferRequestedOutput("label", binary_data=binary),
+                httpclient.InferRequestedOutput("probabilities", binary_data=binary),
+            ],
+        )
         assert np.array_equal(result.as_numpy("label"), expected[0])
         np.testing.assert_allclose(result.as_numpy("probabilities"), expected[1], rtol=0, atol=1e-6)

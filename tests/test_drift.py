@@ -18,12 +18,13 @@ from mlops_iac.monitoring.baseline import baseline, table_baseline
 from mlops_iac.monitoring.drift import CollectedDataError, TooLittleData, check, psi
 
 
-def collected(path: Path, features: np.ndarray, rows_per_record: int = 1, labels: bool = True,
-              model: str = "iris") -> Path:
+def collected(
+    path: Path, features: np.ndarray, rows_per_record: int = 1, labels: bool = True, model: str = "iris"
+) -> Path:
     """Records as the server writes them (orjson: a float32 as its shortest float32 text)."""
     with open(path, "wb") as out:
         for i in range(0, len(features), rows_per_record):
-            chunk = features[i: i + rows_per_record]
+            chunk = features[i : i + rows_per_record]
             record: dict[str, object] = {"model": model, "version": "1", "inputs": {"input": chunk}}
             if labels:
                 record["outputs"] = {"label": [0] * len(chunk)}
@@ -106,20 +107,34 @@ def test_the_same_one_decimal_float32_data_has_a_psi_of_exactly_zero(tmp_path: P
     path = tmp_path / "same.jsonl"
     with open(path, "wb") as out:
         for row, label in zip(np.tile(features, (3, 1)), np.tile(labels, 3), strict=True):
-            out.write(orjson.dumps({"model": "iris", "version": "1", "inputs": {"input": row[None, :]},
-                                    "outputs": {"label": [int(label)]}},
-                                   option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
+            out.write(
+                orjson.dumps(
+                    {
+                        "model": "iris",
+                        "version": "1",
+                        "inputs": {"input": row[None, :]},
+                        "outputs": {"label": [int(label)]},
+                    },
+                    option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE,
+                )
+            )
     results, records = check(base, [path], threshold=0.2, model="iris", version=1)
     assert records == 450
-    assert {r.name: r.psi for r in results} == {"input[0]": 0.0, "input[1]": 0.0, "input[2]": 0.0,
-                                                "input[3]": 0.0, "label": 0.0}
+    assert {r.name: r.psi for r in results} == {
+        "input[0]": 0.0,
+        "input[1]": 0.0,
+        "input[2]": 0.0,
+        "input[3]": 0.0,
+        "label": 0.0,
+    }
     assert all(r.ks == 0.0 for r in results)
 
 
 def test_a_column_of_few_values_is_compared_as_categories(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    features = np.stack([rng.normal(size=600), rng.choice([1.0, 2.0, 3.0], 600, p=[0.6, 0.3, 0.1])],
-                        axis=1).astype(np.float32)
+    features = np.stack([rng.normal(size=600), rng.choice([1.0, 2.0, 3.0], 600, p=[0.6, 0.3, 0.1])], axis=1).astype(
+        np.float32
+    )
     base = baseline(features, {})
     assert [c["kind"] for c in base["columns"]] == ["numeric", "categorical"]
     flipped = features.copy()
@@ -138,10 +153,20 @@ def _table_records(path: Path, amounts: np.ndarray, colours: list[object], flat:
     """A table's records as the server writes them: one tensor per column, strings as str."""
     with open(path, "wb") as out:
         for i in range(0, len(colours), 4):
-            colour = colours[i: i + 4]
-            out.write(orjson.dumps({"model": "paint", "version": "1", "inputs": {
-                "amount": amounts[i: i + 4, None], "colour": colour if flat else [[c] for c in colour]}},
-                option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
+            colour = colours[i : i + 4]
+            out.write(
+                orjson.dumps(
+                    {
+                        "model": "paint",
+                        "version": "1",
+                        "inputs": {
+                            "amount": amounts[i : i + 4, None],
+                            "colour": colour if flat else [[c] for c in colour],
+                        },
+                    },
+                    option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE,
+                )
+            )
     return path
 
 
@@ -152,14 +177,19 @@ def test_a_string_column_is_compared_by_its_categories(tmp_path: Path) -> None:
     base = table_baseline([("amount", amounts), ("colour", colours)], 400, {})
     colour = base["columns"][1]
     assert base["version"] == 3 and base["columns"][0]["dtype"] == "float32"
-    assert (colour["dtype"], colour["kind"], colour["categories"]) == ("string", "categorical",
-                                                                        ["", "blue", "green", "red"])
+    assert (colour["dtype"], colour["kind"], colour["categories"]) == (
+        "string",
+        "categorical",
+        ["", "blue", "green", "red"],
+    )
     assert colour["counts"][-1] == 0 and sum(colour["counts"]) == 400  # the "other" bin, empty
     assert table_baseline([("amount", amounts)], 400, {})["version"] == 2  # numbers only: as before
     for flat in (False, True):  # [n, 1] rows, or the values flat
         same, _ = check(base, [_table_records(tmp_path / "same.jsonl", amounts, list(colours), flat)], 0.2)
-        assert [(r.name, r.kind, r.psi, r.new_categories) for r in same] == [("amount", "numeric", 0.0, 0),
-                                                                            ("colour", "string", 0.0, 0)]
+        assert [(r.name, r.kind, r.psi, r.new_categories) for r in same] == [
+            ("amount", "numeric", 0.0, 0),
+            ("colour", "string", 0.0, 0),
+        ]
     shifted = list(colours)
     shifted[::5] = ["purple", "teal"] * 40  # two categories the baseline never had, in 80 rows
     results, _ = check(base, [_table_records(tmp_path / "new.jsonl", amounts, shifted)], 0.2)
@@ -201,8 +231,11 @@ def test_files_that_cannot_be_checked_are_located_errors(tmp_path: Path) -> None
     lines = narrow.read_text().splitlines()
     lines[200] = json.dumps({"model": "iris", "version": "1", "inputs": {"input": [fresh[0, :29].tolist()]}})
     narrow.write_text("\n".join(lines) + "\n")
-    with pytest.raises(CollectedDataError, match=r"narrow.jsonl:201: inputs 'input': rows of \[29\] value\(s\); "
-                                                 r"the baseline has 30 float32"):
+    with pytest.raises(
+        CollectedDataError,
+        match=r"narrow.jsonl:201: inputs 'input': rows of \[29\] value\(s\); "
+        r"the baseline has 30 float32",
+    ):
         check(base, [narrow], threshold=0.2, model="iris", version=1)
     lines[200] = json.dumps({"model": "iris", "version": "1", "inputs": {"input": [["a"] * 30]}})
     narrow.write_text("\n".join(lines) + "\n")
@@ -239,6 +272,7 @@ def test_monitoring_drift_baseline_names_the_reference_data(converted: Path) -> 
     report = json.loads(against_reference.output)
     assert report["baseline"].endswith("reference.npy")
     assert all(c["psi"] == 0.0 for c in report["columns"] if c["name"].startswith("input["))
-    against_sample = runner.invoke(main, ["monitor", "drift", "iris@1", "--collected", str(shifted),
-                                          "--baseline", "sample.npy"])
+    against_sample = runner.invoke(
+        main, ["monitor", "drift", "iris@1", "--collected", str(shifted), "--baseline", "sample.npy"]
+    )
     assert against_sample.exit_code == 3, against_sample.output

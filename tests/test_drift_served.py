@@ -103,18 +103,30 @@ def serve_and_send(project: Project, rows: np.ndarray, per_request: int = 8) -> 
     port = free_port()
     log = project.folder / "serve.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen([*MLOPS_IAC, "serve", "--port", str(port)], cwd=project.folder,
-                                  stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [*MLOPS_IAC, "serve", "--port", str(port)], cwd=project.folder, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/v2/health/ready", timeout=60)
         for i in range(0, len(rows), per_request):
-            chunk = rows[i: i + per_request]
-            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(chunk.shape),
-                                "data": chunk.reshape(-1).tolist()}]}
-            request = urllib.request.Request(f"{url}/v2/models/{project.name}/infer",
-                                             data=json.dumps(body).encode(), method="POST",
-                                             headers={"Content-Type": "application/json"})
+            chunk = rows[i : i + per_request]
+            body = {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "datatype": "FP32",
+                        "shape": list(chunk.shape),
+                        "data": chunk.reshape(-1).tolist(),
+                    }
+                ]
+            }
+            request = urllib.request.Request(
+                f"{url}/v2/models/{project.name}/infer",
+                data=json.dumps(body).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
             with urllib.request.urlopen(request, timeout=30) as response:
                 assert response.status == 200
     finally:
@@ -124,8 +136,13 @@ def serve_and_send(project: Project, rows: np.ndarray, per_request: int = 8) -> 
 
 
 def drift(project: Project, collected: Path) -> tuple[int, dict[str, float], str]:
-    done = subprocess.run([*MLOPS_IAC, "monitor", "drift", f"{project.name}@1", "--collected", str(collected),
-                           "--json"], cwd=project.folder, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*MLOPS_IAC, "monitor", "drift", f"{project.name}@1", "--collected", str(collected), "--json"],
+        cwd=project.folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode in (0, 3), done.stdout + done.stderr
     report = json.loads(done.stdout)
     assert report["records"] > 0
@@ -167,8 +184,10 @@ def _shift_cancer(x: np.ndarray) -> np.ndarray:
 
 
 SHIFTS: dict[str, list[tuple[int, Callable[[np.ndarray], np.ndarray]]]] = {
-    "iris": [(2, _shift_iris)], "digits": [(8, _shift_pixel_8), (20, _shift_pixel_20)],
-    "cancer": [(0, _shift_cancer)]}
+    "iris": [(2, _shift_iris)],
+    "digits": [(8, _shift_pixel_8), (20, _shift_pixel_20)],
+    "cancer": [(0, _shift_cancer)],
+}
 
 
 def test_the_own_sample_through_the_server_does_not_drift(project: Project) -> None:
@@ -204,18 +223,29 @@ def test_the_quickstart_readme_example_gives_no_drift(converted: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(converted / "serve.log", "wb") as out:
-        server = subprocess.Popen([*MLOPS_IAC, "serve", "--port", str(port)], cwd=converted, stdout=out,
-                                  stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [*MLOPS_IAC, "serve", "--port", str(port)], cwd=converted, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         for args in ([url], [url, "sample.npy", "3"]):
-            sent = subprocess.run([sys.executable, str(QUICKSTART / "predict.py"), *args], cwd=converted,
-                                  capture_output=True, text=True, timeout=120)
+            sent = subprocess.run(
+                [sys.executable, str(QUICKSTART / "predict.py"), *args],
+                cwd=converted,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert sent.returncode == 0, sent.stdout + sent.stderr
         assert "sent 135 rows of sample.npy (3 x 45)" in sent.stdout
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    done = subprocess.run([*MLOPS_IAC, "monitor", "drift", "iris@1", "--collected", "collected/requests.jsonl"],
-                          cwd=converted, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*MLOPS_IAC, "monitor", "drift", "iris@1", "--collected", "collected/requests.jsonl"],
+        cwd=converted,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "136 records" in done.stdout and "no drift: every column under PSI 0.2" in done.stdout

@@ -72,17 +72,31 @@ def serve_and_send(folder: Path, rows: Any, per_request: int = 8) -> Path:
     port = free_port()
     log = folder / "serve.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen([*MLOPS_IAC, "serve", "--port", str(port)], cwd=folder, stdout=out,
-                                  stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [*MLOPS_IAC, "serve", "--port", str(port)], cwd=folder, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/v2/health/ready", timeout=60)
         for i in range(0, len(rows), per_request):
-            chunk = rows.iloc[i: i + per_request]
-            body = {"inputs": [{"name": name, "datatype": V2[chunk[name].dtype.kind], "shape": [len(chunk), 1],
-                                "data": chunk[name].tolist()} for name in chunk.columns]}
-            request = urllib.request.Request(f"{url}/v2/models/wine/infer", data=json.dumps(body).encode(),
-                                             method="POST", headers={"Content-Type": "application/json"})
+            chunk = rows.iloc[i : i + per_request]
+            body = {
+                "inputs": [
+                    {
+                        "name": name,
+                        "datatype": V2[chunk[name].dtype.kind],
+                        "shape": [len(chunk), 1],
+                        "data": chunk[name].tolist(),
+                    }
+                    for name in chunk.columns
+                ]
+            }
+            request = urllib.request.Request(
+                f"{url}/v2/models/wine/infer",
+                data=json.dumps(body).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
             with urllib.request.urlopen(request, timeout=30) as response:
                 assert response.status == 200
     finally:
@@ -92,8 +106,13 @@ def serve_and_send(folder: Path, rows: Any, per_request: int = 8) -> Path:
 
 
 def drift(folder: Path, collected: Path) -> tuple[int, dict[str, dict[str, Any]], str]:
-    done = subprocess.run([*MLOPS_IAC, "monitor", "drift", "wine@1", "--collected", str(collected), "--json"],
-                          cwd=folder, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*MLOPS_IAC, "monitor", "drift", "wine@1", "--collected", str(collected), "--json"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode in (0, 3), done.stdout + done.stderr
     report = json.loads(done.stdout)
     return done.returncode, {c["name"]: c for c in report["columns"]}, done.stderr
@@ -138,11 +157,25 @@ def test_a_new_category_is_counted_and_drifts(project: tuple[Path, Any]) -> None
     cask = columns["cask"]
     assert (cask["new_categories"], cask["new_rows"], cask["new_examples"]) == (1, len(shifted.index[::3]), ["clay"])
     assert "cask (1 new categories in" in stderr
-    table = subprocess.run([*MLOPS_IAC, "monitor", "drift", "wine@1", "--collected",
-                            str(folder / "collected/requests.jsonl"), "--report", "drift"],
-                           cwd=folder, capture_output=True, text=True, timeout=120)
+    table = subprocess.run(
+        [
+            *MLOPS_IAC,
+            "monitor",
+            "drift",
+            "wine@1",
+            "--collected",
+            str(folder / "collected/requests.jsonl"),
+            "--report",
+            "drift",
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert table.returncode == 3
     assert f"1 in {len(shifted.index[::3])} rows ('clay')" in table.stdout, table.stdout
-    cask_line = next(line for line in (folder / "drift/report.md").read_text().splitlines()
-                     if line.startswith("| cask |"))
+    cask_line = next(
+        line for line in (folder / "drift/report.md").read_text().splitlines() if line.startswith("| cask |")
+    )
     assert f"| 1 in {len(shifted.index[::3])} rows ('clay') | **drift** |" in cask_line

@@ -58,13 +58,19 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
 @pytest.fixture(scope="module")
 def server(models: Models) -> Iterator[tuple[Running, int]]:
     port = free_port()
-    config = {"models": [model_entry(models, "iris", max_batch_size=16, max_delay_ms=2),
-                         model_entry(models, "colors"),
-                         model_entry(models, "colors_batched", max_batch_size=8, max_delay_ms=1),
-                         model_entry(models, "identity"), model_entry(models, "typed"),
-                         model_entry(models, "bf16")],
-              "auth": True, "grpc_port": port,
-              "collection": {"enabled": True, "sample_rate": 1.0, "sink": "file", "path": "collected/grpc.jsonl"}}
+    config = {
+        "models": [
+            model_entry(models, "iris", max_batch_size=16, max_delay_ms=2),
+            model_entry(models, "colors"),
+            model_entry(models, "colors_batched", max_batch_size=8, max_delay_ms=1),
+            model_entry(models, "identity"),
+            model_entry(models, "typed"),
+            model_entry(models, "bf16"),
+        ],
+        "auth": True,
+        "grpc_port": port,
+        "collection": {"enabled": True, "sample_rate": 1.0, "sink": "file", "path": "collected/grpc.jsonl"},
+    }
     with running_server(models, config, env={"MLOPS_IAC_API_KEY": KEY}) as running:
         yield running, port
 
@@ -87,14 +93,17 @@ def infer_input(name: str, array: np.ndarray, datatype: str) -> grpcclient.Infer
 
 # --- the generated module --------------------------------------------------------------------
 
+
 def test_the_committed_stubs_are_what_the_proto_generates(tmp_path: Path) -> None:
     """scripts/grpc_stubs.py regenerates the module; the committed one must be its output."""
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "grpc_stubs.py"), str(tmp_path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "grpc_stubs.py"), str(tmp_path)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     committed = ROOT / "mlops_iac" / "serving" / "open_inference_grpc_pb2.py"
-    assert (tmp_path / committed.name).read_text() == committed.read_text(), \
+    assert (tmp_path / committed.name).read_text() == committed.read_text(), (
         "stale: run `python scripts/grpc_stubs.py` and commit the result"
+    )
     header = (ROOT / "mlops_iac" / "serving" / "open_inference_grpc.proto").read_text()
     assert "kserve/open-inference-protocol" in header and "eeb043e2c95c1dd35f8b9185f5dadf44c7f10c9f" in header
 
@@ -111,6 +120,7 @@ def test_our_messages_load_beside_tritonclients() -> None:
 
 # --- answers ---------------------------------------------------------------------------------
 
+
 def test_health_and_metadata(client: grpcclient.InferenceServerClient, models: Models) -> None:
     # Health needs no key, like REST's /v2/health routes.
     assert client.is_server_live() and client.is_server_ready()
@@ -125,8 +135,9 @@ def test_health_and_metadata(client: grpcclient.InferenceServerClient, models: M
 
 
 @pytest.mark.parametrize("model", ["colors", "colors_batched"])
-def test_a_model_trained_on_strings_answers_like_onnxruntime(client: grpcclient.InferenceServerClient,
-                                                            models: Models, model: str) -> None:
+def test_a_model_trained_on_strings_answers_like_onnxruntime(
+    client: grpcclient.InferenceServerClient, models: Models, model: str
+) -> None:
     from .server_fixtures import COLORS
 
     x = np.asarray([*COLORS, "purple", "RED", ""], dtype=object).reshape(-1, 1)
@@ -145,8 +156,7 @@ def test_typed_contents_and_raw_contents_give_the_same_answer(server: tuple[Runn
     tensor.contents.bytes_contents.extend(v.encode() for v in x[:, 0])
     request.outputs.add(name="probabilities")
     with grpc.insecure_channel(f"127.0.0.1:{server[1]}") as channel:
-        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
-            request, metadata=list(AUTH.items()))
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=list(AUTH.items()))
     assert response.id == "typed-1" and [o.name for o in response.outputs] == ["probabilities"]
     assert list(response.outputs[0].shape) == [3, 3] and response.outputs[0].datatype == "FP32"
     got = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(3, 3)
@@ -154,12 +164,18 @@ def test_typed_contents_and_raw_contents_give_the_same_answer(server: tuple[Runn
 
 
 IDENTITY_VALUES = {
-    "BOOL": np.array([True, False, True]), "UINT8": np.array([0, 7, 255], np.uint8),
-    "UINT16": np.array([0, 9, 65535], np.uint16), "UINT32": np.array([0, 1, 2**32 - 1], np.uint32),
-    "UINT64": np.array([0, 1, 2**64 - 1], np.uint64), "INT8": np.array([-128, 0, 127], np.int8),
-    "INT16": np.array([-32768, 5, 32767], np.int16), "INT32": np.array([-2**31, 5, 2**31 - 1], np.int32),
-    "INT64": np.array([-2**63, 5, 2**63 - 1], np.int64), "FP16": np.array([0.5, -2.25, 65504], np.float16),
-    "FP32": np.array([1.5, np.nan, -np.inf], np.float32), "FP64": np.array([1e300, -0.0, 2.5], np.float64),
+    "BOOL": np.array([True, False, True]),
+    "UINT8": np.array([0, 7, 255], np.uint8),
+    "UINT16": np.array([0, 9, 65535], np.uint16),
+    "UINT32": np.array([0, 1, 2**32 - 1], np.uint32),
+    "UINT64": np.array([0, 1, 2**64 - 1], np.uint64),
+    "INT8": np.array([-128, 0, 127], np.int8),
+    "INT16": np.array([-32768, 5, 32767], np.int16),
+    "INT32": np.array([-(2**31), 5, 2**31 - 1], np.int32),
+    "INT64": np.array([-(2**63), 5, 2**63 - 1], np.int64),
+    "FP16": np.array([0.5, -2.25, 65504], np.float16),
+    "FP32": np.array([1.5, np.nan, -np.inf], np.float32),
+    "FP64": np.array([1e300, -0.0, 2.5], np.float64),
     "BYTES": np.array(["héllo", "", "a\x00b"], dtype=object),
 }
 
@@ -188,9 +204,11 @@ def typed_identity(folder: Path) -> None:
     from .server_fixtures import _save
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", [f"x_{d}"], [f"y_{d}"]) for d in TYPED], "typed",
+        [helper.make_node("Identity", [f"x_{d}"], [f"y_{d}"]) for d in TYPED],
+        "typed",
         [helper.make_tensor_value_info(f"x_{d}", V2_TO_ONNX[d], ["N"]) for d in TYPED],
-        [helper.make_tensor_value_info(f"y_{d}", V2_TO_ONNX[d], ["N"]) for d in TYPED])
+        [helper.make_tensor_value_info(f"y_{d}", V2_TO_ONNX[d], ["N"]) for d in TYPED],
+    )
     _save(graph, folder / "typed.onnx")
 
 
@@ -203,17 +221,20 @@ def test_every_datatype_round_trips_typed(server: tuple[Running, int]) -> None:
     request = service_pb2.ModelInferRequest(model_name="typed")
     for datatype in TYPED:
         values = IDENTITY_VALUES[datatype]
-        field = getattr(request.inputs.add(name=f"x_{datatype}", datatype=datatype, shape=[3]).contents,
-                        CONTENTS[datatype])
+        field = getattr(
+            request.inputs.add(name=f"x_{datatype}", datatype=datatype, shape=[3]).contents, CONTENTS[datatype]
+        )
         field.extend([v.encode() for v in values] if datatype == "BYTES" else values.tolist())
     with grpc.insecure_channel(f"127.0.0.1:{server[1]}") as channel:
-        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
-            request, metadata=list(AUTH.items()))
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=list(AUTH.items()))
     for output, raw in zip(response.outputs, response.raw_output_contents, strict=True):
         values = IDENTITY_VALUES[output.datatype]
         assert output.name == f"y_{output.datatype}" and list(output.shape) == [3]
-        got = (deserialize_bytes_tensor(raw) if output.datatype == "BYTES"
-               else np.frombuffer(raw, dtype=values.dtype.newbyteorder("<")).astype(values.dtype))
+        got = (
+            deserialize_bytes_tensor(raw)
+            if output.datatype == "BYTES"
+            else np.frombuffer(raw, dtype=values.dtype.newbyteorder("<")).astype(values.dtype)
+        )
         assert _same(got, values), output.datatype
     assert len(response.outputs) == len(TYPED)
 
@@ -230,19 +251,29 @@ def test_bfloat16_travels_raw(client: grpcclient.InferenceServerClient, models: 
 def test_classification_matches_rest(server: tuple[Running, int], client: grpcclient.InferenceServerClient) -> None:
     running = server[0]
     x = np.asarray([["red"], ["blue"]], dtype=object)
-    result = client.infer("colors", [infer_input("color", x, "BYTES")], headers=AUTH,
-                          outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=2)])
-    status, rest = running.json("POST", "/v2/models/colors/infer", {
-        "inputs": [{"name": "color", "datatype": "BYTES", "shape": [2, 1], "data": ["red", "blue"]}],
-        "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]},
-        authorization=f"Bearer {KEY}")
+    result = client.infer(
+        "colors",
+        [infer_input("color", x, "BYTES")],
+        headers=AUTH,
+        outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=2)],
+    )
+    status, rest = running.json(
+        "POST",
+        "/v2/models/colors/infer",
+        {
+            "inputs": [{"name": "color", "datatype": "BYTES", "shape": [2, 1], "data": ["red", "blue"]}],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}],
+        },
+        authorization=f"Bearer {KEY}",
+    )
     assert status == 200
     assert [v.decode() for v in result.as_numpy("probabilities").reshape(-1)] == rest["outputs"][0]["data"]
     assert rest["outputs"][0]["data"][0].endswith(":zero")  # labels from the model's metadata
 
 
 def test_grpc_and_rest_share_the_batcher_and_each_gets_its_own_rows(
-        server: tuple[Running, int], models: Models) -> None:
+    server: tuple[Running, int], models: Models
+) -> None:
     """Concurrent gRPC and REST requests of 1 to 5 rows on a batching model: every answer equals
     onnxruntime on that request alone, and the metrics count both protocols."""
     running, port = server
@@ -255,9 +286,12 @@ def test_grpc_and_rest_share_the_batcher_and_each_gets_its_own_rows(
             return c.infer("iris", [infer_input("input", x, "FP32")], headers=AUTH).as_numpy("probabilities")  # type: ignore[no-any-return]
 
     def over_rest(x: np.ndarray) -> np.ndarray:
-        status, doc = running.json("POST", "/v2/models/iris/infer", {"inputs": [
-            {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}]},
-            authorization=f"Bearer {KEY}")
+        status, doc = running.json(
+            "POST",
+            "/v2/models/iris/infer",
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}]},
+            authorization=f"Bearer {KEY}",
+        )
         assert status == 200, doc
         out = next(o for o in doc["outputs"] if o["name"] == "probabilities")
         return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
@@ -281,8 +315,9 @@ def _counter(running: Running, series: str) -> float:
     return 0.0
 
 
-def test_grpc_requests_are_collected(server: tuple[Running, int], client: grpcclient.InferenceServerClient,
-                                     models: Models) -> None:
+def test_grpc_requests_are_collected(
+    server: tuple[Running, int], client: grpcclient.InferenceServerClient, models: Models
+) -> None:
     x = models.iris[:2]
     request_id = f"collected-{time.monotonic_ns()}"
     client.infer("iris", [infer_input("input", x, "FP32")], request_id=request_id, headers=AUTH)
@@ -300,6 +335,7 @@ def test_grpc_requests_are_collected(server: tuple[Running, int], client: grpccl
 
 # --- refusals --------------------------------------------------------------------------------
 
+
 def _code(call: Any) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(InferenceServerException) as caught:
         call()
@@ -311,20 +347,42 @@ def test_refusals_have_codes_and_messages(client: grpcclient.InferenceServerClie
     x = models.iris[:2]
     cases = [
         (lambda: client.infer("iris", [infer_input("input", x, "FP32")]), grpc.StatusCode.UNAUTHENTICATED, "API key"),
-        (lambda: client.infer("iris", [infer_input("input", x, "FP32")], headers={"authorization": "Bearer wrong"}),
-         grpc.StatusCode.UNAUTHENTICATED, "API key"),
+        (
+            lambda: client.infer("iris", [infer_input("input", x, "FP32")], headers={"authorization": "Bearer wrong"}),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "API key",
+        ),
         (lambda: client.get_model_metadata("iris"), grpc.StatusCode.UNAUTHENTICATED, "API key"),
-        (lambda: client.infer("nope", [infer_input("input", x, "FP32")], headers=AUTH),
-         grpc.StatusCode.NOT_FOUND, "not served here"),
-        (lambda: client.infer("iris", [infer_input("input", x, "FP32")], model_version="9", headers=AUTH),
-         grpc.StatusCode.NOT_FOUND, "no version '9'"),
-        (lambda: client.infer("iris", [infer_input("input", x[:, :3].copy(), "FP32")], headers=AUTH),
-         grpc.StatusCode.INVALID_ARGUMENT, "expected [-1, 4]"),
-        (lambda: client.infer("iris", [infer_input("input", x.astype(np.float64), "FP64")], headers=AUTH),
-         grpc.StatusCode.INVALID_ARGUMENT, "expected FP32"),
-        (lambda: client.infer("iris", [infer_input("input", x, "FP32")], headers=AUTH,
-                              outputs=[grpcclient.InferRequestedOutput("nope")]),
-         grpc.StatusCode.INVALID_ARGUMENT, "unknown output 'nope'"),
+        (
+            lambda: client.infer("nope", [infer_input("input", x, "FP32")], headers=AUTH),
+            grpc.StatusCode.NOT_FOUND,
+            "not served here",
+        ),
+        (
+            lambda: client.infer("iris", [infer_input("input", x, "FP32")], model_version="9", headers=AUTH),
+            grpc.StatusCode.NOT_FOUND,
+            "no version '9'",
+        ),
+        (
+            lambda: client.infer("iris", [infer_input("input", x[:, :3].copy(), "FP32")], headers=AUTH),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "expected [-1, 4]",
+        ),
+        (
+            lambda: client.infer("iris", [infer_input("input", x.astype(np.float64), "FP64")], headers=AUTH),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "expected FP32",
+        ),
+        (
+            lambda: client.infer(
+                "iris",
+                [infer_input("input", x, "FP32")],
+                headers=AUTH,
+                outputs=[grpcclient.InferRequestedOutput("nope")],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown output 'nope'",
+        ),
     ]
     for call, code, message in cases:
         got_code, got_message = _code(call)
@@ -371,11 +429,23 @@ def test_a_grpc_port_in_use_is_one_clear_error(models: Models) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         settings = models.folder / "busy.json"
-        settings.write_text(json.dumps({"models": [model_entry(models, "iris")],
-                                        "grpc_port": taken.getsockname()[1]}))
-        done = subprocess.run([sys.executable, "-m", "mlops_iac.serving", "--config", str(settings),
-                               "--host", "127.0.0.1", "--port", str(free_port())],
-                              capture_output=True, text=True, timeout=120)
+        settings.write_text(json.dumps({"models": [model_entry(models, "iris")], "grpc_port": taken.getsockname()[1]}))
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mlops_iac.serving",
+                "--config",
+                str(settings),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert done.returncode == 1
     assert "cannot listen for gRPC on 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr
 
@@ -392,8 +462,9 @@ def test_sigterm_drains_grpc_requests_in_flight(models: Models) -> None:
         time.sleep(1.0)  # the request is in the batcher's queue now
         running.process.send_signal(signal.SIGTERM)
         result = pending.result(timeout=60)
-        np.testing.assert_allclose(result.as_numpy("probabilities"), onnx(models, "iris", {"input": x})[1],
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            result.as_numpy("probabilities"), onnx(models, "iris", {"input": x})[1], rtol=1e-6, atol=1e-7
+        )
         running.process.wait(60)
         client.close()
     assert "Traceback" not in running.log.read_text()

@@ -17,16 +17,58 @@ from mlops_iac.resolve import load
 from .conftest import QUICKSTART
 
 VALID = yaml.safe_load((QUICKSTART / "mlops.yaml").read_text())
-WORDS = ["apiVersion", "project", "name", "models", "framework", "source", "targets", "kind",
-         "local", "docker", "kubernetes", "deployments", "model", "version", "versions", "alias",
-         "traffic", "hardware", "cpu", "memory", "gpu", "replicas", "min", "max", "auto",
-         "monitoring", "registry", "backend", "oci", "sklearn", "iris", "1", "500m", "1Gi"]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                    st.floats(allow_nan=True), st.sampled_from(WORDS), st.text(max_size=12))
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4),
-    st.dictionaries(st.one_of(st.sampled_from(WORDS), st.integers(0, 5)), inner, max_size=4)),
-    max_leaves=20)
+WORDS = [
+    "apiVersion",
+    "project",
+    "name",
+    "models",
+    "framework",
+    "source",
+    "targets",
+    "kind",
+    "local",
+    "docker",
+    "kubernetes",
+    "deployments",
+    "model",
+    "version",
+    "versions",
+    "alias",
+    "traffic",
+    "hardware",
+    "cpu",
+    "memory",
+    "gpu",
+    "replicas",
+    "min",
+    "max",
+    "auto",
+    "monitoring",
+    "registry",
+    "backend",
+    "oci",
+    "sklearn",
+    "iris",
+    "1",
+    "500m",
+    "1Gi",
+]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.sampled_from(WORDS),
+    st.text(max_size=12),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(WORDS), st.integers(0, 5)), inner, max_size=4),
+    ),
+    max_leaves=20,
+)
 
 
 def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

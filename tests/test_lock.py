@@ -16,8 +16,13 @@ def version(n: int = 0) -> LockedVersion:
 
 
 def test_round_trip_and_byte_determinism(tmp_path: Path) -> None:
-    lock = (Lock().with_version("iris", 10, version(10)).with_version("iris", 2, version(2))
-            .with_alias("iris", "production", 2).with_version("a-model", 1, version(1)))
+    lock = (
+        Lock()
+        .with_version("iris", 10, version(10))
+        .with_version("iris", 2, version(2))
+        .with_alias("iris", "production", 2)
+        .with_version("a-model", 1, version(1))
+    )
     path = tmp_path / "mlops.lock"
     write_lock(path, lock)
     assert read_lock(path) == lock
@@ -45,8 +50,10 @@ def test_with_facts_validates_and_resolves_refs() -> None:
 
 def test_malformed_lock_reports_location(tmp_path: Path) -> None:
     path = tmp_path / "mlops.lock"
-    path.write_text("lockVersion: 1\nmodels:\n  iris:\n    versions:\n      1:\n"
-                    "        digest: md5:zz\n        framework: sklearn\n        size: 1\n")
+    path.write_text(
+        "lockVersion: 1\nmodels:\n  iris:\n    versions:\n      1:\n"
+        "        digest: md5:zz\n        framework: sklearn\n        size: 1\n"
+    )
     with pytest.raises(ConfigError) as raised:
         read_lock(path)
     problem = raised.value.first

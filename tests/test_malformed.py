@@ -36,6 +36,7 @@ def test_malformed_file_reports_line_path_and_message(case: Path, project: Path)
     assert all(p.file == str(file) for p in problems)
     for line, column, path, fragment in expectations(case):
         rendered = [f"{p.line}:{p.column} {p.path}: {p.message}; {p.allowed}" for p in problems]
-        assert any(p.line == line and p.column == column and p.path == path
-                   and fragment in f"{p.message}; {p.allowed}" for p in problems), (
-            f"expected {line}:{column} {path}: ...{fragment}...\n got:\n  " + "\n  ".join(rendered))
+        assert any(
+            p.line == line and p.column == column and p.path == path and fragment in f"{p.message}; {p.allowed}"
+            for p in problems
+        ), f"expected {line}:{column} {path}: ...{fragment}...\n got:\n  " + "\n  ".join(rendered)

@@ -19,6 +19,5 @@ def test_fast_histogram_exposes_what_prometheus_client_would() -> None:
         ours.labels(*labels).observe(value)
         theirs.labels(*labels).observe(value)
     ours_text = generate_latest(ours_registry).decode().splitlines()
-    theirs_text = [line for line in generate_latest(theirs_registry).decode().splitlines()
-                   if "_created" not in line]
+    theirs_text = [line for line in generate_latest(theirs_registry).decode().splitlines() if "_created" not in line]
     assert sorted(ours_text) == sorted(theirs_text)

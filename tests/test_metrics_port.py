@@ -30,8 +30,9 @@ def get(port: int, method: str, path: str, body: bytes | None = None, **headers:
 def test_the_metrics_port_answers_without_the_key_and_nothing_else(models: Models) -> None:
     metrics_port = free_port()
     config = {"models": [model_entry(models, "iris")], "auth": True, "metrics_port": metrics_port}
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
-                                   "data": models.iris[0].tolist()}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": models.iris[0].tolist()}]}
+    ).encode()
     with running_server(models, config, env={"MLOPS_IAC_API_KEY": "s3cret"}) as server:
         assert server.request("POST", "/v2/models/iris/infer", body, {"Authorization": "Bearer s3cret"})[0] == 200
         assert server.request("GET", "/metrics")[0] == 401  # the main port: behind the key

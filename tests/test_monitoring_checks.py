@@ -29,20 +29,31 @@ def test_a_file_sink_on_kubernetes_warns_at_the_sink(tmp_path: Path) -> None:
     assert f"mlops.yaml:{line}:13: warning: monitoring.dataCollection.sink.kind: deployment iris-prod {PROBLEM}" in out
     assert "use sink: {kind: http, url: ...} on Kubernetes" in out
     assert "iris-edge collects" not in out
-    (tmp_path / "mlops.yaml").write_text(spec.replace("    auth: key\n", (
-        "    auth: key\n    monitoring:\n      dataCollection:\n"
-        "        sink: {kind: http, url: \"http://collector.monitoring.svc/iris\"}\n"), 1))
+    (tmp_path / "mlops.yaml").write_text(
+        spec.replace(
+            "    auth: key\n",
+            (
+                "    auth: key\n    monitoring:\n      dataCollection:\n"
+                '        sink: {kind: http, url: "http://collector.monitoring.svc/iris"}\n'
+            ),
+            1,
+        )
+    )
     assert PROBLEM not in validate(tmp_path)  # the deployment's own http sink wins
-    (tmp_path / "mlops.yaml").write_text(spec.replace("    enabled: true\n    sampleRate: 0.05", "    enabled: false\n"
-                                                                                              "    sampleRate: 0.05"))
+    (tmp_path / "mlops.yaml").write_text(
+        spec.replace("    enabled: true\n    sampleRate: 0.05", "    enabled: false\n    sampleRate: 0.05")
+    )
     assert PROBLEM not in validate(tmp_path)  # nothing collected, nothing lost
 
 
 def test_a_drift_baseline_that_does_not_exist_is_located(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "examples/production", tmp_path, dirs_exist_ok=True)
     spec = (tmp_path / "mlops.yaml").read_text()
-    (tmp_path / "mlops.yaml").write_text(spec.replace("    auth: key\n", (
-        "    auth: key\n    monitoring:\n      drift: {baseline: reference.parquet}\n"), 1))
+    (tmp_path / "mlops.yaml").write_text(
+        spec.replace(
+            "    auth: key\n", ("    auth: key\n    monitoring:\n      drift: {baseline: reference.parquet}\n"), 1
+        )
+    )
     result = CliRunner().invoke(main, ["validate", "-f", str(tmp_path / "mlops.yaml")])
     assert result.exit_code == 1
     assert "deployments[0].monitoring.drift.baseline: reference.parquet does not exist" in result.output

@@ -61,8 +61,14 @@ def test_register_onnx_then_serve_without_convert_or_sample(onnx_project: Path) 
     figures = json.loads(cli("lock", "show", "--json", cwd=onnx_project).stdout)["models"]["reg"]["versions"]["1"]
     assert figures["profile"]["http"] and all(r["errors"] == 0 for r in figures["profile"]["http"])
 
-    server = subprocess.Popen(["mlops-iac", "serve", "--port", "0"], cwd=onnx_project, env=installed_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        ["mlops-iac", "serve", "--port", "0"],
+        cwd=onnx_project,
+        env=installed_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
@@ -73,21 +79,25 @@ def test_register_onnx_then_serve_without_convert_or_sample(onnx_project: Path) 
         wait_http(f"{url}/v2/health/ready", timeout=60)
         rows = np.array([[0.1, 0.2, 0.3], [1.0, 0.5, 0.25]], dtype=np.float32)
         body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [2, 3], "data": rows.ravel().tolist()}]}
-        request = urllib.request.Request(f"{url}/v2/models/reg/infer", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{url}/v2/models/reg/infer", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             answer = json.load(response)
         expected = ort.InferenceSession(str(onnx_project / "model.onnx")).run(None, {"X": rows})[0]
-        np.testing.assert_allclose(np.array(answer["outputs"][0]["data"]).reshape(expected.shape), expected,
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.array(answer["outputs"][0]["data"]).reshape(expected.shape), expected, rtol=1e-5, atol=1e-6
+        )
 
         smoked = cli("smoke", "reg@1", "--url", url, cwd=onnx_project)  # no sample here either
         assert smoked.returncode == 0 and "smoke test passed" in smoked.stdout, smoked.stdout + smoked.stderr
 
         busy = cli("serve", "--port", str(port), cwd=onnx_project)  # the port the first server holds
         assert busy.returncode == 1 and "Traceback" not in busy.stderr
-        assert busy.stderr.strip() == (f"error: cannot listen on 127.0.0.1:{port}: Address already in use; "
-                                       "choose another port with --port (0 picks a free one)")
+        assert busy.stderr.strip() == (
+            f"error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+            "choose another port with --port (0 picks a free one)"
+        )
         assert "serving" not in busy.stdout  # nothing announced that was not true
     finally:
         server.terminate()
@@ -113,12 +123,22 @@ def test_register_refuses_onnx_with_external_data(onnx_project: Path) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     weights = numpy_helper.from_array(np.ones((3, 1), dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["X", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])], [weights])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        [weights],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, str(onnx_project / "split.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="split.data", size_threshold=0)
+    onnx.save(
+        model,
+        str(onnx_project / "split.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="split.data",
+        size_threshold=0,
+    )
     done = cli("register", "reg", "--file", "split.onnx", cwd=onnx_project)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "in external data files; the registry stores one file per version" in done.stderr

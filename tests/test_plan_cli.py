@@ -30,8 +30,10 @@ def quickstart(tmp_path: Path) -> Path:
 
 
 def pin(file: Path, number: int = 1) -> None:
-    update_lock(file.parent / "mlops.lock", lambda lock: lock.with_version(
-        "iris", number, LockedVersion(digest=DIGEST, framework="sklearn", size=1)))
+    update_lock(
+        file.parent / "mlops.lock",
+        lambda lock: lock.with_version("iris", number, LockedVersion(digest=DIGEST, framework="sklearn", size=1)),
+    )
 
 
 def test_plan_needs_pinned_versions(quickstart: Path) -> None:
@@ -59,8 +61,15 @@ def test_plan_is_deterministic_and_resolved(quickstart: Path) -> None:
 
 def test_profile_recommendation_fills_auto(quickstart: Path) -> None:
     pin(quickstart)
-    rec = {"cpu_millis": 250, "memory_bytes": 200 * 2**20, "threads": 1, "max_batch_size": 8,
-           "max_delay_ms": 2.0, "replicas_min": 1, "replicas_max": 3}
+    rec = {
+        "cpu_millis": 250,
+        "memory_bytes": 200 * 2**20,
+        "threads": 1,
+        "max_batch_size": 8,
+        "max_delay_ms": 2.0,
+        "replicas_min": 1,
+        "replicas_max": 3,
+    }
     update_lock(quickstart.parent / "mlops.lock", lambda lock: lock.with_facts("iris", 1, recommendation=rec))
     hw = load(quickstart).resolved.deployments[0].versions[0].hardware
     assert (hw.cpu_millis, hw.memory_bytes, hw.replicas_max, hw.max_batch_size) == (250, 200 * 2**20, 3, 8)
@@ -69,7 +78,8 @@ def test_profile_recommendation_fills_auto(quickstart: Path) -> None:
     quickstart.write_text(text)
     warnings = load(quickstart).warnings
     assert [(w.path, w.message) for w in warnings] == [
-        ("deployments[0].hardware.cpu", "100m is below the profile's 250m")]
+        ("deployments[0].hardware.cpu", "100m is below the profile's 250m")
+    ]
 
 
 def test_unknown_version_against_lock(quickstart: Path) -> None:
@@ -146,27 +156,29 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_schema_is_fresh() -> None:
     assert (ROOT / SCHEMA_FILE).read_text() == json_schema_text(), (
-        f"{SCHEMA_FILE} is stale: run `mlops-iac schema > {SCHEMA_FILE}`")
+        f"{SCHEMA_FILE} is stale: run `mlops-iac schema > {SCHEMA_FILE}`"
+    )
 
 
 def test_openapi_document_is_fresh() -> None:
     from mlops_iac.schema import OPENAPI_FILE, openapi_text
 
     assert (ROOT / OPENAPI_FILE).read_text() == openapi_text(), (
-        f"{OPENAPI_FILE} is stale: run `mlops-iac schema --openapi > {OPENAPI_FILE}`")
+        f"{OPENAPI_FILE} is stale: run `mlops-iac schema --openapi > {OPENAPI_FILE}`"
+    )
 
 
 def test_schema_accepts_the_quickstart() -> None:
     jsonschema = require_module("jsonschema")
     import yaml
 
-    jsonschema.validate(yaml.safe_load((QUICKSTART / "mlops.yaml").read_text()),
-                        json.loads(json_schema_text()))
+    jsonschema.validate(yaml.safe_load((QUICKSTART / "mlops.yaml").read_text()), json.loads(json_schema_text()))
 
 
 def test_python_dash_m_entry_point() -> None:
-    result = subprocess.run([sys.executable, "-m", "mlops_iac", "--version"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlops_iac", "--version"], capture_output=True, text=True, check=True
+    )
     assert "mlops-iac, version" in result.stdout
 
 

@@ -64,8 +64,11 @@ class Built:
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory, docker_engine: str,  # noqa: F811
-          oci_registry: OciRegistryServer) -> Iterator[Built]:
+def built(
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_engine: str,  # noqa: F811
+    oci_registry: OciRegistryServer,
+) -> Iterator[Built]:
     """The quickstart as a user takes it to a cluster: trained, registered, converted, profiled
     and built, with a Kubernetes target beside its local one; once per session."""
     import runpy
@@ -81,10 +84,14 @@ def built(tmp_path_factory: pytest.TempPathFactory, docker_engine: str,  # noqa:
     base_digest = next(w for w in podrun.docker("push", base, timeout=600).split() if w.startswith("sha256:"))
     spec = folder / "mlops.yaml"
     pinned = f"{base.rsplit(':', 1)[0]}@{base_digest}"
-    text = spec.read_text().replace("registry:\n", f"build:\n  baseImage: \"{pinned}\"\n\nregistry:\n", 1)
+    text = spec.read_text().replace("registry:\n", f'build:\n  baseImage: "{pinned}"\n\nregistry:\n', 1)
     text = text.replace("targets:\n", "targets:\n  cluster:\n    kind: kubernetes\n    namespace: quickstart\n", 1)
-    text = text.replace("deployments:\n", "deployments:\n  - name: iris-cluster\n    model: iris\n    version: 1\n"
-                        "    target: cluster\n    hardware: {cpu: auto, memory: auto}\n    auth: key\n", 1)
+    text = text.replace(
+        "deployments:\n",
+        "deployments:\n  - name: iris-cluster\n    model: iris\n    version: 1\n"
+        "    target: cluster\n    hardware: {cpu: auto, memory: auto}\n    auth: key\n",
+        1,
+    )
     spec.write_text(text)
     cli(folder, "register", "iris", "--file", "model.joblib")
     cli(folder, "convert", "iris@1", "--no-speed")
@@ -92,8 +99,12 @@ def built(tmp_path_factory: pytest.TempPathFactory, docker_engine: str,  # noqa:
     output = cli(folder, "build", "iris@1", "--push", f"{oci_registry.address}/models")
     image = next(line.split()[1] for line in output.splitlines() if line.startswith("built "))
     lock = yaml.safe_load((folder / "mlops.lock").read_text())
-    yield Built(folder, image, lock["models"]["iris"]["versions"][1]["onnx"]["digest"],
-                np.load(folder / "sample.npy").astype(np.float32))
+    yield Built(
+        folder,
+        image,
+        lock["models"]["iris"]["versions"][1]["onnx"]["digest"],
+        np.load(folder / "sample.npy").astype(np.float32),
+    )
     if REPORT:
         print("\n" + "\n".join(["per rendered container:", *REPORT]))
 
@@ -136,11 +147,21 @@ def with_secrets(objects: list[Object]) -> list[Object]:
             if "secret" in volume:
                 names.setdefault(volume["secret"]["secretName"], set()).add("apiKey")
     present = {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
-    return objects + [{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": n}, "type": "Opaque",
-                       "stringData": {k: KEY for k in sorted(keys)}} for n, keys in names.items() if n not in present]
+    return objects + [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": n},
+            "type": "Opaque",
+            "stringData": {k: KEY for k in sorted(keys)},
+        }
+        for n, keys in names.items()
+        if n not in present
+    ]
 
 
 # --- checks against one running container ------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Expect:
@@ -162,7 +183,7 @@ def settings_of(run: ContainerRun) -> dict[str, Any]:
     path = run.argv[run.argv.index("--config") + 1] if "--config" in run.argv else None
     for mount, folder in run.file_volumes.items():
         if path and path.startswith(mount.rstrip("/") + "/"):
-            settings = json.loads((folder / path[len(mount.rstrip("/")) + 1:]).read_text())
+            settings = json.loads((folder / path[len(mount.rstrip("/")) + 1 :]).read_text())
             return settings
     raise AssertionError(f"{run.name}: no server settings in its environment or on a configMap volume")
 
@@ -176,8 +197,9 @@ def api_port(run: ContainerRun) -> int:
 
 
 def infer_body(rows: np.ndarray) -> bytes:
-    return json.dumps({"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
-                                   "data": rows.ravel().tolist()}]}).encode()
+    return json.dumps(
+        {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}]}
+    ).encode()
 
 
 def post(port: int, path: str, body: bytes, headers: dict[str, str], timeout: float = 30) -> tuple[int, bytes]:
@@ -243,8 +265,12 @@ def check_grpc(run: ContainerRun, expect: Expect, built: Built) -> str:
     tensor.set_data_from_numpy(rows)
     model = expect.settings["models"][0]
     with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
-        answer = client.infer(model["name"], [tensor], model_version=str(model["version"]),
-                              headers={k.lower(): v for k, v in auth_headers(expect.settings).items()})
+        answer = client.infer(
+            model["name"],
+            [tensor],
+            model_version=str(model["version"]),
+            headers={k.lower(): v for k, v in auth_headers(expect.settings).items()},
+        )
         if expect.settings["auth"]:
             with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
                 client.infer(model["name"], [tensor])
@@ -264,7 +290,8 @@ def check_scrape(run: ContainerRun, expect: Expect) -> tuple[str, str | None]:
     if status != 200:
         return f"scrape {port}{path} {status}", (
             f"{expect.label}: the ServiceMonitor scrapes {path} on port {port} "
-            f"{'with' if headers else 'without'} credentials and gets {status}: {body[:120]!r}")
+            f"{'with' if headers else 'without'} credentials and gets {status}: {body[:120]!r}"
+        )
     assert re.search(rb"^mlops_requests_total\{.*status=\"200\"", body, re.M), body[:500]
     return f"scrape {port}{path} 200", None
 
@@ -304,26 +331,44 @@ def drive(port: int, path: str, body: bytes, headers: dict[str, str], rate: floa
     """wrk, paced to `rate` requests/s over a few connections (each waits its share before the
     next request), for `seconds`: every response must be a 200."""
     connections = 32  # enough that each one's wait dwarfs the response time, so the rate holds
-    lua = (f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
-           'wrk.headers["Content-Type"] = "application/json"\n'
-           + "".join(f'wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n' for k, v in headers.items())
-           + f"function delay() return {connections * 1000 / rate:.3f} end\n")
+    lua = (
+        f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        + "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items())
+        + f"function delay() return {connections * 1000 / rate:.3f} end\n"
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(lua)
     script = Path(handle.name)
     try:
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
-                              f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60,
-                             check=True).stdout
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t2",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                str(script),
+                f"http://127.0.0.1:{port}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+        ).stdout
     finally:
         script.unlink()
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
     total = re.search(r"(\d+) requests in", out)
     assert p99 and total, out
     errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)", out))
-    return Load(p99_ms=float(p99.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)],
-                rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-                requests=int(total.group(1)), errors=errors)
+    return Load(
+        p99_ms=float(p99.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)],
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        requests=int(total.group(1)),
+        errors=errors,
+    )
 
 
 def check_memory_under_load(run: ContainerRun, expect: Expect, built: Built) -> tuple[Load, int, str]:
@@ -339,8 +384,14 @@ def check_memory_under_load(run: ContainerRun, expect: Expect, built: Built) -> 
                 peak[0] = max(peak[0], podrun.working_set(cgroup))
             else:
                 usage = podrun.docker("stats", "--no-stream", "--format", "{{json .}}", run.name)
-                peak[0] = max(peak[0], int(podrun.memory_bytes(json.loads(usage)["MemUsage"].split()[0]
-                                                               .replace("iB", "i").replace("B", ""))))
+                peak[0] = max(
+                    peak[0],
+                    int(
+                        podrun.memory_bytes(
+                            json.loads(usage)["MemUsage"].split()[0].replace("iB", "i").replace("B", "")
+                        )
+                    ),
+                )
             for probe, due in next_probe.items():
                 if time.monotonic() >= due:
                     if not probe.check():
@@ -352,8 +403,14 @@ def check_memory_under_load(run: ContainerRun, expect: Expect, built: Built) -> 
     sampler.start()
     try:
         rows = np.tile(built.sample, (1 + ROWS_PER_REQUEST // len(built.sample), 1))[:ROWS_PER_REQUEST]
-        load = drive(api_port(run), infer_path(expect.settings), infer_body(rows), auth_headers(expect.settings),
-                     expect.target_rps, LOAD_SECONDS)
+        load = drive(
+            api_port(run),
+            infer_path(expect.settings),
+            infer_body(rows),
+            auth_headers(expect.settings),
+            expect.target_rps,
+            LOAD_SECONDS,
+        )
     finally:
         stop.set()
         sampler.join()
@@ -429,8 +486,10 @@ def exercise(run: ContainerRun, expect: Expect, built: Built) -> str | None:
             ready, attempts = podrun.run_startup(run)
             assert run.readiness is not None and run.readiness.check(), "readiness probe after startup"
             assert run.liveness is not None and run.liveness.check(), "liveness probe after startup"
-            probes = (f"startup {run.startup.path if run.startup else '-'} ok at try {attempts}, "
-                      f"readiness {run.readiness.path} ok, liveness {run.liveness.path} ok")
+            probes = (
+                f"startup {run.startup.path if run.startup else '-'} ok at try {attempts}, "
+                f"readiness {run.readiness.path} ok, liveness {run.liveness.path} ok"
+            )
         check_inference(run, expect, built)
         grpc = check_grpc(run, expect, built)
         load, peak, cache = check_memory_under_load(run, expect, built)
@@ -442,7 +501,8 @@ def exercise(run: ContainerRun, expect: Expect, built: Built) -> str | None:
             f"{load.requests} requests at {load.rps:.0f}/s (target {expect.target_rps:g}) p99 {load.p99_ms:.2f} ms "
             f"under {run.cpu_limit:g} CPU ({expect.settings['models'][0]['threads']} thread(s), batches up to "
             f"{expect.settings['models'][0]['max_batch_size']}), 0 errors; peak working set {peak / 2**20:.0f} MiB of "
-            f"{expect.memory_limit / 2**20:.0f} MiB{cache}; {drained}")
+            f"{expect.memory_limit / 2**20:.0f} MiB{cache}; {drained}"
+        )
     finally:
         podrun.docker("rm", "-f", run.name, check=False)
     return refused
@@ -451,8 +511,11 @@ def exercise(run: ContainerRun, expect: Expect, built: Built) -> str | None:
 def wait_healthy(run: ContainerRun) -> float:
     """The engine's HEALTHCHECK turns `healthy` within its start period plus its retries."""
     started = time.monotonic()
-    inputs = [run.argv[i + 1] for i, flag in enumerate(run.argv) if flag.startswith("--health-") and
-              flag in ("--health-start-period", "--health-interval")]
+    inputs = [
+        run.argv[i + 1]
+        for i, flag in enumerate(run.argv)
+        if flag.startswith("--health-") and flag in ("--health-start-period", "--health-interval")
+    ]
     budget = sum(podrun.duration_seconds(v) for v in inputs) * 4
     while time.monotonic() - started < budget:
         status = podrun.state(run.name)
@@ -460,13 +523,15 @@ def wait_healthy(run: ContainerRun) -> float:
             return time.monotonic() - started
         # With `restart: unless-stopped` a crash shows as a restart, not as a stopped container.
         restarts = int(podrun.docker("inspect", "--format", "{{.RestartCount}}", run.name))
-        assert status["Running"] and restarts == 0, \
+        assert status["Running"] and restarts == 0, (
             f"{run.name} stopped before it was healthy:\n{podrun._stderr(run.name)}"
+        )
         time.sleep(0.5)
     raise AssertionError(f"{run.name} not healthy in {budget}s: {podrun.state(run.name).get('Health')}")
 
 
 # --- from rendered objects to runs -------------------------------------------------------------
+
 
 def settle(problems: list[tuple[ContainerRun, Expect, str | None]]) -> None:
     """Fail on any scrape problem: Prometheus must reach /metrics as the ServiceMonitor says."""
@@ -481,8 +546,11 @@ def scrape_of(objects: list[Object], deployment: Object, run: ContainerRun) -> t
     """The ServiceMonitor endpoint that selects this pod's Service: its port (by the Service's
     port name, to the container port), path and credentials, as Prometheus resolves them."""
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    services = [s for s in objects if s["kind"] == "Service" and s["spec"]["selector"]
-                and matches(s["spec"]["selector"], pod_labels)]
+    services = [
+        s
+        for s in objects
+        if s["kind"] == "Service" and s["spec"]["selector"] and matches(s["spec"]["selector"], pod_labels)
+    ]
     for monitor in (o for o in objects if o["kind"] == "ServiceMonitor"):
         for service in services:
             if not matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"]):
@@ -506,18 +574,28 @@ def kubernetes_runs(folder: Path, target: str, built: Built, workdir: Path) -> l
     runs = []
     for dep in (o for o in objects if o["kind"] == "Deployment"):
         name = dep["metadata"]["name"]
-        run = podrun.pod_run(dep, objects, image=built.image, name=f"wt-pods-{name}-{uuid.uuid4().hex[:6]}",
-                             workdir=workdir)
+        run = podrun.pod_run(
+            dep, objects, image=built.image, name=f"wt-pods-{name}-{uuid.uuid4().hex[:6]}", workdir=workdir
+        )
         settings = settings_of(run)
         model = settings["models"][0]
         hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler" and o["metadata"]["name"] == name)
         recommended = lock[model["name"]]["versions"][model["version"]]["recommendation"]["memoryLimitBytes"]
         assert run.memory_limit is not None and run.memory_limit >= recommended  # the profile's, rounded to MiB
         # the working set is held to the profile's own figure, not to the rounded-up limit
-        runs.append((run, Expect(label=f"{target} {name}", settings=settings, scrape=scrape_of(objects, dep, run),
-                                 memory_limit=recommended,
-                                 # each replica's share of the target rate, at the HPA's floor
-                                 target_rps=target_rps(folder, hpa["spec"]["minReplicas"]))))
+        runs.append(
+            (
+                run,
+                Expect(
+                    label=f"{target} {name}",
+                    settings=settings,
+                    scrape=scrape_of(objects, dep, run),
+                    memory_limit=recommended,
+                    # each replica's share of the target rate, at the HPA's floor
+                    target_rps=target_rps(folder, hpa["spec"]["minReplicas"]),
+                ),
+            )
+        )
     return runs
 
 
@@ -549,15 +627,24 @@ def test_production_docker_container_runs_as_the_component_asks(built: Built) ->
     volumes = {}
     for volume in mocks.of("docker:index/volume:Volume"):
         volumes[volume.inputs["name"]] = podrun.docker("volume", "create", f"wt-pods-{uuid.uuid4().hex[:8]}")
-    run = podrun.container_run(container.inputs, image=built.image, name=f"wt-pods-edge-{uuid.uuid4().hex[:6]}",
-                               volumes=volumes)
+    run = podrun.container_run(
+        container.inputs, image=built.image, name=f"wt-pods-edge-{uuid.uuid4().hex[:6]}", volumes=volumes
+    )
     assert run.memory_limit is not None
     settings = settings_of(run)
     # No ServiceMonitor on a Docker host: a Prometheus scrapes the metrics listener, else the API port.
-    scrape = (settings["metrics_port"], "/metrics", {}) if settings.get("metrics_port") else \
-        (api_port(run), "/metrics", auth_headers(settings))
-    expect = Expect(label="edge (pulumi-docker)", settings=settings, scrape=scrape,
-                    memory_limit=run.memory_limit, target_rps=target_rps(PRODUCTION, 1))
+    scrape = (
+        (settings["metrics_port"], "/metrics", {})
+        if settings.get("metrics_port")
+        else (api_port(run), "/metrics", auth_headers(settings))
+    )
+    expect = Expect(
+        label="edge (pulumi-docker)",
+        settings=settings,
+        scrape=scrape,
+        memory_limit=run.memory_limit,
+        target_rps=target_rps(PRODUCTION, 1),
+    )
     try:
         settle([(run, expect, exercise(run, expect, built))])
     finally:
@@ -570,15 +657,17 @@ def test_a_setting_that_stops_the_server_is_caught(built: Built, workdir: Path) 
     writable volume the server writes its collected data to."""
     objects = with_secrets(rendered(built.folder, "cluster"))
     (dep,) = [o for o in objects if o["kind"] == "Deployment"]
-    path = settings_of(podrun.pod_run(dep, objects, image=built.image, name="as-rendered",
-                                      workdir=workdir))["collection"]["path"]
+    path = settings_of(podrun.pod_run(dep, objects, image=built.image, name="as-rendered", workdir=workdir))[
+        "collection"
+    ]["path"]
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
     container["volumeMounts"].remove(mount)
     pod["volumes"] = [v for v in pod["volumes"] if v["name"] != mount["name"]]
-    run = podrun.pod_run(dep, objects, image=built.image, name=f"wt-pods-broken-{uuid.uuid4().hex[:6]}",
-                         workdir=workdir)
+    run = podrun.pod_run(
+        dep, objects, image=built.image, name=f"wt-pods-broken-{uuid.uuid4().hex[:6]}", workdir=workdir
+    )
     assert "--read-only" in run.argv
     podrun.docker("rm", "-f", run.name, check=False)
     run.start()
@@ -590,9 +679,19 @@ def test_a_setting_that_stops_the_server_is_caught(built: Built, workdir: Path) 
 
 
 def test_unknown_fields_fail_the_translation(workdir: Path) -> None:
-    deployment: Object = {"kind": "Deployment", "metadata": {"name": "x"}, "spec": {"template": {"spec": {
-        "automountServiceAccountToken": False, "hostNetwork": True,
-        "containers": [{"name": "s", "image": "i"}]}}}}
+    deployment: Object = {
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "hostNetwork": True,
+                    "containers": [{"name": "s", "image": "i"}],
+                }
+            }
+        },
+    }
     with pytest.raises(Unsupported, match="hostNetwork"):
         podrun.pod_run(deployment, [], image="i", name="n", workdir=workdir)
     pod = deployment["spec"]["template"]["spec"]
@@ -610,28 +709,65 @@ def test_unknown_fields_fail_the_translation(workdir: Path) -> None:
 
 def test_translation_of_the_rendered_fields() -> None:
     """The flags each security, volume and resource field becomes, on a pod with all of them."""
-    deployment: Object = {"kind": "Deployment", "metadata": {"name": "x"}, "spec": {"template": {"spec": {
-        "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 40,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
-                    {"name": "cfg", "configMap": {"name": "c"}}, {"name": "data", "emptyDir": {"sizeLimit": "1Gi"}}],
-        "containers": [{
-            "name": "s", "image": "rendered", "imagePullPolicy": "IfNotPresent", "args": ["--port", "8080"],
-            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
-                      {"name": "metrics", "containerPort": 8082, "protocol": "TCP"}],
-            "envFrom": [{"configMapRef": {"name": "c"}}],
-            "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "apiKey"}}}],
-            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "1500m", "memory": "128Mi"}},
-            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]}},
-            "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5},
-            "livenessProbe": {"httpGet": {"path": "/live", "port": "metrics"}, "timeoutSeconds": 2},
-            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "cfg", "mountPath": "/etc/c"},
-                             {"name": "data", "mountPath": "/data"}]}]}}}}
-    objects: list[Object] = [{"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"A": "1"}},
-                             {"kind": "Secret", "metadata": {"name": "s"}, "data": {"apiKey": "a2V5"}}]
+    deployment: Object = {
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 40,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "runAsGroup": 10001,
+                        "fsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+                        {"name": "cfg", "configMap": {"name": "c"}},
+                        {"name": "data", "emptyDir": {"sizeLimit": "1Gi"}},
+                    ],
+                    "containers": [
+                        {
+                            "name": "s",
+                            "image": "rendered",
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": ["--port", "8080"],
+                            "ports": [
+                                {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                                {"name": "metrics", "containerPort": 8082, "protocol": "TCP"},
+                            ],
+                            "envFrom": [{"configMapRef": {"name": "c"}}],
+                            "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "apiKey"}}}],
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "64Mi"},
+                                "limits": {"cpu": "1500m", "memory": "128Mi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5},
+                            "livenessProbe": {"httpGet": {"path": "/live", "port": "metrics"}, "timeoutSeconds": 2},
+                            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                            "volumeMounts": [
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "cfg", "mountPath": "/etc/c"},
+                                {"name": "data", "mountPath": "/data"},
+                            ],
+                        }
+                    ],
+                }
+            }
+        },
+    }
+    objects: list[Object] = [
+        {"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"A": "1"}},
+        {"kind": "Secret", "metadata": {"name": "s"}, "data": {"apiKey": "a2V5"}},
+    ]
     with tempfile_dir() as workdir:
         run = podrun.pod_run(deployment, objects, image="built", name="n", workdir=workdir)
         argv = " ".join(run.argv)
@@ -639,10 +775,21 @@ def test_translation_of_the_rendered_fields() -> None:
         data, limit = run.disk_volumes["/data"]
         assert limit == 2**30 and f"-v {data}:/data " in " ".join(run.argv)
         assert data.stat().st_mode & 0o7777 == 0o2777 and data.stat().st_gid == 10001  # as the kubelet makes it
-    for flag in ("--read-only", "--cap-drop ALL", "--security-opt no-new-privileges", "--user 10001:10001",
-                 "--group-add 10001", "--tmpfs /tmp:rw,mode=2777,gid=10001,size=67108864", "--cpus 1.5",
-                 f"--memory {128 * 2**20} --memory-swap {128 * 2**20}", "--network host", "--no-healthcheck",
-                 "-e A=1", "-e K=key", "built --port 8080"):
+    for flag in (
+        "--read-only",
+        "--cap-drop ALL",
+        "--security-opt no-new-privileges",
+        "--user 10001:10001",
+        "--group-add 10001",
+        "--tmpfs /tmp:rw,mode=2777,gid=10001,size=67108864",
+        "--cpus 1.5",
+        f"--memory {128 * 2**20} --memory-swap {128 * 2**20}",
+        "--network host",
+        "--no-healthcheck",
+        "-e A=1",
+        "-e K=key",
+        "built --port 8080",
+    ):
         assert flag in argv, (flag, argv)
     assert re.search(r"-v \S+:/etc/c:ro", argv)
     assert run.readiness == podrun.Probe("/ready", 8080, period=5)
@@ -669,20 +816,36 @@ def test_quantities() -> None:
         podrun.memory_bytes("lots")
 
 
-
 def test_settings_from_a_mounted_config_file(workdir: Path) -> None:
-    deployment: Object = {"kind": "Deployment", "metadata": {"name": "x"}, "spec": {"template": {"spec": {
-        "automountServiceAccountToken": False,
-        "volumes": [{"name": "settings", "configMap": {"name": "x-0123abcd"}}],
-        "containers": [{"name": "s", "image": "i", "args": ["--config", "/etc/mlops/server.json"],
-                        "volumeMounts": [{"name": "settings", "mountPath": "/etc/mlops", "readOnly": True}]}]}}}}
-    objects: list[Object] = [{"kind": "ConfigMap", "metadata": {"name": "x-0123abcd"},
-                              "data": {"server.json": '{"auth": true}'}}]
+    deployment: Object = {
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "volumes": [{"name": "settings", "configMap": {"name": "x-0123abcd"}}],
+                    "containers": [
+                        {
+                            "name": "s",
+                            "image": "i",
+                            "args": ["--config", "/etc/mlops/server.json"],
+                            "volumeMounts": [{"name": "settings", "mountPath": "/etc/mlops", "readOnly": True}],
+                        }
+                    ],
+                }
+            }
+        },
+    }
+    objects: list[Object] = [
+        {"kind": "ConfigMap", "metadata": {"name": "x-0123abcd"}, "data": {"server.json": '{"auth": true}'}}
+    ]
     run = podrun.pod_run(deployment, objects, image="b", name="n", workdir=workdir)
     assert settings_of(run) == {"auth": True} and run.mounts == {"/etc/mlops": "configMap"}
 
 
 # --- an IoT Edge module (tests/test_azure_edge.py checks its manifest) ----------------------------
+
 
 def test_iot_edge_module_runs_as_the_edge_agent_creates_it(built: Built, tmp_path: Path) -> None:
     """The manifest as the workflow applies it (its placeholders filled by envsubst), and its
@@ -700,12 +863,21 @@ def test_iot_edge_module_runs_as_the_edge_agent_creates_it(built: Built, tmp_pat
     lock = yaml.safe_load((folder / "mlops.lock").read_text())
     assert lock["models"]["iris"]["versions"][1]["onnx"]["digest"] == built.onnx_digest  # the quickstart's model
     files = synth(folder, tmp_path / "stacks")
-    env = {**os.environ, "MLOPS_IAC_API_KEY": KEY, "MLOPS_IAC_REGISTRY_USERNAME": "u",
-           "MLOPS_IAC_REGISTRY_PASSWORD": "p"}
+    env = {
+        **os.environ,
+        "MLOPS_IAC_API_KEY": KEY,
+        "MLOPS_IAC_REGISTRY_USERNAME": "u",
+        "MLOPS_IAC_REGISTRY_PASSWORD": "p",
+    }
     names = "$MLOPS_IAC_API_KEY $MLOPS_IAC_REGISTRY_USERNAME $MLOPS_IAC_REGISTRY_PASSWORD"
-    applied = subprocess.run(["envsubst", names],
-                             input=files["plant-1.deployment.json"].read_text(), capture_output=True, text=True,
-                             env=env, check=True).stdout
+    applied = subprocess.run(
+        ["envsubst", names],
+        input=files["plant-1.deployment.json"].read_text(),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     manifest = json.loads(applied)
     assert violations(manifest) == [] and "${" not in applied
     (module,) = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"].values()
@@ -716,9 +888,13 @@ def test_iot_edge_module_runs_as_the_edge_agent_creates_it(built: Built, tmp_pat
     settings = settings_of(run)
     assert settings["auth"] is True and run.env["MLOPS_IAC_API_KEY"] == KEY
     # No ServiceMonitor on a device: a Prometheus beside it scrapes the metrics listener.
-    expect = Expect(label="plants (IoT Edge module)", settings=settings,
-                    scrape=(settings["metrics_port"], "/metrics", {}), memory_limit=run.memory_limit,
-                    target_rps=target_rps(AZURE, 1))
+    expect = Expect(
+        label="plants (IoT Edge module)",
+        settings=settings,
+        scrape=(settings["metrics_port"], "/metrics", {}),
+        memory_limit=run.memory_limit,
+        target_rps=target_rps(AZURE, 1),
+    )
     try:
         settle([(run, expect, exercise(run, expect, built))])
     finally:

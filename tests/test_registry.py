@@ -40,8 +40,9 @@ def artifact(folder: Path, content: bytes, name: str = "model.joblib") -> Path:
 
 
 def test_versions_are_numbered_and_deduplicated(registry: Registry, tmp_path: Path) -> None:
-    one, created = registry.register("iris", artifact(tmp_path, b"v1"), "sklearn",
-                                     tags={"team": "ml"}, metrics={"accuracy": 0.97})
+    one, created = registry.register(
+        "iris", artifact(tmp_path, b"v1"), "sklearn", tags={"team": "ml"}, metrics={"accuracy": 0.97}
+    )
     assert (one.version, created) == (1, True)
     assert one.digest == "sha256:" + __import__("hashlib").sha256(b"v1").hexdigest()
     assert one.lineage.git_commit == "a" * 40
@@ -86,8 +87,7 @@ def test_tags_and_links_are_recorded(registry: Registry, tmp_path: Path) -> None
     registry.register("iris", artifact(tmp_path, b"v1"), "sklearn", tags={"a": "1"})
     version = registry.tag(parse_ref("iris@1"), {"b": "2"}, ("a",))
     assert version.tags == {"b": "2"}
-    onnx = registry.link(parse_ref("iris@1"), "onnx", artifact(tmp_path, b"onnx!", "m.onnx"),
-                         {"opset": 17})
+    onnx = registry.link(parse_ref("iris@1"), "onnx", artifact(tmp_path, b"onnx!", "m.onnx"), {"opset": 17})
     assert onnx.derived_from == version.digest
     out = tmp_path / "pulled.onnx"
     registry.pull(parse_ref("iris@1"), out, "onnx")
@@ -164,13 +164,16 @@ def _tar(entries: dict[str, bytes], link: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("entries,link", [
-    ({"../evil.json": b"{}"}, None),
-    ({"/etc/evil": b"x"}, None),
-    ({"index/../../evil.json": b"{}"}, None),
-    ({"blobs/sha256/zz": b"x"}, None),
-    ({}, "/etc/passwd"),
-])
+@pytest.mark.parametrize(
+    "entries,link",
+    [
+        ({"../evil.json": b"{}"}, None),
+        ({"/etc/evil": b"x"}, None),
+        ({"index/../../evil.json": b"{}"}, None),
+        ({"blobs/sha256/zz": b"x"}, None),
+        ({}, "/etc/passwd"),
+    ],
+)
 def test_import_refuses_unsafe_archives(tmp_path: Path, entries: dict[str, bytes], link: str | None) -> None:
     archive = tmp_path / "bad.tar.gz"
     archive.write_bytes(_tar(entries, link))
@@ -196,8 +199,25 @@ def test_import_rejects_a_blob_that_does_not_match(tmp_path: Path) -> None:
     assert target.models() == []
 
 
-@pytest.mark.parametrize("text", ["..", "../etc", "/abs", "a/b", "a\\b", "%2e%2e", "Iris", "iris@0",
-                                  "iris@01", "iris@..", "iris@sha256:xyz", "iris@a/b", "", "iris@"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "..",
+        "../etc",
+        "/abs",
+        "a/b",
+        "a\\b",
+        "%2e%2e",
+        "Iris",
+        "iris@0",
+        "iris@01",
+        "iris@..",
+        "iris@sha256:xyz",
+        "iris@a/b",
+        "",
+        "iris@",
+    ],
+)
 def test_bad_references_are_refused(text: str) -> None:
     with pytest.raises(RegistryError, match="invalid reference"):
         parse_ref(text)
@@ -226,8 +246,7 @@ def _register_many(args: tuple[str, str, int, int]) -> list[int]:
 
 
 @pytest.mark.parametrize("kind", ["local", "oci"])
-def test_concurrent_registrations_never_collide(kind: str, request: pytest.FixtureRequest,
-                                                tmp_path: Path) -> None:
+def test_concurrent_registrations_never_collide(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     if kind == "local":
         location = str(tmp_path / "registry")
     else:

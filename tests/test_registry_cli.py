@@ -111,13 +111,17 @@ def test_symlink_out_of_the_project_is_refused(project: Path, tmp_path: Path) ->
     assert CliRunner().invoke(main, ["register", "Bad_Name", "--file", "model.joblib"]).exit_code == 1
 
 
-def test_oci_backend_from_mlops_yaml_and_oras_pull(project: Path, oci_registry: OciRegistryServer,
-                                                   tmp_path: Path) -> None:
+def test_oci_backend_from_mlops_yaml_and_oras_pull(
+    project: Path, oci_registry: OciRegistryServer, tmp_path: Path
+) -> None:
     repository = f"{oci_registry.address}/cli{secrets.token_hex(3)}/models"
     spec = project / "mlops.yaml"
-    spec.write_text(spec.read_text().replace(
-        "  backend: local\n  path: .mlops/registry\n",
-        f"  backend: oci\n  repository: {repository}\n  insecure: true\n"))
+    spec.write_text(
+        spec.read_text().replace(
+            "  backend: local\n  path: .mlops/registry\n",
+            f"  backend: oci\n  repository: {repository}\n  insecure: true\n",
+        )
+    )
     result = run("register", "iris", "--file", "model.joblib")
     assert result.exit_code == 0, result.output
     assert not (project / ".mlops").exists()

@@ -41,15 +41,22 @@ def test_fifty_writers_with_a_fifth_killed(tmp_path: Path) -> None:
     root, work = tmp_path / "registry", tmp_path / "work"
     work.mkdir()
     rng = random.Random(7)
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(w), str(EACH), str(work)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for w in range(50)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(root), str(w), str(EACH), str(work)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(50)
+    ]
     doomed = set(rng.sample(range(50), 10))
     # Each doomed writer dies by SIGKILL right after its k-th registration, i.e. in the middle
     # of the next one: somewhere in hashing, copying, waiting for or holding the lock.
     outputs: dict[int, tuple[str, str]] = {}
-    threads = [threading.Thread(target=_kill_after, args=(procs[w], rng.randint(1, EACH - 1),
-                                                          outputs, w)) for w in doomed]
+    threads = [
+        threading.Thread(target=_kill_after, args=(procs[w], rng.randint(1, EACH - 1), outputs, w)) for w in doomed
+    ]
     for thread in threads:
         thread.start()
     for w, proc in enumerate(procs):
@@ -66,8 +73,12 @@ def test_fifty_writers_with_a_fifth_killed(tmp_path: Path) -> None:
     assert index.next_version == len(numbers) + 1
     digests = [v.digest for v in index.versions.values()]
     assert len(set(digests)) == len(digests)
-    survivors = [(int(n), d) for w, (out, _) in outputs.items() if w not in doomed
-                 for n, d in (line.split() for line in out.splitlines())]
+    survivors = [
+        (int(n), d)
+        for w, (out, _) in outputs.items()
+        if w not in doomed
+        for n, d in (line.split() for line in out.splitlines())
+    ]
     assert len(survivors) == 40 * EACH
     # The kills landed while writers were working, not before they started or after they ended.
     cut_short = [w for w in doomed if 0 < len(outputs[w][0].splitlines()) < EACH]
@@ -83,8 +94,7 @@ def test_fifty_writers_with_a_fifth_killed(tmp_path: Path) -> None:
     assert created and after.version == len(numbers) + 1
 
 
-def _kill_after(proc: subprocess.Popen[str], lines: int, outputs: dict[int, tuple[str, str]],
-                worker: int) -> None:
+def _kill_after(proc: subprocess.Popen[str], lines: int, outputs: dict[int, tuple[str, str]], worker: int) -> None:
     assert proc.stdout is not None
     seen = [proc.stdout.readline() for _ in range(lines)]
     proc.send_signal(signal.SIGKILL)
@@ -174,10 +184,19 @@ test_registry_state_machine = RegistryMachine.TestCase
 def test_writer_killed_holding_the_lock_does_not_block(tmp_path: Path) -> None:
     root = tmp_path / "r"
     (root / "index").mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY);"
-        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"), str(root / "index")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY);"
+                "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+            ),
+            str(root / "index"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()

@@ -19,8 +19,13 @@ CANARY = "    versions: [1, 2]\n    traffic: {1: 90, 2: 10}     # canary: 10% to
 
 
 def git(folder: Path, *args: str) -> str:
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "PATH": "/usr/bin:/bin"}
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "PATH": "/usr/bin:/bin",
+    }
     return subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True, text=True, env=env).stdout
 
 
@@ -68,7 +73,7 @@ def test_no_change_says_so(repo: Path) -> None:
 def test_a_removed_deployment_and_a_first_commit(repo: Path) -> None:
     text = (repo / "mlops.yaml").read_text()
     commit(repo, message="start")
-    edge = text[text.index("  - name: iris-edge"): text.index("\nmonitoring:") + 1]
+    edge = text[text.index("  - name: iris-edge") : text.index("\nmonitoring:") + 1]
     commit(repo, text.replace(edge, ""), "drop the edge device")
     out = diff(repo, "--base", "HEAD~1", "--head", "HEAD")
     assert "| `iris-edge` | removed |" in out and "**delete** (1): `Container/iris-v1-8f03a2cb`" in out
@@ -94,8 +99,9 @@ def test_hundreds_of_models_stay_within_one_comment(repo: Path) -> None:
     lock = yaml.safe_load((repo / "mlops.lock").read_text())
     template = lock["models"]["iris"]
     spec["models"] = [dict(spec["models"][0], name=f"m{i}") for i in range(300)]
-    spec["deployments"] = [{"name": f"m{i}-prod", "model": f"m{i}", "version": 1, "target": "prod",
-                            "auth": "none"} for i in range(300)]
+    spec["deployments"] = [
+        {"name": f"m{i}-prod", "model": f"m{i}", "version": 1, "target": "prod", "auth": "none"} for i in range(300)
+    ]
     lock["models"] = {f"m{i}": template for i in range(300)}
     (repo / "mlops.lock").write_text(yaml.safe_dump(lock))
     commit(repo, yaml.safe_dump(spec), "three hundred models")
@@ -132,8 +138,9 @@ def test_a_column_change_is_flagged_by_name(repo: Path) -> None:
     versions[1]["onnx"]["inputs"] = versions[2]["onnx"]["inputs"] = before
     (repo / "mlops.lock").write_text(yaml.safe_dump(lock))
     commit(repo, message="start")
-    versions[2]["onnx"]["inputs"] = _columns(("island", "BYTES"), ("bill_length_mm", "FP32"),
-                                             ("gender", "BYTES"), ("year", "FP32"))
+    versions[2]["onnx"]["inputs"] = _columns(
+        ("island", "BYTES"), ("bill_length_mm", "FP32"), ("gender", "BYTES"), ("year", "FP32")
+    )
     (repo / "mlops.lock").write_text(yaml.safe_dump(lock))
     commit(repo, message="v2 renames sex and makes year a float")
     out = diff(repo, "--base", "HEAD~1", "--head", "HEAD")

@@ -34,18 +34,36 @@ from .conftest import ROOT, free_port, require, wait_http
 from .server_fixtures import Models, Running, build_models, model_entry, running_server
 
 DIGESTS = {1: "sha256:" + "a1" * 32, 2: "sha256:" + "b2" * 32}
-POLICY = {"steps": [10, 50, 100], "bake": "2s", "gates": {
-    "errorRate": {"max": 0.01, "relativeTo": "stable", "tolerance": 1.5},
-    "p99LatencyMs": {"max": 1000}, "minRequests": 30}}
+POLICY = {
+    "steps": [10, 50, 100],
+    "bake": "2s",
+    "gates": {
+        "errorRate": {"max": 0.01, "relativeTo": "stable", "tolerance": 1.5},
+        "p99LatencyMs": {"max": 1000},
+        "minRequests": 30,
+    },
+}
 
 
 def spec_text(rollout: dict[str, Any] | None = None, versions: list[int] | None = None) -> str:
-    return yaml.safe_dump({
-        "apiVersion": "mlops-iac/v1", "project": {"name": "canary"},
-        "models": [{"name": "iris", "framework": "sklearn", "source": "model.joblib"}],
-        "targets": {"local": {"kind": "local", "port": 8080}},
-        "deployments": [{"name": "iris-live", "model": "iris", "versions": versions or [1, 2], "target": "local",
-                         **({"rollout": rollout} if rollout is not None else {})}]}, sort_keys=False)
+    return yaml.safe_dump(
+        {
+            "apiVersion": "mlops-iac/v1",
+            "project": {"name": "canary"},
+            "models": [{"name": "iris", "framework": "sklearn", "source": "model.joblib"}],
+            "targets": {"local": {"kind": "local", "port": 8080}},
+            "deployments": [
+                {
+                    "name": "iris-live",
+                    "model": "iris",
+                    "versions": versions or [1, 2],
+                    "target": "local",
+                    **({"rollout": rollout} if rollout is not None else {}),
+                }
+            ],
+        },
+        sort_keys=False,
+    )
 
 
 def project(folder: Path, rollout: dict[str, Any] | None = None, versions: list[int] | None = None) -> Path:
@@ -54,23 +72,31 @@ def project(folder: Path, rollout: dict[str, Any] | None = None, versions: list[
     file = folder / "mlops.yaml"
     file.write_text(spec_text(POLICY if rollout is None else rollout, versions))
     for n, digest in DIGESTS.items():
-        update_lock(folder / "mlops.lock", lambda lock, n=n, d=digest: lock.with_version(  # type: ignore[misc]
-            "iris", n, LockedVersion(digest=d, framework="sklearn", size=1)))
+        update_lock(
+            folder / "mlops.lock",
+            lambda lock, n=n, d=digest: lock.with_version(  # type: ignore[misc]
+                "iris", n, LockedVersion(digest=d, framework="sklearn", size=1)
+            ),
+        )
     return file
 
 
 # --- the policy ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("rollout", "path", "allowed"), [
-    ({"steps": [10, 5, 100]}, "deployments[0].rollout.steps", "strictly increasing"),
-    ({"steps": [10, 50]}, "deployments[0].rollout.steps", "the last step to be 100"),
-    ({"steps": [0, 100]}, "deployments[0].rollout.steps", "from 1 to 100"),
-    ({"bake": "10 minutes"}, "deployments[0].rollout.bake", 'a duration like "10m"'),
-    ({"gates": {"errorRate": {"max": 2}}}, "deployments[0].rollout.gates.errorRate.max", "1"),
-    ({"onFailure": "panic"}, "deployments[0].rollout.onFailure", "rollback"),
-    ({"steps": {"linear": {"step": 0}}}, "deployments[0].rollout.steps", "{linear: {step: N}}"),
-    ({"steps": "fast"}, "deployments[0].rollout.steps", "[10, 50, 100]"),
-])
+
+@pytest.mark.parametrize(
+    ("rollout", "path", "allowed"),
+    [
+        ({"steps": [10, 5, 100]}, "deployments[0].rollout.steps", "strictly increasing"),
+        ({"steps": [10, 50]}, "deployments[0].rollout.steps", "the last step to be 100"),
+        ({"steps": [0, 100]}, "deployments[0].rollout.steps", "from 1 to 100"),
+        ({"bake": "10 minutes"}, "deployments[0].rollout.bake", 'a duration like "10m"'),
+        ({"gates": {"errorRate": {"max": 2}}}, "deployments[0].rollout.gates.errorRate.max", "1"),
+        ({"onFailure": "panic"}, "deployments[0].rollout.onFailure", "rollback"),
+        ({"steps": {"linear": {"step": 0}}}, "deployments[0].rollout.steps", "{linear: {step: N}}"),
+        ({"steps": "fast"}, "deployments[0].rollout.steps", "[10, 50, 100]"),
+    ],
+)
 def test_bad_policies_are_located(tmp_path: Path, rollout: dict[str, Any], path: str, allowed: str) -> None:
     file = project(tmp_path, rollout)
     with pytest.raises(ConfigError) as caught:
@@ -99,20 +125,30 @@ def test_the_lock_weights_win_over_the_first_step(tmp_path: Path) -> None:
     file = project(tmp_path)
     weights = lambda: {v.number: v.weight for v in load(file).resolved.deployments[0].versions}  # noqa: E731
     assert weights() == {1: 90, 2: 10}  # not started: the canary gets its first step
-    update_lock(tmp_path / "mlops.lock", lambda lock: lock.with_rollout(
-        "iris-live", RolloutFacts(stable=1, canary=2, weight=50, step=1, started=1.0)))
+    update_lock(
+        tmp_path / "mlops.lock",
+        lambda lock: lock.with_rollout("iris-live", RolloutFacts(stable=1, canary=2, weight=50, step=1, started=1.0)),
+    )
     assert weights() == {1: 50, 2: 50}
     stack = json.loads(plan(load(file).resolved).files[0].content)  # what synth writes and serve runs
     assert [v["weight"] for v in stack["deployments"][0]["versions"]] == [50, 50]
-    update_lock(tmp_path / "mlops.lock", lambda lock: lock.with_rollout(  # another canary: stale facts
-        "iris-live", RolloutFacts(stable=1, canary=3, weight=100, started=1.0)))
+    update_lock(
+        tmp_path / "mlops.lock",
+        lambda lock: lock.with_rollout(  # another canary: stale facts
+            "iris-live", RolloutFacts(stable=1, canary=3, weight=100, started=1.0)
+        ),
+    )
     assert weights() == {1: 90, 2: 10}
 
 
 # --- the decision ---------------------------------------------------------------------------
 
-def evidence(canary: tuple[float, float, float | None], stable: tuple[float, float, float | None] = (1000, 0, 5.0),
-             window: float = 120) -> Evidence:
+
+def evidence(
+    canary: tuple[float, float, float | None],
+    stable: tuple[float, float, float | None] = (1000, 0, 5.0),
+    window: float = 120,
+) -> Evidence:
     return Evidence(VersionEvidence(*canary), VersionEvidence(*stable), window, "test")
 
 
@@ -168,6 +204,7 @@ def test_on_failure_hold_keeps_the_weight() -> None:
 
 # --- evidence from /metrics ------------------------------------------------------------------
 
+
 def page() -> tuple[str, float]:
     """A /metrics page as the server writes it: its own Metrics, 90 answers and 10 failures of v2."""
     metrics = Metrics()
@@ -177,9 +214,12 @@ def page() -> tuple[str, float]:
         metrics.requests.labels("iris", "2", "200" if i < 90 else "500").inc()
         metrics.latency.labels("iris", "2").observe(0.005 if i < 50 else 0.05)
     metrics.requests.labels("other", "2", "500").inc(7)
-    made_500 = next(s.value for f in metrics.registry.collect() for s in f.samples
-                            if s.name == "mlops_requests_created" and s.labels["status"] == "500"
-                            and s.labels["model"] == "iris")
+    made_500 = next(
+        s.value
+        for f in metrics.registry.collect()
+        for s in f.samples
+        if s.name == "mlops_requests_created" and s.labels["status"] == "500" and s.labels["model"] == "iris"
+    )
     return metrics.render().decode(), made_500
 
 
@@ -197,13 +237,14 @@ def test_counts_deltas_and_quantiles_follow_prometheus() -> None:
     again = c.model_copy(update={"created": c.created + 1})  # restarted, and as many requests since
     assert delta(again, c).requests == 100
     q = prometheus_queries("iris", 'namespace="models"', 2.2)
-    assert q["errors"] == ('sum by (version) (increase(mlops_requests_total{namespace="models",model="iris",'
-                           'status!="200"}[3s]))')
+    assert q["errors"] == (
+        'sum by (version) (increase(mlops_requests_total{namespace="models",model="iris",status!="200"}[3s]))'
+    )
 
 
 # --- real servers, traffic at the lock's weights, `rollout step` reading their /metrics -------
 
-BAD_HANDLER = '''
+BAD_HANDLER = """
 import itertools
 
 _calls = itertools.count()
@@ -214,7 +255,7 @@ def postprocess(outputs):
     if next(_calls) % 5 == 4:
         raise RuntimeError("the new feature map is missing a column")
     return outputs
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +272,9 @@ class Driver:
         import onnxruntime as ort
 
         row = models.iris[60:61]
-        self.body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
-                                            "data": row.ravel().tolist()}]}).encode()
+        self.body = json.dumps(
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": row.ravel().tolist()}]}
+        ).encode()
         session = ort.InferenceSession(str(models.folder / "iris.onnx"), providers=["CPUExecutionProvider"])
         self.label = session.run(None, {"input": row})[0].ravel().tolist()  # what every answer must say
         self.servers, self.file = servers, file
@@ -268,8 +310,10 @@ class Driver:
 def servers(stack: ExitStack, models: Models, canary_handler: str | None) -> dict[int, Running]:
     stable = model_entry(models, "iris", 1)
     canary = model_entry(models, "iris", 2, **({"handler": canary_handler} if canary_handler else {}))
-    return {1: stack.enter_context(running_server(models, {"deployment": "iris-live", "models": [stable]})),
-            2: stack.enter_context(running_server(models, {"deployment": "iris-live", "models": [canary]}))}
+    return {
+        1: stack.enter_context(running_server(models, {"deployment": "iris-live", "models": [stable]})),
+        2: stack.enter_context(running_server(models, {"deployment": "iris-live", "models": [canary]})),
+    }
 
 
 def step(file: Path, running: dict[int, Running]) -> dict[str, Any]:
@@ -333,8 +377,10 @@ def test_bad_canary_is_rolled_back_at_its_first_judgement(tmp_path: Path, models
     assert canary["errors"] == pytest.approx(driver.sent[2] // 5, abs=1)
     assert driver.first_error is not None
     seconds = rolled_back - driver.first_error
-    print(f"\nbad canary: first error to weight 0 in {seconds:.2f}s = {seconds / 2:.2f} bake windows "
-          f"(bake 2s); it served {driver.sent[2]} requests ({canary['errors']:.0f} failed) before the rollback")
+    print(
+        f"\nbad canary: first error to weight 0 in {seconds:.2f}s = {seconds / 2:.2f} bake windows "
+        f"(bake 2s); it served {driver.sent[2]} requests ({canary['errors']:.0f} failed) before the rollback"
+    )
 
 
 def test_too_little_traffic_holds(tmp_path: Path, models: Models) -> None:
@@ -370,8 +416,8 @@ def test_abort_sets_the_canary_to_zero(tmp_path: Path) -> None:
     assert {v.number: v.weight for v in load(file).resolved.deployments[0].versions} == {1: 100, 2: 0}
 
 
-
 # --- the same through a real Prometheus (how Kubernetes targets are judged) -----------------
+
 
 def prometheus_scraping(stack: ExitStack, folder: Path, running: dict[int, Running]) -> str:
     binary = shutil.which("prometheus")
@@ -379,14 +425,27 @@ def prometheus_scraping(stack: ExitStack, folder: Path, running: dict[int, Runni
         require("prometheus (apt-get install prometheus)")
     assert binary is not None
     port = free_port()
-    (folder / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "500ms"},
-        "scrape_configs": [{"job_name": "mlops", "static_configs": [
-            {"targets": [s.url for s in running.values()]}]}]}))
+    (folder / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "500ms"},
+                "scrape_configs": [
+                    {"job_name": "mlops", "static_configs": [{"targets": [s.url for s in running.values()]}]}
+                ],
+            }
+        )
+    )
     log = stack.enter_context(open(folder / "prometheus.log", "wb"))  # noqa: SIM115 - closed by the stack
-    process = subprocess.Popen([binary, f"--config.file={folder / 'prometheus.yml'}",
-                                f"--storage.tsdb.path={folder / 'data'}",
-                                f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=log,
+    )
     stack.callback(process.wait, 30)
     stack.callback(process.terminate)
     wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=60)
@@ -419,8 +478,17 @@ def test_rollout_judged_through_a_real_prometheus(tmp_path: Path, models: Models
         running = servers(stack, models, "bad_handler.py" if bad else None)
         prometheus = prometheus_scraping(stack, tmp_path, running)
         driver = Driver(models, running, file)
-        args = ["rollout", "step", "iris-live", "-f", str(file), "--prometheus", prometheus,
-                "--selector", 'job="mlops"']
+        args = [
+            "rollout",
+            "step",
+            "iris-live",
+            "-f",
+            str(file),
+            "--prometheus",
+            prometheus,
+            "--selector",
+            'job="mlops"',
+        ]
         records: list[dict[str, Any]] = []
         for _ in range(10):
             result = CliRunner().invoke(main, args)
@@ -443,18 +511,22 @@ def test_rollout_judged_through_a_real_prometheus(tmp_path: Path, models: Models
     if bad:
         assert driver.first_error is not None
         seconds = settled - driver.first_error
-        print(f"\nthrough Prometheus: first error to weight 0 in {seconds:.2f}s = {seconds / 4:.2f} bake windows "
-              f"(bake 4s, scrape 0.5s); the canary served {driver.sent[2]} requests before the rollback")
+        print(
+            f"\nthrough Prometheus: first error to weight 0 in {seconds:.2f}s = {seconds / 4:.2f} bake windows "
+            f"(bake 4s, scrape 0.5s); the canary served {driver.sent[2]} requests before the rollback"
+        )
 
 
 # --- the local target end to end: `serve`, a load driver, `rollout step` with its defaults ----
+
 
 @contextmanager
 def serving(folder: Path, port: int) -> Iterator[None]:
     """`mlops-iac serve` as a user runs it, with the weights mlops.lock holds now."""
     with open(folder / "serve.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "mlops_iac", "serve"], cwd=folder, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlops_iac", "serve"], cwd=folder, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout=60)
         yield
@@ -487,8 +559,14 @@ def test_local_target_end_to_end(converted: Path) -> None:
     (dep,) = spec["deployments"]
     del dep["version"]
     spec["targets"]["local"]["port"] = port
-    spec["deployments"] = [{**dep, "name": "iris-live", "versions": [1, 2],
-                            "rollout": {**POLICY, "gates": {**POLICY["gates"], "minRequests": 40}}}]
+    spec["deployments"] = [
+        {
+            **dep,
+            "name": "iris-live",
+            "versions": [1, 2],
+            "rollout": {**POLICY, "gates": {**POLICY["gates"], "minRequests": 40}},
+        }
+    ]
     (converted / "mlops.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     model = joblib.load(converted / "model.joblib").set_params(logisticregression__C=0.3)
     x, y = load_iris(return_X_y=True)
@@ -497,8 +575,9 @@ def test_local_target_end_to_end(converted: Path) -> None:
     for args in (["register", "iris", "--file", "model2.joblib"], ["convert", "iris@2", "--no-speed"]):
         result = runner.invoke(main, args)
         assert result.exit_code == 0, result.output
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
-                                   "data": x[100].tolist()}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": x[100].tolist()}]}
+    ).encode()
     actions = []
     for _ in range(3):
         with serving(converted, port):
@@ -552,8 +631,9 @@ def test_shadow_is_mirrored_by_the_route_and_serves_nothing(tmp_path: Path) -> N
     weighted = route["spec"]["rules"][-1]
     v1, v2 = (version_name("iris", v) for v in dep.versions)
     assert weighted["backendRefs"] == [{"name": v1, "port": 8080, "weight": 100}]  # answers come from v1 only
-    assert weighted["filters"] == [{"type": "RequestMirror", "requestMirror": {
-        "backendRef": {"name": v2, "port": 8080}, "percent": 20}}]
+    assert weighted["filters"] == [
+        {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": v2, "port": 8080}, "percent": 20}}
+    ]
     assert {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"} == {v1, v2}  # the shadow runs
     # plan.json carries it to the stack program, and reads back the same
     from mlops_iac.plan import StackPlan
@@ -562,11 +642,14 @@ def test_shadow_is_mirrored_by_the_route_and_serves_nothing(tmp_path: Path) -> N
     assert StackPlan.model_validate_json(written.content).deployments[0].shadow == {2: 20}
 
 
-@pytest.mark.parametrize(("lines", "path", "message"), [
-    ("    version: 1\n    shadow: {1: 20}\n", "deployments[0].shadow[1]", "version 1 is also in traffic"),
-    ("    version: 1\n    shadow: {2: 0}\n", "deployments[0].shadow[2]", "expected a percent from 1 to 100"),
-    ("    version: 1\n    shadow: {7: 20}\n", "deployments[0].shadow[7]", "iris@7 is not in mlops.lock"),
-])
+@pytest.mark.parametrize(
+    ("lines", "path", "message"),
+    [
+        ("    version: 1\n    shadow: {1: 20}\n", "deployments[0].shadow[1]", "version 1 is also in traffic"),
+        ("    version: 1\n    shadow: {2: 0}\n", "deployments[0].shadow[2]", "expected a percent from 1 to 100"),
+        ("    version: 1\n    shadow: {7: 20}\n", "deployments[0].shadow[7]", "iris@7 is not in mlops.lock"),
+    ],
+)
 def test_bad_shadows_are_located(tmp_path: Path, lines: str, path: str, message: str) -> None:
     file = production(tmp_path / "p", lines)
     with pytest.raises(ConfigError) as caught:
@@ -578,13 +661,15 @@ def test_bad_shadows_are_located(tmp_path: Path, lines: str, path: str, message:
 def test_shadow_needs_a_gateway(tmp_path: Path) -> None:
     file = production(tmp_path / "p", CANARY_LINES)
     text = file.read_text().replace("    cpu: 500m\n", "    cpu: 500m\n", 1)
-    file.write_text(text.replace("    version: 1\n    target: edge\n", "    version: 1\n    shadow: {2: 5}\n"
-                                 "    target: edge\n"))
+    file.write_text(
+        text.replace("    version: 1\n    target: edge\n", "    version: 1\n    shadow: {2: 5}\n    target: edge\n")
+    )
     with pytest.raises(ConfigError, match=r"deployments\[1\]\.shadow: shadow traffic is mirrored by a Gateway"):
         load(file)
 
 
 # --- the command's answers to mistakes, and its defaults -----------------------------------
+
 
 def test_rollout_command_errors_are_clear(tmp_path: Path) -> None:
     file = project(tmp_path)
@@ -594,8 +679,9 @@ def test_rollout_command_errors_are_clear(tmp_path: Path) -> None:
     not_started = runner.invoke(main, ["rollout", "status", "iris-live", "-f", str(file)])
     assert not_started.exit_code == 1 and "no rollout has started" in not_started.output
     dead = free_port()
-    down = runner.invoke(main, ["rollout", "step", "iris-live", "-f", str(file),
-                                "--metrics-url", f"http://127.0.0.1:{dead}/metrics"])
+    down = runner.invoke(
+        main, ["rollout", "step", "iris-live", "-f", str(file), "--metrics-url", f"http://127.0.0.1:{dead}/metrics"]
+    )
     assert down.exit_code == 1 and f"cannot read http://127.0.0.1:{dead}/metrics" in down.output
     assert "Traceback" not in down.output and "iris-live" not in read_lock(tmp_path / "mlops.lock").rollouts
     plain = tmp_path / "plain"
@@ -613,8 +699,10 @@ def test_default_evidence_sources_follow_the_target(tmp_path: Path) -> None:
 
     file = project(tmp_path)
     data = yaml.safe_load(file.read_text())
-    data["targets"] = {"edge": {"kind": "docker", "host": "ssh://deploy@edge-01", "port": 9000},
-                       "prod": {"kind": "kubernetes", "namespace": "models"}}
+    data["targets"] = {
+        "edge": {"kind": "docker", "host": "ssh://deploy@edge-01", "port": 9000},
+        "prod": {"kind": "kubernetes", "namespace": "models"},
+    }
     data["deployments"][0]["target"] = "edge"
     file.write_text(yaml.safe_dump(data))
     ws = load(file)
@@ -634,13 +722,22 @@ def test_rollout_list_says_what_is_due_and_when(tmp_path: Path) -> None:
     runner = CliRunner()
     listed = runner.invoke(main, ["rollout", "list", "-f", str(file)])
     assert listed.exit_code == 0 and listed.output == "iris-live\tnot-started\t10\t0\n"  # the weight synth applies
-    update_lock(tmp_path / "mlops.lock", lambda lock: lock.with_rollout(
-        "iris-live", RolloutFacts(stable=1, canary=2, weight=50, step=1, started=time.time() - 1.5)))
+    update_lock(
+        tmp_path / "mlops.lock",
+        lambda lock: lock.with_rollout(
+            "iris-live", RolloutFacts(stable=1, canary=2, weight=50, step=1, started=time.time() - 1.5)
+        ),
+    )
     name, state, weight, wait = runner.invoke(main, ["rollout", "list", "-f", str(file)]).output.split("\t")
     assert (name, state, weight) == ("iris-live", "progressing", "50") and 0 < float(wait) <= 0.6
-    update_lock(tmp_path / "mlops.lock", lambda lock: lock.with_rollout(
-        "iris-live", RolloutFacts(stable=1, canary=2, weight=0, state="rolled-back", started=1.0)))
+    update_lock(
+        tmp_path / "mlops.lock",
+        lambda lock: lock.with_rollout(
+            "iris-live", RolloutFacts(stable=1, canary=2, weight=0, state="rolled-back", started=1.0)
+        ),
+    )
     only = runner.invoke(main, ["rollout", "list", "-f", str(file), "--state", "progressing", "--target", "local"])
     assert only.exit_code == 0 and only.output == ""
     assert runner.invoke(main, ["rollout", "list", "-f", str(file), "--state", "rolled-back"]).output.startswith(
-        "iris-live\trolled-back\t0\t")
+        "iris-live\trolled-back\t0\t"
+    )

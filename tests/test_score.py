@@ -63,7 +63,8 @@ def read_output(folder: Path, fmt: str, width: int = 2) -> pa.Table:
         table = pa.concat_tables(pacsv.read_csv(f) for f in files)
         probs = np.stack([table.column(f"probabilities_{j}").to_numpy() for j in range(width)], axis=1)
         return table.select([n for n in table.column_names if not n.startswith("probabilities_")]).append_column(
-            "probabilities", pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), width))
+            "probabilities", pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), width)
+        )
     rows = [orjson.loads(line) for f in files for line in f.read_bytes().splitlines()]
     return pa.Table.from_pylist(rows)
 
@@ -74,8 +75,13 @@ def test_formats_round_trip_and_equal_onnxruntime(models: Models, tmp_path: Path
     x = np.tile(models.cancer, (2, 1))[:1000]
     ids = np.arange(1000, 2000)
     write_input(table_of(x, ids), tmp_path / f"in.{source}")
-    job = prepare(cancer_model(models), models.folder, [str(tmp_path / f"in.{source}")], tmp_path / "out",
-                  Settings(batch_size=128, part_rows=300, format=fmt))
+    job = prepare(
+        cancer_model(models),
+        models.folder,
+        [str(tmp_path / f"in.{source}")],
+        tmp_path / "out",
+        Settings(batch_size=128, part_rows=300, format=fmt),
+    )
     summary = score(job)
     # --part-rows 300 means 384 rows a part: whole batches
     assert (summary.rows_in, summary.rows_out, summary.rejects, summary.parts) == (1000, 1000, 0, 3)
@@ -97,13 +103,19 @@ def test_schema_mismatch_is_located_before_any_work(models: Models, tmp_path: Pa
     x = models.cancer[:50]
     short = table_of(x[:, :29], np.arange(50))
     pq.write_table(short, tmp_path / "short.parquet")
-    with pytest.raises(MlopsIacError, match=r"short.parquet: the model input 'input' takes FP32 \[-1, 30\]: "
-                                            r"30 feature column\(s\).*found 29: f00"):
+    with pytest.raises(
+        MlopsIacError,
+        match=r"short.parquet: the model input 'input' takes FP32 \[-1, 30\]: "
+        r"30 feature column\(s\).*found 29: f00",
+    ):
         prepare(cancer_model(models), models.folder, [str(tmp_path / "short.parquet")], tmp_path / "out", Settings())
     flags = table_of(x, np.arange(50)).set_column(3, "f02", pa.array([True] * 50))
     pq.write_table(flags, tmp_path / "flags.parquet")
-    with pytest.raises(MlopsIacError, match=r"flags.parquet: column 'f02' is bool; the model input 'input' "
-                                            r"expects FP32 \[-1, 30\] of float32"):
+    with pytest.raises(
+        MlopsIacError,
+        match=r"flags.parquet: column 'f02' is bool; the model input 'input' "
+        r"expects FP32 \[-1, 30\] of float32",
+    ):
         prepare(cancer_model(models), models.folder, [str(tmp_path / "flags.parquet")], tmp_path / "out", Settings())
     assert not (tmp_path / "out").exists()
     with pytest.raises(MlopsIacError, match="no file matches"):
@@ -112,24 +124,40 @@ def test_schema_mismatch_is_located_before_any_work(models: Models, tmp_path: Pa
 
 def test_rejects_with_reasons_and_the_threshold(models: Models, tmp_path: Path) -> None:
     x = models.cancer[:40]
-    table = table_of(x, np.arange(40)).cast(pa.schema([("patient_id", pa.int64())] +
-                                                      [(f"f{i:02d}", pa.string()) for i in range(30)]))
+    table = table_of(x, np.arange(40)).cast(
+        pa.schema([("patient_id", pa.int64())] + [(f"f{i:02d}", pa.string()) for i in range(30)])
+    )
     for row, value in ((3, "abc"), (17, None), (39, "1e")):
-        table = table.set_column(5, "f04", pa.array([value if i == row else v
-                                                      for i, v in enumerate(table.column("f04").to_pylist())]))
+        table = table.set_column(
+            5, "f04", pa.array([value if i == row else v for i, v in enumerate(table.column("f04").to_pylist())])
+        )
     pacsv.write_csv(table, tmp_path / "bad.csv")  # three bad cells
     lines = (b'{"patient_id": 1, "f00": "x"}\n', b"not json\n")
-    good = [orjson.dumps({"patient_id": i, **{f"f{j:02d}": float(x[i, j]) for j in range(30)}}) + b"\n"
-            for i in range(5)]
+    good = [
+        orjson.dumps({"patient_id": i, **{f"f{j:02d}": float(x[i, j]) for j in range(30)}}) + b"\n" for i in range(5)
+    ]
     (tmp_path / "bad.jsonl").write_bytes(b"".join(good[:2]) + lines[1] + b"".join(good[2:]) + lines[0])
     with pytest.raises(ScoringError, match="3 rejected rows exceed --error-threshold 2"):
-        score(prepare(cancer_model(models), models.folder, [str(tmp_path / "bad.csv")], tmp_path / "strict",
-                      Settings(batch_size=16, part_rows=16, error_threshold=2)))
+        score(
+            prepare(
+                cancer_model(models),
+                models.folder,
+                [str(tmp_path / "bad.csv")],
+                tmp_path / "strict",
+                Settings(batch_size=16, part_rows=16, error_threshold=2),
+            )
+        )
     manifest = json.loads((tmp_path / "strict" / "manifest.json").read_text())
     assert manifest["summary"]["status"] == "failed" and manifest["summary"]["rejects"] == 3
-    summary = score(prepare(cancer_model(models), models.folder, [str(tmp_path / "bad.csv"),
-                                                                  str(tmp_path / "bad.jsonl")],
-                            tmp_path / "out", Settings(batch_size=16, part_rows=16, error_threshold=5)))
+    summary = score(
+        prepare(
+            cancer_model(models),
+            models.folder,
+            [str(tmp_path / "bad.csv"), str(tmp_path / "bad.jsonl")],
+            tmp_path / "out",
+            Settings(batch_size=16, part_rows=16, error_threshold=5),
+        )
+    )
     assert summary.rows_in == 47 == summary.rows_out + summary.rejects and summary.rejects == 5
     rejects = pq.read_table(sorted((tmp_path / "out").glob("rejects-*.parquet"))).to_pylist()
     assert [(r["patient_id"], r["row"]) for r in rejects] == [(3, 3), (17, 17), (39, 39), (None, 2), (1, 6)]
@@ -152,14 +180,24 @@ def test_handler_refusals_are_rejects(models: Models, tmp_path: Path) -> None:
         "    return {'input': x.astype(np.float32)}\n"
         "def postprocess(outputs):\n"
         "    names = np.array(['setosa', 'versicolor', 'virginica'], dtype=object)\n"
-        "    return {'species': names[outputs['label']]}\n")
+        "    return {'species': names[outputs['label']]}\n"
+    )
     x = models.iris.copy()
     x[[5, 77], 2] = -1.0
-    pq.write_table(pa.table({"id": np.arange(150), "cm": pa.FixedSizeListArray.from_arrays(
-        pa.array(x.reshape(-1)), 4)}), tmp_path / "iris.parquet")
+    pq.write_table(
+        pa.table({"id": np.arange(150), "cm": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 4)}),
+        tmp_path / "iris.parquet",
+    )
     model = ModelConfig.model_validate(model_entry(models, "iris", handler="batch_handler.py"))
-    summary = score(prepare(model, models.folder, [str(tmp_path / "iris.parquet")], tmp_path / "out",
-                            Settings(batch_size=32, error_threshold=-1)))
+    summary = score(
+        prepare(
+            model,
+            models.folder,
+            [str(tmp_path / "iris.parquet")],
+            tmp_path / "out",
+            Settings(batch_size=32, error_threshold=-1),
+        )
+    )
     assert (summary.rows_out, summary.rejects) == (148, 2)
     out = pq.read_table(tmp_path / "out" / "part-00000.parquet")
     kept = [i for i in range(150) if i not in (5, 77)]
@@ -176,8 +214,15 @@ def test_two_workers_give_the_same_bytes(models: Models, tmp_path: Path) -> None
     outs = []
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
-        score(prepare(cancer_model(models), models.folder, [str(tmp_path / "in.parquet")], out,
-                      Settings(batch_size=200, part_rows=400, workers=workers, threads=1)))
+        score(
+            prepare(
+                cancer_model(models),
+                models.folder,
+                [str(tmp_path / "in.parquet")],
+                out,
+                Settings(batch_size=200, part_rows=400, workers=workers, threads=1),
+            )
+        )
         outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert len(outs[0]) == 7 and outs[0] == outs[1]  # 6 parts and the manifest
 
@@ -185,9 +230,25 @@ def test_two_workers_give_the_same_bytes(models: Models, tmp_path: Path) -> None
 def _entrypoint(models: Models, tmp_path: Path, out: Path, *extra: str) -> list[str]:
     config = models.folder / "batch-server.json"  # beside the model, as in the image
     config.write_text(json.dumps({"models": [model_entry(models, "cancer")]}))
-    return [sys.executable, "-m", "mlops_iac.scoring", "--config", str(config), "--input",
-            str(tmp_path / "in-*.parquet"), "--output", str(out), "--batch-size", "10", "--part-rows", "500",
-            "--threads", "1", "--resume", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mlops_iac.scoring",
+        "--config",
+        str(config),
+        "--input",
+        str(tmp_path / "in-*.parquet"),
+        "--output",
+        str(out),
+        "--batch-size",
+        "10",
+        "--part-rows",
+        "500",
+        "--threads",
+        "1",
+        "--resume",
+        *extra,
+    ]
 
 
 def _done_parts(manifest: Path) -> int:
@@ -210,8 +271,9 @@ def test_sigkill_then_resume_gives_identical_bytes(models: Models, tmp_path: Pat
     chance = random.Random(22)
     for k, after in enumerate((0, 4, 9, 15)):
         out = tmp_path / f"killed-{k}"
-        process = subprocess.Popen(_entrypoint(models, tmp_path, out), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            _entrypoint(models, tmp_path, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         while _done_parts(out / "manifest.json") < after and process.poll() is None:
             time.sleep(0.001)
         time.sleep(chance.uniform(0, 0.01))  # somewhere inside a later part
@@ -230,22 +292,43 @@ def test_rerun_refuses_without_resume_and_other_inputs(models: Models, tmp_path:
     settings = Settings(batch_size=50)
     score(prepare(cancer_model(models), models.folder, [str(tmp_path / "a.parquet")], tmp_path / "out", settings))
     with pytest.raises(MlopsIacError, match="pass --resume to finish it"):
-        score(prepare(cancer_model(models), models.folder, [str(tmp_path / "a.parquet")], tmp_path / "out",
-                      settings))
+        score(prepare(cancer_model(models), models.folder, [str(tmp_path / "a.parquet")], tmp_path / "out", settings))
     pq.write_table(table_of(models.cancer[:99], np.arange(99)), tmp_path / "a.parquet")
     with pytest.raises(MlopsIacError, match="holds a run with other inputs"):
-        score(prepare(cancer_model(models), models.folder, [str(tmp_path / "a.parquet")], tmp_path / "out",
-                      Settings(batch_size=50, resume=True)))
+        score(
+            prepare(
+                cancer_model(models),
+                models.folder,
+                [str(tmp_path / "a.parquet")],
+                tmp_path / "out",
+                Settings(batch_size=50, resume=True),
+            )
+        )
 
 
 def test_cli_scores_a_registered_version(converted: Path) -> None:
     from sklearn.datasets import load_iris
 
     x = load_iris().data.astype(np.float32)
-    pq.write_table(pa.table({"flower_id": np.arange(150), **{f"x{i}": x[:, i] for i in range(4)}}),
-                   converted / "flowers.parquet")
-    result = CliRunner().invoke(main, ["score", "iris@1", "--input", "flowers.parquet", "--output", "scored",
-                                       "--batch-size", "64", "--summary", "summary.md", "--json"])
+    pq.write_table(
+        pa.table({"flower_id": np.arange(150), **{f"x{i}": x[:, i] for i in range(4)}}), converted / "flowers.parquet"
+    )
+    result = CliRunner().invoke(
+        main,
+        [
+            "score",
+            "iris@1",
+            "--input",
+            "flowers.parquet",
+            "--output",
+            "scored",
+            "--batch-size",
+            "64",
+            "--summary",
+            "summary.md",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["rows_out"] == 150
     out = pq.read_table(converted / "scored" / "part-00000.parquet")
@@ -266,11 +349,16 @@ def test_score_action_runs_as_on_a_runner(converted: Path, tmp_path: Path) -> No
     x = load_iris().data.astype(np.float32)
     (converted / "customers").mkdir()
     for i, half in enumerate(np.array_split(np.arange(150), 2)):
-        pq.write_table(pa.table({"id": half, **{f"x{j}": x[half, j] for j in range(4)}}),
-                       converted / "customers" / f"{i}.parquet")
+        pq.write_table(
+            pa.table({"id": half, **{f"x{j}": x[half, j] for j in range(4)}}), converted / "customers" / f"{i}.parquet"
+        )
     summary = tmp_path / "summary.md"
-    outputs = run_action("score", {"ref": "iris@1", "input": "customers/*.parquet\n", "output": "scores",
-                                   "batch-size": "50"}, converted, summary)
+    outputs = run_action(
+        "score",
+        {"ref": "iris@1", "input": "customers/*.parquet\n", "output": "scores", "batch-size": "50"},
+        converted,
+        summary,
+    )
     assert outputs["rows-out"] == "150" and outputs["rejects"] == "0"
     assert json.loads((converted / outputs["manifest"]).read_text())["summary"]["status"] == "complete"
     assert "### Batch scoring with iris@1: complete" in summary.read_text()
@@ -282,13 +370,21 @@ def test_a_local_batch_deployment_is_the_command_itself(converted: Path) -> None
 
     x = load_iris().data.astype(np.float32)
     (converted / "in").mkdir()
-    pq.write_table(pa.table({"id": np.arange(150), **{f"x{j}": x[:, j] for j in range(4)}}),
-                   converted / "in" / "flowers.parquet")
+    pq.write_table(
+        pa.table({"id": np.arange(150), **{f"x{j}": x[:, j] for j in range(4)}}), converted / "in" / "flowers.parquet"
+    )
     spec = converted / "mlops.yaml"
-    spec.write_text(spec.read_text().replace("\nmonitoring:", (
-        "\n  - name: iris-nightly\n    kind: batch\n    model: iris\n    version: 1\n    target: local\n"
-        "    batch: {input: [in/*.parquet], output: out, batchSize: 32, partRows: 64}\n"
-        "\nmonitoring:"), 1))
+    spec.write_text(
+        spec.read_text().replace(
+            "\nmonitoring:",
+            (
+                "\n  - name: iris-nightly\n    kind: batch\n    model: iris\n    version: 1\n    target: local\n"
+                "    batch: {input: [in/*.parquet], output: out, batchSize: 32, partRows: 64}\n"
+                "\nmonitoring:"
+            ),
+            1,
+        )
+    )
     result = CliRunner().invoke(main, ["score", "--deployment", "iris-nightly", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["parts"] == 3  # 150 rows, 64 a part

@@ -14,8 +14,9 @@ def test_serve_settings_come_from_the_lock(converted: Path) -> None:
     assert result.exit_code == 0, result.output
     config = ServerConfig.model_validate_json((converted / "server.json").read_text())
     (model,) = config.models
-    lock_digest = json.loads(CliRunner().invoke(main, ["lock", "show", "--json"]).output)[
-        "models"]["iris"]["versions"]["1"]["onnx"]["digest"]
+    lock_digest = json.loads(CliRunner().invoke(main, ["lock", "show", "--json"]).output)["models"]["iris"]["versions"][
+        "1"
+    ]["onnx"]["digest"]
     assert (model.name, model.version, model.digest) == ("iris", 1, lock_digest)
     assert (converted / model.path).exists() and model.path.startswith(".mlops/serve/")
     assert config.collection.enabled and config.collection.sample_rate == 1.0
@@ -53,8 +54,12 @@ def test_quickstart_client_stops_waiting_when_the_server_has_exited() -> None:
             stat = Path(f"/proc/{gone.pid}/stat")
             while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
                 time.sleep(0.01)
-        done = subprocess.run([sys.executable, str(QUICKSTART / "predict.py"), url, "--pid", str(gone.pid)],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, str(QUICKSTART / "predict.py"), url, "--pid", str(gone.pid)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 1
         assert f"the server (process {gone.pid}) exited before it became ready" in done.stderr
         gone.wait()
@@ -79,8 +84,13 @@ def test_serve_with_grpc_answers_over_grpc(converted: Path) -> None:
     assert written.exit_code == 0, written.output
     assert ServerConfig.model_validate_json((converted / "grpc.json").read_text()).grpc_port == grpc
     cli = [sys.executable, "-m", "mlops_iac", "serve", "--port", str(http), "--grpc-port", str(grpc)]
-    process = subprocess.Popen(cli, cwd=converted, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        cli,
+        cwd=converted,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         wait_http(f"http://127.0.0.1:{http}/v2/health/ready", timeout=60)
         x = np.load(converted / "sample.npy").astype(np.float32)[:3]

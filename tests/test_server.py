@@ -25,8 +25,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
 
 @pytest.fixture(scope="module")
 def server(models: Models) -> Iterator[Running]:
-    config = {"models": [model_entry(models, "iris"), model_entry(models, "cancer", 3)],
-              "max_body_bytes": 64 * 1024}
+    config = {"models": [model_entry(models, "iris"), model_entry(models, "cancer", 3)], "max_body_bytes": 64 * 1024}
     with running_server(models, config) as running:
         yield running
 
@@ -42,14 +41,24 @@ def test_tritonclient_default_settings(server: Running, models: Models, binary: 
     client = httpclient.InferenceServerClient(server.url)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("cancer")
     assert client.get_server_metadata()["extensions"] == [
-        "binary_tensor_data", "classification", "model_configuration", "statistics"]
+        "binary_tensor_data",
+        "classification",
+        "model_configuration",
+        "statistics",
+    ]
     meta = client.get_model_metadata("cancer")
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 30]}]
     x = models.cancer[:17]
     tensor = httpclient.InferInput("input", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x, binary_data=binary)
-    outputs = None if binary else [httpclient.InferRequestedOutput("label", binary_data=False),
-                                   httpclient.InferRequestedOutput("probabilities", binary_data=False)]
+    outputs = (
+        None
+        if binary
+        else [
+            httpclient.InferRequestedOutput("label", binary_data=False),
+            httpclient.InferRequestedOutput("probabilities", binary_data=False),
+        ]
+    )
     result = client.infer("cancer", [tensor], outputs=outputs, request_id="abc")
     label, proba = local(models, "cancer", x)
     assert np.array_equal(result.as_numpy("label"), label)
@@ -90,36 +99,55 @@ def test_json_inference_and_requested_outputs(server: Running, models: Models) -
     np.testing.assert_array_equal(np.asarray(out["data"], np.float32).reshape(3, 3), local(models, "iris", x)[1])
 
 
-def _bad(server: Running, body: bytes, headers: dict[str, str] | None = None,
-         path: str = "/v2/models/iris/infer") -> tuple[int, str]:
+def _bad(
+    server: Running, body: bytes, headers: dict[str, str] | None = None, path: str = "/v2/models/iris/infer"
+) -> tuple[int, str]:
     status, _, data = server.request("POST", path, body, headers)
     return status, json.loads(data)["error"]
 
 
-@pytest.mark.parametrize("body,fragment", [
-    (b"{not json", "not valid JSON"),
-    (b"[]", "JSON object"),
-    (b'{"inputs": []}', "non-empty list"),
-    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3]}]}', "needs 4 values"),
-    (b'{"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
-     "got datatype FP64; expected FP32"),
-    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 5], "data": [1, 2, 3, 4, 5]}]}',
-     "got shape [1, 5]; expected [-1, 4]"),
-    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [4], "data": [1, 2, 3, 4]}]}', "got shape [4]"),
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
-     "unknown input 'x'; this model takes: input"),
-    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": ["a", "b", "c", "d"]}]}',
-     "holds strings"),
-    (b'{"inputs": [{"name": "input", "datatype": "FLOAT", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
-     "is not one of"),
-    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, -4], "data": [1]}]}', "non-negative"),
-    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4], "data": [[1, 2], [3]]}]}', "ragged"),
-    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}], '
-     b'"outputs": [{"name": "nope"}]}', "unknown output 'nope'; this model gives: label, probabilities"),
-    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4]}]}', "neither 'data'"),
-    (b'{"id": 7, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
-     "'id' must be a string"),
-])
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[]", "JSON object"),
+        (b'{"inputs": []}', "non-empty list"),
+        (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3]}]}', "needs 4 values"),
+        (
+            b'{"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
+            "got datatype FP64; expected FP32",
+        ),
+        (
+            b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 5], "data": [1, 2, 3, 4, 5]}]}',
+            "got shape [1, 5]; expected [-1, 4]",
+        ),
+        (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [4], "data": [1, 2, 3, 4]}]}', "got shape [4]"),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
+            "unknown input 'x'; this model takes: input",
+        ),
+        (
+            b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": ["a", "b", "c", "d"]}]}',
+            "holds strings",
+        ),
+        (
+            b'{"inputs": [{"name": "input", "datatype": "FLOAT", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
+            "is not one of",
+        ),
+        (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, -4], "data": [1]}]}', "non-negative"),
+        (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4], "data": [[1, 2], [3]]}]}', "ragged"),
+        (
+            b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}], '
+            b'"outputs": [{"name": "nope"}]}',
+            "unknown output 'nope'; this model gives: label, probabilities",
+        ),
+        (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4]}]}', "neither 'data'"),
+        (
+            b'{"id": 7, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
+            "'id' must be a string",
+        ),
+    ],
+)
 def test_bad_requests_get_4xx_with_the_expectation(server: Running, body: bytes, fragment: str) -> None:
     status, error = _bad(server, body)
     assert status == 400 and fragment in error, error
@@ -127,11 +155,13 @@ def test_bad_requests_get_4xx_with_the_expectation(server: Running, body: bytes,
 
 
 def test_binary_extension_errors(server: Running) -> None:
-    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
-                                   "parameters": {"binary_data_size": 16}}]}).encode()
+    head = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}]}
+    ).encode()
     ok = np.ones(4, np.float32).tobytes()
-    status, _, _ = server.request("POST", "/v2/models/iris/infer", head + ok,
-                                  {"Inference-Header-Content-Length": str(len(head))})
+    status, _, _ = server.request(
+        "POST", "/v2/models/iris/infer", head + ok, {"Inference-Header-Content-Length": str(len(head))}
+    )
     assert status == 200
     status, error = _bad(server, head + ok[:10], {"Inference-Header-Content-Length": str(len(head))})
     assert status == 400 and "truncated binary data: 16 bytes announced, 10 sent" in error
@@ -164,8 +194,14 @@ def test_metrics_count_requests(server: Running, models: Models) -> None:
     metrics = text.decode()
     assert 'mlops_requests_total{model="iris",status="200",version="1"}' in metrics
     assert 'mlops_requests_total{model="iris",status="400",version="1"}' in metrics
-    for name in ("mlops_request_seconds_bucket", "mlops_inference_seconds_bucket", "mlops_batch_size_bucket",
-                 "mlops_queue_seconds", "mlops_collection_dropped_total", "mlops_ready 1.0"):
+    for name in (
+        "mlops_request_seconds_bucket",
+        "mlops_inference_seconds_bucket",
+        "mlops_batch_size_bucket",
+        "mlops_queue_seconds",
+        "mlops_collection_dropped_total",
+        "mlops_ready 1.0",
+    ):
         assert name in metrics
 
 
@@ -176,8 +212,9 @@ def test_auth_key(models: Models) -> None:
         status, body = server.json("POST", "/v2/models/iris/infer", infer_body(models.iris[:1]))
         assert status == 401 and "bearer token" in body["error"]
         assert server.json("GET", "/v2/models/iris", Authorization="Bearer wrong")[0] == 401
-        status, _ = server.json("POST", "/v2/models/iris/infer", infer_body(models.iris[:1]),
-                                Authorization="Bearer s3cret")
+        status, _ = server.json(
+            "POST", "/v2/models/iris/infer", infer_body(models.iris[:1]), Authorization="Bearer s3cret"
+        )
         assert status == 200
 
 
@@ -188,8 +225,10 @@ def test_traffic_weights_split_unversioned_requests(models: Models) -> None:
         for _ in range(200):
             seen[server.json("POST", "/v2/models/iris/infer", infer_body(models.iris[:1]))[1]["model_version"]] += 1
         assert 120 <= seen["1"] <= 190 and seen["2"] >= 10, seen
-        assert server.json("POST", "/v2/models/iris/versions/2/infer",
-                           infer_body(models.iris[:1]))[1]["model_version"] == "2"
+        assert (
+            server.json("POST", "/v2/models/iris/versions/2/infer", infer_body(models.iris[:1]))[1]["model_version"]
+            == "2"
+        )
 
 
 def test_dynamic_batching_merges_and_splits(models: Models) -> None:
@@ -198,7 +237,7 @@ def test_dynamic_batching_merges_and_splits(models: Models) -> None:
         results: dict[int, object] = {}
 
         def call(i: int) -> None:
-            x = models.cancer[i * 3: i * 3 + 3]
+            x = models.cancer[i * 3 : i * 3 + 3]
             results[i] = server.json("POST", "/v2/models/cancer/infer", infer_body(x))
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
@@ -209,22 +248,23 @@ def test_dynamic_batching_merges_and_splits(models: Models) -> None:
         for i in range(16):
             status, doc = results[i]  # type: ignore[misc]
             assert status == 200
-            label, proba = local(models, "cancer", models.cancer[i * 3: i * 3 + 3])
+            label, proba = local(models, "cancer", models.cancer[i * 3 : i * 3 + 3])
             assert doc["outputs"][0]["data"] == label.tolist()
             np.testing.assert_allclose(np.asarray(doc["outputs"][1]["data"]).reshape(3, 2), proba, rtol=1e-6)
         _, _, text = server.request("GET", "/metrics")
-        merged = [line for line in text.decode().splitlines()
-                  if line.startswith('mlops_batch_size_bucket{le="2.0"')]
+        merged = [line for line in text.decode().splitlines() if line.startswith('mlops_batch_size_bucket{le="2.0"')]
         total = [line for line in text.decode().splitlines() if line.startswith("mlops_batch_size_count")]
         assert float(merged[0].split()[-1]) < float(total[0].split()[-1])  # some batches held > 2 rows
 
 
 def test_data_collection_writes_json_lines(models: Models, tmp_path: Path) -> None:
-    config = {"models": [model_entry(models, "iris")],
-              "collection": {"enabled": True, "sample_rate": 1.0, "sink": "file", "path": "collected/r.jsonl"}}
+    config = {
+        "models": [model_entry(models, "iris")],
+        "collection": {"enabled": True, "sample_rate": 1.0, "sink": "file", "path": "collected/r.jsonl"},
+    }
     with running_server(models, config) as server:
         for i in range(5):
-            server.json("POST", "/v2/models/iris/infer", {**infer_body(models.iris[i:i + 1]), "id": f"r{i}"})
+            server.json("POST", "/v2/models/iris/infer", {**infer_body(models.iris[i : i + 1]), "id": f"r{i}"})
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM
     lines = (models.folder / "collected/r.jsonl").read_text().splitlines()
@@ -243,13 +283,15 @@ def test_handler_pre_and_post_processing(models: Models) -> None:
         "    return {'input': (x * 10).astype(np.float32) / 10}\n"
         "def postprocess(outputs):\n"
         "    names = np.array([b'setosa', b'versicolor', b'virginica'], dtype=object)\n"
-        "    return {'species': names[outputs['label']]}\n")
+        "    return {'species': names[outputs['label']]}\n"
+    )
     config = {"models": [model_entry(models, "iris", handler="handler.py")]}
     with running_server(models, config) as server:
         status, doc = server.json("POST", "/v2/models/iris/infer", infer_body(models.iris[[0, 149]], "cm"))
         assert status == 200, doc
-        assert doc["outputs"] == [{"name": "species", "datatype": "BYTES", "shape": [2],
-                                   "data": ["setosa", "virginica"]}]
+        assert doc["outputs"] == [
+            {"name": "species", "datatype": "BYTES", "shape": [2], "data": ["setosa", "virginica"]}
+        ]
         status, doc = server.json("POST", "/v2/models/iris/infer", infer_body(np.ones((1, 3), np.float32), "cm"))
         assert status == 400 and "expected 4 measurements" in doc["error"]
 
@@ -259,7 +301,8 @@ def test_not_ready_until_loaded_and_drains_on_sigterm(models: Models) -> None:
         "import time\ntime.sleep(2)  # a slow load\n"
         "def preprocess(request):\n"
         "    time.sleep(1.5)  # a slow request, in flight when SIGTERM arrives\n"
-        "    return dict(request.inputs)\n")
+        "    return dict(request.inputs)\n"
+    )
     config = {"models": [model_entry(models, "iris", handler="slow_handler.py")]}
     with running_server(models, config, wait_ready=False) as server:
         assert server.json("GET", "/v2/health/ready") == (503, {"ready": False})
@@ -269,8 +312,9 @@ def test_not_ready_until_loaded_and_drains_on_sigterm(models: Models) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.1)
         result: list[int] = []
-        worker = threading.Thread(target=lambda: result.append(
-            server.json("POST", "/v2/models/iris/infer", infer_body(models.iris[:1]))[0]))
+        worker = threading.Thread(
+            target=lambda: result.append(server.json("POST", "/v2/models/iris/infer", infer_body(models.iris[:1]))[0])
+        )
         worker.start()
         time.sleep(0.5)
         server.process.send_signal(signal.SIGTERM)
@@ -289,8 +333,21 @@ def test_refuses_a_model_that_does_not_match_its_digest(models: Models) -> None:
     settings.write_text(json.dumps({"models": [entry]}))
     from .conftest import free_port
 
-    done = subprocess.run([sys.executable, "-m", "mlops_iac.serving", "--config", str(settings),
-                           "--host", "127.0.0.1", "--port", str(free_port())],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlops_iac.serving",
+            "--config",
+            str(settings),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "does not match its pinned digest" in done.stderr

@@ -40,12 +40,19 @@ def test_schemathesis_finds_no_server_error(case: Any, server: Running) -> None:
 
 
 VALID = {"id": "x", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                    st.floats(allow_nan=False, allow_infinity=False),
-                    st.text(max_size=8), st.sampled_from(["FP32", "INT64", "BYTES", "input", "label", -1, 0]))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=5),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                      max_leaves=12)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.sampled_from(["FP32", "INT64", "BYTES", "input", "label", -1, 0]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 def _mutate(data: st.DataObject) -> Any:
@@ -76,15 +83,30 @@ def _request(data: st.DataObject) -> tuple[str, str, bytes, dict[str, str]]:
     elif kind == "binary":
         head = json.dumps(_mutate(data)).encode()
         body = head + data.draw(st.binary(max_size=64))
-        headers["Inference-Header-Content-Length"] = str(data.draw(st.one_of(
-            st.just(len(head)), st.integers(-5, len(body) + 5),
-            st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=4))))
+        headers["Inference-Header-Content-Length"] = str(
+            data.draw(
+                st.one_of(
+                    st.just(len(head)),
+                    st.integers(-5, len(body) + 5),
+                    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=4),
+                )
+            )
+        )
         if data.draw(st.booleans()):
             headers["Content-Encoding"] = data.draw(st.sampled_from(["gzip", "deflate", "br", "x"]))
     elif kind == "path":
-        path = data.draw(st.sampled_from(["/v2/models//infer", "/v2/models/iris/versions//infer",
-                                          "/v2/models/iris/versions/1/x/infer", "/v2/models/%2e%2e/infer",
-                                          "/v2/models/iris/infer/extra", "/v2/models/iris/versions/0/infer"]))
+        path = data.draw(
+            st.sampled_from(
+                [
+                    "/v2/models//infer",
+                    "/v2/models/iris/versions//infer",
+                    "/v2/models/iris/versions/1/x/infer",
+                    "/v2/models/%2e%2e/infer",
+                    "/v2/models/iris/infer/extra",
+                    "/v2/models/iris/versions/0/infer",
+                ]
+            )
+        )
         body = json.dumps(VALID).encode()
     else:
         body = json.dumps(_mutate(data), allow_nan=False).encode()
@@ -124,8 +146,7 @@ def test_ten_thousand_malformed_requests(server: Running) -> None:
         client.send("POST", "/v2/models/iris/infer", json.dumps(VALID).encode(), {})
     baseline = server.rss_kib()
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(data=st.data())
     def fuzz(data: st.DataObject) -> None:
         for _ in range(REQUESTS_PER_EXAMPLE):

@@ -41,10 +41,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
 
 @pytest.fixture(scope="module")
 def server(models: Models) -> Iterator[Running]:
-    config = {"models": [model_entry(models, "colors"),
-                         model_entry(models, "colors_batched", max_batch_size=8, max_delay_ms=1),
-                         model_entry(models, "identity"), model_entry(models, "text"),
-                         model_entry(models, "bf16")]}
+    config = {
+        "models": [
+            model_entry(models, "colors"),
+            model_entry(models, "colors_batched", max_batch_size=8, max_delay_ms=1),
+            model_entry(models, "identity"),
+            model_entry(models, "text"),
+            model_entry(models, "bf16"),
+        ]
+    }
     with running_server(models, config) as running:
         yield running
 
@@ -59,8 +64,9 @@ def colors_batch() -> np.ndarray:
 
 @pytest.mark.parametrize("model", ["colors", "colors_batched"])
 @pytest.mark.parametrize("binary", [False, True])
-def test_a_model_trained_on_strings_answers_like_onnxruntime(server: Running, models: Models, model: str,
-                                                            binary: bool) -> None:
+def test_a_model_trained_on_strings_answers_like_onnxruntime(
+    server: Running, models: Models, model: str, binary: bool
+) -> None:
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(server.url)
@@ -78,12 +84,17 @@ def test_a_model_trained_on_strings_answers_like_onnxruntime(server: Running, mo
 
 def test_plain_json_strings(server: Running, models: Models) -> None:
     x = colors_batch()
-    status, doc = server.json("POST", "/v2/models/colors/infer", {"inputs": [
-        {"name": "color", "datatype": "BYTES", "shape": list(x.shape), "data": [[c] for c in x[:, 0]]}]})
+    status, doc = server.json(
+        "POST",
+        "/v2/models/colors/infer",
+        {"inputs": [{"name": "color", "datatype": "BYTES", "shape": list(x.shape), "data": [[c] for c in x[:, 0]]}]},
+    )
     assert status == 200, doc
     proba = {o["name"]: o for o in doc["outputs"]}["probabilities"]
-    assert np.array_equal(np.asarray(proba["data"], dtype=np.float32).reshape(proba["shape"]),
-                          in_process(models, "colors", {"color": x})[1])
+    assert np.array_equal(
+        np.asarray(proba["data"], dtype=np.float32).reshape(proba["shape"]),
+        in_process(models, "colors", {"color": x})[1],
+    )
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -103,19 +114,30 @@ def test_a_string_model_echoes_text(server: Running, binary: bool) -> None:
 
 def test_bytes_that_are_not_utf8_are_refused_for_a_string_model(server: Running) -> None:
     raw = b"\xff\xfe"
-    header = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
-                                     "parameters": {"binary_data_size": 4 + len(raw)}}]}).encode()
-    status, _, body = server.request("POST", "/v2/models/text/infer", header + len(raw).to_bytes(4, "little") + raw,
-                                     {"Inference-Header-Content-Length": str(len(header))})
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 4 + len(raw)}}
+            ]
+        }
+    ).encode()
+    status, _, body = server.request(
+        "POST",
+        "/v2/models/text/infer",
+        header + len(raw).to_bytes(4, "little") + raw,
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
     assert status == 400 and "not UTF-8" in json.loads(body)["error"]
 
 
 VALUES = {
     "BOOL": np.array([True, False, True, False]),
-    "UINT8": np.array([0, 7, 255, 1], np.uint8), "UINT16": np.array([0, 65535, 1, 2], np.uint16),
+    "UINT8": np.array([0, 7, 255, 1], np.uint8),
+    "UINT16": np.array([0, 65535, 1, 2], np.uint16),
     "UINT32": np.array([0, 2**32 - 1, 1, 2], np.uint32),
     "UINT64": np.array([0, 1, 2**63, 2**64 - 1], np.uint64),
-    "INT8": np.array([-128, 0, 127, -1], np.int8), "INT16": np.array([-(2**15), 2**15 - 1, 0, -1], np.int16),
+    "INT8": np.array([-128, 0, 127, -1], np.int8),
+    "INT16": np.array([-(2**15), 2**15 - 1, 0, -1], np.int16),
     "INT32": np.array([-(2**31), 2**31 - 1, 0, -1], np.int32),
     "INT64": np.array([-(2**63), 0, 2**63 - 1, -1], np.int64),
     "FP16": np.array([0.1, -65504, 6e-8, 1], np.float16),
@@ -149,44 +171,52 @@ def test_every_datatype_round_trips_exactly(server: Running, binary: bool) -> No
 
 
 def identity_body(datatype: str, data: object, shape: list[int] | None = None) -> dict[str, object]:
-    feeds = [{"name": f"x_{d}", "datatype": d, "shape": [len(v)], "data": v.tolist()}
-             for d, v in VALUES.items() if d != datatype]
+    feeds = [
+        {"name": f"x_{d}", "datatype": d, "shape": [len(v)], "data": v.tolist()}
+        for d, v in VALUES.items()
+        if d != datatype
+    ]
     length = len(data) if isinstance(data, list) else 1
     feeds.append({"name": f"x_{datatype}", "datatype": datatype, "shape": shape or [length], "data": data})
     return {"inputs": feeds}
 
 
-@pytest.mark.parametrize(("datatype", "data", "fragment"), [
-    ("BYTES", ["a", None, "b", "c"], "BYTES data must be strings; got null"),
-    ("BYTES", ["a", {"b": 1}, "b", "c"], "got an object"),
-    ("BYTES", [1, "a", "b", "c"], "got a number"),
-    ("UINT64", [1, -1, 2, 3], "do not fit UINT64"),
-    ("UINT64", [2**63, 1.5, 2, 3], "non-integers"),
-    ("INT64", [1, 2**63, 2, 3], "do not fit INT64"),
-    ("INT8", [128, 1, 2, 3], "do not fit INT8"),
-    ("BOOL", [1, 0, 1, 0], "integers, which is not BOOL"),
-    ("FP32", ["1.0", 1, 2, 3], "strings, which is not FP32"),
-])
-def test_elements_are_checked_per_datatype(server: Running, datatype: str, data: list[object],
-                                           fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("datatype", "data", "fragment"),
+    [
+        ("BYTES", ["a", None, "b", "c"], "BYTES data must be strings; got null"),
+        ("BYTES", ["a", {"b": 1}, "b", "c"], "got an object"),
+        ("BYTES", [1, "a", "b", "c"], "got a number"),
+        ("UINT64", [1, -1, 2, 3], "do not fit UINT64"),
+        ("UINT64", [2**63, 1.5, 2, 3], "non-integers"),
+        ("INT64", [1, 2**63, 2, 3], "do not fit INT64"),
+        ("INT8", [128, 1, 2, 3], "do not fit INT8"),
+        ("BOOL", [1, 0, 1, 0], "integers, which is not BOOL"),
+        ("FP32", ["1.0", 1, 2, 3], "strings, which is not FP32"),
+    ],
+)
+def test_elements_are_checked_per_datatype(server: Running, datatype: str, data: list[object], fragment: str) -> None:
     status, body = server.json("POST", "/v2/models/identity/infer", identity_body(datatype, data))
     assert status == 400 and fragment in body["error"], body
 
 
 def test_binary_bool_bytes_must_be_zero_or_one(server: Running) -> None:
-    feeds = [{"name": f"x_{d}", "datatype": d, "shape": [4], "data": v.tolist()}
-             for d, v in VALUES.items() if d != "BOOL"]
+    feeds = [
+        {"name": f"x_{d}", "datatype": d, "shape": [4], "data": v.tolist()} for d, v in VALUES.items() if d != "BOOL"
+    ]
     feeds.append({"name": "x_BOOL", "datatype": "BOOL", "shape": [4], "parameters": {"binary_data_size": 4}})
     header = json.dumps({"inputs": feeds}).encode()
     for raw, status in ((b"\x00\x01\x01\x00", 200), (b"\x00\x02\x01\x00", 400)):
-        answer = server.request("POST", "/v2/models/identity/infer", header + raw,
-                                {"Inference-Header-Content-Length": str(len(header))})
+        answer = server.request(
+            "POST", "/v2/models/identity/infer", header + raw, {"Inference-Header-Content-Length": str(len(header))}
+        )
         assert answer[0] == status, answer[2]
 
 
 def test_uint64_above_two_to_the_63_beside_small_values(server: Running) -> None:
-    status, body = server.json("POST", "/v2/models/identity/infer",
-                               identity_body("UINT64", [1, 2**63 + 5, 2**64 - 1, 0]))
+    status, body = server.json(
+        "POST", "/v2/models/identity/infer", identity_body("UINT64", [1, 2**63 + 5, 2**64 - 1, 0])
+    )
     assert status == 200, body
     out = {o["name"]: o for o in body["outputs"]}["y_UINT64"]
     assert out["data"] == [1, 2**63 + 5, 2**64 - 1, 0]
@@ -199,16 +229,25 @@ def test_bfloat16_inputs_take_the_float32_path(server: Running, models: Models) 
     assert meta["inputs"] == [{"name": "x", "datatype": "BF16", "shape": [-1, 2]}]
     x = np.array([[1.5, -2.25], [0.1, 3e38], [1 / 3, -0.0]], np.float32)
     want = in_process_bf16(models, x)
-    status, doc = server.json("POST", "/v2/models/bf16/infer", {"inputs": [
-        {"name": "x", "datatype": "BF16", "shape": [3, 2], "data": x.ravel().tolist()}]})
+    status, doc = server.json(
+        "POST",
+        "/v2/models/bf16/infer",
+        {"inputs": [{"name": "x", "datatype": "BF16", "shape": [3, 2], "data": x.ravel().tolist()}]},
+    )
     assert status == 200, doc
     assert np.array_equal(np.asarray(doc["outputs"][0]["data"], np.float32).reshape(3, 2), want)
     raw = bf16_bits(x).tobytes()
-    header = json.dumps({"inputs": [{"name": "x", "datatype": "BF16", "shape": [3, 2],
-                                     "parameters": {"binary_data_size": len(raw)}}],
-                         "parameters": {"binary_data_output": True}}).encode()
-    status, headers, body = server.request("POST", "/v2/models/bf16/infer", header + raw,
-                                           {"Inference-Header-Content-Length": str(len(header))})
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "BF16", "shape": [3, 2], "parameters": {"binary_data_size": len(raw)}}
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    status, headers, body = server.request(
+        "POST", "/v2/models/bf16/infer", header + raw, {"Inference-Header-Content-Length": str(len(header))}
+    )
     assert status == 200
     size = int(headers["inference-header-content-length"])
     assert np.array_equal(np.frombuffer(body[size:], "<f4").reshape(3, 2), want)
@@ -231,14 +270,20 @@ def test_a_bfloat16_output_is_refused_at_load_with_a_reason(models: Models, tmp_
 
     from .server_fixtures import _save
 
-    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.BFLOAT16)], "out",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
-                              [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["N"])])
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.BFLOAT16)],
+        "out",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["N"])],
+    )
     _save(graph, tmp_path / "out.onnx")
-    (tmp_path / "server.json").write_text(json.dumps({"models": [{"name": "out", "version": 1,
-                                                                  "path": "out.onnx"}]}))
-    done = subprocess.run([sys.executable, "-m", "mlops_iac.serving", "--config", str(tmp_path / "server.json"),
-                           "--port", "1"], capture_output=True, text=True, timeout=120)
+    (tmp_path / "server.json").write_text(json.dumps({"models": [{"name": "out", "version": 1, "path": "out.onnx"}]}))
+    done = subprocess.run(
+        [sys.executable, "-m", "mlops_iac.serving", "--config", str(tmp_path / "server.json"), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert "output 'y' is bfloat16" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
@@ -251,8 +296,11 @@ def test_classification_gives_top_k_with_labels(server: Running, models: Models,
     x = colors_batch()
     tensor = httpclient.InferInput("color", list(x.shape), "BYTES")
     tensor.set_data_from_numpy(x, binary_data=binary)
-    result = client.infer("colors_batched", [tensor], outputs=[
-        httpclient.InferRequestedOutput("probabilities", binary_data=binary, class_count=2)])
+    result = client.infer(
+        "colors_batched",
+        [tensor],
+        outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=binary, class_count=2)],
+    )
     got = result.as_numpy("probabilities")
     assert got.shape == (len(x), 2)
     proba = in_process(models, "colors", {"color": x})[1]
@@ -264,8 +312,10 @@ def test_classification_gives_top_k_with_labels(server: Running, models: Models,
 
 
 def test_binary_flags_are_parsed_strictly(server: Running) -> None:
-    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
-            "parameters": {"binary_data_output": "false"}}
+    body = {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
+        "parameters": {"binary_data_output": "false"},
+    }
     status, doc = server.json("POST", "/v2/models/text/infer", body)
     assert status == 400 and "binary_data_output must be true or false" in doc["error"]
     body = {"inputs": body["inputs"], "outputs": [{"name": "echo", "parameters": {"binary_data": "true"}}]}
@@ -281,9 +331,13 @@ def test_routes_slashes_and_allow(server: Running) -> None:
     assert status == 200 and "statistics" in meta["extensions"]
     assert server.json("GET", "/v2/models/text/")[0] == 200
     assert server.json("GET", "/v2/health/ready/") == (200, {"ready": True})
-    for method, path, allowed in (("TRACE", "/v2", "GET"), ("POST", "/v2/models/text/ready", "GET"),
-                                  ("GET", "/v2/models/text/infer", "POST"), ("DELETE", "/v2/health/live", "GET"),
-                                  ("PUT", "/v2/models/text/config", "GET")):
+    for method, path, allowed in (
+        ("TRACE", "/v2", "GET"),
+        ("POST", "/v2/models/text/ready", "GET"),
+        ("GET", "/v2/models/text/infer", "POST"),
+        ("DELETE", "/v2/health/live", "GET"),
+        ("PUT", "/v2/models/text/config", "GET"),
+    ):
         status, headers, _ = server.request(method, path)
         assert status == 405 and headers.get("allow") == allowed, (method, path, headers)
 
@@ -301,8 +355,14 @@ def test_model_configuration_and_statistics(server: Running) -> None:
     tensor.set_data_from_numpy(np.asarray(["a", "b", "c"], dtype=object))
     for _ in range(2):
         client.infer("text", [tensor])
-    assert server.json("POST", "/v2/models/text/infer", {"inputs": [
-        {"name": "nope", "datatype": "BYTES", "shape": [1], "data": ["a"]}]})[0] == 400
+    assert (
+        server.json(
+            "POST",
+            "/v2/models/text/infer",
+            {"inputs": [{"name": "nope", "datatype": "BYTES", "shape": [1], "data": ["a"]}]},
+        )[0]
+        == 400
+    )
     after = client.get_inference_statistics("text", "1")["model_stats"][0]
     assert after["name"] == "text" and after["version"] == "1"
     stats, old = after["inference_stats"], before["inference_stats"]
@@ -327,8 +387,11 @@ def raw_http(port: int, requests: list[bytes]) -> list[bytes]:
                 line = reader.readline()
                 assert line, "the server closed the connection"
                 head += line
-            length = int(next(v for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
-                               if k.lower() == b"content-length"))
+            length = int(
+                next(
+                    v for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")) if k.lower() == b"content-length"
+                )
+            )
             answers.append(head + reader.read(length))
         answers.append(reader.read())  # b"" once the server closes
     return answers
@@ -353,11 +416,16 @@ def test_http_1_0_keep_alive_is_honoured(server: Running) -> None:
 
 
 def test_collected_records_keep_strings_as_text(models: Models, tmp_path: Path) -> None:
-    config = {"models": [model_entry(models, "text")],
-              "collection": {"enabled": True, "sample_rate": 1.0, "sink": "file", "path": str(tmp_path / "c.jsonl")}}
+    config = {
+        "models": [model_entry(models, "text")],
+        "collection": {"enabled": True, "sample_rate": 1.0, "sink": "file", "path": str(tmp_path / "c.jsonl")},
+    }
     with running_server(models, config) as running:
-        status, _ = running.json("POST", "/v2/models/text/infer", {"inputs": [
-            {"name": "text", "datatype": "BYTES", "shape": [2], "data": ["héllo", "x"]}]})
+        status, _ = running.json(
+            "POST",
+            "/v2/models/text/infer",
+            {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["héllo", "x"]}]},
+        )
         assert status == 200
     [line] = (tmp_path / "c.jsonl").read_text().splitlines()
     record = json.loads(line)

@@ -40,10 +40,19 @@ def respond(cls: type, method: str, keep_alive: bool, messages: list[dict[str, A
     async def run() -> Recorder:
         transport = Recorder()
         log = logging.getLogger("test")
-        cycle = cls(scope={"method": method, "http_version": "1.1", "path": "/"}, transport=transport,
-                    flow=FlowControl(transport), logger=log, access_logger=log, access_log=False,
-                    default_headers=[], message_event=asyncio.Event(), expect_100_continue=False,
-                    keep_alive=keep_alive, on_response=lambda: None)
+        cycle = cls(
+            scope={"method": method, "http_version": "1.1", "path": "/"},
+            transport=transport,
+            flow=FlowControl(transport),
+            logger=log,
+            access_logger=log,
+            access_log=False,
+            default_headers=[],
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=keep_alive,
+            on_response=lambda: None,
+        )
         for message in messages:
             await cycle.send(message)
         assert cycle.response_complete
@@ -65,8 +74,11 @@ CASES = {
     "keep-alive": ("POST", True, [start(200, JSON, (b"content-length", b"7")), body(b'{"a":1}')]),
     "close": ("POST", False, [start(400, JSON, (b"content-length", b"2")), body(b"{}")]),
     "405 with allow": ("PUT", True, [start(405, JSON, (b"content-length", b"2"), (b"allow", b"POST")), body(b"{}")]),
-    "HTTP/1.0 keep-alive": ("GET", True, [start(200, (b"content-length", b"2"), (b"connection", b"keep-alive")),
-                                          body(b"{}")]),
+    "HTTP/1.0 keep-alive": (
+        "GET",
+        True,
+        [start(200, (b"content-length", b"2"), (b"connection", b"keep-alive")), body(b"{}")],
+    ),
     "HEAD": ("HEAD", True, [start(200, JSON, (b"content-length", b"2")), body(b"{}")]),
     "chunked": ("GET", True, [start(200, JSON), body(b"ab", more=True), body(b"cd")]),
 }

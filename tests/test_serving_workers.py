@@ -74,8 +74,11 @@ def every_worker_ready(server: Running) -> None:
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text.decode()) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
 
 
 def test_worker_count_follows_the_settings_within_the_cpus() -> None:
@@ -88,9 +91,9 @@ def test_two_workers_answer_right_and_metrics_add_up(two_workers: Running, model
     assert len(worker_pids(two_workers)) == 2
     local = session((models.folder / "iris.onnx").read_bytes())
     for i in range(40):  # a new connection each: the kernel hands them to either worker
-        status, doc = two_workers.json("POST", "/v2/models/iris/infer", infer_body(models.iris[i:i + 1]))
+        status, doc = two_workers.json("POST", "/v2/models/iris/infer", infer_body(models.iris[i : i + 1]))
         assert status == 200, doc
-        label, proba = run(local, models.iris[i:i + 1])
+        label, proba = run(local, models.iris[i : i + 1])
         assert doc["outputs"][0]["data"] == label.tolist()
         np.testing.assert_array_equal(np.asarray(doc["outputs"][1]["data"], np.float32), proba.ravel())
     time.sleep(1.5)  # each worker publishes its metrics every second
@@ -113,7 +116,8 @@ def test_sigterm_drains_every_worker(models: Models, tmp_path: Path) -> None:
         "def preprocess(request):\n"
         f"    pathlib.Path({str(tmp_path)!r}, f'{{os.getpid()}}-{{time.monotonic_ns()}}').touch()\n"
         "    time.sleep(2)  # a slow request, in flight when SIGTERM arrives\n"
-        "    return dict(request.inputs)\n")
+        "    return dict(request.inputs)\n"
+    )
     config = {"models": [model_entry(models, "iris", handler="slow.py")], "workers": 2}
     with running_server(models, config) as server:
         every_worker_ready(server)
@@ -145,9 +149,22 @@ def test_a_worker_that_cannot_load_stops_the_server(models: Models) -> None:
     entry["digest"] = "sha256:" + "0" * 64
     settings = models.folder / "tampered-workers.json"
     settings.write_text(json.dumps({"models": [entry], "workers": 2}))
-    done = subprocess.run([sys.executable, "-m", "mlops_iac.serving", "--config", str(settings),
-                           "--host", "127.0.0.1", "--port", str(free_port())],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlops_iac.serving",
+            "--config",
+            str(settings),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert "does not match its pinned digest" in done.stderr
 
@@ -183,8 +200,7 @@ def test_a_lone_request_runs_inline_and_a_crowd_merges_on_the_batch_thread() -> 
             alone = await batcher.submit({"x": np.ones((1, 3), np.float32)})
             assert threads == [(threading.main_thread().name, 1)]  # no hop when nothing else waits
             np.testing.assert_array_equal(alone[0]["y"], np.full((1, 3), 2, np.float32))
-            crowd = await asyncio.gather(*(batcher.submit({"x": np.full((1, 3), i, np.float32)})
-                                           for i in range(8)))
+            crowd = await asyncio.gather(*(batcher.submit({"x": np.full((1, 3), i, np.float32)}) for i in range(8)))
             assert threads[1:] == [(threads[1][0], 8)] and threads[1][0].startswith("batch")
             for i, (outputs, _, rows) in enumerate(crowd):
                 assert rows == 8
@@ -199,11 +215,31 @@ def test_a_collection_file_with_several_workers_is_refused(models: Models) -> No
     if not TWO_CPUS:
         pytest.skip("one CPU here: the server caps its workers at the CPUs it may use")
     settings = models.folder / "collect-workers.json"
-    settings.write_text(json.dumps({"models": [model_entry(models, "iris")], "workers": 2,
-                                    "collection": {"enabled": True, "sample_rate": 1.0, "sink": "file"}}))
-    done = subprocess.run([sys.executable, "-m", "mlops_iac.serving", "--config", str(settings),
-                           "--host", "127.0.0.1", "--port", str(free_port())],
-                          capture_output=True, text=True, timeout=60)
+    settings.write_text(
+        json.dumps(
+            {
+                "models": [model_entry(models, "iris")],
+                "workers": 2,
+                "collection": {"enabled": True, "sample_rate": 1.0, "sink": "file"},
+            }
+        )
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlops_iac.serving",
+            "--config",
+            str(settings),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "collection.sink is `file` with 2 workers" in done.stderr and "Traceback" not in done.stderr
 

@@ -64,7 +64,7 @@ def test_the_server_mirrors_a_share_after_answering_and_the_report_pairs_every_o
     assert dep.shadow == {2: 20} and [(v.number, v.weight) for v in dep.versions] == [(1, 100), (2, 0)]
     x = load_iris(return_X_y=True)[0].astype(np.float32)
     models = sessions(converted)
-    expected = {v: [s.run(None, {"input": x[i:i + 1]}) for i in range(len(x))] for v, s in models.items()}
+    expected = {v: [s.run(None, {"input": x[i : i + 1]}) for i in range(len(x))] for v, s in models.items()}
     with serving(converted, port):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for n in range(REQUESTS):
@@ -96,11 +96,14 @@ def test_the_server_mirrors_a_share_after_answering_and_the_report_pairs_every_o
         assert r["outputs"]["label"] == answer[0].ravel().tolist()
 
     out = converted / "shadow-report"
-    result = CliRunner().invoke(main, ["shadow", "report", "iris-live", "--collected", str(files[0].parent),
-                                       "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["shadow", "report", "iris-live", "--collected", str(files[0].parent), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
-    assert f"{len(shadow)} mirrored requests paired by request id (0 failed in the shadow); unpaired: 0 primary, " \
-           "0 shadow" in result.output
+    assert (
+        f"{len(shadow)} mirrored requests paired by request id (0 failed in the shadow); unpaired: 0 primary, "
+        "0 shadow" in result.output
+    )
     paired = [(next(p for p in primary if p["id"] == r["id"])["outputs"], r["outputs"]) for r in shadow]
     agree = np.mean([a["label"] == b["label"] for a, b in paired])
     assert f"| label | label | {agree:.2%} |" in result.output, result.output
@@ -112,10 +115,13 @@ def test_the_server_mirrors_a_share_after_answering_and_the_report_pairs_every_o
     assert (out / "report.md").read_text() == result.output
 
 
-@pytest.mark.parametrize(("lines", "said"), [
-    ('{"model": "iris"\n', "requests.jsonl:1: not a JSON record"),
-    ('{"model": "iris", "id": "a", "version": "1", "mirrored": true, "outputs": {}}\n', "no mirrored request"),
-])
+@pytest.mark.parametrize(
+    ("lines", "said"),
+    [
+        ('{"model": "iris"\n', "requests.jsonl:1: not a JSON record"),
+        ('{"model": "iris", "id": "a", "version": "1", "mirrored": true, "outputs": {}}\n', "no mirrored request"),
+    ],
+)
 def test_shadow_report_errors_are_located(tmp_path: Path, lines: str, said: str) -> None:
     from .test_rollout import project
 
@@ -125,6 +131,18 @@ def test_shadow_report_errors_are_located(tmp_path: Path, lines: str, said: str)
     data["deployments"][0] = {**data["deployments"][0], "shadow": {2: 10}}
     file.write_text(yaml.safe_dump(data))
     (tmp_path / "requests.jsonl").write_text(lines)
-    result = CliRunner().invoke(main, ["shadow", "report", "iris-live", "-f", str(file), "--collected",
-                                       str(tmp_path / "requests.jsonl"), "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "shadow",
+            "report",
+            "iris-live",
+            "-f",
+            str(file),
+            "--collected",
+            str(tmp_path / "requests.jsonl"),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert result.exit_code == 1 and said in result.output and "Traceback" not in result.output

@@ -28,12 +28,19 @@ from .test_stacks import Mocks  # Pulumi's own unit-test engine in place of the 
 
 # Examples whose lock is committed: a quickstart run leaves an ignored lock of its own,
 # made fresh by every run, for a local target that has no Pulumi stack.
-EXAMPLES = sorted(p.parent for p in (ROOT / "examples").glob("*/mlops.lock")
-                  if subprocess.run(["git", "check-ignore", "-q", str(p)], cwd=ROOT).returncode != 0)
+EXAMPLES = sorted(
+    p.parent
+    for p in (ROOT / "examples").glob("*/mlops.lock")
+    if subprocess.run(["git", "check-ignore", "-q", str(p)], cwd=ROOT).returncode != 0
+)
 
 
-WORKLOADS = ("kubernetes:apps/v1:Deployment", "docker:index/container:Container", "azure-native:app:ContainerApp",
-             "azure-native:containerinstance:ContainerGroup")
+WORKLOADS = (
+    "kubernetes:apps/v1:Deployment",
+    "docker:index/container:Container",
+    "azure-native:app:ContainerApp",
+    "azure-native:containerinstance:ContainerGroup",
+)
 
 
 def run_generated(folder: Path, project: str, stack: str, preview: bool = False) -> tuple[Mocks, dict[str, Any]]:
@@ -81,8 +88,11 @@ def registered(mocks: Mocks) -> list[tuple[str, str, str]]:
 
 def check_program(folder: Path, plans: dict[str, StackPlan]) -> None:
     """Run every stack of a generated project; each registers what its plan in memory does."""
-    project = next(line.split(":", 1)[1].strip() for line in (folder / "Pulumi.yaml").read_text().splitlines()
-                   if line.startswith("name:"))
+    project = next(
+        line.split(":", 1)[1].strip()
+        for line in (folder / "Pulumi.yaml").read_text().splitlines()
+        if line.startswith("name:")
+    )
     stacks = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in folder.glob("Pulumi.*.yaml"))
     assert stacks == sorted(plans), f"stack files in {folder}: {stacks}"
     for name in stacks:
@@ -90,10 +100,20 @@ def check_program(folder: Path, plans: dict[str, StackPlan]) -> None:
         kinds = {r.typ for r in mocks.resources}
         workloads = [r for r in mocks.resources if r.typ in WORKLOADS]
         # a Container App is one resource for all of its versions (a revision each)
-        assert len(workloads) == sum(1 if plans[name].target.spec.kind == "azure-container-apps" else len(d.versions)
-                                     for d in plans[name].deployments) > 0
-        assert {"mlops:k8s:ModelServer", "mlops:docker:ModelServer", "mlops:azure:ContainerApp",
-                "mlops:azure:ContainerGroups"} & kinds
+        assert (
+            len(workloads)
+            == sum(
+                1 if plans[name].target.spec.kind == "azure-container-apps" else len(d.versions)
+                for d in plans[name].deployments
+            )
+            > 0
+        )
+        assert {
+            "mlops:k8s:ModelServer",
+            "mlops:docker:ModelServer",
+            "mlops:azure:ContainerApp",
+            "mlops:azure:ContainerGroups",
+        } & kinds
         assert registered(mocks) == in_memory(plans[name]), f"{folder.name}/{name} differs from its plan"
 
 
@@ -124,67 +144,114 @@ def test_every_example_with_a_lock_is_checked() -> None:
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_a_fresh_synth_of_every_example_runs(example: Path, tmp_path: Path) -> None:
     out = tmp_path / "stacks"
-    result = CliRunner().invoke(main, ["synth", "-f", str(example / "mlops.yaml"), "--out", str(out),
-                                       "--no-contexts"])
+    result = CliRunner().invoke(main, ["synth", "-f", str(example / "mlops.yaml"), "--out", str(out), "--no-contexts"])
     assert result.exit_code == 0, result.output
     check_program(out, deployed_plans(example))
 
 
 SINKS = st.one_of(
-    st.builds(lambda path, size, backups: {"kind": "file", "path": path, "maxBytes": size, "backups": backups},
-              st.from_regex(r"[a-z]{1,8}/[a-z]{1,8}\.jsonl", fullmatch=True), st.integers(1024, 2**40),
-              st.integers(0, 1000)),
+    st.builds(
+        lambda path, size, backups: {"kind": "file", "path": path, "maxBytes": size, "backups": backups},
+        st.from_regex(r"[a-z]{1,8}/[a-z]{1,8}\.jsonl", fullmatch=True),
+        st.integers(1024, 2**40),
+        st.integers(0, 1000),
+    ),
     st.just({"kind": "stdout"}),
-    st.builds(lambda host: {"kind": "http", "url": f"https://{host}/events"},
-              st.from_regex(r"[a-z]{1,10}\.example", fullmatch=True)))
-KUBERNETES = st.fixed_dictionaries({"kind": st.just("kubernetes")}, optional={
-    "context": st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True),
-    "namespace": st.one_of(st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True),
-                           st.fixed_dictionaries({"name": st.just("team-a"), "create": st.booleans()})),
-    "imagePullSecrets": st.lists(st.sampled_from(["ghcr", "acr"]), max_size=2, unique=True),
-    "monitoring": st.fixed_dictionaries({}, optional={
-        "namespace": st.just("observability"),
-        "prometheusOperator": st.fixed_dictionaries({"enabled": st.booleans()}, optional={
-            "labels": st.dictionaries(st.sampled_from(["release", "team"]), st.from_regex(r"[a-z]{1,8}",
-                                                                                           fullmatch=True))})}),
-    "gateway": st.fixed_dictionaries({"name": st.just("public")}, optional={"namespace": st.just("gw")}),
-    "hostname": st.just("models.example.com"),
-    "platform": st.sampled_from(["linux/amd64", "linux/arm64"]),
-    "gpu": st.booleans(),
-})
-DOCKER = st.fixed_dictionaries({"kind": st.just("docker")}, optional={
-    "host": st.sampled_from(["ssh://deploy@edge-01", "unix:///var/run/docker.sock", "tcp://10.0.0.2:2376"]),
-    "port": st.integers(1, 60000),
-    "sshOpts": st.lists(st.sampled_from(["-o", "BatchMode=yes", "-i", "/keys/edge"]), max_size=4),
-    "platform": st.sampled_from(["linux/amd64", "linux/arm64"]),
-    "gpu": st.booleans(),
-})
+    st.builds(
+        lambda host: {"kind": "http", "url": f"https://{host}/events"},
+        st.from_regex(r"[a-z]{1,10}\.example", fullmatch=True),
+    ),
+)
+KUBERNETES = st.fixed_dictionaries(
+    {"kind": st.just("kubernetes")},
+    optional={
+        "context": st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True),
+        "namespace": st.one_of(
+            st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True),
+            st.fixed_dictionaries({"name": st.just("team-a"), "create": st.booleans()}),
+        ),
+        "imagePullSecrets": st.lists(st.sampled_from(["ghcr", "acr"]), max_size=2, unique=True),
+        "monitoring": st.fixed_dictionaries(
+            {},
+            optional={
+                "namespace": st.just("observability"),
+                "prometheusOperator": st.fixed_dictionaries(
+                    {"enabled": st.booleans()},
+                    optional={
+                        "labels": st.dictionaries(
+                            st.sampled_from(["release", "team"]), st.from_regex(r"[a-z]{1,8}", fullmatch=True)
+                        )
+                    },
+                ),
+            },
+        ),
+        "gateway": st.fixed_dictionaries({"name": st.just("public")}, optional={"namespace": st.just("gw")}),
+        "hostname": st.just("models.example.com"),
+        "platform": st.sampled_from(["linux/amd64", "linux/arm64"]),
+        "gpu": st.booleans(),
+    },
+)
+DOCKER = st.fixed_dictionaries(
+    {"kind": st.just("docker")},
+    optional={
+        "host": st.sampled_from(["ssh://deploy@edge-01", "unix:///var/run/docker.sock", "tcp://10.0.0.2:2376"]),
+        "port": st.integers(1, 60000),
+        "sshOpts": st.lists(st.sampled_from(["-o", "BatchMode=yes", "-i", "/keys/edge"]), max_size=4),
+        "platform": st.sampled_from(["linux/amd64", "linux/arm64"]),
+        "gpu": st.booleans(),
+    },
+)
 
 
 AZURE = st.one_of(
-    st.fixed_dictionaries({"kind": st.just("azure-container-apps"), "resourceGroup": st.just("ml-prod"),
-                           "location": st.sampled_from(["westeurope", "eastus2"]),
-                           "environment": st.just("/subscriptions/s/resourceGroups/r/providers/Microsoft.App/"
-                                                  "managedEnvironments/e")},
-                          optional={"external": st.booleans(), "concurrency": st.integers(1, 10_000),
-                                    "workloadProfile": st.just("gpu-t4"), "gpu": st.booleans()}),
-    st.fixed_dictionaries({"kind": st.just("azure-container-instances"), "resourceGroup": st.just("ml-prod"),
-                           "location": st.just("westeurope")},
-                          optional={"front": st.fixed_dictionaries({"zone": st.just("example.com"),
-                                                                    "name": st.just("iris")},
-                                                                   optional={"ttl": st.integers(1, 86_400)}),
-                                    "gpu": st.booleans(), "gpuSku": st.sampled_from(["K80", "P100", "V100"])}),
-    st.fixed_dictionaries({"kind": st.just("azure-iot-edge"), "hub": st.just("acme-hub"),
-                           "deviceGroups": st.dictionaries(st.sampled_from(["plant-1", "lab"]),
-                                                           st.just("tags.site='x'"), min_size=1)},
-                          optional={"priority": st.integers(0, 100), "port": st.integers(1, 60000),
-                                    "platform": st.sampled_from(["linux/amd64", "linux/arm64"])}))
+    st.fixed_dictionaries(
+        {
+            "kind": st.just("azure-container-apps"),
+            "resourceGroup": st.just("ml-prod"),
+            "location": st.sampled_from(["westeurope", "eastus2"]),
+            "environment": st.just("/subscriptions/s/resourceGroups/r/providers/Microsoft.App/managedEnvironments/e"),
+        },
+        optional={
+            "external": st.booleans(),
+            "concurrency": st.integers(1, 10_000),
+            "workloadProfile": st.just("gpu-t4"),
+            "gpu": st.booleans(),
+        },
+    ),
+    st.fixed_dictionaries(
+        {
+            "kind": st.just("azure-container-instances"),
+            "resourceGroup": st.just("ml-prod"),
+            "location": st.just("westeurope"),
+        },
+        optional={
+            "front": st.fixed_dictionaries(
+                {"zone": st.just("example.com"), "name": st.just("iris")}, optional={"ttl": st.integers(1, 86_400)}
+            ),
+            "gpu": st.booleans(),
+            "gpuSku": st.sampled_from(["K80", "P100", "V100"]),
+        },
+    ),
+    st.fixed_dictionaries(
+        {
+            "kind": st.just("azure-iot-edge"),
+            "hub": st.just("acme-hub"),
+            "deviceGroups": st.dictionaries(st.sampled_from(["plant-1", "lab"]), st.just("tags.site='x'"), min_size=1),
+        },
+        optional={
+            "priority": st.integers(0, 100),
+            "port": st.integers(1, 60000),
+            "platform": st.sampled_from(["linux/amd64", "linux/arm64"]),
+        },
+    ),
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(target=st.one_of(KUBERNETES, DOCKER, AZURE), sink=SINKS, sample_rate=st.floats(0, 1), threads=st.integers(1, 64))
-def test_plan_json_round_trips_for_every_field(target: dict[str, Any], sink: dict[str, Any], sample_rate: float,
-                                               threads: int) -> None:
+def test_plan_json_round_trips_for_every_field(
+    target: dict[str, Any], sink: dict[str, Any], sample_rate: float, threads: int
+) -> None:
     """What plan() writes as <target>/plan.json, StackPlan reads back equal, every field."""
     from pydantic import TypeAdapter
 
@@ -195,13 +262,18 @@ def test_plan_json_round_trips_for_every_field(target: dict[str, Any], sink: dic
 
     base = PLANS["prod"]
     dep = base.deployments[0]
-    monitoring = dep.monitoring.model_copy(update={"sink": TypeAdapter(Sink).validate_python(sink),
-                                                   "sample_rate": sample_rate})
-    versions = tuple(v.model_copy(update={"hardware": v.hardware.model_copy(update={"threads": threads})})
-                     for v in dep.versions)
-    stack = base.model_copy(update={
-        "target": ResolvedTarget(name="t", spec=TypeAdapter(Target).validate_python(target)),
-        "deployments": (dep.model_copy(update={"monitoring": monitoring, "versions": versions}),)})
+    monitoring = dep.monitoring.model_copy(
+        update={"sink": TypeAdapter(Sink).validate_python(sink), "sample_rate": sample_rate}
+    )
+    versions = tuple(
+        v.model_copy(update={"hardware": v.hardware.model_copy(update={"threads": threads})}) for v in dep.versions
+    )
+    stack = base.model_copy(
+        update={
+            "target": ResolvedTarget(name="t", spec=TypeAdapter(Target).validate_python(target)),
+            "deployments": (dep.model_copy(update={"monitoring": monitoring, "versions": versions}),),
+        }
+    )
     assert StackPlan.model_validate_json(stack_json(stack)) == stack
 
 
@@ -215,12 +287,28 @@ def test_requirements_install_offline_in_a_fresh_venv_from_a_wheel_of_this_check
     import sys
 
     wheels, env_dir = tmp_path / "wheels", tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                    "-q", "-w", str(wheels), str(ROOT)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=300,
+    )
     # A fresh venv on the interpreter this one was made from: its site has Pulumi's SDKs.
     base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)], check=True,
-                   timeout=300)
+    subprocess.run(
+        [base, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)], check=True, timeout=300
+    )
     python = str(env_dir / "bin" / "python")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env |= {"PIP_FIND_LINKS": str(wheels), "PIP_NO_INDEX": "1", "PYTHONNOUSERSITE": "1"}
@@ -232,8 +320,15 @@ def test_requirements_install_offline_in_a_fresh_venv_from_a_wheel_of_this_check
     (line,) = [x for x in requirements.read_text().splitlines() if x.startswith("mlops-iac")]
     subprocess.run([*pip, "--ignore-installed", "--no-deps", line], check=True, env=env, cwd=tmp_path, timeout=300)
     # The installed wheel, not this checkout, runs the committed program under Pulumi's mocks.
-    found = subprocess.run([python, "-c", "import mlops_iac.components, pulumi_kubernetes; print(mlops_iac.__file__)"],
-                           check=True, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    found = subprocess.run(
+        [python, "-c", "import mlops_iac.components, pulumi_kubernetes; print(mlops_iac.__file__)"],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert found.stdout.strip().startswith(str(env_dir)), found.stdout
 
 

@@ -79,12 +79,21 @@ def test_render_and_the_components_make_the_same_objects() -> None:
         if kind == "Deployment":  # the component alone knows the key's Secret version
             assert obj["spec"]["template"]["metadata"]["annotations"].pop(manifests.API_KEY_VERSION)
     assert isinstance(plan.target.spec, KubernetesTarget)
-    rendered = {(o["kind"], o["metadata"]["name"]): o for o in target_objects(plan.project, plan.target.spec,
-                                                                             plan.deployments)}
+    rendered = {
+        (o["kind"], o["metadata"]["name"]): o for o in target_objects(plan.project, plan.target.spec, plan.deployments)
+    }
     assert normal(made) == rendered
-    assert {k for k, _ in rendered} == {"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service",
-                                        "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy",
-                                        *CRDS}
+    assert {k for k, _ in rendered} == {
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        *CRDS,
+    }
 
 
 BARE = "    kind: kubernetes\n    context: kind-kind\n    namespace: models\n"
@@ -97,8 +106,9 @@ def test_a_bare_cluster_gets_no_object_that_needs_a_crd(tmp_path: Path) -> None:
     assert not CRDS & set(made) and "CustomResource" not in str([r.typ for r in mocks.resources])
     (namespace,) = made["Namespace"]
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    assert {d["metadata"]["namespace"] for items in made.values() for d in items if "namespace" in d["metadata"]} \
-        == {"models"}
+    assert {d["metadata"]["namespace"] for items in made.values() for d in items if "namespace" in d["metadata"]} == {
+        "models"
+    }
     assert len(made["Deployment"]) == 2 and len(made["Service"]) == 3
     # Metrics stay reachable for a Prometheus in `monitoring`, and only there.
     policy = made["NetworkPolicy"][0]["spec"]["ingress"]
@@ -107,8 +117,10 @@ def test_a_bare_cluster_gets_no_object_that_needs_a_crd(tmp_path: Path) -> None:
 
 
 def test_an_existing_namespace_and_pull_secrets(tmp_path: Path) -> None:
-    target = ("    kind: kubernetes\n    namespace: {name: team-a, create: false}\n    imagePullSecrets: [ghcr]\n"
-              "    monitoring: {namespace: observability}\n")
+    target = (
+        "    kind: kubernetes\n    namespace: {name: team-a, create: false}\n    imagePullSecrets: [ghcr]\n"
+        "    monitoring: {namespace: observability}\n"
+    )
     made = kinds(synth_and_run(variant(tmp_path, target), "prod"))
     assert "Namespace" not in made
     pod = made["Deployment"][0]["spec"]["template"]["spec"]
@@ -135,8 +147,10 @@ def test_the_review_says_what_is_not_deployed_and_lists_every_kind(tmp_path: Pat
     text = review(Side(None, Lock()), Side(full.resolved, full.lock))
     prod = full.resolved.target("prod").spec
     assert isinstance(prod, KubernetesTarget)
-    every = {o["kind"] for o in target_objects("shop", prod, tuple(d for d in full.resolved.deployments
-                                                                  if d.target == "prod"))}
+    every = {
+        o["kind"]
+        for o in target_objects("shop", prod, tuple(d for d in full.resolved.deployments if d.target == "prod"))
+    }
     listed = {kind for kind in every if f"`{kind}/" in text}
     assert listed == every, every - listed
     assert "not deployed" not in text
@@ -234,8 +248,9 @@ def test_the_grace_period_covers_the_servers_drain() -> None:
     # preStop runs the image's own interpreter, the one its entrypoint runs.
     plan = PLANS["prod"]
     assert isinstance(plan.target.spec, KubernetesTarget)
-    (deployment, *_) = [o for o in target_objects("shop", plan.target.spec, plan.deployments)
-                        if o["kind"] == "Deployment"]
+    (deployment, *_) = [
+        o for o in target_objects("shop", plan.target.spec, plan.deployments) if o["kind"] == "Deployment"
+    ]
     command = deployment["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     dockerfile = (ROOT / "templates" / "docker" / "base.Dockerfile.j2").read_text()
     assert f'ENTRYPOINT ["{command[0]}", "-m", "mlops_iac.serving"' in dockerfile
@@ -247,9 +262,11 @@ EDGE_V1 = "  - name: iris-edge\n    model: iris\n    version: 1\n    target: edg
 @pytest.mark.parametrize("platform", ["linux/arm64"])
 def test_a_docker_promotion_keeps_each_versions_port(tmp_path: Path, platform: str) -> None:
     """v1 alone, then v2 beside it as a canary, then v2 alone: each version keeps its port."""
-    steps = {"v1": "    version: 1\n",
-             "canary": "    versions: [1, 2]\n    traffic: {1: 90, 2: 10}\n",
-             "v2": "    version: 2\n"}
+    steps = {
+        "v1": "    version: 1\n",
+        "canary": "    versions: [1, 2]\n    traffic: {1: 90, 2: 10}\n",
+        "v2": "    version: 2\n",
+    }
     seen: list[dict[str, int]] = []
     for step, lines in steps.items():
         folder = tmp_path / step
@@ -258,8 +275,9 @@ def test_a_docker_promotion_keeps_each_versions_port(tmp_path: Path, platform: s
         text = spec.read_text().replace("    port: 8080\n", f"    port: 8080\n    platform: {platform}\n")
         spec.write_text(text.replace(EDGE_V1, EDGE_V1.replace("    version: 1\n", lines)))
         mocks = synth_and_run(folder / "project", "edge")
-        containers = {r.inputs["name"]: r.inputs for r in mocks.resources
-                      if r.typ == "docker:index/container:Container"}
+        containers = {
+            r.inputs["name"]: r.inputs for r in mocks.resources if r.typ == "docker:index/container:Container"
+        }
         ports = {name: c["ports"][0]["external"] for name, c in containers.items()}
         grpc_ports = {name: c["ports"][1]["external"] for name, c in containers.items()}
         assert all(c["ports"][1]["internal"] == 8081 for c in containers.values())
@@ -273,9 +291,11 @@ def test_a_docker_promotion_keeps_each_versions_port(tmp_path: Path, platform: s
         volumes = [r.inputs["name"] for r in mocks.resources if r.typ == "docker:index/volume:Volume"]
         assert sorted(volumes) == sorted(f"{n}-data" for n in containers)
         seen.append(ports)
-    assert seen == [{"iris-v1-8f03a2cb": 8080},
-                    {"iris-v1-8f03a2cb": 8080, "iris-v2-8e247c07": 8081},
-                    {"iris-v2-8e247c07": 8081}]
+    assert seen == [
+        {"iris-v1-8f03a2cb": 8080},
+        {"iris-v1-8f03a2cb": 8080, "iris-v2-8e247c07": 8081},
+        {"iris-v2-8e247c07": 8081},
+    ]
 
 
 def test_docker_ports_of_two_deployments_that_would_collide_are_refused(tmp_path: Path) -> None:
@@ -300,9 +320,12 @@ def test_a_grpc_host_port_that_collides_is_refused() -> None:
     crowded = edge.model_copy(update={"spec": edge.spec.model_copy(update={"grpc_port": 8081})})
     dep = next(d for d in ws.resolved.deployments if d.target == "edge")
     two = dep.model_copy(update={"versions": next(d for d in ws.resolved.deployments if d.target == "prod").versions})
-    resolved = ws.resolved.model_copy(update={
-        "targets": tuple(crowded if t.name == "edge" else t for t in ws.resolved.targets),
-        "deployments": tuple(two if d is dep else d for d in ws.resolved.deployments)})
+    resolved = ws.resolved.model_copy(
+        update={
+            "targets": tuple(crowded if t.name == "edge" else t for t in ws.resolved.targets),
+            "deployments": tuple(two if d is dep else d for d in ws.resolved.deployments),
+        }
+    )
     with pytest.raises(PlanError, match=r"v2 would listen on host port 8081, which iris-edge v1 \(gRPC\) holds"):
         make_plan(resolved)
 

@@ -100,8 +100,10 @@ def test_kubernetes_components_create_the_immutable_set_per_version() -> None:
     assert len(mocks.of("kubernetes:networking.k8s.io/v1:NetworkPolicy")) == 2
     services = sorted(s.name for s in mocks.of("kubernetes:core/v1:Service"))
     assert services == ["iris-prod-service", "iris-v1-8f03a2cb-service", "iris-v2-8e247c07-service"]
-    custom = {"HTTPRoute": mocks.of("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute")[0].inputs,
-              "ServiceMonitor": mocks.of("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")[0].inputs}
+    custom = {
+        "HTTPRoute": mocks.of("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute")[0].inputs,
+        "ServiceMonitor": mocks.of("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")[0].inputs,
+    }
     assert len(mocks.of("mlops:k8s:ModelServer")) == 2 and len(mocks.of("mlops:k8s:ModelEndpoint")) == 1
     weights = {b["name"]: b["weight"] for b in custom["HTTPRoute"]["spec"]["rules"][-1]["backendRefs"]}
     assert weights == {"iris-v1-8f03a2cb": 90, "iris-v2-8e247c07": 10}
@@ -111,8 +113,9 @@ def test_kubernetes_components_create_the_immutable_set_per_version() -> None:
     # the HPA owns the replica count; the image by digest is not pulled again.
     (namespace,) = mocks.of("kubernetes:core/v1:Namespace")
     assert namespace.inputs["metadata"]["name"] == "models"
-    assert {namespace.inputs["metadata"]["labels"][f"pod-security.kubernetes.io/{m}"]
-            for m in ("enforce", "audit", "warn")} == {"restricted"}
+    assert {
+        namespace.inputs["metadata"]["labels"][f"pod-security.kubernetes.io/{m}"] for m in ("enforce", "audit", "warn")
+    } == {"restricted"}
     assert "replicas" not in spec and container["imagePullPolicy"] == "IfNotPresent"
     assert pod["terminationGracePeriodSeconds"] >= 10 + 25 and container["lifecycle"]["preStop"]["exec"]
     # Rotating the key updates its Secret, whose new resourceVersion changes the pod template.
@@ -172,8 +175,9 @@ def test_docker_component_for_an_edge_device() -> None:
 def test_golden_stacks_are_fresh(tmp_path: Path) -> None:
     """stacks/ is what `mlops-iac synth` makes of examples/production; update with MLOPS_IAC_UPDATE_GOLDEN=1."""
     out = GOLDEN if os.environ.get("MLOPS_IAC_UPDATE_GOLDEN") else tmp_path / "stacks"
-    result = CliRunner().invoke(main, ["synth", "-f", str(PRODUCTION / "mlops.yaml"), "--out", str(out),
-                                       "--no-contexts"])
+    result = CliRunner().invoke(
+        main, ["synth", "-f", str(PRODUCTION / "mlops.yaml"), "--out", str(out), "--no-contexts"]
+    )
     assert result.exit_code == 0, result.output
     fresh = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     golden = {p.relative_to(GOLDEN).as_posix(): p.read_bytes() for p in GOLDEN.rglob("*") if p.is_file()}
@@ -240,6 +244,10 @@ def checkov_kubernetes(objects: list[dict[str, Any]], path: Path) -> dict[str, A
     if not Path(checkov).exists():
         require("checkov (scripts/test.sh puts it in .venv-checkov)")
     path.write_text(yaml.safe_dump_all(objects))
-    scan = subprocess.run([checkov, "--framework", "kubernetes", "-f", str(path), "--skip-download", "--output",
-                           "json", "--compact"], capture_output=True, text=True, timeout=600)
+    scan = subprocess.run(
+        [checkov, "--framework", "kubernetes", "-f", str(path), "--skip-download", "--output", "json", "--compact"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return json.loads(scan.stdout)  # type: ignore[no-any-return]

@@ -12,18 +12,34 @@ TABULAR = ROOT / "examples" / "tabular"
 
 
 def test_tabular_example_runs_end_to_end() -> None:
-    done = subprocess.run(["bash", str(TABULAR / "run.sh")], capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "PORT": str(free_port())})
+    done = subprocess.run(
+        ["bash", str(TABULAR / "run.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PORT": str(free_port())},
+    )
     out = done.stdout
     report = out[-3000:] + done.stderr[-3000:]
-    for step in ("1. train", "2. validate", "3. register", "4. convert", "5. profile", "6. serve", "7. predict",
-                 "8. send the sample", "9. drift"):
+    for step in (
+        "1. train",
+        "2. validate",
+        "3. register",
+        "4. convert",
+        "5. profile",
+        "6. serve",
+        "7. predict",
+        "8. send the sample",
+        "9. drift",
+    ):
         assert f"== {step}" in out, report
     # Converted with one input per column, named and typed as in the training frame.
     assert "parity on 100 sample rows: passed" in out, report
-    assert ("signature: island BYTES[-1, 1], bill_length_mm FP32[-1, 1], bill_depth_mm FP32[-1, 1], "
-            "flipper_length_mm FP32[-1, 1], body_mass_g FP32[-1, 1], sex BYTES[-1, 1], year INT64[-1, 1] "
-            "-> label BYTES[-1], probabilities FP32[-1, 3]") in out, report
+    assert (
+        "signature: island BYTES[-1, 1], bill_length_mm FP32[-1, 1], bill_depth_mm FP32[-1, 1], "
+        "flipper_length_mm FP32[-1, 1], body_mass_g FP32[-1, 1], sex BYTES[-1, 1], year INT64[-1, 1] "
+        "-> label BYTES[-1], probabilities FP32[-1, 3]"
+    ) in out, report
     assert "validation: accuracy = 0.9767 (threshold 0.9) passed" in out, report
     assert "penguins@1: cpu " in out and "replicas 1-" in out, report  # profiled, per column too
     # The served answers against native predict_proba on the 86 held-out rows, within the lock's

@@ -24,8 +24,9 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     assert commands[0].startswith("pip install -e ")
     # The first line installs this checkout; the test runs in the environment it already made.
     script = "\n".join(["set -euo pipefail", *commands[1:]])
-    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=installed_env(), capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=installed_env(), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     project = tmp_path / "my-project"

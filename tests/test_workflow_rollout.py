@@ -37,8 +37,11 @@ from .test_workflow_act import REPO, GitHubApi, Runner, git, github_api, snapsho
 
 __all__ = ["github_api"]  # the fixture, used here by name
 
-POLICY = {"steps": [10, 50, 100], "bake": "3s", "gates": {
-    "errorRate": {"max": 0.01, "relativeTo": "stable", "tolerance": 1.5}, "minRequests": 20}}
+POLICY = {
+    "steps": [10, 50, 100],
+    "bake": "3s",
+    "gates": {"errorRate": {"max": 0.01, "relativeTo": "stable", "tolerance": 1.5}, "minRequests": 20},
+}
 MODELS = ("fine", "broken")
 
 
@@ -46,14 +49,20 @@ def spec(canaries: tuple[str, ...]) -> str:
     """Both models' deployments; those named in `canaries` serve version 2 as a canary."""
     deployments = []
     for name in MODELS:
-        served = {"versions": [1, 2], "rollout": json.loads(json.dumps(POLICY))} if name in canaries \
-            else {"version": 1}  # a copy of the policy each: no YAML anchor shared between entries
+        served = (
+            {"versions": [1, 2], "rollout": json.loads(json.dumps(POLICY))} if name in canaries else {"version": 1}
+        )  # a copy of the policy each: no YAML anchor shared between entries
         deployments.append({"name": f"{name}-prod", "model": name, "target": "prod", **served})
-    return yaml.safe_dump({
-        "apiVersion": "mlops-iac/v1", "project": {"name": "shop"},
-        "models": [{"name": n, "framework": "sklearn", "source": f"{n}.joblib"} for n in MODELS],
-        "targets": {"prod": {"kind": "kubernetes", "context": "prod", "namespace": "models"}},
-        "deployments": deployments}, sort_keys=False)
+    return yaml.safe_dump(
+        {
+            "apiVersion": "mlops-iac/v1",
+            "project": {"name": "shop"},
+            "models": [{"name": n, "framework": "sklearn", "source": f"{n}.joblib"} for n in MODELS],
+            "targets": {"prod": {"kind": "kubernetes", "context": "prod", "namespace": "models"}},
+            "deployments": deployments,
+        },
+        sort_keys=False,
+    )
 
 
 def mlops(repo: Path, *args: str) -> str:
@@ -71,11 +80,19 @@ def complete_the_lock(repo: Path, onnx: Path) -> None:
         for name in MODELS:
             for number, version in lock.models[name].versions.items():
                 image = "sha256:" + f"{number:02d}{name[:2].encode().hex()}".ljust(64, "0")
-                lock = lock.with_version(name, number, version.model_copy(update={
-                    "onnx": OnnxFacts(digest=digest, size=onnx.stat().st_size, opset=17),
-                    "recommendation": Recommendation(cpu_millis=100, memory_bytes=128 << 20),
-                    "image": ImageFacts(reference=f"registry.example/shop/{name}@{image}", digest=image)}))
+                lock = lock.with_version(
+                    name,
+                    number,
+                    version.model_copy(
+                        update={
+                            "onnx": OnnxFacts(digest=digest, size=onnx.stat().st_size, opset=17),
+                            "recommendation": Recommendation(cpu_millis=100, memory_bytes=128 << 20),
+                            "image": ImageFacts(reference=f"registry.example/shop/{name}@{image}", digest=image),
+                        }
+                    ),
+                )
         return lock
+
     update_lock(repo / "mlops.lock", change)
 
 
@@ -122,17 +139,36 @@ def prometheus(stack: ExitStack, folder: Path, servers: dict[tuple[str, int], Ru
         require("prometheus (apt-get install prometheus)")
     assert binary is not None
     lock = read_lock(repo / "mlops.lock")
-    configs = [{"targets": [s.url], "labels": {
-        "namespace": "models", "service": f"{m}-v{v}-{lock.models[m].versions[v].digest.removeprefix('sha256:')[:8]}"}}
-        for (m, v), s in servers.items()]
+    configs = [
+        {
+            "targets": [s.url],
+            "labels": {
+                "namespace": "models",
+                "service": f"{m}-v{v}-{lock.models[m].versions[v].digest.removeprefix('sha256:')[:8]}",
+            },
+        }
+        for (m, v), s in servers.items()
+    ]
     port = free_port()
-    (folder / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "500ms"},
-        "scrape_configs": [{"job_name": "mlops", "static_configs": configs}]}))
+    (folder / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "500ms"},
+                "scrape_configs": [{"job_name": "mlops", "static_configs": configs}],
+            }
+        )
+    )
     log = stack.enter_context(open(folder / "prometheus.log", "wb"))  # noqa: SIM115 - closed by the stack
-    process = subprocess.Popen([binary, f"--config.file={folder / 'prometheus.yml'}",
-                                f"--storage.tsdb.path={folder / 'prom-data'}",
-                                f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'prom-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=log,
+    )
     stack.callback(process.wait, 30)
     stack.callback(process.terminate)
     wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=60)
@@ -182,15 +218,21 @@ def test_rollouts_are_carried_through_and_a_bad_canary_is_reverted(shop: tuple[R
         servers: dict[tuple[str, int], Running] = {}
         for name in MODELS:
             for version in (1, 2):
-                entry = {"name": name, "version": version, "path": "iris.onnx",
-                         "digest": sha256_of(models.folder / "iris.onnx"),
-                         **({"handler": "bad_handler.py"} if (name, version) == ("broken", 2) else {})}
+                entry = {
+                    "name": name,
+                    "version": version,
+                    "path": "iris.onnx",
+                    "digest": sha256_of(models.folder / "iris.onnx"),
+                    **({"handler": "bad_handler.py"} if (name, version) == ("broken", 2) else {}),
+                }
                 servers[(name, version)] = stack.enter_context(
-                    running_server(models, {"deployment": f"{name}-prod", "models": [entry]}))
+                    running_server(models, {"deployment": f"{name}-prod", "models": [entry]})
+                )
         url = prometheus(stack, runner.work, servers, repo)
         caller = (ROOT / "tests/workflows/rollout-caller.yml").read_text()
         (repo / ".github/workflows/models.yml").write_text(
-            caller.replace("@@SHA@@", runner.sha).replace("@@PROMETHEUS@@", url))
+            caller.replace("@@SHA@@", runner.sha).replace("@@PROMETHEUS@@", url)
+        )
         git(repo, "add", "-A")
         git(repo, "commit", "-q", "-m", "the workflow")
         # Two changes reviewed and merged: each deployment gets version 2 as a canary, with its policy.
@@ -201,13 +243,13 @@ def test_rollouts_are_carried_through_and_a_bad_canary_is_reverted(shop: tuple[R
         mlops(repo, "validate")
         head = runner.push("main")
         row = models.iris[60:61]
-        body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
-                                       "data": row.ravel().tolist()}]}).encode()
+        body = json.dumps(
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": row.ravel().tolist()}]}
+        ).encode()
         traffic = Traffic(servers, runner.work / f"run-{runner.events + 1}/pulumi.jsonl", body)
         traffic.start()
         try:
-            status, log, summary = runner.act("push", {"ref": "refs/heads/main", "before": "0" * 40,
-                                                       "after": head})
+            status, log, summary = runner.act("push", {"ref": "refs/heads/main", "before": "0" * 40, "after": head})
         finally:
             traffic.stop.set()
             traffic.join(30)
@@ -242,16 +284,17 @@ def test_rollouts_are_carried_through_and_a_bad_canary_is_reverted(shop: tuple[R
     first_error = min(t for t, m, v, s in traffic.sent if (m, v) == ("broken", 2) and s != 200)
     served = sum(1 for t, m, v, _ in traffic.sent if (m, v) == ("broken", 2) and t < zero)
     judged = lock["rollouts"]["broken-prod"]["decision"]["evidence"]
-    print(f"\nworkflow: first error to weight 0 in {zero - first_error:.1f}s = {(zero - first_error) / 3:.2f} "
-          f"bake windows (bake 3s, judged every 1s, Prometheus scrape 0.5s); the bad canary served {served} "
-          f"requests before; the rollback was decided {judged['windowS']:.1f}s after its step began, on "
-          f"{judged['canary']['requests']:.0f} canary requests ({judged['canary']['errors']:.0f} failed)")
+    print(
+        f"\nworkflow: first error to weight 0 in {zero - first_error:.1f}s = {(zero - first_error) / 3:.2f} "
+        f"bake windows (bake 3s, judged every 1s, Prometheus scrape 0.5s); the bad canary served {served} "
+        f"requests before; the rollback was decided {judged['windowS']:.1f}s after its step began, on "
+        f"{judged['canary']['requests']:.0f} canary requests ({judged['canary']['errors']:.0f} failed)"
+    )
     assert zero > first_error
 
     # 2. A person aborts a rollout (workflow_dispatch): the canary goes to 0 through pulumi up at
     #    once, and a pull request puts that deployment alone back to its stable version.
-    status, log, summary = runner.act("workflow_dispatch", {"ref": "refs/heads/main",
-                                                            "inputs": {"abort": "fine-prod"}})
+    status, log, summary = runner.act("workflow_dispatch", {"ref": "refs/heads/main", "inputs": {"abort": "fine-prod"}})
     assert status == 0, log[-8000:]
     (up,) = [json.loads(line) for line in (runner.work / f"run-{runner.events}/pulumi.jsonl").read_text().splitlines()]
     assert up["command"] == "up" and up["weights"]["fine-prod"] == {"1": 100, "2": 0}

@@ -43,8 +43,9 @@ def test_removes_only_files_it_generated(tmp_path: Path) -> None:
     assert (out / MANIFEST).exists()
 
 
-@pytest.mark.parametrize("bad", ["../escape", "/etc/passwd", "a/../../b", "a\\b", "", "a//b",
-                                 "~/x", "a/./../..", "nul\x00"])
+@pytest.mark.parametrize(
+    "bad", ["../escape", "/etc/passwd", "a/../../b", "a\\b", "", "a//b", "~/x", "a/./../..", "nul\x00"]
+)
 def test_refuses_paths_that_leave_the_folder(tmp_path: Path, bad: str) -> None:
     with pytest.raises(WriterError, match="refusing"):
         apply([FileArtifact(path=bad, content="x")], tmp_path / "out")

@@ -78,8 +78,11 @@ def comment(repo: str, pr: int, body: str, author: str) -> str:
         body = body[:LIMIT] + "\n\n…(cut: the full review is in the job summary)\n"
     if not body.startswith(MARKER):
         body = f"{MARKER}\n{body}"
-    ours = [c for c in paginate(f"repos/{repo}/issues/{pr}/comments")
-            if c.get("body", "").startswith(MARKER) and (c.get("user") or {}).get("login") == author]
+    ours = [
+        c
+        for c in paginate(f"repos/{repo}/issues/{pr}/comments")
+        if c.get("body", "").startswith(MARKER) and (c.get("user") or {}).get("login") == author
+    ]
     if ours:
         call("PATCH", f"repos/{repo}/issues/comments/{ours[0]['id']}", {"body": body})
         return f"updated comment {ours[0]['id']} on {repo}#{pr}"

@@ -29,9 +29,9 @@ def pin(path: Path, model: str, version: int) -> list[str]:
         line, column = doc.position(("deployments", i, "version"))
         text = lines[line - 1]
         old = str(deployment["version"])
-        if text[column - 1:column - 1 + len(old)] != old:
+        if text[column - 1 : column - 1 + len(old)] != old:
             raise MlopsIacError(f"{path}:{line}: cannot find the version of {name} to rewrite; pin it by hand")
-        lines[line - 1] = text[:column - 1] + str(version) + text[column - 1 + len(old):]
+        lines[line - 1] = text[: column - 1] + str(version) + text[column - 1 + len(old) :]
         changed.append(f"{name}: {old} -> {version}")
     if not changed:
         raise MlopsIacError(f"{path}: no deployment serves {model}")

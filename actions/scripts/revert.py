@@ -55,11 +55,13 @@ def revert(path: Path, name: str) -> str:
         raise MlopsIacError(f"{path}: no deployment named {name}")
     start, end, entry = found
     canary = _served(entry)[-1]
-    history = subprocess.run(["git", "log", "--format=%H", "--", path.name], cwd=path.parent, check=True,
-                             capture_output=True, text=True).stdout.split()
+    history = subprocess.run(
+        ["git", "log", "--format=%H", "--", path.name], cwd=path.parent, check=True, capture_output=True, text=True
+    ).stdout.split()
     for commit in history:
-        old = subprocess.run(["git", "show", f"{commit}^:./{path.name}"], cwd=path.parent, capture_output=True,
-                             text=True)
+        old = subprocess.run(
+            ["git", "show", f"{commit}^:./{path.name}"], cwd=path.parent, capture_output=True, text=True
+        )
         if old.returncode != 0:
             continue  # the file's first commit: nothing before it
         with tempfile.TemporaryDirectory() as folder:
@@ -68,10 +70,12 @@ def revert(path: Path, name: str) -> str:
             old_lines = old.stdout.splitlines(keepends=True)
             previous = block(load_file(copy, str(path)), old_lines, name)
         if previous is not None and canary not in _served(previous[2]):
-            path.write_text("".join(lines[:start] + old_lines[previous[0]:previous[1]] + lines[end:]),
-                            encoding="utf-8")
-            return subprocess.run(["git", "rev-parse", f"{commit}^"], cwd=path.parent, check=True,
-                                  capture_output=True, text=True).stdout.strip()
+            path.write_text(
+                "".join(lines[:start] + old_lines[previous[0] : previous[1]] + lines[end:]), encoding="utf-8"
+            )
+            return subprocess.run(
+                ["git", "rev-parse", f"{commit}^"], cwd=path.parent, check=True, capture_output=True, text=True
+            ).stdout.strip()
     raise MlopsIacError(f"{path}: no earlier commit has {name} without version {canary}; revert it by hand")
 
 

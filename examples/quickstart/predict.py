@@ -53,10 +53,17 @@ def wait_ready(timeout_s: float = 60) -> None:
 
 
 def infer(rows: list[list[float]]) -> dict:
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [len(rows), 4],
-                        "data": [v for row in rows for v in row]}]}
-    request = urllib.request.Request(f"{URL}/v2/models/iris/infer", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    body = {
+        "inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [len(rows), 4], "data": [v for row in rows for v in row]}
+        ]
+    }
+    request = urllib.request.Request(
+        f"{URL}/v2/models/iris/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 

@@ -24,7 +24,8 @@ def main() -> None:
     features, labels = load_iris(return_X_y=True)
     features = features.astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(
-        features, labels, test_size=0.3, random_state=0, stratify=labels)
+        features, labels, test_size=0.3, random_state=0, stratify=labels
+    )
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
     model.fit(x_train, y_train)
     accuracy = float(model.score(x_test, y_test))

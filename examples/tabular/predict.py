@@ -50,22 +50,29 @@ def request(frame: pd.DataFrame) -> tuple[bytes, int]:
         if column.dtype.kind == "f":
             blob = column.to_numpy(dtype="<f4").tobytes()
             blobs.append(blob)
-            tensors.append({"name": name, "datatype": "FP32", "shape": shape,
-                            "parameters": {"binary_data_size": len(blob)}})
+            tensors.append(
+                {"name": name, "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": len(blob)}}
+            )
         elif column.dtype.kind in "iu":
             tensors.append({"name": name, "datatype": "INT64", "shape": shape, "data": column.tolist()})
         else:
-            tensors.append({"name": name, "datatype": "BYTES", "shape": shape,
-                            "data": [str(v) for v in column.tolist()]})
-    header = json.dumps({"id": "tabular", "inputs": tensors,
-                         "outputs": [{"name": "label"}, {"name": "probabilities"}]}).encode()
+            tensors.append(
+                {"name": name, "datatype": "BYTES", "shape": shape, "data": [str(v) for v in column.tolist()]}
+            )
+    header = json.dumps(
+        {"id": "tabular", "inputs": tensors, "outputs": [{"name": "label"}, {"name": "probabilities"}]}
+    ).encode()
     return header + b"".join(blobs), len(header)
 
 
 def infer(frame: pd.DataFrame) -> dict[str, Any]:
     body, header_length = request(frame)
-    call = urllib.request.Request(f"{URL}/v2/models/penguins/infer", data=body, method="POST", headers={
-        "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)})
+    call = urllib.request.Request(
+        f"{URL}/v2/models/penguins/infer",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)},
+    )
     with urllib.request.urlopen(call, timeout=30) as response:
         answer = json.load(response)
     return {o["name"]: o for o in answer["outputs"]} | {"version": answer["model_version"]}
@@ -77,7 +84,7 @@ def send_sample(path: Path, times: int) -> None:
     frame = pd.read_parquet(path)
     for _ in range(times):
         for i in range(len(frame)):
-            infer(frame.iloc[i:i + 1])
+            infer(frame.iloc[i : i + 1])
     print(f"sent {len(frame) * times} rows of {path.name} ({times} x {len(frame)})")
 
 
@@ -103,8 +110,10 @@ def main() -> None:
     differ = int(np.sum(labels != native_labels.astype(str)))
     for row, label in zip(frame.head(3).to_dict("records"), labels[:3], strict=False):
         print(f"  {row['island']}, {row['sex'] or '(sex unknown)'}, bill {row['bill_length_mm']} mm -> {label}")
-    print(f"{len(frame)} held-out rows: {differ} labels differ from the native pipeline, max probability "
-          f"error {error.max():.3g} (atol {atol:g}, rtol {rtol:g}: {outside} outside)")
+    print(
+        f"{len(frame)} held-out rows: {differ} labels differ from the native pipeline, max probability "
+        f"error {error.max():.3g} (atol {atol:g}, rtol {rtol:g}: {outside} outside)"
+    )
     if differ or outside:
         sys.exit("the served answers differ from the native pipeline's predict_proba")
     print(f"penguins@{outputs['version']} answered over the v2 protocol as the native pipeline does")

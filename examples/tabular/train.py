@@ -41,29 +41,36 @@ def load() -> tuple[Any, Any]:
 
 
 def pipeline() -> Pipeline:
-    columns = ColumnTransformer([
-        # Trees need no scaling: the measurements only have their gaps filled.
-        ("measurements", SimpleImputer(strategy="median"), MEASUREMENTS),
-        ("categories", make_pipeline(SimpleImputer(missing_values="", strategy="constant", fill_value="unknown"),
-                                     OneHotEncoder(handle_unknown="ignore")), CATEGORIES),
-        ("year", "passthrough", ["year"]),
-    ])
-    return Pipeline([("columns", columns),
-                     ("model", LGBMClassifier(n_estimators=60, num_leaves=8, random_state=0, verbose=-1))])
+    columns = ColumnTransformer(
+        [
+            # Trees need no scaling: the measurements only have their gaps filled.
+            ("measurements", SimpleImputer(strategy="median"), MEASUREMENTS),
+            (
+                "categories",
+                make_pipeline(
+                    SimpleImputer(missing_values="", strategy="constant", fill_value="unknown"),
+                    OneHotEncoder(handle_unknown="ignore"),
+                ),
+                CATEGORIES,
+            ),
+            ("year", "passthrough", ["year"]),
+        ]
+    )
+    return Pipeline(
+        [("columns", columns), ("model", LGBMClassifier(n_estimators=60, num_leaves=8, random_state=0, verbose=-1))]
+    )
 
 
 def main() -> None:
     warnings.filterwarnings("ignore", message="X does not have valid feature names")
     frame, labels = load()
-    x_train, x_test, y_train, y_test = train_test_split(frame, labels, test_size=0.25, random_state=0,
-                                                        stratify=labels)
+    x_train, x_test, y_train, y_test = train_test_split(frame, labels, test_size=0.25, random_state=0, stratify=labels)
     model = pipeline().fit(x_train, y_train)
     accuracy = float(model.score(x_test, y_test))
     joblib.dump(model, HERE / "model.joblib")
     x_train.head(100).to_parquet(HERE / "sample.parquet", index=False)
     x_test.assign(**{LABEL: y_test}).to_parquet(HERE / "holdout.parquet", index=False)
-    print(f"trained penguin classifier on {len(x_train)} rows: hold-out accuracy {accuracy:.3f} "
-          f"on {len(x_test)} rows")
+    print(f"trained penguin classifier on {len(x_train)} rows: hold-out accuracy {accuracy:.3f} on {len(x_test)} rows")
 
 
 if __name__ == "__main__":

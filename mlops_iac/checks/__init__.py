@@ -54,9 +54,14 @@ class _Parts:
 def check(spec: Spec, doc: Document, lock: Lock | None, root: Path | None) -> list[Problem]:
     """Every cross-section problem; versions are checked against `lock` unless it is None, and
     paths against the disk unless `root` is None (a file read from another commit)."""
-    parts = _Parts(models=list(enumerate(spec.models)), model_names=[m.name for m in spec.models],
-                   targets=dict(spec.targets), deployments=list(enumerate(spec.deployments)),
-                   build=spec.build, monitoring=spec.monitoring)
+    parts = _Parts(
+        models=list(enumerate(spec.models)),
+        model_names=[m.name for m in spec.models],
+        targets=dict(spec.targets),
+        deployments=list(enumerate(spec.deployments)),
+        build=spec.build,
+        monitoring=spec.monitoring,
+    )
     return _check(parts, doc, lock, root)
 
 
@@ -71,19 +76,24 @@ def check_partial(doc: Document, root: Path | None) -> list[Problem]:
     raw_models = _section(data, "models", list)
     names = [m["name"] for m in raw_models if isinstance(m, dict) and isinstance(m.get("name"), str)]
     targets = {str(name): _parsed(Target, raw) for name, raw in _section(data, "targets", dict).items()}
-    parts = _Parts(models=_items(Model, raw_models), model_names=names if len(names) == len(raw_models) else None,
-                   targets=targets, deployments=_items(Deployment, _section(data, "deployments", list)),
-                   without_rollout=_without_rollout(_section(data, "deployments", list)),
-                   build=_parsed(Build, data.get("build", {})),
-                   monitoring=_parsed(Monitoring, data.get("monitoring", {})))
+    parts = _Parts(
+        models=_items(Model, raw_models),
+        model_names=names if len(names) == len(raw_models) else None,
+        targets=targets,
+        deployments=_items(Deployment, _section(data, "deployments", list)),
+        without_rollout=_without_rollout(_section(data, "deployments", list)),
+        build=_parsed(Build, data.get("build", {})),
+        monitoring=_parsed(Monitoring, data.get("monitoring", {})),
+    )
     return _check(parts, doc, None, root)
 
 
 def _check(parts: _Parts, doc: Document, lock: Lock | None, root: Path | None) -> list[Problem]:
     problems = [*_duplicate_names(parts, doc), *(_paths(parts, doc, root) if root is not None else [])]
     for i, dep in parts.deployments:
-        problems.extend(_deployment(parts.model_names, parts.targets, doc, lock, i, dep,
-                                    rollout=i in parts.without_rollout))
+        problems.extend(
+            _deployment(parts.model_names, parts.targets, doc, lock, i, dep, rollout=i in parts.without_rollout)
+        )
         if isinstance(parts.targets.get(dep.target), KubernetesTarget) and dep.kind != "batch":
             problems.extend(_collection_on_kubernetes(parts.monitoring, doc, ("deployments", i), dep))
         problems.extend(azure_problems(parts.targets.get(dep.target), doc, ("deployments", i), dep))
@@ -136,17 +146,23 @@ def _duplicate_names(parts: _Parts, doc: Document) -> Iterator[Problem]:
     seen: dict[str, int] = {}
     for i, model in parts.models:
         if model.name in seen:
-            yield doc.problem(("models", i, "name"), f"duplicate model name {model.name!r}",
-                              f"each model is named once; models[{seen[model.name]}] has it")
+            yield doc.problem(
+                ("models", i, "name"),
+                f"duplicate model name {model.name!r}",
+                f"each model is named once; models[{seen[model.name]}] has it",
+            )
         seen.setdefault(model.name, i)
     names: dict[str, int] = {}
     for i, dep in parts.deployments:
         name = deployment_name(dep)
         if name in names:
             where = ("deployments", i, "name") if dep.name else ("deployments", i)
-            yield doc.problem(where, f"duplicate deployment name {name!r}",
-                              f"give each deployment its own name; deployments[{names[name]}] "
-                              "has it (the default name is <model>-<target>)")
+            yield doc.problem(
+                where,
+                f"duplicate deployment name {name!r}",
+                f"give each deployment its own name; deployments[{names[name]}] "
+                "has it (the default name is <model>-<target>)",
+            )
         names.setdefault(name, i)
     placed: dict[tuple[str, str], int] = {}
     by_index = dict(parts.deployments)
@@ -157,11 +173,13 @@ def _duplicate_names(parts: _Parts, doc: Document) -> Iterator[Problem]:
         # selects the model's pods: two deployments of one model on one target would share them.
         first = placed.setdefault((dep.model, dep.target), i)
         if first != i:
-            yield doc.problem(("deployments", i, "target"),
-                              f"model {dep.model!r} is deployed to target {dep.target!r} twice",
-                              f"deployments[{first}] ({deployment_name(by_index[first])}) deploys it "
-                              "there already: list every version in that one deployment (versions, traffic), "
-                              "or use another target")
+            yield doc.problem(
+                ("deployments", i, "target"),
+                f"model {dep.model!r} is deployed to target {dep.target!r} twice",
+                f"deployments[{first}] ({deployment_name(by_index[first])}) deploys it "
+                "there already: list every version in that one deployment (versions, traffic), "
+                "or use another target",
+            )
 
 
 def _paths(parts: _Parts, doc: Document, root: Path) -> Iterator[Problem]:
@@ -169,19 +187,25 @@ def _paths(parts: _Parts, doc: Document, root: Path) -> Iterator[Problem]:
         here: PathKey = ("models", i)
         if not (root / model.source).exists():
             if model.train:
-                yield doc.problem((*here, "source"), f"{model.source} does not exist yet",
-                                  "it will be written by the model's `train` command",
-                                  severity="warning")
+                yield doc.problem(
+                    (*here, "source"),
+                    f"{model.source} does not exist yet",
+                    "it will be written by the model's `train` command",
+                    severity="warning",
+                )
             else:
-                yield doc.problem((*here, "source"), f"{model.source} does not exist",
-                                  "a path to the trained artifact, relative to the folder of "
-                                  f"{doc.file}")
+                yield doc.problem(
+                    (*here, "source"),
+                    f"{model.source} does not exist",
+                    f"a path to the trained artifact, relative to the folder of {doc.file}",
+                )
         yield from _data_file(doc, root, (*here, "sample"), model.sample, bool(model.train))
         if model.validate_ is not None:
-            yield from _data_file(doc, root, (*here, "validate", "dataset"),
-                                  model.validate_.dataset, bool(model.train))
-        for key, value in (("handler", model.handler),
-                           ("build.extraSteps", model.build.extra_steps if model.build else None)):
+            yield from _data_file(doc, root, (*here, "validate", "dataset"), model.validate_.dataset, bool(model.train))
+        for key, value in (
+            ("handler", model.handler),
+            ("build.extraSteps", model.build.extra_steps if model.build else None),
+        ):
             yield from _existing(doc, root, (*here, *key.split(".")), value)
     if parts.build is not None:
         yield from _existing(doc, root, ("build", "extraSteps"), parts.build.extra_steps)
@@ -189,43 +213,57 @@ def _paths(parts: _Parts, doc: Document, root: Path) -> Iterator[Problem]:
         yield from _existing(doc, root, ("monitoring", "drift", "baseline"), parts.monitoring.drift.baseline)
     for i, dep in parts.deployments:
         if dep.monitoring is not None:
-            yield from _existing(doc, root, ("deployments", i, "monitoring", "drift", "baseline"),
-                                 dep.monitoring.drift.baseline)
+            yield from _existing(
+                doc, root, ("deployments", i, "monitoring", "drift", "baseline"), dep.monitoring.drift.baseline
+            )
 
 
 def _existing(doc: Document, root: Path, path: PathKey, value: str | None) -> Iterator[Problem]:
     if value is not None and not (root / value).exists():
-        yield doc.problem(path, f"{value} does not exist",
-                          f"a path relative to the folder of {doc.file}")
+        yield doc.problem(path, f"{value} does not exist", f"a path relative to the folder of {doc.file}")
 
 
-def _data_file(doc: Document, root: Path, path: PathKey, value: str | None,
-               made_by_train: bool) -> Iterator[Problem]:
+def _data_file(doc: Document, root: Path, path: PathKey, value: str | None, made_by_train: bool) -> Iterator[Problem]:
     if value is None:
         return
     if not value.endswith(DATA_SUFFIXES):
-        yield doc.problem(path, f"got {value!r}", "expected a data file ending in "
-                          + ", ".join(DATA_SUFFIXES))
+        yield doc.problem(path, f"got {value!r}", "expected a data file ending in " + ", ".join(DATA_SUFFIXES))
     elif not (root / value).exists():
         if made_by_train:
-            yield doc.problem(path, f"{value} does not exist yet",
-                              "it will be written by the model's `train` command",
-                              severity="warning")
+            yield doc.problem(
+                path,
+                f"{value} does not exist yet",
+                "it will be written by the model's `train` command",
+                severity="warning",
+            )
         else:
-            yield doc.problem(path, f"{value} does not exist",
-                              f"a path relative to the folder of {doc.file}")
+            yield doc.problem(path, f"{value} does not exist", f"a path relative to the folder of {doc.file}")
 
 
-def _deployment(models: list[str] | None, targets: Mapping[str, Any], doc: Document, lock: Lock | None, i: int,
-                dep: Deployment, *, rollout: bool = False) -> Iterator[Problem]:
+def _deployment(
+    models: list[str] | None,
+    targets: Mapping[str, Any],
+    doc: Document,
+    lock: Lock | None,
+    i: int,
+    dep: Deployment,
+    *,
+    rollout: bool = False,
+) -> Iterator[Problem]:
     here: PathKey = ("deployments", i)
     if models is not None and dep.model not in models:
-        yield doc.problem((*here, "model"), f"unknown model {dep.model!r}{did_you_mean(dep.model, models)}",
-                          "expected one of the models: " + ", ".join(models))
+        yield doc.problem(
+            (*here, "model"),
+            f"unknown model {dep.model!r}{did_you_mean(dep.model, models)}",
+            "expected one of the models: " + ", ".join(models),
+        )
     target = targets.get(dep.target)
     if dep.target not in targets:
-        yield doc.problem((*here, "target"), f"unknown target {dep.target!r}{did_you_mean(dep.target, targets)}",
-                          "expected one of the targets: " + ", ".join(targets))
+        yield doc.problem(
+            (*here, "target"),
+            f"unknown target {dep.target!r}{did_you_mean(dep.target, targets)}",
+            "expected one of the targets: " + ", ".join(targets),
+        )
     yield from _selection(doc, here, dep)
     yield from _traffic(doc, here, dep, rollout=rollout or dep.rollout is not None)
     yield from _rollout(doc, here, dep)
@@ -240,94 +278,130 @@ def _deployment(models: list[str] | None, targets: Mapping[str, Any], doc: Docum
 
 def _batch(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
     if dep.kind == "batch" and dep.batch is None:
-        yield doc.problem((*here, "kind"), "a batch deployment without batch settings",
-                          "add batch: {input: [...], output: ...}")
+        yield doc.problem(
+            (*here, "kind"), "a batch deployment without batch settings", "add batch: {input: [...], output: ...}"
+        )
     if dep.kind == "online" and dep.batch is not None:
-        yield doc.problem((*here, "batch"), "batch settings on an online deployment",
-                          "add kind: batch, or remove batch", of_key=True)
+        yield doc.problem(
+            (*here, "batch"), "batch settings on an online deployment", "add kind: batch, or remove batch", of_key=True
+        )
     if dep.kind == "batch" and (dep.versions is not None or dep.traffic is not None):
         key = "versions" if dep.versions is not None else "traffic"
-        yield doc.problem((*here, key), "a batch deployment scores with one version",
-                          "expected version or alias, without traffic", of_key=True)
+        yield doc.problem(
+            (*here, key),
+            "a batch deployment scores with one version",
+            "expected version or alias, without traffic",
+            of_key=True,
+        )
 
 
-def _collection_on_kubernetes(monitoring: Monitoring | None, doc: Document, here: PathKey,
-                              dep: Deployment) -> Iterator[Problem]:
+def _collection_on_kubernetes(
+    monitoring: Monitoring | None, doc: Document, here: PathKey, dep: Deployment
+) -> Iterator[Problem]:
     """A file sink in a pod writes to its emptyDir: the data goes when the pod goes (a
     rollout, an eviction, a scale-down), before any scheduled drift check can read it."""
-    layers = [((*here, "monitoring", "dataCollection"), dep.monitoring.data_collection if dep.monitoring else None),
-              (("monitoring", "dataCollection"), monitoring.data_collection if monitoring else None)]
+    layers = [
+        ((*here, "monitoring", "dataCollection"), dep.monitoring.data_collection if dep.monitoring else None),
+        (("monitoring", "dataCollection"), monitoring.data_collection if monitoring else None),
+    ]
     enabled = next((c.enabled for _, c in layers if c is not None and c.enabled is not None), False)
     sink = next(((path, c.sink) for path, c in layers if c is not None and c.sink is not None), None)
     if enabled and sink is not None and sink[1].kind == "file":
-        yield doc.problem((*sink[0], "sink", "kind"), f"deployment {deployment_name(dep)} collects to a file in "
-                          "its pods on Kubernetes, which is lost with each pod",
-                          "use sink: {kind: http, url: ...} on Kubernetes: CloudEvents to a receiver that "
-                          "keeps them, where a scheduled drift check reads them",
-                          severity="warning")
+        yield doc.problem(
+            (*sink[0], "sink", "kind"),
+            f"deployment {deployment_name(dep)} collects to a file in "
+            "its pods on Kubernetes, which is lost with each pod",
+            "use sink: {kind: http, url: ...} on Kubernetes: CloudEvents to a receiver that "
+            "keeps them, where a scheduled drift check reads them",
+            severity="warning",
+        )
 
 
 def _selection(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
-    given = [k for k, v in (("version", dep.version), ("alias", dep.alias),
-                            ("versions", dep.versions)) if v is not None]
+    given = [
+        k for k, v in (("version", dep.version), ("alias", dep.alias), ("versions", dep.versions)) if v is not None
+    ]
     if len(given) != 1:
         found = "none of them" if not given else " and ".join(given)
-        yield doc.problem(here if not given else (*here, given[1]),
-                          f"a deployment names its versions once; found {found}",
-                          "expected exactly one of: version, alias, versions", of_key=True)
+        yield doc.problem(
+            here if not given else (*here, given[1]),
+            f"a deployment names its versions once; found {found}",
+            "expected exactly one of: version, alias, versions",
+            of_key=True,
+        )
     if dep.versions is not None and len(set(dep.versions)) != len(dep.versions):
-        yield doc.problem((*here, "versions"), "a version is listed twice",
-                          "list each version once")
+        yield doc.problem((*here, "versions"), "a version is listed twice", "list each version once")
 
 
 def _traffic(doc: Document, here: PathKey, dep: Deployment, *, rollout: bool) -> Iterator[Problem]:
     refs = deployed_refs(dep)
     if dep.traffic is None:
         if len(refs) > 1 and not rollout:  # a rollout sets the weights itself
-            yield doc.problem((*here, "versions"), f"{len(refs)} versions and no traffic",
-                              "add traffic: a percent per version, summing to 100", of_key=True)
+            yield doc.problem(
+                (*here, "versions"),
+                f"{len(refs)} versions and no traffic",
+                "add traffic: a percent per version, summing to 100",
+                of_key=True,
+            )
         return
     for ref, weight in dep.traffic.items():
         if ref not in refs:
-            yield doc.problem((*here, "traffic", ref), f"traffic names version {ref!r}, "
-                              "which this deployment does not deploy",
-                              "expected one of: " + ", ".join(str(r) for r in refs), of_key=True)
+            yield doc.problem(
+                (*here, "traffic", ref),
+                f"traffic names version {ref!r}, which this deployment does not deploy",
+                "expected one of: " + ", ".join(str(r) for r in refs),
+                of_key=True,
+            )
         if not 0 <= weight <= 100:
-            yield doc.problem((*here, "traffic", ref), f"got {weight}",
-                              "expected a percent from 0 to 100")
+            yield doc.problem((*here, "traffic", ref), f"got {weight}", "expected a percent from 0 to 100")
     total = sum(dep.traffic.values())
     if total != 100:
-        yield doc.problem((*here, "traffic"), f"the weights sum to {total}",
-                          "expected weights that sum to 100", of_key=True)
+        yield doc.problem(
+            (*here, "traffic"), f"the weights sum to {total}", "expected weights that sum to 100", of_key=True
+        )
 
 
 def _rollout(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
     if dep.rollout is not None and (dep.versions is None or len(dep.versions) != 2):
-        yield doc.problem((*here, "rollout"), "a rollout needs two versions: the stable one and the canary",
-                          "expected versions: [STABLE, CANARY] (the canary last) beside rollout", of_key=True)
+        yield doc.problem(
+            (*here, "rollout"),
+            "a rollout needs two versions: the stable one and the canary",
+            "expected versions: [STABLE, CANARY] (the canary last) beside rollout",
+            of_key=True,
+        )
 
 
-def _shadow(doc: Document, here: PathKey, dep: Deployment, target: Target | None,
-            lock: Lock | None) -> Iterator[Problem]:
+def _shadow(
+    doc: Document, here: PathKey, dep: Deployment, target: Target | None, lock: Lock | None
+) -> Iterator[Problem]:
     assert dep.shadow is not None
     refs = deployed_refs(dep)
     mirrors = isinstance(target, LocalTarget) or (isinstance(target, KubernetesTarget) and target.gateway is not None)
     if target is not None and not mirrors:
-        yield doc.problem((*here, "shadow"), "shadow traffic is mirrored by a Gateway API HTTPRoute, or on a "
-                          "local target by the server itself",
-                          "expected a kubernetes target with `gateway:`, or a local target", of_key=True)
+        yield doc.problem(
+            (*here, "shadow"),
+            "shadow traffic is mirrored by a Gateway API HTTPRoute, or on a local target by the server itself",
+            "expected a kubernetes target with `gateway:`, or a local target",
+            of_key=True,
+        )
     for ref, percent in dep.shadow.items():
         if ref in refs:
-            yield doc.problem((*here, "shadow", ref), f"version {ref!r} is also in traffic",
-                              "expected a version this deployment does not serve: a shadow's answers are "
-                              "never returned", of_key=True)
+            yield doc.problem(
+                (*here, "shadow", ref),
+                f"version {ref!r} is also in traffic",
+                "expected a version this deployment does not serve: a shadow's answers are never returned",
+                of_key=True,
+            )
         if not 1 <= percent <= 100:
             yield doc.problem((*here, "shadow", ref), f"got {percent}", "expected a percent from 1 to 100")
         entry = lock.models.get(dep.model) if lock is not None else None
         if entry is not None and lock is not None and lock.resolve(dep.model, ref) is None:
-            yield doc.problem((*here, "shadow", ref), f"{dep.model}@{ref} is not in mlops.lock",
-                              "expected a registered version (register it, then run `mlops-iac lock sync`)",
-                              of_key=True)
+            yield doc.problem(
+                (*here, "shadow", ref),
+                f"{dep.model}@{ref} is not in mlops.lock",
+                "expected a registered version (register it, then run `mlops-iac lock sync`)",
+                of_key=True,
+            )
 
 
 def _known_versions(doc: Document, lock: Lock, here: PathKey, dep: Deployment) -> Iterator[Problem]:
@@ -342,31 +416,44 @@ def _known_versions(doc: Document, lock: Lock, here: PathKey, dep: Deployment) -
         path = (*here, key, j) if key == "versions" else (*here, key)
         if isinstance(ref, str) and not ref.startswith("sha256:"):
             aliases = ", ".join(sorted(entry.aliases)) or "none"
-            yield doc.problem(path, f"unknown alias {ref!r} of {dep.model}",
-                              f"expected an alias in mlops.lock: {aliases} (after `mlops-iac "
-                              "models alias`, run `mlops-iac lock sync`)")
+            yield doc.problem(
+                path,
+                f"unknown alias {ref!r} of {dep.model}",
+                f"expected an alias in mlops.lock: {aliases} (after `mlops-iac "
+                "models alias`, run `mlops-iac lock sync`)",
+            )
         else:
-            yield doc.problem(path, f"{dep.model}@{ref} is not in mlops.lock",
-                              f"expected a version in the lock: {known} (register it, then "
-                              "run `mlops-iac lock sync`)")
+            yield doc.problem(
+                path,
+                f"{dep.model}@{ref} is not in mlops.lock",
+                f"expected a version in the lock: {known} (register it, then run `mlops-iac lock sync`)",
+            )
 
 
-def _hardware(doc: Document, here: PathKey, dep: Deployment,
-              target: LocalTarget | DockerTarget | KubernetesTarget | AzureTarget | None) -> Iterator[Problem]:
+def _hardware(
+    doc: Document,
+    here: PathKey,
+    dep: Deployment,
+    target: LocalTarget | DockerTarget | KubernetesTarget | AzureTarget | None,
+) -> Iterator[Problem]:
     hw = dep.hardware
     low, high = hw.replicas.min, hw.replicas.max
     if isinstance(low, int) and isinstance(high, int) and low > high:
-        yield doc.problem((*here, "hardware", "replicas", "min"), f"min {low} is above max {high}",
-                          "expected min <= max")
+        yield doc.problem(
+            (*here, "hardware", "replicas", "min"), f"min {low} is above max {high}", "expected min <= max"
+        )
     if isinstance(high, int) and high == 0:
-        yield doc.problem((*here, "hardware", "replicas", "max"), "got 0",
-                          "expected at least 1 replica at most")
+        yield doc.problem((*here, "hardware", "replicas", "max"), "got 0", "expected at least 1 replica at most")
     if hw.gpu and target is not None:
         if isinstance(target, LocalTarget):
-            yield doc.problem((*here, "hardware", "gpu"), f"{hw.gpu} GPU(s) on a local target",
-                              "a local process cannot reserve GPUs; use a docker or kubernetes "
-                              "target with gpu: true")
+            yield doc.problem(
+                (*here, "hardware", "gpu"),
+                f"{hw.gpu} GPU(s) on a local target",
+                "a local process cannot reserve GPUs; use a docker or kubernetes target with gpu: true",
+            )
         elif not target.gpu:
-            yield doc.problem((*here, "hardware", "gpu"),
-                              f"{hw.gpu} GPU(s) on target {dep.target!r}, which has none",
-                              f"set gpu: true on targets.{dep.target} or use gpu: 0")
+            yield doc.problem(
+                (*here, "hardware", "gpu"),
+                f"{hw.gpu} GPU(s) on target {dep.target!r}, which has none",
+                f"set gpu: true on targets.{dep.target} or use gpu: 0",
+            )

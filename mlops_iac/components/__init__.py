@@ -18,8 +18,11 @@ from ..spec.azure import ContainerAppsTarget, ContainerInstancesTarget
 from ..spec.targets import DockerTarget, KubernetesTarget
 
 
-def deploy(plan: StackPlan, api_key: pulumi.Input[str] | None = None,
-           registry: tuple[pulumi.Input[str], pulumi.Input[str]] | None = None) -> dict[str, Any]:
+def deploy(
+    plan: StackPlan,
+    api_key: pulumi.Input[str] | None = None,
+    registry: tuple[pulumi.Input[str], pulumi.Input[str]] | None = None,
+) -> dict[str, Any]:
     """Create the components of one target's plan; returns what the stack exports. `registry`:
     the (username, password) Azure pulls images with, from the stack's config."""
     target = plan.target.spec
@@ -30,13 +33,16 @@ def deploy(plan: StackPlan, api_key: pulumi.Input[str] | None = None,
     if isinstance(target, DockerTarget):
         return _docker(plan, target, api_key)
     if target.kind == "azure-iot-edge":
-        raise ValueError(f"target {plan.target.name} is azure-iot-edge: apply its deployment manifests with "
-                         "`az iot edge deployment create`, not Pulumi")
+        raise ValueError(
+            f"target {plan.target.name} is azure-iot-edge: apply its deployment manifests with "
+            "`az iot edge deployment create`, not Pulumi"
+        )
     raise ValueError(f"target {plan.target.name} is {target.kind}: it runs with `mlops-iac serve`, not Pulumi")
 
 
-def _azure(plan: StackPlan, api_key: pulumi.Input[str] | None,
-           registry: tuple[pulumi.Input[str], pulumi.Input[str]] | None) -> dict[str, Any]:
+def _azure(
+    plan: StackPlan, api_key: pulumi.Input[str] | None, registry: tuple[pulumi.Input[str], pulumi.Input[str]] | None
+) -> dict[str, Any]:
     from .azure import RegistryLogin, deploy_container_apps, deploy_container_instances
 
     target = plan.target.spec
@@ -62,8 +68,9 @@ def _kubernetes(plan: StackPlan, target: KubernetesTarget, api_key: pulumi.Input
     )
 
     provider = k8s.Provider(plan.target.name, context=target.context)
-    namespace = ClusterNamespace(target.namespace_name, ClusterNamespaceArgs(plan.project, target),
-                                 pulumi.ResourceOptions(provider=provider))
+    namespace = ClusterNamespace(
+        target.namespace_name, ClusterNamespaceArgs(plan.project, target), pulumi.ResourceOptions(provider=provider)
+    )
     # Everything else goes into the namespace, so after it.
     opts = pulumi.ResourceOptions(provider=provider, depends_on=[namespace])
     exported: dict[str, Any] = {}
@@ -76,11 +83,15 @@ def _kubernetes(plan: StackPlan, target: KubernetesTarget, api_key: pulumi.Input
         key_version = None
         if dep.auth == "key":
             if api_key is None:
-                raise ValueError(f"deployment {dep.name} has auth: key; set the key with "
-                                 "`pulumi config set --secret mlops:apiKey <key>`")
+                raise ValueError(
+                    f"deployment {dep.name} has auth: key; set the key with "
+                    "`pulumi config set --secret mlops:apiKey <key>`"
+                )
             key_version = ApiKey(dep.name, ApiKeyArgs(target, dep, api_key), opts).version
-        servers = [ModelServer(f"{dep.name}-v{v.number}", ModelServerArgs(plan.project, target, dep, v, key_version),
-                               opts) for v in dep.versions]
+        servers = [
+            ModelServer(f"{dep.name}-v{v.number}", ModelServerArgs(plan.project, target, dep, v, key_version), opts)
+            for v in dep.versions
+        ]
         ModelEndpoint(dep.name, ModelEndpointArgs(plan.project, target, dep, servers), opts)
         exported.update({s.name: v.image for s, v in zip(servers, dep.versions, strict=True)})
     return exported
@@ -104,8 +115,11 @@ def _docker(plan: StackPlan, target: DockerTarget, api_key: pulumi.Input[str] | 
             continue
         for version in dep.versions:
             port, grpc_port = host_port(target, version), grpc_host_port(target, version)
-            DockerModelServer(f"{dep.name}-v{version.number}",
-                              DockerModelServerArgs(dep, version, port, api_key, target.platform, grpc_port), opts)
+            DockerModelServer(
+                f"{dep.name}-v{version.number}",
+                DockerModelServerArgs(dep, version, port, api_key, target.platform, grpc_port),
+                opts,
+            )
             exported[f"{dep.name}-v{version.number}"] = port
             if grpc_port is not None:
                 exported[f"{dep.name}-v{version.number}-grpc"] = grpc_port

@@ -55,12 +55,16 @@ def typed(kind: type, data: dict[str, Any], where: str = "") -> dict[str, Any]:
     out = {}
     for key, value in data.items():
         if key not in fields:
-            raise UnknownProperty(f"{where or kind.__name__}: {kind.__name__} has no property {key!r} "
-                                  f"(it has: {', '.join(sorted(fields))})")
+            raise UnknownProperty(
+                f"{where or kind.__name__}: {kind.__name__} has no property {key!r} "
+                f"(it has: {', '.join(sorted(fields))})"
+            )
         name, nested, values = fields[key]
         if values and isinstance(value, str) and value not in values:
-            raise UnknownProperty(f"{where or kind.__name__}.{key}: {value!r} is not one of the provider's values "
-                                  f"({', '.join(sorted(values))})")
+            raise UnknownProperty(
+                f"{where or kind.__name__}.{key}: {value!r} is not one of the provider's values "
+                f"({', '.join(sorted(values))})"
+            )
         out[name] = _value(nested, value, f"{where}.{key}" if where else key)
     return out
 
@@ -117,9 +121,11 @@ class ContainerApp(pulumi.ComponentResource):
         self.revisions = {str(v.number): f"{dep.name}--{revision_suffix(dep, v)}" for v in dep.versions}
         # The app's own name, which the ingress splits by weight (a revision's FQDN would bypass it).
         self.fqdn: pulumi.Output[str | None] = self.app.configuration.apply(
-            lambda c: c.ingress.fqdn if c is not None and c.ingress is not None else None)
-        self.register_outputs({"fqdn": self.fqdn, "revisions": self.revisions,
-                               "weights": {str(v.number): v.weight for v in dep.served}})
+            lambda c: c.ingress.fqdn if c is not None and c.ingress is not None else None
+        )
+        self.register_outputs(
+            {"fqdn": self.fqdn, "revisions": self.revisions, "weights": {str(v.number): v.weight for v in dep.served}}
+        )
 
 
 @dataclass
@@ -150,14 +156,19 @@ class ContainerGroups(pulumi.ComponentResource):
         outputs: dict[str, Any] = {"fqdns": self.fqdns}
         if target.front is not None:
             serving = front_version(dep.versions)
-            self.record = build(dns.RecordSet, f"{dep.name}-front", dns_record(target, dep, self.fqdns[
-                str(serving.number)]), pulumi.ResourceOptions(parent=self, depends_on=[self.groups[serving.number]]))
+            self.record = build(
+                dns.RecordSet,
+                f"{dep.name}-front",
+                dns_record(target, dep, self.fqdns[str(serving.number)]),
+                pulumi.ResourceOptions(parent=self, depends_on=[self.groups[serving.number]]),
+            )
             outputs["front"] = f"{target.front.name}.{target.front.zone}"
         self.register_outputs(outputs)
 
 
-def deploy_container_apps(plan: Any, target: ContainerAppsTarget, api_key: pulumi.Input[str] | None,
-                          registry: RegistryLogin | None) -> dict[str, Any]:
+def deploy_container_apps(
+    plan: Any, target: ContainerAppsTarget, api_key: pulumi.Input[str] | None, registry: RegistryLogin | None
+) -> dict[str, Any]:
     exported: dict[str, Any] = {}
     for dep in map(built, plan.deployments):  # every version converted and pushed, or an error
         component = ContainerApp(dep.name, ContainerAppArgs(plan.project, target, dep, _key(dep, api_key), registry))
@@ -165,12 +176,14 @@ def deploy_container_apps(plan: Any, target: ContainerAppsTarget, api_key: pulum
     return exported
 
 
-def deploy_container_instances(plan: Any, target: ContainerInstancesTarget, api_key: pulumi.Input[str] | None,
-                               registry: RegistryLogin | None) -> dict[str, Any]:
+def deploy_container_instances(
+    plan: Any, target: ContainerInstancesTarget, api_key: pulumi.Input[str] | None, registry: RegistryLogin | None
+) -> dict[str, Any]:
     exported: dict[str, Any] = {}
     for dep in map(built, plan.deployments):  # every version converted and pushed, or an error
-        component = ContainerGroups(dep.name, ContainerGroupArgs(plan.project, target, dep, _key(dep, api_key),
-                                                                 registry))
+        component = ContainerGroups(
+            dep.name, ContainerGroupArgs(plan.project, target, dep, _key(dep, api_key), registry)
+        )
         exported.update({version_name(dep.model, v): component.fqdns[str(v.number)] for v in dep.versions})
     return exported
 
@@ -179,7 +192,7 @@ def _key(dep: BuiltDeployment, api_key: pulumi.Input[str] | None) -> pulumi.Inpu
     if dep.auth != "key":
         return None
     if api_key is None:
-        raise ValueError(f"deployment {dep.name} has auth: key; set the key with "
-                         "`pulumi config set --secret mlops:apiKey <key>`")
+        raise ValueError(
+            f"deployment {dep.name} has auth: key; set the key with `pulumi config set --secret mlops:apiKey <key>`"
+        )
     return api_key
-

@@ -30,8 +30,7 @@ class BatchJob(pulumi.ComponentResource):
     def __init__(self, name: str, args: BatchJobArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlops:k8s:BatchJob", name, None, opts)
         (version,) = args.deployment.versions
-        objects = batch_objects(args.project, args.target, args.deployment, version, version.image,
-                                version.onnx_digest)
+        objects = batch_objects(args.project, args.target, args.deployment, version, version.image, version.onnx_digest)
         child = pulumi.ResourceOptions(parent=self)
         self.resources: dict[str, pulumi.CustomResource] = {}
         for obj in objects:
@@ -39,9 +38,17 @@ class BatchJob(pulumi.ComponentResource):
             if kind is None:
                 self.resources[obj["kind"]] = create(obj, child)
             else:
-                self.resources[obj["kind"]] = kind(f"{obj['metadata']['name']}-{obj['kind'].lower()}", opts=child,
-                                                   metadata=obj["metadata"], spec=obj["spec"])
+                self.resources[obj["kind"]] = kind(
+                    f"{obj['metadata']['name']}-{obj['kind'].lower()}",
+                    opts=child,
+                    metadata=obj["metadata"],
+                    spec=obj["spec"],
+                )
         self.name = version_name(args.deployment.model, version)
-        self.register_outputs({"name": self.name, "image": version.image,
-                               "kind": "CronJob" if args.deployment.batch and args.deployment.batch.schedule
-                               else "Job"})
+        self.register_outputs(
+            {
+                "name": self.name,
+                "image": version.image,
+                "kind": "CronJob" if args.deployment.batch and args.deployment.batch.schedule else "Job",
+            }
+        )

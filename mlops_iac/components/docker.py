@@ -48,37 +48,63 @@ class DockerModelServer(pulumi.ComponentResource):
         dep, version = args.deployment, args.version
         child = pulumi.ResourceOptions(parent=self)
         cname = version_name(dep.model, version)
-        self.image = docker.RemoteImage(f"{cname}-image", name=version.image, keep_locally=True,
-                                        platform=args.platform, opts=child)
+        self.image = docker.RemoteImage(
+            f"{cname}-image", name=version.image, keep_locally=True, platform=args.platform, opts=child
+        )
         # Kept when the version retires: the collected requests are the drift check's input.
-        self.volume = docker.Volume(f"{cname}-data", name=f"{cname}-data",
-                                    opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
+        self.volume = docker.Volume(
+            f"{cname}-data", name=f"{cname}-data", opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True)
+        )
         hw = version.hardware
         envs: list[pulumi.Input[str]] = [
-            f"{SETTINGS_ENV}=" + canonical_json(server_settings(dep, version, version.onnx_digest)
-                                                          .model_dump(mode="json")).strip()]
+            f"{SETTINGS_ENV}="
+            + canonical_json(server_settings(dep, version, version.onnx_digest).model_dump(mode="json")).strip()
+        ]
         if dep.auth == "key":
             if args.api_key is None:
-                raise ValueError(f"deployment {dep.name} has auth: key; set the key with "
-                                 "`pulumi config set --secret mlops:apiKey <key>`")
+                raise ValueError(
+                    f"deployment {dep.name} has auth: key; set the key with "
+                    "`pulumi config set --secret mlops:apiKey <key>`"
+                )
             envs.append(pulumi.Output.concat("MLOPS_IAC_API_KEY=", args.api_key))
         self.container = docker.Container(
-            f"{cname}-container", opts=child, name=cname, image=self.image.image_id,
-            command=["--port", str(PORT)], restart="unless-stopped", must_run=True,
-            wait=True, wait_timeout=WAIT_SECONDS,  # `up` succeeds only once the healthcheck passes
+            f"{cname}-container",
+            opts=child,
+            name=cname,
+            image=self.image.image_id,
+            command=["--port", str(PORT)],
+            restart="unless-stopped",
+            must_run=True,
+            wait=True,
+            wait_timeout=WAIT_SECONDS,  # `up` succeeds only once the healthcheck passes
             stop_timeout=GRACE_SECONDS - PRESTOP_SECONDS,  # SIGTERM drains requests (not the engine's 10 s)
-            ports=[docker.ContainerPortArgs(internal=PORT, external=args.port),
-                   *([docker.ContainerPortArgs(internal=GRPC_PORT, external=args.grpc_port)]
-                     if args.grpc_port is not None else [])],
-            envs=envs, user=f"{UID}:{UID}", read_only=True,
-            memory=-(-hw.memory_limit_bytes // 2**20), cpus=f"{hw.cpu_limit_millis / 1000:g}",
+            ports=[
+                docker.ContainerPortArgs(internal=PORT, external=args.port),
+                *(
+                    [docker.ContainerPortArgs(internal=GRPC_PORT, external=args.grpc_port)]
+                    if args.grpc_port is not None
+                    else []
+                ),
+            ],
+            envs=envs,
+            user=f"{UID}:{UID}",
+            read_only=True,
+            memory=-(-hw.memory_limit_bytes // 2**20),
+            cpus=f"{hw.cpu_limit_millis / 1000:g}",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
             security_opts=["no-new-privileges:true"],
             tmpfs={"/tmp": "rw,size=64m"},  # noqa: S108 - the container's own /tmp, in memory
             volumes=[docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path="/data")],
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=["CMD", "/opt/venv/bin/python", "-m", "mlops_iac.serving.health"],
-                interval="10s", timeout="3s", start_period="30s", retries=3),
-            labels=[docker.ContainerLabelArgs(label="dev.mlops-iac.deployment", value=dep.name),
-                    docker.ContainerLabelArgs(label="dev.mlops-iac.version", value=str(version.number))])
+                interval="10s",
+                timeout="3s",
+                start_period="30s",
+                retries=3,
+            ),
+            labels=[
+                docker.ContainerLabelArgs(label="dev.mlops-iac.deployment", value=dep.name),
+                docker.ContainerLabelArgs(label="dev.mlops-iac.version", value=str(version.number)),
+            ],
+        )
         self.register_outputs({"name": cname, "port": args.port, "grpcPort": args.grpc_port, "image": version.image})

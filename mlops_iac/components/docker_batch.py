@@ -34,15 +34,28 @@ class DockerBatchJob(pulumi.ComponentResource):
         settings = canonical_json(server_settings(dep, version, version.onnx_digest).model_dump(mode="json"))
         hw = version.hardware
         self.container = docker.Container(
-            f"{cname}-batch", opts=child, name=f"{cname}-batch", image=self.image.image_id,
-            entrypoints=[PYTHON, "-m", "mlops_iac.scoring"], command=scoring_args(dep.batch, shards=False),
-            restart="no", must_run=False, attach=False,
-            envs=[f"{SETTINGS_ENV}={settings.strip()}"], user=f"{UID}:{UID}", read_only=True,
-            memory=-(-hw.memory_limit_bytes // 2**20), cpus=f"{hw.cpu_limit_millis / 1000:g}",
+            f"{cname}-batch",
+            opts=child,
+            name=f"{cname}-batch",
+            image=self.image.image_id,
+            entrypoints=[PYTHON, "-m", "mlops_iac.scoring"],
+            command=scoring_args(dep.batch, shards=False),
+            restart="no",
+            must_run=False,
+            attach=False,
+            envs=[f"{SETTINGS_ENV}={settings.strip()}"],
+            user=f"{UID}:{UID}",
+            read_only=True,
+            memory=-(-hw.memory_limit_bytes // 2**20),
+            cpus=f"{hw.cpu_limit_millis / 1000:g}",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            security_opts=["no-new-privileges:true"], network_mode="none",
+            security_opts=["no-new-privileges:true"],
+            network_mode="none",
             tmpfs={"/tmp": "rw,size=64m"},  # noqa: S108 - the container's own /tmp, in memory
             volumes=[docker.ContainerVolumeArgs(volume_name=volume, container_path="/data")],
-            labels=[docker.ContainerLabelArgs(label="dev.mlops-iac.deployment", value=dep.name),
-                    docker.ContainerLabelArgs(label="dev.mlops-iac.version", value=str(version.number))])
+            labels=[
+                docker.ContainerLabelArgs(label="dev.mlops-iac.deployment", value=dep.name),
+                docker.ContainerLabelArgs(label="dev.mlops-iac.version", value=str(version.number)),
+            ],
+        )
         self.register_outputs({"name": f"{cname}-batch", "image": version.image})

@@ -39,8 +39,7 @@ def create(obj: dict[str, Any], opts: pulumi.ResourceOptions) -> pulumi.CustomRe
     fields = {_snake(k): v for k, v in obj.items() if k not in ("apiVersion", "kind")}
     if kind is not None:
         return kind(name, **fields, opts=opts)  # type: ignore[no-any-return]
-    return k8s.apiextensions.CustomResource(name, api_version=obj["apiVersion"], kind=obj["kind"],
-                                            opts=opts, **fields)
+    return k8s.apiextensions.CustomResource(name, api_version=obj["apiVersion"], kind=obj["kind"], opts=opts, **fields)
 
 
 @dataclass
@@ -73,11 +72,15 @@ class ApiKey(pulumi.ComponentResource):
     def __init__(self, name: str, args: ApiKeyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlops:k8s:ApiKey", name, None, opts)
         self.secret = k8s.core.v1.Secret(
-            f"{secret_name(args.deployment)}-secret", opts=pulumi.ResourceOptions(parent=self), type="Opaque",
+            f"{secret_name(args.deployment)}-secret",
+            opts=pulumi.ResourceOptions(parent=self),
+            type="Opaque",
             metadata={"name": secret_name(args.deployment), "namespace": args.target.namespace_name},
-            string_data={"apiKey": pulumi.Output.secret(args.api_key)})
+            string_data={"apiKey": pulumi.Output.secret(args.api_key)},
+        )
         self.version: pulumi.Output[str] = self.secret.metadata.apply(
-            lambda meta: (meta.resource_version if meta else None) or "")
+            lambda meta: (meta.resource_version if meta else None) or ""
+        )
         self.register_outputs({"secret": secret_name(args.deployment)})
 
 
@@ -97,16 +100,18 @@ class ModelServer(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ModelServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlops:k8s:ModelServer", name, None, opts)
-        objects = version_objects(args.project, args.target, args.deployment, args.version,
-                                  args.version.image, args.version.onnx_digest)
+        objects = version_objects(
+            args.project, args.target, args.deployment, args.version, args.version.image, args.version.onnx_digest
+        )
         if args.api_key_version is not None:
             deployment = next(o for o in objects if o["kind"] == "Deployment")
             deployment["spec"]["template"]["metadata"]["annotations"][API_KEY_VERSION] = args.api_key_version
         child = pulumi.ResourceOptions(parent=self)
         self.resources = {o["kind"]: create(o, child) for o in objects}
         self.name = version_name(args.deployment.model, args.version)
-        self.register_outputs({"name": self.name, "image": args.version.image,
-                               "service": f"{self.name}.{args.target.namespace_name}.svc"})
+        self.register_outputs(
+            {"name": self.name, "image": args.version.image, "service": f"{self.name}.{args.target.namespace_name}.svc"}
+        )
 
 
 @dataclass
@@ -127,7 +132,12 @@ class ModelEndpoint(pulumi.ComponentResource):
         super().__init__("mlops:k8s:ModelEndpoint", name, None, opts)
         deployments: list[pulumi.Resource] = [s.resources["Deployment"] for s in args.servers]
         child = pulumi.ResourceOptions(parent=self, depends_on=deployments)
-        self.resources = {o["kind"]: create(o, child) for o in model_objects(args.project, args.target,
-                                                                              args.deployment)}
-        self.register_outputs({"service": f"{args.deployment.name}.{args.target.namespace_name}.svc",
-                               "weights": {str(v.number): v.weight for v in args.deployment.versions}})
+        self.resources = {
+            o["kind"]: create(o, child) for o in model_objects(args.project, args.target, args.deployment)
+        }
+        self.register_outputs(
+            {
+                "service": f"{args.deployment.name}.{args.target.namespace_name}.svc",
+                "weights": {str(v.number): v.weight for v in args.deployment.versions},
+            }
+        )

@@ -56,14 +56,26 @@ class Report:
 
     def facts(self) -> dict[str, Any]:
         """What goes into the registry's artifact record and the lock's `onnx` section."""
-        return {"opset": self.opset, "optimization": self.optimization,
-                "quantization": self.quantization, "parity": self.parity.facts(),
-                "speedup": self.speedup, "signature": self.signature, "breaking": list(self.breaking)}
+        return {
+            "opset": self.opset,
+            "optimization": self.optimization,
+            "quantization": self.quantization,
+            "parity": self.parity.facts(),
+            "speedup": self.speedup,
+            "signature": self.signature,
+            "breaking": list(self.breaking),
+        }
 
 
-def convert_artifact(framework: str, artifact: Path, sample: Sample, options: Options, *,
-                     validation: Validation | None = None,
-                     previous_signature: dict[str, Any] | None = None) -> Report:
+def convert_artifact(
+    framework: str,
+    artifact: Path,
+    sample: Sample,
+    options: Options,
+    *,
+    validation: Validation | None = None,
+    previous_signature: dict[str, Any] | None = None,
+) -> Report:
     converted = convert(framework, artifact, sample, options.opset)
     base = converted.model.SerializeToString()
     optimized = onnx_tools.optimize(base, options.optimization)
@@ -81,47 +93,72 @@ def convert_artifact(framework: str, artifact: Path, sample: Sample, options: Op
     final, quantization = optimized, {"mode": options.quantize, "kept": False}
     if parity.passed and options.quantize == "dynamic-int8":
         final, quantization = _quantize(base, optimized, options, parity_of, validation)
-    report = Report(model=final, parity=parity if final is optimized else parity_of(final),
-                    signature=onnx_tools.signature(onnx.load_from_string(final)),
-                    opset=onnx_tools.opset(converted.model), optimization=options.optimization,
-                    quantization=quantization, hint=converted.hint)
+    report = Report(
+        model=final,
+        parity=parity if final is optimized else parity_of(final),
+        signature=onnx_tools.signature(onnx.load_from_string(final)),
+        opset=onnx_tools.opset(converted.model),
+        optimization=options.optimization,
+        quantization=quantization,
+        hint=converted.hint,
+    )
     if not report.parity.passed:
         return report
-    extra: dict[str, Any] = {
-        "breaking": tuple(breaking_changes(previous_signature, report.signature))}
+    extra: dict[str, Any] = {"breaking": tuple(breaking_changes(previous_signature, report.signature))}
     if validation is not None:
         extra["validation"] = _validate(final, validation)
     if options.measure_speed and converted.native_call is not None:
-        extra["speedup"] = measure.speedup(converted.native_call, final, sample,
-                                           prepare=converted.prepare)
+        extra["speedup"] = measure.speedup(converted.native_call, final, sample, prepare=converted.prepare)
     return Report(**{**report.__dict__, **extra})
 
 
-def _quantize(base: bytes, optimized: bytes, options: Options, parity_of: Any,
-              validation: Validation | None) -> tuple[bytes, dict[str, Any]]:
+def _quantize(
+    base: bytes, optimized: bytes, options: Options, parity_of: Any, validation: Validation | None
+) -> tuple[bytes, dict[str, Any]]:
     quantized = onnx_tools.optimize(onnx_tools.quantize_dynamic_int8(base), options.optimization)
     parity = parity_of(quantized)
-    facts: dict[str, Any] = {"mode": options.quantize, "parity": parity.facts(),
-                             "sizeBytes": len(quantized), "floatSizeBytes": len(optimized)}
+    facts: dict[str, Any] = {
+        "mode": options.quantize,
+        "parity": parity.facts(),
+        "sizeBytes": len(quantized),
+        "floatSizeBytes": len(optimized),
+    }
     kept = parity.passed
     if not kept and validation is not None:
         result = _validate(quantized, validation)
         facts["validation"] = result
         kept = result["passed"]
     facts["kept"] = kept
-    facts["reason"] = ("parity within tolerance" if parity.passed else
-                       "validation metric still meets its threshold" if kept else
-                       "outside the tolerance; the float model is kept")
+    facts["reason"] = (
+        "parity within tolerance"
+        if parity.passed
+        else "validation metric still meets its threshold"
+        if kept
+        else "outside the tolerance; the float model is kept"
+    )
     return (quantized if kept else optimized), facts
 
 
 def _validate(model: bytes, validation: Validation) -> dict[str, Any]:
     outputs = onnx_tools.run(onnx_tools.session(model), validation.features)
     value = measure.metric(validation.metric, validation.labels, outputs)
-    return {"metric": validation.metric, "value": round(value, 6), "threshold": validation.threshold,
-            "passed": measure.meets(validation.metric, value, validation.threshold),
-            "rows": len(validation.labels)}
+    return {
+        "metric": validation.metric,
+        "value": round(value, 6),
+        "threshold": validation.threshold,
+        "passed": measure.meets(validation.metric, value, validation.threshold),
+        "rows": len(validation.labels),
+    }
 
 
-__all__ = ["ConversionError", "DataError", "Options", "Report", "Sample", "Table", "UnsupportedStep",
-           "Validation", "convert_artifact"]
+__all__ = [
+    "ConversionError",
+    "DataError",
+    "Options",
+    "Report",
+    "Sample",
+    "Table",
+    "UnsupportedStep",
+    "Validation",
+    "convert_artifact",
+]

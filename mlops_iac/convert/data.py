@@ -25,8 +25,9 @@ def read_features(path: Path, label: str | None = None) -> np.ndarray:
     return read_labelled(path, label, need_labels=False)[0]
 
 
-def read_labelled(path: Path, label: str | None = "label", *,
-                  need_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def read_labelled(
+    path: Path, label: str | None = "label", *, need_labels: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(features, labels) from .npz (arrays X and y), .csv or .parquet (a label column)."""
     if not path.exists():
         raise DataError(f"{path} does not exist")
@@ -50,8 +51,7 @@ def read_labelled(path: Path, label: str | None = "label", *,
     if features.ndim != 2 or features.shape[0] == 0:
         raise DataError(f"{path}: expected a non-empty 2-D table of features, got shape {features.shape}")
     if need_labels and labels is None:
-        raise DataError(f"{path}: no labels found (an .npz needs an array y; a table needs a "
-                        f"{label!r} column)")
+        raise DataError(f"{path}: no labels found (an .npz needs an array y; a table needs a {label!r} column)")
     return features.astype(np.float32), labels
 
 
@@ -78,8 +78,7 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list[object]]]:
     return list(table.column_names), [list(row) for row in zip(*columns, strict=True)]
 
 
-def _columns(header: list[str], rows: list[list[object]],
-             label: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _columns(header: list[str], rows: list[list[object]], label: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     if label is not None and label in header:
         at = header.index(label)
         labels = np.asarray([row[at] for row in rows])
@@ -103,10 +102,18 @@ ColumnKind = Literal["float", "int", "string"]
 # float32, and the parity check measures what that costs against the native float64 pipeline.
 V2_OF_KIND: dict[str, str] = {"float": "FP32", "int": "INT64", "string": "BYTES"}
 _ORT_DTYPES: dict[str, Any] = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
-    "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_, "tensor(float16)": np.float16,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+    "tensor(float16)": np.float16,
     "tensor(string)": object,
 }
 
@@ -137,17 +144,20 @@ class Table:
 
     def signature(self) -> list[dict[str, Any]]:
         """The columns as v2 tensors: what a client sends, one per column."""
-        return [{"name": n, "datatype": V2_OF_KIND[k], "shape": [-1, 1]}
-                for n, k in zip(self.names, self.kinds, strict=True)]
+        return [
+            {"name": n, "datatype": V2_OF_KIND[k], "shape": [-1, 1]}
+            for n, k in zip(self.names, self.kinds, strict=True)
+        ]
 
     def select(self, names: Sequence[str]) -> Table:
         missing = [n for n in names if n not in self.names]
         if missing:
-            raise DataError(f"{self.source} lacks column(s) {', '.join(map(repr, missing))} that the "
-                            f"model takes; it has: {', '.join(self.names)}")
+            raise DataError(
+                f"{self.source} lacks column(s) {', '.join(map(repr, missing))} that the "
+                f"model takes; it has: {', '.join(self.names)}"
+            )
         at = [self.names.index(n) for n in names]
-        return Table(tuple(names), tuple(self.columns[i] for i in at), tuple(self.kinds[i] for i in at),
-                     self.source)
+        return Table(tuple(names), tuple(self.columns[i] for i in at), tuple(self.kinds[i] for i in at), self.source)
 
     def take(self, index: Any) -> Table:
         return Table(self.names, tuple(c[index] for c in self.columns), self.kinds, self.source)
@@ -160,15 +170,16 @@ class Table:
         """A pandas DataFrame, as the native pipeline was trained on."""
         import pandas as pd
 
-        return pd.DataFrame({n: c for n, c in zip(self.names, self.columns, strict=True)},
-                            columns=list(self.names))
+        return pd.DataFrame({n: c for n, c in zip(self.names, self.columns, strict=True)}, columns=list(self.names))
 
     def matrix(self) -> np.ndarray:
         """All columns as one float32 matrix, for models that take a single numeric input."""
         strings = [n for n, k in zip(self.names, self.kinds, strict=True) if k == "string"]
         if strings:
-            raise DataError(f"{self.source}: column(s) {', '.join(map(repr, strings))} hold strings, but "
-                            "the model takes one numeric matrix")
+            raise DataError(
+                f"{self.source}: column(s) {', '.join(map(repr, strings))} hold strings, but "
+                "the model takes one numeric matrix"
+            )
         return np.column_stack(self.columns).astype(np.float32)
 
 
@@ -179,8 +190,14 @@ def rows_of(sample: Sample, index: Any) -> Sample:
     return sample.take(index) if isinstance(sample, Table) else sample[index]
 
 
-_V2_OF_ORT = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64",
-              "tensor(int32)": "INT32", "tensor(bool)": "BOOL", "tensor(string)": "BYTES"}
+_V2_OF_ORT = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}
 
 
 def complete_rows(sample: Sample) -> Sample:
@@ -197,8 +214,15 @@ def complete_rows(sample: Sample) -> Sample:
 def v2_tensors(inputs: Sequence[Any], sample: Sample) -> list[dict[str, Any]]:
     """The sample as the `inputs` of a v2 JSON request: one tensor per model input."""
     arrays = feed(inputs, sample)
-    return [{"name": i.name, "datatype": _V2_OF_ORT.get(i.type, "FP32"), "shape": list(arrays[i.name].shape),
-             "data": arrays[i.name].ravel().tolist()} for i in inputs]
+    return [
+        {
+            "name": i.name,
+            "datatype": _V2_OF_ORT.get(i.type, "FP32"),
+            "shape": list(arrays[i.name].shape),
+            "data": arrays[i.name].ravel().tolist(),
+        }
+        for i in inputs
+    ]
 
 
 def tile_rows(sample: Sample, rows: int) -> Sample:
@@ -217,11 +241,12 @@ def feed(inputs: Sequence[Any], sample: Sample) -> dict[str, np.ndarray]:
     names = [i.name for i in inputs]
     if isinstance(sample, Table) and (len(names) > 1 or names[0] in sample.names):
         table = sample.select(names)
-        return {i.name: _as_input(c, i, table.kind(i.name))
-                for i, c in zip(inputs, table.columns, strict=True)}
+        return {i.name: _as_input(c, i, table.kind(i.name)) for i, c in zip(inputs, table.columns, strict=True)}
     if len(names) > 1:
-        raise DataError(f"the sample is one matrix, but the model takes one input per column "
-                        f"({', '.join(names)}); give a .csv or .parquet file with those columns")
+        raise DataError(
+            f"the sample is one matrix, but the model takes one input per column "
+            f"({', '.join(names)}); give a .csv or .parquet file with those columns"
+        )
     matrix = sample.matrix() if isinstance(sample, Table) else sample
     return {names[0]: matrix.astype(_ORT_DTYPES.get(inputs[0].type, np.float32), copy=False)}
 
@@ -229,8 +254,7 @@ def feed(inputs: Sequence[Any], sample: Sample) -> dict[str, np.ndarray]:
 def _as_input(column: np.ndarray, spec: Any, kind: ColumnKind) -> np.ndarray:
     dtype = _ORT_DTYPES.get(spec.type, np.float32)
     if (dtype is object) != (kind == "string"):
-        raise DataError(f"column {spec.name!r} holds {kind} values; the model's input takes "
-                        f"{spec.type}")
+        raise DataError(f"column {spec.name!r} holds {kind} values; the model's input takes {spec.type}")
     values = column.astype(dtype, copy=False)
     return values.reshape(-1, 1) if len(spec.shape or ()) == 2 else values
 
@@ -240,8 +264,9 @@ def read_sample(path: Path, label: str | None = None) -> Sample:
     return read_examples(path, label, need_labels=False)[0]
 
 
-def read_examples(path: Path, label: str | None = "label", *,
-                  need_labels: bool = True) -> tuple[Sample, np.ndarray | None]:
+def read_examples(
+    path: Path, label: str | None = "label", *, need_labels: bool = True
+) -> tuple[Sample, np.ndarray | None]:
     """(sample, labels): like `read_labelled`, but .csv and .parquet keep their columns."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
@@ -257,8 +282,9 @@ def read_examples(path: Path, label: str | None = "label", *,
     if need_labels and labels is None:
         raise DataError(f"{path}: no labels found (a table needs a {label!r} column)")
     if frame.shape[1] == 0 or len(frame) == 0:
-        raise DataError(f"{path}: expected a non-empty table of features, got {frame.shape[0]} rows "
-                        f"and {frame.shape[1]} columns")
+        raise DataError(
+            f"{path}: expected a non-empty table of features, got {frame.shape[0]} rows and {frame.shape[1]} columns"
+        )
     return table_of(frame, str(path)), labels
 
 
@@ -282,9 +308,11 @@ def table_of(frame: Any, where: str = "the sample") -> Table:
         series = frame[name]
         kind = _kind_of(series)
         if kind is None:
-            raise DataError(f"{where}: column {name!r} has dtype {series.dtype}; columns must hold "
-                            "floats, ints, booleans or strings (convert dates to numbers or strings "
-                            "before training)")
+            raise DataError(
+                f"{where}: column {name!r} has dtype {series.dtype}; columns must hold "
+                "floats, ints, booleans or strings (convert dates to numbers or strings "
+                "before training)"
+            )
         names.append(str(name))
         kinds.append(kind)
         columns.append(_values(series, kind))

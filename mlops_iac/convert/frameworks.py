@@ -47,8 +47,12 @@ class Converted:
 
 def convert(framework: str, path: Path, sample: Sample, opset: int | None) -> Converted:
     converters: dict[str, Callable[[Path, Sample, int | None], Converted]] = {
-        "sklearn": _sklearn, "lightgbm": _sklearn, "xgboost": _sklearn,
-        "pytorch": _pytorch, "onnx": _onnx}
+        "sklearn": _sklearn,
+        "lightgbm": _sklearn,
+        "xgboost": _sklearn,
+        "pytorch": _pytorch,
+        "onnx": _onnx,
+    }
     if framework not in converters:
         raise ConversionError(f"no converter for framework {framework!r}")
     try:
@@ -56,11 +60,11 @@ def convert(framework: str, path: Path, sample: Sample, opset: int | None) -> Co
     except (ConversionError, DataError, pipeline.UnsupportedStep):
         raise
     except Exception as exc:
-        raise ConversionError(f"converting {path.name} ({framework}) failed: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        raise ConversionError(f"converting {path.name} ({framework}) failed: {type(exc).__name__}: {exc}") from exc
 
 
 # --- scikit-learn, and LightGBM and XGBoost through their scikit-learn API ------------------
+
 
 def _sklearn(path: Path, sample: Sample, opset: int | None) -> Converted:
     import joblib
@@ -88,12 +92,12 @@ def _sklearn(path: Path, sample: Sample, opset: int | None) -> Converted:
             native = prepare(x)
             return [model.predict(native), model.predict_proba(native)]
 
-        return Converted(onx, kinds[: len(outputs)], run, model.predict_proba, prepare,
-                         pipeline.parity_hint(model))
+        return Converted(onx, kinds[: len(outputs)], run, model.predict_proba, prepare, pipeline.parity_hint(model))
     first: OutputKind = "label" if _is_classifier(model) else "float"
     rest = _floats(len(outputs) - 1)
-    return Converted(onx, (first, *rest), lambda x: [model.predict(prepare(x))], model.predict, prepare,
-                     pipeline.parity_hint(model))
+    return Converted(
+        onx, (first, *rest), lambda x: [model.predict(prepare(x))], model.predict, prepare, pipeline.parity_hint(model)
+    )
 
 
 def _sklearn_inputs(model: Any, sample: Sample) -> tuple[Callable[[Sample], Any], list[tuple[str, Any]]]:
@@ -110,8 +114,10 @@ def _sklearn_inputs(model: Any, sample: Sample) -> tuple[Callable[[Sample], Any]
 
         return frame, pipeline.initial_types(table)
     if names is not None and _selects_by_name(model):
-        raise DataError(f"the model was fitted on a DataFrame with columns {', '.join(names)}; give a "
-                        ".csv or .parquet sample with those columns (not a bare matrix)")
+        raise DataError(
+            f"the model was fitted on a DataFrame with columns {', '.join(names)}; give a "
+            ".csv or .parquet sample with those columns (not a bare matrix)"
+        )
     return _matrix, [(INPUT_NAME, _float_input(_matrix(sample)))]
 
 
@@ -162,21 +168,34 @@ def _register_boosters() -> None:
         from lightgbm import LGBMClassifier, LGBMRegressor
         from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
 
-        update_registered_converter(LGBMClassifier, "LightGbmLGBMClassifier",
-                                    calculate_linear_classifier_output_shapes, convert_lightgbm,
-                                    options=options)
-        update_registered_converter(LGBMRegressor, "LightGbmLGBMRegressor",
-                                    calculate_linear_regressor_output_shapes, convert_lightgbm,
-                                    options={"split": None})
+        update_registered_converter(
+            LGBMClassifier,
+            "LightGbmLGBMClassifier",
+            calculate_linear_classifier_output_shapes,
+            convert_lightgbm,
+            options=options,
+        )
+        update_registered_converter(
+            LGBMRegressor,
+            "LightGbmLGBMRegressor",
+            calculate_linear_regressor_output_shapes,
+            convert_lightgbm,
+            options={"split": None},
+        )
     with contextlib.suppress(ImportError):
         from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
         from xgboost import XGBClassifier, XGBRegressor
 
-        update_registered_converter(XGBClassifier, "XGBoostXGBClassifier",
-                                    calculate_linear_classifier_output_shapes, convert_xgboost,
-                                    options=options)
-        update_registered_converter(XGBRegressor, "XGBoostXGBRegressor",
-                                    calculate_linear_regressor_output_shapes, convert_xgboost)
+        update_registered_converter(
+            XGBClassifier,
+            "XGBoostXGBClassifier",
+            calculate_linear_classifier_output_shapes,
+            convert_xgboost,
+            options=options,
+        )
+        update_registered_converter(
+            XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
+        )
     _REGISTERED.append(True)
 
 
@@ -207,6 +226,7 @@ def _integer_tree_attributes() -> Iterator[None]:
 
 # --- PyTorch ---------------------------------------------------------------------------------
 
+
 def _pytorch(path: Path, sample: Sample, opset: int | None) -> Converted:
     import torch
 
@@ -219,8 +239,10 @@ def _pytorch(path: Path, sample: Sample, opset: int | None) -> Converted:
         module = torch.load(str(path), map_location="cpu", weights_only=False)
         scripted = False
     if not isinstance(module, torch.nn.Module):
-        raise ConversionError(f"{path.name} holds a {type(module).__name__}, not a torch module "
-                              "(save the model with torch.jit.save or torch.save(model))")
+        raise ConversionError(
+            f"{path.name} holds a {type(module).__name__}, not a torch module "
+            "(save the model with torch.jit.save or torch.save(model))"
+        )
     module.eval()
     example = torch.from_numpy(sample[: min(len(sample), 2)].copy())
     onx = _export_torch(module, example, opset, scripted)
@@ -243,18 +265,33 @@ def _export_torch(module: Any, example: Any, opset: int | None, scripted: bool) 
     if scripted:  # the torch.export-based exporter cannot take a ScriptModule
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "model.onnx"
-            torch.onnx.export(module, (example,), out, input_names=[INPUT_NAME], output_names=["output"],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, "output": {0: "batch"}},
-                              opset_version=opset or DEFAULT_OPSET, dynamo=False)
+            torch.onnx.export(
+                module,
+                (example,),
+                out,
+                input_names=[INPUT_NAME],
+                output_names=["output"],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, "output": {0: "batch"}},
+                opset_version=opset or DEFAULT_OPSET,
+                dynamo=False,
+            )
             return onnx.load(str(out))
-    program = torch.onnx.export(module, (example,), input_names=[INPUT_NAME], output_names=["output"],
-                                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
-                                opset_version=opset or 18, verbose=False)
+    program = torch.onnx.export(
+        module,
+        (example,),
+        input_names=[INPUT_NAME],
+        output_names=["output"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        dynamo=True,
+        opset_version=opset or 18,
+        verbose=False,
+    )
     assert program is not None
     return program.model_proto
 
 
 # --- ONNX as it is -----------------------------------------------------------------------------
+
 
 def _onnx(path: Path, sample: Sample, opset: int | None) -> Converted:
     check_external_data(path)
@@ -271,12 +308,12 @@ def _onnx(path: Path, sample: Sample, opset: int | None) -> Converted:
         return [np.asarray(o) for o in session.run(None, feed(session.get_inputs(), x))]
 
     kinds: tuple[OutputKind, ...] = tuple(
-        "label" if o.type.tensor_type.elem_type in _INTEGER_TYPES else "float" for o in model.graph.output)
+        "label" if o.type.tensor_type.elem_type in _INTEGER_TYPES else "float" for o in model.graph.output
+    )
     return Converted(model, kinds, run, None)
 
 
-_INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.STRING,
-                  onnx.TensorProto.BOOL}
+_INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.STRING, onnx.TensorProto.BOOL}
 
 
 def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -295,15 +332,19 @@ def verify_onnx(path: Path) -> None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeError, ...
-        raise ConversionError(f"{path.name} is not an ONNX model ({type(exc).__name__}: {exc}); "
-                              "register it with the framework that saved it (--framework sklearn, "
-                              "pytorch, lightgbm or xgboost)") from None
+        raise ConversionError(
+            f"{path.name} is not an ONNX model ({type(exc).__name__}: {exc}); "
+            "register it with the framework that saved it (--framework sklearn, "
+            "pytorch, lightgbm or xgboost)"
+        ) from None
     check_external_data(path)
     external = [t.name for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
     if external:
-        raise ConversionError(f"{path.name} keeps tensor {external[0]!r} (and {len(external) - 1} more) in "
-                              "external data files; the registry stores one file per version: embed "
-                              "them with onnx.save(onnx.load(PATH), OUT) (models under 2 GiB)")
+        raise ConversionError(
+            f"{path.name} keeps tensor {external[0]!r} (and {len(external) - 1} more) in "
+            "external data files; the registry stores one file per version: embed "
+            "them with onnx.save(onnx.load(PATH), OUT) (models under 2 GiB)"
+        )
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -322,5 +363,7 @@ def check_external_data(path: Path) -> None:
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         target = (folder / location).resolve()
         if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
-            raise ConversionError(f"{path.name}: tensor {tensor.name!r} keeps its data at "
-                                  f"{location!r}, outside the model's folder; refused")
+            raise ConversionError(
+                f"{path.name}: tensor {tensor.name!r} keeps its data at "
+                f"{location!r}, outside the model's folder; refused"
+            )

@@ -35,9 +35,13 @@ def tile(sample: np.ndarray, rows: int) -> np.ndarray:
     return np.ascontiguousarray(np.tile(sample, (reps, 1))[:rows])
 
 
-def speedup(native: Callable[[Any], Any], model: bytes, sample: Sample,
-            batches: tuple[int, ...] = (1, 1000), prepare: Callable[[Sample], Any] | None = None
-            ) -> dict[str, Any]:
+def speedup(
+    native: Callable[[Any], Any],
+    model: bytes,
+    sample: Sample,
+    batches: tuple[int, ...] = (1, 1000),
+    prepare: Callable[[Sample], Any] | None = None,
+) -> dict[str, Any]:
     """Median latency of the native call and of onnxruntime (one thread) per batch size.
 
     Both sides get their input ready-made (a DataFrame for a pipeline, the feed for ONNX), so
@@ -51,8 +55,11 @@ def speedup(native: Callable[[Any], Any], model: bytes, sample: Sample,
         repeat = 200 if batch == 1 else 30
         native_s = median_seconds(functools.partial(native, x), repeat)
         onnx_s = median_seconds(functools.partial(sess.run, None, feed(sess.get_inputs(), rows)), repeat)
-        out[f"batch{batch}"] = {"nativeMs": round(native_s * 1000, 4), "onnxMs": round(onnx_s * 1000, 4),
-                                "speedup": round(native_s / onnx_s, 2)}
+        out[f"batch{batch}"] = {
+            "nativeMs": round(native_s * 1000, 4),
+            "onnxMs": round(onnx_s * 1000, 4),
+            "speedup": round(native_s / onnx_s, 2),
+        }
     return out
 
 
@@ -64,11 +71,15 @@ def metric(name: str, labels: np.ndarray, outputs: list[np.ndarray]) -> float:
     try:
         return _metric(name, labels, outputs)
     except (ValueError, IndexError) as exc:
-        kind = ("a regression metric: rmse, mae or r2" if name in ("accuracy", "f1", "precision", "recall",
-                                                                  "roc_auc") else
-                "a classification metric: accuracy, f1, precision, recall or roc_auc")
-        raise ConversionError(f"validate.metric {name!r} cannot be computed from this model's outputs "
-                              f"({exc}); if the model is of the other kind, use {kind}") from None
+        kind = (
+            "a regression metric: rmse, mae or r2"
+            if name in ("accuracy", "f1", "precision", "recall", "roc_auc")
+            else "a classification metric: accuracy, f1, precision, recall or roc_auc"
+        )
+        raise ConversionError(
+            f"validate.metric {name!r} cannot be computed from this model's outputs "
+            f"({exc}); if the model is of the other kind, use {kind}"
+        ) from None
 
 
 def _metric(name: str, labels: np.ndarray, outputs: list[np.ndarray]) -> float:
@@ -95,8 +106,9 @@ def _metric(name: str, labels: np.ndarray, outputs: list[np.ndarray]) -> float:
         if len(outputs) < 2:
             raise ValueError("roc_auc needs probabilities; this model gives labels only")
         proba = outputs[1]
-        return float(m.roc_auc_score(labels, proba[:, 1]) if binary
-                     else m.roc_auc_score(labels, proba, multi_class="ovr"))
+        return float(
+            m.roc_auc_score(labels, proba[:, 1]) if binary else m.roc_auc_score(labels, proba, multi_class="ovr")
+        )
     raise ValueError(f"unknown metric {name!r}")
 
 

@@ -13,14 +13,26 @@ from .data import Sample, feed
 
 # ONNX element types as the Open Inference Protocol names them.
 V2_DATATYPES: dict[int, str] = {
-    onnx.TensorProto.BOOL: "BOOL", onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.UINT16: "UINT16",
-    onnx.TensorProto.UINT32: "UINT32", onnx.TensorProto.UINT64: "UINT64", onnx.TensorProto.INT8: "INT8",
-    onnx.TensorProto.INT16: "INT16", onnx.TensorProto.INT32: "INT32", onnx.TensorProto.INT64: "INT64",
-    onnx.TensorProto.FLOAT16: "FP16", onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.DOUBLE: "FP64",
+    onnx.TensorProto.BOOL: "BOOL",
+    onnx.TensorProto.UINT8: "UINT8",
+    onnx.TensorProto.UINT16: "UINT16",
+    onnx.TensorProto.UINT32: "UINT32",
+    onnx.TensorProto.UINT64: "UINT64",
+    onnx.TensorProto.INT8: "INT8",
+    onnx.TensorProto.INT16: "INT16",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.INT64: "INT64",
+    onnx.TensorProto.FLOAT16: "FP16",
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.DOUBLE: "FP64",
     onnx.TensorProto.STRING: "BYTES",
 }
-LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-          "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+LEVELS = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 def session(model: bytes, threads: int = 1, level: str = "all") -> Any:
@@ -72,8 +84,10 @@ def _tensor(value: onnx.ValueInfoProto) -> dict[str, Any]:
 def signature(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     """Inputs and outputs with v2 datatypes and shapes (-1 where dynamic)."""
     initializers = {i.name for i in model.graph.initializer}
-    return {"inputs": [_tensor(v) for v in model.graph.input if v.name not in initializers],
-            "outputs": [_tensor(v) for v in model.graph.output]}
+    return {
+        "inputs": [_tensor(v) for v in model.graph.input if v.name not in initializers],
+        "outputs": [_tensor(v) for v in model.graph.output],
+    }
 
 
 def opset(model: onnx.ModelProto) -> int:

@@ -33,9 +33,13 @@ class Parity:
         return all(o.passed for o in self.outputs)
 
     def facts(self) -> dict[str, Any]:
-        return {"passed": self.passed, "rows": self.rows, "atol": self.atol, "rtol": self.rtol,
-                "outputs": {o.name: {k: v for k, v in asdict(o).items() if k != "name"}
-                            for o in self.outputs}}
+        return {
+            "passed": self.passed,
+            "rows": self.rows,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "outputs": {o.name: {k: v for k, v in asdict(o).items() if k != "name"} for o in self.outputs},
+        }
 
     def describe(self) -> str:
         lines = []
@@ -44,14 +48,22 @@ class Parity:
             if o.kind == "label":
                 lines.append(f"  {o.name:<16} labels: {o.mismatches} of {self.rows} differ  {verdict}")
             else:
-                lines.append(f"  {o.name:<16} max abs error {o.max_abs_error:.3g}, max rel error "
-                             f"{o.max_rel_error:.3g} (atol {self.atol:g}, rtol {self.rtol:g}; "
-                             f"{o.mismatches} values outside)  {verdict}")
+                lines.append(
+                    f"  {o.name:<16} max abs error {o.max_abs_error:.3g}, max rel error "
+                    f"{o.max_rel_error:.3g} (atol {self.atol:g}, rtol {self.rtol:g}; "
+                    f"{o.mismatches} values outside)  {verdict}"
+                )
         return "\n".join(lines)
 
 
-def compare(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], names: Sequence[str],
-            kinds: Sequence[OutputKind], atol: float, rtol: float) -> Parity:
+def compare(
+    expected: Sequence[np.ndarray],
+    actual: Sequence[np.ndarray],
+    names: Sequence[str],
+    kinds: Sequence[OutputKind],
+    atol: float,
+    rtol: float,
+) -> Parity:
     """Labels must match exactly; numbers within |a - e| <= atol + rtol * |e|."""
     outputs = []
     rows = int(np.asarray(expected[0]).shape[0]) if expected else 0
@@ -60,8 +72,9 @@ def compare(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], names:
     return Parity(rows=rows, atol=atol, rtol=rtol, outputs=tuple(outputs))
 
 
-def _compare_one(want: np.ndarray, got: np.ndarray, name: str, kind: OutputKind,
-                 atol: float, rtol: float) -> OutputParity:
+def _compare_one(
+    want: np.ndarray, got: np.ndarray, name: str, kind: OutputKind, atol: float, rtol: float
+) -> OutputParity:
     if want.size != got.size:
         return OutputParity(name, kind, float("inf"), float("inf"), max(want.size, got.size), False)
     want, got = want.reshape(-1), got.reshape(-1)
@@ -77,5 +90,4 @@ def _compare_one(want: np.ndarray, got: np.ndarray, name: str, kind: OutputKind,
     significant = np.abs(want64) > max(atol, np.finfo(np.float32).eps)
     rel = np.where(significant, diff / np.where(significant, np.abs(want64), 1.0), 0.0)
     outside = int(np.sum(diff > atol + rtol * np.abs(want64)))
-    return OutputParity(name, kind, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)),
-                        outside, outside == 0)
+    return OutputParity(name, kind, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), outside, outside == 0)

@@ -27,10 +27,10 @@ SUPPORTED = {
     "missing values": "SimpleImputer (numbers: any strategy; strings: missing_values='')",
     "encoders": "OneHotEncoder, OrdinalEncoder (on strings or numbers), TargetEncoder",
     "scalers": "StandardScaler, MinMaxScaler, MaxAbsScaler, RobustScaler, Normalizer, "
-               "KBinsDiscretizer, PolynomialFeatures, PowerTransformer, QuantileTransformer",
+    "KBinsDiscretizer, PolynomialFeatures, PowerTransformer, QuantileTransformer",
     "estimators": "LogisticRegression, RandomForest*, ExtraTrees*, GradientBoosting*, "
-                  "HistGradientBoosting*, LGBMClassifier/LGBMRegressor, XGBClassifier/XGBRegressor, "
-                  "linear models, SVC/SVR, MLP*",
+    "HistGradientBoosting*, LGBMClassifier/LGBMRegressor, XGBClassifier/XGBRegressor, "
+    "linear models, SVC/SVR, MLP*",
 }
 
 
@@ -78,16 +78,20 @@ def _known_problem(step: Any) -> str | None:
 
     if isinstance(step, FunctionTransformer) and step.func is not None:
         name = getattr(step.func, "__name__", repr(step.func))
-        return (f"applies the Python function {name}, which ONNX cannot run; compute it before "
-                "the pipeline, or use one of the supported steps")
+        return (
+            f"applies the Python function {name}, which ONNX cannot run; compute it before "
+            "the pipeline, or use one of the supported steps"
+        )
     if isinstance(step, SimpleImputer):
         statistics = getattr(step, "statistics_", None)
         on_strings = statistics is not None and statistics.dtype.kind in "OUS"
         missing = step.missing_values
         if on_strings and isinstance(missing, float) and math.isnan(missing):
-            return ("imputes strings marked missing by NaN; a string tensor has no NaN, so mlops-iac "
-                    "passes a missing string as '': train with SimpleImputer(missing_values='', ...) "
-                    "on string columns whose gaps are filled with ''")
+            return (
+                "imputes strings marked missing by NaN; a string tensor has no NaN, so mlops-iac "
+                "passes a missing string as '': train with SimpleImputer(missing_values='', ...) "
+                "on string columns whose gaps are filled with ''"
+            )
     return None
 
 
@@ -101,13 +105,19 @@ def initial_types(table: Table) -> list[tuple[str, Any]]:
     """One ONNX input per column, shaped [batch, 1], typed from the column."""
     from skl2onnx.common.data_types import FloatTensorType, Int64TensorType, StringTensorType
 
-    types: dict[ColumnKind, Any] = {"float": FloatTensorType, "int": Int64TensorType,
-                                    "string": StringTensorType}
+    types: dict[ColumnKind, Any] = {"float": FloatTensorType, "int": Int64TensorType, "string": StringTensorType}
     return [(name, types[kind]([None, 1])) for name, kind in zip(table.names, table.kinds, strict=True)]
 
 
-_SCALERS = {"StandardScaler", "MinMaxScaler", "RobustScaler", "MaxAbsScaler", "Normalizer",
-            "PowerTransformer", "QuantileTransformer"}
+_SCALERS = {
+    "StandardScaler",
+    "MinMaxScaler",
+    "RobustScaler",
+    "MaxAbsScaler",
+    "Normalizer",
+    "PowerTransformer",
+    "QuantileTransformer",
+}
 
 
 def parity_hint(model: Any) -> str | None:
@@ -123,8 +133,10 @@ def parity_hint(model: Any) -> str | None:
     trees = any(k in module for k in ("sklearn.ensemble", "sklearn.tree", "lightgbm", "xgboost"))
     scalers = [p for p, s in parts if type(s).__name__ in _SCALERS]
     if trees and scalers:
-        return (f"the tree model {type(final).__name__} follows the scaler(s) at "
-                f"{', '.join(map(repr, scalers))}: ONNX scales in float32, which moves values that "
-                "sit on a split threshold to the other side. Trees need no scaling: pass those "
-                "columns through (an imputer alone is fine)")
+        return (
+            f"the tree model {type(final).__name__} follows the scaler(s) at "
+            f"{', '.join(map(repr, scalers))}: ONNX scales in float32, which moves values that "
+            "sit on a split threshold to the other side. Trees need no scaling: pass those "
+            "columns through (an imputer alone is fine)"
+        )
     return None

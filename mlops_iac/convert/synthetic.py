@@ -14,10 +14,16 @@ import numpy as np
 import onnx
 
 ROWS = 64
-_NUMPY: dict[int, Any] = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-          onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
-          onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8,
-          onnx.TensorProto.BOOL: np.bool_}
+_NUMPY: dict[int, Any] = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.BOOL: np.bool_,
+}
 
 
 def rows_from_signature(model: bytes, rows: int = ROWS) -> tuple[np.ndarray, str]:
@@ -30,9 +36,11 @@ def rows_from_signature(model: bytes, rows: int = ROWS) -> tuple[np.ndarray, str
     kind = first.type.tensor_type
     dtype = _NUMPY.get(int(kind.elem_type))
     if dtype is None:
-        raise ConversionError(f"input {first.name!r} has an element type rows cannot be made for "
-                              f"({onnx.TensorProto.DataType.Name(kind.elem_type)}); give a sample: the model's "
-                              "`sample` in mlops.yaml, or `mlops-iac convert MODEL@N --sample PATH`")
+        raise ConversionError(
+            f"input {first.name!r} has an element type rows cannot be made for "
+            f"({onnx.TensorProto.DataType.Name(kind.elem_type)}); give a sample: the model's "
+            "`sample` in mlops.yaml, or `mlops-iac convert MODEL@N --sample PATH`"
+        )
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim]
     # A dynamic first axis is the batch; other dynamic axes get size 1.
     shape = [rows if (i == 0 and d <= 0) else max(d, 1) for i, d in enumerate(dims)] or [rows]

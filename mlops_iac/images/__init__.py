@@ -17,10 +17,11 @@ from ..serving.config import ModelConfig, ServerConfig
 from .wheels import Wheel, requirements_txt
 
 # The default base images, pinned by digest: a tag can move, a digest cannot.
-PYTHON_BASE = ("python:3.11-slim-bookworm@sha256:"
-               "2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91")
-CUDA_BASE = ("nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04@sha256:"
-             "8aef630a54bc5c5146ae5ce68e6af5caa3df0fb690bb91544175c91f307e4356")
+PYTHON_BASE = "python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91"
+CUDA_BASE = (
+    "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04@sha256:"
+    "8aef630a54bc5c5146ae5ce68e6af5caa3df0fb690bb91544175c91f307e4356"
+)
 VARIANTS = {  # variant -> (template, default base image)
     "onnx_cpu": ("docker/onnx_cpu.Dockerfile.j2", PYTHON_BASE),
     "onnx_cuda": ("docker/onnx_cuda.Dockerfile.j2", CUDA_BASE),
@@ -61,17 +62,39 @@ def context_files(inputs: ContextInputs) -> list[FileArtifact]:
     name = variant(inputs.gpu)
     template, default_base = VARIANTS[name]
     created = datetime.fromisoformat(inputs.created.replace("Z", "+00:00")).astimezone(UTC)
-    dockerfile = render(template, model=inputs.model, version=inputs.version, model_digest=inputs.model_digest,
-                        onnx_digest=inputs.onnx_digest, base_image=inputs.base_image or default_base,
-                        python_image=PYTHON_BASE, python=inputs.python, variant=name,
-                        epoch=int(created.timestamp()), created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        revision=inputs.revision or "", description=inputs.description or
-                        f"{inputs.model} version {inputs.version}, served over the v2 protocol on onnxruntime",
-                        extra_steps=(inputs.extra_steps or "").strip())
-    server = ServerConfig(deployment=f"{inputs.model}-{inputs.version}", models=(ModelConfig(
-        name=inputs.model, version=inputs.version, path=MODEL_PATH, digest=inputs.onnx_digest,
-        threads=inputs.threads, max_batch_size=inputs.max_batch_size, max_delay_ms=inputs.max_delay_ms,
-        handler="/app/model/handler.py" if inputs.handler is not None else None, gpu=inputs.gpu),))
+    dockerfile = render(
+        template,
+        model=inputs.model,
+        version=inputs.version,
+        model_digest=inputs.model_digest,
+        onnx_digest=inputs.onnx_digest,
+        base_image=inputs.base_image or default_base,
+        python_image=PYTHON_BASE,
+        python=inputs.python,
+        variant=name,
+        epoch=int(created.timestamp()),
+        created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        revision=inputs.revision or "",
+        description=inputs.description
+        or f"{inputs.model} version {inputs.version}, served over the v2 protocol on onnxruntime",
+        extra_steps=(inputs.extra_steps or "").strip(),
+    )
+    server = ServerConfig(
+        deployment=f"{inputs.model}-{inputs.version}",
+        models=(
+            ModelConfig(
+                name=inputs.model,
+                version=inputs.version,
+                path=MODEL_PATH,
+                digest=inputs.onnx_digest,
+                threads=inputs.threads,
+                max_batch_size=inputs.max_batch_size,
+                max_delay_ms=inputs.max_delay_ms,
+                handler="/app/model/handler.py" if inputs.handler is not None else None,
+                gpu=inputs.gpu,
+            ),
+        ),
+    )
     files = [
         FileArtifact(path="Dockerfile", content=dockerfile),
         FileArtifact(path=".dockerignore", content=render("docker/dockerignore.j2")),

@@ -22,9 +22,25 @@ from packaging.version import Version
 from ..errors import MlopsIacError
 
 # What `python -m mlops_iac.serving` imports, and what those import.
-RUNTIME = ("numpy", "orjson", "uvicorn", "uvloop", "httptools", "h11", "click", "prometheus-client",
-           "pydantic", "pydantic-core", "annotated-types", "typing-extensions", "typing-inspection",
-           "flatbuffers", "packaging", "protobuf", "grpcio")
+RUNTIME = (
+    "numpy",
+    "orjson",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "h11",
+    "click",
+    "prometheus-client",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-extensions",
+    "typing-inspection",
+    "flatbuffers",
+    "packaging",
+    "protobuf",
+    "grpcio",
+)
 PLATFORMS = {
     "linux/amd64": ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"),
     "linux/arm64": ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"),
@@ -72,10 +88,35 @@ def fetch(platform: str, python_version: str, gpu: bool, batch: bool = False) ->
         tags = [arg for p in PLATFORMS[platform] for arg in ("--platform", p)]
         abi = f"cp{python_version.replace('.', '')}"
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-             "--only-binary=:all:", "--implementation", "cp", "--python-version", python_version,
-             "--abi", abi, "--abi", "abi3", "--abi", "none", *tags, "--platform", "any", "-d", str(folder),
-             *requirements], capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--implementation",
+                "cp",
+                "--python-version",
+                python_version,
+                "--abi",
+                abi,
+                "--abi",
+                "abi3",
+                "--abi",
+                "none",
+                *tags,
+                "--platform",
+                "any",
+                "-d",
+                str(folder),
+                *requirements,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise MlopsIacError(f"fetching the runtime's wheels for {platform} failed:\n{done.stderr[-2000:]}")
     return [Wheel(p.name, p.read_bytes()) for p in sorted(folder.glob("*.whl")) if _wanted(p.name, requirements)]

@@ -31,8 +31,7 @@ class Watched(Protocol):
     def monitoring(self) -> Objectives: ...
 
 
-def rule_groups(dep: Watched, selector: str, *, window: str = "5m", hold: str = "5m") -> list[
-        dict[str, Any]]:
+def rule_groups(dep: Watched, selector: str, *, window: str = "5m", hold: str = "5m") -> list[dict[str, Any]]:
     """p99 latency over the objective, error rate over its bound, data-collection drops, a
     server Prometheus cannot scrape.
 
@@ -44,33 +43,58 @@ def rule_groups(dep: Watched, selector: str, *, window: str = "5m", hold: str = 
     failures = f'mlops_requests_total{{{selector},model="{dep.model}",status!="200"}}'
     buckets = f'mlops_request_seconds_bucket{{{selector},model="{dep.model}"}}'
     common = {"deployment": dep.name, "model": dep.model}
-    return [{"name": f"mlops-{dep.name}", "rules": [
-        {"alert": "ModelLatencyP99High",
-         "expr": f"histogram_quantile(0.99, sum by (le, version) (rate({buckets}[{window}]))) > "
-                 f"{mon.alert_p99_ms / 1000:g}",
-         "for": hold, "labels": {"severity": "warning", **common},
-         "annotations": {"summary": f"{dep.name}: p99 latency over {mon.alert_p99_ms:g} ms",
-                         "description": "Version {{ $labels.version }} is slower than the objective at the "
-                                        "99th percentile; see the dashboard's latency panel."}},
-        {"alert": "ModelErrorRateHigh",
-         "expr": f"sum by (version) (rate({failures}[{window}])) / "
-                 f"sum by (version) (rate({requests}[{window}])) > {mon.alert_error_rate:g}",
-         "for": hold, "labels": {"severity": "critical", **common},
-         "annotations": {"summary": f"{dep.name}: more than {mon.alert_error_rate:.1%} of requests fail",
-                         "description": "Version {{ $labels.version }} answers too many requests with an "
-                                        "error; see the dashboard's errors panel."}},
-        {"alert": "ModelDataCollectionDropping",
-         "expr": f"sum(increase(mlops_collection_dropped_total{{{selector}}}[{window}])) > 0",
-         "for": "0m", "labels": {"severity": "warning", **common},
-         "annotations": {"summary": f"{dep.name}: data-collection records are being dropped",
-                         "description": "The collector's queue is full: the sink is too slow or down."}},
-        {"alert": "ModelTargetDown",
-         "expr": f"up{{{selector}}} == 0",
-         "for": hold, "labels": {"severity": "critical", **common},
-         "annotations": {"summary": f"{dep.name}: Prometheus cannot scrape a model server",
-                         "description": "{{ $labels.instance }} has not answered /metrics: the server is down, "
-                                        "or its metrics port cannot be reached."}},
-    ]}]
+    return [
+        {
+            "name": f"mlops-{dep.name}",
+            "rules": [
+                {
+                    "alert": "ModelLatencyP99High",
+                    "expr": f"histogram_quantile(0.99, sum by (le, version) (rate({buckets}[{window}]))) > "
+                    f"{mon.alert_p99_ms / 1000:g}",
+                    "for": hold,
+                    "labels": {"severity": "warning", **common},
+                    "annotations": {
+                        "summary": f"{dep.name}: p99 latency over {mon.alert_p99_ms:g} ms",
+                        "description": "Version {{ $labels.version }} is slower than the objective at the "
+                        "99th percentile; see the dashboard's latency panel.",
+                    },
+                },
+                {
+                    "alert": "ModelErrorRateHigh",
+                    "expr": f"sum by (version) (rate({failures}[{window}])) / "
+                    f"sum by (version) (rate({requests}[{window}])) > {mon.alert_error_rate:g}",
+                    "for": hold,
+                    "labels": {"severity": "critical", **common},
+                    "annotations": {
+                        "summary": f"{dep.name}: more than {mon.alert_error_rate:.1%} of requests fail",
+                        "description": "Version {{ $labels.version }} answers too many requests with an "
+                        "error; see the dashboard's errors panel.",
+                    },
+                },
+                {
+                    "alert": "ModelDataCollectionDropping",
+                    "expr": f"sum(increase(mlops_collection_dropped_total{{{selector}}}[{window}])) > 0",
+                    "for": "0m",
+                    "labels": {"severity": "warning", **common},
+                    "annotations": {
+                        "summary": f"{dep.name}: data-collection records are being dropped",
+                        "description": "The collector's queue is full: the sink is too slow or down.",
+                    },
+                },
+                {
+                    "alert": "ModelTargetDown",
+                    "expr": f"up{{{selector}}} == 0",
+                    "for": hold,
+                    "labels": {"severity": "critical", **common},
+                    "annotations": {
+                        "summary": f"{dep.name}: Prometheus cannot scrape a model server",
+                        "description": "{{ $labels.instance }} has not answered /metrics: the server is down, "
+                        "or its metrics port cannot be reached.",
+                    },
+                },
+            ],
+        }
+    ]
 
 
 def dashboard(dep: Watched, selector: str) -> dict[str, Any]:
@@ -80,28 +104,63 @@ def dashboard(dep: Watched, selector: str) -> dict[str, Any]:
     errors = f'rate(mlops_requests_total{{{s},status!="200"}}[5m])'
 
     def panel(i: int, title: str, exprs: list[tuple[str, str]], unit: str) -> dict[str, Any]:
-        return {"id": i, "title": title, "type": "timeseries", "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2),
-                                                                            "y": 8 * (i // 2)},
-                "fieldConfig": {"defaults": {"unit": unit}},
-                "targets": [{"expr": e, "legendFormat": legend, "refId": chr(65 + k)}
-                            for k, (e, legend) in enumerate(exprs)]}
+        return {
+            "id": i,
+            "title": title,
+            "type": "timeseries",
+            "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
+            "fieldConfig": {"defaults": {"unit": unit}},
+            "targets": [
+                {"expr": e, "legendFormat": legend, "refId": chr(65 + k)} for k, (e, legend) in enumerate(exprs)
+            ],
+        }
 
     return {
-        "title": f"mlops-iac: {dep.name}", "uid": f"mlops-{dep.name}"[:40], "schemaVersion": 39,
-        "tags": ["mlops-iac", dep.model], "time": {"from": "now-6h", "to": "now"}, "refresh": "30s",
+        "title": f"mlops-iac: {dep.name}",
+        "uid": f"mlops-{dep.name}"[:40],
+        "schemaVersion": 39,
+        "tags": ["mlops-iac", dep.model],
+        "time": {"from": "now-6h", "to": "now"},
+        "refresh": "30s",
         "panels": [
-            panel(0, "Requests per second", [(f"sum by (version) (rate(mlops_requests_total{{{s}}}[5m]))",
-                                              "v{{version}}")], "reqps"),
-            panel(1, "Latency", [(f"histogram_quantile({q}, sum by (le) ({latency}))", f"p{int(q * 100)}")
-                                 for q in (0.5, 0.9, 0.99)], "s"),
-            panel(2, "Batch size (dynamic batching)", [(
-                f"histogram_quantile(0.5, sum by (le, version) (rate(mlops_batch_size_bucket{{{s}}}[5m])))",
-                "median, v{{version}}")], "short"),
-            panel(3, "Errors per version", [(f"sum by (version, status) ({errors})", "v{{version}} {{status}}")],
-                  "reqps"),
-            panel(4, "Traffic split", [(f"sum by (version) (rate(mlops_requests_total{{{s}}}[5m])) / ignoring(version) "
-                                        f"group_left sum(rate(mlops_requests_total{{{s}}}[5m]))", "v{{version}}")],
-                  "percentunit"),
+            panel(
+                0,
+                "Requests per second",
+                [(f"sum by (version) (rate(mlops_requests_total{{{s}}}[5m]))", "v{{version}}")],
+                "reqps",
+            ),
+            panel(
+                1,
+                "Latency",
+                [(f"histogram_quantile({q}, sum by (le) ({latency}))", f"p{int(q * 100)}") for q in (0.5, 0.9, 0.99)],
+                "s",
+            ),
+            panel(
+                2,
+                "Batch size (dynamic batching)",
+                [
+                    (
+                        f"histogram_quantile(0.5, sum by (le, version) (rate(mlops_batch_size_bucket{{{s}}}[5m])))",
+                        "median, v{{version}}",
+                    )
+                ],
+                "short",
+            ),
+            panel(
+                3, "Errors per version", [(f"sum by (version, status) ({errors})", "v{{version}} {{status}}")], "reqps"
+            ),
+            panel(
+                4,
+                "Traffic split",
+                [
+                    (
+                        f"sum by (version) (rate(mlops_requests_total{{{s}}}[5m])) / ignoring(version) "
+                        f"group_left sum(rate(mlops_requests_total{{{s}}}[5m]))",
+                        "v{{version}}",
+                    )
+                ],
+                "percentunit",
+            ),
         ],
     }
 

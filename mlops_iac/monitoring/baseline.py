@@ -48,8 +48,14 @@ def string_baseline(name: str, values: np.ndarray) -> dict[str, Any]:
     that counts, in a check, the values the baseline never had."""
     found = Counter(str(v) for v in np.asarray(values, dtype=object).reshape(-1))
     categories = sorted(found)
-    return {"name": name, "dtype": STRING, "kind": "categorical", "count": sum(found.values()),
-            "categories": categories, "counts": [found[c] for c in categories] + [0]}
+    return {
+        "name": name,
+        "dtype": STRING,
+        "kind": "categorical",
+        "count": sum(found.values()),
+        "categories": categories,
+        "counts": [found[c] for c in categories] + [0],
+    }
 
 
 def column_baseline(name: str, values: np.ndarray, rng: random.Random) -> dict[str, Any]:
@@ -63,16 +69,28 @@ def column_baseline(name: str, values: np.ndarray, rng: random.Random) -> dict[s
     distinct = np.unique(wide)
     sample = wide if len(wide) <= RESERVOIR else np.asarray(rng.sample(list(wide), RESERVOIR))
     column: dict[str, Any] = {
-        "name": name, "dtype": dtype.name, "count": int(wide.size), "min": float(wide.min()),
-        "max": float(wide.max()), "mean": float(wide.mean()), "std": float(wide.std()),
-        "reservoir": [float(v) for v in sample]}
+        "name": name,
+        "dtype": dtype.name,
+        "count": int(wide.size),
+        "min": float(wide.min()),
+        "max": float(wide.max()),
+        "mean": float(wide.mean()),
+        "std": float(wide.std()),
+        "reservoir": [float(v) for v in sample],
+    }
     if len(distinct) <= CATEGORIES and 2 * len(distinct) <= len(wide):
-        column.update(kind="categorical", categories=[float(v) for v in distinct],
-                      counts=[int(c) for c in category_counts(wide, distinct)])
+        column.update(
+            kind="categorical",
+            categories=[float(v) for v in distinct],
+            counts=[int(c) for c in category_counts(wide, distinct)],
+        )
     else:
         edges = _edges(wide)
-        column.update(kind="numeric", edges=edges,
-                      counts=[int(c) for c in numeric_counts(wide, np.asarray(edges), len(edges) + 1)])
+        column.update(
+            kind="numeric",
+            edges=edges,
+            counts=[int(c) for c in numeric_counts(wide, np.asarray(edges), len(edges) + 1)],
+        )
     return column
 
 
@@ -86,13 +104,14 @@ def baseline(features: np.ndarray, outputs: dict[str, np.ndarray], input_name: s
         if array.dtype.kind not in "biuf":
             continue
         flat = array.reshape(len(array), -1)
-        columns += [column_baseline(f"{name}[{j}]" if flat.shape[1] > 1 else name, flat[:, j], rng)
-                    for j in range(flat.shape[1])]
+        columns += [
+            column_baseline(f"{name}[{j}]" if flat.shape[1] > 1 else name, flat[:, j], rng)
+            for j in range(flat.shape[1])
+        ]
     return {"version": NUMERIC_VERSION, "rows": len(features), "columns": columns}
 
 
-def table_baseline(columns: list[tuple[str, np.ndarray]], rows: int, outputs: dict[str, np.ndarray]) -> dict[
-        str, Any]:
+def table_baseline(columns: list[tuple[str, np.ndarray]], rows: int, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     """The baseline of a table's version: per named column (numbers binned, strings as
     categories), then the outputs; version 3 where a string column is in it."""
     rng = random.Random(0)  # noqa: S311 - sampling, not security; the same data, the same baseline

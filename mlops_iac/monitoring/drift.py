@@ -66,8 +66,10 @@ class TooLittleData(MlopsIacError):
 
     def __init__(self, rows: int, records: int, minimum: int) -> None:
         self.rows, self.records, self.minimum = rows, records, minimum
-        super().__init__(f"too little data: {rows} row(s) in {records} record(s) of the version; the check "
-                         f"needs at least {minimum} (--min-rows)")
+        super().__init__(
+            f"too little data: {rows} row(s) in {records} record(s) of the version; the check "
+            f"needs at least {minimum} (--min-rows)"
+        )
 
 
 # --- the check ------------------------------------------------------------------------------
@@ -119,9 +121,11 @@ def _tensors(base: dict[str, Any]) -> dict[str, _Tensor]:
     for name, columns in grouped.items():
         columns.sort(key=lambda item: item[0])
         dtype = columns[0][1].get("dtype", "float64")  # version 1 baselines: float64
-        tensors[name] = _Tensor(columns[-1][0] + 1, np.dtype(
-            object if dtype == STRING else "float64" if dtype == "float" else dtype),
-                                tuple(c["name"] for _, c in columns))
+        tensors[name] = _Tensor(
+            columns[-1][0] + 1,
+            np.dtype(object if dtype == STRING else "float64" if dtype == "float" else dtype),
+            tuple(c["name"] for _, c in columns),
+        )
     return tensors
 
 
@@ -157,8 +161,10 @@ class _Reader:
                 parsed += 1
                 if type(record) is not dict:
                     raise CollectedDataError(path, lineno, f"a {type(record).__name__}, not a record (a JSON object)")
-                if model is not None and (record.get("model") != model or (
-                        version is not None and str(record.get("version", version)) != version)):
+                if model is not None and (
+                    record.get("model") != model
+                    or (version is not None and str(record.get("version", version)) != version)
+                ):
                     other = other or (lineno, record.get("model"), record.get("version"))
                     continue
                 mine += 1
@@ -186,8 +192,9 @@ class _Reader:
         if mine == 0 and other is not None:
             wanted = f"{model}@{version}" if version is not None else f"{model}"
             found = other[1] if other[2] is None else f"{other[1]}@{other[2]}"
-            raise CollectedDataError(path, other[0], f"a record of {found}; no record in this "
-                                                     f"file is of {wanted}, the version checked")
+            raise CollectedDataError(
+                path, other[0], f"a record of {found}; no record in this file is of {wanted}, the version checked"
+            )
 
     def flush(self, path: Path, first: int, last: int) -> None:
         for name, tensor in self.tensors.items():
@@ -206,8 +213,12 @@ class _Reader:
 def _column(spec: dict[str, Any]) -> _Column:
     if spec.get("dtype") == STRING:
         categories = spec["categories"]
-        return _Column(np.zeros(0), np.zeros(len(categories) + 1, dtype=np.int64), True,
-                       index={c: i for i, c in enumerate(categories)})
+        return _Column(
+            np.zeros(0),
+            np.zeros(len(categories) + 1, dtype=np.int64),
+            True,
+            index={c: i for i, c in enumerate(categories)},
+        )
     categorical = spec.get("kind") == "categorical"
     edges = np.asarray(spec["categories"] if categorical else spec["edges"], dtype=np.float64)
     return _Column(edges, np.zeros(len(spec["counts"]), dtype=np.int64), categorical)
@@ -263,8 +274,11 @@ def _locate(path: Path, first: int, last: int, reader: _Reader, name: str) -> No
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
-            if type(record) is not dict or (reader.model is not None and record.get("model") != reader.model) or (
-                    reader.version is not None and str(record.get("version", reader.version)) != reader.version):
+            if (
+                type(record) is not dict
+                or (reader.model is not None and record.get("model") != reader.model)
+                or (reader.version is not None and str(record.get("version", reader.version)) != reader.version)
+            ):
                 continue
             for section in ("inputs", "outputs"):
                 data = (record.get(section) or {}).get(name)
@@ -273,22 +287,34 @@ def _locate(path: Path, first: int, last: int, reader: _Reader, name: str) -> No
                 rows = data if type(data[0]) is list else [[v] for v in data]
                 if _table(rows, tensor) is None:
                     widths = sorted({len(r) if type(r) is list else 1 for r in rows})
-                    raise CollectedDataError(path, lineno, f"{section} {name!r}: rows of {widths} value(s); the "
-                                             f"baseline has {tensor.width} {tensor.dtype.name} value(s) per row"
-                                             if widths != [tensor.width] else
-                                             f"{section} {name!r}: values that are not "
-                                             + ("strings" if tensor.dtype.kind == "O" else
-                                                f"{tensor.dtype.name} numbers"))
+                    raise CollectedDataError(
+                        path,
+                        lineno,
+                        f"{section} {name!r}: rows of {widths} value(s); the "
+                        f"baseline has {tensor.width} {tensor.dtype.name} value(s) per row"
+                        if widths != [tensor.width]
+                        else f"{section} {name!r}: values that are not "
+                        + ("strings" if tensor.dtype.kind == "O" else f"{tensor.dtype.name} numbers"),
+                    )
 
 
-def check(base: dict[str, Any], collected: Iterable[Path], threshold: float, *, model: str | None = None,
-          version: str | int | None = None, min_rows: int = MIN_ROWS, seed: int = 0) -> tuple[
-        list[DriftResult], int]:
+def check(
+    base: dict[str, Any],
+    collected: Iterable[Path],
+    threshold: float,
+    *,
+    model: str | None = None,
+    version: str | int | None = None,
+    min_rows: int = MIN_ROWS,
+    seed: int = 0,
+) -> tuple[list[DriftResult], int]:
     """PSI and KS per baseline column over the collected records of `model` (and `version`;
     both: any); (results, records read). Raises CollectedDataError, TooLittleData."""
     if base.get("version", 1) > VERSION:
-        raise MlopsIacError(f"the baseline is of format version {base['version']}; this mlops-iac reads versions "
-                            f"1 to {VERSION}: upgrade mlops-iac, or `mlops-iac convert` the version again")
+        raise MlopsIacError(
+            f"the baseline is of format version {base['version']}; this mlops-iac reads versions "
+            f"1 to {VERSION}: upgrade mlops-iac, or `mlops-iac convert` the version again"
+        )
     reader = _Reader(base, model, None if version is None else str(version), seed)
     for path in collected:
         reader.read(path)
@@ -354,8 +380,25 @@ def _result(spec: dict[str, Any], column: _Column, threshold: float) -> DriftRes
         return DriftResult(spec["name"], math.nan, math.nan, math.nan, 0, False, kind)
     value = psi(np.asarray(spec["counts"], dtype=np.float64), column.counts.astype(np.float64))
     if column.index is not None:  # categories without an order: no KS
-        return DriftResult(spec["name"], round(value, 6), math.nan, math.nan, column.seen, value > threshold, kind,
-                           len(column.new), column.new_rows, [v for v, _ in column.new.most_common(NEW_EXAMPLES)])
+        return DriftResult(
+            spec["name"],
+            round(value, 6),
+            math.nan,
+            math.nan,
+            column.seen,
+            value > threshold,
+            kind,
+            len(column.new),
+            column.new_rows,
+            [v for v, _ in column.new.most_common(NEW_EXAMPLES)],
+        )
     ks = ks_2samp(np.asarray(spec["reservoir"]), np.asarray(column.reservoir))
-    return DriftResult(spec["name"], round(value, 6), round(float(ks.statistic), 6), float(ks.pvalue),
-                       column.seen, value > threshold, kind)
+    return DriftResult(
+        spec["name"],
+        round(value, 6),
+        round(float(ks.statistic), 6),
+        float(ks.pvalue),
+        column.seen,
+        value > threshold,
+        kind,
+    )

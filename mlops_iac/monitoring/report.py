@@ -24,8 +24,9 @@ def new_text(r: DriftResult) -> str:
     return f"{r.new_categories:,} in {r.new_rows:,} rows ({shown})"
 
 
-def write_report(folder: Path, title: str, base: dict[str, object], results: list[DriftResult], records: int,
-                 threshold: float) -> None:
+def write_report(
+    folder: Path, title: str, base: dict[str, object], results: list[DriftResult], records: int, threshold: float
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,8 +35,11 @@ def write_report(folder: Path, title: str, base: dict[str, object], results: lis
     folder.mkdir(parents=True, exist_ok=True)
     ordered = sorted(results, key=lambda r: -1 if math.isnan(r.psi) else -r.psi)
     fig, ax = plt.subplots(figsize=(8, max(3.0, 0.3 * len(ordered))), dpi=110)
-    ax.barh([r.name for r in ordered][::-1], [0 if math.isnan(r.psi) else r.psi for r in ordered][::-1],
-            color=["#d62728" if r.drifted else "#1f77b4" for r in ordered][::-1])
+    ax.barh(
+        [r.name for r in ordered][::-1],
+        [0 if math.isnan(r.psi) else r.psi for r in ordered][::-1],
+        color=["#d62728" if r.drifted else "#1f77b4" for r in ordered][::-1],
+    )
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:g}")
     ax.set_xlabel("population stability index")
     ax.set_title(f"{title}: drift per column ({records:,} records)")
@@ -43,10 +47,18 @@ def write_report(folder: Path, title: str, base: dict[str, object], results: lis
     fig.tight_layout()
     fig.savefig(folder / "psi.png", metadata={"Software": None})
     plt.close(fig)
-    lines = [f"### Drift of {title}", "", f"{records:,} collected records against the baseline of "
-             f"{base.get('rows')} rows; PSI threshold {threshold:g}.", "",
-             "| column | PSI | KS | KS p-value | values | new categories | drift |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r.name} | {r.psi:.4f} | {ks_text(r.ks, '.4f')} | {ks_text(r.ks_pvalue, '.2g')} | {r.count:,} | "
-              f"{new_text(r).replace('|', '&#124;')} | {'**drift**' if r.drifted else ''} |" for r in ordered[:200]]
+    lines = [
+        f"### Drift of {title}",
+        "",
+        f"{records:,} collected records against the baseline of {base.get('rows')} rows; PSI threshold {threshold:g}.",
+        "",
+        "| column | PSI | KS | KS p-value | values | new categories | drift |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.name} | {r.psi:.4f} | {ks_text(r.ks, '.4f')} | {ks_text(r.ks_pvalue, '.2g')} | {r.count:,} | "
+        f"{new_text(r).replace('|', '&#124;')} | {'**drift**' if r.drifted else ''} |"
+        for r in ordered[:200]
+    ]
     lines += ["", "![PSI per column](psi.png)"]
     atomic_write(folder / "report.md", ("\n".join(lines) + "\n").encode())

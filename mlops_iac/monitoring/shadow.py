@@ -60,8 +60,10 @@ def read_records(paths: Sequence[Path]) -> list[dict[str, Any]]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise MlopsIacError(f"{file}:{number}: not a JSON record ({exc.msg}); expected the JSON "
-                                        "lines a server's data collection writes") from None
+                    raise MlopsIacError(
+                        f"{file}:{number}: not a JSON record ({exc.msg}); expected the JSON "
+                        "lines a server's data collection writes"
+                    ) from None
                 if isinstance(record, dict):
                     records.append(record)
     return records
@@ -81,8 +83,13 @@ def _compare(name: str, pairs: list[tuple[Any, Any]]) -> OutputComparison:
     flat = [(np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()) for a, b in pairs]
     diffs = [np.abs(a - b) for a, b in flat if a.size == b.size]
     every = np.concatenate(diffs) if diffs else np.zeros(0)
-    return OutputComparison(name, "numeric", agreement, float(every.mean()) if every.size else None,
-                            float(every.max()) if every.size else None)
+    return OutputComparison(
+        name,
+        "numeric",
+        agreement,
+        float(every.mean()) if every.size else None,
+        float(every.max()) if every.size else None,
+    )
 
 
 def _quantiles(values: Sequence[float]) -> tuple[float, float]:
@@ -106,22 +113,46 @@ def pair(records: Iterable[dict[str, Any]], model: str, shadow: str) -> ShadowCo
     failed = [i for i in both if "error" in shadows[i]]
     good = [i for i in both if "error" not in shadows[i]]
     names = sorted({n for i in good for n in primary[i].get("outputs", {}) if n in shadows[i].get("outputs", {})})
-    outputs = tuple(_compare(n, [(primary[i]["outputs"][n], shadows[i]["outputs"][n]) for i in good
-                                 if n in primary[i]["outputs"] and n in shadows[i]["outputs"]]) for n in names)
-    samples = {"primary": tuple(float(primary[i]["latencyMs"]) for i in good if "latencyMs" in primary[i]),
-               "shadow": tuple(float(shadows[i]["latencyMs"]) for i in good if "latencyMs" in shadows[i])}
-    return ShadowComparison(model=model, primary=tuple(sorted({str(primary[i]["version"]) for i in both})),
-                            shadow=shadow, pairs=len(both), unpaired_primary=len(set(primary) - set(shadows)),
-                            unpaired_shadow=len(set(shadows) - set(primary)), failed=len(failed), outputs=outputs,
-                            latency_ms={k: _quantiles(v) for k, v in samples.items()}, samples_ms=samples)
+    outputs = tuple(
+        _compare(
+            n,
+            [
+                (primary[i]["outputs"][n], shadows[i]["outputs"][n])
+                for i in good
+                if n in primary[i]["outputs"] and n in shadows[i]["outputs"]
+            ],
+        )
+        for n in names
+    )
+    samples = {
+        "primary": tuple(float(primary[i]["latencyMs"]) for i in good if "latencyMs" in primary[i]),
+        "shadow": tuple(float(shadows[i]["latencyMs"]) for i in good if "latencyMs" in shadows[i]),
+    }
+    return ShadowComparison(
+        model=model,
+        primary=tuple(sorted({str(primary[i]["version"]) for i in both})),
+        shadow=shadow,
+        pairs=len(both),
+        unpaired_primary=len(set(primary) - set(shadows)),
+        unpaired_shadow=len(set(shadows) - set(primary)),
+        failed=len(failed),
+        outputs=outputs,
+        latency_ms={k: _quantiles(v) for k, v in samples.items()},
+        samples_ms=samples,
+    )
 
 
 def markdown(deployment: str, report: ShadowComparison, png: str | None = None) -> str:
     primary = ", ".join(f"v{v}" for v in report.primary) or "-"
-    lines = [f"### Shadow report of `{deployment}`: v{report.shadow} against {primary}", "",
-             f"{report.pairs} mirrored requests paired by request id ({report.failed} failed in the shadow); "
-             f"unpaired: {report.unpaired_primary} primary, {report.unpaired_shadow} shadow.", "",
-             "| output | kind | agreement | mean abs diff | max abs diff |", "|---|---|---:|---:|---:|"]
+    lines = [
+        f"### Shadow report of `{deployment}`: v{report.shadow} against {primary}",
+        "",
+        f"{report.pairs} mirrored requests paired by request id ({report.failed} failed in the shadow); "
+        f"unpaired: {report.unpaired_primary} primary, {report.unpaired_shadow} shadow.",
+        "",
+        "| output | kind | agreement | mean abs diff | max abs diff |",
+        "|---|---|---:|---:|---:|",
+    ]
     for o in report.outputs:
         mean = "-" if o.mean_abs is None else f"{o.mean_abs:.4g}"
         top = "-" if o.max_abs is None else f"{o.max_abs:.4g}"

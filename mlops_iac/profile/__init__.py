@@ -25,8 +25,7 @@ class Plan:
     quick: bool
 
 
-def plan(batch_sizes: tuple[int, ...], concurrency: tuple[int, ...], *, quick: bool,
-         budget_s: float | None) -> Plan:
+def plan(batch_sizes: tuple[int, ...], concurrency: tuple[int, ...], *, quick: bool, budget_s: float | None) -> Plan:
     """How long to measure each point: full by default, short with --quick, fitted to a budget."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = tuple(sorted({1, min(2, cores), min(4, cores)}))
@@ -46,18 +45,21 @@ def choose_provider(gpu: bool, available: list[str]) -> str:
     return "CUDAExecutionProvider" if gpu and "CUDAExecutionProvider" in available else "CPUExecutionProvider"
 
 
-def run(model: Path, sample: Sample, measure: Plan, workdir: Path, *, gpu: bool = False,
-        progress: Any = None) -> dict[str, Any]:
+def run(
+    model: Path, sample: Sample, measure: Plan, workdir: Path, *, gpu: bool = False, progress: Any = None
+) -> dict[str, Any]:
     """Every figure of the profile (the in-process grid, memory, the HTTP load test)."""
     import onnxruntime as ort
 
     provider = choose_provider(gpu, ort.get_available_providers())
     figures: dict[str, Any] = {"machine": harness.machine(provider), "quick": measure.quick}
-    figures["inProcess"] = harness.grid(model, sample, measure.batch_sizes, measure.threads,
-                                        measure.seconds_per_cell, provider, progress)
+    figures["inProcess"] = harness.grid(
+        model, sample, measure.batch_sizes, measure.threads, measure.seconds_per_cell, provider, progress
+    )
     figures["memory"] = harness.peak_memory(model, sample, max(measure.batch_sizes), 1, workdir, provider)
-    figures["http"] = load.load_test(model, sample, 1, measure.concurrency, max(measure.batch_sizes),
-                                     measure.seconds_per_level, workdir, progress)
+    figures["http"] = load.load_test(
+        model, sample, 1, measure.concurrency, max(measure.batch_sizes), measure.seconds_per_level, workdir, progress
+    )
     return figures
 
 

@@ -35,17 +35,29 @@ def machine(provider: str = "CPUExecutionProvider") -> dict[str, Any]:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    return {"cpu": cpu, "cores": usable, "memoryBytes": int(memory), "python": platform.python_version(),
-            "onnxruntime": ort.__version__, "provider": provider}
+    return {
+        "cpu": cpu,
+        "cores": usable,
+        "memoryBytes": int(memory),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "provider": provider,
+    }
 
 
 def percentile(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q))
 
 
-def grid(model: Path, sample: Sample, batches: tuple[int, ...], threads: tuple[int, ...],
-         seconds_per_cell: float, provider: str = "CPUExecutionProvider",
-         progress: Progress | None = None) -> list[dict[str, Any]]:
+def grid(
+    model: Path,
+    sample: Sample,
+    batches: tuple[int, ...],
+    threads: tuple[int, ...],
+    seconds_per_cell: float,
+    provider: str = "CPUExecutionProvider",
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
     """Latency percentiles and rows per second for every (batch size, thread count)."""
     import onnxruntime as ort
 
@@ -81,11 +93,16 @@ def _cell(session: Any, feed: dict[str, np.ndarray], batch: int, threads: int, s
         medians.append(statistics.median(repeat))
         samples += repeat
     p50 = percentile(samples, 50)
-    return {"batch": batch, "threads": threads, "calls": len(samples),
-            "p50Ms": round(p50 * 1e3, 4), "p95Ms": round(percentile(samples, 95) * 1e3, 4),
-            "p99Ms": round(percentile(samples, 99) * 1e3, 4),
-            "spreadMs": [round(min(medians) * 1e3, 4), round(max(medians) * 1e3, 4)],
-            "rowsPerSecond": round(batch / p50, 1)}
+    return {
+        "batch": batch,
+        "threads": threads,
+        "calls": len(samples),
+        "p50Ms": round(p50 * 1e3, 4),
+        "p95Ms": round(percentile(samples, 95) * 1e3, 4),
+        "p99Ms": round(percentile(samples, 99) * 1e3, 4),
+        "spreadMs": [round(min(medians) * 1e3, 4), round(max(medians) * 1e3, 4)],
+        "rowsPerSecond": round(batch / p50, 1),
+    }
 
 
 _PEAK = """
@@ -103,8 +120,9 @@ print(json.dumps({"baselineBytes": baseline * 1024, "peakBytes": peak * 1024}))
 """
 
 
-def peak_memory(model: Path, sample: Sample, batch: int, threads: int, workdir: Path,
-                provider: str = "CPUExecutionProvider") -> dict[str, int]:
+def peak_memory(
+    model: Path, sample: Sample, batch: int, threads: int, workdir: Path, provider: str = "CPUExecutionProvider"
+) -> dict[str, int]:
     """Peak RSS of a fresh process that loads the model and runs the largest batch (measured,
     never derived from the file's size)."""
     import onnxruntime as ort
@@ -114,8 +132,13 @@ def peak_memory(model: Path, sample: Sample, batch: int, threads: int, workdir: 
     arrays = feed(inputs, tile_rows(sample, batch))
     saved: dict[str, Any] = {k: (v.astype(str) if v.dtype == object else v) for k, v in arrays.items()}
     np.savez(data, **saved)
-    out = subprocess.run([sys.executable, "-c", _PEAK, str(model), str(data), str(threads), provider],
-                         capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(model), str(data), str(threads), provider],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     figures["modelBytes"] = figures["peakBytes"] - figures["baselineBytes"]
     return {k: int(v) for k, v in figures.items()}

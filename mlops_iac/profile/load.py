@@ -45,13 +45,40 @@ def free_port() -> int:
 def server(model: Path, threads: int, batch: int, workdir: Path):  # type: ignore[no-untyped-def]
     """A running server process for `model`; yields (port, pid)."""
     settings = workdir / f"profile-server-{batch}.json"
-    settings.write_text(json.dumps({"models": [{
-        "name": "m", "version": 1, "path": str(model.resolve()), "threads": threads,
-        "max_batch_size": batch, "max_delay_ms": 0}], "metrics": True}))
+    settings.write_text(
+        json.dumps(
+            {
+                "models": [
+                    {
+                        "name": "m",
+                        "version": 1,
+                        "path": str(model.resolve()),
+                        "threads": threads,
+                        "max_batch_size": batch,
+                        "max_delay_ms": 0,
+                    }
+                ],
+                "metrics": True,
+            }
+        )
+    )
     port = free_port()
     log = open(workdir / f"server-{batch}.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([sys.executable, "-m", "mlops_iac.serving", "--config", str(settings),
-                                "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlops_iac.serving",
+            "--config",
+            str(settings),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process)
         yield port, process.pid
@@ -112,14 +139,16 @@ def model_body(model: Path, sample: Sample) -> bytes:
 
 def check_answer(port: int, body: bytes) -> None:
     """A load test of error answers measures nothing: the first request must succeed."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/m/infer", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/m/infer", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30):  # noqa: S310 - our own http://127.0.0.1 URL
             return
     except urllib.error.HTTPError as exc:
-        raise ProfileError(f"the model server refused the profiling request ({exc.code}): "
-                           f"{exc.read().decode(errors='replace')[:500]}") from None
+        raise ProfileError(
+            f"the model server refused the profiling request ({exc.code}): {exc.read().decode(errors='replace')[:500]}"
+        ) from None
 
 
 def drive(port: int, pid: int, body: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -138,17 +167,37 @@ def drive(port: int, pid: int, body: bytes, concurrency: int, seconds: float) ->
 
 def _wrk(port: int, body: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                     f"wrk.body = {json.dumps(body.decode())}\n")
+        script.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(body.decode())}\n"
+        )
     try:
-        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
-                              "-s", script.name, f"http://127.0.0.1:{port}/v2/models/m/infer"],
-                             capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "-s",
+                script.name,
+                f"http://127.0.0.1:{port}/v2/models/m/infer",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        ).stdout
     finally:
         os.unlink(script.name)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(_find(r"Requests/sec:\s+([\d.]+)", out)), "p50Ms": _ms(out, "50%"),
-            "p99Ms": _ms(out, "99%"), "errors": int(errors.group(1)) if errors else 0, "driver": "wrk"}
+    return {
+        "rps": float(_find(r"Requests/sec:\s+([\d.]+)", out)),
+        "p50Ms": _ms(out, "50%"),
+        "p99Ms": _ms(out, "99%"),
+        "errors": int(errors.group(1)) if errors else 0,
+        "driver": "wrk",
+    }
 
 
 def _find(pattern: str, text: str) -> str:
@@ -166,8 +215,11 @@ def _ms(text: str, which: str) -> float:
 
 
 async def _asyncio_load(port: int, body: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
-    request = (b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    request = (
+        b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     latencies: list[float] = []
     errors = [0]
     deadline = time.perf_counter() + seconds
@@ -190,12 +242,25 @@ async def _asyncio_load(port: int, body: bytes, concurrency: int, seconds: float
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    return {"rps": round(len(latencies) / elapsed, 1), "p50Ms": round(percentile(latencies, 50) * 1e3, 4),
-            "p99Ms": round(percentile(latencies, 99) * 1e3, 4), "errors": errors[0], "driver": "asyncio"}
+    return {
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50Ms": round(percentile(latencies, 50) * 1e3, 4),
+        "p99Ms": round(percentile(latencies, 99) * 1e3, 4),
+        "errors": errors[0],
+        "driver": "asyncio",
+    }
 
 
-def load_test(model: Path, sample: Sample, threads: int, concurrency: tuple[int, ...], max_batch: int,
-              seconds: float, workdir: Path, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def load_test(
+    model: Path,
+    sample: Sample,
+    threads: int,
+    concurrency: tuple[int, ...],
+    max_batch: int,
+    seconds: float,
+    workdir: Path,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """Every concurrency level, without and (when it can merge requests) with dynamic batching."""
     body = model_body(model, sample)
     results = []

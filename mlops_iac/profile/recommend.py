@@ -70,8 +70,9 @@ def _capacity(http: Sequence[dict[str, Any]], batching: bool, slo_ms: float) -> 
     return max(feasible, key=lambda r: r["rps"]) if feasible else None
 
 
-def recommend(figures: dict[str, Any], *, slo_ms: float, target_rps: float | None,
-              max_batch: int) -> tuple[Recommendation, list[str]]:
+def recommend(
+    figures: dict[str, Any], *, slo_ms: float, target_rps: float | None, max_batch: int
+) -> tuple[Recommendation, list[str]]:
     """The recommendation and the sentences that explain it."""
     http = figures["http"]
     notes = []
@@ -84,12 +85,16 @@ def recommend(figures: dict[str, Any], *, slo_ms: float, target_rps: float | Non
     else:
         point = min(http, key=lambda r: r["p99Ms"])
         batching = bool(point["batching"])
-        notes.append(f"The p99 objective of {slo_ms:g} ms cannot be met on this hardware: the best p99 "
-                     f"measured is {point['p99Ms']:g} ms (at concurrency {point['concurrency']}), "
-                     f"{point['p99Ms'] - slo_ms:.3g} ms over. Resources below are for that best case.")
+        notes.append(
+            f"The p99 objective of {slo_ms:g} ms cannot be met on this hardware: the best p99 "
+            f"measured is {point['p99Ms']:g} ms (at concurrency {point['concurrency']}), "
+            f"{point['p99Ms'] - slo_ms:.3g} ms over. Resources below are for that best case."
+        )
     capacity = float(point["rps"])
-    notes.append(f"One replica serves {capacity:,.0f} requests/s with p99 {point['p99Ms']:g} ms at concurrency "
-                 f"{point['concurrency']}, {'with' if batching else 'without'} dynamic batching.")
+    notes.append(
+        f"One replica serves {capacity:,.0f} requests/s with p99 {point['p99Ms']:g} ms at concurrency "
+        f"{point['concurrency']}, {'with' if batching else 'without'} dynamic batching."
+    )
     low, high = _replicas(capacity, target_rps, notes)
     carried = target_rps / low if target_rps else capacity * UTILISATION
     per_request = max(float(point.get("cpuCores", 0.1)), 0.01) / max(capacity, 1e-9)
@@ -98,16 +103,27 @@ def recommend(figures: dict[str, Any], *, slo_ms: float, target_rps: float | Non
     cpu_limit = max(2 * cpu, 1000)
     peak = max([int(r.get("peakRssBytes", 0)) for r in http] + [int(figures["memory"]["peakBytes"])])
     memory = _round_up(peak * (1 + HEADROOM_MEMORY), MEMORY_STEP)
-    notes.append(f"CPU: {per_request * 1000:.3f} core-ms per request x {carried:,.0f} requests/s per replica = "
-                 f"{cores:.2f} cores, +{HEADROOM_CPU:.0%} -> {cpu}m (limit {cpu_limit}m). "
-                 f"Memory: peak {peak / 2**20:.0f} MiB, +{HEADROOM_MEMORY:.0%} -> {memory // 2**20} MiB "
-                 "(limit = request).")
+    notes.append(
+        f"CPU: {per_request * 1000:.3f} core-ms per request x {carried:,.0f} requests/s per replica = "
+        f"{cores:.2f} cores, +{HEADROOM_CPU:.0%} -> {cpu}m (limit {cpu_limit}m). "
+        f"Memory: peak {peak / 2**20:.0f} MiB, +{HEADROOM_MEMORY:.0%} -> {memory // 2**20} MiB "
+        "(limit = request)."
+    )
     threads = choose_threads(figures["inProcess"], slo_ms)
     return Recommendation(
-        cpu_millis=cpu, cpu_limit_millis=cpu_limit, memory_bytes=memory, memory_limit_bytes=memory,
-        threads=threads, max_batch_size=max_batch if batching else 1, max_delay_ms=0.0,
-        replicas_min=low, replicas_max=high, capacity_rps=round(capacity, 1), slo_met=slo_met,
-        note=" ".join(notes)), notes
+        cpu_millis=cpu,
+        cpu_limit_millis=cpu_limit,
+        memory_bytes=memory,
+        memory_limit_bytes=memory,
+        threads=threads,
+        max_batch_size=max_batch if batching else 1,
+        max_delay_ms=0.0,
+        replicas_min=low,
+        replicas_max=high,
+        capacity_rps=round(capacity, 1),
+        slo_met=slo_met,
+        note=" ".join(notes),
+    ), notes
 
 
 def _replicas(capacity: float, target_rps: float | None, notes: list[str]) -> tuple[int, int]:
@@ -117,6 +133,8 @@ def _replicas(capacity: float, target_rps: float | None, notes: list[str]) -> tu
     usable = max(capacity * UTILISATION, 1e-9)
     low = max(1, math.ceil(target_rps / usable))
     high = max(low, math.ceil(2 * target_rps / usable))
-    notes.append(f"Replicas: {target_rps:g} requests/s at {UTILISATION:.0%} of {capacity:,.0f} per replica -> "
-                 f"{low} (up to {high} for twice the rate).")
+    notes.append(
+        f"Replicas: {target_rps:g} requests/s at {UTILISATION:.0%} of {capacity:,.0f} per replica -> "
+        f"{low} (up to {high} for twice the rate)."
+    )
     return low, high

@@ -23,34 +23,76 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def markdown(title: str, figures: dict[str, Any], rec: Recommendation, slo_ms: float,
-             target_rps: float | None, plots: list[str]) -> str:
+def markdown(
+    title: str, figures: dict[str, Any], rec: Recommendation, slo_ms: float, target_rps: float | None, plots: list[str]
+) -> str:
     m = figures["machine"]
-    lines = [f"### Profile of {title}", "",
-             f"Measured on {m['cpu']} ({m['cores']} cores usable), onnxruntime {m['onnxruntime']}, "
-             f"{m['provider']}{' (quick)' if figures.get('quick') else ''}.", "",
-             "**Recommendation**" + ("" if rec.slo_met else " (the p99 objective is NOT met)"), ""]
-    lines += _table(["cpu", "memory", "threads", "batching", "replicas", "capacity / replica", "p99 objective",
-                     "target"],
-                    [[f"{rec.cpu_millis}m (limit {rec.cpu_limit_millis}m)",
-                      f"{rec.memory_bytes // 2**20}Mi (limit {(rec.memory_limit_bytes or 0) // 2**20}Mi)",
-                      str(rec.threads), f"max {rec.max_batch_size}" if rec.max_batch_size > 1 else "off",
-                      f"{rec.replicas_min}-{rec.replicas_max}", f"{rec.capacity_rps or 0:,.0f} req/s",
-                      f"{slo_ms:g} ms", f"{target_rps:g} req/s" if target_rps else "-"]])
+    lines = [
+        f"### Profile of {title}",
+        "",
+        f"Measured on {m['cpu']} ({m['cores']} cores usable), onnxruntime {m['onnxruntime']}, "
+        f"{m['provider']}{' (quick)' if figures.get('quick') else ''}.",
+        "",
+        "**Recommendation**" + ("" if rec.slo_met else " (the p99 objective is NOT met)"),
+        "",
+    ]
+    lines += _table(
+        ["cpu", "memory", "threads", "batching", "replicas", "capacity / replica", "p99 objective", "target"],
+        [
+            [
+                f"{rec.cpu_millis}m (limit {rec.cpu_limit_millis}m)",
+                f"{rec.memory_bytes // 2**20}Mi (limit {(rec.memory_limit_bytes or 0) // 2**20}Mi)",
+                str(rec.threads),
+                f"max {rec.max_batch_size}" if rec.max_batch_size > 1 else "off",
+                f"{rec.replicas_min}-{rec.replicas_max}",
+                f"{rec.capacity_rps or 0:,.0f} req/s",
+                f"{slo_ms:g} ms",
+                f"{target_rps:g} req/s" if target_rps else "-",
+            ]
+        ],
+    )
     lines += ["", rec.note, "", "**In process** (`session.run`, medians of 3 repeats)", ""]
-    lines += _table(["batch", "threads", "p50 ms", "p95 ms", "p99 ms", "spread of medians ms", "rows/s"],
-                    [[str(c["batch"]), str(c["threads"]), f"{c['p50Ms']:.3f}", f"{c['p95Ms']:.3f}",
-                      f"{c['p99Ms']:.3f}", f"{c['spreadMs'][0]:.3f}-{c['spreadMs'][1]:.3f}",
-                      f"{c['rowsPerSecond']:,.0f}"] for c in figures["inProcess"]])
+    lines += _table(
+        ["batch", "threads", "p50 ms", "p95 ms", "p99 ms", "spread of medians ms", "rows/s"],
+        [
+            [
+                str(c["batch"]),
+                str(c["threads"]),
+                f"{c['p50Ms']:.3f}",
+                f"{c['p95Ms']:.3f}",
+                f"{c['p99Ms']:.3f}",
+                f"{c['spreadMs'][0]:.3f}-{c['spreadMs'][1]:.3f}",
+                f"{c['rowsPerSecond']:,.0f}",
+            ]
+            for c in figures["inProcess"]
+        ],
+    )
     mem = figures["memory"]
-    lines += ["", f"Peak resident memory of a process that loads and runs the largest batch: "
-              f"{mem['peakBytes'] / 2**20:.0f} MiB ({mem['modelBytes'] / 2**20:.0f} MiB over onnxruntime's "
-              f"{mem['baselineBytes'] / 2**20:.0f} MiB).", "",
-              "**Through the server** (HTTP on 127.0.0.1, v2 protocol)", ""]
-    lines += _table(["batching", "concurrency", "req/s", "p50 ms", "p99 ms", "cores used", "peak RSS MiB", "errors"],
-                    [["on" if r["batching"] else "off", str(r["concurrency"]), f"{r['rps']:,.0f}",
-                      f"{r['p50Ms']:.2f}", f"{r['p99Ms']:.2f}", f"{r['cpuCores']:.2f}",
-                      f"{r['peakRssBytes'] / 2**20:.0f}", str(r.get("errors", 0))] for r in figures["http"]])
+    lines += [
+        "",
+        f"Peak resident memory of a process that loads and runs the largest batch: "
+        f"{mem['peakBytes'] / 2**20:.0f} MiB ({mem['modelBytes'] / 2**20:.0f} MiB over onnxruntime's "
+        f"{mem['baselineBytes'] / 2**20:.0f} MiB).",
+        "",
+        "**Through the server** (HTTP on 127.0.0.1, v2 protocol)",
+        "",
+    ]
+    lines += _table(
+        ["batching", "concurrency", "req/s", "p50 ms", "p99 ms", "cores used", "peak RSS MiB", "errors"],
+        [
+            [
+                "on" if r["batching"] else "off",
+                str(r["concurrency"]),
+                f"{r['rps']:,.0f}",
+                f"{r['p50Ms']:.2f}",
+                f"{r['p99Ms']:.2f}",
+                f"{r['cpuCores']:.2f}",
+                f"{r['peakRssBytes'] / 2**20:.0f}",
+                str(r.get("errors", 0)),
+            ]
+            for r in figures["http"]
+        ],
+    )
     if plots:
         lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots)]
     text = "\n".join(lines) + "\n"
@@ -72,33 +114,66 @@ def plots(figures: dict[str, Any], folder: Path, title: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for colour, threads in zip(COLOURS, sorted({c["threads"] for c in grid}), strict=False):
         cells = sorted((c for c in grid if c["threads"] == threads), key=lambda c: c["batch"])
-        ax.plot([c["batch"] for c in cells], [c["p99Ms"] for c in cells], "o-", color=colour,
-                label=f"p99, {threads} thread(s)")
-        ax.plot([c["batch"] for c in cells], [c["p50Ms"] for c in cells], "x--", color=colour,
-                label=f"p50, {threads} thread(s)")
-    _finish(ax, f"{title}: latency against batch size (in process)", "batch size", "latency (ms)",
-            ticks=sorted({c["batch"] for c in grid}))
+        ax.plot(
+            [c["batch"] for c in cells],
+            [c["p99Ms"] for c in cells],
+            "o-",
+            color=colour,
+            label=f"p99, {threads} thread(s)",
+        )
+        ax.plot(
+            [c["batch"] for c in cells],
+            [c["p50Ms"] for c in cells],
+            "x--",
+            color=colour,
+            label=f"p50, {threads} thread(s)",
+        )
+    _finish(
+        ax,
+        f"{title}: latency against batch size (in process)",
+        "batch size",
+        "latency (ms)",
+        ticks=sorted({c["batch"] for c in grid}),
+    )
     written.append(_save(fig, folder / "latency-vs-batch.png"))
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for colour, batching in zip(COLOURS, (False, True), strict=False):
         rows = sorted((r for r in figures["http"] if r["batching"] == batching), key=lambda r: r["concurrency"])
         if rows:
             label = "batching on" if batching else "batching off"
-            ax.plot([r["concurrency"] for r in rows], [r["p99Ms"] for r in rows], "o-", color=colour,
-                    label=f"p99, {label}")
-            ax.plot([r["concurrency"] for r in rows], [r["p50Ms"] for r in rows], "x--", color=colour,
-                    label=f"p50, {label}")
-    _finish(ax, f"{title}: latency against concurrency (HTTP)", "concurrent requests", "latency (ms)",
-            ticks=sorted({r["concurrency"] for r in figures["http"]}))
+            ax.plot(
+                [r["concurrency"] for r in rows], [r["p99Ms"] for r in rows], "o-", color=colour, label=f"p99, {label}"
+            )
+            ax.plot(
+                [r["concurrency"] for r in rows], [r["p50Ms"] for r in rows], "x--", color=colour, label=f"p50, {label}"
+            )
+    _finish(
+        ax,
+        f"{title}: latency against concurrency (HTTP)",
+        "concurrent requests",
+        "latency (ms)",
+        ticks=sorted({r["concurrency"] for r in figures["http"]}),
+    )
     written.append(_save(fig, folder / "latency-vs-concurrency.png"))
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for colour, batch in zip(COLOURS, sorted({c["batch"] for c in grid}), strict=False):
         cells = sorted((c for c in grid if c["batch"] == batch), key=lambda c: c["threads"])
-        ax.plot([c["threads"] for c in cells], [c["rowsPerSecond"] for c in cells], "o-", color=colour,
-                label=f"batch {batch}")
+        ax.plot(
+            [c["threads"] for c in cells],
+            [c["rowsPerSecond"] for c in cells],
+            "o-",
+            color=colour,
+            label=f"batch {batch}",
+        )
     ax.set_yscale("log")  # batch 1 and batch 32 differ by orders of magnitude
-    _finish(ax, f"{title}: throughput against cores (in process)", "intra-op threads (cores)",
-            "rows per second (log scale)", ticks=sorted({c["threads"] for c in grid}), log=False)
+    _finish(
+        ax,
+        f"{title}: throughput against cores (in process)",
+        "intra-op threads (cores)",
+        "rows per second (log scale)",
+        ticks=sorted({c["threads"] for c in grid}),
+        log=False,
+    )
     written.append(_save(fig, folder / "throughput-vs-cores.png"))
     return written
 

@@ -25,5 +25,4 @@ def open_registry(config: LocalRegistry | OciRegistry, root: Path) -> Registry:
     return Registry(LocalStore(root / config.path))
 
 
-__all__ = ["Artifact", "Event", "LocalStore", "ModelIndex", "Ref", "Registry", "Version",
-           "open_registry", "parse_ref"]
+__all__ = ["Artifact", "Event", "LocalStore", "ModelIndex", "Ref", "Registry", "Version", "open_registry", "parse_ref"]

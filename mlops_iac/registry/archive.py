@@ -38,8 +38,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _digests(index: ModelIndex) -> list[str]:
-    return sorted({d for v in index.versions.values()
-                   for d in (v.digest, *(a.digest for a in v.artifacts.values()))})
+    return sorted({d for v in index.versions.values() for d in (v.digest, *(a.digest for a in v.artifacts.values()))})
 
 
 def export_archive(registry: Registry, dest: Path, models: list[str] | None = None) -> list[str]:
@@ -47,13 +46,18 @@ def export_archive(registry: Registry, dest: Path, models: list[str] | None = No
     indexes = [registry.index(check_name(n)) for n in names]
     buffer = io.BytesIO()
     written: set[str] = set()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         _add(tar, "archive.json", json.dumps({"format": FORMAT, "models": names}).encode())
         for index in indexes:
-            _add(tar, f"index/{index.model}.json",
-                 json.dumps(index.model_dump(mode="json"), indent=2, sort_keys=True).encode())
+            _add(
+                tar,
+                f"index/{index.model}.json",
+                json.dumps(index.model_dump(mode="json"), indent=2, sort_keys=True).encode(),
+            )
         for index in indexes:
             for digest in _digests(index):
                 if digest in written:
@@ -80,24 +84,23 @@ def import_archive(registry: Registry, source: Path) -> list[str]:
             for digest in _digests(index):
                 staged = Path(tmp) / digest.removeprefix("sha256:")
                 if not staged.exists():
-                    raise RegistryError(f"the archive lacks blob {digest} of {index.model}; "
-                                        "nothing imported")
+                    raise RegistryError(f"the archive lacks blob {digest} of {index.model}; nothing imported")
                 if registry.store.put_blob(index.model, staged)[0] != digest:
-                    raise RegistryError(f"archive blob {digest} does not match its digest; "
-                                        "nothing imported")
+                    raise RegistryError(f"archive blob {digest} does not match its digest; nothing imported")
         for index in indexes:
             registry.store.update_index(index.model, functools.partial(_merge, incoming=index))
     return [i.model for i in indexes]
 
 
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, tmp: Path,
-                 indexes: list[ModelIndex]) -> None:
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, tmp: Path, indexes: list[ModelIndex]) -> None:
     name = member.name
     if name == "archive.json":
         return
     if not member.isfile() or not (_BLOB.match(name) or _INDEX.match(name)):
-        raise RegistryError(f"refusing archive entry {name!r}: only archive.json, "
-                            "index/<model>.json and blobs/sha256/<hex> regular files are allowed")
+        raise RegistryError(
+            f"refusing archive entry {name!r}: only archive.json, "
+            "index/<model>.json and blobs/sha256/<hex> regular files are allowed"
+        )
     handle = tar.extractfile(member)
     assert handle is not None
     blob = _BLOB.match(name)
@@ -115,19 +118,29 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, tmp: Path,
 
 def _merge(current: ModelIndex | None, incoming: ModelIndex) -> ModelIndex:
     if current is None:
-        return incoming.model_copy(update={"history": (*incoming.history, Event(
-            time=now(), action="import", detail={"versions": sorted(incoming.versions)}))})
+        return incoming.model_copy(
+            update={
+                "history": (
+                    *incoming.history,
+                    Event(time=now(), action="import", detail={"versions": sorted(incoming.versions)}),
+                )
+            }
+        )
     for number, version in incoming.versions.items():
         mine = current.versions.get(number)
         if mine is not None and mine.digest != version.digest:
-            raise RegistryError(f"{current.model}@{number} differs here ({mine.digest}) and in the "
-                                f"archive ({version.digest}); nothing imported for this model")
+            raise RegistryError(
+                f"{current.model}@{number} differs here ({mine.digest}) and in the "
+                f"archive ({version.digest}); nothing imported for this model"
+            )
     added = sorted(set(incoming.versions) - set(current.versions))
     if not added:
         return current
-    return current.model_copy(update={
-        "versions": {**current.versions, **{n: incoming.versions[n] for n in added}},
-        "next_version": max(current.next_version, incoming.next_version),
-        "aliases": {**incoming.aliases, **current.aliases},
-        "history": (*current.history, Event(time=now(), action="import", detail={"versions": added})),
-    })
+    return current.model_copy(
+        update={
+            "versions": {**current.versions, **{n: incoming.versions[n] for n in added}},
+            "next_version": max(current.next_version, incoming.next_version),
+            "aliases": {**incoming.aliases, **current.aliases},
+            "history": (*current.history, Event(time=now(), action="import", detail={"versions": added})),
+        }
+    )

@@ -47,8 +47,9 @@ def lineage_from_environment(source: Path, env: Mapping[str, str]) -> dict[str, 
 
 def _git_head(folder: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
-                             text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     head = out.stdout.strip()
@@ -56,8 +57,7 @@ def _git_head(folder: Path) -> str | None:
 
 
 class Registry:
-    def __init__(self, store: Store, *, clock: Callable[[], str] = now,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, store: Store, *, clock: Callable[[], str] = now, env: Mapping[str, str] | None = None) -> None:
         self.store = store
         self.clock = clock
         self.env = os.environ if env is None else env
@@ -71,8 +71,7 @@ class Registry:
         found = self.store.read_index(check_name(model))
         if found is None:
             known = ", ".join(self.models()) or "none yet"
-            raise RegistryError(f"no model named {model!r} in {self.store.location} "
-                                f"(models: {known})")
+            raise RegistryError(f"no model named {model!r} in {self.store.location} (models: {known})")
         return found
 
     def resolve(self, ref: Ref) -> Version:
@@ -80,17 +79,25 @@ class Registry:
 
     # --- writing -------------------------------------------------------------------------
 
-    def register(self, model: str, file: Path, framework: Framework, *,
-                 tags: Mapping[str, str] | None = None, metrics: Mapping[str, float] | None = None,
-                 signature: dict[str, Any] | None = None,
-                 source: str | None = None) -> tuple[Version, bool]:
+    def register(
+        self,
+        model: str,
+        file: Path,
+        framework: Framework,
+        *,
+        tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        signature: dict[str, Any] | None = None,
+        source: str | None = None,
+    ) -> tuple[Version, bool]:
         """Store `file` as the next version of `model`; (version, True if it is new)."""
         check_name(model)
         digest, size = self.store.put_blob(model, file)  # outside the lock: uploads may be slow
         created: list[bool] = []
         when = self.clock()
-        lineage = Lineage(source=source or str(file), filename=file.name, created=when,
-                          **lineage_from_environment(file, self.env))
+        lineage = Lineage(
+            source=source or str(file), filename=file.name, created=when, **lineage_from_environment(file, self.env)
+        )
 
         def change(index: ModelIndex | None) -> ModelIndex:
             index = index or ModelIndex(model=model)
@@ -98,13 +105,22 @@ class Registry:
             if existing is not None:
                 return index
             number = index.next_version
-            version = Version(model=model, version=number, digest=digest, size=size,
-                              framework=framework, lineage=lineage, signature=signature,
-                              metrics=dict(metrics or {}), tags=dict(tags or {}))
+            version = Version(
+                model=model,
+                version=number,
+                digest=digest,
+                size=size,
+                framework=framework,
+                lineage=lineage,
+                signature=signature,
+                metrics=dict(metrics or {}),
+                tags=dict(tags or {}),
+            )
             created.append(True)
-            return _log(index.model_copy(update={
-                "next_version": number + 1, "versions": {**index.versions, number: version}}),
-                Event(time=when, action="register", version=number, detail={"digest": digest}))
+            return _log(
+                index.model_copy(update={"next_version": number + 1, "versions": {**index.versions, number: version}}),
+                Event(time=when, action="register", version=number, detail={"digest": digest}),
+            )
 
         index = self.store.update_index(model, change)
         assert index is not None
@@ -115,20 +131,24 @@ class Registry:
     def tag(self, ref: Ref, set_tags: Mapping[str, str], unset: tuple[str, ...] = ()) -> Version:
         def change(version: Version) -> tuple[Version, list[Event]]:
             tags = {k: v for k, v in {**version.tags, **set_tags}.items() if k not in unset}
-            events = [Event(time=self.clock(), action="tag", version=version.version,
-                            detail={"set": dict(set_tags)})] if set_tags else []
+            events = (
+                [Event(time=self.clock(), action="tag", version=version.version, detail={"set": dict(set_tags)})]
+                if set_tags
+                else []
+            )
             if unset:
-                events.append(Event(time=self.clock(), action="untag", version=version.version,
-                                    detail={"unset": list(unset)}))
+                events.append(
+                    Event(time=self.clock(), action="untag", version=version.version, detail={"unset": list(unset)})
+                )
             return version.model_copy(update={"tags": tags}), events
 
         return self._change_version(ref, change)
 
     def set_status(self, ref: Ref, status: Status, detail: Mapping[str, Any]) -> Version:
         def change(version: Version) -> tuple[Version, list[Event]]:
-            return version.model_copy(update={"status": status}), [Event(
-                time=self.clock(), action="status", version=version.version,
-                detail={"status": status, **detail})]
+            return version.model_copy(update={"status": status}), [
+                Event(time=self.clock(), action="status", version=version.version, detail={"status": status, **detail})
+            ]
 
         return self._change_version(ref, change)
 
@@ -136,13 +156,24 @@ class Registry:
         """Store a derived file (e.g. the ONNX conversion) as an artifact of the version."""
         digest, size = self.store.put_blob(ref.model, file)
         target = self.resolve(ref)
-        artifact = Artifact(digest=digest, size=size, filename=file.name, derived_from=target.digest,
-                            created=self.clock(), facts=dict(facts))
+        artifact = Artifact(
+            digest=digest,
+            size=size,
+            filename=file.name,
+            derived_from=target.digest,
+            created=self.clock(),
+            facts=dict(facts),
+        )
 
         def change(version: Version) -> tuple[Version, list[Event]]:
             return version.model_copy(update={"artifacts": {**version.artifacts, kind: artifact}}), [
-                Event(time=artifact.created, action="link", version=version.version,
-                      detail={"kind": kind, "digest": digest, "derivedFrom": version.digest})]
+                Event(
+                    time=artifact.created,
+                    action="link",
+                    version=version.version,
+                    detail={"kind": kind, "digest": digest, "derivedFrom": version.digest},
+                )
+            ]
 
         self._change_version(Ref(ref.model, target.version), change)
         return artifact
@@ -156,15 +187,23 @@ class Registry:
             index = _existing(index, ref.model)
             version = _select(index, ref)
             if alias in GUARDED_ALIASES and version.status == "rejected":
-                raise RegistryError(f"{ref.model}@{version.version} was rejected by validation; "
-                                    f"the guarded alias {alias!r} cannot point at it")
+                raise RegistryError(
+                    f"{ref.model}@{version.version} was rejected by validation; "
+                    f"the guarded alias {alias!r} cannot point at it"
+                )
             chosen.append(version)
             previous = index.aliases.get(alias)
             if previous == version.version:
                 return index
-            return _log(index.model_copy(update={"aliases": {**index.aliases, alias: version.version}}),
-                        Event(time=self.clock(), action="alias", version=version.version,
-                              detail={"alias": alias, "from": previous}))
+            return _log(
+                index.model_copy(update={"aliases": {**index.aliases, alias: version.version}}),
+                Event(
+                    time=self.clock(),
+                    action="alias",
+                    version=version.version,
+                    detail={"alias": alias, "from": previous},
+                ),
+            )
 
         self.store.update_index(ref.model, change)
         return chosen[0]
@@ -175,9 +214,10 @@ class Registry:
             if alias not in index.aliases:
                 raise RegistryError(f"{model} has no alias {alias!r}")
             aliases = {k: v for k, v in index.aliases.items() if k != alias}
-            return _log(index.model_copy(update={"aliases": aliases}),
-                        Event(time=self.clock(), action="unalias", version=index.aliases[alias],
-                              detail={"alias": alias}))
+            return _log(
+                index.model_copy(update={"aliases": aliases}),
+                Event(time=self.clock(), action="unalias", version=index.aliases[alias], detail={"alias": alias}),
+            )
 
         self.store.update_index(model, change)
 
@@ -190,17 +230,20 @@ class Registry:
             version = _select(index, ref)
             users = in_use(version)
             if users:
-                raise RegistryError(f"{ref.model}@{version.version} is still deployed; remove it "
-                                    "from these first: " + "; ".join(users))
+                raise RegistryError(
+                    f"{ref.model}@{version.version} is still deployed; remove it from these first: " + "; ".join(users)
+                )
             aliases = sorted(a for a, n in index.aliases.items() if n == version.version)
             if aliases:
-                raise RegistryError(f"{ref.model}@{version.version} is named by alias(es) "
-                                    f"{', '.join(aliases)}; move them first")
+                raise RegistryError(
+                    f"{ref.model}@{version.version} is named by alias(es) {', '.join(aliases)}; move them first"
+                )
             removed.append(version)
             versions = {n: v for n, v in index.versions.items() if n != version.version}
-            return _log(index.model_copy(update={"versions": versions}),
-                        Event(time=self.clock(), action="delete", version=version.version,
-                              detail={"digest": version.digest}))
+            return _log(
+                index.model_copy(update={"versions": versions}),
+                Event(time=self.clock(), action="delete", version=version.version, detail={"digest": version.digest}),
+            )
 
         self.store.update_index(ref.model, change)
         return removed[0]
@@ -213,13 +256,11 @@ class Registry:
         linked = version.artifacts.get(artifact)
         if linked is None:
             have = ", ".join(sorted(version.artifacts)) or "none"
-            raise RegistryError(f"{ref.model}@{version.version} has no {artifact!r} artifact "
-                                f"(artifacts: {have})")
+            raise RegistryError(f"{ref.model}@{version.version} has no {artifact!r} artifact (artifacts: {have})")
         self.store.fetch_blob(ref.model, linked.digest, dest)
         return version
 
-    def _change_version(self, ref: Ref,
-                        change: Callable[[Version], tuple[Version, list[Event]]]) -> Version:
+    def _change_version(self, ref: Ref, change: Callable[[Version], tuple[Version, list[Event]]]) -> Version:
         result: list[Version] = []
 
         def apply(index: ModelIndex | None) -> ModelIndex:

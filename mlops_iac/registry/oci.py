@@ -76,16 +76,19 @@ def _blob_race(response: requests.Response) -> bool:
     return bool(codes) and codes <= BLOB_RACE_CODES
 
 
-def _manifest(artifact_type: str, layers: list[dict[str, Any]],
-              annotations: Mapping[str, str]) -> dict[str, Any]:
-    return {"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": artifact_type,
-            "config": {"mediaType": EMPTY, "digest": EMPTY_DIGEST, "size": len(EMPTY_BLOB)},
-            "layers": layers, "annotations": dict(sorted(annotations.items()))}
+def _manifest(artifact_type: str, layers: list[dict[str, Any]], annotations: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": EMPTY, "digest": EMPTY_DIGEST, "size": len(EMPTY_BLOB)},
+        "layers": layers,
+        "annotations": dict(sorted(annotations.items())),
+    }
 
 
 class OciStore:
-    def __init__(self, repository: str, *, insecure: bool = False,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, repository: str, *, insecure: bool = False, env: Mapping[str, str] | None = None) -> None:
         import oras.provider  # imported here: the local backend needs no HTTP stack
 
         env = os.environ if env is None else env
@@ -108,8 +111,10 @@ class OciStore:
         except requests.RequestException as exc:
             raise RegistryError(f"cannot reach the registry {self.host}: {exc}") from None
         if response.status_code in (401, 403):
-            raise RegistryError(f"the registry {self.host} refused access ({response.status_code}); "
-                                "set MLOPS_IAC_REGISTRY_USERNAME and MLOPS_IAC_REGISTRY_PASSWORD")
+            raise RegistryError(
+                f"the registry {self.host} refused access ({response.status_code}); "
+                "set MLOPS_IAC_REGISTRY_USERNAME and MLOPS_IAC_REGISTRY_PASSWORD"
+            )
         return response
 
     def _repo(self, model: str) -> str:
@@ -131,9 +136,9 @@ class OciStore:
 
         container = oras.container.Container(f"{self.host}/{repo}")
         try:
-            response = self.client.upload_blob(str(path), container,
-                                               {"digest": digest, "size": size},
-                                               do_chunked=size > 64 * 2**20)
+            response = self.client.upload_blob(
+                str(path), container, {"digest": digest, "size": size}, do_chunked=size > 64 * 2**20
+            )
         except requests.RequestException as exc:
             raise RegistryError(f"uploading to {self.host}/{repo} failed: {exc}") from None
         if response.status_code not in (200, 201, 202):
@@ -143,19 +148,20 @@ class OciStore:
     def _put_manifest(self, repo: str, tag: str, manifest: dict[str, Any]) -> None:
         body = json.dumps(manifest, sort_keys=True).encode()
         for delay in (*BLOB_RACE_RETRIES, None):
-            response = self._request("PUT", self._url(repo, f"manifests/{tag}"), data=body,
-                                     headers={"Content-Type": MANIFEST})
+            response = self._request(
+                "PUT", self._url(repo, f"manifests/{tag}"), data=body, headers={"Content-Type": MANIFEST}
+            )
             if response.status_code in (200, 201):
                 return
             if delay is None or not _blob_race(response):
                 break
             time.sleep(delay)
-        raise RegistryError(f"pushing {self.host}/{repo}:{tag} failed: HTTP "
-                            f"{response.status_code} {response.text[:200]}")
+        raise RegistryError(
+            f"pushing {self.host}/{repo}:{tag} failed: HTTP {response.status_code} {response.text[:200]}"
+        )
 
     def _get_manifest(self, repo: str, tag: str) -> tuple[dict[str, Any], str] | None:
-        response = self._request("GET", self._url(repo, f"manifests/{tag}"),
-                                 headers={"Accept": MANIFEST})
+        response = self._request("GET", self._url(repo, f"manifests/{tag}"), headers={"Accept": MANIFEST})
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -169,8 +175,10 @@ class OciStore:
         digest = found[1]
         response = self._request("DELETE", self._url(repo, f"manifests/{digest}"))
         if response.status_code not in (200, 202, 404):
-            raise RegistryError(f"deleting {self.host}/{repo}:{tag} failed: HTTP "
-                                f"{response.status_code}; the registry must allow deletes")
+            raise RegistryError(
+                f"deleting {self.host}/{repo}:{tag} failed: HTTP "
+                f"{response.status_code}; the registry must allow deletes"
+            )
 
     def _tags(self, repo: str) -> list[str]:
         tags: list[str] = []
@@ -235,11 +243,13 @@ class OciStore:
             if new is None or new == current:
                 return new
             if time.monotonic() - started > CLAIM_TTL / 2:
-                raise RegistryError(f"the change to {self.host}/{repo} took too long to commit "
-                                    "safely; nothing was written, try again")
+                raise RegistryError(
+                    f"the change to {self.host}/{repo} took too long to commit safely; nothing was written, try again"
+                )
             self._sync_version_tags(repo, current, new)
-            self._write_document(repo, "index", INDEX_TYPE, json.dumps(
-                new.model_dump(mode="json"), indent=2, sort_keys=True).encode())
+            self._write_document(
+                repo, "index", INDEX_TYPE, json.dumps(new.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+            )
         if current is None:
             self._add_to_catalog(model)
         return new
@@ -254,8 +264,9 @@ class OciStore:
         with self._mutex(self.base):
             models = self.models()
             if model not in models:
-                self._write_document(self.base, "catalog", "application/json",
-                                     json.dumps(sorted({*models, model})).encode())
+                self._write_document(
+                    self.base, "catalog", "application/json", json.dumps(sorted({*models, model})).encode()
+                )
 
     def _sync_version_tags(self, repo: str, old: ModelIndex | None, new: ModelIndex) -> None:
         """Keep `v<N>` (and `v<N>-<kind>`) tags in step with the index, for `oras pull`."""
@@ -269,21 +280,33 @@ class OciStore:
 
     def _push_version(self, repo: str, version: Version) -> None:
         self._put_bytes(repo, EMPTY_BLOB)
-        notes = {f"{ANNOTATION}.model": version.model, f"{ANNOTATION}.version": str(version.version),
-                 f"{ANNOTATION}.framework": version.framework,
-                 "org.opencontainers.image.created": version.lineage.created}
+        notes = {
+            f"{ANNOTATION}.model": version.model,
+            f"{ANNOTATION}.version": str(version.version),
+            f"{ANNOTATION}.framework": version.framework,
+            "org.opencontainers.image.created": version.lineage.created,
+        }
         if version.lineage.git_commit:
             notes["org.opencontainers.image.revision"] = version.lineage.git_commit
-        layer = {"mediaType": "application/octet-stream", "digest": version.digest,
-                 "size": version.size,
-                 "annotations": {"org.opencontainers.image.title": version.lineage.filename}}
+        layer = {
+            "mediaType": "application/octet-stream",
+            "digest": version.digest,
+            "size": version.size,
+            "annotations": {"org.opencontainers.image.title": version.lineage.filename},
+        }
         self._put_manifest(repo, f"v{version.version}", _manifest(MODEL_TYPE, [layer], notes))
         for kind, artifact in sorted(version.artifacts.items()):
-            linked = {"mediaType": "application/octet-stream", "digest": artifact.digest,
-                      "size": artifact.size,
-                      "annotations": {"org.opencontainers.image.title": artifact.filename}}
-            self._put_manifest(repo, f"v{version.version}-{kind}", _manifest(
-                MODEL_TYPE, [linked], {**notes, f"{ANNOTATION}.derived-from": artifact.derived_from}))
+            linked = {
+                "mediaType": "application/octet-stream",
+                "digest": artifact.digest,
+                "size": artifact.size,
+                "annotations": {"org.opencontainers.image.title": artifact.filename},
+            }
+            self._put_manifest(
+                repo,
+                f"v{version.version}-{kind}",
+                _manifest(MODEL_TYPE, [linked], {**notes, f"{ANNOTATION}.derived-from": artifact.derived_from}),
+            )
 
     # --- the mutex ---------------------------------------------------------------------------
 
@@ -294,9 +317,18 @@ class OciStore:
         while True:
             mine = f"lock-{secrets.token_hex(8)}"
             self._put_bytes(repo, EMPTY_BLOB)
-            self._put_manifest(repo, mine, _manifest(CLAIM_TYPE, [], {
-                f"{ANNOTATION}.claimed": datetime.now(UTC).isoformat(),
-                f"{ANNOTATION}.holder": f"{socket.gethostname()}:{os.getpid()}:{mine}"}))
+            self._put_manifest(
+                repo,
+                mine,
+                _manifest(
+                    CLAIM_TYPE,
+                    [],
+                    {
+                        f"{ANNOTATION}.claimed": datetime.now(UTC).isoformat(),
+                        f"{ANNOTATION}.holder": f"{socket.gethostname()}:{os.getpid()}:{mine}",
+                    },
+                ),
+            )
             started = time.monotonic()
             if not self._live_claims(repo, mine):
                 break

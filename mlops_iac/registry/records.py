@@ -55,8 +55,7 @@ class Event(Record):
     """One entry of a model's history: who did what to which version, when."""
 
     time: str
-    action: Literal["register", "tag", "untag", "alias", "unalias", "delete", "status", "link",
-                    "import"]
+    action: Literal["register", "tag", "untag", "alias", "unalias", "delete", "status", "link", "import"]
     version: int | None = None
     detail: dict[str, Any] = {}
 

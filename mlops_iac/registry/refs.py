@@ -10,8 +10,10 @@ from ..spec.types import DIGEST, DNS_LABEL
 
 _NAME = re.compile(DNS_LABEL)
 _DIGEST = re.compile(DIGEST)
-ALLOWED = ("expected MODEL, MODEL@N, MODEL@alias or MODEL@sha256:<64 hex digits>, where MODEL "
-           "is a DNS-1123 label (lowercase letters, digits and '-')")
+ALLOWED = (
+    "expected MODEL, MODEL@N, MODEL@alias or MODEL@sha256:<64 hex digits>, where MODEL "
+    "is a DNS-1123 label (lowercase letters, digits and '-')"
+)
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,10 @@ class Ref:
 
 def check_name(name: str, what: str = "model name") -> str:
     if not _NAME.match(name):
-        raise RegistryError(f"invalid {what} {name!r}: expected a DNS-1123 label (lowercase "
-                            "letters, digits and '-', at most 63 characters)")
+        raise RegistryError(
+            f"invalid {what} {name!r}: expected a DNS-1123 label (lowercase "
+            "letters, digits and '-', at most 63 characters)"
+        )
     return name
 
 
@@ -46,6 +50,8 @@ def parse_ref(text: str) -> Ref:
 
 def check_alias(alias: str) -> str:
     if not _NAME.match(alias) or alias.isdigit() or alias == "latest":
-        raise RegistryError(f"invalid alias {alias!r}: expected a DNS-1123 label that is not a "
-                            "number and not 'latest' (which always means the newest version)")
+        raise RegistryError(
+            f"invalid alias {alias!r}: expected a DNS-1123 label that is not a "
+            "number and not 'latest' (which always means the newest version)"
+        )
     return alias

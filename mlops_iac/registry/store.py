@@ -61,8 +61,7 @@ def copy_verified(chunks: Iterator[bytes], digest: str, dest: Path, what: str) -
             out.flush()
             os.fsync(out.fileno())
         if f"sha256:{hasher.hexdigest()}" != digest:
-            raise RegistryError(f"{what} is corrupted: its content no longer matches {digest}; "
-                                "it was not served")
+            raise RegistryError(f"{what} is corrupted: its content no longer matches {digest}; it was not served")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -56,8 +56,7 @@ class Decision:
 def gate_results(policy: Rollout, evidence: Evidence) -> tuple[GateResult, ...]:
     """Every configured gate, judged on the canary's numbers (the stable's where relative)."""
     gates, canary, stable = policy.gates, evidence.canary, evidence.stable
-    out = [GateResult("minRequests", canary.requests, gates.min_requests,
-                      canary.requests >= gates.min_requests)]
+    out = [GateResult("minRequests", canary.requests, gates.min_requests, canary.requests >= gates.min_requests)]
     if gates.error_rate is not None:
         rule = gates.error_rate
         bound, note = rule.max, ""
@@ -72,8 +71,11 @@ def gate_results(policy: Rollout, evidence: Evidence) -> tuple[GateResult, ...]:
         out.append(GateResult("errorRate", rate, bound, rate is not None and rate <= bound, note))
     if gates.p99_latency_ms is not None:
         p99 = canary.p99_ms
-        out.append(GateResult("p99LatencyMs", p99, gates.p99_latency_ms.max,
-                              p99 is not None and p99 <= gates.p99_latency_ms.max))
+        out.append(
+            GateResult(
+                "p99LatencyMs", p99, gates.p99_latency_ms.max, p99 is not None and p99 <= gates.p99_latency_ms.max
+            )
+        )
     return tuple(out)
 
 
@@ -96,17 +98,36 @@ def decide(policy: Rollout, step: int, elapsed_s: float, evidence: Evidence) -> 
             return Decision("hold", weight, step, (*reasons, "onFailure is hold: the canary stays"), results)
         return Decision("rollback", 0, step, reasons, results)
     if not enough:
-        return Decision("hold", weight, step, (
-            f"too little traffic: the canary served {evidence.canary.requests:g} requests in "
-            f"{evidence.window_s:.0f}s; at least {policy.gates.min_requests} are needed to judge it",), results)
+        return Decision(
+            "hold",
+            weight,
+            step,
+            (
+                f"too little traffic: the canary served {evidence.canary.requests:g} requests in "
+                f"{evidence.window_s:.0f}s; at least {policy.gates.min_requests} are needed to judge it",
+            ),
+            results,
+        )
     if elapsed_s < policy.bake:
-        return Decision("hold", weight, step, (
-            f"baking: {elapsed_s:.0f}s of {policy.bake:g}s at {weight}%; every gate passes so far",), results)
+        return Decision(
+            "hold",
+            weight,
+            step,
+            (f"baking: {elapsed_s:.0f}s of {policy.bake:g}s at {weight}%; every gate passes so far",),
+            results,
+        )
     nxt = min(step + 1, len(weights) - 1)
     action: Action = "promote" if weights[nxt] == 100 else "advance"
-    return Decision(action, weights[nxt], nxt, (
-        f"every gate passed over {evidence.window_s:.0f}s at {weight}%: "
-        + ("promote the canary to 100%" if action == "promote" else f"advance to {weights[nxt]}%"),), results)
+    return Decision(
+        action,
+        weights[nxt],
+        nxt,
+        (
+            f"every gate passed over {evidence.window_s:.0f}s at {weight}%: "
+            + ("promote the canary to 100%" if action == "promote" else f"advance to {weights[nxt]}%"),
+        ),
+        results,
+    )
 
 
 def _failure(result: GateResult) -> str:

@@ -77,8 +77,9 @@ def total(pages: Iterable[Mapping[int, VersionCounts]]) -> dict[int, VersionCoun
             for le, n in c.buckets.items():
                 buckets[le] = buckets.get(le, 0.0) + n
             created = max((t for t in (have.created, c.created) if t is not None), default=None)
-            out[version] = VersionCounts(requests=have.requests + c.requests, errors=have.errors + c.errors,
-                                         buckets=buckets, created=created)
+            out[version] = VersionCounts(
+                requests=have.requests + c.requests, errors=have.errors + c.errors, buckets=buckets, created=created
+            )
     return out
 
 
@@ -114,11 +115,20 @@ def version_evidence(window: VersionCounts) -> VersionEvidence:
     return VersionEvidence(window.requests, window.errors, None if p99 is None else p99 * 1000)
 
 
-def from_counters(now: Mapping[int, VersionCounts], then: Mapping[int, VersionCounts], stable: int, canary: int,
-                  window_s: float, source: str) -> Evidence:
-    return Evidence(canary=version_evidence(delta(now.get(canary), then.get(canary))),
-                    stable=version_evidence(delta(now.get(stable), then.get(stable))),
-                    window_s=window_s, source=source)
+def from_counters(
+    now: Mapping[int, VersionCounts],
+    then: Mapping[int, VersionCounts],
+    stable: int,
+    canary: int,
+    window_s: float,
+    source: str,
+) -> Evidence:
+    return Evidence(
+        canary=version_evidence(delta(now.get(canary), then.get(canary))),
+        stable=version_evidence(delta(now.get(stable), then.get(stable))),
+        window_s=window_s,
+        source=source,
+    )
 
 
 def prometheus_queries(model: str, selector: str, window_s: float) -> dict[str, str]:
@@ -129,7 +139,7 @@ def prometheus_queries(model: str, selector: str, window_s: float) -> dict[str, 
         "requests": f"sum by (version) (increase(mlops_requests_total{{{matcher}}}[{window}]))",
         "errors": f'sum by (version) (increase(mlops_requests_total{{{matcher},status!="200"}}[{window}]))',
         "p99": f"histogram_quantile(0.99, sum by (le, version) "
-               f"(increase(mlops_request_seconds_bucket{{{matcher}}}[{window}])))",
+        f"(increase(mlops_request_seconds_bucket{{{matcher}}}[{window}])))",
     }
 
 
@@ -147,14 +157,14 @@ def query(prometheus: str, promql: str) -> dict[int, float]:
     return out
 
 
-def from_prometheus(prometheus: str, model: str, selector: str, stable: int, canary: int,
-                    window_s: float) -> Evidence:
+def from_prometheus(prometheus: str, model: str, selector: str, stable: int, canary: int, window_s: float) -> Evidence:
     queries = prometheus_queries(model, selector, window_s)
     got = {name: query(prometheus, promql) for name, promql in queries.items()}
 
     def one(version: int) -> VersionEvidence:
         p99 = got["p99"].get(version)
-        return VersionEvidence(got["requests"].get(version, 0.0), got["errors"].get(version, 0.0),
-                               None if p99 is None else p99 * 1000)
+        return VersionEvidence(
+            got["requests"].get(version, 0.0), got["errors"].get(version, 0.0), None if p99 is None else p99 * 1000
+        )
 
     return Evidence(canary=one(canary), stable=one(stable), window_s=window_s, source=prometheus, queries=queries)

@@ -48,19 +48,38 @@ def main(argv: list[str] | None = None) -> int:
         config = ServerConfig.model_validate_json(inline) if inline else read_config(args.config)
         model = next((m for m in config.models if args.model in (None, m.name)), None)
         if model is None:
-            raise MlopsIacError(f"no model {args.model!r} in the settings; models: "
-                                + ", ".join(m.name for m in config.models))
+            raise MlopsIacError(
+                f"no model {args.model!r} in the settings; models: " + ", ".join(m.name for m in config.models)
+            )
         shard = args.shard if args.shard is not None else int(os.environ.get(INDEX_ENV, "0"))
-        settings = Settings(batch_size=args.batch_size, part_rows=args.part_rows, workers=args.workers,
-                            threads=args.threads, error_threshold=args.error_threshold,
-                            ids=tuple(args.ids) if args.ids else None, format=args.format,
-                            resume=args.resume, shard=shard, shards=args.shards)
+        settings = Settings(
+            batch_size=args.batch_size,
+            part_rows=args.part_rows,
+            workers=args.workers,
+            threads=args.threads,
+            error_threshold=args.error_threshold,
+            ids=tuple(args.ids) if args.ids else None,
+            format=args.format,
+            resume=args.resume,
+            shard=shard,
+            shards=args.shards,
+        )
         summary = score(prepare(model, args.config.resolve().parent, args.inputs, args.output, settings))
     except (MlopsIacError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"rows_in": summary.rows_in, "rows_out": summary.rows_out, "rejects": summary.rejects,
-                      "parts": summary.parts, "resumed_parts": summary.skipped, "manifest": str(summary.manifest)}))
+    print(
+        json.dumps(
+            {
+                "rows_in": summary.rows_in,
+                "rows_out": summary.rows_out,
+                "rejects": summary.rejects,
+                "parts": summary.parts,
+                "resumed_parts": summary.skipped,
+                "manifest": str(summary.manifest),
+            }
+        )
+    )
     return 0
 
 

@@ -108,9 +108,11 @@ class Summary:
 
     def markdown(self, model: str) -> str:
         state = f"failed: {self.failed}" if self.failed else "complete"
-        return (f"### Batch scoring with {model}: {state}\n\n| rows in | rows out | rejects | parts | resumed |\n"
-                f"|---:|---:|---:|---:|---:|\n| {self.rows_in} | {self.rows_out} | {self.rejects} | "
-                f"{self.parts} | {self.skipped} |\n")
+        return (
+            f"### Batch scoring with {model}: {state}\n\n| rows in | rows out | rejects | parts | resumed |\n"
+            f"|---:|---:|---:|---:|---:|\n| {self.rows_in} | {self.rows_out} | {self.rejects} | "
+            f"{self.parts} | {self.skipped} |\n"
+        )
 
 
 def prepare(model: ModelConfig, base: Path, inputs: list[str], out: Path, settings: Settings) -> Job:
@@ -136,8 +138,9 @@ def _check_settings(s: Settings) -> None:
     if s.format not in OUTPUT_FORMATS:
         raise MlopsIacError(f"--format {s.format}: expected one of {', '.join(OUTPUT_FORMATS)}")
     if s.batch_size < 1 or s.workers < 1 or s.part_rows < 1 or s.error_threshold < -1:
-        raise MlopsIacError("--batch-size, --workers and --part-rows must be at least 1, "
-                            "--error-threshold at least -1 (-1: no limit)")
+        raise MlopsIacError(
+            "--batch-size, --workers and --part-rows must be at least 1, --error-threshold at least -1 (-1: no limit)"
+        )
     if not 0 <= s.shard < s.shards:
         raise MlopsIacError(f"shard {s.shard} of {s.shards}: expected 0 <= shard < shards")
 
@@ -159,10 +162,17 @@ def manifest_path(job: Job) -> Path:
 
 def _header(job: Job) -> dict[str, Any]:
     s = job.settings
-    return {"model": {"name": job.model.name, "version": job.model.version, "digest": job.model.digest},
-            "settings": {"batch_size": s.batch_size, "part_rows": s.part_rows, "format": s.format,
-                         "shard": s.shard, "shards": s.shards},
-            "inputs": [{**fingerprint(src), "ids": list(ids)} for src, ids in zip(job.sources, job.ids, strict=True)]}
+    return {
+        "model": {"name": job.model.name, "version": job.model.version, "digest": job.model.digest},
+        "settings": {
+            "batch_size": s.batch_size,
+            "part_rows": s.part_rows,
+            "format": s.format,
+            "shard": s.shard,
+            "shards": s.shards,
+        },
+        "inputs": [{**fingerprint(src), "ids": list(ids)} for src, ids in zip(job.sources, job.ids, strict=True)],
+    }
 
 
 def score(job: Job, progress: Progress | None = None) -> Summary:
@@ -192,11 +202,17 @@ def score(job: Job, progress: Progress | None = None) -> Summary:
     return summary
 
 
-def _summary(done: dict[int, PartResult], mine: list[Part], skipped: int, path: Path,
-             failed: str | None) -> Summary:
+def _summary(done: dict[int, PartResult], mine: list[Part], skipped: int, path: Path, failed: str | None) -> Summary:
     results = [done[p.index] for p in mine if p.index in done]
-    return Summary(sum(r.rows_in for r in results), sum(r.rows_out for r in results),
-                   sum(r.rejects for r in results), len(mine), skipped, path, failed)
+    return Summary(
+        sum(r.rows_in for r in results),
+        sum(r.rows_out for r in results),
+        sum(r.rejects for r in results),
+        len(mine),
+        skipped,
+        path,
+        failed,
+    )
 
 
 def _clean_temporaries(out: Path) -> None:
@@ -214,18 +230,23 @@ def _finished(job: Job, header: dict[str, Any], path: Path) -> dict[int, PartRes
         raise MlopsIacError(f"{path}: unreadable manifest ({exc}); choose another --output") from None
     for key in ("model", "settings", "inputs"):
         if old.get(key) != header[key]:
-            raise MlopsIacError(f"{path}: this folder holds a run with other {key} ({json.dumps(old.get(key))}); "
-                                "choose another --output, or rerun with the same ones")
+            raise MlopsIacError(
+                f"{path}: this folder holds a run with other {key} ({json.dumps(old.get(key))}); "
+                "choose another --output, or rerun with the same ones"
+            )
     if not job.settings.resume:
-        raise MlopsIacError(f"{job.out} holds a run of this model over these inputs; pass --resume to "
-                            "finish it, or choose another --output")
+        raise MlopsIacError(
+            f"{job.out} holds a run of this model over these inputs; pass --resume to "
+            "finish it, or choose another --output"
+        )
     done = {}
     for entry in old.get("parts", []):
         if entry.get("status") != "done":
             continue
         result = PartResult(**{k: entry[k] for k in PartResult.__dataclass_fields__})
         if _intact(job.out, result.file, result.sha256) and (
-                result.rejects_file is None or _intact(job.out, result.rejects_file, result.rejects_sha256)):
+            result.rejects_file is None or _intact(job.out, result.rejects_file, result.rejects_sha256)
+        ):
             done[result.index] = result
     return done
 
@@ -244,11 +265,19 @@ def _write_manifest(path: Path, state: dict[str, Any], mine: list[Part], failed:
         entries.append(entry)
     summary = _summary(done, mine, 0, path, failed)
     complete = all(p.index in done for p in mine) and not failed
-    document = {**state["header"], "parts": entries,
-                "summary": {"rows_in": summary.rows_in, "rows_out": summary.rows_out, "rejects": summary.rejects,
-                            "parts": len(mine), "parts_done": len([p for p in mine if p.index in done]),
-                            "status": "failed" if failed else "complete" if complete else "running",
-                            "error": failed}}
+    document = {
+        **state["header"],
+        "parts": entries,
+        "summary": {
+            "rows_in": summary.rows_in,
+            "rows_out": summary.rows_out,
+            "rejects": summary.rejects,
+            "parts": len(mine),
+            "parts_done": len([p for p in mine if p.index in done]),
+            "status": "failed" if failed else "complete" if complete else "running",
+            "error": failed,
+        },
+    }
     atomic_write(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
 
 
@@ -280,8 +309,9 @@ def _in_processes(job: Job, todo: list[Part], progress: Progress | None) -> Iter
     # spawn, not fork: onnxruntime's thread pools do not survive a fork.
     context = multiprocessing.get_context("spawn")
     rows = context.Queue()
-    with ProcessPoolExecutor(job.settings.workers, mp_context=context, initializer=_init_worker,
-                             initargs=(rows,)) as pool:
+    with ProcessPoolExecutor(
+        job.settings.workers, mp_context=context, initializer=_init_worker, initargs=(rows,)
+    ) as pool:
         pending: set[Future[PartResult]] = set()
         waiting = list(reversed(todo))
         try:
@@ -341,8 +371,10 @@ def score_part(job: Job, part: Part, progress: Progress | None = None) -> PartRe
             if progress is not None:
                 progress(n)
         if rows_in != rows_out + rejected or rows_in != part.stop - part.start:
-            raise MlopsIacError(f"{source.path} rows {part.start}-{part.stop}: read {rows_in} rows, wrote "
-                                f"{rows_out}, rejected {rejected}")
+            raise MlopsIacError(
+                f"{source.path} rows {part.start}-{part.stop}: read {rows_in} rows, wrote "
+                f"{rows_out}, rejected {rejected}"
+            )
         file, digest = output.commit()
         rfile, rdigest = rejects.commit() if rejected else (None, None)
     finally:
@@ -351,8 +383,9 @@ def score_part(job: Job, part: Part, progress: Progress | None = None) -> PartRe
     return PartResult(part.index, file, digest, rows_in, rows_out, rejected, rfile, rdigest)
 
 
-def _converted(read: Iterator[Batch], maps: list[InputMap]) -> Iterator[tuple[Batch, dict[str, np.ndarray],
-                                                                              dict[int, str]]]:
+def _converted(
+    read: Iterator[Batch], maps: list[InputMap]
+) -> Iterator[tuple[Batch, dict[str, np.ndarray], dict[int, str]]]:
     for batch in read:
         reasons = dict(batch.errors)
         yield batch, arrays(batch.table, maps, reasons), reasons

@@ -40,21 +40,23 @@ def default_ids(names: list[str]) -> list[str]:
     return [n for n in names if n.lower() == "id" or n.lower().endswith("_id")]
 
 
-def plan_inputs(path: Path, schema: pa.Schema, inputs: dict[str, TensorSpec], ids: list[str],
-                handler: bool) -> list[InputMap]:
+def plan_inputs(
+    path: Path, schema: pa.Schema, inputs: dict[str, TensorSpec], ids: list[str], handler: bool
+) -> list[InputMap]:
     """How this file feeds the model, or a `MlopsIacError` naming file, column, dtype and shape."""
     missing = [i for i in ids if i not in schema.names]
     if missing:
-        raise MlopsIacError(f"{path}: id column(s) {', '.join(missing)} not found; columns: "
-                            + ", ".join(schema.names))
+        raise MlopsIacError(f"{path}: id column(s) {', '.join(missing)} not found; columns: " + ", ".join(schema.names))
     features = [n for n in schema.names if n not in ids]
     if handler:
         return [InputMap(n, (n,), None, _width(schema.field(n).type), False) for n in features]
     maps = []
     for name, spec in inputs.items():
         if len(spec.shape) not in (1, 2):
-            raise MlopsIacError(f"model input {name!r} has shape {list(spec.shape)}; batch scoring "
-                                "takes inputs of shape [-1] or [-1, n]")
+            raise MlopsIacError(
+                f"model input {name!r} has shape {list(spec.shape)}; batch scoring "
+                "takes inputs of shape [-1] or [-1, n]"
+            )
         dtype = DTYPES[spec.datatype]
         want = spec.shape[1] if len(spec.shape) == 2 else None
         if name in schema.names:
@@ -62,8 +64,10 @@ def plan_inputs(path: Path, schema: pa.Schema, inputs: dict[str, TensorSpec], id
         elif len(inputs) == 1:
             maps.append(_by_position(path, schema, features, spec, dtype, want))
         else:
-            raise MlopsIacError(f"{path}: no column {name!r} for the model input {name!r} "
-                                f"({_describe(spec)}); columns: {', '.join(schema.names)}")
+            raise MlopsIacError(
+                f"{path}: no column {name!r} for the model input {name!r} "
+                f"({_describe(spec)}); columns: {', '.join(schema.names)}"
+            )
     return maps
 
 
@@ -84,25 +88,32 @@ def _single(path: Path, field: pa.Field, spec: TensorSpec, dtype: np.dtype[Any],
     shape_ok = width in (None, want) if scalar else width is not None and width in (-1, want)
     if not (_castable(value, dtype) and shape_ok):
         wanted = "one value per row" if scalar else f"lists of {want}"
-        raise MlopsIacError(f"{path}: column {field.name!r} is {field.type}; the model input {spec.name!r} "
-                            f"expects {_describe(spec)} ({wanted} of {dtype})")
+        raise MlopsIacError(
+            f"{path}: column {field.name!r} is {field.type}; the model input {spec.name!r} "
+            f"expects {_describe(spec)} ({wanted} of {dtype})"
+        )
     return InputMap(spec.name, (field.name,), dtype, width if width is not None else want, False)
 
 
-def _by_position(path: Path, schema: pa.Schema, features: list[str], spec: TensorSpec,
-                 dtype: np.dtype[Any], want: int | None) -> InputMap:
+def _by_position(
+    path: Path, schema: pa.Schema, features: list[str], spec: TensorSpec, dtype: np.dtype[Any], want: int | None
+) -> InputMap:
     if len(features) == 1 and _width(schema.field(features[0]).type) is not None:
         return _single(path, schema.field(features[0]), spec, dtype, want)
     count = want if want is not None and want > 0 else 1
     if len(features) != count:
-        raise MlopsIacError(f"{path}: the model input {spec.name!r} takes {_describe(spec)}: {count} feature "
-                            f"column(s) (or one column {spec.name!r} of {count}-wide lists); found "
-                            f"{len(features)}: {', '.join(features) or '(none)'} (id columns: --id)")
+        raise MlopsIacError(
+            f"{path}: the model input {spec.name!r} takes {_describe(spec)}: {count} feature "
+            f"column(s) (or one column {spec.name!r} of {count}-wide lists); found "
+            f"{len(features)}: {', '.join(features) or '(none)'} (id columns: --id)"
+        )
     for name in features:
         kind = schema.field(name).type
         if not _castable(kind, dtype):
-            raise MlopsIacError(f"{path}: column {name!r} is {kind}; the model input {spec.name!r} "
-                                f"expects {_describe(spec)} of {dtype} values")
+            raise MlopsIacError(
+                f"{path}: column {name!r} is {kind}; the model input {spec.name!r} "
+                f"expects {_describe(spec)} of {dtype} values"
+            )
     return InputMap(spec.name, tuple(features), dtype, want, want is not None)
 
 
@@ -188,8 +199,11 @@ def _lists(column: pa.Array, name: str, m: InputMap, reasons: dict[int, str]) ->
     width = m.width if m.width is not None and m.width > 0 else int(lengths.max(initial=0))
     bad = np.flatnonzero(lengths != width)
     for i in bad:
-        reasons.setdefault(int(i), f"column {name!r}: " + ("missing value" if lengths[i] < 0 else
-                                                              f"{int(lengths[i])} values; expected {width}"))
+        reasons.setdefault(
+            int(i),
+            f"column {name!r}: "
+            + ("missing value" if lengths[i] < 0 else f"{int(lengths[i])} values; expected {width}"),
+        )
     if len(bad):  # keep the shape: placeholder rows of zeros, dropped later
         good = np.flatnonzero(lengths == width)
         flat = _scalar(pc.list_flatten(column.take(pa.array(good))), name, m.dtype, {})

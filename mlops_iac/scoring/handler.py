@@ -12,8 +12,9 @@ from ..serving.protocol import ClientError, Request
 from ..serving.runtime import ModelRuntime
 
 
-def run_model(runtime: ModelRuntime, feeds: dict[str, np.ndarray], reasons: dict[int, str],
-              rows: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def run_model(
+    runtime: ModelRuntime, feeds: dict[str, np.ndarray], reasons: dict[int, str], rows: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The outputs of the rows not in `reasons` (which may gain rows), and those rows' indices."""
     keep = _kept(rows, reasons)
     if len(keep) != rows:
@@ -29,7 +30,7 @@ def run_model(runtime: ModelRuntime, feeds: dict[str, np.ndarray], reasons: dict
     # The handler refused the batch: find the rows it refuses, one by one, and score the rest.
     for position, row in enumerate(keep):
         try:
-            _forward(runtime, {k: v[position:position + 1] for k, v in feeds.items()})
+            _forward(runtime, {k: v[position : position + 1] for k, v in feeds.items()})
         except ClientError as exc:
             reasons[int(row)] = exc.message
     good = np.flatnonzero(np.isin(keep, _kept(rows, reasons)))

@@ -28,8 +28,15 @@ from ..errors import MlopsIacError
 
 T = TypeVar("T")
 
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".npy": "npy",
-           ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".npy": "npy",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
 NPY_COLUMN = "features"  # a .npy array of shape [rows, n] reads as one column of n-wide lists
 _BLOCK = 1 << 20
 
@@ -73,8 +80,9 @@ def expand(patterns: tuple[str, ...] | list[str]) -> list[Path]:
 def format_of(path: Path) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise MlopsIacError(f"{path}: unknown input format {path.suffix!r}; expected one of: "
-                            + ", ".join(sorted(FORMATS)))
+        raise MlopsIacError(
+            f"{path}: unknown input format {path.suffix!r}; expected one of: " + ", ".join(sorted(FORMATS))
+        )
     return fmt
 
 
@@ -101,8 +109,7 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any]]:
 def _npy_schema(path: Path) -> tuple[pa.Schema, int]:
     shape, dtype = _npy_header(path)
     if len(shape) not in (1, 2) or dtype.hasobject:
-        raise ValueError(f"expected a numeric array of shape [rows] or [rows, features]; got "
-                         f"{dtype} {list(shape)}")
+        raise ValueError(f"expected a numeric array of shape [rows] or [rows, features]; got {dtype} {list(shape)}")
     value = pa.from_numpy_dtype(dtype)
     return pa.schema([(NPY_COLUMN, value if len(shape) == 1 else pa.list_(value, shape[1]))]), shape[0]
 
@@ -146,8 +153,9 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 _SCHEMA = {"parquet": _parquet_schema, "npy": _npy_schema, "csv": _csv_schema, "jsonl": _jsonl_schema}
 
 
-def batches(source: Source, start: int, stop: int, size: int, columns: list[str],
-            ids: tuple[str, ...] = ()) -> Iterator[Batch]:
+def batches(
+    source: Source, start: int, stop: int, size: int, columns: list[str], ids: tuple[str, ...] = ()
+) -> Iterator[Batch]:
     """Rows [start, stop) of `source`, `size` rows at a time, only the named columns.
 
     CSV features stay text until they are cast, so that one bad cell rejects its row, not the
@@ -209,7 +217,7 @@ def _chunks(source: Source, start: int, stop: int, columns: list[str], ids: tupl
 def _npy_batches(source: Source, start: int, stop: int, size: int) -> Iterator[Batch]:
     array = np.load(source.path, mmap_mode="r")  # pages in only the rows read
     for first in range(start, stop, size):
-        block = np.ascontiguousarray(array[first:min(first + size, stop)])
+        block = np.ascontiguousarray(array[first : min(first + size, stop)])
         if block.ndim == 1:
             column: pa.Array = pa.array(block)
         else:
@@ -241,8 +249,7 @@ def _jsonl_batches(source: Source, start: int, stop: int, size: int, columns: li
         yield _json_table(records, columns, errors, position)
 
 
-def _json_table(records: list[dict[str, Any]], columns: list[str], errors: dict[int, str],
-                position: int) -> Batch:
+def _json_table(records: list[dict[str, Any]], columns: list[str], errors: dict[int, str], position: int) -> Batch:
     arrays = {}
     for name in columns:
         values = [r.get(name) for r in records]
@@ -261,8 +268,11 @@ def _json_column(name: str, values: list[Any], errors: dict[int, str]) -> pa.Arr
     kind = type(first)
     clean = []
     for i, value in enumerate(values):
-        ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool)) if numeric \
+        ok = (
+            value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+            if numeric
             else isinstance(value, kind)
+        )
         if not ok:
             errors.setdefault(i, f"column {name!r}: got {type(value).__name__} {str(value)[:40]!r}")
         clean.append(value if ok else None)
@@ -277,8 +287,13 @@ def _json_column(name: str, values: list[Any], errors: dict[int, str]) -> pa.Arr
 
 def fingerprint(source: Source) -> dict[str, Any]:
     """What identifies an input for resuming: a changed file must not resume an old run."""
-    return {"path": os.fspath(source.path), "format": source.format, "rows": source.rows,
-            "size": source.size, "mtime_ns": source.mtime_ns}
+    return {
+        "path": os.fspath(source.path),
+        "format": source.format,
+        "rows": source.rows,
+        "size": source.size,
+        "mtime_ns": source.mtime_ns,
+    }
 
 
 def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:

@@ -76,7 +76,8 @@ class PartWriter:
         rows = np.array(sorted(reasons), dtype=np.int64)
         out = table.select(list(ids)).take(pa.array(rows))
         out = out.append_column("row", pa.array(rows + start)).append_column(
-            "reason", pa.array([reasons[int(r)] for r in rows], pa.string()))
+            "reason", pa.array([reasons[int(r)] for r in rows], pa.string())
+        )
         if self.schema is None:
             self.schema = out.schema
         self._append(out.cast(self.schema))
@@ -89,8 +90,9 @@ class PartWriter:
         elif self.fmt == "csv":
             self.writer.write_table(_flat(table))
         else:
-            self.handle.write(b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
-                                       for r in table.to_pylist()))
+            self.handle.write(
+                b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in table.to_pylist())
+            )
 
     def _open(self, schema: pa.Schema) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

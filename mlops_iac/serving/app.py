@@ -75,8 +75,7 @@ class Server:
             self.key = f"Bearer {key}".encode()
         self.collector = Collector(config.collection, base, self.metrics.dropped.inc)
         self.openapi = orjson.dumps(document(), option=orjson.OPT_SORT_KEYS)
-        self.metadata = orjson.dumps({"name": "mlops-iac", "version": __version__,
-                                      "extensions": EXTENSIONS})
+        self.metadata = orjson.dumps({"name": "mlops-iac", "version": __version__, "extensions": EXTENSIONS})
         self.shadow: Shadow | None = None  # shadow versions, mirrored after the answer (shadow.py)
         # Requests the HTTP protocol has read whose handling has not started (the runner's
         # protocol counts them when it sets counts_arrivals): the batcher's "is anyone waiting".
@@ -96,13 +95,26 @@ class Server:
             runtime = ModelRuntime(model, self.base)
             runtime.warm_up()
             labels = (model.name, str(model.version))
-            batcher = (Batcher(runtime.run, model.max_batch_size, model.max_delay_ms / 1000,
-                               (lambda: self.arrived) if self.counts_arrivals else None)
-                       if model.max_batch_size > 1 and runtime.batchable else None)
-            entry = Entry(runtime, batcher, model.weight,
-                          self.metrics.requests.labels(*labels, "200"),
-                          self.metrics.latency.labels(*labels), self.metrics.inference.labels(*labels),
-                          self.metrics.queue.labels(*labels), self.metrics.batch.labels(*labels))
+            batcher = (
+                Batcher(
+                    runtime.run,
+                    model.max_batch_size,
+                    model.max_delay_ms / 1000,
+                    (lambda: self.arrived) if self.counts_arrivals else None,
+                )
+                if model.max_batch_size > 1 and runtime.batchable
+                else None
+            )
+            entry = Entry(
+                runtime,
+                batcher,
+                model.weight,
+                self.metrics.requests.labels(*labels, "200"),
+                self.metrics.latency.labels(*labels),
+                self.metrics.inference.labels(*labels),
+                self.metrics.queue.labels(*labels),
+                self.metrics.batch.labels(*labels),
+            )
             # Failures at 0 from the start: Prometheus's increase() misses the first value of a series
             # that appears mid-window, and a canary's first errors must count.
             self.metrics.requests.labels(*labels, "500")
@@ -228,9 +240,19 @@ class Server:
             raise ClientError(404, "name a model: /v2/models/{name}")
         if parts == ["stats"] and "stats" not in self.models:  # Triton: every model's statistics
             _allow(path, method, "GET")
-            await respond(send, 200, orjson.dumps({"model_stats": [
-                self.stats(e) for _, versions in sorted(self.models.items())
-                for _, e in sorted(versions.items())]}))
+            await respond(
+                send,
+                200,
+                orjson.dumps(
+                    {
+                        "model_stats": [
+                            self.stats(e)
+                            for _, versions in sorted(self.models.items())
+                            for _, e in sorted(versions.items())
+                        ]
+                    }
+                ),
+            )
             return
         name, rest, version = parts[0], parts[1:], None
         if len(rest) >= 2 and rest[0] == "versions":
@@ -258,10 +280,15 @@ class Server:
 
     def stats(self, entry: Entry) -> dict[str, Any]:
         runtime = entry.runtime
-        failed = sum(int(sample.value) for metric in self.metrics.requests.collect()
-                     for sample in metric.samples
-                     if sample.name.endswith("_total") and sample.labels["model"] == runtime.name
-                     and sample.labels["version"] == runtime.version and sample.labels["status"] != "200")
+        failed = sum(
+            int(sample.value)
+            for metric in self.metrics.requests.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+            and sample.labels["model"] == runtime.name
+            and sample.labels["version"] == runtime.version
+            and sample.labels["status"] != "200"
+        )
         return statistics(entry, failed)
 
     def pick(self, name: str, version: str | None) -> Entry:
@@ -269,13 +296,13 @@ class Server:
         if versions is None:
             if not self.ready:
                 raise ClientError(503, "the models are still loading")
-            raise ClientError(404, f"model {name!r} is not served here; models: "
-                                   + ", ".join(sorted(self.models)))
+            raise ClientError(404, f"model {name!r} is not served here; models: " + ", ".join(sorted(self.models)))
         if version is not None:
             entry = versions.get(version)
             if entry is None:
-                raise ClientError(404, f"{name} has no version {version!r} here; versions: "
-                                       + ", ".join(sorted(versions)))
+                raise ClientError(
+                    404, f"{name} has no version {version!r} here; versions: " + ", ".join(sorted(versions))
+                )
             return entry
         entries, weights = self.routes[name]
         if len(entries) == 1:
@@ -284,8 +311,7 @@ class Server:
         self.metrics.traffic.labels(name, chosen.runtime.version).inc()
         return chosen
 
-    async def infer(self, scope: Scope, name: str, version: str | None, receive: Receive,
-                    send: Send) -> None:
+    async def infer(self, scope: Scope, name: str, version: str | None, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         entry = self.pick(name, version)
         header_length, encoding, declared = None, None, None
@@ -353,9 +379,17 @@ class Server:
         entry.rows += rows
         entry.last = time.time()
         if self.collector.sampled():
-            self.collector.offer({"time": time.time(), "model": runtime.name, "version": runtime.version,
-                                  "id": request.id, "inputs": feeds, "outputs": outputs,
-                                  "latencyMs": round((time.perf_counter() - started) * 1000, 3)})
+            self.collector.offer(
+                {
+                    "time": time.time(),
+                    "model": runtime.name,
+                    "version": runtime.version,
+                    "id": request.id,
+                    "inputs": feeds,
+                    "outputs": outputs,
+                    "latencyMs": round((time.perf_counter() - started) * 1000, 3),
+                }
+            )
         return outputs
 
 
@@ -377,11 +411,13 @@ def _keep_alive_10(scope: Scope, send: Send) -> Send:
         if message["type"] == "http.response.start":
             message = {**message, "headers": [*message["headers"], (b"connection", b"keep-alive")]}
         await send(message)
+
     return keeping
 
 
-async def respond(send: Send, status: int, body: bytes, content_type: bytes = JSON,
-                  extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def respond(
+    send: Send, status: int, body: bytes, content_type: bytes = JSON, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if extra:
         headers.extend(extra)

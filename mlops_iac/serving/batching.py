@@ -50,8 +50,13 @@ def _key(feeds: Feeds) -> tuple[tuple[str, tuple[int, ...], str], ...]:
 
 
 class Batcher:
-    def __init__(self, run: Callable[[Feeds], Outputs], max_batch_size: int, max_delay_s: float,
-                 waiting: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        run: Callable[[Feeds], Outputs],
+        max_batch_size: int,
+        max_delay_s: float,
+        waiting: Callable[[], int] | None = None,
+    ) -> None:
         self.run = run
         # How many requests were read and have not started yet (the server's HTTP protocol
         # counts them): none, and a request of a quiet moment has nobody to wait for.
@@ -70,8 +75,13 @@ class Batcher:
         """Nothing to batch with: nothing running, queued or read and not started. The server
         then runs the request directly, without even this class's bookkeeping (measured about
         15 us a request beside onnxruntime, which leaves the caches cold for it)."""
-        return (self.waiting is not None and not self.busy and not self.pending and self.max_delay <= 0
-                and not self.waiting())
+        return (
+            self.waiting is not None
+            and not self.busy
+            and not self.pending
+            and self.max_delay <= 0
+            and not self.waiting()
+        )
 
     async def submit(self, feeds: Feeds) -> tuple[Outputs, float, int]:
         """(outputs for these rows, seconds spent queued, rows in the batch that ran them)."""
@@ -148,7 +158,7 @@ class Batcher:
         results: list[Outputs | Exception] = []
         at = 0
         for item in items:
-            results.append({n: v[at: at + item.rows] for n, v in merged.items()})
+            results.append({n: v[at : at + item.rows] for n, v in merged.items()})
             at += item.rows
         return results
 
@@ -158,18 +168,17 @@ class Batcher:
         except Exception as exc:  # handed to that request's own future
             return exc
 
-    def _finish(self, items: list[_Item], started: float,
-                done: asyncio.Future[list[Outputs | Exception]]) -> None:
+    def _finish(self, items: list[_Item], started: float, done: asyncio.Future[list[Outputs | Exception]]) -> None:
         self.busy = False
         error = done.exception()
-        results: list[Outputs | BaseException] = (
-            [error] * len(items) if error is not None else list(done.result()))
+        results: list[Outputs | BaseException] = [error] * len(items) if error is not None else list(done.result())
         self._deliver(items, started, results)
         if self.pending:  # they waited for this batch: at least as long as a delay is meant for
             self._flush()
 
-    def _deliver(self, items: list[_Item], started: float,
-                 results: list[Outputs | BaseException] | list[Outputs | Exception]) -> None:
+    def _deliver(
+        self, items: list[_Item], started: float, results: list[Outputs | BaseException] | list[Outputs | Exception]
+    ) -> None:
         rows = sum(i.rows for i in items)
         for item, result in zip(items, results, strict=True):
             if item.future.done():  # a client that went away cancelled its future

@@ -17,8 +17,16 @@ EVENT_TYPE = "dev.mlops-iac.inference.record"
 
 
 class HttpSink:
-    def __init__(self, url: str, on_drop: Callable[[], None], *, batch: int = 100,
-                 retries: int = 3, timeout_s: float = 2.0, source: str = "mlops-iac") -> None:
+    def __init__(
+        self,
+        url: str,
+        on_drop: Callable[[], None],
+        *,
+        batch: int = 100,
+        retries: int = 3,
+        timeout_s: float = 2.0,
+        source: str = "mlops-iac",
+    ) -> None:
         self.url, self.on_drop = url, on_drop
         self.batch, self.retries, self.timeout = batch, retries, timeout_s
         self.source = source
@@ -31,8 +39,10 @@ class HttpSink:
             self.flush()
 
     def _event(self, data: bytes) -> bytes:
-        head = (f'{{"specversion":"1.0","id":"{uuid.uuid4()}","source":"{self.source}",'
-                f'"type":"{EVENT_TYPE}","datacontenttype":"application/json","data":')
+        head = (
+            f'{{"specversion":"1.0","id":"{uuid.uuid4()}","source":"{self.source}",'
+            f'"type":"{EVENT_TYPE}","datacontenttype":"application/json","data":'
+        )
         return head.encode() + data + b"}"
 
     def flush(self) -> None:
@@ -41,8 +51,8 @@ class HttpSink:
         records, self.buffer = self.buffer, []
         body = b"[" + b",".join(self._event(r) for r in records) + b"]"
         # The URL's scheme is http(s), checked by the spec's pattern (monitoring...sink.url).
-        request = urllib.request.Request(self.url, data=body, method="POST", headers={  # noqa: S310
-            "Content-Type": "application/cloudevents-batch+json"})
+        headers = {"Content-Type": "application/cloudevents-batch+json"}
+        request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)  # noqa: S310
         for attempt in range(self.retries):
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310

@@ -61,8 +61,9 @@ class RotatingFile:
 
 
 class Collector:
-    def __init__(self, config: CollectionConfig, base: Path, on_drop: Callable[[], None],
-                 sink: Any | None = None) -> None:
+    def __init__(
+        self, config: CollectionConfig, base: Path, on_drop: Callable[[], None], sink: Any | None = None
+    ) -> None:
         self.config = config
         self.rate = config.sample_rate if config.enabled else 0.0
         self.on_drop = on_drop
@@ -104,8 +105,11 @@ class Collector:
                 self.sink.flush()
                 return
             try:
-                self.sink.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY
-                                             | orjson.OPT_APPEND_NEWLINE, default=_default))
+                self.sink.write(
+                    orjson.dumps(
+                        record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE, default=_default
+                    )
+                )
                 self.written += 1
             except Exception:  # a broken sink drops the record; it never reaches a request
                 self.on_drop()

@@ -29,8 +29,13 @@ class ModelConfig(Settings):
     max_delay_ms: float = Field(0.0, ge=0, le=10_000)
     handler: str | None = None
     gpu: bool = False
-    shadow: int = Field(0, ge=0, le=100, description="Percent of this model's answered requests mirrored to "
-                                                     "this version afterwards (its answers are only recorded).")
+    shadow: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Percent of this model's answered requests mirrored to "
+        "this version afterwards (its answers are only recorded).",
+    )
 
     @model_serializer(mode="wrap")
     def _without_no_shadow(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -63,8 +68,13 @@ class ServerConfig(Settings):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     grpc_port: int | None = Field(None, ge=1, le=65535)
     collection: CollectionConfig = CollectionConfig()
-    workers: int = Field(1, ge=0, le=256, description="Server processes (0: one per CPU); never more "
-                         "than the CPUs the container may use (its CPU quota).")
+    workers: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="Server processes (0: one per CPU); never more "
+        "than the CPUs the container may use (its CPU quota).",
+    )
 
     @model_serializer(mode="wrap")
     def _leave_out_one_worker(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -31,9 +31,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlops_iac.serving.grpc")
 SERVICE = "inference.GRPCInferenceService"
 # The REST status a client mistake has, as the gRPC code that means the same.
-CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-         404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-         415: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
@@ -50,11 +55,17 @@ class InferenceService:
             "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
         }
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            name: grpc.unary_unary_rpc_method_handler(
-                _guarded(func), request_deserializer=request.FromString,
-                response_serializer=response.SerializeToString)
-            for name, (func, request, response) in methods.items()})
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                name: grpc.unary_unary_rpc_method_handler(
+                    _guarded(func),
+                    request_deserializer=request.FromString,
+                    response_serializer=response.SerializeToString,
+                )
+                for name, (func, request, response) in methods.items()
+            },
+        )
 
     # --- health and metadata ----------------------------------------------------------------
 
@@ -114,6 +125,7 @@ class InferenceService:
 def _guarded(func: Handler) -> Handler:
     """Client mistakes become their gRPC status with the REST message; anything else is INTERNAL
     with no detail (the log has it), as REST answers 500."""
+
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await func(request, context)
@@ -124,6 +136,7 @@ def _guarded(func: Handler) -> Handler:
         except Exception:
             log.exception("internal error in %s", getattr(func, "__name__", "an RPC"))
             await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+
     return call
 
 
@@ -131,12 +144,15 @@ async def start(server: Server, host: str, port: int) -> grpc.aio.Server:
     """The gRPC listener on host:port, started; a port it cannot bind is one clear error."""
     from ..errors import MlopsIacError
 
-    listener = grpc.aio.server(options=[
-        # The same body limit as REST; answers are not limited (the client sets its own).
-        ("grpc.max_receive_message_length", server.config.max_body_bytes),
-        ("grpc.max_send_message_length", -1),
-        # Without this, a second server on a busy port shares it silently (SO_REUSEPORT).
-        ("grpc.so_reuseport", 0)])
+    listener = grpc.aio.server(
+        options=[
+            # The same body limit as REST; answers are not limited (the client sets its own).
+            ("grpc.max_receive_message_length", server.config.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            # Without this, a second server on a busy port shares it silently (SO_REUSEPORT).
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     listener.add_generic_rpc_handlers((InferenceService(server).handler(),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
@@ -144,7 +160,8 @@ async def start(server: Server, host: str, port: int) -> grpc.aio.Server:
     except RuntimeError:
         bound = 0
     if not bound:
-        raise MlopsIacError(f"cannot listen for gRPC on {address}: the port is in use or not allowed; "
-                            "choose another grpc_port")
+        raise MlopsIacError(
+            f"cannot listen for gRPC on {address}: the port is in use or not allowed; choose another grpc_port"
+        )
     await listener.start()
     return listener

@@ -26,8 +26,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                   0.5, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -78,29 +77,35 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         labels = ["model", "version"]
-        self.requests = Counter("mlops_requests", "Inference requests by model, version and status.",
-                                [*labels, "status"], registry=self.registry)
-        self.latency = self._histogram("mlops_request_seconds", "Time from request to response.",
-                                       labels, LATENCY_BUCKETS)
-        self.queue = self._histogram("mlops_queue_seconds", "Time a request waited for its batch.",
-                                     labels, LATENCY_BUCKETS)
-        self.inference = self._histogram("mlops_inference_seconds", "Time in onnxruntime.",
-                                         labels, LATENCY_BUCKETS)
-        self.batch = self._histogram("mlops_batch_size", "Rows in each merged batch (dynamic batching only).",
-                                     labels, BATCH_BUCKETS)
-        self.dropped = Counter("mlops_collection_dropped", "Data-collection records dropped.",
-                               registry=self.registry)
+        self.requests = Counter(
+            "mlops_requests",
+            "Inference requests by model, version and status.",
+            [*labels, "status"],
+            registry=self.registry,
+        )
+        self.latency = self._histogram(
+            "mlops_request_seconds", "Time from request to response.", labels, LATENCY_BUCKETS
+        )
+        self.queue = self._histogram(
+            "mlops_queue_seconds", "Time a request waited for its batch.", labels, LATENCY_BUCKETS
+        )
+        self.inference = self._histogram("mlops_inference_seconds", "Time in onnxruntime.", labels, LATENCY_BUCKETS)
+        self.batch = self._histogram(
+            "mlops_batch_size", "Rows in each merged batch (dynamic batching only).", labels, BATCH_BUCKETS
+        )
+        self.dropped = Counter("mlops_collection_dropped", "Data-collection records dropped.", registry=self.registry)
         self.ready = Gauge("mlops_ready", "1 when every model is loaded and warm.", registry=self.registry)
-        self.traffic = Counter("mlops_traffic_routed", "Unversioned requests routed to each version.",
-                               labels, registry=self.registry)
+        self.traffic = Counter(
+            "mlops_traffic_routed", "Unversioned requests routed to each version.", labels, registry=self.registry
+        )
         self.shared: tuple[Path, int] | None = None  # the workers' folder, this worker's number
 
-    def _histogram(self, name: str, documentation: str, labels: Sequence[str],
-                   bounds: Sequence[float]) -> HistogramFamily:
+    def _histogram(
+        self, name: str, documentation: str, labels: Sequence[str], bounds: Sequence[float]
+    ) -> HistogramFamily:
         family = HistogramFamily(name, documentation, labels, bounds)
         self.registry.register(family)
         return family
-
 
     def share(self, folder: Path, index: int) -> None:
         self.shared = (folder, index)
@@ -114,8 +119,10 @@ class Metrics:
         return generate_latest(merged)
 
     def _series(self) -> list[Any]:
-        return [[m.name, m.type, m.documentation, [[s.name, s.labels, s.value] for s in m.samples]]
-                for m in self.registry.collect()]
+        return [
+            [m.name, m.type, m.documentation, [[s.name, s.labels, s.value] for s in m.samples]]
+            for m in self.registry.collect()
+        ]
 
     def publish(self) -> None:
         """This worker's series, for the other workers' /metrics (written whole, then renamed)."""

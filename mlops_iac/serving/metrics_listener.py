@@ -34,8 +34,9 @@ class MetricsListener:
             if path.startswith("/v2/health/"):
                 await self.server.health(path, method, send)
             elif path != "/metrics":
-                raise ClientError(404, f"no route {path} on the metrics port: /metrics, /v2/health/live, "
-                                       "/v2/health/ready")
+                raise ClientError(
+                    404, f"no route {path} on the metrics port: /metrics, /v2/health/live, /v2/health/ready"
+                )
             elif method != "GET":
                 raise ClientError(405, "/metrics takes GET", [(b"allow", b"GET")])
             else:

@@ -15,18 +15,36 @@ import numpy as np
 import orjson
 
 DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
     # bfloat16 has no numpy type: its raw bits travel as uint16 (2 bytes, as in the binary
     # extension) and the model gets them as a bfloat16 tensor (`ModelRuntime.run`).
     "BF16": np.dtype(np.uint16),
 }
 # Which numpy kinds of JSON data each datatype accepts: no silent float -> int truncation.
-_KINDS = {name: ("b" if name == "BOOL" else "OSU" if name == "BYTES" else
-                 "biuf" if name in ("FP16", "FP32", "FP64", "BF16") else "biu") for name in DTYPES}
+_KINDS = {
+    name: (
+        "b"
+        if name == "BOOL"
+        else "OSU"
+        if name == "BYTES"
+        else "biuf"
+        if name in ("FP16", "FP32", "FP64", "BF16")
+        else "biu"
+    )
+    for name in DTYPES
+}
 
 
 class ClientError(Exception):
@@ -76,8 +94,9 @@ def parse(body: bytes, header_length: str | None) -> Request:
         inputs[name], datatypes[name] = array, datatype
         offset += used
     if offset != len(binary):
-        raise ClientError(400, f"the binary part holds {len(binary)} bytes but the inputs' "
-                               f"binary_data_size add up to {offset}")
+        raise ClientError(
+            400, f"the binary part holds {len(binary)} bytes but the inputs' binary_data_size add up to {offset}"
+        )
     binary_default = _flag(parameters, "binary_data_output", "parameters")
     outputs, binary_outputs, classification = _requested(doc.get("outputs"), binary_default)
     return Request(request_id, inputs, datatypes, outputs, binary_outputs, parameters, classification)
@@ -99,8 +118,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     except ValueError:
         raise ClientError(400, "Inference-Header-Content-Length must be a whole number") from None
     if not 0 < size <= len(body):
-        raise ClientError(400, f"Inference-Header-Content-Length is {size}, but the body has "
-                               f"{len(body)} bytes")
+        raise ClientError(400, f"Inference-Header-Content-Length is {size}, but the body has {len(body)} bytes")
     return body[:size], body[size:]
 
 
@@ -119,10 +137,12 @@ def _tensor(tensor: Any, i: int, binary: bytes, offset: int) -> tuple[str, str, 
     if not isinstance(name, str) or not name:
         raise ClientError(400, f"inputs[{i}].name must be a non-empty string")
     if not isinstance(datatype, str) or datatype not in DTYPES:
-        raise ClientError(400, f"input {name!r}: datatype {datatype!r} is not one of "
-                               + ", ".join(DTYPES))
-    if (not isinstance(shape, list) or len(shape) > 32
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)):
+        raise ClientError(400, f"input {name!r}: datatype {datatype!r} is not one of " + ", ".join(DTYPES))
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 32
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)
+    ):
         raise ClientError(400, f"input {name!r}: shape must be a list of non-negative integers")
     count = 1
     for dim in shape:
@@ -144,16 +164,15 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
     try:
         found = np.asarray(data)
     except ValueError:
-        raise ClientError(400, f"input {name!r}: data is a ragged list; expected {count} values "
-                               f"for shape {shape}") from None
+        raise ClientError(
+            400, f"input {name!r}: data is a ragged list; expected {count} values for shape {shape}"
+        ) from None
     if found.size != count:
-        raise ClientError(400, f"input {name!r}: shape {shape} needs {count} values, data has "
-                               f"{found.size}")
+        raise ClientError(400, f"input {name!r}: shape {shape} needs {count} values, data has {found.size}")
     if found.size and datatype[0] in "IU" and found.dtype.kind in "fO":
         return _big_ints(name, datatype, shape, data)  # e.g. UINT64 values >= 2**63 read as floats
     if found.size and found.dtype.kind not in _KINDS[datatype]:
-        raise ClientError(400, f"input {name!r}: data holds {_kind_name(found.dtype)}, which is not "
-                               f"{datatype}")
+        raise ClientError(400, f"input {name!r}: data holds {_kind_name(found.dtype)}, which is not {datatype}")
     if datatype == "BF16":
         return bf16_bits(found.astype(np.float32).reshape(shape))
     try:
@@ -195,8 +214,9 @@ def _bytes_from_json(name: str, shape: list[int], count: int, data: list[Any]) -
     try:
         found = np.asarray(data, dtype=object)
     except ValueError:
-        raise ClientError(400, f"input {name!r}: data is a ragged list; expected {count} strings "
-                               f"for shape {shape}") from None
+        raise ClientError(
+            400, f"input {name!r}: data is a ragged list; expected {count} strings for shape {shape}"
+        ) from None
     flat = found.reshape(-1)
     if flat.size != count:
         raise ClientError(400, f"input {name!r}: shape {shape} needs {count} values, data has {flat.size}")
@@ -211,29 +231,37 @@ def _bytes_from_json(name: str, shape: list[int], count: int, data: list[Any]) -
 
 
 def _json_type(value: Any) -> str:
-    return {type(None): "null", bool: "a boolean", int: "a number", float: "a number", dict: "an object",
-            list: "a nested list of the wrong shape"}.get(type(value), type(value).__name__)
+    return {
+        type(None): "null",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        dict: "an object",
+        list: "a nested list of the wrong shape",
+    }.get(type(value), type(value).__name__)
 
 
 def _kind_name(dtype: np.dtype[Any]) -> str:
     return {"U": "strings", "S": "bytes", "O": "mixed values", "b": "booleans", "f": "floats"}.get(
-        dtype.kind, "integers")
+        dtype.kind, "integers"
+    )
 
 
-def from_binary(name: str, datatype: str, shape: list[int], count: int, size: Any,
-                 binary: bytes, offset: int) -> np.ndarray:
+def from_binary(
+    name: str, datatype: str, shape: list[int], count: int, size: Any, binary: bytes, offset: int
+) -> np.ndarray:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ClientError(400, f"input {name!r}: binary_data_size must be a non-negative integer")
-    chunk = binary[offset: offset + size]
+    chunk = binary[offset : offset + size]
     if len(chunk) != size:
-        raise ClientError(400, f"input {name!r}: truncated binary data: {size} bytes announced, "
-                               f"{len(chunk)} sent")
+        raise ClientError(400, f"input {name!r}: truncated binary data: {size} bytes announced, {len(chunk)} sent")
     if datatype == "BYTES":
         return _unpack_bytes(name, chunk, shape, count)
     dtype = DTYPES[datatype]
     if size != count * dtype.itemsize:
-        raise ClientError(400, f"input {name!r}: shape {shape} of {datatype} needs "
-                               f"{count * dtype.itemsize} bytes, got {size}")
+        raise ClientError(
+            400, f"input {name!r}: shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, got {size}"
+        )
     if datatype == "BOOL" and chunk.translate(None, b"\x00\x01"):
         raise ClientError(400, f"input {name!r}: BOOL bytes must be 0 or 1")  # numpy would keep other bytes
     return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
@@ -244,11 +272,11 @@ def _unpack_bytes(name: str, chunk: bytes, shape: list[int], count: int) -> np.n
     while at < len(chunk):
         if at + 4 > len(chunk):
             raise ClientError(400, f"input {name!r}: truncated BYTES element length")
-        length = int.from_bytes(chunk[at: at + 4], "little")
+        length = int.from_bytes(chunk[at : at + 4], "little")
         at += 4
         if at + length > len(chunk):
             raise ClientError(400, f"input {name!r}: truncated BYTES element")
-        items.append(chunk[at: at + length])
+        items.append(chunk[at : at + length])
         at += length
     if len(items) != count:
         raise ClientError(400, f"input {name!r}: shape {shape} needs {count} elements, got {len(items)}")
@@ -273,8 +301,11 @@ def _requested(raw: Any, binary_default: bool) -> tuple[list[str] | None, set[st
         top = params.get("classification")
         if top is not None:
             if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-                raise ClientError(400, f"outputs[{i}].parameters.classification must be a positive "
-                                       f"integer (how many top classes), got {top!r}")
+                raise ClientError(
+                    400,
+                    f"outputs[{i}].parameters.classification must be a positive "
+                    f"integer (how many top classes), got {top!r}",
+                )
             classification[item["name"]] = top
     return names, binary, classification
 
@@ -291,8 +322,7 @@ def datatype_of(array: np.ndarray) -> str:
     raise ValueError(f"no v2 datatype for {array.dtype}")
 
 
-def encode(model: str, version: str, request: Request,
-           outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+def encode(model: str, version: str, request: Request, outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary data follows it."""
     described, blobs = [], []
     every = "*" in request.binary_outputs

@@ -31,8 +31,9 @@ def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise MlopsIacError(f"cannot listen on {host}:{port}: {reason}; choose another "
-                            "port with --port (0 picks a free one)") from None
+        raise MlopsIacError(
+            f"cannot listen on {host}:{port}: {reason}; choose another port with --port (0 picks a free one)"
+        ) from None
 
 
 def _protocol(server: Server | None = None) -> type:
@@ -111,8 +112,14 @@ def _one_write_cycle() -> type:
 
         def _write_whole(self, start: Any, message: Any) -> bool:
             """The response in one write, when it is the common case; False to leave it to uvicorn."""
-            if (message["type"] != "http.response.body" or message.get("more_body", False) or self.disconnected
-                    or self.flow.write_paused or self.access_log or self.scope["method"] == "HEAD"):
+            if (
+                message["type"] != "http.response.body"
+                or message.get("more_body", False)
+                or self.disconnected
+                or self.flow.write_paused
+                or self.access_log
+                or self.scope["method"] == "HEAD"
+            ):
                 return False
             body = message.get("body", b"")
             content, length = [uv.STATUS_LINE[start["status"]]], None
@@ -157,31 +164,47 @@ def _one_write_cycle() -> type:
     return OneWriteCycle
 
 
-def serve(config: ServerConfig, base: Path, host: str, port: int, *, log_level: str = "warning",
-          sock: socket.socket | None = None) -> None:
+def serve(
+    config: ServerConfig,
+    base: Path,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "warning",
+    sock: socket.socket | None = None,
+) -> None:
     """Serves until SIGTERM: in this process, or in `config.workers` worker processes."""
     from .workers import supervise, worker_count
 
     count = worker_count(config.workers)
     if count == 1:
-        serve_one(config, base, [sock] if sock is not None else None, host=host, port=port,
-                  log_level=log_level)
+        serve_one(config, base, [sock] if sock is not None else None, host=host, port=port, log_level=log_level)
         return
     if config.grpc_port is not None:  # grpcio binds its own port, which workers cannot share safely yet
-        raise MlopsIacError(f"grpc_port is set with {count} workers: gRPC is served by one process; "
-                            "set workers to 1, or leave gRPC out")
+        raise MlopsIacError(
+            f"grpc_port is set with {count} workers: gRPC is served by one process; set workers to 1, or leave gRPC out"
+        )
     if config.collection.enabled and config.collection.sink == "file":
-        raise MlopsIacError(f"collection.sink is `file` with {count} workers: one file takes one writer; "
-                            "set workers to 1, or collection.sink to `stdout` or `http`")
+        raise MlopsIacError(
+            f"collection.sink is `file` with {count} workers: one file takes one writer; "
+            "set workers to 1, or collection.sink to `stdout` or `http`"
+        )
     sockets = [sock if sock is not None else bind(host, port, reuse_port=True)]
     if config.metrics_port is not None:
         sockets.append(bind(host, config.metrics_port))
     supervise(config, base, sockets, count, log_level)
 
 
-def serve_one(config: ServerConfig, base: Path, sockets: list[socket.socket] | None, *,
-              host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-              shared: tuple[Path, int] | None = None) -> None:
+def serve_one(
+    config: ServerConfig,
+    base: Path,
+    sockets: list[socket.socket] | None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    shared: tuple[Path, int] | None = None,
+) -> None:
     """One server process; `sockets`: the main listener and, with a metrics port, its listener;
     `shared`: the folder where the workers' metrics meet, and this worker's number."""
     import uvicorn
@@ -194,18 +217,44 @@ def serve_one(config: ServerConfig, base: Path, sockets: list[socket.socket] | N
         server.metrics.share(*shared)
     server.counts_arrivals = True
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    uv = _main_server()(uvicorn.Config(
-        server, host=host, port=port, loop="uvloop", http=_protocol(server), lifespan="on",
-        log_level=log_level, access_log=False, timeout_graceful_shutdown=DRAIN_SECONDS,
-        server_header=False, date_header=False))
+    uv = _main_server()(
+        uvicorn.Config(
+            server,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http=_protocol(server),
+            lifespan="on",
+            log_level=log_level,
+            access_log=False,
+            timeout_graceful_shutdown=DRAIN_SECONDS,
+            server_header=False,
+            date_header=False,
+        )
+    )
     server.on_fatal = lambda: setattr(uv, "should_exit", True)
     main = sockets[:1] if sockets else None
     if config.metrics_port is None and config.grpc_port is None:
         uv.run(sockets=main)
     else:
-        side = None if config.metrics_port is None else _quiet_server()(uvicorn.Config(
-            MetricsListener(server), host=host, port=config.metrics_port, loop="uvloop", http="httptools",
-            lifespan="off", log_level=log_level, access_log=False, server_header=False, date_header=False))
+        side = (
+            None
+            if config.metrics_port is None
+            else _quiet_server()(
+                uvicorn.Config(
+                    MetricsListener(server),
+                    host=host,
+                    port=config.metrics_port,
+                    loop="uvloop",
+                    http="httptools",
+                    lifespan="off",
+                    log_level=log_level,
+                    access_log=False,
+                    server_header=False,
+                    date_header=False,
+                )
+            )
+        )
         with asyncio.Runner(loop_factory=uv.config.get_loop_factory()) as runner:
             side_sockets = sockets[1:] if sockets and len(sockets) > 1 else None
             runner.run(_together(uv, side, server, host, config.grpc_port, main, side_sockets))
@@ -213,8 +262,15 @@ def serve_one(config: ServerConfig, base: Path, sockets: list[socket.socket] | N
         raise MlopsIacError(f"the server stopped: {server.failed}")
 
 
-async def _together(main: Any, side: Any, server: Server, host: str, grpc_port: int | None,
-                    sockets: list[socket.socket] | None, side_sockets: list[socket.socket] | None) -> None:
+async def _together(
+    main: Any,
+    side: Any,
+    server: Server,
+    host: str,
+    grpc_port: int | None,
+    sockets: list[socket.socket] | None,
+    side_sockets: list[socket.socket] | None,
+) -> None:
     """The main listener with the metrics listener and the gRPC listener on one loop; the main
     one owns the signals and the lifespan, and the others stop with it. On SIGTERM, gRPC drains
     beside REST, and the models' batchers close only after both (`Server.drain_others`)."""

@@ -22,11 +22,20 @@ from .config import ModelConfig
 from .protocol import ClientError
 
 ORT_TO_V2 = {
-    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
-    "tensor(string)": "BYTES", "tensor(bfloat16)": "BF16",
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+    "tensor(bfloat16)": "BF16",
 }
 _BF16 = 16  # onnx.TensorProto.BFLOAT16
 
@@ -47,8 +56,10 @@ def _spec(arg: Any, path: Path) -> TensorSpec:
     if datatype is None:  # bfloat16, float8, int4, sequences, maps: no exact v2 mapping here
         raise MlopsIacError(
             f"{path}: tensor {arg.name!r} is {arg.type}, which this server cannot serve; allowed: "
-            + ", ".join(sorted(ORT_TO_V2)) + ". Convert the model with float32 (or float16) inputs and "
-            "outputs, e.g. a Cast at the edges of the graph.")
+            + ", ".join(sorted(ORT_TO_V2))
+            + ". Convert the model with float32 (or float16) inputs and "
+            "outputs, e.g. a Cast at the edges of the graph."
+        )
     return TensorSpec(arg.name, datatype, shape)
 
 
@@ -63,8 +74,7 @@ class ModelRuntime:
 
         path = base / config.path
         if config.digest and sha256_of(path) != config.digest:
-            raise MlopsIacError(f"{path} does not match its pinned digest {config.digest}; refusing "
-                                "to serve it")
+            raise MlopsIacError(f"{path} does not match its pinned digest {config.digest}; refusing to serve it")
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
@@ -76,16 +86,17 @@ class ModelRuntime:
         self.outputs = {a.name: _spec(a, path) for a in self.session.get_outputs()}
         for spec in self.outputs.values():
             if spec.datatype == "BF16":  # onnxruntime's Python API cannot hand bfloat16 back
-                raise MlopsIacError(f"{path}: output {spec.name!r} is bfloat16, which onnxruntime cannot "
-                                    "return to Python; add a Cast to float32 at the end of the graph")
+                raise MlopsIacError(
+                    f"{path}: output {spec.name!r} is bfloat16, which onnxruntime cannot "
+                    "return to Python; add a Cast to float32 at the end of the graph"
+                )
         self.bf16 = [n for n, t in self.inputs.items() if t.datatype == "BF16"]
         self.output_names = list(self.outputs)
         # String tensors take Python str: BYTES arrive as bytes and are decoded as UTF-8 for them.
         self.strings = [n for n, t in self.inputs.items() if t.datatype == "BYTES"]
         self.labels = _labels(self.session.get_modelmeta().custom_metadata_map)
         # Requests can be merged only when every tensor's first dimension is the batch.
-        self.batchable = all(t.shape and t.shape[0] == -1
-                             for t in (*self.inputs.values(), *self.outputs.values()))
+        self.batchable = all(t.shape and t.shape[0] == -1 for t in (*self.inputs.values(), *self.outputs.values()))
         # Rows must agree when requests are batched, or when the graph names one batch dimension.
         firsts = {arg.shape[0] if arg.shape else None for arg in self.session.get_inputs()}
         named = len(firsts) == 1 and isinstance(next(iter(firsts)), str)  # one symbol, like "N"
@@ -95,16 +106,19 @@ class ModelRuntime:
         self.postprocess: Callable[..., Any] | None = getattr(self.handler, "postprocess", None)
 
     def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "versions": [self.version], "platform": "onnxruntime_onnx",
-                "inputs": [t.metadata() for t in self.inputs.values()],
-                "outputs": [t.metadata() for t in self.outputs.values()]}
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [t.metadata() for t in self.inputs.values()],
+            "outputs": [t.metadata() for t in self.outputs.values()],
+        }
 
     def check(self, feeds: dict[str, np.ndarray], datatypes: dict[str, str] | None) -> dict[str, np.ndarray]:
         """The inputs as the model takes them; refuse, with what was expected, those it cannot take."""
         for name in feeds:
             if name not in self.inputs:
-                raise ClientError(400, f"unknown input {name!r}; this model takes: "
-                                       + ", ".join(self.inputs))
+                raise ClientError(400, f"unknown input {name!r}; this model takes: " + ", ".join(self.inputs))
         for name, spec in self.inputs.items():
             array = feeds.get(name)
             if array is None:
@@ -113,9 +127,11 @@ class ModelRuntime:
             if given is not None and given != spec.datatype:
                 raise ClientError(400, f"input {name!r}: got datatype {given}; expected {spec.datatype}")
             if len(array.shape) != len(spec.shape) or any(
-                    want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)):
-                raise ClientError(400, f"input {name!r}: got shape {list(array.shape)}; expected "
-                                       f"{list(spec.shape)} (-1: any size)")
+                want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
+            ):
+                raise ClientError(
+                    400, f"input {name!r}: got shape {list(array.shape)}; expected {list(spec.shape)} (-1: any size)"
+                )
         if self.same_rows:
             self._check_rows(feeds)
         if self.strings:
@@ -126,16 +142,18 @@ class ModelRuntime:
         """Every input must bring the same rows, or a batch could not be split back by them."""
         rows = {name: array.shape[0] for name, array in feeds.items()}
         if len(set(rows.values())) > 1:
-            raise ClientError(400, "the inputs disagree on the batch size (first dimension): "
-                                   + ", ".join(f"{n} has {r}" for n, r in rows.items()))
+            raise ClientError(
+                400,
+                "the inputs disagree on the batch size (first dimension): "
+                + ", ".join(f"{n} has {r}" for n, r in rows.items()),
+            )
 
     def check_outputs(self, requested: list[str] | None) -> list[str]:
         if requested is None:
             return self.output_names
         for name in requested:
             if name not in self.outputs:
-                raise ClientError(400, f"unknown output {name!r}; this model gives: "
-                                       + ", ".join(self.outputs))
+                raise ClientError(400, f"unknown output {name!r}; this model gives: " + ", ".join(self.outputs))
         return requested
 
     def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -150,8 +168,9 @@ class ModelRuntime:
     def _bf16_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
         from onnxruntime import OrtValue
 
-        bits = {n: OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(feeds[n]), _BF16)
-                for n in self.bf16}
+        bits = {
+            n: OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(feeds[n]), _BF16) for n in self.bf16
+        }
         return {**feeds, **bits}
 
     def warm_up(self) -> None:
@@ -173,8 +192,10 @@ def _as_str(name: str, array: np.ndarray) -> np.ndarray:
     try:
         out[:] = [v.decode() if isinstance(v, bytes) else v for v in flat]
     except UnicodeDecodeError as exc:
-        raise ClientError(400, f"input {name!r}: a BYTES element is not UTF-8 ({exc.reason} at "
-                               f"byte {exc.start}); this model takes text") from None
+        raise ClientError(
+            400,
+            f"input {name!r}: a BYTES element is not UTF-8 ({exc.reason} at byte {exc.start}); this model takes text",
+        ) from None
     return out.reshape(array.shape)
 
 

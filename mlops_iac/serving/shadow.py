@@ -39,10 +39,15 @@ class Shadow:
         # requests is mirrored, so the share holds over any window, not only on average.
         self.credit: dict[int, int] = {}
         self.collector = collector
-        self.mirrored = Counter("mlops_shadow_mirrored", "Requests mirrored to a shadow version, after the answer.",
-                                ["model", "version"], registry=registry)
-        self.dropped = Counter("mlops_shadow_dropped", "Mirrors dropped: the shadow's queue was full.",
-                               registry=registry)
+        self.mirrored = Counter(
+            "mlops_shadow_mirrored",
+            "Requests mirrored to a shadow version, after the answer.",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "mlops_shadow_dropped", "Mirrors dropped: the shadow's queue was full.", registry=registry
+        )
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_SIZE)
         self.thread = threading.Thread(target=self._loop, name="shadow", daemon=True)
         if self.shadows:
@@ -84,19 +89,34 @@ class Shadow:
                     self._mirror(*job)
                 except Exception:  # a failing shadow is recorded as such; it never reaches a client
                     shadow, _, request, *_ = job
-                    self.collector.offer({"time": time.time(), "model": shadow.runtime.name,
-                                          "version": shadow.runtime.version, "id": request.id, "shadow": True,
-                                          "error": "the shadow version failed on this request"})
+                    self.collector.offer(
+                        {
+                            "time": time.time(),
+                            "model": shadow.runtime.name,
+                            "version": shadow.runtime.version,
+                            "id": request.id,
+                            "shadow": True,
+                            "error": "the shadow version failed on this request",
+                        }
+                    )
             time.sleep(PAUSE)
 
-    def _mirror(self, shadow: Any, primary: Any, request: Request, payload: bytes, latency: float,
-                when: float) -> None:
+    def _mirror(self, shadow: Any, primary: Any, request: Request, payload: bytes, latency: float, when: float) -> None:
         rid = request.id or uuid.uuid4().hex  # the pair's key, in the records only: the answer is sent
         answer = orjson.loads(payload)
         outputs = {o["name"]: o["data"] for o in answer.get("outputs", [])}
-        self.collector.offer({"time": when, "model": primary.runtime.name, "version": primary.runtime.version,
-                              "id": rid, "inputs": request.inputs, "outputs": outputs, "mirrored": True,
-                              "latencyMs": round(latency * 1000, 3)})
+        self.collector.offer(
+            {
+                "time": when,
+                "model": primary.runtime.name,
+                "version": primary.runtime.version,
+                "id": rid,
+                "inputs": request.inputs,
+                "outputs": outputs,
+                "mirrored": True,
+                "latencyMs": round(latency * 1000, 3),
+            }
+        )
         runtime = shadow.runtime
         began = time.perf_counter()
         if runtime.preprocess is not None:
@@ -111,11 +131,18 @@ class Shadow:
 
             result = _call_handler(runtime.postprocess, result)
         self.mirrored.labels(runtime.name, runtime.version).inc()
-        self.collector.offer({"time": time.time(), "model": runtime.name, "version": runtime.version, "id": rid,
-                              # flat, as the protocol's `data` of the primary's answer
-                              "outputs": {n: np.asarray(v).ravel() for n, v in result.items()
-                                          if n in outputs or not outputs},
-                              "shadow": True, "latencyMs": round((time.perf_counter() - began) * 1000, 3)})
+        self.collector.offer(
+            {
+                "time": time.time(),
+                "model": runtime.name,
+                "version": runtime.version,
+                "id": rid,
+                # flat, as the protocol's `data` of the primary's answer
+                "outputs": {n: np.asarray(v).ravel() for n, v in result.items() if n in outputs or not outputs},
+                "shadow": True,
+                "latencyMs": round((time.perf_counter() - began) * 1000, 3),
+            }
+        )
 
     def close(self) -> None:
         if self.thread.is_alive():

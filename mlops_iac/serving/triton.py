@@ -18,14 +18,24 @@ if TYPE_CHECKING:
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 
-_CONFIG_TYPES = {"BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16", "UINT32": "TYPE_UINT32",
-                 "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8", "INT16": "TYPE_INT16", "INT32": "TYPE_INT32",
-                 "INT64": "TYPE_INT64", "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64",
-                 "BYTES": "TYPE_STRING"}
+_CONFIG_TYPES = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+}
 
 
-def classify(runtime: ModelRuntime, outputs: dict[str, np.ndarray],
-             wanted: dict[str, int]) -> dict[str, np.ndarray]:
+def classify(runtime: ModelRuntime, outputs: dict[str, np.ndarray], wanted: dict[str, int]) -> dict[str, np.ndarray]:
     """Replace each output named in `wanted` by its top k classes as "score:index[:label]" strings,
     per row when the model batches (shape [batch, k]), else over the whole tensor (shape [k])."""
     result = dict(outputs)
@@ -67,13 +77,14 @@ def model_config(runtime: ModelRuntime) -> dict[str, Any]:
         return {"name": spec.name, "data_type": _CONFIG_TYPES[spec.datatype], "dims": dims}
 
     doc: dict[str, Any] = {
-        "name": runtime.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+        "name": runtime.name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
         "version_policy": {"specific": {"versions": [runtime.version]}},
         "max_batch_size": max_batch,
         "input": [tensor(t) for t in runtime.inputs.values()],
         "output": [tensor(t) for t in runtime.outputs.values()],
-        "instance_group": [{"name": runtime.name, "kind": "KIND_GPU" if config.gpu else "KIND_CPU",
-                            "count": 1}],
+        "instance_group": [{"name": runtime.name, "kind": "KIND_GPU" if config.gpu else "KIND_CPU", "count": 1}],
         "parameters": {"intra_op_thread_count": {"string_value": str(config.threads)}},
     }
     if batching:
@@ -94,13 +105,18 @@ def statistics(entry: Entry, failed: int) -> dict[str, Any]:
     count = sum(ok)
     executions = entry.runs + (entry.batcher.executions if entry.batcher is not None else 0)
     return {
-        "name": runtime.name, "version": runtime.version, "last_inference": int(entry.last * 1000),
-        "inference_count": entry.rows, "execution_count": executions,
+        "name": runtime.name,
+        "version": runtime.version,
+        "last_inference": int(entry.last * 1000),
+        "inference_count": entry.rows,
+        "execution_count": executions,
         "inference_stats": {
-            "success": duration(count, entry.latency.sum), "fail": duration(failed, 0.0),
+            "success": duration(count, entry.latency.sum),
+            "fail": duration(failed, 0.0),
             "queue": duration(sum(entry.queue.counts), entry.queue.sum),
             "compute_input": duration(count, 0.0),
             "compute_infer": duration(sum(entry.inference.counts), entry.inference.sum),
-            "compute_output": duration(count, 0.0)},
+            "compute_output": duration(count, 0.0),
+        },
         "batch_stats": [],
     }

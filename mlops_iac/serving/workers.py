@@ -61,8 +61,7 @@ def worker_count(requested: int) -> int:
     return min(requested, limit) if requested > 0 else limit
 
 
-def supervise(config: ServerConfig, base: Path, sockets: list[socket.socket], count: int,
-              log_level: str) -> None:
+def supervise(config: ServerConfig, base: Path, sockets: list[socket.socket], count: int, log_level: str) -> None:
     """Runs `count` workers on `sockets` (the main one, then the metrics one if any) until
     SIGTERM or SIGINT, or until one of them exits."""
     context = multiprocessing.get_context("spawn")
@@ -72,9 +71,22 @@ def supervise(config: ServerConfig, base: Path, sockets: list[socket.socket], co
     # wakes first (measured 1:2 between two workers under wrk at 32 connections).
     main, rest = sockets[0], sockets[1:]
     own = bool(main.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
-    processes = [context.Process(target=_worker, name=f"mlops-iac-worker-{i}", args=(
-        config, base, [None if own and i else main, *rest], main.getsockname()[:2], i, str(folder), log_level))
-        for i in range(count)]
+    processes = [
+        context.Process(
+            target=_worker,
+            name=f"mlops-iac-worker-{i}",
+            args=(
+                config,
+                base,
+                [None if own and i else main, *rest],
+                main.getsockname()[:2],
+                i,
+                str(folder),
+                log_level,
+            ),
+        )
+        for i in range(count)
+    ]
     signalled = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -109,8 +121,15 @@ def _terminate(processes: Sequence[BaseProcess]) -> None:
             os.kill(process.pid, signal.SIGTERM)  # each worker drains, as a single server does
 
 
-def _worker(config: ServerConfig, base: Path, sockets: list[socket.socket | None], address: tuple[str, int],
-            index: int, folder: str, log_level: str) -> None:
+def _worker(
+    config: ServerConfig,
+    base: Path,
+    sockets: list[socket.socket | None],
+    address: tuple[str, int],
+    index: int,
+    folder: str,
+    log_level: str,
+) -> None:
     from .run import bind, serve_one
 
     try:

@@ -14,10 +14,14 @@ _MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
 _FIELD = r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?"
 _CRON = re.compile(rf"^{_FIELD}(,{_FIELD})*$")
 _RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_NAMES = {3: ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
-          4: ("sun", "mon", "tue", "wed", "thu", "fri", "sat")}
-CRON_HELP = ("expected a cron schedule of 5 fields (minute hour day-of-month month day-of-week, "
-             "e.g. \"0 2 * * *\") or one of: " + ", ".join(_MACROS))
+_NAMES = {
+    3: ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+    4: ("sun", "mon", "tue", "wed", "thu", "fri", "sat"),
+}
+CRON_HELP = (
+    "expected a cron schedule of 5 fields (minute hour day-of-month month day-of-week, "
+    'e.g. "0 2 * * *") or one of: ' + ", ".join(_MACROS)
+)
 
 
 def _in_range(token: str, i: int) -> bool:
@@ -50,9 +54,13 @@ Cron = Annotated[str, BeforeValidator(parse_cron)]
 
 
 class Batch(SpecModel):
-    input: tuple[str, ...] = Field(min_length=1, description=(
-        "Parquet, CSV, .npy or JSON-lines files or globs; on Kubernetes and Docker, paths inside "
-        "the job's data volume (mounted at /data)."))
+    input: tuple[str, ...] = Field(
+        min_length=1,
+        description=(
+            "Parquet, CSV, .npy or JSON-lines files or globs; on Kubernetes and Docker, paths inside "
+            "the job's data volume (mounted at /data)."
+        ),
+    )
     output: str = Field(description="The folder for the output parts, the rejects and manifest.json.")
     schedule: Cron | None = Field(None, description="Cron schedule: a CronJob instead of a one-off Job.")
     parallelism: int = Field(1, ge=1, le=1000, description="Pods of the indexed Job; pod i scores parts i, i+N, ...")
@@ -60,6 +68,10 @@ class Batch(SpecModel):
     part_rows: int = Field(100_000, ge=1)
     error_threshold: int = Field(0, ge=-1, description="Rejected rows tolerated; -1: any number.")
     format: Literal["parquet", "csv", "jsonl"] = "parquet"
-    volume_claim: Name | None = Field(None, description=(
-        "Kubernetes: the PersistentVolumeClaim mounted at /data (default: an emptyDir). Docker: "
-        "a host folder or volume mounted at /data."))
+    volume_claim: Name | None = Field(
+        None,
+        description=(
+            "Kubernetes: the PersistentVolumeClaim mounted at /data (default: an emptyDir). Docker: "
+            "a host folder or volume mounted at /data."
+        ),
+    )

@@ -26,23 +26,29 @@ class Hardware(SpecModel):
 
 class Deployment(SpecModel):
     name: Name | None = Field(None, description="Default: <model>-<target>.")
-    kind: Literal["online", "batch"] = Field("online", description=(
-        "online: a model server answering requests; batch: a job scoring datasets (see batch)."))
+    kind: Literal["online", "batch"] = Field(
+        "online", description=("online: a model server answering requests; batch: a job scoring datasets (see batch).")
+    )
     model: Name
     version: VersionRef | None = Field(None, description="One version: a number or a digest.")
     alias: AliasName | None = Field(None, description="One version, by alias (e.g. production).")
     versions: tuple[VersionRef, ...] | None = Field(
-        None, min_length=1, description="Several versions side by side (blue-green, canary).")
+        None, min_length=1, description="Several versions side by side (blue-green, canary)."
+    )
     traffic: dict[VersionRef, int] | None = Field(
-        None, description="Percent of requests per deployed version; sums to 100.")
+        None, description="Percent of requests per deployed version; sums to 100."
+    )
     target: Name
     hardware: Hardware = Hardware()
     auth: Literal["none", "key"] = "none"
     monitoring: Monitoring | None = None
     shadow: dict[VersionRef, int] | None = Field(
-        None, description="Mirror this percent of requests to a version that serves no traffic; its answers "
-                          "are never returned (Kubernetes targets with a gateway: the HTTPRoute's RequestMirror; local "
-                          "targets: the server, after answering).")
+        None,
+        description="Mirror this percent of requests to a version that serves no traffic; its answers "
+        "are never returned (Kubernetes targets with a gateway: the HTTPRoute's RequestMirror; local "
+        "targets: the server, after answering).",
+    )
     rollout: Rollout | None = Field(
-        None, description="Promote the canary (the last of versions) on evidence, or roll it back.")
+        None, description="Promote the canary (the last of versions) on evidence, or roll it back."
+    )
     batch: Batch | None = Field(None, description="What a kind: batch deployment scores.")

@@ -11,8 +11,9 @@ from .types import Name, SpecModel
 
 Framework = Literal["sklearn", "onnx", "pytorch", "lightgbm", "xgboost"]
 # The Open Inference Protocol's tensor datatypes.
-Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
-                   "INT64", "FP16", "FP32", "FP64", "BYTES"]
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
+]
 Dim = Annotated[int, Field(ge=-1)]
 
 

@@ -43,9 +43,12 @@ class DataCollection(SpecModel):
 
 
 class Drift(SpecModel):
-    baseline: str | None = Field(None, description="Reference data (.npy, .npz, .csv, .parquet) that `monitor drift` "
-                                  "compares against, answered by the version's ONNX model; default: the "
-                                  "baseline of the model's sample that `convert` stored with the version.")
+    baseline: str | None = Field(
+        None,
+        description="Reference data (.npy, .npz, .csv, .parquet) that `monitor drift` "
+        "compares against, answered by the version's ONNX model; default: the "
+        "baseline of the model's sample that `convert` stored with the version.",
+    )
     threshold: float | None = Field(None, gt=0, description="Population stability index that alerts.")
 
 

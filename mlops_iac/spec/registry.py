@@ -11,8 +11,19 @@ from pydantic_core import PydanticCustomError
 
 from .types import SpecModel
 
-_SECRET_KEYS = {"password", "token", "username", "user", "secret", "credentials", "auth", "apikey",
-                "apiKey", "accessKey", "secretKey"}
+_SECRET_KEYS = {
+    "password",
+    "token",
+    "username",
+    "user",
+    "secret",
+    "credentials",
+    "auth",
+    "apikey",
+    "apiKey",
+    "accessKey",
+    "secretKey",
+}
 # registry[:port]/path, lowercase, as the OCI distribution spec names repositories.
 OCI_REPOSITORY = r"^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+$"
 
@@ -24,9 +35,14 @@ class _NoSecrets(SpecModel):
         if isinstance(data, dict):
             for key in sorted(k for k in data if isinstance(k, str) and k in _SECRET_KEYS):
                 raise PydanticCustomError(
-                    "mlops", "credentials must not be written in the file; {allowed}",
-                    {"at": key, "allowed": "set MLOPS_IAC_REGISTRY_USERNAME and "
-                     "MLOPS_IAC_REGISTRY_PASSWORD in the environment (or use docker login)"})
+                    "mlops",
+                    "credentials must not be written in the file; {allowed}",
+                    {
+                        "at": key,
+                        "allowed": "set MLOPS_IAC_REGISTRY_USERNAME and "
+                        "MLOPS_IAC_REGISTRY_PASSWORD in the environment (or use docker login)",
+                    },
+                )
         return data
 
 
@@ -37,8 +53,7 @@ class LocalRegistry(_NoSecrets):
 
 class OciRegistry(_NoSecrets):
     backend: Literal["oci"]
-    repository: str = Field(pattern=OCI_REPOSITORY,
-                            description="registry/namespace, e.g. ghcr.io/acme/models.")
+    repository: str = Field(pattern=OCI_REPOSITORY, description="registry/namespace, e.g. ghcr.io/acme/models.")
     insecure: bool = Field(False, description="Plain HTTP (loopback test registries only).")
 
 

@@ -21,15 +21,25 @@ class LocalTarget(SpecModel):
 
 class DockerTarget(SpecModel):
     kind: Literal["docker"]
-    host: str = Field("unix:///var/run/docker.sock", pattern=DOCKER_HOST,
-                      description="DOCKER_HOST: ssh://user@edge-01, unix:///..., tcp://host:2376")
+    host: str = Field(
+        "unix:///var/run/docker.sock",
+        pattern=DOCKER_HOST,
+        description="DOCKER_HOST: ssh://user@edge-01, unix:///..., tcp://host:2376",
+    )
     port: int = Field(8080, ge=1, le=65535, description="Host port of version 1; version N listens on port + N - 1.")
-    grpc_port: int | None = Field(None, ge=1, le=65535, description=(
-        "Host port of version 1's v2 gRPC listener; version N listens on grpcPort + N - 1. "
-        "Unset: gRPC is served inside the container but not published on the host."))
+    grpc_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description=(
+            "Host port of version 1's v2 gRPC listener; version N listens on grpcPort + N - 1. "
+            "Unset: gRPC is served inside the container but not published on the host."
+        ),
+    )
     ssh_opts: tuple[str, ...] = Field(
         ("-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-o", "ServerAliveInterval=15"),
-        description="Options for ssh when host is ssh://; default: never prompt, fail fast on a dead link.")
+        description="Options for ssh when host is ssh://; default: never prompt, fail fast on a dead link.",
+    )
     platform: Platform = "linux/amd64"
     gpu: bool = Field(False, description="The host has the NVIDIA container runtime.")
 
@@ -47,7 +57,8 @@ class Namespace(SpecModel):
 class PrometheusOperator(SpecModel):
     enabled: bool = Field(False, description="The cluster has prometheus-operator's CRDs (ServiceMonitor, ...).")
     labels: dict[str, str] = Field(
-        default_factory=dict, description="Labels its Prometheus selects on, e.g. {release: kube-prometheus-stack}.")
+        default_factory=dict, description="Labels its Prometheus selects on, e.g. {release: kube-prometheus-stack}."
+    )
 
 
 class ClusterMonitoring(SpecModel):
@@ -59,8 +70,10 @@ class KubernetesTarget(SpecModel):
     kind: Literal["kubernetes"]
     context: str | None = Field(None, description="kubeconfig context; default: the current one.")
     namespace: Name | Namespace = Field(
-        "default", description="A name (created and labelled for Pod Security `restricted`, except `default`), "
-                               "or {name, create: false} for one that exists.")
+        "default",
+        description="A name (created and labelled for Pod Security `restricted`, except `default`), "
+        "or {name, create: false} for one that exists.",
+    )
     gateway: Gateway | None = Field(None, description="Gateway API gateway: an HTTPRoute splits traffic by weight.")
     hostname: str | None = Field(None, pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     platform: Platform = "linux/amd64"

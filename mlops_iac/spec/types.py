@@ -21,8 +21,17 @@ _DIGEST_RE = re.compile(DIGEST)
 _MILLI_RE = re.compile(r"^([0-9]+)m$")
 _CORES_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 _MEMORY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
-_MEMORY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_MEMORY_UNITS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 
 Auto = Literal["auto"]
 
@@ -30,8 +39,9 @@ Auto = Literal["auto"]
 class SpecModel(BaseModel):
     """Base of everything a user writes: camelCase keys, nothing unknown, immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
-                              populate_by_name=False, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=False, validate_default=True
+    )
 
 
 def shown(value: Any) -> str:
@@ -62,8 +72,11 @@ def _is_number(value: Any) -> bool:
 def parse_name(value: Any) -> str:
     if isinstance(value, str) and _DNS_RE.match(value):
         return value
-    raise invalid(value, "expected a DNS-1123 label: lowercase letters, digits and '-', "
-                         "starting and ending with a letter or digit, at most 63 characters")
+    raise invalid(
+        value,
+        "expected a DNS-1123 label: lowercase letters, digits and '-', "
+        "starting and ending with a letter or digit, at most 63 characters",
+    )
 
 
 def parse_cpu(value: Any) -> float | str:
@@ -113,8 +126,9 @@ def parse_version_ref(value: Any) -> int | str:
             return int(value)
         if _DIGEST_RE.match(value) or (_DNS_RE.match(value) and not value.isdigit()):
             return value
-    raise invalid(value, 'expected a version number (1, 2, ...), an alias like "production", '
-                         'or a digest "sha256:<64 hex digits>"')
+    raise invalid(
+        value, 'expected a version number (1, 2, ...), an alias like "production", or a digest "sha256:<64 hex digits>"'
+    )
 
 
 def parse_alias(value: Any) -> str:
@@ -126,23 +140,54 @@ def parse_alias(value: Any) -> str:
 _NAME_SCHEMA = {"type": "string", "pattern": DNS_LABEL, "maxLength": 63}
 
 Name = Annotated[str, BeforeValidator(parse_name), WithJsonSchema(_NAME_SCHEMA)]
-AliasName = Annotated[str, BeforeValidator(parse_alias),
-                      WithJsonSchema({**_NAME_SCHEMA, "not": {"pattern": "^[0-9]+$"}})]
-Cpu = Annotated[float | str, BeforeValidator(parse_cpu), WithJsonSchema({"anyOf": [
-    {"type": "number", "exclusiveMinimum": 0},
-    {"type": "string", "pattern": "^[0-9]+m$"},
-    {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"},
-    {"const": "auto"},
-], "description": 'CPU cores: 0.5, "500m" or "auto" (from the profile)'})]
-Memory = Annotated[int | str, BeforeValidator(parse_memory), WithJsonSchema({"anyOf": [
-    {"type": "integer", "exclusiveMinimum": 0},
-    {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"},
-    {"const": "auto"},
-], "description": 'Memory: bytes, "512Mi", "1Gi" or "auto" (from the profile)'})]
-Replicas = Annotated[int | str, BeforeValidator(parse_replicas), WithJsonSchema({"anyOf": [
-    {"type": "integer", "minimum": 0}, {"const": "auto"}]})]
-VersionRef = Annotated[int | str, BeforeValidator(parse_version_ref), WithJsonSchema({"anyOf": [
-    {"type": "integer", "minimum": 1},
-    {"type": "string", "pattern": DIGEST},
-    {"type": "string", "pattern": DNS_LABEL},
-], "description": "a version number, a sha256 digest or an alias"})]
+AliasName = Annotated[
+    str, BeforeValidator(parse_alias), WithJsonSchema({**_NAME_SCHEMA, "not": {"pattern": "^[0-9]+$"}})
+]
+Cpu = Annotated[
+    float | str,
+    BeforeValidator(parse_cpu),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": "^[0-9]+m$"},
+                {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"},
+                {"const": "auto"},
+            ],
+            "description": 'CPU cores: 0.5, "500m" or "auto" (from the profile)',
+        }
+    ),
+]
+Memory = Annotated[
+    int | str,
+    BeforeValidator(parse_memory),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"},
+                {"const": "auto"},
+            ],
+            "description": 'Memory: bytes, "512Mi", "1Gi" or "auto" (from the profile)',
+        }
+    ),
+]
+Replicas = Annotated[
+    int | str,
+    BeforeValidator(parse_replicas),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"const": "auto"}]}),
+]
+VersionRef = Annotated[
+    int | str,
+    BeforeValidator(parse_version_ref),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "pattern": DIGEST},
+                {"type": "string", "pattern": DNS_LABEL},
+            ],
+            "description": "a version number, a sha256 digest or an alias",
+        }
+    ),
+]

@@ -50,8 +50,10 @@ def onnx_artifact(version: Version) -> Artifact:
     """The version's ONNX model; the one message for a version that was never converted."""
     onnx = version.artifacts.get("onnx")
     if onnx is None:
-        raise MlopsIacError(f"{version.model}@{version.version} has no ONNX artifact; run "
-                            f"`mlops-iac convert {version.model}@{version.version}` first")
+        raise MlopsIacError(
+            f"{version.model}@{version.version} has no ONNX artifact; run "
+            f"`mlops-iac convert {version.model}@{version.version}` first"
+        )
     return onnx
 
 
@@ -75,8 +77,10 @@ def cached_onnx(registry: Registry, root: Path, model: str, number: int, digest:
         version = registry.pull(parse_ref(f"{model}@{number}"), target, "onnx")
         if version.artifacts["onnx"].digest != digest:
             target.unlink()
-            raise MlopsIacError(f"the registry's ONNX of {model}@{number} is not the one mlops.lock "
-                                "pins; run `mlops-iac convert` again or fix the lock")
+            raise MlopsIacError(
+                f"the registry's ONNX of {model}@{number} is not the one mlops.lock "
+                "pins; run `mlops-iac convert` again or fix the lock"
+            )
     return relative
 
 
@@ -86,12 +90,15 @@ def lock_version(version: Version) -> LockedVersion:
 
 def pin_in_lock(ws: Workspace, version: Version) -> None:
     """Record a version in mlops.lock, keeping whatever later stages found out about it."""
+
     def change(lock: Lock) -> Lock:
         known = lock.version(version.model, version.version)
         if known is not None:
             if known.digest != version.digest:
-                raise RegistryError(f"mlops.lock pins {version.model}@{version.version} to "
-                                    f"{known.digest}, but the registry has {version.digest}")
+                raise RegistryError(
+                    f"mlops.lock pins {version.model}@{version.version} to "
+                    f"{known.digest}, but the registry has {version.digest}"
+                )
             return lock
         return lock.with_version(version.model, version.version, lock_version(version))
 
@@ -105,8 +112,8 @@ def users_of(ws: Workspace | None, version: Version, *, lock: bool = True) -> li
     users = []
     for dep in ws.resolved.deployments:
         if dep.model == version.model and any(
-                v.number == version.version or v.ref in (version.version, version.digest)
-                for v in dep.versions):
+            v.number == version.version or v.ref in (version.version, version.digest) for v in dep.versions
+        ):
             users.append(f"deployment {dep.name} in {ws.file.name}")
     pinned = ws.lock.version(version.model, version.version) if lock else None
     if pinned is not None and pinned.digest == version.digest:
@@ -119,20 +126,27 @@ def sample_path(given: Path | None, spec: ResolvedModel | None, ws: Workspace | 
         return given
     if spec is None or spec.sample is None or ws is None:
         # A missing flag is a usage error (exit 2, with the usage line), as click reports its own.
-        raise click.UsageError("no sample data: pass --sample PATH or set the model's `sample` in "
-                               "mlops.yaml")
+        raise click.UsageError("no sample data: pass --sample PATH or set the model's `sample` in mlops.yaml")
     return ws.root / spec.sample
 
 
-def features(given: Path | None, spec: ResolvedModel | None, ws: Workspace | None, framework: str,
-             artifact: Path, echo: Callable[[str], None]) -> Any:
+def features(
+    given: Path | None,
+    spec: ResolvedModel | None,
+    ws: Workspace | None,
+    framework: str,
+    artifact: Path,
+    echo: Callable[[str], None],
+) -> Any:
     """The sample's rows; for an ONNX model without a sample, rows made from its signature."""
     if given is None and framework == "onnx" and (spec is None or spec.sample is None or ws is None):
         from ..convert.synthetic import rows_from_signature
 
         rows, how = rows_from_signature(artifact.read_bytes())
-        echo(f"no sample: {how}; parity and the drift baseline use them. Set the model's "
-             "`sample` in mlops.yaml for checks on real data")
+        echo(
+            f"no sample: {how}; parity and the drift baseline use them. Set the model's "
+            "`sample` in mlops.yaml for checks on real data"
+        )
         return rows
     from ..convert.data import read_sample
 

@@ -21,8 +21,16 @@ from ..resolve import ResolvedModel, Workspace
 from . import features, model_spec
 
 
-def convert_version(registry: Registry, ws: Workspace | None, version: Version, sample: Path | None, *,
-                    speed: bool, echo: Callable[[str], None], show: Callable[[Version, Report], None]) -> Report:
+def convert_version(
+    registry: Registry,
+    ws: Workspace | None,
+    version: Version,
+    sample: Path | None,
+    *,
+    speed: bool,
+    echo: Callable[[str], None],
+    show: Callable[[Version, Report], None],
+) -> Report:
     """Convert (or, for an ONNX artifact, check and optimise) one version; store and pin the result.
 
     `show` prints the report before anything is stored; a validation that failed is stored
@@ -34,15 +42,23 @@ def convert_version(registry: Registry, ws: Workspace | None, version: Version, 
         native = Path(tmp) / version.lineage.filename
         registry.pull(parse_ref(f"{version.model}@{version.version}"), native)
         rows = features(sample, spec, ws, version.framework, native, echo)
-        report = convert_artifact(version.framework, native, rows, options,
-                                  validation=_validation(spec, ws),
-                                  previous_signature=_previous_signature(registry, version))
+        report = convert_artifact(
+            version.framework,
+            native,
+            rows,
+            options,
+            validation=_validation(spec, ws),
+            previous_signature=_previous_signature(registry, version),
+        )
         show(version, report)
         if not report.parity.passed:
             hint = f" Likely cause: {report.hint}." if report.hint else ""
-            raise MlopsIacError(f"{version.model}@{version.version}: the ONNX model does not give the "
-                                "native model's answers on the sample; nothing was stored." + hint
-                                + " Loosen convert.tolerance only if the differences above are acceptable.")
+            raise MlopsIacError(
+                f"{version.model}@{version.version}: the ONNX model does not give the "
+                "native model's answers on the sample; nothing was stored."
+                + hint
+                + " Loosen convert.tolerance only if the differences above are acceptable."
+            )
         onnx_file = Path(tmp) / "model.onnx"
         onnx_file.write_bytes(report.model)
         ref_n = parse_ref(f"{version.model}@{version.version}")
@@ -56,8 +72,9 @@ def convert_version(registry: Registry, ws: Workspace | None, version: Version, 
         status: Status = "validated" if report.validation["passed"] else "rejected"
         registry.set_status(ref_n, status, report.validation)
     pinned = _record_in_lock(ws, version, artifact.digest, artifact.size, report, stored)
-    echo(f"stored {version.model}@{version.version} onnx {artifact.digest}"
-         + ("; mlops.lock updated" if pinned else ""))
+    echo(
+        f"stored {version.model}@{version.version} onnx {artifact.digest}" + ("; mlops.lock updated" if pinned else "")
+    )
     return report
 
 
@@ -65,8 +82,14 @@ def _options(spec: ResolvedModel | None, speed: bool) -> Options:
     if spec is None:
         return Options(measure_speed=speed)
     c = spec.convert
-    return Options(opset=c.opset, optimization=c.optimization, quantize=c.quantize,
-                   atol=c.tolerance.atol, rtol=c.tolerance.rtol, measure_speed=speed)
+    return Options(
+        opset=c.opset,
+        optimization=c.optimization,
+        quantize=c.quantize,
+        atol=c.tolerance.atol,
+        rtol=c.tolerance.rtol,
+        measure_speed=speed,
+    )
 
 
 def _validation(spec: ResolvedModel | None, ws: Workspace | None) -> Validation | None:
@@ -115,24 +138,36 @@ def _table_baseline(table: Table, outputs: dict[str, Any]) -> dict[str, Any]:
 
     from ..monitoring.baseline import table_baseline
 
-    values = [(n, c if k == "string" else c[~np.isnan(c.astype(np.float64))])
-              for n, c, k in zip(table.names, table.columns, table.kinds, strict=True)]
+    values = [
+        (n, c if k == "string" else c[~np.isnan(c.astype(np.float64))])
+        for n, c, k in zip(table.names, table.columns, table.kinds, strict=True)
+    ]
     return table_baseline([(n, v) for n, v in values if v.size], table.rows, outputs)
 
 
-def _record_in_lock(ws: Workspace | None, version: Version, digest: str, size: int,
-                    report: Report, baseline: BaselineFacts) -> bool:
+def _record_in_lock(
+    ws: Workspace | None, version: Version, digest: str, size: int, report: Report, baseline: BaselineFacts
+) -> bool:
     if ws is None or ws.lock.version(version.model, version.version) is None:
         return False
-    facts = OnnxFacts(digest=digest, size=size, opset=report.opset, optimization=report.optimization,
-                      inputs=report.signature["inputs"], outputs=report.signature["outputs"],
-                      parity=report.parity.facts(), quantization=report.quantization,
-                      speedup=report.speedup, breaking=report.breaking)
+    facts = OnnxFacts(
+        digest=digest,
+        size=size,
+        opset=report.opset,
+        optimization=report.optimization,
+        inputs=report.signature["inputs"],
+        outputs=report.signature["outputs"],
+        parity=report.parity.facts(),
+        quantization=report.quantization,
+        speedup=report.speedup,
+        breaking=report.breaking,
+    )
     sections: dict[str, Any] = {"onnx": facts.model_dump(), "baseline": baseline.model_dump()}
     if report.validation is not None:
         v = report.validation
-        sections["validation"] = ValidationFacts(metric=v["metric"], value=v["value"],
-                                                 threshold=v["threshold"], passed=v["passed"]).model_dump()
+        sections["validation"] = ValidationFacts(
+            metric=v["metric"], value=v["value"], threshold=v["threshold"], passed=v["passed"]
+        ).model_dump()
 
     def change(lock: Lock) -> Lock:
         return lock.with_facts(version.model, version.version, **sections)

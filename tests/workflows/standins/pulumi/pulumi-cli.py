@@ -15,7 +15,6 @@ if args[:1] == ["up"]:
         pass
     with open(os.path.join(cwd, stack, "plan.json"), encoding="utf-8") as file:
         plan = json.load(file)
-    record["weights"] = {d["name"]: {str(v["number"]): v["weight"] for v in d["versions"]}
-                         for d in plan["deployments"]}
+    record["weights"] = {d["name"]: {str(v["number"]): v["weight"] for v in d["versions"]} for d in plan["deployments"]}
 with open(os.environ["STANDIN_PULUMI_LOG"], "a", encoding="utf-8") as log:
     log.write(json.dumps(record) + "\n")
