@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
 
-from .checks import check, check_partial, deployed_refs, deployment_name
+from .checks import check, check_partial, deployment_name
+from .checks.delivery import deployed_refs
 from .errors import ConfigError, Problem, only_errors
 from .loader import Document, PathKey, load_file, validate_document
 from .lock import Lock, Recommendation, read_lock

@@ -18,23 +18,13 @@ from ..lock import Lock
 from ..spec import Build, Deployment, Model, Monitoring, Spec
 from ..spec.targets import AzureTarget, DockerTarget, KubernetesTarget, LocalTarget, Target
 from .azure import azure_problems
+from .delivery import deployed_refs, rollout_problems, selection_problems, shadow_problems, traffic_problems
 
 DATA_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
 
 def deployment_name(dep: Deployment) -> str:
     return dep.name or f"{dep.model}-{dep.target}"
-
-
-def deployed_refs(dep: Deployment) -> tuple[int | str, ...]:
-    """The versions a deployment runs, as written (numbers, aliases or digests)."""
-    if dep.versions is not None:
-        return dep.versions
-    if dep.version is not None:
-        return (dep.version,)
-    if dep.alias is not None:
-        return (dep.alias,)
-    return ()
 
 
 @dataclass(frozen=True)
@@ -264,12 +254,12 @@ def _deployment(
             f"unknown target {dep.target!r}{did_you_mean(dep.target, targets)}",
             "expected one of the targets: " + ", ".join(targets),
         )
-    yield from _selection(doc, here, dep)
-    yield from _traffic(doc, here, dep, rollout=rollout or dep.rollout is not None)
-    yield from _rollout(doc, here, dep)
+    yield from selection_problems(doc, here, dep)
+    yield from traffic_problems(doc, here, dep, rollout=rollout or dep.rollout is not None)
+    yield from rollout_problems(doc, here, dep)
     known = models is not None and dep.model in models
     if dep.shadow:
-        yield from _shadow(doc, here, dep, target, lock if known else None)
+        yield from shadow_problems(doc, here, dep, target, lock if known else None)
     if known and lock is not None:
         yield from _known_versions(doc, lock, here, dep)
     yield from _hardware(doc, here, dep, target)
@@ -315,93 +305,6 @@ def _collection_on_kubernetes(
             "keeps them, where a scheduled drift check reads them",
             severity="warning",
         )
-
-
-def _selection(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
-    given = [
-        k for k, v in (("version", dep.version), ("alias", dep.alias), ("versions", dep.versions)) if v is not None
-    ]
-    if len(given) != 1:
-        found = "none of them" if not given else " and ".join(given)
-        yield doc.problem(
-            here if not given else (*here, given[1]),
-            f"a deployment names its versions once; found {found}",
-            "expected exactly one of: version, alias, versions",
-            of_key=True,
-        )
-    if dep.versions is not None and len(set(dep.versions)) != len(dep.versions):
-        yield doc.problem((*here, "versions"), "a version is listed twice", "list each version once")
-
-
-def _traffic(doc: Document, here: PathKey, dep: Deployment, *, rollout: bool) -> Iterator[Problem]:
-    refs = deployed_refs(dep)
-    if dep.traffic is None:
-        if len(refs) > 1 and not rollout:  # a rollout sets the weights itself
-            yield doc.problem(
-                (*here, "versions"),
-                f"{len(refs)} versions and no traffic",
-                "add traffic: a percent per version, summing to 100",
-                of_key=True,
-            )
-        return
-    for ref, weight in dep.traffic.items():
-        if ref not in refs:
-            yield doc.problem(
-                (*here, "traffic", ref),
-                f"traffic names version {ref!r}, which this deployment does not deploy",
-                "expected one of: " + ", ".join(str(r) for r in refs),
-                of_key=True,
-            )
-        if not 0 <= weight <= 100:
-            yield doc.problem((*here, "traffic", ref), f"got {weight}", "expected a percent from 0 to 100")
-    total = sum(dep.traffic.values())
-    if total != 100:
-        yield doc.problem(
-            (*here, "traffic"), f"the weights sum to {total}", "expected weights that sum to 100", of_key=True
-        )
-
-
-def _rollout(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
-    if dep.rollout is not None and (dep.versions is None or len(dep.versions) != 2):
-        yield doc.problem(
-            (*here, "rollout"),
-            "a rollout needs two versions: the stable one and the canary",
-            "expected versions: [STABLE, CANARY] (the canary last) beside rollout",
-            of_key=True,
-        )
-
-
-def _shadow(
-    doc: Document, here: PathKey, dep: Deployment, target: Target | None, lock: Lock | None
-) -> Iterator[Problem]:
-    assert dep.shadow is not None
-    refs = deployed_refs(dep)
-    mirrors = isinstance(target, LocalTarget) or (isinstance(target, KubernetesTarget) and target.gateway is not None)
-    if target is not None and not mirrors:
-        yield doc.problem(
-            (*here, "shadow"),
-            "shadow traffic is mirrored by a Gateway API HTTPRoute, or on a local target by the server itself",
-            "expected a kubernetes target with `gateway:`, or a local target",
-            of_key=True,
-        )
-    for ref, percent in dep.shadow.items():
-        if ref in refs:
-            yield doc.problem(
-                (*here, "shadow", ref),
-                f"version {ref!r} is also in traffic",
-                "expected a version this deployment does not serve: a shadow's answers are never returned",
-                of_key=True,
-            )
-        if not 1 <= percent <= 100:
-            yield doc.problem((*here, "shadow", ref), f"got {percent}", "expected a percent from 1 to 100")
-        entry = lock.models.get(dep.model) if lock is not None else None
-        if entry is not None and lock is not None and lock.resolve(dep.model, ref) is None:
-            yield doc.problem(
-                (*here, "shadow", ref),
-                f"{dep.model}@{ref} is not in mlops.lock",
-                "expected a registered version (register it, then run `mlops-iac lock sync`)",
-                of_key=True,
-            )
 
 
 def _known_versions(doc: Document, lock: Lock, here: PathKey, dep: Deployment) -> Iterator[Problem]:
