@@ -31,7 +31,7 @@ def render_manifests(file: Path, target: str, fmt: str, out: Path | None) -> Non
     changing it, `kubectl rollout restart` the deployments (Pulumi does that itself). For an
     Azure target: its resources as `pulumi up` creates them (secrets shown as the config that
     sets them), or for IoT Edge the deployment of each device group."""
-    from .manifests import target_objects
+    from .model_manifests import target_objects
     from .spec.targets import KubernetesTarget
 
     ws = open_workspace(file)

@@ -52,7 +52,7 @@ class Source:
                 f"{PROMETHEUS_ENV}) or --metrics-url URL"
             )
         namespace = target.namespace_name if isinstance(target, KubernetesTarget) else ""
-        from .manifests import series_selector
+        from .model_manifests import series_selector
 
         self.selector = (
             selector if selector is not None else (series_selector(namespace, dep.model) if namespace else "")

@@ -38,7 +38,8 @@ def _target_kind(side: Side, dep: ResolvedDeployment) -> str:
 def resource_names(side: Side, dep: ResolvedDeployment) -> set[str]:
     """What the deployment runs as, by kind and name: the objects `manifests.py` makes for the
     target (so every kind it can create is listed), Docker containers, or a local process."""
-    from .manifests import model_objects, version_name, version_objects
+    from .manifests import version_name, version_objects
+    from .model_manifests import model_objects
     from .pinned import pin
     from .spec.targets import KubernetesTarget
 
@@ -63,7 +64,7 @@ def resource_names(side: Side, dep: ResolvedDeployment) -> set[str]:
 
 def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
     """What the target does not deploy, and where `traffic` cannot be honoured."""
-    from .manifests import skipped
+    from .model_manifests import skipped
     from .spec.targets import KubernetesTarget
 
     assert side.resolved is not None

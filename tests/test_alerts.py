@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mlops_iac.manifests import series_selector
+from mlops_iac.model_manifests import series_selector
 from mlops_iac.monitoring.alerts import rule_groups
 from mlops_iac.resolve import load
 

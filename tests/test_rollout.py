@@ -617,7 +617,8 @@ def production(folder: Path, replacement: str) -> Path:
 
 
 def test_shadow_is_mirrored_by_the_route_and_serves_nothing(tmp_path: Path) -> None:
-    from mlops_iac.manifests import target_objects, version_name
+    from mlops_iac.manifests import version_name
+    from mlops_iac.model_manifests import target_objects
     from mlops_iac.spec.targets import KubernetesTarget
 
     file = production(tmp_path / "p", "    version: 1\n    shadow: {2: 20}\n")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from mlops_iac import manifests
 from mlops_iac.cli import main
 from mlops_iac.errors import ConfigError
-from mlops_iac.manifests import target_objects
+from mlops_iac.model_manifests import target_objects
 from mlops_iac.resolve import load
 from mlops_iac.spec.targets import KubernetesTarget
 

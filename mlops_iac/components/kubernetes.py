@@ -11,7 +11,8 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from ..manifests import API_KEY_VERSION, model_objects, namespace_objects, secret_name, version_name, version_objects
+from ..manifests import API_KEY_VERSION, namespace_objects, secret_name, version_name, version_objects
+from ..model_manifests import model_objects
 from ..pinned import BuiltDeployment, BuiltVersion
 from ..spec.targets import KubernetesTarget
 
