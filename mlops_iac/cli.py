@@ -209,7 +209,7 @@ def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool,
     folder = out if out is not None else ws.root / "stacks"
     if contexts and not dry_run:
         _write_contexts(ws, result)
-    from .azure import edge_files  # IoT Edge deployment manifests, per device group
+    from .azure.edge import edge_files  # IoT Edge deployment manifests, per device group
 
     changes = apply((*result.files, *edge_files(result)), folder, dry_run=dry_run)
     for change in changes:

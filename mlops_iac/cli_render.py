@@ -58,7 +58,7 @@ def render_manifests(file: Path, target: str, fmt: str, out: Path | None) -> Non
 def _render_azure(stack: Any, fmt: str, out: Path | None) -> None:
     """The Azure resources of a target (what `pulumi up` creates, secrets shown as what sets
     them), or for IoT Edge the deployment of each device group."""
-    from .azure import target_resources
+    from .azure.views import target_resources
     from .pinned import built
 
     deployments = tuple(map(built, stack.deployments))  # converted and pushed, or synth's error

@@ -55,7 +55,7 @@ def resource_names(side: Side, dep: ResolvedDeployment) -> set[str]:
         objects += model_objects(side.resolved.project, target, pinned)
         return {f"{o['kind']}/{o['metadata']['name']}" for o in objects}
     if target.kind.startswith("azure-"):
-        from .azure import resource_names as azure_names
+        from .azure.views import resource_names as azure_names
 
         return azure_names(target, dep, pinned)  # type: ignore[arg-type]
     prefix = "Container" if target.kind == "docker" else "process"
@@ -80,7 +80,7 @@ def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
         )
         return shared + [f"not deployed: {s}" for s in skipped(target, dep)] + _grpc_route(target, dep)
     if target.kind.startswith("azure-"):
-        from .azure import caveats as azure_caveats
+        from .azure.views import caveats as azure_caveats
 
         return azure_caveats(target, dep)  # type: ignore[arg-type]
     notes = []

@@ -20,7 +20,8 @@ import pulumi_azure_native.dns as dns
 import pytest
 from click.testing import CliRunner
 
-from mlops_iac.azure import container_app, container_group
+from mlops_iac.azure.apps import container_app
+from mlops_iac.azure.instances import container_group
 from mlops_iac.cli import main
 from mlops_iac.components.azure import UnknownProperty, typed
 from mlops_iac.errors import ConfigError, PlanError

@@ -18,7 +18,8 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from mlops_iac.azure import CREATE_OPTIONS_CHUNK, create_options, split_create_options
+from mlops_iac.azure.common import CREATE_OPTIONS_CHUNK
+from mlops_iac.azure.edge import create_options, split_create_options
 from mlops_iac.cli import main
 from mlops_iac.errors import PlanError
 from mlops_iac.plan import plan as make_plan
@@ -117,7 +118,7 @@ def test_long_create_options_are_split_and_joined() -> None:
 
 
 def test_ports_of_two_versions_on_a_device_do_not_collide(tmp_path: Path) -> None:
-    from mlops_iac.azure import edge_files
+    from mlops_iac.azure.edge import edge_files
 
     folder = tmp_path / "azure"
     shutil.copytree(AZURE, folder, ignore=shutil.ignore_patterns("stacks"))

@@ -17,7 +17,8 @@ import pulumi_azure_native.app as app
 import pulumi_azure_native.containerinstance as aci
 import pulumi_azure_native.dns as dns
 
-from ..azure import container_app, container_group, dns_record, front_version, revision_suffix
+from ..azure.apps import container_app, revision_suffix
+from ..azure.instances import container_group, dns_record, front_version
 from ..manifests import version_name
 from ..pinned import BuiltDeployment, built
 from ..spec.azure import ContainerAppsTarget, ContainerInstancesTarget
