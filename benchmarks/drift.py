@@ -24,7 +24,8 @@ import numpy as np
 import orjson
 from sklearn.datasets import load_iris
 
-from mlops_iac.monitoring.drift import baseline, check
+from mlops_iac.monitoring.baseline import baseline
+from mlops_iac.monitoring.drift import check
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ import click
 
 from .console import registry_file_option as file_option
 from .errors import MlopsIacError
-from .monitoring.drift import MIN_ROWS, DriftResult, TooLittleData, check
+from .monitoring.columns import DriftResult
+from .monitoring.drift import MIN_ROWS, TooLittleData, check
 from .monitoring.report import ks_text, new_text, write_report
 from .registry import Registry, Version, parse_ref
 from .resolve import Workspace

@@ -15,7 +15,8 @@ from sklearn.datasets import load_breast_cancer, load_iris
 from mlops_iac.cli import main
 from mlops_iac.errors import MlopsIacError
 from mlops_iac.monitoring.baseline import baseline, table_baseline
-from mlops_iac.monitoring.drift import CollectedDataError, TooLittleData, check, psi
+from mlops_iac.monitoring.columns import psi
+from mlops_iac.monitoring.drift import CollectedDataError, TooLittleData, check
 
 
 def collected(

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..fsutil import atomic_write
-from .drift import DriftResult
+from .columns import DriftResult
 
 
 def ks_text(value: float, spec: str) -> str:
