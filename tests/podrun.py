@@ -473,6 +473,17 @@ _DOCKER_CONTAINER = {
 }
 
 
+# How Pulumi's wire format marks a secret value (a stack's config secret, and what is made of it).
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+
+def _revealed(value: Any) -> Any:
+    """A value as the provider gets it: a secret's plain value (the engine decrypts it for the provider)."""
+    if isinstance(value, dict) and value.get("4dabf18193072939515e22adb298388d") == _SECRET_SIG:
+        return _revealed(value["value"])
+    return value
+
+
 def container_run(
     inputs: Mapping[str, Any],
     *,
@@ -548,7 +559,7 @@ def container_run(
         flags += _healthcheck(health, f"{where}.healthcheck")
     if "stopTimeout" in inputs:
         flags += ["--stop-timeout", str(int(inputs["stopTimeout"]))]
-    env = dict(e.split("=", 1) for e in inputs.get("envs") or [])
+    env = dict(e.split("=", 1) for e in _revealed(inputs.get("envs")) or [])
     entry = ["--entrypoint", inputs["entrypoints"][0]] if inputs.get("entrypoints") else []
     argv = [
         "run",
