@@ -54,7 +54,10 @@ class MirrorConfig(Settings):
     model: str
     version: int = Field(ge=1)
     percent: int = Field(ge=1, le=100)
-    url: str = Field(description="The shadow server's base URL, e.g. http://iris-v2-8e247c07:8080.")
+    url: str = Field(
+        pattern=r"^http://[^/\s]+(/\S*)?$",
+        description="The shadow server's base URL, e.g. http://iris-v2-8e247c07:8080.",
+    )
 
 
 class CollectionConfig(Settings):
