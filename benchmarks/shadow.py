@@ -1,13 +1,15 @@
 """The cost of shadow traffic to the primary's answers: the same server and model with and
 without a shadow version mirrored in-process, side by side in one run, alternated rounds.
 
-    python benchmarks/shadow.py [--requests 2000] [--rounds 5] [--percent 20] [--model iris|rf]
+    python benchmarks/shadow.py [--requests 2000] [--rounds 5] [--percent 20] [--model iris|rf] [--remote]
 
 Each round sends the same requests, one at a time over one keep-alive connection (concurrency
 1: where an added cost shows most), to a server without a shadow and to one that mirrors
 `--percent` of them to a second version (recording both answers to a file), and measures each
 answer's latency at the client. Prints p50 and p99 per round and the median ratio of the p50s
-(with mirroring over without); the issue's goal is at most 1.10.
+(with mirroring over without); the issue's goal is at most 1.10. With `--remote` the shadow
+is a third server the mirrored one sends its share to over HTTP (`mirrors`), as a Docker
+target's served container does to the shadow's container.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,16 +88,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--percent", type=int, default=20)
     parser.add_argument("--model", choices=["iris", "rf"], default="iris")
+    parser.add_argument("--remote", action="store_true", help="mirror over HTTP to a third server")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path, x = build_model(args.model, folder)
         entry = {"name": "m", "path": path.name, "digest": sha256_of(path)}
         plain = {"deployment": "plain", "models": [{**entry, "version": 1}]}
+        collection = {"enabled": True, "sample_rate": 0.0, "sink": "file", "path": "collected/shadow.jsonl"}
         mirrored = {
             "deployment": "mirrored",
             "models": [{**entry, "version": 1}, {**entry, "version": 2, "weight": 0, "shadow": args.percent}],
-            "collection": {"enabled": True, "sample_rate": 0.0, "sink": "file", "path": "collected/shadow.jsonl"},
+            "collection": collection,
         }
         bodies = [
             json.dumps(
@@ -109,10 +113,21 @@ def main() -> None:
             for i in range(args.requests)
         ]
         ratios = []
-        with server(folder, "plain", plain) as a, server(folder, "mirrored", mirrored) as b:
+        with ExitStack() as servers:
+            a = servers.enter_context(server(folder, "plain", plain))
+            if args.remote:
+                shadow = {"deployment": "shadow", "models": [{**entry, "version": 2}]}
+                shadow_port = servers.enter_context(server(folder, "shadow", shadow))
+                url = f"http://127.0.0.1:{shadow_port}"
+                mirror = {"model": "m", "version": 2, "percent": args.percent, "url": url}
+                mirrored = {**plain, "deployment": "mirrored", "collection": collection, "mirrors": [mirror]}
+            b = servers.enter_context(server(folder, "mirrored", mirrored))
             drive(a, bodies[:200])  # warm both
             drive(b, bodies[:200])
-            print(f"{args.model}, {args.requests} requests per round at concurrency 1, {args.percent}% mirrored")
+            where = "over HTTP to another server" if args.remote else "in process"
+            print(
+                f"{args.model}, {args.requests} requests per round at concurrency 1, {args.percent}% mirrored {where}"
+            )
             print("round | without p50 us | p99 us | with p50 us | p99 us | p50 ratio")
             for n in range(args.rounds):
                 order = [(a, "without"), (b, "with")] if n % 2 == 0 else [(b, "with"), (a, "without")]

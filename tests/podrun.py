@@ -466,20 +466,48 @@ _DOCKER_CONTAINER = {
     "logDriver",
     "logOpts",
     "networkMode",
+    "networksAdvanced",
     "destroyGraceSeconds",
     "wait",
     "waitTimeout",
 }
 
 
-def container_run(inputs: Mapping[str, Any], *, image: str, name: str, volumes: Mapping[str, str]) -> ContainerRun:
+# How Pulumi's wire format marks a secret value (a stack's config secret, and what is made of it).
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+
+def _revealed(value: Any) -> Any:
+    """A value as the provider gets it: a secret's plain value (the engine decrypts it for the provider)."""
+    if isinstance(value, dict) and value.get("4dabf18193072939515e22adb298388d") == _SECRET_SIG:
+        return _revealed(value["value"])
+    return value
+
+
+def container_run(
+    inputs: Mapping[str, Any],
+    *,
+    image: str,
+    name: str,
+    volumes: Mapping[str, str],
+    networks: Mapping[str, str] | None = None,
+) -> ContainerRun:
     """The `docker run` that pulumi-docker would make from a Container's inputs (as Pulumi's
-    mocks record them). `volumes` maps the component's volume names to volumes created here."""
+    mocks record them). `volumes` maps the component's volume names to volumes created here,
+    `networks` its networks likewise. Without a network the container shares the host's (the
+    CI engine has no default bridge); on a network it publishes its ports as the inputs say."""
     where = f"docker Container {inputs.get('name')}"
     _check(inputs, _DOCKER_CONTAINER, where)
     flags: list[str] = []
     if inputs.get("networkMode", "host") != "host":
         raise Unsupported(f"{where}.networkMode: {inputs['networkMode']} (the CI engine has host networking only)")
+    attached = inputs.get("networksAdvanced") or []
+    if len(attached) > 1:
+        raise Unsupported(f"{where}.networksAdvanced: {len(attached)} networks (`docker run` joins one)")
+    for network in attached:
+        _check(network, {"name", "aliases"}, f"{where}.networksAdvanced[0]")
+        flags += ["--network", (networks or {})[network["name"]]]
+        flags += [f for alias in network.get("aliases") or [] for f in ("--network-alias", alias)]
     if "logDriver" in inputs or "logOpts" in inputs:
         flags += [
             "--log-driver",
@@ -512,8 +540,13 @@ def container_run(inputs: Mapping[str, Any], *, image: str, name: str, volumes: 
     ports: dict[str, int] = {}
     for i, port in enumerate(inputs.get("ports") or []):
         _check(port, {"internal", "external", "protocol", "ip"}, f"{where}.ports[{i}]")
-        # Host networking: the server listens on its internal port; -p has no effect there.
-        ports[str(int(port["internal"]))] = int(port["internal"])
+        internal = int(port["internal"])
+        if attached:  # published, on the loopback here (pulumi-docker publishes on every interface)
+            external = int(port.get("external", internal))
+            flags += ["-p", f"127.0.0.1:{external}:{internal}"]
+            ports[str(internal)] = external
+        else:  # host networking: the server listens on its internal port; -p has no effect there
+            ports[str(internal)] = internal
     if "restart" in inputs:
         flags += ["--restart", inputs["restart"]]
     if inputs.get("init"):
@@ -526,15 +559,14 @@ def container_run(inputs: Mapping[str, Any], *, image: str, name: str, volumes: 
         flags += _healthcheck(health, f"{where}.healthcheck")
     if "stopTimeout" in inputs:
         flags += ["--stop-timeout", str(int(inputs["stopTimeout"]))]
-    env = dict(e.split("=", 1) for e in inputs.get("envs") or [])
+    env = dict(e.split("=", 1) for e in _revealed(inputs.get("envs")) or [])
     entry = ["--entrypoint", inputs["entrypoints"][0]] if inputs.get("entrypoints") else []
     argv = [
         "run",
         "-d",
         "--name",
         name,
-        "--network",
-        "host",
+        *([] if attached else ["--network", "host"]),
         *entry,
         *flags,
         *[f for k, v in env.items() for f in ("-e", f"{k}={v}")],

@@ -901,3 +901,160 @@ def test_iot_edge_module_runs_as_the_edge_agent_creates_it(built: Built, tmp_pat
         for created in volumes.values():
             podrun.docker("volume", "rm", "-f", created, check=False)
     assert auth_headers(settings)  # the key reached the server: unauthenticated requests got 401
+
+
+# --- shadow traffic on a Docker host: two containers, the served one mirroring to the shadow ----
+
+SHADOW_REQUESTS = 2000
+SHADOW_PERCENT = 20
+
+
+def shadow_on_docker(built: Built, tmp_path: Path, registry: OciRegistryServer, port: int) -> tuple[Path, str]:
+    """The built quickstart with a version 2 (retrained with a stronger penalty), registered,
+    converted, built and pushed, and a Docker target whose deployment mirrors to it."""
+    import joblib
+    from sklearn.datasets import load_iris
+
+    folder = tmp_path / "quickstart"
+    shutil.copytree(built.folder, folder, ignore=shutil.ignore_patterns("rendered-*", "stacks"))
+    x, y = load_iris(return_X_y=True)
+    model = joblib.load(folder / "model.joblib").set_params(logisticregression__C=0.1)
+    joblib.dump(model.fit(x.astype(np.float32), y), folder / "model2.joblib")
+    spec = folder / "mlops.yaml"
+    text = spec.read_text().replace("targets:\n", f"targets:\n  box:\n    kind: docker\n    port: {port}\n", 1)
+    spec.write_text(
+        text.replace(
+            "deployments:\n",
+            "deployments:\n  - name: iris-box\n    model: iris\n    version: 1\n"
+            f"    shadow: {{2: {SHADOW_PERCENT}}}\n    target: box\n"
+            "    hardware: {cpu: 500m, memory: 256Mi}\n    auth: key\n",
+            1,
+        )
+    )
+    cli(folder, "register", "iris", "--file", "model2.joblib")
+    cli(folder, "convert", "iris@2", "--no-speed")
+    output = cli(folder, "build", "iris@2", "--push", f"{registry.address}/models")
+    image = next(line.split()[1] for line in output.splitlines() if line.startswith("built "))
+    return folder, image
+
+
+def two_free_ports() -> int:
+    """A port whose next one is free too: the target's port, for version 1 and the shadow."""
+    import socket
+
+    from .conftest import free_port
+
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port + 1)) != 0 and port + 1 <= 65535:
+                return port
+    raise AssertionError("no two free ports in a row")
+
+
+@pytest.mark.timeout(900)  # with the session's build when it runs first: a second version is built here
+def test_docker_shadow_container_gets_its_share_and_the_report_pairs_every_mirror(
+    built: Built, tmp_path: Path, oci_registry: OciRegistryServer
+) -> None:
+    """The Docker target as `pulumi up` would run it (the generated program under Pulumi's mocks,
+    its containers on the engine, on a network of their own): the served version answers as
+    onnxruntime in process, mirrors exactly its share to the shadow's container, and the
+    records it collected pair every mirror in `mlops-iac shadow report`."""
+    from mlops_iac.convert.onnx_tools import run as ort_run
+    from mlops_iac.convert.onnx_tools import session
+
+    from .test_shadow import sample
+    from .test_stack_program import run_generated
+
+    port = two_free_ports()
+    folder, image_2 = shadow_on_docker(built, tmp_path, oci_registry, port)
+    cli(folder, "synth", "--target", "box", "--out", str(folder / "stacks"), "--no-contexts")
+    mocks, _ = run_generated(folder / "stacks", "quickstart", "box")
+    (network,) = mocks.of("docker:index/network:Network")
+    created_network = podrun.docker("network", "create", f"wt-shadow-{uuid.uuid4().hex[:8]}")
+    volumes = {
+        v.inputs["name"]: podrun.docker("volume", "create", f"wt-shadow-{uuid.uuid4().hex[:8]}")
+        for v in mocks.of("docker:index/volume:Volume")
+    }
+    runs: dict[str, ContainerRun] = {}
+    try:
+        for container in mocks.of("docker:index/container:Container"):
+            version = next(x["value"] for x in container.inputs["labels"] if x["label"] == "dev.mlops-iac.version")
+            runs[version] = podrun.container_run(
+                container.inputs,
+                image=built.image if version == "1" else image_2,
+                name=f"wt-shadow-v{version}-{uuid.uuid4().hex[:6]}",
+                volumes=volumes,
+                networks={network.inputs["name"]: created_network},
+            )
+        assert sorted(runs) == ["1", "2"] and runs["1"].ports["8080"] == port and runs["2"].ports["8080"] == port + 1
+        settings = settings_of(runs["1"])
+        assert [m["version"] for m in settings["mirrors"]] == [2] and "mirrors" not in settings_of(runs["2"])
+        for version in ("2", "1"):  # the shadow first: version 1 mirrors to it from its first request
+            runs[version].start()
+        for run in runs.values():
+            wait_healthy(run)
+        headers = {"Authorization": "Bearer s3cret"}  # the stack's mlops:apiKey under the mocks
+        x = built.sample
+        model_1 = session((folder / "build/iris-1/model/model.onnx").read_bytes())
+        model_2 = session((folder / "build/iris-2/model/model.onnx").read_bytes())
+        expected = [ort_run(model_1, x[i : i + 1])[:2] for i in range(len(x))]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for n in range(SHADOW_REQUESTS):
+            i = n % len(x)
+            doc: dict[str, Any] = {
+                "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": x[i].tolist()}]
+            }
+            if n % 2 == 0:
+                doc["id"] = f"req-{n}"  # half name themselves; the server keys the others' records itself
+            conn.request(
+                "POST", "/v2/models/iris/infer", json.dumps(doc), {"Content-Type": "application/json", **headers}
+            )
+            response = conn.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 200 and answer["model_version"] == "1", answer  # never the shadow's
+            outputs = {o["name"]: np.asarray(o["data"]) for o in answer["outputs"]}
+            assert outputs["label"].tolist() == expected[i][0].ravel().tolist()
+            np.testing.assert_allclose(outputs["probabilities"], expected[i][1].ravel(), rtol=1e-6, atol=1e-7)
+            assert answer.get("id") == doc.get("id")
+        conn.close()
+        share = SHADOW_REQUESTS * SHADOW_PERCENT // 100
+        deadline = time.monotonic() + 60  # the mirror works in bursts after the answers: let it finish
+        while time.monotonic() < deadline:
+            primary = get(port, "/metrics", headers)[1].decode()
+            if sample(primary, "mlops_shadow_mirrored_total", version="2") >= share:
+                break
+            time.sleep(0.5)
+        shadow = get(port + 1, "/metrics", headers)[1].decode()
+        assert sample(primary, "mlops_shadow_mirrored_total", model="iris", version="2") == share, primary
+        assert sample(primary, "mlops_shadow_dropped_total") == 0
+        # exactly its share reached the shadow's container
+        assert sample(shadow, "mlops_requests_total", model="iris", version="2", status="200") == share
+        podrun.docker("stop", runs["1"].name, timeout=60)  # SIGTERM: the collector writes what it holds
+        collected = tmp_path / "collected"
+        podrun.docker("cp", f"{runs['1'].name}:/data/collected", str(collected))
+    finally:
+        for run in runs.values():
+            podrun.docker("rm", "-f", run.name, check=False)
+        for created in volumes.values():
+            podrun.docker("volume", "rm", "-f", created, check=False)
+        podrun.docker("network", "rm", created_network, check=False)
+    records = [json.loads(line) for f in collected.rglob("requests.jsonl*") for line in f.read_text().splitlines()]
+    mirrored = {r["id"]: r for r in records if r.get("mirrored")}
+    shadows = {r["id"]: r for r in records if r.get("shadow")}
+    assert len(mirrored) == len(shadows) == share and set(mirrored) == set(shadows)
+    # a client's id is kept; a request without one gets one the answer never shows
+    sent = {f"req-{n}" for n in range(0, SHADOW_REQUESTS, 2)}
+    assert all(rid in sent or re.fullmatch(r"[0-9a-f]{32}", rid) for rid in mirrored)
+    for rid, record in shadows.items():  # version 2's answers, from its own container, on the request mirrored
+        assert record["version"] == "2" and "error" not in record
+        rows = np.asarray(mirrored[rid]["inputs"]["input"], np.float32)
+        label, probabilities = ort_run(model_2, rows)[:2]
+        assert record["outputs"]["label"] == label.ravel().tolist()
+        np.testing.assert_allclose(record["outputs"]["probabilities"], probabilities.ravel(), rtol=1e-6, atol=1e-7)
+    report = cli(folder, "shadow", "report", "iris-box", "--collected", str(collected), "--out", str(tmp_path / "r"))
+    assert (
+        f"{share} mirrored requests paired by request id (0 failed in the shadow); unpaired: 0 primary, 0 shadow"
+        in (report)
+    )
+    REPORT.append(f"- docker shadow: {share} of {SHADOW_REQUESTS} mirrored to v2's container, every one paired")

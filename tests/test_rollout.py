@@ -659,14 +659,78 @@ def test_bad_shadows_are_located(tmp_path: Path, lines: str, path: str, message:
     assert problem.path == path and message in str(problem) and problem.line > 0
 
 
-def test_shadow_needs_a_gateway(tmp_path: Path) -> None:
-    file = production(tmp_path / "p", CANARY_LINES)
-    text = file.read_text().replace("    cpu: 500m\n", "    cpu: 500m\n", 1)
-    file.write_text(
-        text.replace("    version: 1\n    target: edge\n", "    version: 1\n    shadow: {2: 5}\n    target: edge\n")
-    )
-    with pytest.raises(ConfigError, match=r"deployments\[1\]\.shadow: shadow traffic is mirrored by a Gateway"):
+def test_shadow_on_kubernetes_needs_a_gateway(tmp_path: Path) -> None:
+    file = production(tmp_path / "p", "    version: 1\n    shadow: {2: 5}\n")
+    text = file.read_text()
+    gateway = "    gateway: {name: public, namespace: gateway}   # Gateway API: the HTTPRoute splits traffic\n"
+    assert gateway in text
+    file.write_text(text.replace(gateway, ""))
+    with pytest.raises(ConfigError) as caught:
         load(file)
+    (problem,) = [p for p in caught.value.problems if p.severity == "error"]
+    assert problem.path == "deployments[0].shadow" and problem.line > 0
+    assert "shadow traffic is mirrored by a Gateway API HTTPRoute" in str(problem)
+    assert "expected a kubernetes target with `gateway:`, a docker target or a local target" in str(problem)
+
+
+EDGE_LINES = "    version: 1\n    target: edge\n"
+
+
+def edge_with_shadow(tmp_path: Path, target_lines: str = "") -> Path:
+    """examples/production with a shadow of version 2 on its Docker target's deployment."""
+    file = production(tmp_path / "p", CANARY_LINES)
+    text = file.read_text()
+    assert EDGE_LINES in text and "    grpcPort: 9080" in text
+    text = text.replace(EDGE_LINES, "    version: 1\n    shadow: {2: 20}\n    target: edge\n")
+    file.write_text(text.replace("    grpcPort: 9080", target_lines or "    grpcPort: 9080"))
+    return file
+
+
+def test_a_docker_shadow_is_a_container_of_its_own_that_the_served_version_mirrors_to(tmp_path: Path) -> None:
+    from mlops_iac.manifests import version_name
+
+    from .test_stacks import run_program
+
+    (stack,) = plan(load(edge_with_shadow(tmp_path)).resolved, ("edge",)).stacks
+    dep = stack.deployments[0]
+    assert dep.shadow == {2: 20} and [(v.number, v.weight) for v in dep.versions] == [(1, 100), (2, 0)]
+    mocks, exported = run_program(stack)
+    # its own host ports, beside version 1's, from the target's port + N - 1
+    assert exported == {
+        "iris-edge-v1": 8080,
+        "iris-edge-v1-grpc": 9080,
+        "iris-edge-v2": 8081,
+        "iris-edge-v2-grpc": 9081,
+    }
+    (network,) = mocks.of("docker:index/network:Network")
+    containers = {c.inputs["name"]: c.inputs for c in mocks.of("docker:index/container:Container")}
+    v1, v2 = (version_name("iris", v) for v in dep.versions)
+    settings = {n: json.loads(c["envs"][0].split("=", 1)[1]) for n, c in containers.items()}
+    assert settings[v1]["mirrors"] == [{"model": "iris", "version": 2, "percent": 20, "url": f"http://{v2}:8080"}]
+    assert "mirrors" not in settings[v2] and settings[v2]["models"][0]["version"] == 2  # a plain server
+    for name, container in containers.items():  # on the deployment's network, by its own name
+        assert container["networksAdvanced"] == [{"name": network.inputs["name"], "aliases": [name]}]
+    # the same security settings, limits and healthcheck as the served version
+    same = {"envs", "name", "image", "ports", "labels", "networksAdvanced", "volumes"}
+    assert {k: v for k, v in containers[v1].items() if k not in same} == {
+        k: v for k, v in containers[v2].items() if k not in same
+    }
+    assert containers[v2]["readOnly"] and containers[v2]["user"] == "10001:10001"
+    assert containers[v2]["capabilities"] == {"drops": ["ALL"]}
+    # without a shadow nothing changes: no network, no mirrors
+    plain, _ = run_program(plan(load(production(tmp_path / "plain", CANARY_LINES)).resolved, ("edge",)).stacks[0])
+    (container,) = plain.of("docker:index/container:Container")
+    assert "networksAdvanced" not in container.inputs and not plain.of("docker:index/network:Network")
+    assert "mirrors" not in container.inputs["envs"][0]
+
+
+def test_a_docker_shadows_host_ports_are_checked_with_the_others(tmp_path: Path) -> None:
+    from mlops_iac.errors import PlanError
+
+    # version 1's gRPC on 8081 is where the shadow (version 2) would serve REST
+    file = edge_with_shadow(tmp_path, "    grpcPort: 8081")
+    with pytest.raises(PlanError, match=r"iris-edge v2 would listen on host port 8081, which iris-edge v1 \(gRPC\)"):
+        plan(load(file).resolved, ("edge",))
 
 
 # --- the command's answers to mistakes, and its defaults -----------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -146,3 +147,118 @@ def test_shadow_report_errors_are_located(tmp_path: Path, lines: str, said: str)
         ],
     )
     assert result.exit_code == 1 and said in result.output and "Traceback" not in result.output
+
+
+# --- a shadow served by another server (as on a Docker host): mirrored over HTTP ----------------
+
+DATA = {
+    "BOOL": [True, False],
+    "UINT8": [0, 255],
+    "UINT16": [0, 65535],
+    "UINT32": [0, 2**32 - 1],
+    "UINT64": [2**64 - 1, 2**63],
+    "INT8": [-128, 127],
+    "INT16": [-(2**15), 2**15 - 1],
+    "INT32": [-(2**31), 2**31 - 1],
+    "INT64": [-(2**63), 2**63 - 1],
+    "FP16": [0.5, -65504.0],
+    "FP32": [1.5, -0.0025],  # as the server writes float32: its shortest repr
+    "FP64": [0.1, -1e300],
+    "BYTES": ["héllo wörld", "紫"],
+}
+
+
+def mirrored_records(folder: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    records = [json.loads(line) for line in (folder / "collected" / name).read_text().splitlines()]
+    return (
+        {r["id"]: r for r in records if r.get("mirrored")},
+        {r["id"]: r for r in records if r.get("shadow")},
+    )
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one series in a Prometheus exposition (0 where it is absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def scraped(server: Any, key: str) -> str:
+    status, _, body = server.request("GET", "/metrics", headers={"Authorization": f"Bearer {key}"})
+    assert status == 200
+    return str(body.decode())
+
+
+def test_a_shadow_served_elsewhere_gets_its_share_of_every_datatype_exactly(tmp_path: Path) -> None:
+    """Two real servers: the primary's settings name the shadow's URL (`mirrors`), as a Docker
+    target's served container names the shadow's container. Every v2 datatype arrives as the
+    client sent it (the shadow, an identity model, answers what it got), under the key."""
+    import time
+
+    from mlops_iac.serving.runtime import sha256_of
+
+    from .server_fixtures import Models, identity_model, running_server
+
+    path = identity_model(tmp_path)
+    models = Models(tmp_path, np.zeros(0), np.zeros(0))
+    env = {"MLOPS_IAC_API_KEY": "k3y"}
+
+    def entry(version: int) -> dict[str, Any]:
+        return {"name": "id", "version": version, "path": path.name, "digest": sha256_of(path)}
+
+    collection = {"enabled": True, "sample_rate": 0.0, "sink": "file", "path": "collected/mirrored.jsonl"}
+    inputs = [{"name": f"x_{t}", "datatype": t, "shape": [2], "data": d} for t, d in DATA.items()]
+    with running_server(models, {"deployment": "s", "auth": True, "models": [entry(2)]}, env) as shadow:
+        mirror = {"model": "id", "version": 2, "percent": 30, "url": f"http://127.0.0.1:{shadow.port}"}
+        config = {"deployment": "p", "auth": True, "models": [entry(1)], "collection": collection, "mirrors": [mirror]}
+        with running_server(models, config, env) as primary:
+            for n in range(100):
+                status, answer = primary.json(
+                    "POST", "/v2/models/id/infer", {"id": f"r{n}", "inputs": inputs}, Authorization="Bearer k3y"
+                )
+                assert status == 200 and answer["model_version"] == "1"
+                assert {o["name"]: o["data"] for o in answer["outputs"]} == {f"y_{t}": d for t, d in DATA.items()}
+            for _ in range(200):  # the mirror's bursts follow the answers
+                if sample(scraped(primary, "k3y"), "mlops_shadow_mirrored_total", version="2") >= 30:
+                    break
+                time.sleep(0.05)
+            assert sample(scraped(primary, "k3y"), "mlops_shadow_mirrored_total", model="id", version="2") == 30
+            assert sample(scraped(primary, "k3y"), "mlops_shadow_dropped_total") == 0
+            # exactly 30 of the 100 reached the shadow: a running total, not a random draw
+            assert sample(scraped(shadow, "k3y"), "mlops_requests_total", version="2", status="200") == 30
+    primaries, shadows = mirrored_records(tmp_path, "mirrored.jsonl")
+    assert len(shadows) == 30 and set(primaries) == set(shadows)
+    for rid, record in shadows.items():
+        assert record["version"] == "2" and "error" not in record
+        assert record["outputs"] == primaries[rid]["outputs"] == {f"y_{t}": d for t, d in DATA.items()}
+
+
+def test_a_shadow_that_cannot_be_reached_is_recorded_as_failed_and_never_seen(tmp_path: Path) -> None:
+    import time
+
+    from .server_fixtures import build_models, model_entry, running_server
+
+    models = build_models(tmp_path)
+    nobody = free_port()
+    collection = {"enabled": True, "sample_rate": 0.0, "sink": "file", "path": "collected/down.jsonl"}
+    mirror = {"model": "iris", "version": 2, "percent": 50, "url": f"http://127.0.0.1:{nobody}"}
+    config = {"models": [model_entry(models, "iris")], "collection": collection, "mirrors": [mirror]}
+    with running_server(models, config) as primary:
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": models.iris[0].tolist()}]}
+        for _ in range(10):
+            status, answer = primary.json("POST", "/v2/models/iris/infer", body)
+            assert status == 200 and answer["model_version"] == "1"
+        for _ in range(200):
+            if (tmp_path / "collected/down.jsonl").exists() and len(mirrored_records(tmp_path, "down.jsonl")[1]) == 5:
+                break
+            time.sleep(0.05)
+        metrics = scraped(primary, "")
+    primaries, shadows = mirrored_records(tmp_path, "down.jsonl")
+    assert len(shadows) == 5 and set(primaries) == set(shadows)  # paired, by the ids the server made
+    assert all(r["error"] == "the shadow version failed on this request" for r in shadows.values())
+    assert sample(metrics, "mlops_shadow_mirrored_total") == 0  # counts those the shadow answered

@@ -9,7 +9,7 @@ from ..errors import Problem
 from ..loader import Document, PathKey
 from ..lock import Lock
 from ..spec import Deployment
-from ..spec.targets import KubernetesTarget, LocalTarget, Target
+from ..spec.targets import DockerTarget, KubernetesTarget, LocalTarget, Target
 
 
 def deployed_refs(dep: Deployment) -> tuple[int | str, ...]:
@@ -82,12 +82,16 @@ def shadow_problems(
 ) -> Iterator[Problem]:
     assert dep.shadow is not None
     refs = deployed_refs(dep)
-    mirrors = isinstance(target, LocalTarget) or (isinstance(target, KubernetesTarget) and target.gateway is not None)
+    # Our servers mirror on local and Docker targets (there, the primary's container to the
+    # shadow's, over the deployment's network); on Kubernetes the Gateway's HTTPRoute does.
+    mirrors = isinstance(target, LocalTarget | DockerTarget) or (
+        isinstance(target, KubernetesTarget) and target.gateway is not None
+    )
     if target is not None and not mirrors:
         yield doc.problem(
             (*here, "shadow"),
-            "shadow traffic is mirrored by a Gateway API HTTPRoute, or on a local target by the server itself",
-            "expected a kubernetes target with `gateway:`, or a local target",
+            "shadow traffic is mirrored by a Gateway API HTTPRoute, or on a local or Docker target by the server",
+            "expected a kubernetes target with `gateway:`, a docker target or a local target",
             of_key=True,
         )
     for ref, percent in dep.shadow.items():

@@ -100,7 +100,7 @@ def _kubernetes(plan: StackPlan, target: KubernetesTarget, api_key: pulumi.Input
 def _docker(plan: StackPlan, target: DockerTarget, api_key: pulumi.Input[str] | None) -> dict[str, Any]:
     import pulumi_docker as docker
 
-    from .docker import DockerModelServer, DockerModelServerArgs, grpc_host_port, host_port
+    from .docker import DockerModelServer, DockerModelServerArgs, grpc_host_port, host_port, network_name
 
     ssh = list(target.ssh_opts) if target.host.startswith("ssh://") else None
     provider = docker.Provider(plan.target.name, host=target.host, ssh_opts=ssh)
@@ -113,11 +113,13 @@ def _docker(plan: StackPlan, target: DockerTarget, api_key: pulumi.Input[str] | 
             DockerBatchJob(dep.name, DockerBatchJobArgs(dep), opts)
             exported[dep.name] = "one-shot"  # no port: it scores and exits
             continue
-        for version in dep.versions:
+        name = network_name(dep)
+        network = docker.Network(name, name=name, opts=opts).name if name is not None else None
+        for version in dep.versions:  # the shadow versions too: a container each, with no weight
             port, grpc_port = host_port(target, version), grpc_host_port(target, version)
             DockerModelServer(
                 f"{dep.name}-v{version.number}",
-                DockerModelServerArgs(dep, version, port, api_key, target.platform, grpc_port),
+                DockerModelServerArgs(dep, version, port, api_key, target.platform, grpc_port, network),
                 opts,
             )
             exported[f"{dep.name}-v{version.number}"] = port

@@ -4,7 +4,12 @@ DOCKER_HOST (ssh://user@edge-01). One container per model version, the image by 
 Each version keeps its own host port (`host_port`: the target's port + version - 1) for as
 long as it runs, so promoting a canary never moves it and never needs a port held by another
 container. Its collected data lives in a named volume, `<version name>-data`, that is kept
-when the version retires (Pulumi forgets it; `docker volume rm` deletes it)."""
+when the version retires (Pulumi forgets it; `docker volume rm` deletes it).
+
+A shadow version runs as one more such container, with its own port and no weight. The
+deployment's containers then share a network of their own, and each served version's server
+mirrors the shadow's share of its answered requests to the shadow's container by name
+(`mirrors` in its settings): the copies never leave the engine's network."""
 
 from __future__ import annotations
 
@@ -15,8 +20,8 @@ import pulumi_docker as docker
 
 from ..artifacts import canonical_json
 from ..manifests import GRACE_SECONDS, GRPC_PORT, PORT, PRESTOP_SECONDS, UID, server_settings, version_name
-from ..pinned import BuiltDeployment, BuiltVersion, PinnedVersion
-from ..serving.config import SETTINGS_ENV
+from ..pinned import BuiltDeployment, BuiltVersion, PinnedDeployment, PinnedVersion
+from ..serving.config import SETTINGS_ENV, MirrorConfig
 from ..spec.targets import DockerTarget
 
 WAIT_SECONDS = 300  # `pulumi up` waits this long for the healthcheck to pass
@@ -32,6 +37,28 @@ def grpc_host_port(target: DockerTarget, version: PinnedVersion) -> int | None:
     return None if target.grpc_port is None else target.grpc_port + version.number - 1
 
 
+def mirrors(dep: PinnedDeployment, version: PinnedVersion) -> tuple[MirrorConfig, ...]:
+    """Where a served version's server mirrors to: each shadow version's container, by its name
+    on the deployment's network (pure); a shadow itself mirrors nothing."""
+    if version.number in dep.shadow:
+        return ()
+    return tuple(
+        MirrorConfig(
+            model=dep.model,
+            version=v.number,
+            percent=dep.shadow[v.number],
+            url=f"http://{version_name(dep.model, v)}:{PORT}",
+        )
+        for v in dep.versions
+        if v.number in dep.shadow
+    )
+
+
+def network_name(dep: PinnedDeployment) -> str | None:
+    """The deployment's own network, where it has a shadow to mirror to; else None (the engine's default)."""
+    return f"{dep.name}-mirror" if dep.shadow else None
+
+
 @dataclass
 class DockerModelServerArgs:
     deployment: BuiltDeployment
@@ -40,6 +67,7 @@ class DockerModelServerArgs:
     api_key: pulumi.Input[str] | None = None
     platform: str = "linux/amd64"
     grpc_port: int | None = None  # on the host; None: not published
+    network: pulumi.Input[str] | None = None  # the deployment's network (with a shadow); None: the default
 
 
 class DockerModelServer(pulumi.ComponentResource):
@@ -56,10 +84,10 @@ class DockerModelServer(pulumi.ComponentResource):
             f"{cname}-data", name=f"{cname}-data", opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True)
         )
         hw = version.hardware
-        envs: list[pulumi.Input[str]] = [
-            f"{SETTINGS_ENV}="
-            + canonical_json(server_settings(dep, version, version.onnx_digest).model_dump(mode="json")).strip()
-        ]
+        settings = server_settings(dep, version, version.onnx_digest).model_copy(
+            update={"mirrors": mirrors(dep, version)}
+        )
+        envs: list[pulumi.Input[str]] = [f"{SETTINGS_ENV}=" + canonical_json(settings.model_dump(mode="json")).strip()]
         if dep.auth == "key":
             if args.api_key is None:
                 raise ValueError(
@@ -95,6 +123,12 @@ class DockerModelServer(pulumi.ComponentResource):
             security_opts=["no-new-privileges:true"],
             tmpfs={"/tmp": "rw,size=64m"},  # noqa: S108 - the container's own /tmp, in memory
             volumes=[docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path="/data")],
+            # By name on the deployment's network: the address its served versions mirror to.
+            networks_advanced=(
+                [docker.ContainerNetworksAdvancedArgs(name=args.network, aliases=[cname])]
+                if args.network is not None
+                else None
+            ),
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=["CMD", "/opt/venv/bin/python", "-m", "mlops_iac.serving.health"],
                 interval="10s",

@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .openapi import document
 from .protocol import ClientError, Request, encode, parse
 from .runtime import ModelRuntime
-from .shadow import Shadow
+from .shadow import Shadow, mirroring
 from .triton import EXTENSIONS, classify, model_config, statistics
 
 log = logging.getLogger("mlops_iac.serving")
@@ -126,7 +126,7 @@ class Server:
             entries = [e for e in versions.values() if id(e) not in mirrored] or list(versions.values())
             weights = [e.weight for e in entries]
             self.routes[name] = (entries, weights if any(weights) else [1] * len(entries))
-        self.shadow = Shadow(shadows, self.collector, self.metrics.registry) if shadows else None
+        self.shadow = mirroring(self.config, shadows, self.collector, self.metrics.registry, self.key)
         self.ready = True
         self.metrics.ready.set(1)
 

@@ -47,6 +47,19 @@ class ModelConfig(Settings):
         return data
 
 
+class MirrorConfig(Settings):
+    """A shadow version served by another server (on a Docker host, its own container): this
+    server sends it `percent` of the model's answered requests over HTTP, after the answer."""
+
+    model: str
+    version: int = Field(ge=1)
+    percent: int = Field(ge=1, le=100)
+    url: str = Field(
+        pattern=r"^http://[^/\s]+(/\S*)?$",
+        description="The shadow server's base URL, e.g. http://iris-v2-8e247c07:8080.",
+    )
+
+
 class CollectionConfig(Settings):
     enabled: bool = False
     sample_rate: float = Field(0.0, ge=0, le=1)
@@ -68,6 +81,9 @@ class ServerConfig(Settings):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     grpc_port: int | None = Field(None, ge=1, le=65535)
     collection: CollectionConfig = CollectionConfig()
+    mirrors: tuple[MirrorConfig, ...] = Field(
+        (), description="Shadow versions served elsewhere, mirrored to over HTTP after the answer."
+    )
     workers: int = Field(
         1,
         ge=0,
@@ -77,12 +93,14 @@ class ServerConfig(Settings):
     )
 
     @model_serializer(mode="wrap")
-    def _leave_out_one_worker(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _leave_out_the_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # One worker is written as before there were workers: the settings of every deployment
         # stay byte for byte what they were, and so do the digests pinned from them.
         data: dict[str, Any] = handler(self)
         if data.get("workers") == 1:
             del data["workers"]
+        if not data.get("mirrors"):  # likewise without a shadow served elsewhere
+            data.pop("mirrors", None)
         return data
 
 

@@ -1,33 +1,128 @@
-"""Shadow traffic on local targets: a share of a model's requests mirrored to a version that
-answers none of them, after the primary's answer has gone out.
+"""Shadow traffic: a share of a model's requests mirrored to a version that answers none of
+them, after the primary's answer has gone out.
 
 The request path only adds the shadow's percent to a running total per shadow version and,
 each time it passes 100, puts the parsed request and the primary's answer on a bounded
 queue; a worker thread runs the shadow model and hands both records (the primary's and the
 shadow's, with the same request id) to the data collector. A full queue drops the mirror
-and counts it: a shadow never delays or fails an answer. On Kubernetes the gateway mirrors
-instead (the HTTPRoute's RequestMirror).
+and counts it: a shadow never delays or fails an answer. The shadow is either a version this
+server loads (local targets) or, on a Docker host where each version has its own container, a
+`Remote`: another server the worker thread sends the request to over HTTP (`mirrors` in the
+settings). On Kubernetes the gateway mirrors instead (the HTTPRoute's RequestMirror).
 """
 
 from __future__ import annotations
 
+import http.client
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
 from prometheus_client import Counter
 
 from .collect import Collector
-from .protocol import Request
+from .config import MirrorConfig, ServerConfig
+from .protocol import Request, to_bytes
 
 _STOP = object()
 QUEUE_SIZE = 1000
 PAUSE = 0.05  # seconds between bursts of shadow work
+TIMEOUT = 10.0  # seconds a remote shadow may take to answer; slower ones fill the queue, then drop
+
+
+class Remote:
+    """A shadow version served by another server, reached over HTTP on one kept-alive connection
+    (used by the shadow thread alone)."""
+
+    def __init__(self, config: MirrorConfig, authorization: bytes | None) -> None:
+        url = urlsplit(config.url)
+        if url.scheme != "http" or not url.hostname:
+            raise ValueError(f"mirror to {config.model} v{config.version}: expected an http:// URL, got {config.url!r}")
+        self.host, self.port = url.hostname, url.port or 80
+        self.path = f"{url.path.rstrip('/')}/v2/models/{config.model}/versions/{config.version}/infer"
+        self.name, self.version = config.model, str(config.version)
+        self.headers = {"Content-Type": "application/octet-stream"}
+        if authorization is not None:  # the deployment's key: its versions share it
+            self.headers["Authorization"] = authorization.decode()
+        self.conn: http.client.HTTPConnection | None = None
+
+    def answer(self, request: Request, rid: str) -> dict[str, Any]:
+        """The shadow's outputs for `request`, sent under the pair's id; raises when it fails."""
+        body, header = mirror_body(request, rid)
+        headers = {**self.headers, "Inference-Header-Content-Length": str(header)}
+        for attempt in (1, 2):  # once more on a fresh connection: the server may have closed an idle one
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+            try:
+                self.conn.request("POST", self.path, body, headers)
+                response = self.conn.getresponse()
+                data = response.read()
+                break
+            except (OSError, http.client.HTTPException):
+                self.close()
+                if attempt == 2:
+                    raise
+        if response.status != 200:
+            raise RuntimeError(f"the shadow answered {response.status}: {data[:200]!r}")
+        doc = orjson.loads(data)
+        if doc.get("model_version") != self.version:  # never record another version's answer as the shadow's
+            raise RuntimeError(f"expected version {self.version}, answered by {doc.get('model_version')!r}")
+        return {o["name"]: o["data"] for o in doc["outputs"]}
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def mirror_body(request: Request, rid: str) -> tuple[bytes, int]:
+    """The request again, every input as binary tensor data: exact for every datatype (BF16's
+    bits, BYTES that are not UTF-8) with no JSON of the numbers to write. The answer is JSON."""
+    described, blobs = [], []
+    for name, array in request.inputs.items():
+        blob = to_bytes(array)
+        described.append(
+            {
+                "name": name,
+                "datatype": request.datatypes[name],
+                "shape": list(array.shape),
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        )
+        blobs.append(blob)
+    head: dict[str, Any] = {"id": rid, "inputs": described}
+    parameters = {k: v for k, v in request.parameters.items() if k != "binary_data_output"}
+    if parameters:
+        head["parameters"] = parameters
+    header = orjson.dumps(head)
+    return header + b"".join(blobs), len(header)
+
+
+def mirroring(
+    config: ServerConfig,
+    local: Mapping[str, list[tuple[Any, int]]],
+    collector: Collector,
+    registry: Any,
+    authorization: bytes | None,
+) -> Shadow | None:
+    """The server's shadows: the versions it loads with a `shadow` percent (`local`, by model)
+    and the `mirrors` of its settings, served elsewhere; None without any."""
+    shadows = {name: list(entries) for name, entries in local.items()}
+    for mirror in config.mirrors:
+        shadows.setdefault(mirror.model, []).append((Remote(mirror, authorization), mirror.percent))
+    return Shadow(shadows, collector, registry) if any(shadows.values()) else None
+
+
+def _identity(shadow: Any) -> tuple[str, str]:
+    if isinstance(shadow, Remote):
+        return shadow.name, shadow.version
+    return shadow.runtime.name, shadow.runtime.version
 
 
 class Shadow:
@@ -85,24 +180,27 @@ class Shadow:
             for job in jobs:
                 if job is _STOP:
                     return
+                # the pair's key, in the records only (the answer is sent): the failure's record too
+                rid = job[2].id or uuid.uuid4().hex
                 try:
-                    self._mirror(*job)
+                    self._mirror(rid, *job)
                 except Exception:  # a failing shadow is recorded as such; it never reaches a client
-                    shadow, _, request, *_ = job
+                    name, version = _identity(job[0])
                     self.collector.offer(
                         {
                             "time": time.time(),
-                            "model": shadow.runtime.name,
-                            "version": shadow.runtime.version,
-                            "id": request.id,
+                            "model": name,
+                            "version": version,
+                            "id": rid,
                             "shadow": True,
                             "error": "the shadow version failed on this request",
                         }
                     )
             time.sleep(PAUSE)
 
-    def _mirror(self, shadow: Any, primary: Any, request: Request, payload: bytes, latency: float, when: float) -> None:
-        rid = request.id or uuid.uuid4().hex  # the pair's key, in the records only: the answer is sent
+    def _mirror(
+        self, rid: str, shadow: Any, primary: Any, request: Request, payload: bytes, latency: float, when: float
+    ) -> None:
         answer = orjson.loads(payload)
         outputs = {o["name"]: o["data"] for o in answer.get("outputs", [])}
         self.collector.offer(
@@ -117,29 +215,20 @@ class Shadow:
                 "latencyMs": round(latency * 1000, 3),
             }
         )
-        runtime = shadow.runtime
         began = time.perf_counter()
-        if runtime.preprocess is not None:
-            from .handler import call_handler as _call_handler
-
-            feeds = runtime.check(_call_handler(runtime.preprocess, request), None)
-        else:
-            feeds = runtime.check(request.inputs, request.datatypes)
-        result = runtime.run(feeds, None)
-        if runtime.postprocess is not None:
-            from .handler import call_handler as _call_handler
-
-            result = _call_handler(runtime.postprocess, result)
-        self.mirrored.labels(runtime.name, runtime.version).inc()
+        result = shadow.answer(request, rid) if isinstance(shadow, Remote) else _run(shadow.runtime, request)
+        name, version = _identity(shadow)
+        self.mirrored.labels(name, version).inc()
         self.collector.offer(
             {
                 "time": time.time(),
-                "model": runtime.name,
-                "version": runtime.version,
+                "model": name,
+                "version": version,
                 "id": rid,
                 # flat, as the protocol's `data` of the primary's answer
                 "outputs": {n: np.asarray(v).ravel() for n, v in result.items() if n in outputs or not outputs},
                 "shadow": True,
+                # a remote shadow's is the round trip from here: its run and the network's share
                 "latencyMs": round((time.perf_counter() - began) * 1000, 3),
             }
         )
@@ -148,3 +237,21 @@ class Shadow:
         if self.thread.is_alive():
             self.queue.put(_STOP)
             self.thread.join(10)
+        for entries in self.shadows.values():
+            for shadow, _ in entries:
+                if isinstance(shadow, Remote):
+                    shadow.close()
+
+
+def _run(runtime: Any, request: Request) -> dict[str, Any]:
+    """A loaded shadow version's outputs for `request`, with the model's handler as the server runs it."""
+    from .handler import call_handler
+
+    if runtime.preprocess is not None:
+        feeds = runtime.check(call_handler(runtime.preprocess, request), None)
+    else:
+        feeds = runtime.check(request.inputs, request.datatypes)
+    result: dict[str, Any] = runtime.run(feeds, None)
+    if runtime.postprocess is not None:
+        result = call_handler(runtime.postprocess, result)
+    return result
