@@ -25,7 +25,7 @@ from ..errors import MlopsIacError
 from ..serving.config import ModelConfig
 from .features import default_ids, plan_inputs
 from .jobs import Job, Part, PartResult, Progress, ScoringError, Settings, Summary, summarize
-from .manifest import finished, header, manifest_path, write_manifest
+from .manifest import finished, header, make_durable, manifest_path, write_manifest
 from .part import runtime_of, score_part
 from .sources import expand, open_source
 from .writers import OUTPUT_FORMATS
@@ -91,6 +91,8 @@ def score(job: Job, progress: Progress | None = None) -> Summary:
                 failed = f"{rejects} rejected rows exceed --error-threshold {job.settings.error_threshold}"
                 break
     finally:
+        if failed is None and all(p.index in done for p in mine):
+            make_durable(job.out, done.values())
         write_manifest(path, state, mine, failed)
     summary = summarize(done, mine, len(mine) - len(todo), path, failed)
     if failed:

@@ -7,6 +7,8 @@ a reader (or a rerun after a SIGKILL) sees either the old list or the new one.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,18 @@ def finished(job: Job, head: dict[str, Any], path: Path) -> dict[int, PartResult
         ):
             done[result.index] = result
     return done
+
+
+def make_durable(out: Path, results: Iterable[PartResult]) -> None:
+    """Flush the parts' bytes to disk: done once, before the manifest says "complete"."""
+    for result in results:
+        for name in (result.file, result.rejects_file):
+            if name is not None:
+                fd = os.open(out / name, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
 
 def _intact(out: Path, name: str, digest: str | None) -> bool:

@@ -7,6 +7,8 @@ the input check), so a batch is scored exactly as the same rows sent to `serve` 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,10 @@ _RUNTIMES: dict[tuple[str, str], ModelRuntime] = {}
 def runtime_of(model: ModelConfig, base: Path) -> ModelRuntime:
     key = (str(base), model.model_dump_json())  # the file, digest, handler and threads
     if key not in _RUNTIMES:  # one session per process, reused by every part
-        _RUNTIMES[key] = ModelRuntime(model, base)
+        # No spinning: onnxruntime's pool threads would otherwise busy-wait between calls,
+        # taking the cores from the threads that read and write the batches around each
+        # call, from the other workers, and from a pod's CPU quota.
+        _RUNTIMES[key] = ModelRuntime(model, base, spinning=False)
     return _RUNTIMES[key]
 
 
@@ -43,16 +48,22 @@ def score_part(job: Job, part: Part, progress: Progress | None = None) -> PartRe
     rejects = PartWriter(job.out / f"rejects-{part.index:05d}.{_suffix(job)}", job.settings.format, meta, None)
     rows_in = rows_out = rejected = 0
     try:
-        read = batches(source, part.start, part.stop, job.settings.batch_size, columns, ids)
-        for batch, feeds, reasons in prefetch(_converted(read, list(maps))):
-            outputs, keep = run_model(runtime, feeds, reasons, batch.table.num_rows)
-            output.write(_rows(batch.table, ids, keep, batch.start, keep_row), outputs)
-            if reasons:
-                rejects.write_rejects(batch.table, ids, batch.start, reasons)
-            n = batch.table.num_rows
-            rows_in, rows_out, rejected = rows_in + n, rows_out + len(keep), rejected + len(reasons)
-            if progress is not None:
-                progress(n)
+        # Write-behind: batch i is encoded and written on its own thread (Arrow's encoder
+        # releases the GIL) while onnxruntime scores batch i+1. One write in flight at most,
+        # so memory holds one more batch; leaving the block waits for the last write.
+        with ThreadPoolExecutor(1, thread_name_prefix="mlops-iac-write") as writes:
+            pending: Future[None] | None = None
+            read = batches(source, part.start, part.stop, job.settings.batch_size, columns, ids)
+            for batch, feeds, reasons in prefetch(_converted(read, list(maps))):
+                outputs, keep = run_model(runtime, feeds, reasons, batch.table.num_rows)
+                if pending is not None:
+                    pending.result()  # a failed write stops the part here
+                written = _Written(batch, keep, outputs, reasons)
+                pending = writes.submit(_write, output, rejects, written, ids, keep_row, progress)
+                n = batch.table.num_rows
+                rows_in, rows_out, rejected = rows_in + n, rows_out + len(keep), rejected + len(reasons)
+            if pending is not None:
+                pending.result()
         if rows_in != rows_out + rejected or rows_in != part.stop - part.start:
             raise MlopsIacError(
                 f"{source.path} rows {part.start}-{part.stop}: read {rows_in} rows, wrote "
@@ -64,6 +75,31 @@ def score_part(job: Job, part: Part, progress: Progress | None = None) -> PartRe
         output.abort()
         rejects.abort()
     return PartResult(part.index, file, digest, rows_in, rows_out, rejected, rfile, rdigest)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """One scored batch on its way to the part's files."""
+
+    batch: Batch
+    keep: np.ndarray
+    outputs: dict[str, np.ndarray]
+    reasons: dict[int, str]
+
+
+def _write(
+    output: PartWriter,
+    rejects: PartWriter,
+    w: _Written,
+    ids: tuple[str, ...],
+    keep_row: bool,
+    progress: Progress | None,
+) -> None:
+    output.write(_rows(w.batch.table, ids, w.keep, w.batch.start, keep_row), w.outputs)
+    if w.reasons:
+        rejects.write_rejects(w.batch.table, ids, w.batch.start, w.reasons)
+    if progress is not None:  # rows count as done once written
+        progress(w.batch.table.num_rows)
 
 
 def _converted(
