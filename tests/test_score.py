@@ -25,6 +25,7 @@ from mlops_iac.convert.onnx_tools import run, session
 from mlops_iac.errors import MlopsIacError
 from mlops_iac.scoring import ScoringError, Settings, prepare, score
 from mlops_iac.serving.config import ModelConfig
+from mlops_iac.serving.workers import cpu_limit
 
 from .server_fixtures import Models, build_models, model_entry
 
@@ -227,6 +228,19 @@ def test_two_workers_give_the_same_bytes(models: Models, tmp_path: Path) -> None
         )
         outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert len(outs[0]) == 7 and outs[0] == outs[1]  # 6 parts and the manifest
+
+
+def test_workers_times_threads_fit_the_cpus(models: Models, tmp_path: Path) -> None:
+    """Each worker gets the CPUs this process may use (its CFS quota, else its affinity)
+    divided by the workers, so onnxruntime's threads never outnumber the cores; --threads wins."""
+    pq.write_table(table_of(models.cancer[:10], np.arange(10)), tmp_path / "in.parquet")
+    inputs, limit = [str(tmp_path / "in.parquet")], cpu_limit()
+    for workers in (1, 2, limit + 1):
+        job = prepare(cancer_model(models), models.folder, inputs, tmp_path / "out", Settings(workers=workers))
+        assert job.model.threads == max(1, limit // workers)
+        assert job.model.threads * workers <= max(limit, workers)
+    job = prepare(cancer_model(models), models.folder, inputs, tmp_path / "out", Settings(workers=2, threads=3))
+    assert job.model.threads == 3
 
 
 def _entrypoint(models: Models, tmp_path: Path, out: Path, *extra: str) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import queue
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -23,6 +22,7 @@ from typing import Any
 
 from ..errors import MlopsIacError
 from ..serving.config import ModelConfig
+from ..serving.workers import cpu_limit
 from .features import default_ids, plan_inputs
 from .jobs import Job, Part, PartResult, Progress, ScoringError, Settings, Summary, summarize
 from .manifest import finished, header, make_durable, manifest_path, write_manifest
@@ -36,7 +36,9 @@ def prepare(model: ModelConfig, base: Path, inputs: list[str], out: Path, settin
     _check_settings(settings)
     part_rows = -(-max(settings.part_rows, settings.batch_size) // settings.batch_size) * settings.batch_size
     settings = replace(settings, part_rows=part_rows)
-    threads = settings.threads or max(1, _cores() // settings.workers)
+    # workers x threads = the CPUs this process may use (a pod's CPU limit, not the node's
+    # cores): more onnxruntime threads than cores only make them wait for each other.
+    threads = settings.threads or max(1, cpu_limit() // settings.workers)
     model = model.model_copy(update={"threads": threads})
     # Verifies the digest and loads the handler: fail early. Kept: one process loads the model once.
     runtime = runtime_of(model, base)
@@ -112,10 +114,6 @@ def _execute(job: Job, todo: list[Part], progress: Progress | None) -> Iterator[
             yield score_part(job, part, progress)
         return
     yield from _in_processes(job, todo, progress)
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 _QUEUE: Any = None
