@@ -1,7 +1,10 @@
 """The manifest of a run: which parts are done, with their digests; what `--resume` trusts.
 
 One process owns a manifest (one per shard) and rewrites it atomically after each part, so
-a reader (or a rerun after a SIGKILL) sees either the old list or the new one.
+a reader (or a rerun after a SIGKILL) sees either the old list or the new one. Durability is
+spent where it buys something: each manifest write is fsynced (with its folder, which makes
+the parts' renames durable too); the parts' bytes are fsynced once, before the manifest says
+"complete". A part listed earlier that a power cut tore fails its digest and is scored again.
 """
 
 from __future__ import annotations
