@@ -10,9 +10,9 @@ and 2 worker processes (cores / workers onnxruntime threads each).
 
 Rounds alternate bare and score. Printed: the ratio of the best figures (on a shared machine
 the least disturbed run says most about the code) and the median of the rounds' own ratios
-with their range (how noisy the machine was). A pool of worker processes starts once per run
-(Python, pyarrow, which imports pandas, the model); its start-up, measured on its own, is
-printed beside the 2-worker figures, which include it.
+with their range (how noisy the machine was). A worker process starts once per run (Python,
+pyarrow, which imports pandas, the model); its start-up, measured on its own, is printed
+beside the 2-worker figures, which include its CPU time (the first process scores meanwhile).
 
 Memory: peak RSS of a process that scores 1x and 10x the rows at 10k-row batches.
 

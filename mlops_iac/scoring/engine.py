@@ -131,7 +131,7 @@ def _work(job: Job, part: Part) -> PartResult:
 def _in_processes(job: Job, todo: list[Part], progress: Progress | None) -> Iterator[PartResult]:
     """Parts dealt to `workers - 1` processes and to this one, on a thread, with the session
     `prepare` loaded: it scores from the first second while the others start (seconds: Python,
-    pyarrow, the model), so a run with workers is never slower by their start-up."""
+    pyarrow, the model), so their start-up costs the run its CPU time, not a wait."""
     # spawn, not fork: onnxruntime's thread pools do not survive a fork.
     context = multiprocessing.get_context("spawn")
     rows = context.Queue()
@@ -148,7 +148,9 @@ def _in_processes(job: Job, todo: list[Part], progress: Progress | None) -> Iter
                 if waiting and (mine is None or mine.done()):
                     mine = here.submit(score_part, job, waiting.pop(), progress)
                     pending.add(mine)
-                while waiting and len(pending) < 1 + 2 * others:  # bounded: a few parts in flight
+                # One part per process at a time: a part queued ahead to a worker still starting
+                # would wait there while this process could have scored it.
+                while waiting and len(pending) < 1 + others:
                     pending.add(pool.submit(_work, job, waiting.pop()))
                 finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 _drain(rows, progress)
