@@ -3,14 +3,20 @@
 Throughput: the same rows, in the same batches, through the same ONNX model (a RandomForest of
 100 trees, depth 10, 20 features, as in the server benchmarks). Bare is `session.run` over
 slices of an array already in memory, in one process, with as many onnxruntime threads as
-cores; `score` reads Parquet, converts, runs, and writes Parquet parts with their manifest.
-Rounds alternate bare and score; each figure is the best of its rounds (on a shared machine
-the least disturbed run says most about the code, medians mostly about the neighbours);
-ratios only.
+cores, measured twice: with onnxruntime's defaults (pool threads spin between calls) and
+without spinning (as `score` runs it); each round's ratio is against the faster of the two.
+`score` reads Parquet, converts, runs, and writes Parquet parts with their manifest, with 1
+and 2 worker processes (cores / workers onnxruntime threads each).
+
+Rounds alternate bare and score. Printed: the ratio of the best figures (on a shared machine
+the least disturbed run says most about the code) and the median of the rounds' own ratios
+with their range (how noisy the machine was). A worker process starts once per run (Python,
+pyarrow, which imports pandas, the model); its start-up, measured on its own, is printed
+beside the 2-worker figures, which include its CPU time (the first process scores meanwhile).
 
 Memory: peak RSS of a process that scores 1x and 10x the rows at 10k-row batches.
 
-    python benchmarks/batch.py [--rows 200000] [--rounds 5] [--memory-rows 100000]
+    python benchmarks/batch.py [--rows 400000] [--rounds 3] [--memory-rows 100000]
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,12 +76,14 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def bare(onnx: Path, x: np.ndarray, batch: int) -> float:
+def bare(onnx: Path, x: np.ndarray, batch: int, spinning: bool = True) -> float:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = cores()
     options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     sess.run(None, {name: x[:batch]})
@@ -84,14 +93,28 @@ def bare(onnx: Path, x: np.ndarray, batch: int) -> float:
     return len(x) / (time.perf_counter() - started)
 
 
-def scored(model: ModelConfig, data: Path, out: Path, batch: int, workers: int) -> float:
-    settings = Settings(batch_size=batch, part_rows=max(batch, 100_000), workers=workers)
+def scored(model: ModelConfig, data: Path, out: Path, batch: int, workers: int, part_rows: int = 100_000) -> float:
+    settings = Settings(batch_size=batch, part_rows=max(batch, part_rows), workers=workers)
     job = prepare(model, data.parent, [str(data)], out, settings)
     started = time.perf_counter()
     summary = score(job)
     seconds = time.perf_counter() - started
     assert summary.rows_out == summary.rows_in
     return summary.rows_in / seconds
+
+
+def start_up(model: ModelConfig, folder: Path, workers: int) -> float:
+    """Seconds of a run whose scoring takes next to nothing: the worker pool's start-up."""
+    data = folder / "tiny.parquet"
+    if not data.exists():
+        make_data(data, 2 * workers)
+    out = folder / f"start-up-{time.monotonic_ns()}"
+    rate = scored(model, data, out, 1, workers, part_rows=1)
+    return 2 * workers / rate
+
+
+def spread(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
 
 
 # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report the
@@ -121,9 +144,10 @@ def peak(model: ModelConfig, folder: Path, data: Path, out: Path) -> dict[str, f
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-rows", type=int, default=100_000)
+    parser.add_argument("--batches", default="1000,10000,100000", help="Batch sizes, comma-separated.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -133,18 +157,28 @@ def main() -> None:
         make_data(data, args.rows)
         x = np.stack([c.to_numpy() for c in pq.read_table(data).columns[1:]], axis=1)
         print(f"{args.rows} rows, RandomForest 100 trees depth 10, {FEATURES} features, {cores()} cores")
+        print("ratios: best of rounds, then median [range] of each round's own ratio")
         print(
-            f"{'batch':>7} {'bare rows/s':>12} {'score 1w':>10} {'ratio':>6} {'score 2w':>10} {'ratio':>6} {'2w/1w':>6}"
+            f"{'batch':>7} {'bare':>9} {'no spin':>9} {'score 1w':>9} {'1w/bare':>6} {'per round':>16} "
+            f"{'score 2w':>9} {'2w/bare':>6} {'2w/1w':>6} {'per round':>16} {'pool start':>10}"
         )
-        for batch in (1_000, 10_000, 100_000):
-            runs: dict[str, list[float]] = {"bare": [], "w1": [], "w2": []}
+        for batch in (int(b) for b in args.batches.split(",")):
+            runs: dict[str, list[float]] = {"bare": [], "nospin": [], "w1": [], "w2": [], "start": []}
             for r in range(args.rounds):
                 runs["bare"].append(bare(onnx, x, batch))
+                runs["nospin"].append(bare(onnx, x, batch, spinning=False))
                 for workers in (1, 2):
                     out = folder / f"out-{batch}-{workers}-{r}"
                     runs[f"w{workers}"].append(scored(model, data, out, batch, workers))
-            b, w1, w2 = (max(runs[k]) for k in ("bare", "w1", "w2"))
-            print(f"{batch:>7} {b:>12,.0f} {w1:>10,.0f} {w1 / b:>6.2f} {w2:>10,.0f} {w2 / b:>6.2f} {w2 / w1:>6.2f}")
+                runs["start"].append(start_up(model, folder, 2))
+            base = [max(a, b) for a, b in zip(runs["bare"], runs["nospin"], strict=True)]
+            w1, w2 = runs["w1"], runs["w2"]
+            print(
+                f"{batch:>7} {max(runs['bare']):>9,.0f} {max(runs['nospin']):>9,.0f} {max(w1):>9,.0f} "
+                f"{max(w1) / max(base):>6.2f} {spread([a / b for a, b in zip(w1, base, strict=True)]):>16} "
+                f"{max(w2):>9,.0f} {max(w2) / max(base):>6.2f} {max(w2) / max(w1):>6.2f} "
+                f"{spread([a / b for a, b in zip(w2, w1, strict=True)]):>16} {statistics.median(runs['start']):>9.1f}s"
+            )
         print("peak RSS of `score` (10k-row batches):")
         sizes = {}
         for factor in (1, 10):

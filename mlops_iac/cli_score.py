@@ -57,13 +57,13 @@ from .workspace import cached_onnx, onnx_artifact, project_registry, root_of
     type=click.IntRange(1, 256),
     default=1,
     show_default=True,
-    help="Worker processes; each runs onnxruntime on cores/workers threads.",
+    help="Processes scoring parts (this one and N-1 more); each runs onnxruntime on CPUs/N threads.",
 )
 @click.option(
     "--threads",
     type=click.IntRange(1, 256),
     default=None,
-    help="onnxruntime threads per worker (default: cores / workers).",
+    help="onnxruntime threads per worker (default: the CPUs this process may use / workers).",
 )
 @click.option(
     "--error-threshold",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from mlops_iac.convert.onnx_tools import run, session
 from mlops_iac.errors import MlopsIacError
 from mlops_iac.scoring import ScoringError, Settings, prepare, score
 from mlops_iac.serving.config import ModelConfig
+from mlops_iac.serving.workers import cpu_limit
 
 from .server_fixtures import Models, build_models, model_entry
 
@@ -227,6 +230,19 @@ def test_two_workers_give_the_same_bytes(models: Models, tmp_path: Path) -> None
     assert len(outs[0]) == 7 and outs[0] == outs[1]  # 6 parts and the manifest
 
 
+def test_workers_times_threads_fit_the_cpus(models: Models, tmp_path: Path) -> None:
+    """Each worker gets the CPUs this process may use (its CFS quota, else its affinity)
+    divided by the workers, so onnxruntime's threads never outnumber the cores; --threads wins."""
+    pq.write_table(table_of(models.cancer[:10], np.arange(10)), tmp_path / "in.parquet")
+    inputs, limit = [str(tmp_path / "in.parquet")], cpu_limit()
+    for workers in (1, 2, limit + 1):
+        job = prepare(cancer_model(models), models.folder, inputs, tmp_path / "out", Settings(workers=workers))
+        assert job.model.threads == max(1, limit // workers)
+        assert job.model.threads * workers <= max(limit, workers)
+    job = prepare(cancer_model(models), models.folder, inputs, tmp_path / "out", Settings(workers=2, threads=3))
+    assert job.model.threads == 3
+
+
 def _entrypoint(models: Models, tmp_path: Path, out: Path, *extra: str) -> list[str]:
     config = models.folder / "batch-server.json"  # beside the model, as in the image
     config.write_text(json.dumps({"models": [model_entry(models, "cancer")]}))
@@ -285,6 +301,25 @@ def test_sigkill_then_resume_gives_identical_bytes(models: Models, tmp_path: Pat
         assert json.loads(resumed.stdout)["resumed_parts"] == done
         assert not list(out.glob(".*.tmp"))
         assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == want, f"kill after {after} parts"
+
+
+def test_resume_rescores_parts_torn_on_disk(models: Models, tmp_path: Path) -> None:
+    """Parts are not fsynced one by one: after a power cut a part the manifest lists may be
+    short or empty. --resume trusts only parts whose digest matches, and the result is the
+    uninterrupted run's bytes."""
+    pq.write_table(table_of(models.cancer, np.arange(len(models.cancer))), tmp_path / "in.parquet")
+    settings = Settings(batch_size=50, part_rows=100, threads=1)
+    inputs = [str(tmp_path / "in.parquet")]
+    reference = tmp_path / "reference"
+    score(prepare(cancer_model(models), models.folder, inputs, reference, settings))
+    want = {p.name: p.read_bytes() for p in sorted(reference.iterdir())}
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    (out / "part-00001.parquet").write_bytes(want["part-00001.parquet"][:100])
+    (out / "part-00004.parquet").write_bytes(b"")
+    resumed = score(prepare(cancer_model(models), models.folder, inputs, out, replace(settings, resume=True)))
+    assert resumed.skipped == resumed.parts - 2 and resumed.rows_out == len(models.cancer)
+    assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == want
 
 
 def test_rerun_refuses_without_resume_and_other_inputs(models: Models, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Batch scoring: whole datasets through one model version, exactly once, in parts."""
 
-from .engine import Job, Part, PartResult, ScoringError, Settings, Summary, parts, prepare, score
+from .engine import parts, prepare, score
+from .jobs import Job, Part, PartResult, ScoringError, Settings, Summary
 
 __all__ = ["Job", "Part", "PartResult", "ScoringError", "Settings", "Summary", "parts", "prepare", "score"]

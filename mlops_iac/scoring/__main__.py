@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ..errors import MlopsIacError
 from ..serving.config import SETTINGS_ENV, ServerConfig, read_config
-from .engine import Settings, prepare, score
+from .engine import prepare, score
+from .jobs import Settings
 from .writers import OUTPUT_FORMATS
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"

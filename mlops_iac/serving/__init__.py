@@ -14,7 +14,8 @@ __all__ = ["CollectionConfig", "ModelConfig", "Server", "ServerConfig"]
 def __getattr__(name: str) -> Any:
     # Imported when first used: `python -m mlops_iac.serving.health`, the image's HEALTHCHECK, goes
     # through this package, and importing the server (numpy, onnxruntime, pydantic) takes seconds
-    # under a container's CPU limit on a busy host: past the check's 3 s timeout.
+    # under a container's CPU limit on a busy host: past the check's 3 s timeout. Batch scoring's
+    # worker processes, which need the runtime and the settings but not the app, start faster too.
     if name == "Server":
         from .app import Server
 

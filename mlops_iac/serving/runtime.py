@@ -69,7 +69,7 @@ def sha256_of(path: Path) -> str:
 
 
 class ModelRuntime:
-    def __init__(self, config: ModelConfig, base: Path) -> None:
+    def __init__(self, config: ModelConfig, base: Path, *, spinning: bool = True) -> None:
         import onnxruntime as ort
 
         path = base / config.path
@@ -78,6 +78,8 @@ class ModelRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
+        if not spinning:  # idle pool threads sleep: the cores go to the caller's other threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=_providers(config.gpu))
         self.invalid: type[Exception] = ort.capi.onnxruntime_pybind11_state.InvalidArgument
         self.config = config
