@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .contract import GRPC_PORT
 from .lock import Lock, LockedVersion
 from .render import macro
 from .resolve import ResolvedDeployment, ResolvedSpec, ResolvedVersion
@@ -101,7 +102,7 @@ def _grpc_route(target: Any, dep: ResolvedDeployment) -> list[str]:
         return []
     split = ", so gRPC follows replica counts, not `traffic`" if len(dep.versions) > 1 else ""
     return [
-        f"gRPC (port 8081, `grpc`) is reached in the cluster on `Service/{dep.name}` or a version's own "
+        f"gRPC (port {GRPC_PORT}, `grpc`) is reached in the cluster on `Service/{dep.name}` or a version's own "
         f"Service; the HTTPRoute carries REST only{split}"
     ]
 
