@@ -49,3 +49,16 @@ def test_a_shadow_output_with_a_pipe_and_a_newline_is_one_cell() -> None:
     text = markdown("iris-live", pair(records, "iris", "2"))
     rows = table(text, "| output | kind | agreement | mean abs diff | max abs diff |")
     assert rows == [[CELL, "label", "100.00%", "-", "-"]]
+
+
+def test_the_reviews_table_keeps_an_awkward_cell_in_place() -> None:
+    """The review's rows as review.py hands them to its template: a version label written as an
+    alias (`@ref`) is the user's text, and stays one cell."""
+    from mlops_iac.render import macro
+    from mlops_iac.review import MARKER, TEMPLATE
+
+    rows = [{"name": "iris-local", "change": "changed", "before": f"@{AWKWARD} (not pinned)", "after": "v2 `abc` 100%"}]
+    text = macro(TEMPLATE, "head", marker=MARKER, changed=1, rows=rows, left_out=0)
+    assert table(text, "| deployment | change | before | after |") == [
+        ["`iris-local`", "changed", f"@{CELL} (not pinned)", "v2 `abc` 100%"]
+    ]
