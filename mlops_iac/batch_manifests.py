@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .artifacts import canonical_json
+from .contract import SETTINGS_ENV
 from .manifests import (
     Object,
     container_security,
@@ -23,7 +24,6 @@ from .manifests import (
     server_settings,
 )
 from .pinned import PinnedDeployment, PinnedVersion
-from .serving.config import SETTINGS_ENV
 from .spec.batch import Batch
 from .spec.targets import KubernetesTarget
 

@@ -18,17 +18,15 @@ from typing import Any
 import click
 
 from .console import file_option
+from .contract import API_KEY_ENV, PROMETHEUS_ENV
 from .errors import MlopsIacError
 from .lock import Lock, RolloutFacts, VersionCounts, update_lock
 from .resolve import ResolvedDeployment, Workspace, load
 from .rollout import Decision, Evidence, decide
 from .rollout import evidence as sources
 from .rollout.markdown import markdown
-from .serving.config import API_KEY_ENV
 from .spec.rollout import Rollout
 from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget
-
-PROMETHEUS_ENV = "MLOPS_IAC_PROMETHEUS_URL"
 
 
 class Source:

@@ -9,6 +9,7 @@ import click
 from .artifacts import canonical_json
 from .console import prepare_onnx
 from .console import registry_file_option as file_option
+from .contract import PORT
 from .errors import MlopsIacError
 from .pinned import pin_all
 from .plan import server_config
@@ -33,7 +34,7 @@ from .workspace import cached_onnx, onnx_artifact, project_registry
     "--port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Default: the target's port (8080); 0 picks a free port (printed).",
+    help=f"Default: the target's port ({PORT}); 0 picks a free port (printed).",
 )
 @click.option(
     "--grpc-port",
@@ -79,7 +80,7 @@ def serve(
         click.echo(f"wrote {write_config}")
         return
     host = host or (target.host if target else "127.0.0.1")
-    port = port if port is not None else (target.port if target else 8080)
+    port = port if port is not None else (target.port if target else PORT)
     from .serving.run import bind
     from .serving.run import serve as run_server
 

@@ -13,6 +13,7 @@ import click
 import numpy as np
 
 from .console import registry_file_option as file_option
+from .contract import API_KEY_ENV
 from .convert.data import complete_rows, rows_of, v2_tensors
 from .convert.onnx_tools import run, session
 from .convert.parity import compare
@@ -34,7 +35,7 @@ from .workspace import model_spec, onnx_file, project_registry
 @click.option("--rows", type=int, default=32, show_default=True, help="How many sample rows to send.")
 @click.option(
     "--api-key-env",
-    default="MLOPS_IAC_API_KEY",
+    default=API_KEY_ENV,
     show_default=True,
     help="The environment variable holding the bearer token (for auth: key).",
 )

@@ -19,17 +19,13 @@ import hashlib
 from typing import Any
 
 from .artifacts import canonical_json
+from .contract import API_KEY_ENV, GRPC_PORT, METRICS_PORT, PORT, SETTINGS_ENV, UID
 from .pinned import PinnedDeployment, PinnedVersion
 from .plan import collection_config
-from .serving.config import SETTINGS_ENV, ModelConfig, ServerConfig
+from .serving.config import ModelConfig, ServerConfig
 from .spec.monitoring import HttpSink
 from .spec.targets import KubernetesTarget
 
-# The server's listeners, named alike in pods, Services and the Docker component.
-PORT = 8080  # http: the v2 REST API
-GRPC_PORT = 8081  # grpc: the v2 gRPC API (inference.GRPCInferenceService), same key as REST
-METRICS_PORT = 8082  # metrics: GET /metrics without the API key, open only to the monitoring namespace
-UID = 10001
 # The server drains requests in flight this long on SIGTERM (serving/run.py's DRAIN_SECONDS).
 DRAIN_SECONDS = 25
 # Before SIGTERM, the pod keeps serving while Endpoints, kube-proxy and the gateway forget it.
@@ -247,9 +243,7 @@ def _container(dep: PinnedDeployment, version: PinnedVersion, image: str, settin
         {"name": SETTINGS_ENV, "valueFrom": {"configMapKeyRef": {"name": settings_name, "key": "server.json"}}}
     ]
     if dep.auth == "key":
-        env.append(
-            {"name": "MLOPS_IAC_API_KEY", "valueFrom": {"secretKeyRef": {"name": secret_name(dep), "key": "apiKey"}}}
-        )
+        env.append({"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": secret_name(dep), "key": "apiKey"}}})
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
     ports = [
         {"name": "http", "containerPort": PORT, "protocol": "TCP"},

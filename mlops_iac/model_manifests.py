@@ -8,9 +8,8 @@ every object of a target in the order they are applied.
 
 from __future__ import annotations
 
+from .contract import METRICS_PORT, PORT
 from .manifests import (
-    METRICS_PORT,
-    PORT,
     VERSION_HEADER,
     Object,
     grpc_service_port,

@@ -12,12 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .contract import GRPC_PORT
 from .lock import Lock, LockedVersion
+from .render import macro
 from .resolve import ResolvedDeployment, ResolvedSpec, ResolvedVersion
 
 LIMIT = 60_000
 MAX_ROWS = 150
 MARKER = "<!-- mlops-iac review -->"
+TEMPLATE = "markdown/review.md.j2"  # the layout; this module decides what goes in it and how much
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def _grpc_route(target: Any, dep: ResolvedDeployment) -> list[str]:
         return []
     split = ", so gRPC follows replica counts, not `traffic`" if len(dep.versions) > 1 else ""
     return [
-        f"gRPC (port 8081, `grpc`) is reached in the cluster on `Service/{dep.name}` or a version's own "
+        f"gRPC (port {GRPC_PORT}, `grpc`) is reached in the cluster on `Service/{dep.name}` or a version's own "
         f"Service; the HTTPRoute carries REST only{split}"
     ]
 
@@ -163,92 +166,90 @@ def review(before: Side, after: Side) -> str:
     old, new = _deployments(before), _deployments(after)
     names = sorted(old.keys() | new.keys())
     rows, sections = [], []
-    changed = 0
     for name in names:
         a, b = old.get(name), new.get(name)
         if a == b and a is not None and _facts(before, a) == _facts(after, a):
             continue
-        changed += 1
         rows.append(_row(name, a, b))
         sections.append(_section(before, after, name, a, b))
-    if not changed:
-        return f"{MARKER}\n### mlops-iac: no deployment changes\n\n{len(names)} deployment(s), all as before.\n"
-    shown = rows[:MAX_ROWS]
-    more = [f"\n_{len(rows) - len(shown)} more rows left out._"] if len(rows) > len(shown) else []
-    head = [
-        MARKER,
-        f"### mlops-iac: {changed} deployment change(s)",
-        "",
-        "| deployment | change | before | after |",
-        "|---|---|---|---|",
-        *shown,
-        *more,
-        "",
-    ]
-    return _bounded("\n".join(head), sections)
+    if not rows:
+        return macro(TEMPLATE, "unchanged", marker=MARKER, count=len(names))
+    head = macro(
+        TEMPLATE, "head", marker=MARKER, changed=len(rows), rows=rows[:MAX_ROWS], left_out=max(0, len(rows) - MAX_ROWS)
+    )
+    return _bounded(head, sections)
 
 
 def _facts(side: Side, dep: ResolvedDeployment) -> list[Any]:
     return [side.lock.version(dep.model, v.number) if v.number else None for v in dep.versions]
 
 
-def _row(name: str, a: ResolvedDeployment | None, b: ResolvedDeployment | None) -> str:
+def _row(name: str, a: ResolvedDeployment | None, b: ResolvedDeployment | None) -> dict[str, str]:
     change = "added" if a is None else "removed" if b is None else "changed"
-    cells = [", ".join(_version_cell(v) for v in d.versions) if d else "-" for d in (a, b)]
-    return f"| `{name}` | {change} | {cells[0]} | {cells[1]} |"
+    before, after = (", ".join(_version_cell(v) for v in d.versions) if d else "-" for d in (a, b))
+    return {"name": name, "change": change, "before": before, "after": after}
 
 
 def _section(before: Side, after: Side, name: str, a: ResolvedDeployment | None, b: ResolvedDeployment | None) -> str:
-    lines = [f"#### `{name}`", ""]
     was = resource_names(before, a) if a else set()
     will = resource_names(after, b) if b else set()
-    if b is not None:
-        breaking = _breaking(before, after, a, b)
-        if breaking:
-            lines += ["> [!WARNING]", "> **Breaking change** for clients of this deployment:"]
-            lines += [f"> - {p}" for p in breaking]
-            lines.append("")
-        lines += ["| version | traffic | resources | speed |", "|---|---|---|---|"]
-        for v in b.versions:
-            facts = after.lock.version(b.model, v.number) if v.number else None
-            prior = next((p for p in (a.versions if a else ()) if p.number == v.number), None)
-            resources = (
-                _resources(v)
-                if prior is None or prior.hardware == v.hardware
-                else f"{_resources(prior)} → **{_resources(v)}**"
-            )
-            traffic = (
-                f"{v.weight}%" if prior is None or prior.weight == v.weight else f"{prior.weight}% → **{v.weight}%**"
-            )
-            lines.append(
-                f"| {_label(v)} {'(new)' if prior is None else ''} | {traffic} | {resources} | {_speed(facts)} |"
-            )
-        lines.append("")
-        lines += [
-            c
-            for c in (
-                _columns(v.number, after.lock.version(b.model, v.number) if v.number else None) for v in b.versions
-            )
-            if c
-        ]
-    if b is not None:
-        lines += [f"- {c}" for c in caveats(after, b)]
-    for title, items in (("create", will - was), ("keep", will & was), ("delete", was - will)):
-        if items:
-            shown = sorted(items)[:40]
-            more = f" and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
-            lines.append(f"- **{title}** ({len(items)}): " + ", ".join(f"`{n}`" for n in shown) + more)
-    return "\n".join(lines) + "\n"
+    changes = [
+        {"title": title, "count": len(items), "shown": sorted(items)[:40], "more": max(0, len(items) - 40)}
+        for title, items in (("create", will - was), ("keep", will & was), ("delete", was - will))
+        if items
+    ]
+    if b is None:
+        return macro(
+            TEMPLATE,
+            "section",
+            name=name,
+            after=False,
+            breaking=[],
+            versions=[],
+            columns=[],
+            caveats=[],
+            changes=changes,
+        )
+    versions = []
+    for v in b.versions:
+        facts = after.lock.version(b.model, v.number) if v.number else None
+        prior = next((p for p in (a.versions if a else ()) if p.number == v.number), None)
+        resources = (
+            _resources(v)
+            if prior is None or prior.hardware == v.hardware
+            else f"{_resources(prior)} → **{_resources(v)}**"
+        )
+        traffic = f"{v.weight}%" if prior is None or prior.weight == v.weight else f"{prior.weight}% → **{v.weight}%**"
+        versions.append(
+            {
+                "label": _label(v),
+                "new": "(new)" if prior is None else "",
+                "traffic": traffic,
+                "resources": resources,
+                "speed": _speed(facts),
+            }
+        )
+    columns = [_columns(v.number, after.lock.version(b.model, v.number) if v.number else None) for v in b.versions]
+    return macro(
+        TEMPLATE,
+        "section",
+        name=name,
+        after=True,
+        breaking=_breaking(before, after, a, b),
+        versions=versions,
+        columns=[c for c in columns if c],
+        caveats=caveats(after, b),
+        changes=changes,
+    )
 
 
-def _columns(number: int | None, facts: LockedVersion | None) -> str | None:
+def _columns(number: int | None, facts: LockedVersion | None) -> dict[str, Any] | None:
     """The columns a DataFrame pipeline's version takes (one input per column), with their types."""
     inputs = facts.onnx.inputs if facts is not None and facts.onnx is not None else ()
     if len(inputs) < 2 or any(list(t.shape) != [-1, 1] for t in inputs):
         return None
     shown = [f"`{t.name}` {t.datatype}" for t in inputs[:30]]
-    more = f" and {len(inputs) - len(shown)} more" if len(inputs) > len(shown) else ""
-    return f"- v{number} takes {len(inputs)} columns: " + ", ".join(shown) + more
+    return {"number": number, "count": len(inputs), "shown": shown, "more": len(inputs) - len(shown)}
 
 
 def _bounded(head: str, sections: list[str]) -> str:
@@ -257,16 +258,16 @@ def _bounded(head: str, sections: list[str]) -> str:
     size = len(head)
     left = 0
     for i, section in enumerate(sections):
-        folded = f"<details><summary>{section.splitlines()[0].lstrip('# ')}</summary>\n\n{section}\n</details>\n"
-        piece = section if i < 20 else folded
+        piece = (
+            section
+            if i < 20
+            else macro(TEMPLATE, "folded", summary=section.splitlines()[0].lstrip("# "), section=section)
+        )
         if size + len(piece) > LIMIT - 500:
             left = len(sections) - i
             break
         out.append(piece)
         size += len(piece)
     if left:
-        out.append(
-            f"\n_{left} more deployment change(s) left out to stay within one comment; run "
-            "`mlops-iac diff` locally for all of them._\n"
-        )
+        out.append(macro(TEMPLATE, "left_out", count=left))
     return "\n".join(out)

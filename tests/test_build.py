@@ -71,6 +71,7 @@ def test_build_cli_writes_the_context_and_records_it(converted: Path) -> None:
     assert facts is not None and facts.build is not None
     assert facts.build.context_digest in result.output and facts.build.platform == "linux/amd64"
     again = CliRunner().invoke(main, ["build", "iris@1", "--out", "ctx"])
+    assert again.exit_code == 0, again.output
     assert facts.build.context_digest in again.output
     server = json.loads((converted / "ctx/server.json").read_text())
     assert server["models"][0]["digest"] == facts.onnx.digest  # type: ignore[union-attr]

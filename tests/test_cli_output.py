@@ -32,4 +32,5 @@ def test_render_yaml_writes_shared_values_in_full() -> None:
     )
     import json
 
+    assert as_json.exit_code == 0, as_json.output
     assert objects == json.loads(as_json.stdout)["items"]  # the same objects, only the format differs

@@ -271,6 +271,7 @@ def test_cli_converts_records_and_gates(quickstart: Path) -> None:
     assert locked.onnx.parity["passed"] and locked.validation.passed
     assert [t.name for t in locked.onnx.outputs] == ["label", "probabilities"]
     shown = runner.invoke(main, ["models", "show", "iris@1"])
+    assert shown.exit_code == 0, shown.output
     assert "status validated" in shown.output and "artifact   onnx" in shown.output
     pulled = runner.invoke(main, ["models", "pull", "iris@1", "--artifact", "onnx", "--to", "m.onnx"])
     assert pulled.exit_code == 0

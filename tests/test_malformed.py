@@ -34,9 +34,12 @@ def test_malformed_file_reports_line_path_and_message(case: Path, project: Path)
         load(file)
     problems = raised.value.problems
     assert all(p.file == str(file) for p in problems)
-    for line, column, path, fragment in expectations(case):
-        rendered = [f"{p.line}:{p.column} {p.path}: {p.message}; {p.allowed}" for p in problems]
-        assert any(
-            p.line == line and p.column == column and p.path == path and fragment in f"{p.message}; {p.allowed}"
-            for p in problems
-        ), f"expected {line}:{column} {path}: ...{fragment}...\n got:\n  " + "\n  ".join(rendered)
+    expected = expectations(case)
+    rendered = [f"{p.line}:{p.column} {p.path}: {p.message}; {p.allowed}" for p in problems]
+    # Exactly the stated problems, no more and no fewer: where each is, and what its message says.
+    assert sorted((p.line, p.column, p.path) for p in problems) == sorted((e[0], e[1], e[2]) for e in expected), (
+        "\n  ".join(["got:", *rendered])
+    )
+    for line, column, path, fragment in expected:
+        said = [f"{p.message}; {p.allowed}" for p in problems if (p.line, p.column, p.path) == (line, column, path)]
+        assert any(fragment in text for text in said), f"{line}:{column} {path}: ...{fragment}... not in {said}"

@@ -128,10 +128,10 @@ def test_synth_writes_plans_and_dry_run_diffs(quickstart: Path) -> None:
     assert first.exit_code == 0, first.output
     assert (out / "local" / "plan.json").exists()
     same = runner.invoke(main, ["synth", "-f", str(quickstart), "--out", str(out)])
-    assert "up to date" in same.output
+    assert same.exit_code == 0 and "up to date" in same.output, same.output
     quickstart.write_text(quickstart.read_text().replace("cpu: auto", "cpu: 2"))
     dry = runner.invoke(main, ["synth", "-f", str(quickstart), "--out", str(out), "--dry-run"])
-    assert "would modify" in dry.output
+    assert dry.exit_code == 0 and "would modify" in dry.output, dry.output
     assert '"cpu_millis": 2000' in dry.output and '"cpu": "explicit"' in dry.output
     assert '"cpu_millis": 1000' in (out / "local" / "plan.json").read_text()
     unknown = runner.invoke(main, ["synth", "-f", str(quickstart), "--target", "nope"])
@@ -141,10 +141,10 @@ def test_synth_writes_plans_and_dry_run_diffs(quickstart: Path) -> None:
 def test_lock_show(quickstart: Path) -> None:
     runner = CliRunner()
     empty = runner.invoke(main, ["lock", "show", "-f", str(quickstart)])
-    assert "no model versions locked yet" in empty.output
+    assert empty.exit_code == 0 and "no model versions locked yet" in empty.output, empty.output
     pin(quickstart)
     shown = runner.invoke(main, ["lock", "show", "-f", str(quickstart)])
-    assert "iris" in shown.output and DIGEST[:19] in shown.output
+    assert shown.exit_code == 0 and "iris" in shown.output and DIGEST[:19] in shown.output, shown.output
     as_json = json.loads(runner.invoke(main, ["lock", "show", "-f", str(quickstart), "--json"]).output)
     assert as_json["models"]["iris"]["versions"]["1"]["digest"] == DIGEST
 

@@ -36,9 +36,11 @@ def test_register_prints_ref_and_pins_deployed_versions(project: Path) -> None:
     assert "pinned iris@1 in mlops.lock" in first.output  # the quickstart deploys version 1
     assert read_lock(project / "mlops.lock").version("iris", 1) is not None
     again = run("register", "iris", "--file", "model.joblib")
+    assert again.exit_code == 0, again.output
     assert "iris@1" in again.output and "already registered" in again.output
     (project / "v2.joblib").write_bytes(b"model two")
     second = run("register", "iris", "--file", "v2.joblib")
+    assert second.exit_code == 0, second.output
     assert second.output.startswith("iris@2") and "pinned" not in second.output
     assert read_lock(project / "mlops.lock").version("iris", 2) is None
     shown = json.loads(run("models", "show", "iris@1", "--json").output)
@@ -48,22 +50,22 @@ def test_register_prints_ref_and_pins_deployed_versions(project: Path) -> None:
 
 
 def test_delete_is_refused_while_deployed(project: Path) -> None:
-    run("register", "iris", "--file", "model.joblib")
+    assert run("register", "iris", "--file", "model.joblib").exit_code == 0
     refused = run("models", "delete", "iris@1")
     assert refused.exit_code == 1
     assert "deployment iris-local in mlops.yaml" in refused.output
     assert "the pin of iris@1 in mlops.lock" in refused.output
     assert run("models", "delete", "--force", "iris@1").exit_code == 2  # there is no --force
     (project / "v2.joblib").write_bytes(b"model two")
-    run("register", "iris", "--file", "v2.joblib")
+    assert run("register", "iris", "--file", "v2.joblib").exit_code == 0
     deleted = run("models", "delete", "iris@2")
     assert deleted.exit_code == 0 and "will not be reused" in deleted.output
 
 
 def test_alias_then_lock_sync_moves_the_lock(project: Path) -> None:
-    run("register", "iris", "--file", "model.joblib")
+    assert run("register", "iris", "--file", "model.joblib").exit_code == 0
     (project / "v2.joblib").write_bytes(b"model two")
-    run("register", "iris", "--file", "v2.joblib")
+    assert run("register", "iris", "--file", "v2.joblib").exit_code == 0
     assert "lock sync" in run("models", "alias", "iris@2", "production").output
     spec = project / "mlops.yaml"
     spec.write_text(spec.read_text().replace("    version: 1\n", "    alias: production\n"))
@@ -80,7 +82,7 @@ def test_alias_then_lock_sync_moves_the_lock(project: Path) -> None:
 
 
 def test_pull_export_import(project: Path, tmp_path: Path) -> None:
-    run("register", "iris", "--file", "model.joblib")
+    assert run("register", "iris", "--file", "model.joblib").exit_code == 0
     assert run("models", "pull", "iris@1", "--to", "out.bin").exit_code == 0
     assert (project / "out.bin").read_bytes() == b"model one"
     assert run("models", "pull", "iris@1", "--to", "out.bin").exit_code == 2  # no silent overwrite

@@ -31,7 +31,8 @@ def test_serve_adhoc_refs_and_errors(converted: Path) -> None:
     unknown = runner.invoke(main, ["serve", "--deployment", "nope"])
     assert unknown.exit_code == 1 and "unknown deployment(s) nope" in unknown.output
     (converted / "v2.joblib").write_bytes((converted / "model.joblib").read_bytes() + b"\0")
-    runner.invoke(main, ["register", "iris", "--file", "v2.joblib"])
+    registered = runner.invoke(main, ["register", "iris", "--file", "v2.joblib"])
+    assert registered.exit_code == 0, registered.output
     missing = runner.invoke(main, ["serve", "iris@2", "--write-config", "x.json"])
     assert missing.exit_code == 1 and "run `mlops-iac convert iris@2` first" in missing.output
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..contract import API_KEY_ENV, METRICS_PORT, PORT, SETTINGS_ENV
 from ..errors import PlanError
-from ..manifests import GRACE_SECONDS, METRICS_PORT, PORT, version_name
+from ..manifests import GRACE_SECONDS, version_name
 from ..pinned import BuiltDeployment, PinnedDeployment, PinnedVersion
 from ..spec.azure import ContainerAppsTarget
 from .common import ACA_CPU_STEP, ACA_GIB_PER_CPU, ACA_MAX_CPU, LIVE, READY, Object, registry_server, settings_json
@@ -67,10 +68,10 @@ def container_app(
     newest = dep.versions[-1]
     cores, memory = app_resources(dep, newest)
     secrets: list[Object] = []
-    env: list[Object] = [{"name": "MLOPS_IAC_SERVER_SETTINGS", "value": settings_json(dep, newest)}]
+    env: list[Object] = [{"name": SETTINGS_ENV, "value": settings_json(dep, newest)}]
     if dep.auth == "key":
         secrets.append({"name": "api-key", "value": api_key})
-        env.append({"name": "MLOPS_IAC_API_KEY", "secretRef": "api-key"})
+        env.append({"name": API_KEY_ENV, "secretRef": "api-key"})
     ingress: Object = {
         "external": target.external,
         "targetPort": PORT,

@@ -10,8 +10,9 @@ import hashlib
 import json
 
 from ..artifacts import FileArtifact, canonical_json
+from ..contract import API_KEY_ENV, GRPC_PORT, PORT, REGISTRY_PASSWORD_ENV, REGISTRY_USERNAME_ENV, SETTINGS_ENV, UID
 from ..errors import PlanError
-from ..manifests import GRACE_SECONDS, GRPC_PORT, PORT, UID, version_name
+from ..manifests import GRACE_SECONDS, version_name
 from ..pinned import BuiltDeployment, BuiltVersion, PinnedDeployment, PinnedVersion, built
 from ..plan import Plan, check_host_ports
 from ..spec.azure import IotEdgeTarget
@@ -89,9 +90,9 @@ def split_create_options(options: Object) -> Object:
 
 def _module(dep: PinnedDeployment, version: BuiltVersion, target: IotEdgeTarget) -> Object:
     assert version.image is not None
-    env: Object = {"MLOPS_IAC_SERVER_SETTINGS": {"value": settings_json(dep, version)}}
+    env: Object = {SETTINGS_ENV: {"value": settings_json(dep, version)}}
     if dep.auth == "key":
-        env["MLOPS_IAC_API_KEY"] = {"value": "${MLOPS_IAC_API_KEY}"}
+        env[API_KEY_ENV] = {"value": f"${{{API_KEY_ENV}}}"}
     return {
         "version": str(version.number),
         "type": "docker",
@@ -111,8 +112,8 @@ def edge_manifest(target: IotEdgeTarget, deployments: tuple[BuiltDeployment, ...
         runtime["registryCredentials"] = {
             f"registry{i}": {
                 "address": s,
-                "username": "${MLOPS_IAC_REGISTRY_USERNAME}",
-                "password": "${MLOPS_IAC_REGISTRY_PASSWORD}",
+                "username": f"${{{REGISTRY_USERNAME_ENV}}}",
+                "password": f"${{{REGISTRY_PASSWORD_ENV}}}",
             }
             for i, s in enumerate(servers)
         }

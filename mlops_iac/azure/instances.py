@@ -6,8 +6,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from ..contract import API_KEY_ENV, PORT, SETTINGS_ENV
 from ..errors import PlanError
-from ..manifests import PORT, version_name
+from ..manifests import version_name
 from ..pinned import BuiltDeployment, BuiltVersion, PinnedDeployment, PinnedVersion
 from ..spec.azure import ContainerInstancesTarget
 from .common import ACI_MAX_CPU, ACI_MAX_MEMORY_GB, LIVE, READY, Object, V, registry_server, settings_json
@@ -42,9 +43,9 @@ def container_group(
     requests: Object = {"cpu": cores, "memoryInGB": memory}
     if version.hardware.gpu:
         requests["gpu"] = {"count": version.hardware.gpu, "sku": target.gpu_sku}
-    env: list[Object] = [{"name": "MLOPS_IAC_SERVER_SETTINGS", "value": settings_json(dep, version)}]
+    env: list[Object] = [{"name": SETTINGS_ENV, "value": settings_json(dep, version)}]
     if dep.auth == "key":
-        env.append({"name": "MLOPS_IAC_API_KEY", "secureValue": api_key})
+        env.append({"name": API_KEY_ENV, "secureValue": api_key})
     http = {"path": READY, "port": PORT, "scheme": "http"}
     args: Object = {
         "containerGroupName": name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..artifacts import canonical_json
+from ..contract import UID
 from ..manifests import version_name
 from ..pinned import BuiltDeployment, PinnedDeployment
 from ..resolve import ResolvedDeployment
@@ -34,7 +35,7 @@ def caveats(target: AzureTarget, dep: ResolvedDeployment) -> list[str]:
                 "a version's revision is made when it is the app's template (the newest version): "
                 "deploy the stable version alone first, then add its canary"
             )
-        return [*out, "Container Apps set no user or read-only root: the image's USER 10001 applies"]
+        return [*out, f"Container Apps set no user or read-only root: the image's USER {UID} applies"]
     if isinstance(target, ContainerInstancesTarget):
         front = f"`{target.front.name}.{target.front.zone}`" if target.front else ""
         out = [

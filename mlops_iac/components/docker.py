@@ -19,9 +19,10 @@ import pulumi
 import pulumi_docker as docker
 
 from ..artifacts import canonical_json
-from ..manifests import GRACE_SECONDS, GRPC_PORT, PORT, PRESTOP_SECONDS, UID, server_settings, version_name
+from ..contract import API_KEY_ENV, GRPC_PORT, PORT, SETTINGS_ENV, UID
+from ..manifests import GRACE_SECONDS, PRESTOP_SECONDS, server_settings, version_name
 from ..pinned import BuiltDeployment, BuiltVersion, PinnedDeployment, PinnedVersion
-from ..serving.config import SETTINGS_ENV, MirrorConfig
+from ..serving.config import MirrorConfig
 from ..spec.targets import DockerTarget
 
 WAIT_SECONDS = 300  # `pulumi up` waits this long for the healthcheck to pass
@@ -94,7 +95,7 @@ class DockerModelServer(pulumi.ComponentResource):
                     f"deployment {dep.name} has auth: key; set the key with "
                     "`pulumi config set --secret mlops:apiKey <key>`"
                 )
-            envs.append(pulumi.Output.concat("MLOPS_IAC_API_KEY=", args.api_key))
+            envs.append(pulumi.Output.concat(f"{API_KEY_ENV}=", args.api_key))
         self.container = docker.Container(
             f"{cname}-container",
             opts=child,

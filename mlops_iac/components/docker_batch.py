@@ -11,9 +11,9 @@ import pulumi_docker as docker
 
 from ..artifacts import canonical_json
 from ..batch_manifests import PYTHON, scoring_args
-from ..manifests import UID, server_settings, version_name
+from ..contract import SETTINGS_ENV, UID
+from ..manifests import server_settings, version_name
 from ..pinned import BuiltDeployment
-from ..serving.config import SETTINGS_ENV
 
 
 @dataclass

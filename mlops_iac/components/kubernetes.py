@@ -39,7 +39,7 @@ def create(obj: dict[str, Any], opts: pulumi.ResourceOptions) -> pulumi.CustomRe
     kind = TYPED.get((obj["apiVersion"], obj["kind"]))
     fields = {_snake(k): v for k, v in obj.items() if k not in ("apiVersion", "kind")}
     if kind is not None:
-        return kind(name, **fields, opts=opts)  # type: ignore[no-any-return]
+        return kind(name, **fields, opts=opts)  # type: ignore[no-any-return, unused-ignore]
     return k8s.apiextensions.CustomResource(name, api_version=obj["apiVersion"], kind=obj["kind"], opts=opts, **fields)
 
 

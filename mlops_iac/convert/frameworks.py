@@ -232,7 +232,7 @@ def _pytorch(path: Path, sample: Sample, opset: int | None) -> Converted:
 
     sample = _matrix(sample)
     try:
-        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call, unused-ignore]
         scripted = True
     except RuntimeError:
         # A whole pickled nn.Module: its classes must be importable here.
@@ -287,7 +287,8 @@ def _export_torch(module: Any, example: Any, opset: int | None, scripted: bool) 
         verbose=False,
     )
     assert program is not None
-    return program.model_proto
+    proto: onnx.ModelProto = program.model_proto  # typed even where torch is not installed (Any)
+    return proto
 
 
 # --- ONNX as it is -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ..artifacts import FileArtifact, canonical_json
+from ..contract import PORT, PORT_ENV, UID
 from ..render import render
 from ..serving.config import ModelConfig, ServerConfig
 from .wheels import Wheel, requirements_txt
@@ -78,6 +79,9 @@ def context_files(inputs: ContextInputs) -> list[FileArtifact]:
         description=inputs.description
         or f"{inputs.model} version {inputs.version}, served over the v2 protocol on onnxruntime",
         extra_steps=(inputs.extra_steps or "").strip(),
+        port=PORT,
+        port_env=PORT_ENV,
+        uid=UID,
     )
     server = ServerConfig(
         deployment=f"{inputs.model}-{inputs.version}",

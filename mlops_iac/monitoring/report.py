@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from ..fsutil import atomic_write
+from ..render import render
 from .columns import DriftResult
 
 
@@ -47,18 +48,24 @@ def write_report(
     fig.tight_layout()
     fig.savefig(folder / "psi.png", metadata={"Software": None})
     plt.close(fig)
-    lines = [
-        f"### Drift of {title}",
-        "",
-        f"{records:,} collected records against the baseline of {base.get('rows')} rows; PSI threshold {threshold:g}.",
-        "",
-        "| column | PSI | KS | KS p-value | values | new categories | drift |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r.name} | {r.psi:.4f} | {ks_text(r.ks, '.4f')} | {ks_text(r.ks_pvalue, '.2g')} | {r.count:,} | "
-        f"{new_text(r).replace('|', '&#124;')} | {'**drift**' if r.drifted else ''} |"
+    rows = [
+        {
+            "name": r.name,
+            "psi": f"{r.psi:.4f}",
+            "ks": ks_text(r.ks, ".4f"),
+            "pvalue": ks_text(r.ks_pvalue, ".2g"),
+            "count": f"{r.count:,}",
+            "new": new_text(r),
+            "drift": "**drift**" if r.drifted else "",
+        }
         for r in ordered[:200]
     ]
-    lines += ["", "![PSI per column](psi.png)"]
-    atomic_write(folder / "report.md", ("\n".join(lines) + "\n").encode())
+    text = render(
+        "markdown/drift.md.j2",
+        title=title,
+        records=f"{records:,}",
+        rows=base.get("rows"),
+        threshold=format(threshold, "g"),
+        results=rows,
+    )
+    atomic_write(folder / "report.md", text.encode())

@@ -2,7 +2,7 @@
 id (the primary's answer and the shadow's), compared output by output and timed.
 
 Pure but for reading the files and drawing the PNG: `pair` takes records and returns numbers,
-`markdown` formats them.
+`markdown` lays them out (templates/markdown/shadow.md.j2).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MlopsIacError
+from ..render import render
 
 
 @dataclass(frozen=True)
@@ -143,27 +144,29 @@ def pair(records: Iterable[dict[str, Any]], model: str, shadow: str) -> ShadowCo
 
 
 def markdown(deployment: str, report: ShadowComparison, png: str | None = None) -> str:
-    primary = ", ".join(f"v{v}" for v in report.primary) or "-"
-    lines = [
-        f"### Shadow report of `{deployment}`: v{report.shadow} against {primary}",
-        "",
-        f"{report.pairs} mirrored requests paired by request id ({report.failed} failed in the shadow); "
-        f"unpaired: {report.unpaired_primary} primary, {report.unpaired_shadow} shadow.",
-        "",
-        "| output | kind | agreement | mean abs diff | max abs diff |",
-        "|---|---|---:|---:|---:|",
+    outputs = [
+        {
+            "name": o.name,
+            "kind": o.kind,
+            "agreement": f"{o.agreement:.2%}",
+            "mean": "-" if o.mean_abs is None else f"{o.mean_abs:.4g}",
+            "top": "-" if o.max_abs is None else f"{o.max_abs:.4g}",
+        }
+        for o in report.outputs
     ]
-    for o in report.outputs:
-        mean = "-" if o.mean_abs is None else f"{o.mean_abs:.4g}"
-        top = "-" if o.max_abs is None else f"{o.max_abs:.4g}"
-        lines.append(f"| {o.name} | {o.kind} | {o.agreement:.2%} | {mean} | {top} |")
-    lines += ["", "| latency | p50 (ms) | p99 (ms) |", "|---|---:|---:|"]
-    for role, (p50, p99) in report.latency_ms.items():
-        lines.append(f"| {role} | {p50:.3f} | {p99:.3f} |")
-    lines += ["", "The primary's latency is to its answer; the shadow's is its own run, after that answer."]
-    if png:
-        lines += ["", f"![shadow report]({png})"]
-    return "\n".join(lines) + "\n"
+    return render(
+        "markdown/shadow.md.j2",
+        deployment=deployment,
+        shadow=report.shadow,
+        primary=", ".join(f"v{v}" for v in report.primary) or "-",
+        pairs=report.pairs,
+        failed=report.failed,
+        unpaired_primary=report.unpaired_primary,
+        unpaired_shadow=report.unpaired_shadow,
+        outputs=outputs,
+        latency=[(role, f"{p50:.3f}", f"{p99:.3f}") for role, (p50, p99) in report.latency_ms.items()],
+        png=png,
+    )
 
 
 def plot(report: ShadowComparison, path: Path) -> None:

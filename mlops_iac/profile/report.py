@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..render import render
 from .recommend import Recommendation
 
 MAX_ROWS = 60
@@ -14,31 +15,18 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#1
 LIMIT = 60_000
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    shown = rows[:MAX_ROWS]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in shown]
-    if len(rows) > len(shown):
-        lines.append(f"\n_{len(rows) - len(shown)} more rows left out._")
-    return lines
-
-
 def markdown(
     title: str, figures: dict[str, Any], rec: Recommendation, slo_ms: float, target_rps: float | None, plots: list[str]
 ) -> str:
-    m = figures["machine"]
-    lines = [
-        f"### Profile of {title}",
-        "",
-        f"Measured on {m['cpu']} ({m['cores']} cores usable), onnxruntime {m['onnxruntime']}, "
-        f"{m['provider']}{' (quick)' if figures.get('quick') else ''}.",
-        "",
-        "**Recommendation**" + ("" if rec.slo_met else " (the p99 objective is NOT met)"),
-        "",
-    ]
-    lines += _table(
-        ["cpu", "memory", "threads", "batching", "replicas", "capacity / replica", "p99 objective", "target"],
-        [
+    mem = figures["memory"]
+    text = render(
+        "markdown/profile.md.j2",
+        max_rows=MAX_ROWS,
+        title=title,
+        machine=figures["machine"],
+        quick=bool(figures.get("quick")),
+        slo_met=rec.slo_met,
+        recommendation=[
             [
                 f"{rec.cpu_millis}m (limit {rec.cpu_limit_millis}m)",
                 f"{rec.memory_bytes // 2**20}Mi (limit {(rec.memory_limit_bytes or 0) // 2**20}Mi)",
@@ -50,11 +38,8 @@ def markdown(
                 f"{target_rps:g} req/s" if target_rps else "-",
             ]
         ],
-    )
-    lines += ["", rec.note, "", "**In process** (`session.run`, medians of 3 repeats)", ""]
-    lines += _table(
-        ["batch", "threads", "p50 ms", "p95 ms", "p99 ms", "spread of medians ms", "rows/s"],
-        [
+        note=rec.note,
+        in_process=[
             [
                 str(c["batch"]),
                 str(c["threads"]),
@@ -66,20 +51,9 @@ def markdown(
             ]
             for c in figures["inProcess"]
         ],
-    )
-    mem = figures["memory"]
-    lines += [
-        "",
-        f"Peak resident memory of a process that loads and runs the largest batch: "
-        f"{mem['peakBytes'] / 2**20:.0f} MiB ({mem['modelBytes'] / 2**20:.0f} MiB over onnxruntime's "
-        f"{mem['baselineBytes'] / 2**20:.0f} MiB).",
-        "",
-        "**Through the server** (HTTP on 127.0.0.1, v2 protocol)",
-        "",
-    ]
-    lines += _table(
-        ["batching", "concurrency", "req/s", "p50 ms", "p99 ms", "cores used", "peak RSS MiB", "errors"],
-        [
+        memory=f"{mem['peakBytes'] / 2**20:.0f} MiB ({mem['modelBytes'] / 2**20:.0f} MiB over onnxruntime's "
+        f"{mem['baselineBytes'] / 2**20:.0f} MiB)",
+        http=[
             [
                 "on" if r["batching"] else "off",
                 str(r["concurrency"]),
@@ -92,10 +66,8 @@ def markdown(
             ]
             for r in figures["http"]
         ],
+        plots=plots,
     )
-    if plots:
-        lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots)]
-    text = "\n".join(lines) + "\n"
     if len(text) > LIMIT:  # cannot happen with the caps above; kept as the last guard
         text = text[: LIMIT - 200] + "\n\n_The report was cut at 60,000 characters._\n"
     return text

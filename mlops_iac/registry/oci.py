@@ -40,6 +40,7 @@ from typing import Any
 import requests
 from pydantic import ValidationError
 
+from ..contract import REGISTRY_PASSWORD_ENV, REGISTRY_USERNAME_ENV
 from ..errors import RegistryError
 from .records import ModelIndex, Version
 from .refs import check_name
@@ -96,7 +97,7 @@ class OciStore:
         self.location = repository
         self.client = oras.provider.Registry(self.host, insecure=insecure)
         self.prefix = "http" if insecure else "https"
-        user, password = env.get("MLOPS_IAC_REGISTRY_USERNAME"), env.get("MLOPS_IAC_REGISTRY_PASSWORD")
+        user, password = env.get(REGISTRY_USERNAME_ENV), env.get(REGISTRY_PASSWORD_ENV)
         if user and password:
             self.client.login(user, password)
 
@@ -113,7 +114,7 @@ class OciStore:
         if response.status_code in (401, 403):
             raise RegistryError(
                 f"the registry {self.host} refused access ({response.status_code}); "
-                "set MLOPS_IAC_REGISTRY_USERNAME and MLOPS_IAC_REGISTRY_PASSWORD"
+                f"set {REGISTRY_USERNAME_ENV} and {REGISTRY_PASSWORD_ENV}"
             )
         return response
 

@@ -31,8 +31,21 @@ def environment() -> jinja2.Environment:
     )
     env.filters["shquote"] = shlex.quote
     env.filters["tojson"] = lambda value: json.dumps(value, sort_keys=True)
+    env.filters["cell"] = cell
     return env
+
+
+def cell(value: object) -> str:
+    """A Markdown table cell: a `|` would end the cell and a newline the row, whatever the value.
+    `&#124;` rather than `\\|`: a backslash in the value itself cannot undo it."""
+    text = str(value).replace("|", "&#124;")
+    return "<br>".join(text.splitlines())  # no line break left: \n, \r\n, \r and Unicode's own
 
 
 def render(template: str, **context: Any) -> str:
     return environment().get_template(template).render(**context)
+
+
+def macro(template: str, macro_name: str, /, **context: Any) -> str:
+    """One macro of a template of several parts (the review's head, sections, folds)."""
+    return str(getattr(environment().get_template(template).module, macro_name)(**context))

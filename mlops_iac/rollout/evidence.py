@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..contract import API_KEY_ENV
 from ..errors import MlopsIacError
 from ..lock import VersionCounts
 from .decide import Evidence, VersionEvidence
@@ -35,7 +36,7 @@ def fetch(url: str, key: str | None = None) -> str:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 - URLs the user gave
             return str(response.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
-        hint = " (the main port needs the API key: set MLOPS_IAC_API_KEY)" if exc.code == 401 else ""
+        hint = f" (the main port needs the API key: set {API_KEY_ENV})" if exc.code == 401 else ""
         raise MlopsIacError(f"{url} answered {exc.code}{hint}") from None
     except OSError as exc:
         raise MlopsIacError(f"cannot read {url}: {exc}") from None

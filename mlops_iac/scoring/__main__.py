@@ -14,8 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from ..contract import SETTINGS_ENV
 from ..errors import MlopsIacError
-from ..serving.config import SETTINGS_ENV, ServerConfig, read_config
+from ..serving.config import ServerConfig, read_config
 from .engine import prepare, score
 from .jobs import Settings
 from .writers import OUTPUT_FORMATS

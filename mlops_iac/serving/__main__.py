@@ -14,8 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from ..contract import PORT, SETTINGS_ENV
 from ..errors import MlopsIacError
-from .config import SETTINGS_ENV, ServerConfig, read_config
+from .config import ServerConfig, read_config
 from .run import serve
 
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlops_iac.serving")
     parser.add_argument("--config", type=Path, required=True, help="server.json")
     parser.add_argument("--host", default="0.0.0.0")  # noqa: S104 - inside a container
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=PORT)
     args = parser.parse_args(argv)
     try:
         inline = os.environ.get(SETTINGS_ENV)

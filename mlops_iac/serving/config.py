@@ -8,10 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
+# Re-exported: the commands and objects that set these read them from here too.
+from ..contract import API_KEY_ENV as API_KEY_ENV
+from ..contract import SETTINGS_ENV as SETTINGS_ENV
+
 DEFAULT_MAX_BODY = 64 * 2**20
-API_KEY_ENV = "MLOPS_IAC_API_KEY"
-# The JSON of a server.json, where an image gets its settings (a Kubernetes ConfigMap, Docker env).
-SETTINGS_ENV = "MLOPS_IAC_SERVER_SETTINGS"
 
 
 class Settings(BaseModel):

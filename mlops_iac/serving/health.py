@@ -6,9 +6,11 @@ import os
 import sys
 import urllib.request
 
+from ..contract import PORT, PORT_ENV
+
 
 def main() -> int:
-    port = os.environ.get("MLOPS_IAC_PORT", "8080")
+    port = os.environ.get(PORT_ENV, str(PORT))
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as response:
             return 0 if response.status == 200 else 1

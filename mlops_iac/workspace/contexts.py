@@ -21,6 +21,7 @@ def server_sources(batch: bool = False) -> dict[str, bytes]:
     files = [
         SERVER_PACKAGE / "__init__.py",
         SERVER_PACKAGE / "errors.py",
+        SERVER_PACKAGE / "contract.py",  # the ports, user and environment names the server reads
         *sorted((SERVER_PACKAGE / "serving").glob("*.py")),
     ]
     if batch:
