@@ -8,7 +8,7 @@ about the disk (paths exist). Each check returns problems; none raises.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ class _Parts:
     deployments: list[tuple[int, Deployment]]
     build: Build | None
     monitoring: Monitoring | None
-    without_rollout: frozenset[int] = frozenset()  # indices parsed only without a bad `rollout`
+    # Per deployment index, the keys it parsed only without (their values are invalid, and
+    # reported as such): they were written, so no check may call them missing.
+    dropped: Mapping[int, frozenset[str]] = field(default_factory=dict)
 
 
 def check(spec: Spec, doc: Document, lock: Lock | None, root: Path | None) -> list[Problem]:
@@ -71,7 +73,7 @@ def check_partial(doc: Document, root: Path | None) -> list[Problem]:
         model_names=names if len(names) == len(raw_models) else None,
         targets=targets,
         deployments=_items(Deployment, _section(data, "deployments", list)),
-        without_rollout=_without_rollout(_section(data, "deployments", list)),
+        dropped=_dropped(_section(data, "deployments", list)),
         build=_parsed(Build, data.get("build", {})),
         monitoring=_parsed(Monitoring, data.get("monitoring", {})),
     )
@@ -82,7 +84,7 @@ def _check(parts: _Parts, doc: Document, lock: Lock | None, root: Path | None) -
     problems = [*_duplicate_names(parts, doc), *(_paths(parts, doc, root) if root is not None else [])]
     for i, dep in parts.deployments:
         problems.extend(
-            _deployment(parts.model_names, parts.targets, doc, lock, i, dep, rollout=i in parts.without_rollout)
+            _deployment(parts.model_names, parts.targets, doc, lock, i, dep, dropped=parts.dropped.get(i, frozenset()))
         )
         if isinstance(parts.targets.get(dep.target), KubernetesTarget) and dep.kind != "batch":
             problems.extend(_collection_on_kubernetes(parts.monitoring, doc, ("deployments", i), dep))
@@ -121,10 +123,10 @@ def _items(kind: Any, raw: list[Any]) -> list[tuple[int, Any]]:
     return [(i, item) for i, item in parsed if item is not None]
 
 
-def _without_rollout(raw: list[Any]) -> frozenset[int]:
-    """The deployments that parsed only without their (bad) `rollout`: a rollout sets the
-    weights, so their missing `traffic` is no problem of its own."""
-    return frozenset(i for i, item in enumerate(raw) if "rollout" in _parsed_without(Deployment, item)[1])
+def _dropped(raw: list[Any]) -> dict[int, frozenset[str]]:
+    """Per deployment, the keys it parsed only without. A bad `rollout` still sets the weights,
+    so a missing `traffic` is no problem of its own; a bad `version` still names the version."""
+    return {i: _parsed_without(Deployment, item)[1] for i, item in enumerate(raw)}
 
 
 def _section(data: dict[Any, Any], key: str, kind: type) -> Any:
@@ -238,7 +240,7 @@ def _deployment(
     i: int,
     dep: Deployment,
     *,
-    rollout: bool = False,
+    dropped: frozenset[str] = frozenset(),
 ) -> Iterator[Problem]:
     here: PathKey = ("deployments", i)
     if models is not None and dep.model not in models:
@@ -254,8 +256,8 @@ def _deployment(
             f"unknown target {dep.target!r}{did_you_mean(dep.target, targets)}",
             "expected one of the targets: " + ", ".join(targets),
         )
-    yield from selection_problems(doc, here, dep)
-    yield from traffic_problems(doc, here, dep, rollout=rollout or dep.rollout is not None)
+    yield from selection_problems(doc, here, dep, written=dropped)
+    yield from traffic_problems(doc, here, dep, rollout="rollout" in dropped or dep.rollout is not None)
     yield from rollout_problems(doc, here, dep)
     known = models is not None and dep.model in models
     if dep.shadow:

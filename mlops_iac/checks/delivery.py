@@ -23,10 +23,12 @@ def deployed_refs(dep: Deployment) -> tuple[int | str, ...]:
     return ()
 
 
-def selection_problems(doc: Document, here: PathKey, dep: Deployment) -> Iterator[Problem]:
-    given = [
-        k for k, v in (("version", dep.version), ("alias", dep.alias), ("versions", dep.versions)) if v is not None
-    ]
+def selection_problems(
+    doc: Document, here: PathKey, dep: Deployment, *, written: frozenset[str] = frozenset()
+) -> Iterator[Problem]:
+    """`written`: keys the file has but that failed validation (reported apart): still given."""
+    pairs = (("version", dep.version), ("alias", dep.alias), ("versions", dep.versions))
+    given = [k for k, v in pairs if v is not None or k in written]
     if len(given) != 1:
         found = "none of them" if not given else " and ".join(given)
         yield doc.problem(
