@@ -30,15 +30,12 @@ from .handler import call_handler as _call_handler
 from .metrics import Metrics
 from .openapi import document
 from .protocol import ClientError, Request, encode, parse
+from .responses import JSON, PROMETHEUS_TEXT, Receive, Scope, Send, allow, keep_alive_10, respond
 from .runtime import ModelRuntime
 from .shadow import Shadow
-from .triton import EXTENSIONS, classify, model_config, statistics
+from .triton import EXTENSIONS, classify, model_config, model_stats
 
 log = logging.getLogger("mlops_iac.serving")
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-JSON = b"application/json"
 
 
 @dataclass
@@ -185,7 +182,7 @@ class Server:
             self.arrived -= 1
         path, method = scope["path"], scope["method"]
         if scope["http_version"] == "1.0":
-            send = _keep_alive_10(scope, send)
+            send = keep_alive_10(scope, send)
         if path.endswith("/") and len(path) > 1:
             path = path.rstrip("/") or "/"  # /v2/ is the spec's own spelling of /v2
         try:
@@ -199,9 +196,9 @@ class Server:
                 return
             if path not in _FIXED:
                 raise ClientError(404, f"no route {path}; see /v2/openapi.json")
-            _allow(path, method, "GET")
+            allow(path, method, "GET")
             if path == "/metrics":
-                await respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")
+                await respond(send, 200, self.metrics.render(), PROMETHEUS_TEXT)
             elif path == "/v2":
                 await respond(send, 200, self.metadata)
             else:
@@ -217,7 +214,7 @@ class Server:
     async def health(self, path: str, method: str, send: Send) -> None:
         if path not in ("/v2/health/live", "/v2/health/ready"):
             raise ClientError(404, f"no route {path}")
-        _allow(path, method, "GET")
+        allow(path, method, "GET")
         if path == "/v2/health/live":
             if self.failed:
                 await respond(send, 500, orjson.dumps({"live": False, "error": self.failed}))
@@ -239,20 +236,9 @@ class Server:
         if not parts or not parts[0]:
             raise ClientError(404, "name a model: /v2/models/{name}")
         if parts == ["stats"] and "stats" not in self.models:  # Triton: every model's statistics
-            _allow(path, method, "GET")
-            await respond(
-                send,
-                200,
-                orjson.dumps(
-                    {
-                        "model_stats": [
-                            self.stats(e)
-                            for _, versions in sorted(self.models.items())
-                            for _, e in sorted(versions.items())
-                        ]
-                    }
-                ),
-            )
+            allow(path, method, "GET")
+            entries = [e for _, versions in sorted(self.models.items()) for _, e in sorted(versions.items())]
+            await respond(send, 200, model_stats(self.metrics.requests, entries))
             return
         name, rest, version = parts[0], parts[1:], None
         if len(rest) >= 2 and rest[0] == "versions":
@@ -261,10 +247,10 @@ class Server:
         if len(rest) > 1 or action not in ("", "ready", "infer", "config", "stats"):
             raise ClientError(404, f"no route {path}; see /v2/openapi.json")
         if action == "infer":
-            _allow(path, method, "POST")
+            allow(path, method, "POST")
             await self.infer(scope, name, version, receive, send)
             return
-        _allow(path, method, "GET")
+        allow(path, method, "GET")
         entry = self.pick(name, version)
         if action == "ready":
             await respond(send, 200, orjson.dumps({"name": name, "ready": self.ready}))
@@ -272,24 +258,11 @@ class Server:
             await respond(send, 200, orjson.dumps(model_config(entry.runtime)))
         elif action == "stats":
             entries = [entry] if version is not None else [e for _, e in sorted(self.models[name].items())]
-            await respond(send, 200, orjson.dumps({"model_stats": [self.stats(e) for e in entries]}))
+            await respond(send, 200, model_stats(self.metrics.requests, entries))
         else:
             data = entry.runtime.metadata()
             data["versions"] = sorted(self.models[name])
             await respond(send, 200, orjson.dumps(data))
-
-    def stats(self, entry: Entry) -> dict[str, Any]:
-        runtime = entry.runtime
-        failed = sum(
-            int(sample.value)
-            for metric in self.metrics.requests.collect()
-            for sample in metric.samples
-            if sample.name.endswith("_total")
-            and sample.labels["model"] == runtime.name
-            and sample.labels["version"] == runtime.version
-            and sample.labels["status"] != "200"
-        )
-        return statistics(entry, failed)
 
     def pick(self, name: str, version: str | None) -> Entry:
         versions = self.models.get(name)
@@ -395,31 +368,3 @@ class Server:
 
 # Paths outside /v2/models/ and /v2/health/, all GET.
 _FIXED = frozenset(("/metrics", "/v2", "/v2/openapi.json", "/openapi.json"))
-
-
-def _allow(path: str, method: str, allowed: str) -> None:
-    if method != allowed:
-        raise ClientError(405, f"{path} takes {allowed}", [(b"allow", allowed.encode())])
-
-
-def _keep_alive_10(scope: Scope, send: Send) -> Send:
-    """HTTP/1.0 keeps a connection only when asked, and only when the answer says so."""
-    if not any(k == b"connection" and b"keep-alive" in v.lower() for k, v in scope["headers"]):
-        return send
-
-    async def keeping(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message["headers"], (b"connection", b"keep-alive")]}
-        await send(message)
-
-    return keeping
-
-
-async def respond(
-    send: Send, status: int, body: bytes, content_type: bytes = JSON, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers.extend(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
