@@ -20,7 +20,7 @@ from .artifacts import canonical_json
 from .pinned import PinnedDeployment, PinnedVersion
 from .plan import collection_config
 from .resolve import ResolvedDeployment
-from .serving.config import SETTINGS_ENV, ModelConfig, ServerConfig
+from .serving.config import SETTINGS_ENV, ModelConfig, ServerConfig, workers_for
 from .spec.monitoring import HttpSink
 from .spec.targets import KubernetesTarget
 
@@ -121,6 +121,7 @@ def server_settings(dep: PinnedDeployment, version: PinnedVersion, onnx_digest: 
         collection=collection_config(mon, "/data/"),
         metrics_port=METRICS_PORT if mon.metrics else None,
         grpc_port=GRPC_PORT,
+        workers=workers_for(hw.cpu_millis, hw.threads, collection_config(mon, "/data/")),
         models=(
             ModelConfig(
                 name=dep.model,

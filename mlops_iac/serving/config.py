@@ -86,5 +86,19 @@ class ServerConfig(Settings):
         return data
 
 
+def workers_for(cpu_millis: int, threads: int, collection: CollectionConfig) -> int:
+    """The worker processes the recommended CPU (the lock's profile, or the spec's) pays for:
+    one per whole core of the request, each worker's onnxruntime taking `threads` of them.
+
+    On small models the HTTP stack is the cost and one process serves on one core, so a
+    replica given N cores needs N processes to use them; at run time the count is capped
+    again by the container's CPU quota (`workers.worker_count`). A collection file takes one
+    writer, so it keeps one worker.
+    """
+    if collection.enabled and collection.sink == "file":
+        return 1
+    return max(1, cpu_millis // (1000 * max(1, threads)))
+
+
 def read_config(path: Path) -> ServerConfig:
     return ServerConfig.model_validate_json(path.read_bytes())

@@ -173,26 +173,28 @@ def serve(
     log_level: str = "warning",
     sock: socket.socket | None = None,
 ) -> None:
-    """Serves until SIGTERM: in this process, or in `config.workers` worker processes."""
+    """Serves until SIGTERM: in this process, or in `config.workers` worker processes (REST
+    on every one; gRPC, with `grpc_port`, on the first: see `workers.supervise`)."""
     from .workers import supervise, worker_count
 
     count = worker_count(config.workers)
     if count == 1:
         serve_one(config, base, [sock] if sock is not None else None, host=host, port=port, log_level=log_level)
         return
-    if config.grpc_port is not None:  # grpcio binds its own port, which workers cannot share safely yet
-        raise MlopsIacError(
-            f"grpc_port is set with {count} workers: gRPC is served by one process; set workers to 1, or leave gRPC out"
-        )
-    if config.collection.enabled and config.collection.sink == "file":
-        raise MlopsIacError(
-            f"collection.sink is `file` with {count} workers: one file takes one writer; "
-            "set workers to 1, or collection.sink to `stdout` or `http`"
-        )
+    check_workers(config, count)
     sockets = [sock if sock is not None else bind(host, port, reuse_port=True)]
     if config.metrics_port is not None:
         sockets.append(bind(host, config.metrics_port))
     supervise(config, base, sockets, count, log_level)
+
+
+def check_workers(config: ServerConfig, count: int) -> None:
+    """What several workers cannot do, refused before anything listens."""
+    if count > 1 and config.collection.enabled and config.collection.sink == "file":
+        raise MlopsIacError(
+            f"collection.sink is `file` with {count} workers: one file takes one writer; "
+            "set workers to 1, or collection.sink to `stdout` or `http`"
+        )
 
 
 def serve_one(
