@@ -95,6 +95,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--only",
+        choices=("ours", "bare"),
+        help="time one side alone (for instruction counts: `perf stat -e instructions:u` at two --requests)",
+    )
     args = parser.parse_args()
     import onnxruntime as ort
     import uvloop
@@ -121,11 +126,12 @@ def main() -> None:
         profile = cProfile.Profile() if args.profile else None
         for _ in range(args.rounds):  # alternated, medians: the machine is shared
             started = time.thread_time()
-            for _ in range(args.requests):
+            for _ in range(args.requests if args.only != "ours" else 0):
                 session.run(None, {name: row})
             bare.append((time.thread_time() - started) / args.requests)
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # the server's loop
-                ours.append(runner.run(requests_per_second(server, raw, args.requests, profile)))
+                count = args.requests if args.only != "bare" else 0
+                ours.append(runner.run(requests_per_second(server, raw, count, profile)) if count else 0.0)
         b, o = float(np.median(bare)) * 1e6, float(np.median(ours)) * 1e6
         print(f"model {args.model}, {args.requests} requests x {args.rounds} rounds, CPU time, medians")
         print(f"  bare session.run                        {b:8.1f} us")

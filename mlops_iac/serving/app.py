@@ -8,15 +8,14 @@ hot path would cost more than the model itself. Routing here is a split of the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -26,33 +25,16 @@ from .batching import Batcher
 from .bodies import Disconnected, decompress, read_body
 from .collect import Collector
 from .config import ServerConfig
-from .handler import call_handler as _call_handler
+from .inference import Answer, Entry, feeds_of, finish, inference_headers, run_inline
 from .metrics import Metrics
 from .openapi import document
 from .protocol import ClientError, Request, encode, parse
 from .responses import JSON, PROMETHEUS_TEXT, Receive, Scope, Send, allow, keep_alive_10, respond
 from .runtime import ModelRuntime
 from .shadow import Shadow
-from .triton import EXTENSIONS, classify, model_config, model_stats
+from .triton import EXTENSIONS, model_config, model_stats
 
 log = logging.getLogger("mlops_iac.serving")
-
-
-@dataclass
-class Entry:
-    """A served model version with its batcher and its pre-bound metric children."""
-
-    runtime: ModelRuntime
-    batcher: Batcher | None
-    weight: int
-    ok: Any
-    latency: Any
-    inference: Any
-    queue: Any
-    batch: Any
-    rows: int = 0  # rows answered (Triton's inference_count)
-    runs: int = 0  # runs outside the batcher (with the batcher's runs: execution_count)
-    last: float = 0.0  # when the last answer went out (epoch seconds)
 
 
 class Server:
@@ -287,83 +269,103 @@ class Server:
     async def infer(self, scope: Scope, name: str, version: str | None, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         entry = self.pick(name, version)
-        header_length, encoding, declared = None, None, None
-        for key, value in scope["headers"]:
-            if key == b"inference-header-content-length":
-                header_length = value.decode("latin-1")
-            elif key == b"content-encoding":
-                encoding = value.decode("latin-1").lower()
-            elif key == b"content-length":
-                declared = value
+        header_length, encoding, declared = inference_headers(scope)
         body = await read_body(receive, declared, self.config.max_body_bytes)
         if encoding:
             body = decompress(body, encoding, self.config.max_body_bytes)
         request = parse(body, header_length)
-        try:
-            status, payload, header = await self.run(entry, request, started)
-        except ClientError as error:
-            self.metrics.requests.labels(name, entry.runtime.version, str(error.status)).inc()
-            raise
-        except Exception:  # answered 500 by http(); counted, so a failing version shows in its error rate
-            self.metrics.requests.labels(name, entry.runtime.version, "500").inc()
-            raise
+        with self._counted(entry):
+            outputs = await self.outputs(entry, request, started)
+        payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
         extra = [(b"inference-header-content-length", str(header).encode())] if header is not None else []
-        await respond(send, status, payload, JSON if header is None else b"application/octet-stream", extra)
+        await respond(send, 200, payload, JSON if header is None else b"application/octet-stream", extra)
         if self.shadow is not None:  # after the answer went out: a shadow never delays it
             self.shadow.after(entry, request, payload if header is None else None, started)
 
-    async def run(self, entry: Entry, request: Request, started: float) -> tuple[int, bytes, int | None]:
-        outputs = await self.outputs(entry, request, started)
-        payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
-        return 200, payload, header
+    def infer_now(self, scope: Scope, body: bytes) -> Answer | None:
+        """An inference request whose body is already read, answered at once (from the HTTP
+        protocol's callback, without the ASGI task, see http11.py); None when it is not the
+        common case (another route's spelling, an unknown model, a compressed or too large
+        body, a batcher with work in it), with nothing done: the ASGI path takes it."""
+        parts = scope["path"].split("/")  # "", v2, models, name, [versions, v,] infer
+        if len(parts) == 5:
+            name, version = parts[3], None
+        elif len(parts) == 7 and parts[4] == "versions":
+            name, version = parts[3], parts[5]
+        else:
+            return None
+        versions = self.models.get(name)
+        if (
+            versions is None
+            or len(body) > self.config.max_body_bytes
+            or any(e.batcher is not None and not e.batcher.quiet() for e in versions.values())
+        ):
+            return None
+        header_length, encoding, _ = inference_headers(scope)
+        if encoding:
+            return None
+        if self.arrived:
+            self.arrived -= 1
+        started = time.perf_counter()
+        try:
+            if self.key is not None and not self._authorized(scope):
+                raise ClientError(401, "missing or wrong bearer token (Authorization: Bearer <key>)")
+            entry = self.pick(name, version)
+            request = parse(body, header_length)
+            with self._counted(entry):
+                outputs = self.outputs_now(entry, request, started)
+            payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
+        except ClientError as error:
+            return Answer(error.status, orjson.dumps({"error": error.message}), JSON, error.headers or [])
+        except Exception:
+            log.exception("internal error on POST %s", scope["path"])
+            return Answer(500, b'{"error":"internal server error"}', JSON, [])
+        if header is None:
+            return Answer(200, payload, JSON, [], self._mirror(entry, request, payload, started))
+        extra = [(b"inference-header-content-length", str(header).encode())]
+        return Answer(200, payload, b"application/octet-stream", extra, self._mirror(entry, request, None, started))
+
+    def _mirror(self, entry: Entry, request: Request, payload: bytes | None, started: float) -> Callable[[], None]:
+        """What to do once the answer went out: mirror to the shadow versions, if any."""
+        shadow = self.shadow
+        if shadow is None:
+            return _nothing
+        return lambda: shadow.after(entry, request, payload, started)
+
+    @contextlib.contextmanager
+    def _counted(self, entry: Entry) -> Iterator[None]:
+        """A run's failures counted by status, so a failing version shows in its error rate."""
+        try:
+            yield
+        except ClientError as error:
+            self.metrics.requests.labels(entry.runtime.name, entry.runtime.version, str(error.status)).inc()
+            raise
+        except Exception:  # answered 500; counted all the same
+            self.metrics.requests.labels(entry.runtime.name, entry.runtime.version, "500").inc()
+            raise
 
     async def outputs(self, entry: Entry, request: Request, started: float) -> dict[str, np.ndarray]:
         """One request's outputs through the model's batcher (or inline), counted and collected:
         the REST and gRPC paths alike; each encodes the answer its own way."""
-        runtime = entry.runtime
-        if runtime.preprocess is not None:
-            feeds = runtime.check(_call_handler(runtime.preprocess, request), None)
-        else:
-            feeds = runtime.check(request.inputs, request.datatypes)
-        names = runtime.check_outputs(request.outputs) if runtime.postprocess is None else None
-        first = next(iter(feeds.values())) if feeds else None
-        rows = int(first.shape[0]) if first is not None and first.ndim else 1
-        if entry.batcher is not None and 0 < rows <= entry.batcher.max_rows and not entry.batcher.quiet():
-            outputs, queued, batch_rows = await entry.batcher.submit(feeds)
-            entry.queue.observe(queued)
-            entry.batch.observe(batch_rows)
-            inference = time.perf_counter() - started - queued
-            if names is not None:
-                outputs = {n: outputs[n] for n in names}
-        else:
-            before = time.perf_counter()
-            outputs = runtime.run(feeds, names)
-            inference = time.perf_counter() - before
-            entry.runs += 1
-        if runtime.postprocess is not None:
-            outputs = _call_handler(runtime.postprocess, outputs)
-            if request.outputs is not None:
-                outputs = {n: outputs[n] for n in request.outputs if n in outputs}
-        if request.classification:
-            outputs = classify(runtime, outputs, request.classification)
-        entry.inference.observe(inference)
-        entry.latency.observe(time.perf_counter() - started)
-        entry.ok.inc()
-        entry.rows += rows
-        entry.last = time.time()
-        if self.collector.sampled():
-            self.collector.offer(
-                {
-                    "time": time.time(),
-                    "model": runtime.name,
-                    "version": runtime.version,
-                    "id": request.id,
-                    "inputs": feeds,
-                    "outputs": outputs,
-                    "latencyMs": round((time.perf_counter() - started) * 1000, 3),
-                }
-            )
-        return outputs
+        feeds, names, rows = feeds_of(entry, request)
+        batcher = entry.batcher
+        if batcher is None or not 0 < rows <= batcher.max_rows or batcher.quiet():
+            return run_inline(entry, request, feeds, names, rows, started, self.collector)
+        outputs, queued, batch_rows = await batcher.submit(feeds)
+        entry.queue.observe(queued)
+        entry.batch.observe(batch_rows)
+        if names is not None:
+            outputs = {n: outputs[n] for n in names}
+        inference = time.perf_counter() - started - queued
+        return finish(entry, request, feeds, outputs, rows, inference, started, self.collector)
+
+    def outputs_now(self, entry: Entry, request: Request, started: float) -> dict[str, np.ndarray]:
+        """`outputs` where the batcher is quiet or absent (infer_now checked): inline, at once."""
+        return run_inline(entry, request, *feeds_of(entry, request), started, self.collector)
+
+
+def _nothing() -> None:
+    pass
 
 
 # Paths outside /v2/models/ and /v2/health/, all GET.

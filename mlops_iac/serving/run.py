@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import MlopsIacError
 from .app import Server
 from .config import ServerConfig
+from .http11 import protocol_class
 from .metrics_listener import MetricsListener
 
 # How long SIGTERM waits for requests in flight (Kubernetes gives 30 s by default).
@@ -34,134 +35,6 @@ def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
         raise MlopsIacError(
             f"cannot listen on {host}:{port}: {reason}; choose another port with --port (0 picks a free one)"
         ) from None
-
-
-def _protocol(server: Server | None = None) -> type:
-    """uvicorn's httptools protocol, with two changes on the response path:
-
-    - HTTP/1.0 connections that ask for keep-alive are kept (uvicorn closes every HTTP/1.0
-      connection; nginx speaks HTTP/1.0 to upstreams by default);
-    - a response goes out in one write, headers and body together (`_one_write_cycle`):
-      uvicorn writes the headers at `http.response.start` and the body after, two syscalls
-      where one does, about a fifth of the CPU of a small model's request.
-    """
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    cycle_class = _one_write_cycle()
-
-    class ServingProtocol(HttpToolsProtocol):
-        def on_headers_complete(self) -> None:
-            before = self.cycle
-            super().on_headers_complete()
-            if self.cycle is None or self.cycle is before:
-                return  # an upgrade, or a request refused before it had a cycle
-            if server is not None:
-                server.arrived += 1  # read; its task starts later (see Batcher.waiting)
-            # uvicorn names its cycle class inside on_headers_complete; the cycle's task has not
-            # run yet, so its class can still change (a subclass with the same state).
-            self.cycle.__class__ = cycle_class
-            if self.parser.get_http_version() == "1.0" and self.parser.should_keep_alive():
-                self.cycle.keep_alive = True
-
-    return ServingProtocol
-
-
-class _Gather:
-    """Stands in for the transport while uvicorn's cycle writes one response: keeps the writes
-    so they leave in one; a close asked for meanwhile happens after that write."""
-
-    __slots__ = ("closing", "parts", "transport")
-
-    def __init__(self, transport: Any) -> None:
-        self.transport, self.closing = transport, False
-        self.parts: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    def close(self) -> None:
-        self.closing = True
-
-    def is_closing(self) -> bool:
-        return self.closing or bool(self.transport.is_closing())
-
-
-def _one_write_cycle() -> type:
-    from uvicorn.protocols.http import httptools_impl as uv
-    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-
-    class OneWriteCycle(RequestResponseCycle):
-        """Holds `http.response.start` until the body that ends the response, then writes both
-        at once. The common answer (a whole body with its content-length, keep-alive or close)
-        is written here, with uvicorn's header checks; anything else (HEAD, chunked, a
-        connection header, write back-pressure) goes through uvicorn's own `send`, still into
-        one write."""
-
-        held: Any = None
-
-        async def send(self, message: Any) -> None:
-            if message["type"] == "http.response.start" and not self.response_started:
-                self.held = message  # a second start (uvicorn's 500 after an error) replaces it
-                return
-            if self.held is None:
-                await super().send(message)
-                return
-            start, self.held = self.held, None
-            if not self._write_whole(start, message):
-                await self._send_gathered(start, message)
-
-        def _write_whole(self, start: Any, message: Any) -> bool:
-            """The response in one write, when it is the common case; False to leave it to uvicorn."""
-            if (
-                message["type"] != "http.response.body"
-                or message.get("more_body", False)
-                or self.disconnected
-                or self.flow.write_paused
-                or self.access_log
-                or self.scope["method"] == "HEAD"
-            ):
-                return False
-            body = message.get("body", b"")
-            content, length = [uv.STATUS_LINE[start["status"]]], None
-            for name, value in (*self.default_headers, *start.get("headers", ())):
-                if uv.HEADER_RE.search(name) or uv.HEADER_VALUE_RE.search(value):
-                    return False  # uvicorn refuses it, with its own error
-                name = name.lower()
-                if name == b"content-length":
-                    length = value
-                elif name in (b"connection", b"transfer-encoding"):
-                    return False
-                content.extend((name, b": ", value, b"\r\n"))
-            if length is None or length != str(len(body)).encode():
-                return False
-            if not self.keep_alive:
-                content.append(b"connection: close\r\n")
-            content.extend((b"\r\n", body))
-            self.response_started = True
-            self.waiting_for_100_continue = False
-            self.transport.write(b"".join(content))
-            self.response_complete = True
-            self.message_event.set()
-            if not self.keep_alive:
-                self.transport.close()
-            self.on_response()
-            return True
-
-        async def _send_gathered(self, start: Any, message: Any) -> None:
-            transport = self.transport
-            gather = _Gather(transport)
-            self.transport = gather  # type: ignore[assignment]
-            try:
-                await super().send(start)
-                await super().send(message)
-            finally:
-                self.transport = transport
-                if gather.parts and not transport.is_closing():
-                    transport.write(b"".join(gather.parts))
-                if gather.closing:
-                    transport.close()
-
-    return OneWriteCycle
 
 
 def serve(
@@ -206,7 +79,7 @@ def uvicorn_config(server: Server, host: str = "127.0.0.1", port: int = 0, log_l
         host=host,
         port=port,
         loop="uvloop",
-        http=_protocol(server),
+        http=protocol_class(server),
         lifespan="on",
         log_level=log_level,
         access_log=False,

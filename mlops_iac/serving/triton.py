@@ -15,7 +15,7 @@ from .protocol import ClientError
 from .runtime import ModelRuntime
 
 if TYPE_CHECKING:
-    from .app import Entry
+    from .inference import Entry
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 
