@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--batching", action="store_true", help="the model with dynamic batching (32 rows, no delay)")
     parser.add_argument(
         "--only",
         choices=("ours", "bare"),
@@ -119,8 +120,11 @@ def main() -> None:
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        config = ServerConfig.model_validate({"models": [{"name": "m", "version": 1, "path": path.name}]})
-        server = Server(config, folder)
+        model: dict[str, object] = {"name": "m", "version": 1, "path": path.name}
+        if args.batching:
+            model.update(max_batch_size=32, max_delay_ms=0)
+        server = Server(ServerConfig.model_validate({"models": [model]}), folder)
+        server.counts_arrivals = True  # as the runner sets it: the batchers see requests read and not started
         server.load()
         bare, ours = [], []
         profile = cProfile.Profile() if args.profile else None

@@ -295,17 +295,16 @@ class Server:
         else:
             return None
         versions = self.models.get(name)
-        if (
-            versions is None
-            or len(body) > self.config.max_body_bytes
-            or any(e.batcher is not None and not e.batcher.quiet() for e in versions.values())
-        ):
+        if versions is None or len(body) > self.config.max_body_bytes:
             return None
         header_length, encoding, _ = inference_headers(scope)
         if encoding:
             return None
-        if self.arrived:
-            self.arrived -= 1
+        counted = self.arrived > 0
+        self.arrived -= counted  # this one is being handled: the batchers' "anyone waiting" leaves it out
+        if any(e.batcher is not None and not e.batcher.quiet() for e in versions.values()):
+            self.arrived += counted  # the ASGI path counts it off again
+            return None
         started = time.perf_counter()
         try:
             if self.key is not None and not self._authorized(scope):

@@ -73,7 +73,7 @@ class ServerConfig(Settings):
         ge=0,
         le=256,
         description="Server processes (0: one per CPU); never more "
-        "than the CPUs the container may use (its CPU quota).",
+        "than the CPUs the container may use (its CPU quota). REST on every one, gRPC on the first.",
     )
 
     @model_serializer(mode="wrap")
