@@ -423,9 +423,7 @@ def start_ours(name: str, extra: dict[str, object], env: dict[str, str], v2: byt
     return start(
         name,
         [
-            sys.executable,
-            "-m",
-            "mlops_iac.serving",
+            *_server_command(env.get("PYTHONPATH")),
             "--config",
             str(settings),
             "--host",
@@ -439,6 +437,20 @@ def start_ours(name: str, extra: dict[str, object], env: dict[str, str], v2: byt
         folder,
         env=env,
     )
+
+
+def _server_command(checkout: str | None) -> list[str]:
+    """`python -m mlops_iac.serving`, from `checkout` when given: an editable install's import
+    hook comes before PYTHONPATH, so the baseline's own tree is put first explicitly."""
+    if checkout is None:
+        return [sys.executable, "-m", "mlops_iac.serving"]
+    code = (
+        "import runpy, sys; "
+        "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+        f"sys.path.insert(0, {checkout!r}); "
+        "runpy.run_module('mlops_iac.serving', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", code]
 
 
 def peers(path: Path, v2: bytes, row: np.ndarray, folder: Path) -> list[Target]:

@@ -43,6 +43,13 @@ from .workspace import cached_onnx, onnx_artifact, project_registry
     help="Also serve the v2 gRPC protocol on this port (default: REST only).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(0, 256),
+    default=None,
+    help="Server processes (0: one per CPU; default: what the deployment's recommended CPU pays "
+    "for, else 1); never more than the CPUs this machine or container allows.",
+)
+@click.option(
     "--write-config",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -55,6 +62,7 @@ def serve(
     host: str | None,
     port: int | None,
     grpc_port: int | None,
+    workers: int | None,
     write_config: Path | None,
 ) -> None:
     """Serve models over the Open Inference Protocol v2 (KServe/Triton REST) on onnxruntime.
@@ -75,20 +83,28 @@ def serve(
         config, target = _from_deployments(registry, ws, deployments)
     if grpc_port is not None:
         config = config.model_copy(update={"grpc_port": grpc_port})
+    if workers is not None:
+        config = config.model_copy(update={"workers": workers})
     if write_config is not None:
         write_config.write_text(canonical_json(config.model_dump(mode="json")))
         click.echo(f"wrote {write_config}")
         return
     host = host or (target.host if target else "127.0.0.1")
     port = port if port is not None else (target.port if target else PORT)
-    from .serving.run import bind
+    from .serving.run import bind, check_workers
     from .serving.run import serve as run_server
+    from .serving.workers import worker_count
 
-    sock = bind(host, port)  # before the announcement: a busy port is an error, not a lie
+    count = worker_count(config.workers)
+    check_workers(config, count)
+    # Bound before the announcement: a busy port is an error, not a lie. With workers, each
+    # after the first binds its own socket on the port (SO_REUSEPORT: connections spread evenly).
+    sock = bind(host, port, reuse_port=count > 1)
     port = sock.getsockname()[1]
     names = ", ".join(f"{m.name}@{m.version}" for m in config.models)
     grpc = f"; gRPC on {host}:{grpc_port}" if grpc_port is not None else ""
-    click.echo(f"serving {names} on http://{host}:{port} (v2 protocol; /metrics{grpc}; Ctrl-C stops)")
+    processes = f"; {count} worker processes" if count > 1 else ""
+    click.echo(f"serving {names} on http://{host}:{port} (v2 protocol; /metrics{grpc}{processes}; Ctrl-C stops)")
     try:
         run_server(config, root, host, port, sock=sock)
     finally:

@@ -22,7 +22,7 @@ from .artifacts import canonical_json
 from .contract import API_KEY_ENV, GRPC_PORT, METRICS_PORT, PORT, SETTINGS_ENV, UID
 from .pinned import PinnedDeployment, PinnedVersion
 from .plan import collection_config
-from .serving.config import ModelConfig, ServerConfig
+from .serving.config import ModelConfig, ServerConfig, workers_for
 from .spec.monitoring import HttpSink
 from .spec.targets import KubernetesTarget
 
@@ -118,6 +118,7 @@ def server_settings(dep: PinnedDeployment, version: PinnedVersion, onnx_digest: 
         collection=collection_config(mon, "/data/"),
         metrics_port=METRICS_PORT if mon.metrics else None,
         grpc_port=GRPC_PORT,
+        workers=workers_for(hw.cpu_millis, hw.threads, collection_config(mon, "/data/")),
         models=(
             ModelConfig(
                 name=dep.model,

@@ -12,7 +12,7 @@ import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from mlops_iac.serving.run import _one_write_cycle
+from mlops_iac.serving.http11 import _one_write_cycle
 
 
 class Recorder:

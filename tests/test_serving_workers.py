@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from mlops_iac.serving.batching import Batcher
 from mlops_iac.serving.metrics import Metrics
 from mlops_iac.serving.workers import cpu_limit, worker_count
 
-from .conftest import free_port
+from .conftest import free_port, wait_http
 from .server_fixtures import Models, Running, build_models, model_entry, running_server
 
 TWO_CPUS = cpu_limit() >= 2
@@ -251,3 +252,133 @@ def test_one_worker_leaves_the_settings_as_they_were() -> None:
     assert "workers" not in one.model_dump(mode="json")  # deployed settings and their digests unchanged
     two = one.model_copy(update={"workers": 2})
     assert ServerConfig.model_validate_json(two.model_dump_json()).workers == 2
+
+
+def serving_pid(client: tuple[str, int], pids: list[int]) -> int:
+    """Which of `pids` holds the server's end of the TCP connection from `client` (IPv4), read
+    from the kernel's socket table: the worker that accepted it, whatever the answer says."""
+    port = f"{client[1]:04X}"
+    inodes = {
+        fields[9]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if (fields := line.split()) and fields[2].endswith(f":{port}")  # remote end: the client
+    }
+    holders = [
+        pid
+        for pid in pids
+        for fd in Path(f"/proc/{pid}/fd").iterdir()
+        if any(os.readlink(fd) == f"socket:[{inode}]" for inode in inodes)
+    ]
+    assert len(holders) == 1, (client, inodes, holders)
+    return holders[0]
+
+
+def test_serve_with_two_workers_spreads_connections_adds_up_metrics_and_drains(converted: Path) -> None:
+    """`mlops-iac serve --workers 2 --grpc-port` as a user runs it: both worker processes
+    accept connections and answer like onnxruntime in process; gRPC answers from the first
+    worker; /metrics on either counts every request of both; SIGTERM stops every worker."""
+    if not TWO_CPUS:
+        pytest.skip("one CPU here: the server caps its workers at the CPUs it may use")
+    import http.client
+
+    import onnxruntime as ort
+    import tritonclient.grpc as grpcclient
+
+    http_port, grpc_port = free_port(), free_port()
+    cli = [sys.executable, "-m", "mlops_iac", "serve", "iris@1", "--workers", "2"]
+    cli += ["--port", str(http_port), "--grpc-port", str(grpc_port)]
+    process = subprocess.Popen(
+        cli,
+        cwd=converted,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    server = Running(f"127.0.0.1:{http_port}", http_port, process, converted / "unused.log")
+    try:
+        wait_http(f"http://127.0.0.1:{http_port}/v2/health/live", timeout=60)
+        every_worker_ready(server)
+        pids = worker_pids(server)
+        assert len(pids) == 2
+        x = np.load(converted / "sample.npy").astype(np.float32)
+        local = ort.InferenceSession(str(next((converted / ".mlops" / "serve").glob("*.onnx"))))
+        answered: dict[int, int] = {}
+        for i in range(40):  # a connection each: the kernel spreads them over the workers' sockets
+            connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
+            body = json.dumps(infer_body(x[i % len(x) : i % len(x) + 1]))
+            connection.request("POST", "/v2/models/iris/infer", body, {"content-type": "application/json"})
+            response = connection.getresponse()
+            doc = json.loads(response.read())
+            assert response.status == 200, doc
+            assert connection.sock is not None
+            pid = serving_pid(connection.sock.getsockname(), pids)
+            answered[pid] = answered.get(pid, 0) + 1
+            connection.close()
+            label, proba = local.run(None, {"input": x[i % len(x) : i % len(x) + 1]})
+            assert doc["outputs"][0]["data"] == label.tolist()
+            np.testing.assert_allclose(doc["outputs"][1]["data"], proba.ravel(), rtol=1e-6, atol=1e-7)
+        assert set(answered) == set(pids), answered  # both workers answered
+        tensor = grpcclient.InferInput("input", [2, x.shape[1]], "FP32")
+        tensor.set_data_from_numpy(x[:2])
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            answer = client.infer("iris", [tensor])
+        np.testing.assert_allclose(answer.as_numpy("probabilities"), local.run(None, {"input": x[:2]})[1], rtol=1e-6)
+        labels = (("model", "iris"), ("status", "200"), ("version", "1"))
+        deadline = time.monotonic() + 30
+        while True:  # each worker publishes its series every second
+            values = samples(server.request("GET", "/metrics")[2])
+            if values.get(("mlops_requests_total", labels)) == 41:
+                break
+            assert time.monotonic() < deadline, values.get(("mlops_requests_total", labels))
+            time.sleep(0.2)
+        assert values[("mlops_workers", ())] == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 0, output
+    assert "2 worker processes" in output and f"gRPC on 127.0.0.1:{grpc_port}" in output
+    assert "Traceback" not in output
+    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)  # every worker stopped
+
+
+def test_workers_come_from_the_recommended_cpu(converted: Path) -> None:
+    """The rendered settings carry the workers the deployment's CPU pays for (one per whole
+    core over its onnxruntime threads): `serve` for the local target, and the settings every
+    pod and container gets (manifests.server_settings); a collection file keeps one writer;
+    `serve --workers` overrides."""
+    from click.testing import CliRunner
+
+    from mlops_iac.cli import main
+    from mlops_iac.manifests import server_settings
+    from mlops_iac.pinned import pin_all
+    from mlops_iac.resolve import load
+    from mlops_iac.serving.config import ServerConfig
+
+    def written(*flags: str) -> ServerConfig:
+        done = CliRunner().invoke(main, ["serve", *flags, "--write-config", "s.json"])
+        assert done.exit_code == 0, done.output
+        return ServerConfig.model_validate_json((converted / "s.json").read_text())
+
+    spec = converted / "mlops.yaml"
+    spec.write_text(spec.read_text().replace("cpu: auto", "cpu: 2500m"))
+    assert written().workers == 1  # the quickstart collects to a file: one writer
+    if TWO_CPUS:  # asked for anyway: refused before anything listens, one line, no traceback
+        refused = CliRunner().invoke(main, ["serve", "--workers", "2", "--port", "0"])
+        assert refused.exit_code == 1 and "collection.sink is `file` with 2 workers" in refused.output
+        assert "serving" not in refused.output
+    spec.write_text(spec.read_text().replace("kind: file\n      path: collected/requests.jsonl", "kind: stdout"))
+    assert written().workers == 2  # 2.5 cores, one onnxruntime thread each: two whole workers
+    assert written("--workers", "0").workers == 0
+    text = spec.read_text().replace("targets:\n", "targets:\n  cluster:\n    kind: kubernetes\n", 1)
+    text = text.replace(
+        "deployments:\n",
+        "deployments:\n  - name: iris-cluster\n    model: iris\n    version: 1\n    target: cluster\n"
+        "    hardware: {cpu: 3, memory: 1Gi}\n",
+        1,
+    )
+    spec.write_text(text)
+    ws = load(spec)
+    (pod,) = pin_all(d for d in ws.resolved.deployments if d.name == "iris-cluster")
+    settings = server_settings(pod, pod.versions[0], "sha256:" + "0" * 64)
+    assert settings.workers == 3 and settings.grpc_port is not None  # gRPC rides on the first worker
+    assert settings.model_dump(mode="json")["workers"] == 3

@@ -8,15 +8,14 @@ hot path would cost more than the model itself. Routing here is a split of the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -26,36 +25,16 @@ from .batching import Batcher
 from .bodies import Disconnected, decompress, read_body
 from .collect import Collector
 from .config import ServerConfig
-from .handler import call_handler as _call_handler
+from .inference import Answer, Entry, feeds_of, finish, inference_headers, run_inline
 from .metrics import Metrics
 from .openapi import document
 from .protocol import ClientError, Request, encode, parse
+from .responses import JSON, PROMETHEUS_TEXT, Receive, Scope, Send, allow, keep_alive_10, respond
 from .runtime import ModelRuntime
 from .shadow import Shadow, mirroring
-from .triton import EXTENSIONS, classify, model_config, statistics
+from .triton import EXTENSIONS, model_config, model_stats
 
 log = logging.getLogger("mlops_iac.serving")
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-JSON = b"application/json"
-
-
-@dataclass
-class Entry:
-    """A served model version with its batcher and its pre-bound metric children."""
-
-    runtime: ModelRuntime
-    batcher: Batcher | None
-    weight: int
-    ok: Any
-    latency: Any
-    inference: Any
-    queue: Any
-    batch: Any
-    rows: int = 0  # rows answered (Triton's inference_count)
-    runs: int = 0  # runs outside the batcher (with the batcher's runs: execution_count)
-    last: float = 0.0  # when the last answer went out (epoch seconds)
 
 
 class Server:
@@ -185,7 +164,7 @@ class Server:
             self.arrived -= 1
         path, method = scope["path"], scope["method"]
         if scope["http_version"] == "1.0":
-            send = _keep_alive_10(scope, send)
+            send = keep_alive_10(scope, send)
         if path.endswith("/") and len(path) > 1:
             path = path.rstrip("/") or "/"  # /v2/ is the spec's own spelling of /v2
         try:
@@ -199,9 +178,9 @@ class Server:
                 return
             if path not in _FIXED:
                 raise ClientError(404, f"no route {path}; see /v2/openapi.json")
-            _allow(path, method, "GET")
+            allow(path, method, "GET")
             if path == "/metrics":
-                await respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4")
+                await respond(send, 200, self.metrics.render(), PROMETHEUS_TEXT)
             elif path == "/v2":
                 await respond(send, 200, self.metadata)
             else:
@@ -217,7 +196,7 @@ class Server:
     async def health(self, path: str, method: str, send: Send) -> None:
         if path not in ("/v2/health/live", "/v2/health/ready"):
             raise ClientError(404, f"no route {path}")
-        _allow(path, method, "GET")
+        allow(path, method, "GET")
         if path == "/v2/health/live":
             if self.failed:
                 await respond(send, 500, orjson.dumps({"live": False, "error": self.failed}))
@@ -239,20 +218,9 @@ class Server:
         if not parts or not parts[0]:
             raise ClientError(404, "name a model: /v2/models/{name}")
         if parts == ["stats"] and "stats" not in self.models:  # Triton: every model's statistics
-            _allow(path, method, "GET")
-            await respond(
-                send,
-                200,
-                orjson.dumps(
-                    {
-                        "model_stats": [
-                            self.stats(e)
-                            for _, versions in sorted(self.models.items())
-                            for _, e in sorted(versions.items())
-                        ]
-                    }
-                ),
-            )
+            allow(path, method, "GET")
+            entries = [e for _, versions in sorted(self.models.items()) for _, e in sorted(versions.items())]
+            await respond(send, 200, model_stats(self.metrics.requests, entries))
             return
         name, rest, version = parts[0], parts[1:], None
         if len(rest) >= 2 and rest[0] == "versions":
@@ -261,10 +229,10 @@ class Server:
         if len(rest) > 1 or action not in ("", "ready", "infer", "config", "stats"):
             raise ClientError(404, f"no route {path}; see /v2/openapi.json")
         if action == "infer":
-            _allow(path, method, "POST")
+            allow(path, method, "POST")
             await self.infer(scope, name, version, receive, send)
             return
-        _allow(path, method, "GET")
+        allow(path, method, "GET")
         entry = self.pick(name, version)
         if action == "ready":
             await respond(send, 200, orjson.dumps({"name": name, "ready": self.ready}))
@@ -272,24 +240,11 @@ class Server:
             await respond(send, 200, orjson.dumps(model_config(entry.runtime)))
         elif action == "stats":
             entries = [entry] if version is not None else [e for _, e in sorted(self.models[name].items())]
-            await respond(send, 200, orjson.dumps({"model_stats": [self.stats(e) for e in entries]}))
+            await respond(send, 200, model_stats(self.metrics.requests, entries))
         else:
             data = entry.runtime.metadata()
             data["versions"] = sorted(self.models[name])
             await respond(send, 200, orjson.dumps(data))
-
-    def stats(self, entry: Entry) -> dict[str, Any]:
-        runtime = entry.runtime
-        failed = sum(
-            int(sample.value)
-            for metric in self.metrics.requests.collect()
-            for sample in metric.samples
-            if sample.name.endswith("_total")
-            and sample.labels["model"] == runtime.name
-            and sample.labels["version"] == runtime.version
-            and sample.labels["status"] != "200"
-        )
-        return statistics(entry, failed)
 
     def pick(self, name: str, version: str | None) -> Entry:
         versions = self.models.get(name)
@@ -314,112 +269,103 @@ class Server:
     async def infer(self, scope: Scope, name: str, version: str | None, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         entry = self.pick(name, version)
-        header_length, encoding, declared = None, None, None
-        for key, value in scope["headers"]:
-            if key == b"inference-header-content-length":
-                header_length = value.decode("latin-1")
-            elif key == b"content-encoding":
-                encoding = value.decode("latin-1").lower()
-            elif key == b"content-length":
-                declared = value
+        header_length, encoding, declared = inference_headers(scope)
         body = await read_body(receive, declared, self.config.max_body_bytes)
         if encoding:
             body = decompress(body, encoding, self.config.max_body_bytes)
         request = parse(body, header_length)
-        try:
-            status, payload, header = await self.run(entry, request, started)
-        except ClientError as error:
-            self.metrics.requests.labels(name, entry.runtime.version, str(error.status)).inc()
-            raise
-        except Exception:  # answered 500 by http(); counted, so a failing version shows in its error rate
-            self.metrics.requests.labels(name, entry.runtime.version, "500").inc()
-            raise
+        with self._counted(entry):
+            outputs = await self.outputs(entry, request, started)
+        payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
         extra = [(b"inference-header-content-length", str(header).encode())] if header is not None else []
-        await respond(send, status, payload, JSON if header is None else b"application/octet-stream", extra)
+        await respond(send, 200, payload, JSON if header is None else b"application/octet-stream", extra)
         if self.shadow is not None:  # after the answer went out: a shadow never delays it
             self.shadow.after(entry, request, payload if header is None else None, started)
 
-    async def run(self, entry: Entry, request: Request, started: float) -> tuple[int, bytes, int | None]:
-        outputs = await self.outputs(entry, request, started)
-        payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
-        return 200, payload, header
+    def infer_now(self, scope: Scope, body: bytes) -> Answer | None:
+        """An inference request whose body is already read, answered at once (from the HTTP
+        protocol's callback, without the ASGI task, see http11.py); None when it is not the
+        common case (another route's spelling, an unknown model, a compressed or too large
+        body, a batcher with work in it), with nothing done: the ASGI path takes it."""
+        parts = scope["path"].split("/")  # "", v2, models, name, [versions, v,] infer
+        if len(parts) == 5:
+            name, version = parts[3], None
+        elif len(parts) == 7 and parts[4] == "versions":
+            name, version = parts[3], parts[5]
+        else:
+            return None
+        versions = self.models.get(name)
+        if versions is None or len(body) > self.config.max_body_bytes:
+            return None
+        header_length, encoding, _ = inference_headers(scope)
+        if encoding:
+            return None
+        counted = self.arrived > 0
+        self.arrived -= counted  # this one is being handled: the batchers' "anyone waiting" leaves it out
+        if any(e.batcher is not None and not e.batcher.quiet() for e in versions.values()):
+            self.arrived += counted  # the ASGI path counts it off again
+            return None
+        started = time.perf_counter()
+        try:
+            if self.key is not None and not self._authorized(scope):
+                raise ClientError(401, "missing or wrong bearer token (Authorization: Bearer <key>)")
+            entry = self.pick(name, version)
+            request = parse(body, header_length)
+            with self._counted(entry):
+                outputs = self.outputs_now(entry, request, started)
+            payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
+        except ClientError as error:
+            return Answer(error.status, orjson.dumps({"error": error.message}), JSON, error.headers or [])
+        except Exception:
+            log.exception("internal error on POST %s", scope["path"])
+            return Answer(500, b'{"error":"internal server error"}', JSON, [])
+        if header is None:
+            return Answer(200, payload, JSON, [], self._mirror(entry, request, payload, started))
+        extra = [(b"inference-header-content-length", str(header).encode())]
+        return Answer(200, payload, b"application/octet-stream", extra, self._mirror(entry, request, None, started))
+
+    def _mirror(self, entry: Entry, request: Request, payload: bytes | None, started: float) -> Callable[[], None]:
+        """What to do once the answer went out: mirror to the shadow versions, if any."""
+        shadow = self.shadow
+        if shadow is None:
+            return _nothing
+        return lambda: shadow.after(entry, request, payload, started)
+
+    @contextlib.contextmanager
+    def _counted(self, entry: Entry) -> Iterator[None]:
+        """A run's failures counted by status, so a failing version shows in its error rate."""
+        try:
+            yield
+        except ClientError as error:
+            self.metrics.requests.labels(entry.runtime.name, entry.runtime.version, str(error.status)).inc()
+            raise
+        except Exception:  # answered 500; counted all the same
+            self.metrics.requests.labels(entry.runtime.name, entry.runtime.version, "500").inc()
+            raise
 
     async def outputs(self, entry: Entry, request: Request, started: float) -> dict[str, np.ndarray]:
         """One request's outputs through the model's batcher (or inline), counted and collected:
         the REST and gRPC paths alike; each encodes the answer its own way."""
-        runtime = entry.runtime
-        if runtime.preprocess is not None:
-            feeds = runtime.check(_call_handler(runtime.preprocess, request), None)
-        else:
-            feeds = runtime.check(request.inputs, request.datatypes)
-        names = runtime.check_outputs(request.outputs) if runtime.postprocess is None else None
-        first = next(iter(feeds.values())) if feeds else None
-        rows = int(first.shape[0]) if first is not None and first.ndim else 1
-        if entry.batcher is not None and 0 < rows <= entry.batcher.max_rows and not entry.batcher.quiet():
-            outputs, queued, batch_rows = await entry.batcher.submit(feeds)
-            entry.queue.observe(queued)
-            entry.batch.observe(batch_rows)
-            inference = time.perf_counter() - started - queued
-            if names is not None:
-                outputs = {n: outputs[n] for n in names}
-        else:
-            before = time.perf_counter()
-            outputs = runtime.run(feeds, names)
-            inference = time.perf_counter() - before
-            entry.runs += 1
-        if runtime.postprocess is not None:
-            outputs = _call_handler(runtime.postprocess, outputs)
-            if request.outputs is not None:
-                outputs = {n: outputs[n] for n in request.outputs if n in outputs}
-        if request.classification:
-            outputs = classify(runtime, outputs, request.classification)
-        entry.inference.observe(inference)
-        entry.latency.observe(time.perf_counter() - started)
-        entry.ok.inc()
-        entry.rows += rows
-        entry.last = time.time()
-        if self.collector.sampled():
-            self.collector.offer(
-                {
-                    "time": time.time(),
-                    "model": runtime.name,
-                    "version": runtime.version,
-                    "id": request.id,
-                    "inputs": feeds,
-                    "outputs": outputs,
-                    "latencyMs": round((time.perf_counter() - started) * 1000, 3),
-                }
-            )
-        return outputs
+        feeds, names, rows = feeds_of(entry, request)
+        batcher = entry.batcher
+        if batcher is None or not 0 < rows <= batcher.max_rows or batcher.quiet():
+            return run_inline(entry, request, feeds, names, rows, started, self.collector)
+        outputs, queued, batch_rows = await batcher.submit(feeds)
+        entry.queue.observe(queued)
+        entry.batch.observe(batch_rows)
+        if names is not None:
+            outputs = {n: outputs[n] for n in names}
+        inference = time.perf_counter() - started - queued
+        return finish(entry, request, feeds, outputs, rows, inference, started, self.collector)
+
+    def outputs_now(self, entry: Entry, request: Request, started: float) -> dict[str, np.ndarray]:
+        """`outputs` where the batcher is quiet or absent (infer_now checked): inline, at once."""
+        return run_inline(entry, request, *feeds_of(entry, request), started, self.collector)
+
+
+def _nothing() -> None:
+    pass
 
 
 # Paths outside /v2/models/ and /v2/health/, all GET.
 _FIXED = frozenset(("/metrics", "/v2", "/v2/openapi.json", "/openapi.json"))
-
-
-def _allow(path: str, method: str, allowed: str) -> None:
-    if method != allowed:
-        raise ClientError(405, f"{path} takes {allowed}", [(b"allow", allowed.encode())])
-
-
-def _keep_alive_10(scope: Scope, send: Send) -> Send:
-    """HTTP/1.0 keeps a connection only when asked, and only when the answer says so."""
-    if not any(k == b"connection" and b"keep-alive" in v.lower() for k, v in scope["headers"]):
-        return send
-
-    async def keeping(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message["headers"], (b"connection", b"keep-alive")]}
-        await send(message)
-
-    return keeping
-
-
-async def respond(
-    send: Send, status: int, body: bytes, content_type: bytes = JSON, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers.extend(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -90,7 +90,7 @@ class ServerConfig(Settings):
         ge=0,
         le=256,
         description="Server processes (0: one per CPU); never more "
-        "than the CPUs the container may use (its CPU quota).",
+        "than the CPUs the container may use (its CPU quota). REST on every one, gRPC on the first.",
     )
 
     @model_serializer(mode="wrap")
@@ -103,6 +103,20 @@ class ServerConfig(Settings):
         if not data.get("mirrors"):  # likewise without a shadow served elsewhere
             data.pop("mirrors", None)
         return data
+
+
+def workers_for(cpu_millis: int, threads: int, collection: CollectionConfig) -> int:
+    """The worker processes the recommended CPU (the lock's profile, or the spec's) pays for:
+    one per whole core of the request, each worker's onnxruntime taking `threads` of them.
+
+    On small models the HTTP stack is the cost and one process serves on one core, so a
+    replica given N cores needs N processes to use them; at run time the count is capped
+    again by the container's CPU quota (`workers.worker_count`). A collection file takes one
+    writer, so it keeps one worker.
+    """
+    if collection.enabled and collection.sink == "file":
+        return 1
+    return max(1, cpu_millis // (1000 * max(1, threads)))
 
 
 def read_config(path: Path) -> ServerConfig:

@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING
 import orjson
 
 from .protocol import ClientError
+from .responses import PROMETHEUS_TEXT, Receive, Scope, Send, allow, respond
 
 if TYPE_CHECKING:
-    from .app import Receive, Scope, Send, Server
-
-PROMETHEUS_TEXT = b"text/plain; version=0.0.4"
+    from .app import Server
 
 
 class MetricsListener:
@@ -25,8 +24,6 @@ class MetricsListener:
         self.server = server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from .app import respond
-
         if scope["type"] != "http":
             return  # no lifespan here: the main listener loads and unloads the models
         path, method = scope["path"], scope["method"]
@@ -37,9 +34,8 @@ class MetricsListener:
                 raise ClientError(
                     404, f"no route {path} on the metrics port: /metrics, /v2/health/live, /v2/health/ready"
                 )
-            elif method != "GET":
-                raise ClientError(405, "/metrics takes GET", [(b"allow", b"GET")])
             else:
+                allow(path, method, "GET")
                 await respond(send, 200, self.server.metrics.render(), PROMETHEUS_TEXT)
         except ClientError as error:
             await respond(send, error.status, orjson.dumps({"error": error.message}), extra=error.headers)

@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from .protocol import ClientError
 from .runtime import ModelRuntime
 
 if TYPE_CHECKING:
-    from .app import Entry
+    from .inference import Entry
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 
@@ -120,3 +121,17 @@ def statistics(entry: Entry, failed: int) -> dict[str, Any]:
         },
         "batch_stats": [],
     }
+
+
+def model_stats(requests: Any, entries: list[Entry]) -> bytes:
+    """The statistics extension's answer for `entries`; `requests`: the requests counter,
+    whose non-200 series are each version's failures."""
+    failed: dict[tuple[str, str], int] = {}
+    for metric in requests.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels["status"] != "200":
+                key = (sample.labels["model"], sample.labels["version"])
+                failed[key] = failed.get(key, 0) + int(sample.value)
+    return orjson.dumps(
+        {"model_stats": [statistics(e, failed.get((e.runtime.name, e.runtime.version), 0)) for e in entries]}
+    )

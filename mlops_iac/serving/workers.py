@@ -8,7 +8,10 @@ SIGTERM and SIGINT so that every worker drains its requests in flight, and exits
 have. A worker that dies takes the others down with it: the container or the pod restarts
 the whole server (crash-only), which keeps the supervisor small.
 
-How many: `workers` of the server settings, 0 meaning one per CPU; never more than the
+gRPC (with `grpc_port`) is served by the first worker, REST by all of them.
+
+How many: `workers` of the server settings (rendered from the recommended CPU, see
+`config.workers_for`), 0 meaning one per CPU; never more than the
 CPUs the container may use (its CFS quota, else the CPUs it may run on), since a worker
 without a core of its own only adds contention.
 """
@@ -70,13 +73,18 @@ def supervise(config: ServerConfig, base: Path, sockets: list[socket.socket], co
     # kernel spreads connections over them evenly; one shared socket goes to whichever worker
     # wakes first (measured 1:2 between two workers under wrk at 32 connections).
     main, rest = sockets[0], sockets[1:]
+    # gRPC on the first worker only: grpcio binds its port itself, and several processes on it
+    # would need SO_REUSEPORT there too, which also lets any other process of this user take a
+    # share of the connections unnoticed. One process answers gRPC (drained and counted like
+    # REST); REST, the common path, is served by every worker.
+    without_grpc = config.model_copy(update={"grpc_port": None})
     own = bool(main.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
     processes = [
         context.Process(
             target=_worker,
             name=f"mlops-iac-worker-{i}",
             args=(
-                config,
+                config if i == 0 else without_grpc,
                 base,
                 [None if own and i else main, *rest],
                 main.getsockname()[:2],

@@ -1,0 +1,127 @@
+"""One request's way through a served version: inputs checked, the model run inline, the
+outputs post-processed, counted and collected. The server's routes (REST, the protocol's
+direct answer, gRPC) and its batcher path share these steps; `app.py` keeps the routing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .batching import Batcher
+from .collect import Collector
+from .handler import call_handler
+from .protocol import Request
+from .responses import Scope
+from .runtime import ModelRuntime
+from .triton import classify
+
+
+@dataclass
+class Entry:
+    """A served model version with its batcher and its pre-bound metric children."""
+
+    runtime: ModelRuntime
+    batcher: Batcher | None
+    weight: int
+    ok: Any
+    latency: Any
+    inference: Any
+    queue: Any
+    batch: Any
+    rows: int = 0  # rows answered (Triton's inference_count)
+    runs: int = 0  # runs outside the batcher (with the batcher's runs: execution_count)
+    last: float = 0.0  # when the last answer went out (epoch seconds)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole answer made without the ASGI path (`Server.infer_now`), and what follows it."""
+
+    status: int
+    body: bytes
+    content_type: bytes
+    headers: list[tuple[bytes, bytes]]
+    after: Callable[[], None] = lambda: None
+
+
+def inference_headers(scope: Scope) -> tuple[str | None, str | None, bytes | None]:
+    """Inference-Header-Content-Length, Content-Encoding (lower case) and Content-Length."""
+    header_length, encoding, declared = None, None, None
+    for key, value in scope["headers"]:
+        if key == b"inference-header-content-length":
+            header_length = value.decode("latin-1")
+        elif key == b"content-encoding":
+            encoding = value.decode("latin-1").lower()
+        elif key == b"content-length":
+            declared = value
+    return header_length, encoding, declared
+
+
+def feeds_of(entry: Entry, request: Request) -> tuple[dict[str, np.ndarray], list[str] | None, int]:
+    """The checked feeds (after the handler's preprocess), the outputs asked for, the rows."""
+    runtime = entry.runtime
+    if runtime.preprocess is not None:
+        feeds = runtime.check(call_handler(runtime.preprocess, request), None)
+    else:
+        feeds = runtime.check(request.inputs, request.datatypes)
+    names = runtime.check_outputs(request.outputs) if runtime.postprocess is None else None
+    first = next(iter(feeds.values())) if feeds else None
+    return feeds, names, int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def run_inline(
+    entry: Entry,
+    request: Request,
+    feeds: dict[str, np.ndarray],
+    names: list[str] | None,
+    rows: int,
+    started: float,
+    collector: Collector,
+) -> dict[str, np.ndarray]:
+    """The model run here and now, on the caller's thread (no batcher)."""
+    before = time.perf_counter()
+    outputs = entry.runtime.run(feeds, names)
+    entry.runs += 1
+    return finish(entry, request, feeds, outputs, rows, time.perf_counter() - before, started, collector)
+
+
+def finish(
+    entry: Entry,
+    request: Request,
+    feeds: dict[str, np.ndarray],
+    outputs: dict[str, np.ndarray],
+    rows: int,
+    inference: float,
+    started: float,
+    collector: Collector,
+) -> dict[str, np.ndarray]:
+    """Post-processing and classification, then the answer counted and offered to collection."""
+    runtime = entry.runtime
+    if runtime.postprocess is not None:
+        outputs = call_handler(runtime.postprocess, outputs)
+        if request.outputs is not None:
+            outputs = {n: outputs[n] for n in request.outputs if n in outputs}
+    if request.classification:
+        outputs = classify(runtime, outputs, request.classification)
+    entry.inference.observe(inference)
+    entry.latency.observe(time.perf_counter() - started)
+    entry.ok.inc()
+    entry.rows += rows
+    entry.last = time.time()
+    if collector.sampled():
+        collector.offer(
+            {
+                "time": time.time(),
+                "model": runtime.name,
+                "version": runtime.version,
+                "id": request.id,
+                "inputs": feeds,
+                "outputs": outputs,
+                "latencyMs": round((time.perf_counter() - started) * 1000, 3),
+            }
+        )
+    return outputs
