@@ -296,6 +296,31 @@ def test_handler_pre_and_post_processing(models: Models) -> None:
         assert status == 400 and "expected 4 measurements" in doc["error"]
 
 
+def test_an_answer_that_cannot_be_encoded_is_a_500_and_counted_as_one(models: Models) -> None:
+    """A handler whose outputs have no v2 datatype (complex64) fails after the model ran: the
+    client gets 500 and the metrics say 500, not 200, on the direct path and on the ASGI path
+    (a gzip body takes it), so a failing canary shows in the error rate a rollout reads."""
+    (models.folder / "complex_handler.py").write_text(
+        "import numpy as np\n"
+        "def postprocess(outputs):\n"
+        "    return {k: np.asarray(v).astype(np.complex64) for k, v in outputs.items()}\n"
+    )
+    config = {"models": [model_entry(models, "iris", handler="complex_handler.py")]}
+    with running_server(models, config) as server:
+        body = json.dumps(infer_body(models.iris[:1])).encode()
+        status, _, _ = server.request("POST", "/v2/models/iris/infer", body)
+        assert status == 500
+        zipped = gzip.compress(body)
+        status, _, _ = server.request("POST", "/v2/models/iris/infer", zipped, {"Content-Encoding": "gzip"})
+        assert status == 500
+        _, _, text = server.request("GET", "/metrics")
+        counts = [line for line in text.decode().splitlines() if line.startswith("mlops_requests_total{")]
+        assert counts == [
+            'mlops_requests_total{model="iris",status="200",version="1"} 0.0',
+            'mlops_requests_total{model="iris",status="500",version="1"} 2.0',
+        ]
+
+
 def test_not_ready_until_loaded_and_drains_on_sigterm(models: Models) -> None:
     (models.folder / "slow_handler.py").write_text(
         "import time\ntime.sleep(2)  # a slow load\n"

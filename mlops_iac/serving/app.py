@@ -274,9 +274,9 @@ class Server:
         if encoding:
             body = decompress(body, encoding, self.config.max_body_bytes)
         request = parse(body, header_length)
-        with self._counted(entry):
+        with self.counted(entry):
             outputs = await self.outputs(entry, request, started)
-        payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
+            payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
         extra = [(b"inference-header-content-length", str(header).encode())] if header is not None else []
         await respond(send, 200, payload, JSON if header is None else b"application/octet-stream", extra)
         if self.shadow is not None:  # after the answer went out: a shadow never delays it
@@ -311,9 +311,9 @@ class Server:
                 raise ClientError(401, "missing or wrong bearer token (Authorization: Bearer <key>)")
             entry = self.pick(name, version)
             request = parse(body, header_length)
-            with self._counted(entry):
+            with self.counted(entry):
                 outputs = self.outputs_now(entry, request, started)
-            payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
+                payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
         except ClientError as error:
             return Answer(error.status, orjson.dumps({"error": error.message}), JSON, error.headers or [])
         except Exception:
@@ -332,8 +332,10 @@ class Server:
         return lambda: shadow.after(entry, request, payload, started)
 
     @contextlib.contextmanager
-    def _counted(self, entry: Entry) -> Iterator[None]:
-        """A run's failures counted by status, so a failing version shows in its error rate."""
+    def counted(self, entry: Entry) -> Iterator[None]:
+        """A request counted once, by the status it is answered with: 200 only when its answer
+        is encoded too (an output that cannot be encoded is a 500), so a failing version shows
+        in its error rate, which a rollout decides on. REST and gRPC alike."""
         try:
             yield
         except ClientError as error:
@@ -342,6 +344,7 @@ class Server:
         except Exception:  # answered 500; counted all the same
             self.metrics.requests.labels(entry.runtime.name, entry.runtime.version, "500").inc()
             raise
+        entry.ok.inc()
 
     async def outputs(self, entry: Entry, request: Request, started: float) -> dict[str, np.ndarray]:
         """One request's outputs through the model's batcher (or inline), counted and collected:

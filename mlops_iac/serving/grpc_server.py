@@ -109,17 +109,10 @@ class InferenceService:
         started = time.perf_counter()
         self.authorize(context)
         entry = self.server.pick(message.model_name, message.model_version or None)
-        labels = (entry.runtime.name, entry.runtime.version)
-        try:
+        with self.server.counted(entry):
             request = request_of(message)
             outputs = await self.server.outputs(entry, request, started)
             return response_of(entry.runtime.name, entry.runtime.version, request.id, outputs)
-        except ClientError as error:
-            self.server.metrics.requests.labels(*labels, str(error.status)).inc()
-            raise
-        except Exception:  # counted, so a failing version shows in its error rate
-            self.server.metrics.requests.labels(*labels, "500").inc()
-            raise
 
 
 def _guarded(func: Handler) -> Handler:

@@ -99,7 +99,8 @@ def finish(
     started: float,
     collector: Collector,
 ) -> dict[str, np.ndarray]:
-    """Post-processing and classification, then the answer counted and offered to collection."""
+    """Post-processing and classification, then the run timed and offered to collection. The
+    request is counted by the caller (`Server.counted`), once its answer is encoded."""
     runtime = entry.runtime
     if runtime.postprocess is not None:
         outputs = call_handler(runtime.postprocess, outputs)
@@ -109,7 +110,6 @@ def finish(
         outputs = classify(runtime, outputs, request.classification)
     entry.inference.observe(inference)
     entry.latency.observe(time.perf_counter() - started)
-    entry.ok.inc()
     entry.rows += rows
     entry.last = time.time()
     if collector.sampled():
