@@ -128,3 +128,25 @@ def test_a_connection_close_request_is_answered_and_closed(server: Running, mode
     direct = until_closed("/v2/models/iris/infer")
     assert direct.startswith(b"HTTP/1.1 200 ") and b"\r\nconnection: close\r\n\r\n" in direct
     assert direct == until_closed("/v2/models/iris/infer?")
+
+
+def test_a_client_gone_mid_body_leaves_lone_requests_inline(models: Models) -> None:
+    """A request whose body never completes was counted as arrived but never started: left
+    counted, the batcher would never look quiet again and every lone request would take the
+    batcher's hop. After three such clients, five lone requests still run inline (none
+    reaches the batcher, whose batch-size histogram stays empty) and answer right."""
+    config = {"models": [model_entry(models, "iris", max_batch_size=8, max_delay_ms=0)]}
+    with running_server(models, config) as server:
+        request = post("/v2/models/iris/infer", json_body(models.iris[:1]))
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                sock.sendall(request[:-10])  # the headers and most of the body, then gone
+                server.json("GET", "/v2/health/ready")  # the server has read it meanwhile
+        label, _ = run(session((models.folder / "iris.onnx").read_bytes()), models.iris[:1])
+        for _ in range(5):
+            status, doc = server.json("POST", "/v2/models/iris/infer", json.loads(json_body(models.iris[:1])))
+            assert status == 200, doc
+            assert doc["outputs"][0]["data"] == label.tolist()
+        _, _, text = server.request("GET", "/metrics")
+        counts = [line for line in text.decode().splitlines() if line.startswith("mlops_batch_size_count")]
+        assert counts == ['mlops_batch_size_count{model="iris",version="1"} 0.0']

@@ -130,7 +130,11 @@ def protocol_class(server: Server | None = None) -> type:
             answer.after()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self.deferred = None  # its body will never be complete
+            if self.deferred is not None and server is not None:
+                # Its body will never be complete and its task never starts, so nothing else
+                # counts its arrival off: left counted, the batchers would never look quiet again.
+                server.arrived = max(0, server.arrived - 1)
+            self.deferred = None
             super().connection_lost(exc)
 
     return ServingProtocol
