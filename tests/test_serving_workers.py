@@ -382,3 +382,21 @@ def test_workers_come_from_the_recommended_cpu(converted: Path) -> None:
     settings = server_settings(pod, pod.versions[0], "sha256:" + "0" * 64)
     assert settings.workers == 3 and settings.grpc_port is not None  # gRPC rides on the first worker
     assert settings.model_dump(mode="json")["workers"] == 3
+
+
+def test_a_port_served_by_other_workers_is_refused() -> None:
+    """With SO_REUSEPORT a second server of the same user could bind a busy port without an
+    error and take half its connections: a forgotten `serve --workers 2` would answer some
+    requests with an older model. The bind for workers is refused like any other busy port."""
+    from mlops_iac.errors import MlopsIacError
+    from mlops_iac.serving.run import bind
+
+    first = bind("127.0.0.1", 0, reuse_port=True)
+    try:
+        port = first.getsockname()[1]
+        with pytest.raises(MlopsIacError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            bind("127.0.0.1", port, reuse_port=True)
+        with pytest.raises(MlopsIacError, match="Address already in use"):
+            bind("127.0.0.1", port)
+    finally:
+        first.close()

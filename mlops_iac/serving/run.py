@@ -21,15 +21,23 @@ from .metrics_listener import MetricsListener
 DRAIN_SECONDS = 25
 
 
-def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def bind(host: str, port: int, *, reuse_port: bool = False, join: bool = False) -> socket.socket:
     """The listening socket, bound before anything is announced; port 0 picks a free port.
+    `reuse_port`: the first of several workers' sockets (SO_REUSEPORT); `join`: another
+    worker's, on the port the first one holds.
 
     A port in use is the user's problem to fix, so it is one clear error, not a traceback
     after a "serving on ..." line that was never true.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
+        if reuse_port and not join:
+            # With SO_REUSEPORT a second server of the same user binds a busy port without an
+            # error, and the kernel splits connections between the two. A plain bind first
+            # fails on any listener, so a forgotten `serve` is caught; it also resolves port 0.
+            with socket.create_server((host, port), family=family) as probe:
+                port = probe.getsockname()[1]
+        return socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port or join)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise MlopsIacError(

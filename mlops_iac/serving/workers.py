@@ -141,7 +141,7 @@ def _worker(
     from .run import bind, serve_one
 
     try:
-        main = sockets[0] if sockets[0] is not None else bind(*address, reuse_port=True)
+        main = sockets[0] if sockets[0] is not None else bind(*address, join=True)
         rest = [s for s in sockets[1:] if s is not None]
         serve_one(config, base, [main, *rest], log_level=log_level, shared=(Path(folder), index))
     except MlopsIacError as exc:
