@@ -262,3 +262,103 @@ def test_a_shadow_that_cannot_be_reached_is_recorded_as_failed_and_never_seen(tm
     assert len(shadows) == 5 and set(primaries) == set(shadows)  # paired, by the ids the server made
     assert all(r["error"] == "the shadow version failed on this request" for r in shadows.values())
     assert sample(metrics, "mlops_shadow_mirrored_total") == 0  # counts those the shadow answered
+
+
+class _SlowShadow:
+    """Stands in for a shadow server that is slow or hung (a loopback HTTP server): it counts the
+    requests it reads and answers each after `delay` seconds (never, with None)."""
+
+    def __init__(self, delay: float | None) -> None:
+        import http.server
+        import threading
+        import time
+
+        self.requests: list[str] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                owner.requests.append(self.path)
+                if delay is None:
+                    time.sleep(30)
+                    return
+                time.sleep(delay)
+                body = b'{"model_version":"2","outputs":[]}'
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def _request() -> Any:
+    from mlops_iac.serving.protocol import parse
+
+    body = {"id": "r1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    return parse(json.dumps(body).encode(), None)
+
+
+def test_a_mirror_that_timed_out_is_not_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shadow slower than the timeout may still run the request: sending it again would run it
+    twice (two shadow records under one id) and double the load on a shadow already slow."""
+    import time
+
+    from mlops_iac.serving import shadow as shadows
+    from mlops_iac.serving.config import MirrorConfig
+
+    monkeypatch.setattr(shadows, "TIMEOUT", 0.3)
+    slow = _SlowShadow(delay=1.0)
+    remote = shadows.Remote(MirrorConfig(model="iris", version=2, percent=100, url=slow.url), None)
+    with pytest.raises(TimeoutError):
+        remote.answer(_request(), "r1")
+    time.sleep(0.5)  # a second try would have been read by now
+    assert slow.requests == ["/v2/models/iris/versions/2/infer"]
+    slow.server.shutdown()
+
+
+def test_closing_drops_the_queued_mirrors_instead_of_running_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At shutdown a hung shadow holds the server's drain for the mirror in flight only: what is
+    queued is dropped and counted, never sent, so SIGTERM's drain ends and the collector (closed
+    next) keeps the primary's records."""
+    import time
+    import types
+
+    from prometheus_client import CollectorRegistry
+
+    from mlops_iac.serving import shadow as shadows
+    from mlops_iac.serving.collect import Collector
+    from mlops_iac.serving.config import CollectionConfig, MirrorConfig
+
+    monkeypatch.setattr(shadows, "TIMEOUT", 0.3)
+    monkeypatch.setattr(shadows, "PAUSE", 0.0)
+    hung = _SlowShadow(delay=None)
+    remote = shadows.Remote(MirrorConfig(model="iris", version=2, percent=100, url=hung.url), None)
+    config = CollectionConfig(enabled=True, sample_rate=0.0, sink="file", path="collected/c.jsonl")
+    collector = Collector(config, tmp_path, lambda: None)
+    registry = CollectorRegistry()
+    mirror = shadows.Shadow({"iris": [(remote, 100)]}, collector, registry)
+    primary = types.SimpleNamespace(runtime=types.SimpleNamespace(name="iris", version="1"))
+    payload = b'{"outputs":[{"name":"label","data":[0]}]}'
+    mirror.after(primary, _request(), payload, time.perf_counter())
+    while not hung.requests:  # the first mirror is in flight
+        time.sleep(0.01)
+    for _ in range(5):
+        mirror.after(primary, _request(), payload, time.perf_counter())
+    mirror.close()
+    collector.close()
+    assert not mirror.thread.is_alive()
+    assert hung.requests == ["/v2/models/iris/versions/2/infer"]  # the queued five were never sent
+    assert registry.get_sample_value("mlops_shadow_dropped_total") == 5
+    hung.server.shutdown()

@@ -13,6 +13,7 @@ settings). On Kubernetes the gateway mirrors instead (the HTTPRoute's RequestMir
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import queue
 import threading
@@ -34,6 +35,8 @@ _STOP = object()
 QUEUE_SIZE = 1000
 PAUSE = 0.05  # seconds between bursts of shadow work
 TIMEOUT = 10.0  # seconds a remote shadow may take to answer; slower ones fill the queue, then drop
+# What a kept-alive connection the server closed while it idled looks like (the request was not read).
+STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 class Remote:
@@ -56,7 +59,8 @@ class Remote:
         """The shadow's outputs for `request`, sent under the pair's id; raises when it fails."""
         body, header = mirror_body(request, rid)
         headers = {**self.headers, "Inference-Header-Content-Length": str(header)}
-        for attempt in (1, 2):  # once more on a fresh connection: the server may have closed an idle one
+        while True:
+            reused = self.conn is not None
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
             try:
@@ -64,10 +68,14 @@ class Remote:
                 response = self.conn.getresponse()
                 data = response.read()
                 break
-            except (OSError, http.client.HTTPException):
+            except STALE:
                 self.close()
-                if attempt == 2:
+                if not reused:
                     raise
+                # The server closed the kept-alive connection while it idled: once more on a new one.
+            except (OSError, http.client.HTTPException):
+                self.close()  # never sent again: a timed-out mirror may have run, and would run twice
+                raise
         if response.status != 200:
             raise RuntimeError(f"the shadow answered {response.status}: {data[:200]!r}")
         doc = orjson.loads(data)
@@ -78,6 +86,7 @@ class Remote:
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
+            self.conn = None
             self.conn = None
 
 
@@ -141,8 +150,11 @@ class Shadow:
             registry=registry,
         )
         self.dropped = Counter(
-            "mlops_shadow_dropped", "Mirrors dropped: the shadow's queue was full.", registry=registry
+            "mlops_shadow_dropped",
+            "Mirrors dropped: the shadow's queue was full, or they were still queued at shutdown.",
+            registry=registry,
         )
+        self.stopping = threading.Event()
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_SIZE)
         self.thread = threading.Thread(target=self._loop, name="shadow", daemon=True)
         if self.shadows:
@@ -178,7 +190,7 @@ class Shadow:
                 except queue.Empty:
                     break
             for job in jobs:
-                if job is _STOP:
+                if job is _STOP or self.stopping.is_set():
                     return
                 # the pair's key, in the records only (the answer is sent): the failure's record too
                 rid = job[2].id or uuid.uuid4().hex
@@ -234,9 +246,19 @@ class Shadow:
         )
 
     def close(self) -> None:
+        """Stops within the mirror in flight (a remote one: TIMEOUT at most): what is still queued
+        is dropped and counted, so a slow shadow never holds the server's drain, and the
+        collector, closed next, keeps every primary record written so far."""
         if self.thread.is_alive():
-            self.queue.put(_STOP)
-            self.thread.join(10)
+            self.stopping.set()
+            while True:
+                try:
+                    self.dropped.inc(self.queue.get_nowait() is not _STOP)
+                except queue.Empty:
+                    break
+            with contextlib.suppress(queue.Full):
+                self.queue.put_nowait(_STOP)  # wakes the thread if it waits on the empty queue
+            self.thread.join(TIMEOUT + 1)
         for entries in self.shadows.values():
             for shadow, _ in entries:
                 if isinstance(shadow, Remote):
