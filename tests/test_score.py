@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -320,6 +321,54 @@ def test_resume_rescores_parts_torn_on_disk(models: Models, tmp_path: Path) -> N
     resumed = score(prepare(cancer_model(models), models.folder, inputs, out, replace(settings, resume=True)))
     assert resumed.skipped == resumed.parts - 2 and resumed.rows_out == len(models.cancer)
     assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == want
+
+
+def test_the_manifest_says_complete_only_after_the_parts_are_durable(
+    models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that trusts "complete" must never read a part a power cut could tear: while the
+    parts are made durable (fsynced) the manifest still says "running"; after, "complete"."""
+    from mlops_iac.scoring import engine
+
+    pq.write_table(table_of(models.cancer, np.arange(len(models.cancer))), tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    seen: list[str] = []
+    durable = engine.make_durable
+
+    def observed(folder: Path, results: Any) -> None:  # the real fsyncs, and what a reader sees then
+        seen.append(json.loads((folder / "manifest.json").read_text())["summary"]["status"])
+        durable(folder, results)
+
+    monkeypatch.setattr(engine, "make_durable", observed)
+    settings = Settings(batch_size=50, part_rows=100, threads=1)
+    score(prepare(cancer_model(models), models.folder, [str(tmp_path / "in.parquet")], out, settings))
+    assert seen == ["running"]
+    assert json.loads((out / "manifest.json").read_text())["summary"]["status"] == "complete"
+
+
+def test_a_stopped_part_is_abandoned_at_its_next_batch(models: Models, tmp_path: Path) -> None:
+    """Ctrl-C or a failed part elsewhere sets the stop: the part on this process's thread ends at
+    its next batch, with nothing committed, instead of scoring to its end first."""
+    import threading
+
+    from mlops_iac.scoring.engine import parts
+    from mlops_iac.scoring.part import score_part
+
+    pq.write_table(table_of(models.cancer, np.arange(len(models.cancer))), tmp_path / "in.parquet")
+    settings = Settings(batch_size=50, part_rows=10_000, threads=1)
+    job = prepare(cancer_model(models), models.folder, [str(tmp_path / "in.parquet")], tmp_path / "out", settings)
+    (tmp_path / "out").mkdir()
+    stop = threading.Event()
+    batches: list[int] = []
+
+    def progress(rows: int) -> None:
+        batches.append(rows)
+        stop.set()  # as the main thread does on Ctrl-C, while the part is being scored
+
+    with pytest.raises(MlopsIacError, match="part-00000: stopped before it was complete"):
+        score_part(job, parts(job)[0], progress, stop)
+    assert len(batches) <= 2  # the batch written when the stop came, and the one in flight
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
 
 
 def test_rerun_refuses_without_resume_and_other_inputs(models: Models, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import queue
+import threading
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import replace
@@ -87,7 +88,7 @@ def score(job: Job, progress: Progress | None = None) -> Summary:
     try:
         for result in _execute(job, todo, progress):
             done[result.index] = result
-            write_manifest(path, state, mine, None)  # the part counts as done from here on
+            write_manifest(path, state, mine, None)  # the part counts as done from here on (never "complete")
             rejects = sum(r.rejects for r in done.values())
             if 0 <= job.settings.error_threshold < rejects:
                 failed = f"{rejects} rejected rows exceed --error-threshold {job.settings.error_threshold}"
@@ -95,7 +96,7 @@ def score(job: Job, progress: Progress | None = None) -> Summary:
     finally:
         if failed is None and all(p.index in done for p in mine):
             make_durable(job.out, done.values())
-        write_manifest(path, state, mine, failed)
+        write_manifest(path, state, mine, failed, final=True)  # "complete" only after make_durable
     summary = summarize(done, mine, len(mine) - len(todo), path, failed)
     if failed:
         raise ScoringError(f"{failed} (rejects in {job.out}/rejects-*; manifest {path})")
@@ -143,10 +144,13 @@ def _in_processes(job: Job, todo: list[Part], progress: Progress | None) -> Iter
         pending: set[Future[PartResult]] = set()
         mine: Future[PartResult] | None = None
         waiting = list(reversed(todo))
+        # Ctrl-C reaches the main thread only, and a failed part ends the run: either way the
+        # part on this process's thread stops at its next batch, not after its last.
+        stop = threading.Event()
         try:
             while waiting or pending:
                 if waiting and (mine is None or mine.done()):
-                    mine = here.submit(score_part, job, waiting.pop(), progress)
+                    mine = here.submit(score_part, job, waiting.pop(), progress, stop)
                     pending.add(mine)
                 # One part per process at a time: a part queued ahead to a worker still starting
                 # would wait there while this process could have scored it.
@@ -157,6 +161,7 @@ def _in_processes(job: Job, todo: list[Part], progress: Progress | None) -> Iter
                 for future in finished:
                     yield future.result()
         finally:
+            stop.set()
             for future in pending:
                 future.cancel()
         _drain(rows, progress)

@@ -91,7 +91,11 @@ def _intact(out: Path, name: str, digest: str | None) -> bool:
     return (out / name).is_file() and sha256_of(out / name) == digest
 
 
-def write_manifest(path: Path, state: dict[str, Any], mine: list[Part], failed: str | None) -> None:
+def write_manifest(
+    path: Path, state: dict[str, Any], mine: list[Part], failed: str | None, *, final: bool = False
+) -> None:
+    """The manifest as the run stands. `final`: the run's last write, after the parts were made
+    durable; only it may say "complete", so a reader that trusts it never reads a torn part."""
     done: dict[int, PartResult] = state["done"]
     entries = []
     for p in mine:
@@ -100,7 +104,7 @@ def write_manifest(path: Path, state: dict[str, Any], mine: list[Part], failed: 
         entry.update({"status": "done", **asdict(result)} if result else {"status": "pending"})
         entries.append(entry)
     summary = summarize(done, mine, 0, path, failed)
-    complete = all(p.index in done for p in mine) and not failed
+    complete = final and all(p.index in done for p in mine) and not failed
     document = {
         **state["header"],
         "parts": entries,

@@ -6,6 +6,7 @@ the input check), so a batch is scored exactly as the same rows sent to `serve` 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,8 +37,11 @@ def runtime_of(model: ModelConfig, base: Path) -> ModelRuntime:
     return _RUNTIMES[key]
 
 
-def score_part(job: Job, part: Part, progress: Progress | None = None) -> PartResult:
-    """Score one part and write its files atomically; the same part always gives the same bytes."""
+def score_part(
+    job: Job, part: Part, progress: Progress | None = None, stop: threading.Event | None = None
+) -> PartResult:
+    """Score one part and write its files atomically; the same part always gives the same bytes.
+    `stop`, set by another thread, abandons the part at the next batch (nothing committed)."""
     runtime = runtime_of(job.model, job.base)
     source, maps, ids = job.sources[part.input], job.maps[part.input], job.ids[part.input]
     columns = list(dict.fromkeys([*ids, *(c for m in maps for c in m.columns)]))
@@ -55,6 +59,8 @@ def score_part(job: Job, part: Part, progress: Progress | None = None) -> PartRe
             pending: Future[None] | None = None
             read = batches(source, part.start, part.stop, job.settings.batch_size, columns, ids)
             for batch, feeds, reasons in prefetch(_converted(read, list(maps))):
+                if stop is not None and stop.is_set():
+                    raise MlopsIacError(f"{part.name}: stopped before it was complete")
                 outputs, keep = run_model(runtime, feeds, reasons, batch.table.num_rows)
                 if pending is not None:
                     pending.result()  # a failed write stops the part here
