@@ -400,3 +400,30 @@ def test_a_port_served_by_other_workers_is_refused() -> None:
             bind("127.0.0.1", port)
     finally:
         first.close()
+
+
+@pytest.mark.parametrize(
+    ("own", "files", "cores"),
+    [
+        ("0::/\n", {"cpu.max": "200000 100000\n"}, 2.0),  # a container with its cgroup namespace
+        ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+        # a systemd service without a namespace: its quota on the slice above its own cgroup
+        ("0::/app.slice/mlops.service\n", {"app.slice/cpu.max": "150000 100000\n"}, 1.5),
+        ("0::/a/b\n", {"a/cpu.max": "400000 100000\n", "a/b/cpu.max": "300000 100000\n"}, 3.0),
+        ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "250000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.5),  # v1
+        ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ],
+)
+def test_the_cpu_quota_is_the_tightest_of_the_cgroup_and_its_parents(
+    tmp_path: Path, own: str, files: dict[str, str], cores: float | None
+) -> None:
+    """The files as the kernel shows them (/proc/self/cgroup and the cgroup folders), laid out in
+    a temporary root: the workers and threads follow the quota wherever it is set."""
+    from mlops_iac.serving.workers import _cgroup_quota
+
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "self").write_text(own)
+    assert _cgroup_quota(root, tmp_path / "self") == cores

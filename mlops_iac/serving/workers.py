@@ -44,18 +44,38 @@ def cpu_limit() -> int:
     return max(1, min(cpus, math.ceil(quota))) if quota else cpus
 
 
-def _cgroup_quota() -> float | None:
-    try:  # cgroup v2: "max 100000" or "200000 100000"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
+def _cgroup_quota(root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPU quota in cores (None: none). cgroup v2: the tightest `cpu.max` ("max 100000" or
+    "200000 100000") of this process's cgroup and its parents, as a quota set on a parent (a
+    systemd `CPUQuota=` slice, a pod whose containers share it) binds too; without a cgroup
+    namespace the own cgroup is a path below `root`, not `root` itself."""
+    quotas = []
+    for folder in _own_cgroups(root, own):
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+            if quota != "max":
+                quotas.append(int(quota) / int(period))
+        except (OSError, ValueError):
+            continue
+    if quotas:
+        return min(quotas)
     try:  # cgroup v1
-        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        quota_us = int((root / "cpu/cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu/cpu.cfs_period_us").read_text())
         return quota_us / period_us if quota_us > 0 and period_us > 0 else None
     except (OSError, ValueError):
         return None
+
+
+def _own_cgroups(root: Path, own: Path) -> list[Path]:
+    """This process's cgroup v2 folder and its parents up to `root` ("0::/path" in /proc)."""
+    try:
+        line = next(x for x in own.read_text().splitlines() if x.startswith("0::"))
+    except (OSError, StopIteration):
+        return [root]
+    folder = root / line[3:].strip().lstrip("/")
+    chain = [folder, *folder.parents]
+    return chain[: chain.index(root) + 1] if root in chain else [root]
 
 
 def worker_count(requested: int) -> int:
