@@ -55,11 +55,6 @@ def mirrors(dep: PinnedDeployment, version: PinnedVersion) -> tuple[MirrorConfig
     )
 
 
-def network_name(dep: PinnedDeployment) -> str | None:
-    """The deployment's own network, where it has a shadow to mirror to; else None (the engine's default)."""
-    return f"{dep.name}-mirror" if dep.shadow else None
-
-
 @dataclass
 class DockerModelServerArgs:
     deployment: BuiltDeployment
