@@ -10,6 +10,14 @@ GRPC_PORT = 8081  # grpc: the v2 gRPC API (inference.GRPCInferenceService), same
 METRICS_PORT = 8082  # metrics: GET /metrics without the API key, where a target opens it to monitoring only
 UID = 10001  # the image's USER (and group): not root, the same on every target
 
+
+def version_host_port(first: int, number: int) -> int:
+    """On one host (a Docker host, an edge device) version N of a deployment publishes each of its
+    ports (REST, gRPC) on the target's port for version 1 plus N - 1: a function of the version
+    alone, so a version keeps its ports while others come and go."""
+    return first + number - 1
+
+
 API_KEY_ENV = "MLOPS_IAC_API_KEY"  # the key clients send; the server reads it, smoke and rollout send it
 # The JSON of a server.json, where an image gets its settings (a Kubernetes ConfigMap, Docker env).
 SETTINGS_ENV = "MLOPS_IAC_SERVER_SETTINGS"

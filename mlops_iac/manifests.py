@@ -85,6 +85,12 @@ def version_name(model: str, version: PinnedVersion) -> str:
     return f"{model}-v{version.number}-{version.digest.removeprefix('sha256:')[:8]}"
 
 
+def network_name(dep: PinnedDeployment) -> str | None:
+    """A Docker deployment's own network, where it has a shadow to mirror to; else None (the
+    engine's default). The stack creates it and the review lists it."""
+    return f"{dep.name}-mirror" if dep.shadow else None
+
+
 def labels(project: str, model: str, instance: str, version: int) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": model,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from .artifacts import FileArtifact, canonical_json
+from .contract import version_host_port
 from .errors import PlanError
 from .lock import Lock
 from .pinned import PinnedDeployment, pin_all, unbuilt
@@ -132,7 +133,7 @@ def check_host_ports(stack: StackPlan, port: int, grpc_port: int | None, advice:
             continue
         for v in d.versions:
             for what, first in firsts:
-                taken = first + v.number - 1
+                taken = version_host_port(first, v.number)
                 if taken > 65535 or taken in holder:
                     raise PlanError(
                         f"target {stack.target.name}: {d.name} v{v.number}{what} would listen on host "

@@ -41,7 +41,7 @@ def _target_kind(side: Side, dep: ResolvedDeployment) -> str:
 def resource_names(side: Side, dep: ResolvedDeployment) -> set[str]:
     """What the deployment runs as, by kind and name: the objects `manifests.py` makes for the
     target (so every kind it can create is listed), Docker containers, or a local process."""
-    from .manifests import version_name, version_objects
+    from .manifests import network_name, version_name, version_objects
     from .model_manifests import model_objects
     from .pinned import pin
     from .spec.targets import KubernetesTarget
@@ -62,7 +62,9 @@ def resource_names(side: Side, dep: ResolvedDeployment) -> set[str]:
 
         return azure_names(target, dep, pinned)  # type: ignore[arg-type]
     prefix = "Container" if target.kind == "docker" else "process"
-    return {f"{prefix}/{version_name(dep.model, v)}" for v in pinned.versions}
+    names = {f"{prefix}/{version_name(dep.model, v)}" for v in pinned.versions}  # the shadows' too
+    network = network_name(pinned) if target.kind == "docker" else None
+    return names | ({f"Network/{network}"} if network is not None else set())
 
 
 def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
@@ -86,8 +88,8 @@ def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
         from .azure.views import caveats as azure_caveats
 
         return azure_caveats(target, dep)  # type: ignore[arg-type]
-    notes = []
-    if target.kind == "docker" and len(dep.versions) > 1:
+    notes = _docker_shadows(dep) if target.kind == "docker" else []
+    if target.kind == "docker" and len(dep.served) > 1:
         notes.append(
             "weights are not honoured on a docker target: each version answers on its own host port "
             "(the target's port + version - 1); clients choose"
@@ -95,6 +97,23 @@ def caveats(side: Side, dep: ResolvedDeployment) -> list[str]:
     if target.kind == "docker" and getattr(target, "grpc_port", None) is None:
         notes.append("gRPC is served inside the container but not published on the host (set the target's `grpcPort`)")
     return notes
+
+
+def _docker_shadows(dep: ResolvedDeployment) -> list[str]:
+    """Where a Docker deployment's shadow runs: a container of its own, which the served versions'
+    containers mirror to over the deployment's network (see components/docker.py)."""
+    from .manifests import network_name, version_name
+    from .pinned import pin
+
+    pinned = pin(dep)
+    network = network_name(pinned)
+    return [
+        f"v{v.number} is a shadow: `Container/{version_name(dep.model, v)}` gets {dep.shadow[v.number]}% of the "
+        f"requests, mirrored by the served versions' containers over `Network/{network}`; its answers are never "
+        "returned"
+        for v in pinned.versions
+        if v.number in dep.shadow
+    ]
 
 
 def _grpc_route(target: Any, dep: ResolvedDeployment) -> list[str]:

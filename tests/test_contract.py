@@ -69,3 +69,33 @@ def test_the_image_carries_the_contract_and_its_dockerfile_keeps_it(tmp_path: Pa
         f"EXPOSE {port}",
         f'CMD ["--port", "{port}"]',
     ]
+
+
+def test_a_versions_host_ports_have_one_formula() -> None:
+    """Version N's REST and gRPC host ports (`port + N - 1`) come from `version_host_port` alone:
+    the Docker containers, the edge modules' createOptions and the plan's collision check agree."""
+    import re
+
+    from mlops_iac.azure.edge import edge_grpc_port, edge_port
+    from mlops_iac.components.docker import grpc_host_port, host_port
+    from mlops_iac.pinned import PinnedVersion
+
+    package = Path(contract.__file__).parent
+    formula = re.compile(r"\+\s*\w+\.number\s*-\s*1")
+    elsewhere = [str(f.relative_to(package)) for f in sorted(package.rglob("*.py")) if formula.search(f.read_text())]
+    assert elsewhere == [], elsewhere
+    docker = DockerTarget.model_validate({"kind": "docker", "port": 9000, "grpcPort": 9500})
+    edge = IotEdgeTarget.model_validate(
+        {
+            "kind": "azure-iot-edge",
+            "hub": "acme-plants",
+            "deviceGroups": {"p": "tags.x='p'"},
+            "port": 7000,
+            "grpcPort": 7500,
+        }
+    )
+    for n in (1, 2, 7):
+        v = PinnedVersion.model_construct(number=n)  # the ports depend on the number alone
+        assert (host_port(docker, v), grpc_host_port(docker, v)) == (9000 + n - 1, 9500 + n - 1)
+        assert (edge_port(edge, v), edge_grpc_port(edge, v)) == (7000 + n - 1, 7500 + n - 1)
+        assert contract.version_host_port(9500, n) == 9500 + n - 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from mlops_iac.monitoring.drift import DriftResult
 from mlops_iac.monitoring.report import write_report
 from mlops_iac.monitoring.shadow import markdown, pair
@@ -62,3 +64,22 @@ def test_the_reviews_table_keeps_an_awkward_cell_in_place() -> None:
     assert table(text, "| deployment | change | before | after |") == [
         ["`iris-local`", "changed", f"@{CELL} (not pinned)", "v2 `abc` 100%"]
     ]
+
+
+def test_the_score_summary_comes_from_its_template_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bytes a job summary ($GITHUB_STEP_SUMMARY) had when built by hand, now from
+    templates/markdown/score.md.j2 (a changed template shows here)."""
+    from mlops_iac import render
+    from mlops_iac.scoring.jobs import Summary
+
+    rendered: list[str] = []
+    real = render.render
+    monkeypatch.setattr(render, "render", lambda t, **c: rendered.append(t) or real(t, **c))
+    done = Summary(1_500, 1_480, 20, 4, 1, Path("manifest.json"))
+    assert done.markdown("iris@2") == (
+        "### Batch scoring with iris@2: complete\n\n| rows in | rows out | rejects | parts | resumed |\n"
+        "|---:|---:|---:|---:|---:|\n| 1500 | 1480 | 20 | 4 | 1 |\n"
+    )
+    failed = Summary(10, 0, 0, 2, 0, Path("manifest.json"), failed="part 1: disk full")
+    assert failed.markdown("iris").startswith("### Batch scoring with iris: failed: part 1: disk full\n\n| rows in |")
+    assert rendered == ["markdown/score.md.j2", "markdown/score.md.j2"]

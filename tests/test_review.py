@@ -149,3 +149,21 @@ def test_a_column_change_is_flagged_by_name(repo: Path) -> None:
     assert "v2: column 'year' changed datatype INT64 -> FP32" in out
     assert "v1: " not in out.split("**Breaking change**")[1].split("| version |")[0]  # v1 did not change
     assert "- v2 takes 4 columns: `island` BYTES, `bill_length_mm` FP32, `gender` BYTES, `year` FP32" in out
+
+
+def test_a_docker_shadow_lists_its_container_and_network(repo: Path) -> None:
+    """A shadow on a Docker target runs as a container of its own on a network of the
+    deployment's: the review lists both to create, and says what the shadow does."""
+    commit(repo, message="edge serves v1")
+    edge = "    version: 1\n    target: edge\n"
+    text = (repo / "mlops.yaml").read_text()
+    assert edge in text
+    commit(repo, text.replace(edge, "    version: 1\n    shadow: {2: 20}\n    target: edge\n"), "shadow v2")
+    review = diff(repo, "--base", "HEAD~1", "--head", "HEAD")
+    assert "- **create** (2): `Container/iris-v2-8e247c07`, `Network/iris-edge-mirror`\n" in review
+    assert "- **keep** (1): `Container/iris-v1-8f03a2cb`\n" in review
+    assert (
+        "- v2 is a shadow: `Container/iris-v2-8e247c07` gets 20% of the requests, mirrored by the served "
+        "versions' containers over `Network/iris-edge-mirror`; its answers are never returned\n"
+    ) in review
+    assert "weights are not honoured" not in review  # one version answers: the shadow takes no traffic

@@ -673,6 +673,24 @@ def test_shadow_on_kubernetes_needs_a_gateway(tmp_path: Path) -> None:
     assert "expected a kubernetes target with `gateway:`, a docker target or a local target" in str(problem)
 
 
+def test_a_route_over_the_gateway_apis_rule_limit_is_located(tmp_path: Path) -> None:
+    """A rule per version and the weighted one: 15 versions and a shadow make 17 rules, which the
+    API server refuses (HTTPRoute takes 16); 14 and a shadow make 16, which it takes."""
+    many = list(range(1, 16))
+    weights = ", ".join(f"{v}: {100 if v == 1 else 0}" for v in many)
+    lines = f"    versions: {many}\n    traffic: {{{weights}}}\n    shadow: {{16: 5}}\n"
+    with pytest.raises(ConfigError) as caught:
+        load(production(tmp_path / "over", lines))
+    (problem,) = [p for p in caught.value.problems if "HTTPRoute" in p.message]
+    assert problem.path == "deployments[0].versions" and problem.line > 0
+    assert "deployment iris-prod runs 16 versions: its HTTPRoute would have 17 rules" in problem.message
+    assert "over the Gateway API's limit of 16" in problem.message
+    fewer = lines.replace(", 15]", "]").replace(", 15: 0}", "}")
+    with pytest.raises(ConfigError) as caught:  # versions missing from the lock, but no route problem
+        load(production(tmp_path / "under", fewer))
+    assert not [p for p in caught.value.problems if "HTTPRoute" in p.message]
+
+
 EDGE_LINES = "    version: 1\n    target: edge\n"
 
 

@@ -362,3 +362,43 @@ def test_closing_drops_the_queued_mirrors_instead_of_running_them(
     assert hung.requests == ["/v2/models/iris/versions/2/infer"]  # the queued five were never sent
     assert registry.get_sample_value("mlops_shadow_dropped_total") == 5
     hung.server.shutdown()
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_a_sampled_request_that_is_mirrored_is_recorded_once_for_the_primary(tmp_path: Path, where: str) -> None:
+    """Collection samples every request and 30% are mirrored: each request id has one record of
+    the primary (the mirrored ones marked so), not a sampled one and a mirrored one, so drift
+    counts it once; on a shadow loaded by the server and on one served by another server."""
+    import time
+    from collections import Counter
+    from contextlib import ExitStack
+
+    from .server_fixtures import build_models, model_entry, running_server
+
+    models = build_models(tmp_path)
+    collection = {"enabled": True, "sample_rate": 1.0, "sink": "file", "path": "collected/both.jsonl"}
+    with ExitStack() as stack:
+        config: dict[str, Any] = {"models": [model_entry(models, "iris")], "collection": collection}
+        if where == "local":
+            config["models"].append(model_entry(models, "iris", 2, shadow=30))
+        else:
+            shadow = stack.enter_context(running_server(models, {"models": [model_entry(models, "iris", 2)]}))
+            config["mirrors"] = [{"model": "iris", "version": 2, "percent": 30, "url": f"http://{shadow.url}"}]
+        primary = stack.enter_context(running_server(models, config))
+        for n in range(100):
+            row = models.iris[n % len(models.iris)].tolist()
+            body = {"id": f"r{n}", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": row}]}
+            status, answer = primary.json("POST", "/v2/models/iris/infer", body)
+            assert status == 200 and answer["model_version"] == "1"
+        file = tmp_path / "collected/both.jsonl"
+        for _ in range(200):  # the writer and the mirror's bursts follow the answers
+            if file.exists() and sum('"shadow":true' in line for line in file.read_text().splitlines()) == 30:
+                break
+            time.sleep(0.05)
+    records = [json.loads(line) for line in file.read_text().splitlines()]
+    primaries = Counter(r["id"] for r in records if not r.get("shadow"))
+    assert primaries == Counter({f"r{n}": 1 for n in range(100)})
+    assert {r["version"] for r in records if not r.get("shadow")} == {"1"}
+    mirrored = {r["id"] for r in records if r.get("mirrored")}
+    shadows = {r["id"] for r in records if r.get("shadow")}
+    assert len(mirrored) == 30 and mirrored == shadows

@@ -10,7 +10,16 @@ import hashlib
 import json
 
 from ..artifacts import FileArtifact, canonical_json
-from ..contract import API_KEY_ENV, GRPC_PORT, PORT, REGISTRY_PASSWORD_ENV, REGISTRY_USERNAME_ENV, SETTINGS_ENV, UID
+from ..contract import (
+    API_KEY_ENV,
+    GRPC_PORT,
+    PORT,
+    REGISTRY_PASSWORD_ENV,
+    REGISTRY_USERNAME_ENV,
+    SETTINGS_ENV,
+    UID,
+    version_host_port,
+)
 from ..errors import PlanError
 from ..manifests import GRACE_SECONDS, version_name
 from ..pinned import BuiltDeployment, BuiltVersion, PinnedDeployment, PinnedVersion, built
@@ -28,7 +37,12 @@ from .common import (
 
 
 def edge_port(target: IotEdgeTarget, version: PinnedVersion) -> int:
-    return target.port + version.number - 1
+    return version_host_port(target.port, version.number)
+
+
+def edge_grpc_port(target: IotEdgeTarget, version: PinnedVersion) -> int | None:
+    """The version's gRPC port on the device; None where the target publishes no gRPC."""
+    return None if target.grpc_port is None else version_host_port(target.grpc_port, version.number)
 
 
 def module_name(dep: PinnedDeployment, version: PinnedVersion) -> str:
@@ -42,8 +56,9 @@ def create_options(dep: PinnedDeployment, version: BuiltVersion, target: IotEdge
     no privilege escalation, /tmp in memory), the health check, and the host port."""
     hw, nanos = version.hardware, 10**9
     ports = {PORT: edge_port(target, version)}
-    if target.grpc_port is not None:
-        ports[GRPC_PORT] = target.grpc_port + version.number - 1
+    grpc = edge_grpc_port(target, version)
+    if grpc is not None:
+        ports[GRPC_PORT] = grpc
     host: Object = {
         "ReadonlyRootfs": True,
         "CapDrop": ["ALL"],

@@ -18,7 +18,14 @@ from ..lock import Lock
 from ..spec import Build, Deployment, Model, Monitoring, Spec
 from ..spec.targets import AzureTarget, DockerTarget, KubernetesTarget, LocalTarget, Target
 from .azure import azure_problems
-from .delivery import deployed_refs, rollout_problems, selection_problems, shadow_problems, traffic_problems
+from .delivery import (
+    deployed_refs,
+    rollout_problems,
+    route_problems,
+    selection_problems,
+    shadow_problems,
+    traffic_problems,
+)
 
 DATA_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
@@ -259,6 +266,7 @@ def _deployment(
     yield from selection_problems(doc, here, dep, written=dropped)
     yield from traffic_problems(doc, here, dep, rollout="rollout" in dropped or dep.rollout is not None)
     yield from rollout_problems(doc, here, dep)
+    yield from route_problems(doc, here, dep, target)
     known = models is not None and dep.model in models
     if dep.shadow:
         yield from shadow_problems(doc, here, dep, target, lock if known else None)

@@ -11,6 +11,10 @@ from ..lock import Lock
 from ..spec import Deployment
 from ..spec.targets import DockerTarget, KubernetesTarget, LocalTarget, Target
 
+# The Gateway API's HTTPRoute takes at most 16 rules (spec.rules, maxItems in its CRD): the API
+# server refuses a longer one at `pulumi up`, long after the plan.
+HTTPROUTE_MAX_RULES = 16
+
 
 def deployed_refs(dep: Deployment) -> tuple[int | str, ...]:
     """The versions a deployment runs, as written (numbers, aliases or digests)."""
@@ -114,3 +118,21 @@ def shadow_problems(
                 "expected a registered version (register it, then run `mlops-iac lock sync`)",
                 of_key=True,
             )
+
+
+def route_problems(doc: Document, here: PathKey, dep: Deployment, target: Target | None) -> Iterator[Problem]:
+    """The HTTPRoute of a deployment behind a Gateway has a rule per version it runs (served or
+    shadow, see `model_manifests._route`) and the weighted rule: at most HTTPROUTE_MAX_RULES."""
+    if not isinstance(target, KubernetesTarget) or target.gateway is None or dep.kind == "batch":
+        return
+    versions = len(set(deployed_refs(dep)) | set(dep.shadow or {}))
+    rules = versions + 1
+    if rules > HTTPROUTE_MAX_RULES:
+        yield doc.problem(
+            (*here, "versions") if dep.versions is not None else here,
+            f"deployment {dep.name or f'{dep.model}-{dep.target}'} runs {versions} versions: its HTTPRoute "
+            f"would have {rules} rules (one per version and the weighted one), over the Gateway API's "
+            f"limit of {HTTPROUTE_MAX_RULES}",
+            f"expected at most {HTTPROUTE_MAX_RULES - 1} versions, shadows included, in one deployment",
+            of_key=True,
+        )

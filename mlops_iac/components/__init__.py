@@ -100,7 +100,8 @@ def _kubernetes(plan: StackPlan, target: KubernetesTarget, api_key: pulumi.Input
 def _docker(plan: StackPlan, target: DockerTarget, api_key: pulumi.Input[str] | None) -> dict[str, Any]:
     import pulumi_docker as docker
 
-    from .docker import DockerModelServer, DockerModelServerArgs, grpc_host_port, host_port, network_name
+    from ..manifests import network_name
+    from .docker import DockerModelServer, DockerModelServerArgs, grpc_host_port, host_port
 
     ssh = list(target.ssh_opts) if target.host.startswith("ssh://") else None
     provider = docker.Provider(plan.target.name, host=target.host, ssh_opts=ssh)

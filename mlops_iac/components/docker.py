@@ -19,7 +19,7 @@ import pulumi
 import pulumi_docker as docker
 
 from ..artifacts import canonical_json
-from ..contract import API_KEY_ENV, GRPC_PORT, PORT, SETTINGS_ENV, UID
+from ..contract import API_KEY_ENV, GRPC_PORT, PORT, SETTINGS_ENV, UID, version_host_port
 from ..manifests import GRACE_SECONDS, PRESTOP_SECONDS, server_settings, version_name
 from ..pinned import BuiltDeployment, BuiltVersion, PinnedDeployment, PinnedVersion
 from ..serving.config import MirrorConfig
@@ -30,12 +30,12 @@ WAIT_SECONDS = 300  # `pulumi up` waits this long for the healthcheck to pass
 
 def host_port(target: DockerTarget, version: PinnedVersion) -> int:
     """The version's port on the host: a function of the version alone, stable across changes."""
-    return target.port + version.number - 1
+    return version_host_port(target.port, version.number)
 
 
 def grpc_host_port(target: DockerTarget, version: PinnedVersion) -> int | None:
     """The version's gRPC port on the host, alike; None where the target publishes no gRPC."""
-    return None if target.grpc_port is None else target.grpc_port + version.number - 1
+    return None if target.grpc_port is None else version_host_port(target.grpc_port, version.number)
 
 
 def mirrors(dep: PinnedDeployment, version: PinnedVersion) -> tuple[MirrorConfig, ...]:
@@ -53,11 +53,6 @@ def mirrors(dep: PinnedDeployment, version: PinnedVersion) -> tuple[MirrorConfig
         for v in dep.versions
         if v.number in dep.shadow
     )
-
-
-def network_name(dep: PinnedDeployment) -> str | None:
-    """The deployment's own network, where it has a shadow to mirror to; else None (the engine's default)."""
-    return f"{dep.name}-mirror" if dep.shadow else None
 
 
 @dataclass

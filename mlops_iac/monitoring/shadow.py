@@ -103,7 +103,7 @@ def pair(records: Iterable[dict[str, Any]], model: str, shadow: str) -> ShadowCo
     """Pairs the primary's records of mirrored requests with shadow `shadow`'s, by request id."""
     primary: dict[str, dict[str, Any]] = {}
     shadows: dict[str, dict[str, Any]] = {}
-    for r in records:  # the last record of an id wins: a request sampled by collection too is written twice
+    for r in records:  # the last record of an id wins (a file collected before each was written once)
         if r.get("model") != model or r.get("id") is None:
             continue
         if r.get("shadow") and str(r.get("version")) == shadow:

@@ -81,11 +81,17 @@ class Summary:
     failed: str | None = None
 
     def markdown(self, model: str) -> str:
-        state = f"failed: {self.failed}" if self.failed else "complete"
-        return (
-            f"### Batch scoring with {model}: {state}\n\n| rows in | rows out | rejects | parts | resumed |\n"
-            f"|---:|---:|---:|---:|---:|\n| {self.rows_in} | {self.rows_out} | {self.rejects} | "
-            f"{self.parts} | {self.skipped} |\n"
+        from ..render import render
+
+        return render(
+            "markdown/score.md.j2",
+            model=model,
+            state=f"failed: {self.failed}" if self.failed else "complete",
+            rows_in=self.rows_in,
+            rows_out=self.rows_out,
+            rejects=self.rejects,
+            parts=self.parts,
+            skipped=self.skipped,
         )
 
 

@@ -274,6 +274,7 @@ class Server:
         if encoding:
             body = decompress(body, encoding, self.config.max_body_bytes)
         request = parse(body, header_length)
+        request.held = self.shadow is not None and self.shadow.covers(entry)
         with self.counted(entry):
             outputs = await self.outputs(entry, request, started)
             payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)
@@ -311,6 +312,7 @@ class Server:
                 raise ClientError(401, "missing or wrong bearer token (Authorization: Bearer <key>)")
             entry = self.pick(name, version)
             request = parse(body, header_length)
+            request.held = self.shadow is not None and self.shadow.covers(entry)
             with self.counted(entry):
                 outputs = self.outputs_now(entry, request, started)
                 payload, header = encode(entry.runtime.name, entry.runtime.version, request, outputs)

@@ -113,15 +113,17 @@ def finish(
     entry.rows += rows
     entry.last = time.time()
     if collector.sampled():
-        collector.offer(
-            {
-                "time": time.time(),
-                "model": runtime.name,
-                "version": runtime.version,
-                "id": request.id,
-                "inputs": feeds,
-                "outputs": outputs,
-                "latencyMs": round((time.perf_counter() - started) * 1000, 3),
-            }
-        )
+        record = {
+            "time": time.time(),
+            "model": runtime.name,
+            "version": runtime.version,
+            "id": request.id,
+            "inputs": feeds,
+            "outputs": outputs,
+            "latencyMs": round((time.perf_counter() - started) * 1000, 3),
+        }
+        if request.held:  # a mirror writes the primary's record itself: one record per request
+            request.record = record
+        else:
+            collector.offer(record)
     return outputs

@@ -66,6 +66,10 @@ class Request:
     binary_outputs: set[str] = field(default_factory=set)
     parameters: dict[str, Any] = field(default_factory=dict)
     classification: dict[str, int] = field(default_factory=dict)  # output name -> top k
+    # Set where a shadow may mirror the request: its collected record, when sampled, is held here
+    # rather than written, and written once after the answer (see shadow.Shadow.after).
+    held: bool = False
+    record: dict[str, Any] | None = None
 
 
 def parse(body: bytes, header_length: str | None) -> Request:

@@ -161,22 +161,34 @@ class Shadow:
             collector.start()
             self.thread.start()
 
+    def covers(self, entry: Any) -> bool:
+        """Whether requests to `entry` may be mirrored: their sampled record is then held (see after)."""
+        return entry.runtime.name in self.shadows
+
     def after(self, entry: Any, request: Request, payload: bytes | None, started: float) -> None:
-        """Called once the primary (`entry`) has answered `request` with `payload` (JSON)."""
-        shadows = self.shadows.get(entry.runtime.name)
-        if not shadows or payload is None:
-            return
+        """Called once the primary (`entry`) has answered `request` with `payload` (JSON).
+
+        The primary's record of a mirrored request is written once, by the first mirror queued
+        (marked `mirrored`, which the shadow report pairs): a record sampled by collection is
+        then dropped, and written as it is when nothing is mirrored, so no request counts twice."""
+        shadows = self.shadows.get(entry.runtime.name) if payload is not None else None
         latency = time.perf_counter() - started
-        for shadow, percent in shadows:
+        rid = request.id or uuid.uuid4().hex  # one key for every shadow's record of this request
+        primary_written = False
+        for shadow, percent in shadows or ():
             if shadow is entry:
                 continue
             credit = self.credit.get(id(shadow), 0) + percent
             self.credit[id(shadow)] = credit % 100
             if credit >= 100:
+                job = (rid, not primary_written, shadow, entry, request, payload, latency, time.time())
                 try:
-                    self.queue.put_nowait((shadow, entry, request, payload, latency, time.time()))
+                    self.queue.put_nowait(job)
+                    primary_written = True
                 except queue.Full:
                     self.dropped.inc()
+        if request.record is not None and not primary_written:
+            self.collector.offer(request.record)
 
     def _loop(self) -> None:
         # In bursts, a pause between them: the shadow's work shares the interpreter's lock with the
@@ -192,12 +204,11 @@ class Shadow:
             for job in jobs:
                 if job is _STOP or self.stopping.is_set():
                     return
-                # the pair's key, in the records only (the answer is sent): the failure's record too
-                rid = job[2].id or uuid.uuid4().hex
+                # job[0], the pair's key, is in the records only (the answer is sent): the failure's too
                 try:
-                    self._mirror(rid, *job)
+                    self._mirror(*job)
                 except Exception:  # a failing shadow is recorded as such; it never reaches a client
-                    name, version = _identity(job[0])
+                    rid, name, version = job[0], *_identity(job[2])
                     self.collector.offer(
                         {
                             "time": time.time(),
@@ -211,22 +222,31 @@ class Shadow:
             time.sleep(PAUSE)
 
     def _mirror(
-        self, rid: str, shadow: Any, primary: Any, request: Request, payload: bytes, latency: float, when: float
+        self,
+        rid: str,
+        write_primary: bool,
+        shadow: Any,
+        primary: Any,
+        request: Request,
+        payload: bytes,
+        latency: float,
+        when: float,
     ) -> None:
         answer = orjson.loads(payload)
         outputs = {o["name"]: o["data"] for o in answer.get("outputs", [])}
-        self.collector.offer(
-            {
-                "time": when,
-                "model": primary.runtime.name,
-                "version": primary.runtime.version,
-                "id": rid,
-                "inputs": request.inputs,
-                "outputs": outputs,
-                "mirrored": True,
-                "latencyMs": round(latency * 1000, 3),
-            }
-        )
+        if write_primary:  # once per request, however many shadows mirror it
+            self.collector.offer(
+                {
+                    "time": when,
+                    "model": primary.runtime.name,
+                    "version": primary.runtime.version,
+                    "id": rid,
+                    "inputs": request.inputs,
+                    "outputs": outputs,
+                    "mirrored": True,
+                    "latencyMs": round(latency * 1000, 3),
+                }
+            )
         began = time.perf_counter()
         result = shadow.answer(request, rid) if isinstance(shadow, Remote) else _run(shadow.runtime, request)
         name, version = _identity(shadow)
