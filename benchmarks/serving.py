@@ -19,6 +19,9 @@ Measures, on the same ONNX model (default: a RandomForest,
   - with --baseline DIR, the server of another mlops-iac checkout (an A/B of a change);
   - with --grpc, then gRPC against REST on our server at the same concurrencies, through
     tritonclient's asyncio clients (benchmarks/serving_grpc.py: wrk speaks no gRPC);
+  - with --scaling 1,2,4, core scaling: our server with N workers pinned to N cores, wrk
+    (two threads, 32 connections per worker) pinned to the cores left, against N times the
+    one-core figure (the goal is 0.85 N); needs more cores than the largest N;
 driven by wrk (one thread, keep-alive) at concurrency 1, 8 and 32, in interleaved rounds.
 Prints requests per second, p50 and p99, and the ratios the goals are stated in (the
 tiny-model goals with the default `rf`; the 150 us goals with `--model mlp`).
@@ -39,6 +42,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,23 +227,39 @@ def cpu_seconds(session: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, body: bytes, concurrency: int, duration: int, folder: Path) -> tuple[float, float, float, int]:
+def wrk(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    duration: int,
+    folder: Path,
+    threads: int = 1,
+    cpus: set[int] | None = None,
+) -> tuple[float, float, float, int]:
     script = folder / "post.lua"
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f"wrk.body = {json.dumps(body.decode())}\n"
     )
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
+        preexec_fn=_pinned(cpus),
     ).stdout
     if "Non-2xx" in out:
         raise RuntimeError(f"{url} answered errors under load:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return rps, _percentile(out, "50%"), _percentile(out, "99%"), done
+
+
+def _pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A child's start-up step that keeps it (and the processes it starts) on `cpus`."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
 
 
 def _percentile(text: str, which: str) -> float:
@@ -264,6 +284,7 @@ def start(
     folder: Path,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
 ) -> Target:
     with open(folder / f"{name.split()[0]}-{len(name)}.log", "wb") as log:
         process = subprocess.Popen(
@@ -273,6 +294,7 @@ def start(
             cwd=cwd,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            preexec_fn=_pinned(cpus),
         )
     target = Target(name, url, body, process)
     try:
@@ -301,7 +323,10 @@ def _check(ready: str, url: str, body: bytes, process: subprocess.Popen[bytes]) 
 
 
 def stop(target: Target) -> None:
-    os.killpg(target.process.pid, signal.SIGTERM)
+    try:
+        os.killpg(target.process.pid, signal.SIGTERM)
+    except ProcessLookupError:  # it exited on its own (failed to start): its log says why
+        return
     try:
         target.process.wait(15)
     except subprocess.TimeoutExpired:  # MLServer's worker pool can hang on shutdown
@@ -335,6 +360,7 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--workers", type=int, default=0, help="also measure the server with N workers")
     parser.add_argument("--baseline", type=Path, help="another mlops-iac checkout, measured as 'baseline'")
+    parser.add_argument("--scaling", default="", help="core scaling: worker counts, e.g. 1,2,4 (each pinned)")
     parser.add_argument(
         "--grpc",
         action="store_true",
@@ -396,6 +422,8 @@ def main() -> None:
         for target in targets:
             stop(target)
     report(results, bare, args.model)
+    if args.scaling:
+        scaling([int(n) for n in args.scaling.split(",")], args.rounds, args.duration, v2, folder)
     if args.grpc:  # a Python client on both protocols: wrk speaks no gRPC
         subprocess.run(
             [
@@ -412,7 +440,41 @@ def main() -> None:
         )
 
 
-def start_ours(name: str, extra: dict[str, object], env: dict[str, str], v2: bytes, folder: Path) -> Target:
+def scaling(counts: list[int], rounds: int, duration: int, v2: bytes, folder: Path) -> None:
+    """Our server with N workers on N cores against N times its one-core figure. wrk runs on
+    the other cores, so the load generator never takes the server's; rounds alternate the
+    counts, and medians are compared."""
+    available = sorted(os.sched_getaffinity(0))
+    counts = sorted(set(counts) | {1})
+    if len(available) < max(counts) + 2:
+        print(f"core scaling needs {max(counts) + 2} cores (wrk takes two); this machine has {len(available)}")
+        return
+    samples: dict[int, list[float]] = {n: [] for n in counts}
+    for _ in range(rounds):
+        for n in counts:
+            server, load = set(available[:n]), set(available[n:])
+            target = start_ours(f"scaling {n}", {"workers": n}, {}, v2, folder, cpus=server)
+            try:
+                wrk(target.url, target.body, 8 * n, 1, folder, threads=2, cpus=load)  # warm-up
+                rps = wrk(target.url, target.body, 32 * n, duration, folder, threads=2, cpus=load)[0]
+            finally:
+                stop(target)
+            samples[n].append(rps)
+    one = statistics.median(samples[1])
+    print(f"core scaling (N workers pinned to N cores, wrk on the other {len(available) - max(counts)}+ cores):")
+    for n in counts:
+        rps = statistics.median(samples[n])
+        ratio = rps / one
+        met = "met" if ratio >= 0.85 * n else "NOT met"
+        print(
+            f"  {n:>2} cores: {rps:>9,.0f} req/s, {ratio:5.2f}x one core "
+            f"(goal >= {0.85 * n:.2f}x) {met}   rounds: " + ", ".join(f"{r:,.0f}" for r in samples[n])
+        )
+
+
+def start_ours(
+    name: str, extra: dict[str, object], env: dict[str, str], v2: bytes, folder: Path, cpus: set[int] | None = None
+) -> Target:
     model: dict[str, object] = {"name": "m", "version": 1, "path": "model.onnx"}
     server: dict[str, object] = {"models": [model]}
     for key, value in extra.items():
@@ -436,6 +498,7 @@ def start_ours(name: str, extra: dict[str, object], env: dict[str, str], v2: byt
         v2,
         folder,
         env=env,
+        cpus=cpus,
     )
 
 

@@ -6,14 +6,20 @@ A query string keeps a request off the direct path (its URL no longer ends in /i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+import uvloop
 
 from mlops_iac.convert.onnx_tools import run, session
+from mlops_iac.serving.app import Server
+from mlops_iac.serving.config import ServerConfig
+from mlops_iac.serving.run import uvicorn_config
 
 from .server_fixtures import Models, Running, build_models, model_entry, running_server
 
@@ -69,7 +75,7 @@ def json_body(x: np.ndarray, **extra: object) -> bytes:
     return json.dumps({"inputs": [tensor], **extra}).encode()
 
 
-CASES = {
+CASES: dict[str, tuple[Callable[[np.ndarray], bytes], tuple[str, ...]]] = {
     "json": (json_body, ("authorization: Bearer k",)),
     "binary outputs": (lambda x: json_body(x, parameters={"binary_data_output": True}), ("authorization: Bearer k",)),
     "no key": (json_body, ()),
@@ -150,3 +156,78 @@ def test_a_client_gone_mid_body_leaves_lone_requests_inline(models: Models) -> N
         _, _, text = server.request("GET", "/metrics")
         counts = [line for line in text.decode().splitlines() if line.startswith("mlops_batch_size_count")]
         assert counts == ['mlops_batch_size_count{model="iris",version="1"} 0.0']
+
+
+class Recording(asyncio.Transport):
+    """A connection that keeps what the server writes (nothing reaches a socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_direct_answer_waits_for_the_loops_turn_only_beside_other_connections(models: Models) -> None:
+    """Alone, a connection's request is answered inside the read callback. Beside another
+    connection it is answered on the loop's next turn; a client gone in between gets nothing
+    written, and its arrival is counted off (else the batchers would never look quiet again);
+    a client that stays gets the model's answer."""
+    from uvicorn.server import ServerState
+
+    server = Server(ServerConfig.model_validate({"models": [model_entry(models, "iris")]}), models.folder)
+    server.counts_arrivals = True  # as the runner sets it
+    server.load()
+    request = post("/v2/models/iris/infer", json_body(models.iris[:1]))
+    state = ServerState()  # the listener's: every connection registers in it
+
+    def connect() -> tuple[Any, Recording]:
+        config = uvicorn_config(server)
+        config.load()
+        protocol = config.http_protocol_class(config, state, {}, asyncio.get_running_loop())
+        transport = Recording()
+        protocol.connection_made(transport)
+        return protocol, transport
+
+    async def one(beside: int, leaves: bool = False) -> tuple[list[bytes], list[bytes]]:
+        others = [connect() for _ in range(beside)]
+        protocol, transport = connect()
+        protocol.data_received(request)
+        at_once = list(transport.written)
+        if leaves:
+            protocol.connection_lost(None)
+        for _ in range(20):  # the deferred answer's turn, and a task's if one was started
+            await asyncio.sleep(0)
+        for other, _ in [*others, (protocol, None)]:
+            other.connection_lost(None)
+        return at_once, transport.written
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        alone_at_once, alone = runner.run(one(beside=0))
+        beside_at_once, beside = runner.run(one(beside=1))
+        assert server.arrived == 0
+        gone_at_once, gone = runner.run(one(beside=1, leaves=True))
+    assert len(alone_at_once) == 1 and alone == alone_at_once
+    assert beside_at_once == [] and len(beside) == 1
+    assert gone_at_once == [] and gone == []
+    assert server.arrived == 0
+    label, _ = run(session((models.folder / "iris.onnx").read_bytes()), models.iris[:1])
+    for written in (alone, beside):
+        assert written[0].startswith(b"HTTP/1.1 200 ")
+        assert json.loads(written[0].partition(b"\r\n\r\n")[2])["outputs"][0]["data"] == label.tolist()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,9 +37,9 @@ class Entry:
     last: float = 0.0  # when the last answer went out (epoch seconds)
 
 
-@dataclass(frozen=True)
-class Answer:
-    """A whole answer made without the ASGI path (`Server.infer_now`), and what follows it."""
+class Answer(NamedTuple):
+    """A whole answer made without the ASGI path (`Server.infer_now`), and what follows it.
+    A named tuple: made once per request, where a frozen dataclass's __init__ costs more."""
 
     status: int
     body: bytes

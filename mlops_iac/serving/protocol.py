@@ -57,7 +57,7 @@ class ClientError(Exception):
         self.headers = headers  # e.g. `allow` on a 405
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     id: str | None
     inputs: dict[str, np.ndarray]
