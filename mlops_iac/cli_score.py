@@ -11,7 +11,7 @@ import click
 from .console import registry_file_option as file_option
 from .errors import MlopsIacError
 from .registry import parse_ref
-from .scoring import Job, Settings, Summary, parts, prepare, score
+from .scoring import Job, Settings, Summary, default_workers, parts, prepare, score
 from .scoring.writers import OUTPUT_FORMATS
 from .serving.config import ModelConfig
 from .spec.batch import Batch
@@ -54,10 +54,10 @@ from .workspace import cached_onnx, onnx_artifact, project_registry, root_of
 )
 @click.option(
     "--workers",
-    type=click.IntRange(1, 256),
-    default=1,
-    show_default=True,
-    help="Processes scoring parts (this one and N-1 more); each runs onnxruntime on CPUs/N threads.",
+    type=click.IntRange(0, 256),
+    default=0,
+    help="Processes scoring parts (this one and N-1 more); each runs onnxruntime on CPUs/N threads. "
+    "[default: 0, one per 4 CPUs this process may use, at least 1]",
 )
 @click.option(
     "--threads",
@@ -137,7 +137,7 @@ def score_command(
     settings = Settings(
         batch_size=_first(batch_size, batch.batch_size if batch else None, 10_000),
         part_rows=_first(part_rows, batch.part_rows if batch else None, 100_000),
-        workers=workers,
+        workers=workers or default_workers(),
         threads=threads,
         error_threshold=_first(error_threshold, batch.error_threshold if batch else None, 0),
         ids=ids or None,

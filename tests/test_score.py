@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from mlops_iac.cli import main
 from mlops_iac.convert.onnx_tools import run, session
 from mlops_iac.errors import MlopsIacError
-from mlops_iac.scoring import ScoringError, Settings, prepare, score
+from mlops_iac.scoring import ScoringError, Settings, default_workers, engine, prepare, score
 from mlops_iac.serving.config import ModelConfig
 from mlops_iac.serving.workers import cpu_limit
 
@@ -242,6 +242,16 @@ def test_workers_times_threads_fit_the_cpus(models: Models, tmp_path: Path) -> N
         assert job.model.threads * workers <= max(limit, workers)
     job = prepare(cancer_model(models), models.folder, inputs, tmp_path / "out", Settings(workers=2, threads=3))
     assert job.model.threads == 3
+
+
+def test_workers_default_to_one_per_four_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --workers, one process per 4 CPUs this process may use (its quota, else its
+    affinity), at least one: the figure measured on 16 cores (see CPUS_PER_WORKER)."""
+    seen = {}
+    for cpus in (1, 2, 7, 8, 16, 33):
+        monkeypatch.setattr(engine, "cpu_limit", lambda cpus=cpus: cpus)
+        seen[cpus] = default_workers()
+    assert seen == {1: 1, 2: 1, 7: 1, 8: 2, 16: 4, 33: 8}
 
 
 def _entrypoint(models: Models, tmp_path: Path, out: Path, *extra: str) -> list[str]:

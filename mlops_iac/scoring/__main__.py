@@ -17,7 +17,7 @@ from pathlib import Path
 from ..contract import SETTINGS_ENV
 from ..errors import MlopsIacError
 from ..serving.config import ServerConfig, read_config
-from .engine import prepare, score
+from .engine import default_workers, prepare, score
 from .jobs import Settings
 from .writers import OUTPUT_FORMATS
 
@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=10_000)
     p.add_argument("--part-rows", type=int, default=100_000)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="0: one per 4 CPUs this process may use")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--error-threshold", type=int, default=0)
     p.add_argument("--id", dest="ids", action="append", default=None)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(
             batch_size=args.batch_size,
             part_rows=args.part_rows,
-            workers=args.workers,
+            workers=args.workers or default_workers(),
             threads=args.threads,
             error_threshold=args.error_threshold,
             ids=tuple(args.ids) if args.ids else None,

@@ -31,6 +31,16 @@ from .part import runtime_of, score_part
 from .sources import expand, open_source
 from .writers import OUTPUT_FORMATS
 
+# Measured on 16 cores (benchmarks/batch.py, a 100-tree RandomForest): 4 workers of 4
+# onnxruntime threads scored 1.33x (10k-row batches) to 2.23x (100k) one worker of 16
+# threads, and 8 workers of 2 no more than 4. Below 8 CPUs one worker keeps them busy.
+CPUS_PER_WORKER = 4
+
+
+def default_workers() -> int:
+    """The processes `score` uses unless told: one per 4 CPUs this process may use, at least 1."""
+    return max(1, cpu_limit() // CPUS_PER_WORKER)
+
 
 def prepare(model: ModelConfig, base: Path, inputs: list[str], out: Path, settings: Settings) -> Job:
     """Check everything before any work: the settings, every input's schema against the model."""
