@@ -19,6 +19,8 @@ Measures, on the same ONNX model (default: a RandomForest,
   - with --baseline DIR, the server of another mlops-iac checkout (an A/B of a change);
   - with --grpc, then gRPC against REST on our server at the same concurrencies, through
     tritonclient's asyncio clients (benchmarks/serving_grpc.py: wrk speaks no gRPC);
+  - with --pin, the reference and our servers pinned to the first core (N workers: the first
+    N), wrk to the cores after them: a quieter comparison on a shared machine (peers unpinned);
   - with --scaling 1,2,4, core scaling: our server with N workers pinned to N cores, wrk
     (two threads, 32 connections per worker) pinned to the cores left, against N times the
     one-core figure (the goal is 0.85 N); needs more cores than the largest N;
@@ -334,16 +336,18 @@ def stop(target: Target) -> None:
         target.process.wait(15)
 
 
-def measure(targets: list[Target], rounds: int, duration: int, folder: Path) -> list[Result]:
+def measure(
+    targets: list[Target], rounds: int, duration: int, folder: Path, load: set[int] | None = None
+) -> list[Result]:
     """Interleaved rounds (A B C, A B C, ...): the machine's noise hits every server alike."""
     samples: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     for target in targets:
-        wrk(target.url, target.body, 8, 1, folder)  # warm-up
+        wrk(target.url, target.body, 8, 1, folder, cpus=load)  # warm-up
     for _ in range(rounds):
         for c in CONCURRENCY:
             for target in targets:
                 before = cpu_seconds(target.process.pid)
-                rps, p50, p99, done = wrk(target.url, target.body, c, duration, folder)
+                rps, p50, p99, done = wrk(target.url, target.body, c, duration, folder, cpus=load)
                 cpu_us = (cpu_seconds(target.process.pid) - before) * 1e6 / max(done, 1)
                 samples.setdefault((target.name, c), []).append((rps, p50, p99, cpu_us))
     return [
@@ -360,6 +364,7 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--workers", type=int, default=0, help="also measure the server with N workers")
     parser.add_argument("--baseline", type=Path, help="another mlops-iac checkout, measured as 'baseline'")
+    parser.add_argument("--pin", action="store_true", help="servers on the first cores, wrk on the others")
     parser.add_argument("--scaling", default="", help="core scaling: worker counts, e.g. 1,2,4 (each pinned)")
     parser.add_argument(
         "--grpc",
@@ -377,6 +382,14 @@ def main() -> None:
         {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, row.shape[1]], "data": row.ravel().tolist()}]}
     ).encode()
     targets: list[Target] = []
+    available = sorted(os.sched_getaffinity(0))
+    widest = max(1, args.workers)
+    if args.pin and len(available) <= widest:
+        sys.exit(f"--pin needs more than {widest} cores (the servers', then wrk's); this machine has {len(available)}")
+
+    def pinned(n: int) -> set[int] | None:
+        return set(available[:n]) if args.pin else None
+
     try:
         (folder / "minimal.py").write_text(MINIMAL.format(path=str(path)))
         port = free_port()
@@ -403,6 +416,7 @@ def main() -> None:
                 v2,
                 folder,
                 cwd=folder,
+                cpus=pinned(1),
             )
         )
         ours: list[tuple[str, dict[str, object], dict[str, str]]] = [
@@ -414,10 +428,12 @@ def main() -> None:
         if args.baseline is not None:
             ours.append(("baseline", {}, {"PYTHONPATH": str(args.baseline.resolve())}))
         for name, settings_extra, env in ours:
-            targets.append(start_ours(name, settings_extra, env, v2, folder))
+            n = int(settings_extra.get("workers", 1))  # type: ignore[call-overload]
+            targets.append(start_ours(name, settings_extra, env, v2, folder, cpus=pinned(n)))
         if not args.no_peers:
             targets += peers(path, v2, row, folder)
-        results = measure(targets, args.rounds, args.duration, folder)
+        load = set(available[widest:]) if args.pin else None
+        results = measure(targets, args.rounds, args.duration, folder, load)
     finally:
         for target in targets:
             stop(target)

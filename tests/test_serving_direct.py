@@ -231,3 +231,61 @@ def test_a_direct_answer_waits_for_the_loops_turn_only_beside_other_connections(
     for written in (alone, beside):
         assert written[0].startswith(b"HTTP/1.1 200 ")
         assert json.loads(written[0].partition(b"\r\n\r\n")[2])["outputs"][0]["data"] == label.tolist()
+
+
+def test_a_model_too_quick_to_gain_from_merging_runs_inline_while_others_wait(models: Models) -> None:
+    """iris with batching on (8 rows, no delay). Lone requests run inline and time their run
+    (the quickest counts). With a quick model's time, requests read in one turn, which would
+    otherwise wait for each other and merge, run inline one by one: the batcher never runs.
+    With a slow model's time they merge. Every answer is the model's."""
+    from uvicorn.server import ServerState
+
+    config = {"models": [model_entry(models, "iris", max_batch_size=8, max_delay_ms=0)]}
+    server = Server(ServerConfig.model_validate(config), models.folder)
+    server.counts_arrivals = True  # as the runner sets it: the batcher sees requests waiting
+    server.load()
+    entry = server.models["iris"]["1"]
+    assert entry.batcher is not None
+    state = ServerState()
+    rows = [models.iris[i : i + 1] for i in range(4)]
+
+    async def together(count: int) -> list[bytes]:
+        """`count` connections, each sending a request in the same turn; their answers."""
+        loop = asyncio.get_running_loop()
+        connections = []
+        for _ in range(count):
+            config = uvicorn_config(server)
+            config.load()
+            protocol = config.http_protocol_class(config, state, {}, loop)
+            transport = Recording()
+            protocol.connection_made(transport)
+            connections.append((protocol, transport))
+        for (protocol, _), row in zip(connections, rows, strict=False):
+            protocol.data_received(post("/v2/models/iris/infer", json_body(row)))
+        deadline = loop.time() + 30  # a merged run answers from the batch thread
+        while not all(transport.written for _, transport in connections) and loop.time() < deadline:
+            await asyncio.sleep(0.001)
+        for protocol, _ in connections:
+            protocol.connection_lost(None)
+        return [b"".join(transport.written) for _, transport in connections]
+
+    def labels(answers: list[bytes]) -> list[object]:
+        return [json.loads(a.partition(b"\r\n\r\n")[2])["outputs"][0]["data"] for a in answers]
+
+    local = session((models.folder / "iris.onnx").read_bytes())
+    expected = [run(local, row)[0].tolist() for row in rows]
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        timed = []
+        for _ in range(5):  # alone: inline, and timed (the quickest run counts; the first is cold)
+            assert labels(runner.run(together(1))) == expected[:1]
+            timed.append(entry.lone_run)
+        assert 0 < timed[-1] == min(timed) < 0.05 and entry.batcher.executions == 0
+        # The decision, apart from this machine's speed: what a quick model (10 us) and a slow
+        # one (1 ms) measure.
+        entry.lone_run = 10e-6
+        assert labels(runner.run(together(4))) == expected
+        assert entry.batcher.executions == 0
+        entry.lone_run = 1e-3
+        assert labels(runner.run(together(4))) == expected
+        assert entry.batcher.executions >= 1  # merged
+        runner.run(server.shutdown())

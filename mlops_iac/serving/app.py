@@ -25,7 +25,7 @@ from .batching import Batcher
 from .bodies import Disconnected, decompress, read_body
 from .collect import Collector
 from .config import ServerConfig
-from .inference import Answer, Entry, feeds_of, finish, inference_headers, run_inline
+from .inference import Answer, Entry, feeds_of, finish, inference_headers, run_inline, runs_inline
 from .metrics import Metrics
 from .openapi import document
 from .protocol import ClientError, Request, encode, parse
@@ -287,7 +287,7 @@ class Server:
         """An inference request whose body is already read, answered at once (from the HTTP
         protocol's callback, without the ASGI task, see http11.py); None when it is not the
         common case (another route's spelling, an unknown model, a compressed or too large
-        body, a batcher with work in it), with nothing done: the ASGI path takes it."""
+        body, a batcher that would merge it), with nothing done: the ASGI path takes it."""
         parts = scope["path"].split("/")  # "", v2, models, name, [versions, v,] infer
         if len(parts) == 5:
             name, version = parts[3], None
@@ -303,7 +303,7 @@ class Server:
             return None
         counted = self.arrived > 0
         self.arrived -= counted  # this one is being handled: the batchers' "anyone waiting" leaves it out
-        if any(e.batcher is not None and not e.batcher.quiet() for e in versions.values()):
+        if not all(runs_inline(e) for e in versions.values()):
             self.arrived += counted  # the ASGI path counts it off again
             return None
         started = time.perf_counter()
@@ -353,7 +353,7 @@ class Server:
         the REST and gRPC paths alike; each encodes the answer its own way."""
         feeds, names, rows = feeds_of(entry, request)
         batcher = entry.batcher
-        if batcher is None or not 0 < rows <= batcher.max_rows or batcher.quiet():
+        if batcher is None or runs_inline(entry, rows):
             return run_inline(entry, request, feeds, names, rows, started, self.collector)
         outputs, queued, batch_rows = await batcher.submit(feeds)
         entry.queue.observe(queued)

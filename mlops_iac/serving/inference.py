@@ -35,6 +35,10 @@ class Entry:
     rows: int = 0  # rows answered (Triton's inference_count)
     runs: int = 0  # runs outside the batcher (with the batcher's runs: execution_count)
     last: float = 0.0  # when the last answer went out (epoch seconds)
+    # The quickest run outside the batcher, in seconds (0: none yet): the most that merging a
+    # request into another's run can save. The quickest, not an average: a first, cold run
+    # takes ten times longer, and a larger request's rows cost the same merged or not.
+    lone_run: float = 0.0
 
 
 class Answer(NamedTuple):
@@ -85,8 +89,19 @@ def run_inline(
     """The model run here and now, on the caller's thread (no batcher)."""
     before = time.perf_counter()
     outputs = entry.runtime.run(feeds, names)
+    seconds = time.perf_counter() - before
     entry.runs += 1
-    return finish(entry, request, feeds, outputs, rows, time.perf_counter() - before, started, collector)
+    entry.lone_run = min(entry.lone_run, seconds) if entry.lone_run else seconds
+    return finish(entry, request, feeds, outputs, rows, seconds, started, collector)
+
+
+def runs_inline(entry: Entry, rows: int = 1) -> bool:
+    """Whether a request of `rows` runs here and now rather than through the model's batcher:
+    no batcher, too many rows for one, nobody to merge with, or a model too quick to gain."""
+    batcher = entry.batcher
+    if batcher is None or not 0 < rows <= batcher.max_rows:
+        return True
+    return batcher.quiet() or batcher.not_worth_it(entry.lone_run)
 
 
 def finish(
