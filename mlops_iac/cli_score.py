@@ -137,7 +137,7 @@ def score_command(
     settings = Settings(
         batch_size=_first(batch_size, batch.batch_size if batch else None, 10_000),
         part_rows=_first(part_rows, batch.part_rows if batch else None, 100_000),
-        workers=workers or default_workers(),
+        workers=workers or default_workers(threads),
         threads=threads,
         error_threshold=_first(error_threshold, batch.error_threshold if batch else None, 0),
         ids=ids or None,

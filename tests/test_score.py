@@ -252,6 +252,8 @@ def test_workers_default_to_one_per_four_cpus(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setattr(engine, "cpu_limit", lambda cpus=cpus: cpus)
         seen[cpus] = default_workers()
     assert seen == {1: 1, 2: 1, 7: 1, 8: 2, 16: 4, 33: 8}
+    # --threads without --workers: as many workers as fit, never more threads than CPUs.
+    assert (default_workers(8), default_workers(3), default_workers(64)) == (4, 11, 1)  # 33 CPUs
 
 
 def _entrypoint(models: Models, tmp_path: Path, out: Path, *extra: str) -> list[str]:
@@ -398,6 +400,20 @@ def test_rerun_refuses_without_resume_and_other_inputs(models: Models, tmp_path:
                 Settings(batch_size=50, resume=True),
             )
         )
+
+
+def test_a_resume_on_another_thread_count_is_refused(models: Models, tmp_path: Path) -> None:
+    """A tree ensemble sums in another order on another onnxruntime thread count, so its parts
+    differ in their last bits: a resume with another count (another machine's CPUs, another
+    --workers) would mix them. It is refused, naming the count; the same count resumes."""
+    pq.write_table(table_of(models.cancer[:100], np.arange(100)), tmp_path / "a.parquet")
+    inputs, out = [str(tmp_path / "a.parquet")], tmp_path / "out"
+    score(prepare(cancer_model(models), models.folder, inputs, out, Settings(batch_size=50, threads=1)))
+    other = Settings(batch_size=50, threads=2, resume=True)
+    with pytest.raises(MlopsIacError, match=r'holds a run with other settings .*"threads": 1'):
+        score(prepare(cancer_model(models), models.folder, inputs, out, other))
+    again = score(prepare(cancer_model(models), models.folder, inputs, out, replace(other, threads=1)))
+    assert again.rows_in == 100
 
 
 def test_cli_scores_a_registered_version(converted: Path) -> None:

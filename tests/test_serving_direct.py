@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -235,9 +236,10 @@ def test_a_direct_answer_waits_for_the_loops_turn_only_beside_other_connections(
 
 def test_a_model_too_quick_to_gain_from_merging_runs_inline_while_others_wait(models: Models) -> None:
     """iris with batching on (8 rows, no delay). Lone requests run inline and time their run
-    (the quickest counts). With a quick model's time, requests read in one turn, which would
-    otherwise wait for each other and merge, run inline one by one: the batcher never runs.
-    With a slow model's time they merge. Every answer is the model's."""
+    (the quickest one-row run counts). With a quick model's time,
+    requests read in one turn, which would otherwise wait for each other and merge, run inline
+    one by one: the batcher never runs. With a slow model's time they merge. Every answer is
+    the model's."""
     from uvicorn.server import ServerState
 
     config = {"models": [model_entry(models, "iris", max_batch_size=8, max_delay_ms=0)]}
@@ -250,8 +252,9 @@ def test_a_model_too_quick_to_gain_from_merging_runs_inline_while_others_wait(mo
     rows = [models.iris[i : i + 1] for i in range(4)]
 
     async def together(count: int) -> list[bytes]:
-        """`count` connections, each sending a request in the same turn; their answers."""
+        """`count` connections, each sending a request of one row in the same turn; their answers."""
         loop = asyncio.get_running_loop()
+        bodies = [json_body(row) for row in rows[:count]]
         connections = []
         for _ in range(count):
             config = uvicorn_config(server)
@@ -260,8 +263,8 @@ def test_a_model_too_quick_to_gain_from_merging_runs_inline_while_others_wait(mo
             transport = Recording()
             protocol.connection_made(transport)
             connections.append((protocol, transport))
-        for (protocol, _), row in zip(connections, rows, strict=False):
-            protocol.data_received(post("/v2/models/iris/infer", json_body(row)))
+        for (protocol, _), body in zip(connections, bodies, strict=True):
+            protocol.data_received(post("/v2/models/iris/infer", body))
         deadline = loop.time() + 30  # a merged run answers from the batch thread
         while not all(transport.written for _, transport in connections) and loop.time() < deadline:
             await asyncio.sleep(0.001)
@@ -289,3 +292,144 @@ def test_a_model_too_quick_to_gain_from_merging_runs_inline_while_others_wait(mo
         assert labels(runner.run(together(4))) == expected
         assert entry.batcher.executions >= 1  # merged
         runner.run(server.shutdown())
+
+
+class Resetting(Recording):
+    """A peer that sent its bytes and reset the connection: the first write fails, and the
+    transport is closing from then on (as uvloop's on a reset: closing at once, connection_lost
+    on a later turn)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = False
+        self.protocol: Any = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, ConnectionResetError())
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+@pytest.mark.parametrize("first", ["/v2/models/iris/infer", "/v2/models/iris/infer?"])
+def test_requests_pipelined_behind_a_reset_are_counted_off(models: Models, first: str) -> None:
+    """Two requests pipelined on one connection (another connection open), then a reset: the
+    first answer's write fails, so uvicorn never starts the pipelined second. Its arrival is
+    counted off when the connection is lost, whether the first took the direct path or the
+    ASGI one (`?`); left counted, the batchers would never look quiet again."""
+    from uvicorn.server import ServerState
+
+    config = {"models": [model_entry(models, "iris", max_batch_size=8, max_delay_ms=0)]}
+    server = Server(ServerConfig.model_validate(config), models.folder)
+    server.counts_arrivals = True
+    server.load()
+    state = ServerState()
+
+    async def scenario() -> int:
+        loop = asyncio.get_running_loop()
+        made = []
+        for transport in (Recording(), Resetting()):
+            config = uvicorn_config(server)
+            config.load()
+            protocol = config.http_protocol_class(config, state, {}, loop)
+            if isinstance(transport, Resetting):
+                transport.protocol = protocol
+            protocol.connection_made(transport)
+            made.append(protocol)
+        idle, reset = made
+        body = json_body(models.iris[:1])
+        reset.data_received(post(first, body) + post("/v2/models/iris/infer", body))  # one read
+        assert server.arrived == 2
+        deadline = loop.time() + 10
+        while server.arrived and loop.time() < deadline:
+            await asyncio.sleep(0.001)
+        idle.connection_lost(None)
+        return server.arrived
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(scenario()) == 0
+        runner.run(server.shutdown())
+
+
+def test_bad_bytes_behind_a_request_get_their_400_after_its_answer(server: Running, models: Models) -> None:
+    """A whole request, then bytes that are no HTTP, in one send, with another connection open
+    (so the answer waits for the loop's turn): the request's 200, then the 400 that closes."""
+    label, _ = run(session((models.folder / "iris.onnx").read_bytes()), models.iris[:1])
+    request = post("/v2/models/iris/infer", json_body(models.iris[:1]), "authorization: Bearer k")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as idle:
+        idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200 ")  # open, and known to the server
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(request + b"NOT HTTP AT ALL\r\n\r\n")
+            received = b""
+            while chunk := sock.recv(65536):  # the server closes after the 400
+                received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.startswith(b"content-length")))
+    assert json.loads(rest[:length])["outputs"][0]["data"] == label.tolist()
+    assert rest[length:].startswith(b"HTTP/1.1 400 ")
+
+
+def mlp_onnx(path: Path) -> None:
+    """A 4 -> 1024 -> 1024 -> 3 perceptron: a one-row run takes about 100 us, an empty one a few."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, weights, previous = [], [], "input"
+    for i, (a, b) in enumerate([(4, 1024), (1024, 1024), (1024, 3)]):
+        weights.append(numpy_helper.from_array((rng.standard_normal((a, b)) * 0.05).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [previous, f"w{i}"], [f"m{i}"]))
+        previous = f"m{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [previous], [f"r{i}"]))
+            previous = f"r{i}"
+    nodes.append(helper.make_node("Identity", [previous], ["output"]))
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+
+
+def test_an_empty_request_does_not_time_the_model(models: Models, tmp_path: Path) -> None:
+    """A request of 0 rows runs inline in microseconds on any model: taken as the model's lone
+    run, it would switch merging off for a slow model for good. Only one-row runs time it."""
+    from uvicorn.server import ServerState
+
+    mlp_onnx(tmp_path / "mlp.onnx")
+    model = {"name": "mlp", "version": 1, "path": "mlp.onnx", "max_batch_size": 8, "max_delay_ms": 0}
+    server = Server(ServerConfig.model_validate({"models": [model]}), tmp_path)
+    server.counts_arrivals = True
+    server.load()
+    entry = server.models["mlp"]["1"]
+
+    async def alone(x: np.ndarray) -> bytes:
+        config = uvicorn_config(server)
+        config.load()
+        protocol = config.http_protocol_class(config, ServerState(), {}, asyncio.get_running_loop())
+        transport = Recording()
+        protocol.connection_made(transport)
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        protocol.data_received(post("/v2/models/mlp/infer", json.dumps(body).encode()))
+        protocol.connection_lost(None)
+        return b"".join(transport.written)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        for _ in range(5):
+            assert runner.run(alone(np.ones((1, 4), np.float32))).startswith(b"HTTP/1.1 200 ")
+        one_row = entry.lone_run
+        for _ in range(5):
+            assert runner.run(alone(np.ones((0, 4), np.float32))).startswith(b"HTTP/1.1 200 ")
+        runner.run(server.shutdown())
+    assert one_row > 0 and entry.lone_run == one_row

@@ -6,7 +6,9 @@ file and renamed into place; the manifest, rewritten atomically by the one proce
 owns it after each part, lists the finished parts with their digests. A rerun with
 `--resume` (after a crash, a SIGKILL, a preempted pod) trusts only parts that the manifest
 lists and whose bytes still match, and recomputes the rest, which gives the same bytes:
-row groups follow the batches, and nothing in a file depends on time or on the worker.
+row groups follow the batches, and nothing in a file depends on time or on the worker. A
+tree ensemble's sums do depend on onnxruntime's thread count, so the count is part of what
+identifies a run (`manifest.header`): a `--resume` with another one is refused.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ from .writers import OUTPUT_FORMATS
 CPUS_PER_WORKER = 4
 
 
-def default_workers() -> int:
-    """The processes `score` uses unless told: one per 4 CPUs this process may use, at least 1."""
-    return max(1, cpu_limit() // CPUS_PER_WORKER)
+def default_workers(threads: int | None = None) -> int:
+    """The processes `score` uses unless told: one per 4 CPUs this process may use (one per
+    `threads` CPUs when those are given, so workers x threads stays within the CPUs), at least 1."""
+    return max(1, cpu_limit() // (threads or CPUS_PER_WORKER))
 
 
 def prepare(model: ModelConfig, base: Path, inputs: list[str], out: Path, settings: Settings) -> Job:

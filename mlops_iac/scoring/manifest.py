@@ -39,6 +39,8 @@ def header(job: Job) -> dict[str, Any]:
             "format": s.format,
             "shard": s.shard,
             "shards": s.shards,
+            # A tree ensemble sums in another order on another thread count: other bytes.
+            "threads": job.model.threads,
         },
         "inputs": [{**fingerprint(src), "ids": list(ids)} for src, ids in zip(job.sources, job.ids, strict=True)],
     }

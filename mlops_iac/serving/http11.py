@@ -44,6 +44,7 @@ def protocol_class(server: Server | None = None) -> type:
     class ServingProtocol(HttpToolsProtocol):
         deferring = False  # inside on_headers_complete, for a request the server may answer directly
         deferred: Any = None  # (cycle, app) whose task waits for the whole body
+        pending: Any = None  # (handle, deferred, body) of an answer waiting for the loop's turn
 
         def on_headers_complete(self) -> None:
             before = self.cycle
@@ -102,9 +103,19 @@ def protocol_class(server: Server | None = None) -> type:
             # path's tasks do. Answering inside the callback cost 8-20% more CPU per request
             # at 8 and 32 connections, and deferring cost 2% at one (pinned, wrk). A request
             # pipelined behind this one meanwhile waits in uvicorn's pipeline (ASGI path).
-            self.loop.call_soon(self._answer, deferred, body)
+            self.pending = (self.loop.call_soon(self._answer, deferred, body), deferred, body)
+
+        def send_400_response(self, msg: str) -> None:
+            """Bad bytes behind a whole request: the request's answer goes out first, then the
+            400 that closes the connection (uvicorn would write the 400 before it)."""
+            pending, self.pending = self.pending, None
+            if pending is not None:
+                pending[0].cancel()
+                self._answer(pending[1], pending[2])
+            super().send_400_response(msg)
 
         def _answer(self, deferred: Any, body: bytes) -> None:
+            self.pending = None
             cycle = deferred[0]
             if cycle.disconnected or self.flow.write_paused or self.transport.is_closing():
                 super()._start_asgi_task(*deferred)  # its ASGI cycle knows what to do
@@ -142,11 +153,14 @@ def protocol_class(server: Server | None = None) -> type:
             answer.after()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self.deferred is not None and server is not None:
-                # Its body will never be complete and its task never starts, so nothing else
-                # counts its arrival off: left counted, the batchers would never look quiet again.
-                server.arrived = max(0, server.arrived - 1)
+            # A request whose body will never be complete, and those pipelined behind an answer
+            # (uvicorn starts them only once an answer went out), never start: nothing else
+            # counts their arrivals off, and left counted, the batchers would never look quiet.
+            never = (self.deferred is not None) + len(self.pipeline)
+            if never and server is not None:
+                server.arrived = max(0, server.arrived - never)
             self.deferred = None
+            self.pipeline.clear()
             super().connection_lost(exc)
 
     return ServingProtocol

@@ -35,9 +35,10 @@ class Entry:
     rows: int = 0  # rows answered (Triton's inference_count)
     runs: int = 0  # runs outside the batcher (with the batcher's runs: execution_count)
     last: float = 0.0  # when the last answer went out (epoch seconds)
-    # The quickest run outside the batcher, in seconds (0: none yet): the most that merging a
-    # request into another's run can save. The quickest, not an average: a first, cold run
-    # takes ten times longer, and a larger request's rows cost the same merged or not.
+    # The quickest one-row run outside the batcher, in seconds (0: none yet): the most that
+    # merging a request into another's run can save. The quickest, not an average: a first,
+    # cold run takes ten times longer. One row only: an empty request runs in microseconds on
+    # any model, and a larger one's rows cost the same merged or not.
     lone_run: float = 0.0
 
 
@@ -91,7 +92,8 @@ def run_inline(
     outputs = entry.runtime.run(feeds, names)
     seconds = time.perf_counter() - before
     entry.runs += 1
-    entry.lone_run = min(entry.lone_run, seconds) if entry.lone_run else seconds
+    if rows == 1:
+        entry.lone_run = min(entry.lone_run, seconds) if entry.lone_run else seconds
     return finish(entry, request, feeds, outputs, rows, seconds, started, collector)
 
 
