@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import uvloop
+from uvicorn.server import ServerState
 
 from mlops_iac.convert.onnx_tools import run, session
 from mlops_iac.serving.app import Server
@@ -185,30 +186,37 @@ class Recording(asyncio.Transport):
         pass
 
 
+def in_process(config: dict[str, Any], folder: Path) -> Server:
+    """A loaded server in this process, counting arrivals as the runner sets it (so its
+    batchers see requests read and not yet started)."""
+    server = Server(ServerConfig.model_validate(config), folder)
+    server.counts_arrivals = True
+    server.load()
+    return server
+
+
+def connect(server: Server, state: ServerState, transport: Recording | None = None) -> tuple[Any, Recording]:
+    """A connection to `server`'s own HTTP protocol (registered in the listener's `state`)."""
+    config = uvicorn_config(server)
+    config.load()
+    protocol = config.http_protocol_class(config, state, {}, asyncio.get_running_loop())
+    transport = transport or Recording()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
 def test_a_direct_answer_waits_for_the_loops_turn_only_beside_other_connections(models: Models) -> None:
     """Alone, a connection's request is answered inside the read callback. Beside another
     connection it is answered on the loop's next turn; a client gone in between gets nothing
     written, and its arrival is counted off (else the batchers would never look quiet again);
     a client that stays gets the model's answer."""
-    from uvicorn.server import ServerState
-
-    server = Server(ServerConfig.model_validate({"models": [model_entry(models, "iris")]}), models.folder)
-    server.counts_arrivals = True  # as the runner sets it
-    server.load()
+    server = in_process({"models": [model_entry(models, "iris")]}, models.folder)
     request = post("/v2/models/iris/infer", json_body(models.iris[:1]))
     state = ServerState()  # the listener's: every connection registers in it
 
-    def connect() -> tuple[Any, Recording]:
-        config = uvicorn_config(server)
-        config.load()
-        protocol = config.http_protocol_class(config, state, {}, asyncio.get_running_loop())
-        transport = Recording()
-        protocol.connection_made(transport)
-        return protocol, transport
-
     async def one(beside: int, leaves: bool = False) -> tuple[list[bytes], list[bytes]]:
-        others = [connect() for _ in range(beside)]
-        protocol, transport = connect()
+        others = [connect(server, state) for _ in range(beside)]
+        protocol, transport = connect(server, state)
         protocol.data_received(request)
         at_once = list(transport.written)
         if leaves:
@@ -240,12 +248,7 @@ def test_a_model_too_quick_to_gain_from_merging_runs_inline_while_others_wait(mo
     requests read in one turn, which would otherwise wait for each other and merge, run inline
     one by one: the batcher never runs. With a slow model's time they merge. Every answer is
     the model's."""
-    from uvicorn.server import ServerState
-
-    config = {"models": [model_entry(models, "iris", max_batch_size=8, max_delay_ms=0)]}
-    server = Server(ServerConfig.model_validate(config), models.folder)
-    server.counts_arrivals = True  # as the runner sets it: the batcher sees requests waiting
-    server.load()
+    server = in_process({"models": [model_entry(models, "iris", max_batch_size=8, max_delay_ms=0)]}, models.folder)
     entry = server.models["iris"]["1"]
     assert entry.batcher is not None
     state = ServerState()
@@ -255,14 +258,7 @@ def test_a_model_too_quick_to_gain_from_merging_runs_inline_while_others_wait(mo
         """`count` connections, each sending a request of one row in the same turn; their answers."""
         loop = asyncio.get_running_loop()
         bodies = [json_body(row) for row in rows[:count]]
-        connections = []
-        for _ in range(count):
-            config = uvicorn_config(server)
-            config.load()
-            protocol = config.http_protocol_class(config, state, {}, loop)
-            transport = Recording()
-            protocol.connection_made(transport)
-            connections.append((protocol, transport))
+        connections = [connect(server, state) for _ in range(count)]
         for (protocol, _), body in zip(connections, bodies, strict=True):
             protocol.data_received(post("/v2/models/iris/infer", body))
         deadline = loop.time() + 30  # a merged run answers from the batch thread
@@ -322,26 +318,15 @@ def test_requests_pipelined_behind_a_reset_are_counted_off(models: Models, first
     first answer's write fails, so uvicorn never starts the pipelined second. Its arrival is
     counted off when the connection is lost, whether the first took the direct path or the
     ASGI one (`?`); left counted, the batchers would never look quiet again."""
-    from uvicorn.server import ServerState
-
-    config = {"models": [model_entry(models, "iris", max_batch_size=8, max_delay_ms=0)]}
-    server = Server(ServerConfig.model_validate(config), models.folder)
-    server.counts_arrivals = True
-    server.load()
+    server = in_process({"models": [model_entry(models, "iris", max_batch_size=8, max_delay_ms=0)]}, models.folder)
     state = ServerState()
 
     async def scenario() -> int:
         loop = asyncio.get_running_loop()
-        made = []
-        for transport in (Recording(), Resetting()):
-            config = uvicorn_config(server)
-            config.load()
-            protocol = config.http_protocol_class(config, state, {}, loop)
-            if isinstance(transport, Resetting):
-                transport.protocol = protocol
-            protocol.connection_made(transport)
-            made.append(protocol)
-        idle, reset = made
+        idle, _ = connect(server, state)
+        resetting = Resetting()
+        reset, _ = connect(server, state, resetting)
+        resetting.protocol = reset
         body = json_body(models.iris[:1])
         reset.data_received(post(first, body) + post("/v2/models/iris/infer", body))  # one read
         assert server.arrived == 2
@@ -405,23 +390,14 @@ def mlp_onnx(path: Path) -> None:
 def test_an_empty_request_does_not_time_the_model(models: Models, tmp_path: Path) -> None:
     """A request of 0 rows runs inline in microseconds on any model: taken as the model's lone
     run, it would switch merging off for a slow model for good. Only one-row runs time it."""
-    from uvicorn.server import ServerState
-
     mlp_onnx(tmp_path / "mlp.onnx")
     model = {"name": "mlp", "version": 1, "path": "mlp.onnx", "max_batch_size": 8, "max_delay_ms": 0}
-    server = Server(ServerConfig.model_validate({"models": [model]}), tmp_path)
-    server.counts_arrivals = True
-    server.load()
+    server = in_process({"models": [model]}, tmp_path)
     entry = server.models["mlp"]["1"]
 
     async def alone(x: np.ndarray) -> bytes:
-        config = uvicorn_config(server)
-        config.load()
-        protocol = config.http_protocol_class(config, ServerState(), {}, asyncio.get_running_loop())
-        transport = Recording()
-        protocol.connection_made(transport)
-        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-        protocol.data_received(post("/v2/models/mlp/infer", json.dumps(body).encode()))
+        protocol, transport = connect(server, ServerState())
+        protocol.data_received(post("/v2/models/mlp/infer", json_body(x)))
         protocol.connection_lost(None)
         return b"".join(transport.written)
 

@@ -6,12 +6,13 @@ every request; what changes is the way from a parsed request to its answer:
 - every answer leaves in one write (headers and body together);
 - a `POST /v2/models/{name}[/versions/{v}]/infer` over HTTP/1.1 whose body fits in uvicorn's
   read buffer (64 KiB) is answered from the protocol's own callback once the body is
-  complete, on the loop's next turn: parse, run inline, encode, write (`Server.infer_now`),
-  without creating the ASGI task, its receive and send messages and events. On a small model that path is about a
-  quarter of a request's CPU (benchmarks/request_path.py). Whatever is not the common case
-  (a batcher with work in it, an unknown model, a compressed or large body, 100-continue,
-  a request pipelined behind one still running) goes the ASGI way as before, with its task
-  started then; the HTTP parsing, limits and timeouts are uvicorn's either way.
+  complete (on the loop's next turn when other connections are open): parse, run inline,
+  encode, write (`Server.infer_now`), without creating the ASGI task, its receive and send
+  messages and events. On a small model that path is about a quarter of a request's CPU
+  (benchmarks/request_path.py). Whatever is not the common case (a batcher that would merge
+  it, an unknown model, a compressed or large body, 100-continue, a request pipelined behind
+  one still running) goes the ASGI way as before, with its task started then; the HTTP
+  parsing, limits and timeouts are uvicorn's either way.
 """
 
 from __future__ import annotations
