@@ -6,21 +6,21 @@ slices of an array already in memory, in one process, with as many onnxruntime t
 cores, measured twice: with onnxruntime's defaults (pool threads spin between calls) and
 without spinning (as `score` runs it); each round's ratio is against the faster of the two.
 `score` reads Parquet, converts, runs, and writes Parquet parts with their manifest, with 1
-and 2 worker processes (cores / workers onnxruntime threads each).
+and more lanes (threads with their own session, cores / lanes onnxruntime threads each).
 
 Rounds alternate bare and score. Printed: the ratio of the best figures (on a shared machine
 the least disturbed run says most about the code) and the median of the rounds' own ratios
-with their range (how noisy the machine was). A worker process starts once per run (Python,
-pyarrow, which imports pandas, the model); its start-up, measured on its own, is printed
-beside the 2-worker figures, which include its CPU time (the first process scores meanwhile).
+with their range (how noisy the machine was). "start-up" is the wall time of a run whose
+scoring takes next to nothing, with the most lanes: its fixed cost (the manifest, the lanes'
+sessions, the final fsyncs).
 
 Memory: peak RSS of a process that scores 1x and 10x the rows at 10k-row batches.
 
     python benchmarks/batch.py [--rows 400000] [--rounds 3] [--memory-rows 100000]
                                [--batches 1000,10000,100000] [--workers 1,2]
 
-Scaling with workers shows only where the cores outnumber one worker's needs: on 2 cores
-onnxruntime already uses both from one worker.
+Scaling with lanes shows only where the cores outnumber one lane's needs: on 2 cores
+onnxruntime already uses both from one lane.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def scored(model: ModelConfig, data: Path, out: Path, batch: int, workers: int, 
 
 
 def start_up(model: ModelConfig, folder: Path, workers: int) -> float:
-    """Seconds of a run whose scoring takes next to nothing: the worker pool's start-up."""
+    """Seconds of a run whose scoring takes next to nothing: a run's fixed cost."""
     data = folder / "tiny.parquet"
     if not data.exists():
         make_data(data, 2 * workers)
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-rows", type=int, default=100_000)
     parser.add_argument("--batches", default="1000,10000,100000", help="Batch sizes, comma-separated.")
-    parser.add_argument("--workers", default="1,2", help="Worker process counts, comma-separated.")
+    parser.add_argument("--workers", default="1,2", help="Lane (--workers) counts, comma-separated.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -187,7 +187,7 @@ def main() -> None:
                 if workers > 1:
                     line += f" {max(w) / max(w1):.2f} {spread([a / b for a, b in zip(w, w1, strict=True)])}"
             if runs["start"]:
-                line += f" | pool start {statistics.median(runs['start']):.1f}s"
+                line += f" | start-up {statistics.median(runs['start']):.2f}s"
             print(line)
         print("peak RSS of `score` (10k-row batches):")
         sizes = {}

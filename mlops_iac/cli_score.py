@@ -56,8 +56,9 @@ from .workspace import cached_onnx, onnx_artifact, project_registry, root_of
     "--workers",
     type=click.IntRange(0, 256),
     default=0,
-    help="Processes scoring parts (this one and N-1 more); each runs onnxruntime on CPUs/N threads. "
-    "[default: 0, one per 4 CPUs this process may use, at least 1]",
+    help="Lanes scoring parts (threads with their own session; processes beside a Python handler); "
+    "each runs onnxruntime on CPUs/N threads. "
+    "[default: 0, one per 4 CPUs this process may use, at least 2 from 2 CPUs on]",
 )
 @click.option(
     "--threads",

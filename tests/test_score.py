@@ -212,7 +212,25 @@ def test_handler_refusals_are_rejects(models: Models, tmp_path: Path) -> None:
     assert rejects[0]["reason"] == "the model's handler refused the request: a negative measurement"
 
 
-def test_two_workers_give_the_same_bytes(models: Models, tmp_path: Path) -> None:
+@pytest.mark.parametrize("handler", [None, "identity_handler.py"])
+def test_two_workers_give_the_same_bytes(
+    models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, handler: str | None
+) -> None:
+    """Lanes are threads of this process; with a handler (Python, which holds the GIL) the second
+    is a process. Either way the parts are the bytes one lane writes."""
+    (models.folder / "identity_handler.py").write_text(  # the file's 30 columns become the model's input
+        "import numpy as np\n"
+        "def preprocess(request):\n"
+        "    return {'input': np.stack([request.inputs[f'f{i:02d}'] for i in range(30)], axis=1)}\n"
+    )
+    pools: list[int] = []
+    real = engine.ProcessPoolExecutor
+
+    def counted(workers: int, **kwargs: Any) -> Any:
+        pools.append(workers)
+        return real(workers, **kwargs)
+
+    monkeypatch.setattr(engine, "ProcessPoolExecutor", counted)
     x = np.tile(models.cancer, (4, 1))
     pq.write_table(table_of(x, np.arange(len(x))), tmp_path / "in.parquet")
     outs = []
@@ -220,7 +238,7 @@ def test_two_workers_give_the_same_bytes(models: Models, tmp_path: Path) -> None
         out = tmp_path / f"out{workers}"
         score(
             prepare(
-                cancer_model(models),
+                cancer_model(models, handler=handler),
                 models.folder,
                 [str(tmp_path / "in.parquet")],
                 out,
@@ -229,6 +247,79 @@ def test_two_workers_give_the_same_bytes(models: Models, tmp_path: Path) -> None
         )
         outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert len(outs[0]) == 7 and outs[0] == outs[1]  # 6 parts and the manifest
+    assert pools == ([1] if handler else [])
+
+
+def test_a_failed_write_is_the_error_and_its_part_is_never_committed(
+    models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part's commit queues behind its last write: when a write fails, the run ends with that
+    write's error, the part stays uncommitted, and the parts before it stay done."""
+    from mlops_iac.scoring import writers
+
+    pq.write_table(table_of(models.cancer, np.arange(len(models.cancer))), tmp_path / "in.parquet")
+    real, calls = writers.PartWriter.write, []
+
+    def failing(self: Any, ids: pa.Table, outputs: dict[str, np.ndarray]) -> None:
+        calls.append(self.path.name)
+        if len(calls) == 4:  # the last batch of the second part
+            raise OSError(28, "No space left on device")
+        real(self, ids, outputs)
+
+    monkeypatch.setattr(writers.PartWriter, "write", failing)
+    settings = Settings(batch_size=50, part_rows=100, threads=1)
+    job = prepare(cancer_model(models), models.folder, [str(tmp_path / "in.parquet")], tmp_path / "out", settings)
+    with pytest.raises(OSError, match="No space left on device"):
+        score(job)
+    assert calls[3] == "part-00001.parquet"
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [p["status"] for p in manifest["parts"][:2]] == ["done", "pending"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "part-00000.parquet"]
+
+
+def test_a_failed_lane_ends_the_run_while_the_others_score(
+    models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part that fails stops every lane at its next batch; the other lane does not score the
+    remaining parts first. 18 parts of 30 one-row batches; part 1 fails at its first write."""
+    from mlops_iac.scoring import writers
+
+    pq.write_table(table_of(models.cancer[:540], np.arange(540)), tmp_path / "in.parquet")
+    real = writers.PartWriter.write
+
+    def failing(self: Any, ids: pa.Table, outputs: dict[str, np.ndarray]) -> None:
+        if self.path.name == "part-00001.parquet":
+            raise OSError(5, "Input/output error")
+        real(self, ids, outputs)
+
+    monkeypatch.setattr(writers.PartWriter, "write", failing)
+    settings = Settings(batch_size=1, part_rows=30, workers=2, threads=1)
+    job = prepare(cancer_model(models), models.folder, [str(tmp_path / "in.parquet")], tmp_path / "out", settings)
+    with pytest.raises(OSError, match="Input/output error"):
+        score(job)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["summary"]["parts"] == 18 and manifest["summary"]["parts_done"] < 9
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_scoring_numbers_never_imports_pandas(models: Models, tmp_path: Path) -> None:
+    """pyarrow's own conversions import pandas where it is installed (half a second of each
+    run's start-up); a Parquet run of number columns goes through the buffers instead."""
+    pq.write_table(table_of(models.cancer, np.arange(len(models.cancer))), tmp_path / "in.parquet")
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from mlops_iac.scoring import Settings, prepare, score\n"
+        "from mlops_iac.serving.config import ModelConfig\n"
+        "model = ModelConfig.model_validate_json(sys.argv[1])\n"
+        "job = prepare(model, Path(sys.argv[2]), [sys.argv[3]], Path(sys.argv[4]), Settings(batch_size=100))\n"
+        "assert score(job).rows_out == 569\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    args = [cancer_model(models).model_dump_json(), str(models.folder), str(tmp_path / "in.parquet")]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args, str(tmp_path / "out")], check=True, capture_output=True, text=True
+    )
+    assert done.stdout.strip() == "False"
 
 
 def test_workers_times_threads_fit_the_cpus(models: Models, tmp_path: Path) -> None:
@@ -245,13 +336,13 @@ def test_workers_times_threads_fit_the_cpus(models: Models, tmp_path: Path) -> N
 
 
 def test_workers_default_to_one_per_four_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without --workers, one process per 4 CPUs this process may use (its quota, else its
-    affinity), at least one: the figure measured on 16 cores (see CPUS_PER_WORKER)."""
+    """Without --workers, one lane per 4 CPUs this process may use (its quota, else its
+    affinity), and two from 2 CPUs on: the figures measured on 16 and 2 cores (see CPUS_PER_WORKER)."""
     seen = {}
     for cpus in (1, 2, 7, 8, 16, 33):
         monkeypatch.setattr(engine, "cpu_limit", lambda cpus=cpus: cpus)
         seen[cpus] = default_workers()
-    assert seen == {1: 1, 2: 1, 7: 1, 8: 2, 16: 4, 33: 8}
+    assert seen == {1: 1, 2: 2, 7: 2, 8: 2, 16: 4, 33: 8}
     # --threads without --workers: as many workers as fit, never more threads than CPUs.
     assert (default_workers(8), default_workers(3), default_workers(64)) == (4, 11, 1)  # 33 CPUs
 
@@ -300,8 +391,9 @@ def test_sigkill_then_resume_gives_identical_bytes(models: Models, tmp_path: Pat
     chance = random.Random(22)
     for k, after in enumerate((0, 4, 9, 15)):
         out = tmp_path / f"killed-{k}"
+        lanes = ("--workers", str(1 + k % 2))  # a kill amid two lanes' parts too; the resume has one
         process = subprocess.Popen(
-            _entrypoint(models, tmp_path, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            _entrypoint(models, tmp_path, out, *lanes), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         while _done_parts(out / "manifest.json") < after and process.poll() is None:
             time.sleep(0.001)
@@ -359,12 +451,12 @@ def test_the_manifest_says_complete_only_after_the_parts_are_durable(
 
 
 def test_a_stopped_part_is_abandoned_at_its_next_batch(models: Models, tmp_path: Path) -> None:
-    """Ctrl-C or a failed part elsewhere sets the stop: the part on this process's thread ends at
-    its next batch, with nothing committed, instead of scoring to its end first."""
+    """Ctrl-C or a failed part elsewhere sets the stop: the lane here ends at its next batch, with
+    nothing committed, instead of scoring its part to the end first."""
     import threading
 
     from mlops_iac.scoring.engine import parts
-    from mlops_iac.scoring.part import score_part
+    from mlops_iac.scoring.part import score_lane
 
     pq.write_table(table_of(models.cancer, np.arange(len(models.cancer))), tmp_path / "in.parquet")
     settings = Settings(batch_size=50, part_rows=10_000, threads=1)
@@ -372,13 +464,15 @@ def test_a_stopped_part_is_abandoned_at_its_next_batch(models: Models, tmp_path:
     (tmp_path / "out").mkdir()
     stop = threading.Event()
     batches: list[int] = []
+    claims = iter(parts(job))
 
-    def progress(rows: int) -> None:
-        batches.append(rows)
+    def emit(kind: str, value: Any) -> None:
+        assert kind == "rows", "no part may finish"
+        batches.append(value)
         stop.set()  # as the main thread does on Ctrl-C, while the part is being scored
 
     with pytest.raises(MlopsIacError, match="part-00000: stopped before it was complete"):
-        score_part(job, parts(job)[0], progress, stop)
+        score_lane(job, lambda: next(claims, None), emit, stop)
     assert len(batches) <= 2  # the batch written when the stop came, and the one in flight
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
 

@@ -18,7 +18,7 @@ import multiprocessing
 import queue
 import threading
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,20 +29,25 @@ from ..serving.workers import cpu_limit
 from .features import default_ids, plan_inputs
 from .jobs import Job, Part, PartResult, Progress, ScoringError, Settings, Summary, summarize
 from .manifest import finished, header, make_durable, manifest_path, write_manifest
-from .part import runtime_of, score_part
+from .part import Emit, runtime_of, score_lane
 from .sources import expand, open_source
 from .writers import OUTPUT_FORMATS
 
-# Measured on 16 cores (benchmarks/batch.py, a 100-tree RandomForest): 4 workers of 4
-# onnxruntime threads scored 1.33x (10k-row batches) to 2.23x (100k) one worker of 16
-# threads, and 8 workers of 2 no more than 4. Below 8 CPUs one worker keeps them busy.
+# Measured with benchmarks/batch.py (a 100-tree RandomForest). On 16 cores, with lanes in
+# processes then: 4 lanes of 4 onnxruntime threads scored 1.33x (10k-row batches) to 2.23x
+# (100k) one lane of 16 threads, and 8 lanes of 2 no more than 4. On 2 cores, lanes in
+# threads: 2 lanes of 1 thread scored 1.11x (10k) one lane of 2, each lane's run covering the
+# other's reading and writing. Each lane holds its own session, so lanes cost memory.
 CPUS_PER_WORKER = 4
 
 
 def default_workers(threads: int | None = None) -> int:
-    """The processes `score` uses unless told: one per 4 CPUs this process may use (one per
-    `threads` CPUs when those are given, so workers x threads stays within the CPUs), at least 1."""
-    return max(1, cpu_limit() // (threads or CPUS_PER_WORKER))
+    """The lanes `score` uses unless told: one per 4 CPUs this process may use, and 2 from 2 CPUs
+    on. Given `threads`, one per `threads` CPUs, so lanes x threads stays within the CPUs. At least 1."""
+    cpus = cpu_limit()
+    if threads:
+        return max(1, cpus // threads)
+    return max(min(2, cpus), cpus // CPUS_PER_WORKER)
 
 
 def prepare(model: ModelConfig, base: Path, inputs: list[str], out: Path, settings: Settings) -> Job:
@@ -123,68 +128,101 @@ def _clean_temporaries(out: Path) -> None:
 
 
 def _execute(job: Job, todo: list[Part], progress: Progress | None) -> Iterator[PartResult]:
-    if job.settings.workers == 1 or len(todo) <= 1:
-        for part in todo:
-            yield score_part(job, part, progress)
+    """The results of `todo`'s parts as they finish, from `workers` lanes that each claim the
+    next part when ready for one.
+
+    The lanes are threads of this process, each with its own session: onnxruntime, Arrow's
+    reading and writing and NumPy's copies run without the GIL, which the rest of a batch
+    holds for about a millisecond. Threads start at once, where a process takes a second
+    (Python, pyarrow, onnxruntime, the model) that a run of minutes still feels on many
+    cores. A handler is Python, which holds the GIL: with one, the other lanes are processes."""
+    lanes = min(job.settings.workers, len(todo))
+    channels: tuple[Any, Any, Any]
+    if lanes <= 1 or job.model.handler is None:
+        channels = (queue.Queue(), queue.Queue(), threading.Event())
+        yield from _run_lanes(job, todo, channels, max(lanes, 1), None, progress)
         return
-    yield from _in_processes(job, todo, progress)
-
-
-_QUEUE: Any = None
-
-
-def _init_worker(rows: Any) -> None:
-    global _QUEUE
-    _QUEUE = rows
-
-
-def _work(job: Job, part: Part) -> PartResult:
-    return score_part(job, part, _QUEUE.put)
-
-
-def _in_processes(job: Job, todo: list[Part], progress: Progress | None) -> Iterator[PartResult]:
-    """Parts dealt to `workers - 1` processes and to this one, on a thread, with the session
-    `prepare` loaded: it scores from the first second while the others start (seconds: Python,
-    pyarrow, the model), so their start-up costs the run its CPU time, not a wait."""
     # spawn, not fork: onnxruntime's thread pools do not survive a fork.
     context = multiprocessing.get_context("spawn")
-    rows = context.Queue()
-    others = job.settings.workers - 1
-    with (
-        ProcessPoolExecutor(others, mp_context=context, initializer=_init_worker, initargs=(rows,)) as pool,
-        ThreadPoolExecutor(1, thread_name_prefix="mlops-iac-part") as here,
-    ):
-        pending: set[Future[PartResult]] = set()
-        mine: Future[PartResult] | None = None
-        waiting = list(reversed(todo))
-        # Ctrl-C reaches the main thread only, and a failed part ends the run: either way the
-        # part on this process's thread stops at its next batch, not after its last.
-        stop = threading.Event()
+    channels = (context.Queue(), context.Queue(), context.Event())
+    with ProcessPoolExecutor(lanes - 1, mp_context=context, initializer=_init_worker, initargs=channels) as pool:
+        yield from _run_lanes(job, todo, channels, 1, (pool, lanes - 1), progress)
+
+
+def _run_lanes(
+    job: Job,
+    todo: list[Part],
+    channels: tuple[Any, Any, Any],
+    here: int,
+    processes: tuple[ProcessPoolExecutor, int] | None,
+    progress: Progress | None,
+) -> Iterator[PartResult]:
+    """`here` lanes on threads of this process, the first with the session `prepare` loaded, and
+    any in processes: this process scores from the first second while they start, so their
+    start-up costs the run its CPU time, not a wait. The parts are queued in order, then one
+    end mark per lane."""
+    claims, events, stop = channels
+    pool, others = processes if processes is not None else (None, 0)
+    for part in todo:
+        claims.put(part)
+    for _ in range(here + others):
+        claims.put(None)
+    with ThreadPoolExecutor(here, thread_name_prefix="mlops-iac-lane") as threads:
+        lanes = [threads.submit(score_lane, job, claims.get, _emitter(events), stop, i) for i in range(here)]
+        lanes += [pool.submit(_lane, job) for _ in range(others)] if pool is not None else []
+        # Ctrl-C reaches the main thread only, and a failed part ends the run: either way every
+        # lane stops at its next batch instead of scoring its part to the end.
         try:
-            while waiting or pending:
-                if waiting and (mine is None or mine.done()):
-                    mine = here.submit(score_part, job, waiting.pop(), progress, stop)
-                    pending.add(mine)
-                # One part per process at a time: a part queued ahead to a worker still starting
-                # would wait there while this process could have scored it.
-                while waiting and len(pending) < 1 + others:
-                    pending.add(pool.submit(_work, job, waiting.pop()))
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(rows, progress)
-                for future in finished:
-                    yield future.result()
+            yield from _collect(events, lanes, len(todo), progress)
         finally:
             stop.set()
-            for future in pending:
-                future.cancel()
-        _drain(rows, progress)
 
 
-def _drain(rows: Any, progress: Progress | None) -> None:
-    while True:
+def _collect(events: Any, lanes: list[Future[None]], expected: int, progress: Progress | None) -> Iterator[PartResult]:
+    received = 0
+    while received < expected:
+        for lane in lanes:
+            if lane.done():
+                lane.result()  # a failed lane's error ends the run, while the others still score
         try:
-            count = rows.get_nowait()
+            kind, value = events.get(timeout=0.2)
         except queue.Empty:
-            return
-        if progress is not None:
-            progress(count)
+            if all(lane.done() for lane in lanes):
+                kind, value = _late(events, expected - received)
+            else:
+                continue
+        if kind == "rows":
+            if progress is not None:
+                progress(value)
+        else:
+            received += 1
+            yield value
+
+
+def _late(events: Any, missing: int) -> tuple[str, Any]:
+    """Every lane ended well, so its events are in the queue's pipe: wait for them, but not forever."""
+    try:
+        return events.get(timeout=30)  # type: ignore[no-any-return]
+    except queue.Empty:
+        raise MlopsIacError(f"the scoring lanes ended but {missing} parts were never reported") from None
+
+
+def _emitter(events: Any) -> Emit:
+    def emit(kind: str, value: Any) -> None:
+        events.put((kind, value))
+
+    return emit
+
+
+_LANE: tuple[Any, Any, Any] | None = None  # a worker process's claims, events and stop
+
+
+def _init_worker(claims: Any, events: Any, stop: Any) -> None:
+    global _LANE
+    _LANE = (claims, events, stop)
+
+
+def _lane(job: Job) -> None:
+    assert _LANE is not None
+    claims, events, stop = _LANE
+    score_lane(job, claims.get, _emitter(events), stop)

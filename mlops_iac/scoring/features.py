@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from ..errors import MlopsIacError
 from ..serving.protocol import DTYPES
 from ..serving.runtime import TensorSpec
+from .arrow import exact_view
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,9 @@ def _scalar(column: Any, name: str, dtype: np.dtype[Any] | None, reasons: dict[i
         dtype = np.dtype(np.float64) if pa.types.is_string(column.type) else None
         if dtype is None:
             return np.asarray(_nulls_rejected(column, name, reasons).to_numpy(zero_copy_only=False))
+    exact = exact_view(column, dtype)
+    if exact is not None:  # numbers without nulls, read as they lie: the common case, kept cheap
+        return exact
     target = pa.from_numpy_dtype(dtype) if dtype.kind != "O" else pa.string()
     if column.null_count:
         for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)):

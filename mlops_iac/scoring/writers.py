@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from ..serving.protocol import DTYPES
 from ..serving.runtime import ModelRuntime, TensorSpec, sha256_of
+from .arrow import to_arrow
 
 OUTPUT_FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 METADATA_PREFIX = "mlops-iac."
@@ -42,11 +43,11 @@ def _arrow_type(spec: TensorSpec) -> pa.DataType:
 
 def _column(values: np.ndarray, kind: pa.DataType | None) -> pa.Array:
     if values.ndim <= 1:
-        return pa.array(values, kind)
-    flat = pa.array(values.reshape(-1), kind.value_type if kind is not None else None)
+        return to_arrow(values, kind)
+    flat = to_arrow(values.reshape(-1), kind.value_type if kind is not None else None)
     width = int(np.prod(values.shape[1:]))
     if kind is not None and pa.types.is_list(kind):
-        offsets = pa.array(np.arange(0, len(flat) + 1, width, dtype=np.int32))
+        offsets = to_arrow(np.arange(0, len(flat) + 1, width, dtype=np.int32))
         return pa.ListArray.from_arrays(offsets, flat)
     return pa.FixedSizeListArray.from_arrays(flat, width)
 
