@@ -277,6 +277,26 @@ def test_a_failed_write_is_the_error_and_its_part_is_never_committed(
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "part-00000.parquet"]
 
 
+def test_a_lane_failing_while_the_run_waits_gives_its_own_error(
+    models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The only lane fails while the main thread waits for its next event: the run ends with the
+    lane's error, not with one about events that never came (found by review)."""
+    from mlops_iac.scoring import writers
+
+    pq.write_table(table_of(models.cancer, np.arange(len(models.cancer))), tmp_path / "in.parquet")
+
+    def failing(self: Any, ids: pa.Table, outputs: dict[str, np.ndarray]) -> None:
+        time.sleep(0.5)  # a slow disk: longer than the main thread's wait for an event
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writers.PartWriter, "write", failing)
+    settings = Settings(batch_size=50, part_rows=100, threads=1, workers=1)
+    job = prepare(cancer_model(models), models.folder, [str(tmp_path / "in.parquet")], tmp_path / "out", settings)
+    with pytest.raises(OSError, match="Input/output error"):
+        score(job)
+
+
 def test_a_failed_lane_ends_the_run_while_the_others_score(
     models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

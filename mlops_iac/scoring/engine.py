@@ -181,12 +181,11 @@ def _run_lanes(
 def _collect(events: Any, lanes: list[Future[None]], expected: int, progress: Progress | None) -> Iterator[PartResult]:
     received = 0
     while received < expected:
-        for lane in lanes:
-            if lane.done():
-                lane.result()  # a failed lane's error ends the run, while the others still score
+        _raise_failed(lanes)  # a failed lane's error ends the run, while the others still score
         try:
             kind, value = events.get(timeout=0.2)
         except queue.Empty:
+            _raise_failed(lanes)  # one that failed during the wait: its error, not a late event's
             if all(lane.done() for lane in lanes):
                 kind, value = _late(events, expected - received)
             else:
@@ -197,6 +196,12 @@ def _collect(events: Any, lanes: list[Future[None]], expected: int, progress: Pr
         else:
             received += 1
             yield value
+
+
+def _raise_failed(lanes: list[Future[None]]) -> None:
+    for lane in lanes:
+        if lane.done():
+            lane.result()
 
 
 def _late(events: Any, missing: int) -> tuple[str, Any]:
