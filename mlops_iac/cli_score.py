@@ -58,7 +58,7 @@ from .workspace import cached_onnx, onnx_artifact, project_registry, root_of
     default=0,
     help="Lanes scoring parts (threads with their own session; processes beside a Python handler); "
     "each runs onnxruntime on CPUs/N threads. "
-    "[default: 0, one per 4 CPUs this process may use, at least 2 from 2 CPUs on]",
+    "[default: 0, one per 4 CPUs this process may use, at least 1]",
 )
 @click.option(
     "--threads",

@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=10_000)
     p.add_argument("--part-rows", type=int, default=100_000)
     # One by default: a pod's memory is sized for one session; Jobs scale out with parallelism.
-    p.add_argument("--workers", type=int, default=1, help="0: one lane per 4 CPUs, at least 2 from 2 CPUs on")
+    p.add_argument("--workers", type=int, default=1, help="0: one lane per 4 CPUs this process may use")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--error-threshold", type=int, default=0)
     p.add_argument("--id", dest="ids", action="append", default=None)

@@ -36,18 +36,16 @@ from .writers import OUTPUT_FORMATS
 # Measured with benchmarks/batch.py (a 100-tree RandomForest). On 16 cores, with lanes in
 # processes then: 4 lanes of 4 onnxruntime threads scored 1.33x (10k-row batches) to 2.23x
 # (100k) one lane of 16 threads, and 8 lanes of 2 no more than 4. On 2 cores, lanes in
-# threads: 2 lanes of 1 thread scored 1.11x (10k) one lane of 2, each lane's run covering the
-# other's reading and writing. Each lane holds its own session, so lanes cost memory.
+# threads: 2 lanes of 1 thread scored 0.96-1.12x (10k, three runs) one lane of 2, each
+# lane's run covering the other's reading and writing: too little for a second copy of the
+# model in memory by default (each lane holds a session).
 CPUS_PER_WORKER = 4
 
 
 def default_workers(threads: int | None = None) -> int:
-    """The lanes `score` uses unless told: one per 4 CPUs this process may use, and 2 from 2 CPUs
-    on. Given `threads`, one per `threads` CPUs, so lanes x threads stays within the CPUs. At least 1."""
-    cpus = cpu_limit()
-    if threads:
-        return max(1, cpus // threads)
-    return max(min(2, cpus), cpus // CPUS_PER_WORKER)
+    """The lanes `score` uses unless told: one per 4 CPUs this process may use (one per `threads`
+    CPUs when those are given, so lanes x threads stays within the CPUs), at least 1."""
+    return max(1, cpu_limit() // (threads or CPUS_PER_WORKER))
 
 
 def prepare(model: ModelConfig, base: Path, inputs: list[str], out: Path, settings: Settings) -> Job:
