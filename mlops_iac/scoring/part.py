@@ -71,7 +71,7 @@ def score_lane(job: Job, claim: Claim, emit: Emit, stop: threading.Event, lane: 
                     raise MlopsIacError(f"{part.name}: stopped before it was complete")
                 if files is None:
                     unfinished = [f for f in unfinished if not f.committed]
-                    files = _Files.open(job, part, runtime)
+                    files = _Files(job, part, runtime)
                     unfinished.append(files)
                 if item is None:  # the part's end
                     inflight.append(writes.submit(_Commit(files, emit)))
@@ -108,25 +108,19 @@ def _claimed(
 class _Files:
     """One part's output and rejects files, and its row counts, while it is being written."""
 
-    def __init__(self, job: Job, part: Part, output: PartWriter, rejects: PartWriter) -> None:
-        self.part, self.source = part, job.sources[part.input]
-        self.ids = job.ids[part.input]
+    def __init__(self, job: Job, part: Part, runtime: ModelRuntime) -> None:
+        self.part, self.source, self.ids = part, job.sources[part.input], job.ids[part.input]
         self.keep_row = not self.ids
-        self.output, self.rejects = output, rejects
+        meta = {"model": job.model.name, "version": str(job.model.version), "digest": job.model.digest or ""}
+        schema = None  # a handler's outputs: the first batch fixes the schema
+        if runtime.postprocess is None:
+            schema = output_schema(self.source.schema, self.ids, self.keep_row, runtime)
+        fmt, suffix = job.settings.format, OUTPUT_FORMATS[job.settings.format]
+        self.output = PartWriter(job.out / f"{part.name}.{suffix}", fmt, meta, schema)
+        self.rejects = PartWriter(job.out / f"rejects-{part.index:05d}.{suffix}", fmt, meta, None)
         self.rows_in = self.rows_out = self.rejected = 0
         self.written = 0  # rows whose write finished: a commit queued behind a failed write refuses
         self.committed = False
-
-    @classmethod
-    def open(cls, job: Job, part: Part, runtime: ModelRuntime) -> _Files:
-        ids = job.ids[part.input]
-        source = job.sources[part.input]
-        meta = {"model": job.model.name, "version": str(job.model.version), "digest": job.model.digest or ""}
-        schema = output_schema(source.schema, ids, not ids, runtime) if runtime.postprocess is None else None
-        suffix = OUTPUT_FORMATS[job.settings.format]
-        output = PartWriter(job.out / f"{part.name}.{suffix}", job.settings.format, meta, schema)
-        rejects = PartWriter(job.out / f"rejects-{part.index:05d}.{suffix}", job.settings.format, meta, None)
-        return cls(job, part, output, rejects)
 
     def abort(self) -> None:
         self.output.abort()
@@ -183,9 +177,9 @@ class _Commit:
 
 def _rows(table: pa.Table, ids: tuple[str, ...], keep: np.ndarray, start: int, keep_row: bool) -> pa.Table:
     """The id columns of the scored rows (and their row numbers in the file when there is no id)."""
-    chosen = table.select(list(ids))
-    if len(keep) != table.num_rows:
-        chosen = chosen.take(to_arrow(keep.astype(np.int64)))
+    chosen, rows = table.select(list(ids)), keep.astype(np.int64, copy=False)
+    if len(rows) != table.num_rows:
+        chosen = chosen.take(to_arrow(rows))
     if keep_row:
-        chosen = chosen.append_column("row", to_arrow(keep.astype(np.int64) + start))
+        chosen = chosen.append_column("row", to_arrow(rows + start))
     return chosen
