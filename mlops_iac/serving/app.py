@@ -208,9 +208,15 @@ class Server:
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
             if name == b"authorization":
-                assert self.key is not None
-                return hmac.compare_digest(value, self.key)  # constant time
+                return self.key_matches(value)
         return False
+
+    def key_matches(self, credentials: bytes) -> bool:
+        """`Bearer <key>`, the scheme in any case (RFC 9110: auth schemes are case-insensitive)."""
+        assert self.key is not None
+        scheme, _, token = credentials.partition(b" ")
+        # self.key is b"Bearer " + the key; the token is compared in constant time.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.lstrip(b" "), self.key[7:])
 
     async def model_route(self, scope: Scope, path: str, method: str, receive: Receive, send: Send) -> None:
         # parts: [name] [versions, v] [infer | ready | config | stats]

@@ -11,7 +11,6 @@ status, and never take the server down.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +38,7 @@ CODES = {
     415: grpc.StatusCode.INVALID_ARGUMENT,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+GRPC_IDLE_MS = 300_000
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
@@ -92,13 +92,12 @@ class InferenceService:
         return metadata_of(doc)
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
-        key = self.server.key
-        if key is None:
+        if self.server.key is None:
             return
         for name, value in context.invocation_metadata() or ():
             if name == "authorization":
                 given = value.encode() if isinstance(value, str) else value
-                if hmac.compare_digest(given, key):  # constant time
+                if self.server.key_matches(given):  # constant time
                     return
                 break
         raise ClientError(401, "missing or wrong API key (metadata authorization: Bearer <key>)")
@@ -144,6 +143,11 @@ async def start(server: Server, host: str, port: int) -> grpc.aio.Server:
             ("grpc.max_send_message_length", -1),
             # Without this, a second server on a busy port shares it silently (SO_REUSEPORT).
             ("grpc.so_reuseport", 0),
+            # A connection that never finishes its HTTP/2 preface is closed like a REST one that
+            # never finishes its head; one with no call open, after 5 minutes (GOAWAY: clients
+            # reconnect on their next call). A call whose message stalls is held until its deadline.
+            ("grpc.server_handshake_timeout_ms", round(server.config.header_timeout_s * 1000)),
+            ("grpc.max_connection_idle_ms", GRPC_IDLE_MS),
         ]
     )
     listener.add_generic_rpc_handlers((InferenceService(server).handler(),))
