@@ -50,6 +50,24 @@ from .workspace import cached_onnx, onnx_artifact, project_registry
     "for, else 1); never more than the CPUs this machine or container allows.",
 )
 @click.option(
+    "--header-timeout",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=None,
+    help="Seconds a connection has to send a whole request head (default 10).",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=None,
+    help="Seconds a request body may stall before its connection is closed (default 30).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Open REST connections per worker; more get a 503 (default: the open-file limit less 256).",
+)
+@click.option(
     "--write-config",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -63,6 +81,9 @@ def serve(
     port: int | None,
     grpc_port: int | None,
     workers: int | None,
+    header_timeout: float | None,
+    body_timeout: float | None,
+    max_connections: int | None,
     write_config: Path | None,
 ) -> None:
     """Serve models over the Open Inference Protocol v2 (KServe/Triton REST) on onnxruntime.
@@ -83,8 +104,13 @@ def serve(
         config, target = _from_deployments(registry, ws, deployments)
     if grpc_port is not None:
         config = config.model_copy(update={"grpc_port": grpc_port})
-    if workers is not None:
-        config = config.model_copy(update={"workers": workers})
+    overrides = {
+        "workers": workers,
+        "header_timeout_s": header_timeout,
+        "body_timeout_s": body_timeout,
+        "max_connections": max_connections,
+    }
+    config = config.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if write_config is not None:
         write_config.write_text(canonical_json(config.model_dump(mode="json")))
         click.echo(f"wrote {write_config}")

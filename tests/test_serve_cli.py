@@ -37,6 +37,16 @@ def test_serve_adhoc_refs_and_errors(converted: Path) -> None:
     assert missing.exit_code == 1 and "run `mlops-iac convert iris@2` first" in missing.output
 
 
+def test_serve_flags_set_the_connection_limits(converted: Path) -> None:
+    flags = ["--header-timeout", "2", "--body-timeout", "5", "--max-connections", "300"]
+    result = CliRunner().invoke(main, ["serve", *flags, "--write-config", "limits.json"])
+    assert result.exit_code == 0, result.output
+    config = ServerConfig.model_validate_json((converted / "limits.json").read_text())
+    assert (config.header_timeout_s, config.body_timeout_s, config.max_connections) == (2.0, 5.0, 300)
+    refused = CliRunner().invoke(main, ["serve", "--header-timeout", "0", "--write-config", "x.json"])
+    assert refused.exit_code == 2 and "--header-timeout" in refused.output
+
+
 def test_quickstart_client_stops_waiting_when_the_server_has_exited() -> None:
     """run.sh passes the server's PID to predict.py: a server that died (a busy port) ends the
     wait at once, with a reason, instead of a minute of polling a port nobody serves."""

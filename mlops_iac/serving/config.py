@@ -13,6 +13,8 @@ from ..contract import API_KEY_ENV as API_KEY_ENV
 from ..contract import SETTINGS_ENV as SETTINGS_ENV
 
 DEFAULT_MAX_BODY = 64 * 2**20
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
 
 
 class Settings(BaseModel):
@@ -92,6 +94,26 @@ class ServerConfig(Settings):
         description="Server processes (0: one per CPU); never more "
         "than the CPUs the container may use (its CPU quota). REST on every one, gRPC on the first.",
     )
+    header_timeout_s: float = Field(
+        DEFAULT_HEADER_TIMEOUT,
+        gt=0,
+        le=3600,
+        description="Seconds a connection has to send a whole request head, from its opening or the "
+        "end of its previous answer; then it is closed (408 when part of a head came).",
+    )
+    body_timeout_s: float = Field(
+        DEFAULT_BODY_TIMEOUT,
+        gt=0,
+        le=3600,
+        description="Seconds a request body may go without a byte before its connection is closed (408).",
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Open REST connections per worker; one more is answered 503 and closed at once. "
+        "Default: the open-file limit less a reserve for everything else (serving/guard.py).",
+    )
 
     @model_serializer(mode="wrap")
     def _leave_out_the_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -102,7 +124,17 @@ class ServerConfig(Settings):
             del data["workers"]
         if not data.get("mirrors"):  # likewise without a shadow served elsewhere
             data.pop("mirrors", None)
+        for name, default in _UNWRITTEN_DEFAULTS:  # and with the connection limits as they come
+            if data.get(name, default) == default:
+                data.pop(name, None)
         return data
+
+
+_UNWRITTEN_DEFAULTS = (
+    ("header_timeout_s", DEFAULT_HEADER_TIMEOUT),
+    ("body_timeout_s", DEFAULT_BODY_TIMEOUT),
+    ("max_connections", None),
+)
 
 
 def workers_for(cpu_millis: int, threads: int, collection: CollectionConfig) -> int:

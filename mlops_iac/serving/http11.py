@@ -12,7 +12,8 @@ every request; what changes is the way from a parsed request to its answer:
   (benchmarks/request_path.py). Whatever is not the common case (a batcher that would merge
   it, an unknown model, a compressed or large body, 100-continue, a request pipelined behind
   one still running) goes the ASGI way as before, with its task started then; the HTTP
-  parsing, limits and timeouts are uvicorn's either way.
+  parsing and limits are uvicorn's either way, and so are the slow-client timeouts and the
+  connection cap of guard.py, which sit under both.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 
 
 def protocol_class(server: Server | None = None) -> type:
-    """uvicorn's httptools protocol, with three changes:
+    """uvicorn's httptools protocol, with guard.py's timeouts and cap (from the server's
+    settings), and three changes:
 
     - HTTP/1.0 connections that ask for keep-alive are kept (uvicorn closes every HTTP/1.0
       connection; nginx speaks HTTP/1.0 to upstreams by default);
@@ -40,9 +42,12 @@ def protocol_class(server: Server | None = None) -> type:
     from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    cycle_class = _one_write_cycle()
+    from .guard import guarded, limits_of
 
-    class ServingProtocol(HttpToolsProtocol):
+    cycle_class = _one_write_cycle()
+    base = HttpToolsProtocol if server is None else guarded(HttpToolsProtocol, limits_of(server.config))
+
+    class ServingProtocol(base):  # type: ignore[misc, valid-type]
         deferring = False  # inside on_headers_complete, for a request the server may answer directly
         deferred: Any = None  # (cycle, app) whose task waits for the whole body
         pending: Any = None  # (handle, deferred, body) of an answer waiting for the loop's turn

@@ -137,7 +137,7 @@ def serve_one(
                     host=host,
                     port=config.metrics_port,
                     loop="uvloop",
-                    http="httptools",
+                    http=metrics_protocol(config),
                     lifespan="off",
                     log_level=log_level,
                     access_log=False,
@@ -188,6 +188,15 @@ async def _together(
         if side is not None and metrics is not None:
             side.should_exit = True
             await metrics
+
+
+def metrics_protocol(config: ServerConfig) -> type:
+    """The metrics listener's protocol: httptools, with the main listener's timeouts and a small cap."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from .guard import METRICS_CONNECTIONS, guarded, limits_of
+
+    return guarded(HttpToolsProtocol, limits_of(config, METRICS_CONNECTIONS))
 
 
 def _main_server() -> type:
