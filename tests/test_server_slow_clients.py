@@ -33,17 +33,18 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
 
 
 @pytest.fixture(scope="module")
-def server(models: Models) -> Iterator[tuple[Running, int]]:
-    grpc_port = free_port()
+def server(models: Models) -> Iterator[tuple[Running, int, int]]:
+    grpc_port, metrics_port = free_port(), free_port()
     config = {
         "models": [model_entry(models, "iris")],
         "auth": True,
         "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
         "header_timeout_s": 0.5,
         "body_timeout_s": 0.5,
     }
     with running_server(models, config, env={"MLOPS_IAC_API_KEY": KEY}) as running:
-        yield running, grpc_port
+        yield running, grpc_port, metrics_port
 
 
 def connect(port: int) -> socket.socket:
@@ -86,7 +87,7 @@ def check_answer(server: Running, models: Models, authorization: str = f"Bearer 
     np.testing.assert_allclose(got["probabilities"], expected[1], rtol=1e-5)
 
 
-def test_slow_clients_are_closed_while_others_are_answered(server: tuple[Running, int], models: Models) -> None:
+def test_slow_clients_are_closed_while_others_are_answered(server: tuple[Running, int, int], models: Models) -> None:
     running = server[0]
     silent = connect(running.port)
     slowloris = connect(running.port)
@@ -103,7 +104,7 @@ def test_slow_clients_are_closed_while_others_are_answered(server: tuple[Running
     check_answer(running, models)
 
 
-def test_a_head_dripped_a_byte_at_a_time_is_closed_at_the_deadline(server: tuple[Running, int]) -> None:
+def test_a_head_dripped_a_byte_at_a_time_is_closed_at_the_deadline(server: tuple[Running, int, int]) -> None:
     sock = connect(server[0].port)
     sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nX-Slow: ")
     deadline = time.monotonic() + CLOSE_WITHIN
@@ -118,7 +119,7 @@ def test_a_head_dripped_a_byte_at_a_time_is_closed_at_the_deadline(server: tuple
     assert until_closed(sock).startswith(b"HTTP/1.1 408 ")
 
 
-def test_after_an_answer_the_next_head_has_the_header_timeout(server: tuple[Running, int], models: Models) -> None:
+def test_after_an_answer_the_next_head_has_the_header_timeout(server: tuple[Running, int, int], models: Models) -> None:
     sock = connect(server[0].port)
     body = infer_doc(models.iris[:1])
     sock.sendall(head("/v2/models/iris/infer", len(body)) + body)
@@ -130,8 +131,8 @@ def test_after_an_answer_the_next_head_has_the_header_timeout(server: tuple[Runn
     assert until_closed(sock).startswith(b"HTTP/1.1 408 ")
 
 
-def test_the_bearer_scheme_is_case_insensitive(server: tuple[Running, int], models: Models) -> None:
-    running, grpc_port = server
+def test_the_bearer_scheme_is_case_insensitive(server: tuple[Running, int, int], models: Models) -> None:
+    running, grpc_port, _ = server
     check_answer(running, models, f"bearer {KEY}")  # the direct path
     check_answer(running, models, f"BEARER  {KEY}")
     assert running.json("GET", "/v2/models/iris", Authorization=f"bearer {KEY}")[0] == 200  # the ASGI path
@@ -141,11 +142,21 @@ def test_the_bearer_scheme_is_case_insensitive(server: tuple[Running, int], mode
         assert client.get_model_metadata("iris", headers={"authorization": f"bearer {KEY}"}).name == "iris"
 
 
-def test_a_silent_grpc_connection_is_closed(server: tuple[Running, int]) -> None:
+def test_a_silent_grpc_connection_is_closed(server: tuple[Running, int, int]) -> None:
     # No HTTP/2 preface within the header timeout: grpc's GOAWAY, then the close.
     assert b"handshake timeout" in until_closed(connect(server[1]))
     with grpcclient.InferenceServerClient(f"127.0.0.1:{server[1]}") as client:
         assert client.is_server_live()
+
+
+def test_the_metrics_listener_closes_slow_clients_too(server: tuple[Running, int, int]) -> None:
+    silent, partial = connect(server[2]), connect(server[2])
+    partial.sendall(b"GET /metrics HTTP/1.1\r\n")
+    assert until_closed(silent) == b""
+    assert until_closed(partial).startswith(b"HTTP/1.1 408 ")
+    scrape = connect(server[2])
+    scrape.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert b"mlops_ready 1.0" in until_closed(scrape)
 
 
 def test_past_the_cap_connections_get_a_503_until_others_go(models: Models) -> None:
