@@ -96,7 +96,7 @@ def open_source(path: Path) -> Source:
     try:
         schema, rows = _SCHEMA[fmt](path)
     except (pa.ArrowInvalid, ValueError, OSError) as exc:
-        raise MlopsIacError(f"{path}: cannot read it as {fmt}: {exc}") from None
+        raise MlopsIacError(f"{path}: cannot read it as {fmt}: {one_line(exc)}") from None
     return Source(path, fmt, rows, schema, stat.st_size, stat.st_mtime_ns)
 
 
