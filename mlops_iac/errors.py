@@ -73,3 +73,11 @@ def did_you_mean(got: object, choices: Iterable[object]) -> str:
     """` (did you mean 'x'?)` for a near miss of one of `choices`, else nothing."""
     close = difflib.get_close_matches(str(got), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def one_line(exc: BaseException) -> str:
+    """What an OS or library error says, on one line: pyarrow's messages span several
+    ("Couldn't deserialize thrift: ...\\nDeserializing page header failed."), and the CLI
+    prints an error as one line."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__

@@ -23,12 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import MlopsIacError
+from ..errors import MlopsIacError, one_line
 from ..serving.config import ModelConfig
 from ..serving.workers import cpu_limit
 from .features import default_ids, plan_inputs
 from .jobs import Job, Part, PartResult, Progress, ScoringError, Settings, Summary, summarize
-from .manifest import finished, header, make_durable, manifest_path, write_manifest
+from .manifest import ManifestError, finished, header, make_durable, manifest_path, write_manifest
 from .part import Emit, runtime_of, score_lane
 from .sources import expand, open_source
 from .writers import OUTPUT_FORMATS
@@ -100,23 +100,42 @@ def score(job: Job, progress: Progress | None = None) -> Summary:
     todo = [p for p in mine if p.index not in done]
     state = {"header": head, "done": done}
     write_manifest(path, state, mine, None)
-    failed = None
+    failed, raised = None, False
     try:
-        for result in _execute(job, todo, progress):
-            done[result.index] = result
-            write_manifest(path, state, mine, None)  # the part counts as done from here on (never "complete")
-            rejects = sum(r.rejects for r in done.values())
-            if 0 <= job.settings.error_threshold < rejects:
-                failed = f"{rejects} rejected rows exceed --error-threshold {job.settings.error_threshold}"
-                break
+        failed = _score_parts(job, todo, progress, path, state, mine)
+    except Exception as exc:  # the manifest records why the run stopped, as the CLI prints it
+        failed, raised = _why(exc), True
+        raise
     finally:
         if failed is None and all(p.index in done for p in mine):
             make_durable(job.out, done.values())
-        write_manifest(path, state, mine, failed, final=True)  # "complete" only after make_durable
+        # "complete" only after make_durable. A manifest that cannot record a failure (the disk
+        # that failed the part is still full) keeps its last state, which is still true; the
+        # error raised says what failed.
+        with contextlib.suppress(ManifestError) if raised else contextlib.nullcontext():
+            write_manifest(path, state, mine, failed, final=True)
     summary = summarize(done, mine, len(mine) - len(todo), path, failed)
     if failed:
         raise ScoringError(f"{failed} (rejects in {job.out}/rejects-*; manifest {path})")
     return summary
+
+
+def _score_parts(
+    job: Job, todo: list[Part], progress: Progress | None, path: Path, state: dict[str, Any], mine: list[Part]
+) -> str | None:
+    """Score `todo`, each finished part recorded as it comes; why the run stopped early, if it did."""
+    done: dict[int, PartResult] = state["done"]
+    for result in _execute(job, todo, progress):
+        done[result.index] = result
+        write_manifest(path, state, mine, None)  # the part counts as done from here on (never "complete")
+        rejects = sum(r.rejects for r in done.values())
+        if 0 <= job.settings.error_threshold < rejects:
+            return f"{rejects} rejected rows exceed --error-threshold {job.settings.error_threshold}"
+    return None
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, MlopsIacError) else f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def _clean_temporaries(out: Path) -> None:

@@ -12,6 +12,7 @@ v2 request, and the handler's `preprocess` makes the model's inputs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,9 +174,30 @@ def _scalar(column: Any, name: str, dtype: np.dtype[Any] | None, reasons: dict[i
         cast = pc.cast(column, target, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         cast = _cast_each(column, name, target, reasons)
+    if dtype.kind == "f":
+        _overflows(column, cast, name, dtype, reasons)
     if cast.null_count:
         cast = cast.fill_null(pa.scalar(0 if dtype.kind != "O" else "", target))
     return np.asarray(cast.to_numpy(zero_copy_only=False)).astype(dtype, copy=False)
+
+
+def _overflows(column: pa.Array, cast: pa.Array, name: str, dtype: np.dtype[Any], reasons: dict[int, str]) -> None:
+    """A value too large for the model's float type casts to an infinity without complaint
+    ("1e400" as text, 1e300 into float32): that is a reject, not a score of inf. A value
+    that is an infinity (inf as text, or as a double) stays one."""
+    infinite = pc.is_inf(cast)
+    if not pc.any(infinite).as_py():  # the common case: one pass, no Python per row
+        return
+    for i in np.flatnonzero(infinite.fill_null(False).to_numpy(zero_copy_only=False)):
+        value = column[int(i)].as_py()
+        if not _is_infinity(value):
+            reasons.setdefault(int(i), f"column {name!r}: value {str(value)[:40]} overflows {dtype}")
+
+
+def _is_infinity(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower().lstrip("+-") in ("inf", "infinity")
+    return isinstance(value, float) and math.isinf(value)
 
 
 def _nulls_rejected(column: pa.Array, name: str, reasons: dict[int, str]) -> pa.Array:
@@ -208,14 +230,17 @@ def _lists(column: pa.Array, name: str, m: InputMap, reasons: dict[int, str]) ->
             f"column {name!r}: "
             + ("missing value" if lengths[i] < 0 else f"{int(lengths[i])} values; expected {width}"),
         )
+    # A bad value inside a list of the right length (missing, too large) rejects its row.
+    inner: dict[int, str] = {}
     if len(bad):  # keep the shape: placeholder rows of zeros, dropped later
         good = np.flatnonzero(lengths == width)
-        flat = _scalar(pc.list_flatten(column.take(pa.array(good))), name, m.dtype, {})
+        flat = _scalar(pc.list_flatten(column.take(pa.array(good))), name, m.dtype, inner)
+        for index in inner:
+            reasons.setdefault(int(good[index // width]), inner[index])
         out = np.zeros((rows, width), dtype=flat.dtype)
         out[good] = flat.reshape(len(good), width)
         return out
-    inner: dict[int, str] = {}
     flat = _scalar(pc.list_flatten(column), name, m.dtype, inner)
-    for index in inner:  # a missing value inside a list rejects its row
+    for index in inner:
         reasons.setdefault(index // width, inner[index])
     return flat.reshape(rows, width)

@@ -16,11 +16,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import MlopsIacError
+from ..errors import MlopsIacError, one_line
 from ..fsutil import atomic_write
 from ..serving.runtime import sha256_of
 from .jobs import Job, Part, PartResult, summarize
 from .sources import fingerprint
+
+
+class ManifestError(MlopsIacError):
+    """The manifest could not be written: the one before it stays, and is still true."""
 
 
 def manifest_path(job: Job) -> Path:
@@ -120,4 +124,7 @@ def write_manifest(
             "error": failed,
         },
     }
-    atomic_write(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    try:
+        atomic_write(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    except OSError as exc:  # a full disk says only "No space left on device"
+        raise ManifestError(f"{path}: cannot write the manifest: {one_line(exc)}") from exc

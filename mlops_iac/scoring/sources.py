@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..errors import MlopsIacError
+from ..errors import MlopsIacError, one_line
 
 T = TypeVar("T")
 
@@ -39,6 +39,10 @@ FORMATS = {
 }
 NPY_COLUMN = "features"  # a .npy array of shape [rows, n] reads as one column of n-wide lists
 _BLOCK = 1 << 20
+
+
+class InputError(MlopsIacError):
+    """An input file that cannot be read where a part needs it."""
 
 
 @dataclass(frozen=True)
@@ -92,12 +96,18 @@ def open_source(path: Path) -> Source:
     try:
         schema, rows = _SCHEMA[fmt](path)
     except (pa.ArrowInvalid, ValueError, OSError) as exc:
-        raise MlopsIacError(f"{path}: cannot read it as {fmt}: {exc}") from None
+        raise MlopsIacError(f"{path}: cannot read it as {fmt}: {one_line(exc)}") from None
     return Source(path, fmt, rows, schema, stat.st_size, stat.st_mtime_ns)
 
 
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    """Pages that carry a CRC are verified: a flipped bit would otherwise score as another
+    value (pyarrow does not verify by default). Pages without one are read as before."""
+    return pq.ParquetFile(path, page_checksum_verification=True)
+
+
 def _parquet_schema(path: Path) -> tuple[pa.Schema, int]:
-    meta = pq.ParquetFile(path).metadata
+    meta = _parquet_file(path).metadata
     return meta.schema.to_arrow_schema(), meta.num_rows
 
 
@@ -159,7 +169,18 @@ def batches(
     """Rows [start, stop) of `source`, `size` rows at a time, only the named columns.
 
     CSV features stay text until they are cast, so that one bad cell rejects its row, not the
-    file; CSV id columns keep the types inferred from the first block."""
+    file; CSV id columns keep the types inferred from the first block. A file that cannot be
+    read (a page that fails its checksum, corrupt compressed data, a disk error) is an
+    `InputError` naming it: the readers' own messages do not."""
+    try:
+        yield from _batches(source, start, stop, size, columns, ids)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise InputError(f"{source.path}: cannot read rows {start}-{stop} as {source.format}: {one_line(exc)}") from exc
+
+
+def _batches(
+    source: Source, start: int, stop: int, size: int, columns: list[str], ids: tuple[str, ...]
+) -> Iterator[Batch]:
     if stop <= start:
         return
     if source.format == "npy":
@@ -192,7 +213,7 @@ def _chunks(source: Source, start: int, stop: int, columns: list[str], ids: tupl
     if source.format == "parquet":
         # Only the row groups that hold [start, stop): the reader buffers what it is asked
         # for, so asking for the rest of the file would make memory grow with the file.
-        handle = pq.ParquetFile(source.path)
+        handle = _parquet_file(source.path)
         groups, first = [], 0
         for i in range(handle.num_row_groups):
             rows = handle.metadata.row_group(i).num_rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..errors import MlopsIacError, one_line
 from ..serving.protocol import DTYPES
 from ..serving.runtime import ModelRuntime, TensorSpec, sha256_of
 from .arrow import to_arrow
@@ -52,6 +54,10 @@ def _column(values: np.ndarray, kind: pa.DataType | None) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, width)
 
 
+class OutputError(MlopsIacError):
+    """A part that could not be written (a full disk, a lost mount), named by its path."""
+
+
 class PartWriter:
     def __init__(self, path: Path, fmt: str, meta: dict[str, str], schema: pa.Schema | None) -> None:
         self.path, self.fmt, self.schema = path, fmt, schema
@@ -82,7 +88,19 @@ class PartWriter:
             self.schema = out.schema
         self._append(out.cast(self.schema))
 
+    @contextlib.contextmanager
+    def _named(self, doing: str) -> Iterator[None]:
+        """The disk's errors with the part's path: pyarrow's say "Error writing bytes to file"."""
+        try:
+            yield
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot {doing}: {one_line(exc)}") from exc
+
     def _append(self, table: pa.Table) -> None:
+        with self._named("write it"):
+            self._write(table)
+
+    def _write(self, table: pa.Table) -> None:
         if self.writer is None and self.handle is None:
             self._open(table.schema)
         if self.fmt == "parquet":
@@ -115,15 +133,16 @@ class PartWriter:
         (`manifest.make_durable`). Until then a rerun trusts a part only if its digest
         matches, so a part torn by a power cut is scored again, and a SIGKILL loses nothing
         that the page cache holds."""
-        if self.handle is None and self.writer is None:  # no row: still a file, so the part is visibly done
-            self._open(self.schema if self.schema is not None else pa.schema([]))
-        if self.writer is not None:
-            self.writer.close()
-        if self.handle is not None:
-            self.handle.close()
-        os.replace(self.tmp, self.path)
-        self.done = True
-        return self.path.name, sha256_of(self.path)
+        with self._named("finish it"):
+            if self.handle is None and self.writer is None:  # no row: still a file, so the part is visibly done
+                self._open(self.schema if self.schema is not None else pa.schema([]))
+            if self.writer is not None:
+                self.writer.close()
+            if self.handle is not None:
+                self.handle.close()
+            os.replace(self.tmp, self.path)
+            self.done = True
+            return self.path.name, sha256_of(self.path)
 
     def abort(self) -> None:
         if self.done or (self.handle is None and self.writer is None):
