@@ -69,6 +69,7 @@ NOT_FOR_VALIDATE = (
     "mlops_iac.workspace",
     "mlops_iac.plan",
     "mlops_iac.render",
+    "packaging",  # parses `project.mlopsIac`, not needed for its default
 )
 
 WIDTH = 78  # click's listing in 80 columns (COLUMNS), less its margin of 2
@@ -176,3 +177,40 @@ def test_every_command_answers_help() -> None:
     for path in paths:
         result = CliRunner().invoke(main, [*path, "--help"])
         assert result.exit_code == 0 and result.output.startswith("Usage: "), (path, result.output)
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("a" * 90, True),
+        ("rg.ré-(1)_x", True),
+        ("é", True),
+        ("a" * 91, False),
+        ("rg.", False),
+        ("", False),
+        ("a b", False),
+    ],
+)
+def test_a_resource_group_name_is_azures_rule(name: str, valid: bool) -> None:
+    """Azure's rule (1 to 90 of letters, digits, `-._()`, not ending in `.`) as a length and a
+    pattern without a counted repetition, which is slow to compile on every start."""
+    from pydantic import ValidationError
+
+    from mlops_iac.spec.azure import ContainerAppsTarget, ContainerInstancesTarget
+
+    for target, extra in (
+        (ContainerInstancesTarget, {"kind": "azure-container-instances"}),
+        (
+            ContainerAppsTarget,
+            {
+                "kind": "azure-container-apps",
+                "environment": "/subscriptions/s/resourceGroups/g/providers/Microsoft.App/managedEnvironments/e",
+            },
+        ),
+    ):
+        data = {**extra, "resourceGroup": name, "location": "westeurope"}
+        if valid:
+            assert target.model_validate(data).resource_group == name
+        else:
+            with pytest.raises(ValidationError):
+                target.model_validate(data)
