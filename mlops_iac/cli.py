@@ -6,23 +6,22 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
+from .commands import COMMANDS, LOCK_COMMANDS, LazyGroup
 from .console import DEFAULT_FILE, file_option, open_workspace, print_problems
 from .errors import ConfigError, MlopsIacError
 from .fsutil import atomic_write
-from .lock import read_lock
-from .plan import Plan, plan
-from .render import render
-from .resolve import Workspace, load
-from .schema import OPENAPI_FILE, SCHEMA_FILE, json_schema_text, openapi_text
-from .writer import apply
+
+if TYPE_CHECKING:  # a command imports what it needs when it runs: `--help` loads none of it
+    from .plan import Plan
+    from .resolve import Workspace
 
 
-class Group(click.Group):
+class Group(LazyGroup):
     """Errors the user can cause exit 1 with their message and no traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -50,7 +49,7 @@ def _print_error(exc: MlopsIacError) -> None:
         click.secho(f"error: {exc}", fg="red", err=True)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlops-iac")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
@@ -81,6 +80,9 @@ def _check_model_name(model: str) -> None:
 def init(directory: Path, model: str, force: bool) -> None:
     """Write a commented starter mlops.yaml into DIRECTORY, a starter train.py that writes the
     artifacts it names, and the JSON Schema that the file's `$schema` line points at."""
+    from .render import render
+    from .schema import json_schema_text
+
     target = directory / DEFAULT_FILE
     if target.exists() and not force:
         raise click.UsageError(f"{target} exists; pass --force to overwrite it")
@@ -106,6 +108,8 @@ def init(directory: Path, model: str, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print problems as JSON.")
 def validate(file: Path, as_json: bool) -> None:
     """Check mlops.yaml (and mlops.lock) and print every problem at once."""
+    from .resolve import load
+
     try:
         ws = load(file)
     except ConfigError as exc:
@@ -129,6 +133,8 @@ def validate(file: Path, as_json: bool) -> None:
 @click.option("--check", is_flag=True, help="Exit 1 when the committed copy in schemas/ is stale.")
 def schema(openapi: bool, check: bool) -> None:
     """Print the JSON Schema of mlops.yaml (for editors' YAML language server)."""
+    from .schema import OPENAPI_FILE, SCHEMA_FILE, json_schema_text, openapi_text
+
     text, committed = (openapi_text(), OPENAPI_FILE) if openapi else (json_schema_text(), SCHEMA_FILE)
     if check:
         current = Path(committed)
@@ -144,7 +150,7 @@ def schema(openapi: bool, check: bool) -> None:
     click.echo(text, nl=False)
 
 
-@main.group()
+@main.group(cls=LazyGroup, lazy=LOCK_COMMANDS)
 def lock() -> None:
     """Read mlops.lock, the facts the tool resolved."""
 
@@ -154,6 +160,8 @@ def lock() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the lock as JSON.")
 def lock_show(file: Path, as_json: bool) -> None:
     """Show every locked model version and what is known about it."""
+    from .lock import read_lock
+
     path = file.resolve().parent / "mlops.lock"
     current = read_lock(path, str(file.parent / "mlops.lock"))
     if as_json:
@@ -204,6 +212,9 @@ def lock_show(file: Path, as_json: bool) -> None:
 def synth(file: Path, targets: tuple[str, ...], out: Path | None, dry_run: bool, contexts: bool) -> None:
     """Plan every deployment and write the generated files (plan.json per target), and the
     build context of every deployed version that has an ONNX conversion in mlops.lock."""
+    from .plan import plan
+    from .writer import apply
+
     ws = open_workspace(file)
     result = plan(ws.resolved, targets)
     folder = out if out is not None else ws.root / "stacks"
@@ -226,6 +237,7 @@ def _write_contexts(ws: Workspace, result: Plan) -> None:
     from .registry import parse_ref
     from .workspace import project_registry
     from .workspace.contexts import gather
+    from .writer import apply
 
     registry, _ = project_registry(ws.file, against_lock=False)
     done: set[tuple[str, int]] = set()
@@ -258,44 +270,13 @@ def run() -> None:
         sys.exit(130)
 
 
-def _add_commands() -> None:
-    from .cli_build import build
-    from .cli_convert import convert
-    from .cli_monitor import monitor
-    from .cli_profile import profile
-    from .cli_registry import lock_pending, lock_sync, models, register
-    from .cli_render import render_manifests
-    from .cli_rollout import rollout
-    from .cli_score import score_command
-    from .cli_serve import serve
-    from .cli_shadow import shadow
-    from .cli_smoke import smoke
-
-    main.add_command(register)
-    main.add_command(convert)
-    main.add_command(serve)
-    main.add_command(score_command)
-    main.add_command(profile)
-    main.add_command(build)
-    main.add_command(monitor)
-    main.add_command(smoke)
-    main.add_command(models)
-    main.add_command(rollout)
-    main.add_command(shadow)
-    main.add_command(render_manifests)
-    lock.add_command(lock_sync)
-    lock.add_command(lock_pending)
-
-
-_add_commands()
-
-
 def _side(file: Path, ref: str | None) -> Any:
     """mlops.yaml and mlops.lock as they are in the working tree (ref None) or at a commit."""
     import subprocess
     import tempfile
 
     from .lock import Lock
+    from .resolve import load
     from .review import Side
 
     if ref is None:

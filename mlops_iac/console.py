@@ -9,15 +9,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .convert import Report
 from .errors import Problem
-from .registry import Registry, Version
-from .resolve import Workspace, load
-from .workspace.conversion import convert_version as convert_and_store
+
+if TYPE_CHECKING:  # every command imports this module: what it loads, `--help` pays for
+    from .convert import Report
+    from .registry import Registry, Version
+    from .resolve import Workspace
 
 DEFAULT_FILE = "mlops.yaml"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,6 +52,8 @@ def convert_version(
     registry: Registry, ws: Workspace | None, version: Version, sample: Path | None, *, speed: bool
 ) -> None:
     """Convert, store and pin one version, printing the report; exit 1 when validation rejected it."""
+    from .workspace.conversion import convert_version as convert_and_store
+
     report = convert_and_store(registry, ws, version, sample, speed=speed, echo=click.echo, show=print_report)
     if report.validation is not None and not report.validation["passed"]:
         click.secho(f"{version.model}@{version.version} REJECTED by validation", fg="red", err=True)
@@ -60,6 +63,8 @@ def convert_version(
 def prepare_onnx(registry: Registry, file: Path | None, version: Version) -> None:
     """An ONNX artifact needs no conversion: check, optimise and sign it now (what `convert`
     does), so that serve, profile and build take it as it is. Nothing native is loaded."""
+    from .resolve import load
+
     ws = load(file, against_lock=False) if file is not None else None  # the lock as pinned just now
     pinned = ws.lock.version(version.model, version.version) if ws else None
     if "onnx" in version.artifacts and (pinned is None or pinned.onnx is not None):
@@ -109,6 +114,8 @@ def print_problems(problems: tuple[Problem, ...] | list[Problem]) -> None:
 
 def open_workspace(file: Path) -> Workspace:
     """The project of `file`, its warnings printed."""
+    from .resolve import load
+
     ws = load(file)
     print_problems(ws.warnings)
     return ws

@@ -85,7 +85,9 @@ CASES: list[tuple[str, list[str], str]] = [
 
 def command_paths(group: click.Group = main, prefix: str = "") -> list[str]:
     paths = []
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the lazily loaded commands too
+        command = group.get_command(ctx, name)
         if isinstance(command, click.Group):
             paths += command_paths(command, f"{prefix}{name} ")
         else:

@@ -12,8 +12,11 @@ from pydantic import Field
 
 from .types import Name, SpecModel
 
-# Azure's own rules for the names these fields take.
-RESOURCE_GROUP = r"^[-\w._()]{0,89}[-\w_()]$"
+# Azure's own rules for the names these fields take. A resource group has 1 to 90 characters:
+# the length is its own constraint, as `{0,89}` of a Unicode class cost the regex engine 6 to 13 ms
+# to compile, once per validator that holds it (eight at import, on every command).
+RESOURCE_GROUP = r"^[-\w._()]*[-\w_()]$"
+RESOURCE_GROUP_LENGTH = 90
 LOCATION = r"^[a-z][a-z0-9]{1,39}$"
 ENVIRONMENT_ID = (
     r"^/subscriptions/[^/\s]+/resourceGroups/[^/\s]+/providers/Microsoft\.App/"
@@ -25,7 +28,11 @@ IOT_HUB = r"^[A-Za-z0-9]([-A-Za-z0-9]{1,48}[A-Za-z0-9])$"
 
 class ContainerAppsTarget(SpecModel):
     kind: Literal["azure-container-apps"]
-    resource_group: str = Field(pattern=RESOURCE_GROUP, description="The resource group of the Container Apps.")
+    resource_group: str = Field(
+        pattern=RESOURCE_GROUP,
+        max_length=RESOURCE_GROUP_LENGTH,
+        description="The resource group of the Container Apps.",
+    )
     location: str = Field(pattern=LOCATION, description="Azure region, e.g. westeurope.")
     environment: str = Field(
         pattern=ENVIRONMENT_ID,
@@ -56,7 +63,11 @@ class DnsFront(SpecModel):
 
 class ContainerInstancesTarget(SpecModel):
     kind: Literal["azure-container-instances"]
-    resource_group: str = Field(pattern=RESOURCE_GROUP, description="The resource group of the container groups.")
+    resource_group: str = Field(
+        pattern=RESOURCE_GROUP,
+        max_length=RESOURCE_GROUP_LENGTH,
+        description="The resource group of the container groups.",
+    )
     location: str = Field(pattern=LOCATION, description="Azure region, e.g. westeurope.")
     front: DnsFront | None = Field(
         None,

@@ -13,6 +13,8 @@ MLOPS_IAC = "mlops-iac"
 
 def parse_requirement(value: Any) -> str:
     """A PEP 508 requirement for mlops-iac itself, as pip reads it from requirements.txt."""
+    if value == MLOPS_IAC:  # the default: no need to load packaging's parser on every command
+        return MLOPS_IAC
     from packaging.requirements import InvalidRequirement, Requirement
 
     allowed = (
