@@ -21,7 +21,14 @@ def open_registry(config: LocalRegistry | OciRegistry, root: Path) -> Registry:
     if isinstance(config, OciRegistry):
         from .oci import OciStore
 
-        return Registry(OciStore(config.repository, insecure=config.insecure, env=os.environ))
+        store = OciStore(
+            config.repository,
+            insecure=config.insecure,
+            env=os.environ,
+            timeout=config.timeout,
+            retries=config.retries,
+        )
+        return Registry(store)
     return Registry(LocalStore(root / config.path))
 
 

@@ -2,11 +2,14 @@
 
     REGISTRY/blobs/sha256/<hex>      read-only, named by the sha256 of their bytes
     REGISTRY/index/<model>.json      the model's versions, aliases and history
-    REGISTRY/tmp/                    uploads in progress (invisible until renamed)
+    REGISTRY/tmp/                    uploads in progress (invisible until renamed), named
+                                     <machine>-<pid>-<random>.upload after their writer
 
 Every write is a temporary file, fsync, rename. Index changes hold an flock on the index
 folder, which the kernel releases even when the holder is killed, so concurrent
 registrations neither lose nor duplicate a version and a crash leaves no partial version.
+A writer killed mid-upload leaves its partial file; the next upload on the same machine
+removes those whose writer no longer runs (a model can be hundreds of MB).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pydantic import ValidationError
 
 from ..errors import RegistryError
 from ..fsutil import atomic_write, fsync_dir, locked_dir
+from .process import machine_tag, running
 from .records import ModelIndex
 from .refs import check_name
 from .store import CHUNK, IndexChange, copy_verified, sha256_file
@@ -41,7 +45,8 @@ class LocalStore:
     def put_blob(self, model: str, source: Path) -> tuple[str, int]:
         staging = self.root / "tmp"
         staging.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=staging, suffix=".upload")
+        _remove_dead_uploads(staging)
+        fd, tmp = tempfile.mkstemp(dir=staging, prefix=f"{machine_tag()}-{os.getpid()}-", suffix=".upload")
         try:
             with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
                 digest, size = sha256_file(src, out)
@@ -95,3 +100,15 @@ class LocalStore:
     def _locked(self) -> Iterator[None]:
         with locked_dir(self.root / "index"):
             yield
+
+
+def _remove_dead_uploads(staging: Path) -> None:
+    """Delete the partial uploads of writers on this machine that no longer run."""
+    here = machine_tag()
+    if not here:
+        return  # without a machine identity a pid proves nothing
+    for path in staging.glob(f"{here}-*.upload"):
+        pid = path.name.removeprefix(f"{here}-").split("-", 1)[0]
+        if pid.isdigit() and not running(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # another writer may have removed it first

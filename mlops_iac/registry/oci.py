@@ -16,65 +16,60 @@ unique claim tag, then lists the tags; it holds the mutex only if it saw no othe
 otherwise it deletes its claim and backs off for a random time. Of two writers, the one that
 lists second necessarily sees the other's claim (each lists after its own claim is stored),
 so both can back off but both can never proceed. A claim whose writer died goes stale after
-`CLAIM_TTL` seconds and is then ignored; a holder that has taken half of that time aborts
-before writing. This needs read-after-write consistent tag listing (a single registry, or
-one with consistent storage) and tag deletion enabled (GHCR, ACR, ECR, Harbor and
+`CLAIM_TTL` seconds, or at once where its process provably died (`oci_claim.py`), and is then
+ignored; a holder that has taken half of that time aborts before writing.
+
+Why a version, once visible, never changes: the index is written first and the `vN` tags
+last, from the index, with bytes that depend only on the version's record. A writer that dies
+in between leaves versions that the index lists but no tag shows yet; the next change, or a
+retry of the same registration, pushes exactly those tags and reuses the ones that exist, so
+a tag is never pushed twice with other bytes. A `vN` tag that the index does not list (left
+by an interrupted push of an older mlops-iac) keeps its number: new versions skip past it.
+
+All this needs read-after-write consistent tag listing (a single registry, or one with
+consistent storage) and tag deletion enabled (GHCR, ACR, ECR, Harbor and
 `registry:2` with `delete: enabled` have both).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import re
 import secrets
-import socket
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import requests
 from pydantic import ValidationError
 
 from ..contract import REGISTRY_PASSWORD_ENV, REGISTRY_USERNAME_ENV
 from ..errors import RegistryError
+from .oci_claim import ANNOTATION, CLAIM_TTL, claim_annotations, is_stale
+from .oci_http import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    EMPTY_BLOB,
+    MANIFEST,
+    OciHttp,
+    RegistryUnreachable,
+    manifest_body,
+)
 from .records import ModelIndex, Version
 from .refs import check_name
-from .store import CHUNK, IndexChange, copy_verified, sha256_file
+from .store import IndexChange, copy_verified
 
-MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 EMPTY = "application/vnd.oci.empty.v1+json"
-EMPTY_BLOB = b"{}"
 EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 MODEL_TYPE = "application/vnd.mlops-iac.model.v1"
 INDEX_TYPE = "application/vnd.mlops-iac.index.v1+json"
 CLAIM_TYPE = "application/vnd.mlops-iac.claim.v1"
-CLAIM_TTL = 120.0
 WAIT_LIMIT = 300.0
-ANNOTATION = "dev.mlops-iac"
-
-
-# Why a manifest push is retried: when two writers upload the same blob at once, the
-# reference registry (distribution, filesystem storage) rewrites the blob's link file in place,
-# and a manifest checked in that instant sees the blob as unknown or its digest as invalid.
-# The blob is there a moment later; a blob that is really missing fails every retry.
-BLOB_RACE_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)
-BLOB_RACE_CODES = frozenset({"MANIFEST_BLOB_UNKNOWN", "DIGEST_INVALID", "BLOB_UNKNOWN"})
-
-
-def _blob_race(response: requests.Response) -> bool:
-    """Whether a refused manifest push names only blob problems (see BLOB_RACE_RETRIES)."""
-    if response.status_code != 400:
-        return False
-    try:
-        codes = {error.get("code") for error in response.json().get("errors", [])}
-    except (ValueError, AttributeError):
-        return False
-    return bool(codes) and codes <= BLOB_RACE_CODES
+VERSION_TAG = re.compile(r"v([0-9]+)(-.+)?")
 
 
 def _manifest(artifact_type: str, layers: list[dict[str, Any]], annotations: Mapping[str, str]) -> dict[str, Any]:
@@ -88,138 +83,87 @@ def _manifest(artifact_type: str, layers: list[dict[str, Any]], annotations: Map
     }
 
 
-class OciStore:
-    def __init__(self, repository: str, *, insecure: bool = False, env: Mapping[str, str] | None = None) -> None:
-        import oras.provider  # imported here: the local backend needs no HTTP stack
+def version_manifests(version: Version) -> dict[str, bytes]:
+    """The tags a version shows (`v3`, `v3-onnx`) and their manifests, from its record alone."""
+    notes = {
+        f"{ANNOTATION}.model": version.model,
+        f"{ANNOTATION}.version": str(version.version),
+        f"{ANNOTATION}.framework": version.framework,
+        "org.opencontainers.image.created": version.lineage.created,
+    }
+    if version.lineage.git_commit:
+        notes["org.opencontainers.image.revision"] = version.lineage.git_commit
 
+    def layer(digest: str, size: int, title: str) -> dict[str, Any]:
+        return {
+            "mediaType": "application/octet-stream",
+            "digest": digest,
+            "size": size,
+            "annotations": {"org.opencontainers.image.title": title},
+        }
+
+    out = {
+        f"v{version.version}": manifest_body(
+            _manifest(MODEL_TYPE, [layer(version.digest, version.size, version.lineage.filename)], notes)
+        )
+    }
+    for kind, artifact in sorted(version.artifacts.items()):
+        linked = {**notes, f"{ANNOTATION}.derived-from": artifact.derived_from}
+        out[f"v{version.version}-{kind}"] = manifest_body(
+            _manifest(MODEL_TYPE, [layer(artifact.digest, artifact.size, artifact.filename)], linked)
+        )
+    return out
+
+
+def _past_orphans(index: ModelIndex | None, tags: list[str], model: str) -> ModelIndex | None:
+    """The index with `next_version` past every `vN` tag, so no number with a tag is given again."""
+    top = max((int(m.group(1)) for t in tags if (m := VERSION_TAG.fullmatch(t))), default=0)
+    if index is None:
+        return None if top == 0 else ModelIndex(model=model, next_version=top + 1)
+    return index if index.next_version > top else index.model_copy(update={"next_version": top + 1})
+
+
+class OciStore:
+    def __init__(
+        self,
+        repository: str,
+        *,
+        insecure: bool = False,
+        env: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
         env = os.environ if env is None else env
         self.host, _, self.base = repository.partition("/")
         self.location = repository
-        self.client = oras.provider.Registry(self.host, insecure=insecure)
-        self.prefix = "http" if insecure else "https"
+        self.http = OciHttp(self.host, insecure=insecure, timeout=timeout, retries=retries)
         user, password = env.get(REGISTRY_USERNAME_ENV), env.get(REGISTRY_PASSWORD_ENV)
         if user and password:
-            self.client.login(user, password)
-
-    # --- HTTP --------------------------------------------------------------------------------
-
-    def _url(self, repo: str, path: str) -> str:
-        return f"{self.prefix}://{self.host}/v2/{repo}/{path}"
-
-    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        try:
-            response: requests.Response = self.client.do_request(url, method, **kwargs)
-        except requests.RequestException as exc:
-            raise RegistryError(f"cannot reach the registry {self.host}: {exc}") from None
-        if response.status_code in (401, 403):
-            raise RegistryError(
-                f"the registry {self.host} refused access ({response.status_code}); "
-                f"set {REGISTRY_USERNAME_ENV} and {REGISTRY_PASSWORD_ENV}"
-            )
-        return response
+            self.http.client.login(user, password)
 
     def _repo(self, model: str) -> str:
         return f"{self.base}/{check_name(model)}"
 
-    def _put_bytes(self, repo: str, data: bytes) -> str:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "blob"
-            path.write_bytes(data)
-            return self._upload(repo, path)[0]
-
-    def _upload(self, repo: str, path: Path) -> tuple[str, int]:
-        with open(path, "rb") as handle:
-            digest, size = sha256_file(handle)
-        head = self._request("HEAD", self._url(repo, f"blobs/{digest}"))
-        if head.status_code == 200:
-            return digest, size
-        import oras.container
-
-        container = oras.container.Container(f"{self.host}/{repo}")
-        try:
-            response = self.client.upload_blob(
-                str(path), container, {"digest": digest, "size": size}, do_chunked=size > 64 * 2**20
-            )
-        except requests.RequestException as exc:
-            raise RegistryError(f"uploading to {self.host}/{repo} failed: {exc}") from None
-        if response.status_code not in (200, 201, 202):
-            raise RegistryError(f"uploading to {self.host}/{repo} failed: HTTP {response.status_code}")
-        return digest, size
-
-    def _put_manifest(self, repo: str, tag: str, manifest: dict[str, Any]) -> None:
-        body = json.dumps(manifest, sort_keys=True).encode()
-        for delay in (*BLOB_RACE_RETRIES, None):
-            response = self._request(
-                "PUT", self._url(repo, f"manifests/{tag}"), data=body, headers={"Content-Type": MANIFEST}
-            )
-            if response.status_code in (200, 201):
-                return
-            if delay is None or not _blob_race(response):
-                break
-            time.sleep(delay)
-        raise RegistryError(
-            f"pushing {self.host}/{repo}:{tag} failed: HTTP {response.status_code} {response.text[:200]}"
-        )
-
-    def _get_manifest(self, repo: str, tag: str) -> tuple[dict[str, Any], str] | None:
-        response = self._request("GET", self._url(repo, f"manifests/{tag}"), headers={"Accept": MANIFEST})
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise RegistryError(f"reading {self.host}/{repo}:{tag} failed: HTTP {response.status_code}")
-        return response.json(), response.headers.get("Docker-Content-Digest", "")
-
-    def _delete_tag(self, repo: str, tag: str) -> None:
-        found = self._get_manifest(repo, tag)
-        if found is None:
-            return
-        digest = found[1]
-        response = self._request("DELETE", self._url(repo, f"manifests/{digest}"))
-        if response.status_code not in (200, 202, 404):
-            raise RegistryError(
-                f"deleting {self.host}/{repo}:{tag} failed: HTTP "
-                f"{response.status_code}; the registry must allow deletes"
-            )
-
-    def _tags(self, repo: str) -> list[str]:
-        tags: list[str] = []
-        url: str | None = self._url(repo, "tags/list?n=1000")
-        while url:
-            response = self._request("GET", url)
-            if response.status_code == 404:
-                return tags
-            if response.status_code != 200:
-                raise RegistryError(f"listing {self.host}/{repo} failed: HTTP {response.status_code}")
-            tags += response.json().get("tags") or []
-            link = response.links.get("next", {}).get("url")
-            url = f"{self.prefix}://{self.host}{link}" if link else None
-        return tags
-
-    def _blob_chunks(self, repo: str, digest: str) -> Iterator[bytes]:
-        response = self._request("GET", self._url(repo, f"blobs/{digest}"), stream=True)
-        if response.status_code == 404:
-            raise RegistryError(f"blob {digest} is missing from {self.host}/{repo}")
-        if response.status_code != 200:
-            raise RegistryError(f"reading blob {digest} failed: HTTP {response.status_code}")
-        yield from response.iter_content(CHUNK)
-
     # --- Store -------------------------------------------------------------------------------
 
     def put_blob(self, model: str, source: Path) -> tuple[str, int]:
-        return self._upload(self._repo(model), source)
+        repo = self._repo(model)
+        with self.http.step(f"uploading {source.name} to {self.host}/{repo}"):
+            return self.http.upload(repo, source)
 
     def fetch_blob(self, model: str, digest: str, dest: Path) -> None:
-        copy_verified(self._blob_chunks(self._repo(model), digest), digest, dest, f"blob {digest}")
+        chunks = self.http.blob_chunks(self._repo(model), digest)
+        copy_verified(chunks, digest, dest, f"blob {digest}")
 
     def models(self) -> list[str]:
-        found = self._get_manifest(self.base, "catalog")
+        found = self.http.get_manifest(self.base, "catalog")
         if found is None:
             return []
         return sorted(json.loads(self._read_layer(self.base, found[0])))
 
     def read_index(self, model: str) -> ModelIndex | None:
         repo = self._repo(model)
-        found = self._get_manifest(repo, "index")
+        found = self.http.get_manifest(repo, "index")
         if found is None:
             return None
         try:
@@ -229,136 +173,115 @@ class OciStore:
 
     def _read_layer(self, repo: str, manifest: dict[str, Any]) -> bytes:
         layer = manifest["layers"][0]
-        data = b"".join(self._blob_chunks(repo, layer["digest"]))
-        import hashlib
-
+        data = b"".join(self.http.blob_chunks(repo, layer["digest"]))
         if "sha256:" + hashlib.sha256(data).hexdigest() != layer["digest"]:
             raise RegistryError(f"{self.host}/{repo}: blob {layer['digest']} is corrupted")
         return data
 
     def update_index(self, model: str, change: IndexChange) -> ModelIndex | None:
         repo = self._repo(model)
-        with self._mutex(repo) as started:
-            current = self.read_index(model)
-            new = change(current)
-            if new is None or new == current:
-                return new
-            if time.monotonic() - started > CLAIM_TTL / 2:
-                raise RegistryError(
-                    f"the change to {self.host}/{repo} took too long to commit safely; nothing was written, try again"
-                )
-            self._sync_version_tags(repo, current, new)
-            self._write_document(
-                repo, "index", INDEX_TYPE, json.dumps(new.model_dump(mode="json"), indent=2, sort_keys=True).encode()
-            )
-        if current is None:
-            self._add_to_catalog(model)
+        where = f"{self.host}/{repo}"
+        with self._mutex(repo, f"the index of {model} in {where}") as (started, tags):
+            with self.http.step(f"reading the index of {model} from {where}"):
+                current = self.read_index(model)
+            new = change(_past_orphans(current, tags, model))
+            if new is not None and new != current:
+                if time.monotonic() - started > CLAIM_TTL / 2:
+                    raise RegistryError(
+                        f"the change to {where} took too long to commit safely; nothing was written, try again"
+                    )
+                with self.http.step(f"writing the index of {model} to {where}"):
+                    self._write_document(repo, "index", INDEX_TYPE, _index_bytes(new))
+            if new is not None:
+                self._sync_version_tags(repo, new, set(tags))
+        if current is None and new is not None:
+            with self.http.step(f"adding {model} to the catalog of {self.location}"):
+                self._add_to_catalog(model)
         return new
 
     def _write_document(self, repo: str, tag: str, media_type: str, data: bytes) -> None:
-        self._put_bytes(repo, EMPTY_BLOB)
-        digest = self._put_bytes(repo, data)
+        self.http.put_bytes(repo, EMPTY_BLOB)
+        digest = self.http.put_bytes(repo, data)
         layer = {"mediaType": media_type, "digest": digest, "size": len(data)}
-        self._put_manifest(repo, tag, _manifest(media_type, [layer], {}))
+        self.http.put_manifest(repo, tag, manifest_body(_manifest(media_type, [layer], {})))
 
     def _add_to_catalog(self, model: str) -> None:
-        with self._mutex(self.base):
+        with self._mutex(self.base, f"the catalog of {self.location}"):
             models = self.models()
             if model not in models:
                 self._write_document(
                     self.base, "catalog", "application/json", json.dumps(sorted({*models, model})).encode()
                 )
 
-    def _sync_version_tags(self, repo: str, old: ModelIndex | None, new: ModelIndex) -> None:
-        """Keep `v<N>` (and `v<N>-<kind>`) tags in step with the index, for `oras pull`."""
-        before = old.versions if old else {}
-        for number, version in sorted(new.versions.items()):
-            if before.get(number) != version:
-                self._push_version(repo, version)
-        for number in sorted(set(before) - set(new.versions)):
-            for tag in (f"v{number}", *(f"v{number}-{k}" for k in before[number].artifacts)):
-                self._delete_tag(repo, tag)
+    def _sync_version_tags(self, repo: str, index: ModelIndex, tags: set[str]) -> None:
+        """Make the `vN` (and `vN-<kind>`) tags show what the committed index says, for `oras pull`.
 
-    def _push_version(self, repo: str, version: Version) -> None:
-        self._put_bytes(repo, EMPTY_BLOB)
-        notes = {
-            f"{ANNOTATION}.model": version.model,
-            f"{ANNOTATION}.version": str(version.version),
-            f"{ANNOTATION}.framework": version.framework,
-            "org.opencontainers.image.created": version.lineage.created,
-        }
-        if version.lineage.git_commit:
-            notes["org.opencontainers.image.revision"] = version.lineage.git_commit
-        layer = {
-            "mediaType": "application/octet-stream",
-            "digest": version.digest,
-            "size": version.size,
-            "annotations": {"org.opencontainers.image.title": version.lineage.filename},
-        }
-        self._put_manifest(repo, f"v{version.version}", _manifest(MODEL_TYPE, [layer], notes))
-        for kind, artifact in sorted(version.artifacts.items()):
-            linked = {
-                "mediaType": "application/octet-stream",
-                "digest": artifact.digest,
-                "size": artifact.size,
-                "annotations": {"org.opencontainers.image.title": artifact.filename},
-            }
-            self._put_manifest(
-                repo,
-                f"v{version.version}-{kind}",
-                _manifest(MODEL_TYPE, [linked], {**notes, f"{ANNOTATION}.derived-from": artifact.derived_from}),
-            )
+        Runs after the index is written, so a tag never shows a version the index lacks; it
+        pushes only the tags that are missing (a dead writer's unfinished work included) and
+        deletes those of versions the history deleted. A tag that exists is never pushed again."""
+        wanted = {tag: body for version in index.versions.values() for tag, body in version_manifests(version).items()}
+        for tag, body in sorted(wanted.items()):
+            if tag not in tags:
+                with self.http.step(f"tagging {self.host}/{repo}:{tag}"):
+                    self.http.put_bytes(repo, EMPTY_BLOB)
+                    self.http.put_manifest(repo, tag, body)
+        deleted = {event.version for event in index.history if event.action == "delete"}
+        for tag in sorted(tags - set(wanted)):
+            found = VERSION_TAG.fullmatch(tag)
+            if found and int(found.group(1)) in deleted:  # not a left-over `vN`: that one keeps its number
+                with self.http.step(f"deleting the tag {self.host}/{repo}:{tag} of a deleted version"):
+                    self.http.delete_tag(repo, tag)
 
     # --- the mutex ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _mutex(self, repo: str) -> Iterator[float]:
+    def _mutex(self, repo: str, what: str) -> Iterator[tuple[float, list[str]]]:
+        """Hold the writers' mutex on `repo`; yields when it was taken and the tags seen then."""
+        with self.http.step(f"claiming {what}"):
+            mine, started, tags = self._claim(repo)
+        try:
+            yield started, tags
+        except RegistryUnreachable:
+            raise  # no cleanup to try: the claim's writer exits, which makes the claim stale
+        except BaseException:
+            with contextlib.suppress(RegistryError):
+                self.http.delete_tag(repo, mine)  # best effort: the first failure is the one to name
+            raise
+        with self.http.step(f"releasing the claim {mine} on {what}"):
+            self.http.delete_tag(repo, mine)
+
+    def _claim(self, repo: str) -> tuple[str, float, list[str]]:
         waited_from = time.monotonic()
         delay = 0.02
         while True:
             mine = f"lock-{secrets.token_hex(8)}"
-            self._put_bytes(repo, EMPTY_BLOB)
-            self._put_manifest(
-                repo,
-                mine,
-                _manifest(
-                    CLAIM_TYPE,
-                    [],
-                    {
-                        f"{ANNOTATION}.claimed": datetime.now(UTC).isoformat(),
-                        f"{ANNOTATION}.holder": f"{socket.gethostname()}:{os.getpid()}:{mine}",
-                    },
-                ),
-            )
+            self.http.put_bytes(repo, EMPTY_BLOB)
+            self.http.put_manifest(repo, mine, manifest_body(_manifest(CLAIM_TYPE, [], claim_annotations(mine))))
             started = time.monotonic()
-            if not self._live_claims(repo, mine):
-                break
-            self._delete_tag(repo, mine)
+            tags = self.http.tags(repo)
+            if not self._live_claims(repo, mine, tags):
+                return mine, started, tags
+            self.http.delete_tag(repo, mine)
             if time.monotonic() - waited_from > WAIT_LIMIT:
                 raise RegistryError(f"gave up waiting for other writers of {self.host}/{repo}")
             time.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not security
             delay = min(delay * 2, 1.0)
-        try:
-            yield started
-        finally:
-            self._delete_tag(repo, mine)
 
-    def _live_claims(self, repo: str, mine: str) -> list[str]:
+    def _live_claims(self, repo: str, mine: str, tags: list[str]) -> list[str]:
         live = []
-        for tag in self._tags(repo):
+        for tag in tags:
             if not tag.startswith("lock-") or tag == mine:
                 continue
-            found = self._get_manifest(repo, tag)
+            found = self.http.get_manifest(repo, tag)
             if found is None:
                 continue  # released meanwhile
-            claimed = found[0].get("annotations", {}).get(f"{ANNOTATION}.claimed", "")
-            try:
-                age = (datetime.now(UTC) - datetime.fromisoformat(claimed)).total_seconds()
-            except ValueError:
-                age = CLAIM_TTL + 1
-            if age > CLAIM_TTL:
+            if is_stale(found[0].get("annotations", {})):
                 with contextlib.suppress(RegistryError):
-                    self._delete_tag(repo, tag)  # a writer that died; clean up after it
+                    self.http.delete_tag(repo, tag)  # a writer that died; clean up after it
                 continue
             live.append(tag)
         return live
+
+
+def _index_bytes(index: ModelIndex) -> bytes:
+    return json.dumps(index.model_dump(mode="json"), indent=2, sort_keys=True).encode()

@@ -55,6 +55,19 @@ class OciRegistry(_NoSecrets):
     backend: Literal["oci"]
     repository: str = Field(pattern=OCI_REPOSITORY, description="registry/namespace, e.g. ghcr.io/acme/models.")
     insecure: bool = Field(False, description="Plain HTTP (loopback test registries only).")
+    timeout: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Seconds to wait for the registry to connect, and for each answer, before a retry.",
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of a call the registry did not answer or answered 429/5xx (0.5-4 s apart); "
+        "a failed push fails in about (retries + 1) x timeout seconds, naming its step.",
+    )
 
 
 Registry = Annotated[LocalRegistry | OciRegistry, Field(discriminator="backend")]
