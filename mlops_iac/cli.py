@@ -80,7 +80,8 @@ def _check_model_name(model: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing mlops.yaml (and train.py).")
 def init(directory: Path, model: str, force: bool) -> None:
     """Write a commented starter mlops.yaml into DIRECTORY, a starter train.py that writes the
-    artifacts it names, and the JSON Schema that the file's `$schema` line points at."""
+    artifacts it names, the JSON Schema that the file's `$schema` line points at, and a
+    .gitignore for what the tool and training make (an existing one gains what it lacks)."""
     target = directory / DEFAULT_FILE
     if target.exists() and not force:
         raise click.UsageError(f"{target} exists; pass --force to overwrite it")
@@ -94,6 +95,12 @@ def init(directory: Path, model: str, force: bool) -> None:
     }
     if force or not (directory / "train.py").exists():
         files["train.py"] = render("init/train.py.j2", model=model)
+    from .workspace.starter import gitignore
+
+    ignore = directory / ".gitignore"
+    ignored = gitignore(ignore.read_text() if ignore.exists() else None)
+    if ignored is not None:  # so that `git add -A` commits intent and facts, not blobs and pickles
+        files[".gitignore"] = ignored
     for name, text in files.items():
         atomic_write(directory / name, text.encode("utf-8"))
     click.echo(f"wrote {', '.join(str(directory / n) for n in files)}")

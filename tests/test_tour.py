@@ -63,3 +63,42 @@ def test_the_readme_command_table_lists_every_command() -> None:
     for m in re.finditer(r"^\| `mlops-iac ([a-z]+) ([a-z]+(?:\\\|[a-z]+)+) ", table, re.M):  # `rollout a\|b\|c`
         listed |= {f"{m.group(1)} {sub}" for sub in m.group(2).split("\\|")}
     assert set(command_paths()) - listed == set()
+
+
+def test_init_ignores_what_the_tool_and_training_make(tmp_path: Path) -> None:
+    # The tour's steps, then what `git add -A` would commit: intent and facts, no blobs or pickles.
+    script = "\n".join(
+        [
+            "set -euo pipefail",
+            "git init -q .",
+            "mlops-iac init .",
+            "python train.py",
+            "mlops-iac register model --file model.joblib",
+            "mlops-iac convert model@1 --no-speed",
+            "git add -A --dry-run",
+        ]
+    )
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=installed_env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    added = sorted(re.findall(r"^add '(.+)'$", done.stdout, re.M))
+    assert added == [".gitignore", "mlops.lock", "mlops.schema.json", "mlops.yaml", "train.py"]
+    # What serve, score and build write later, named by path (check-ignore takes paths not made yet).
+    later = [".mlops/serve/sha256-abc.onnx", "build/model-1/Dockerfile", ".mlops/profiles/model-1/report.md"]
+    checked = subprocess.run(["git", "check-ignore", *later], cwd=tmp_path, capture_output=True, text=True)
+    assert checked.stdout.split() == later
+    assert subprocess.run(["git", "check-ignore", "-q", "mlops.lock"], cwd=tmp_path).returncode == 1
+
+
+def test_init_adds_to_an_existing_gitignore_what_it_lacks(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("secrets.env\n.mlops/")
+    done = subprocess.run(["mlops-iac", "init", str(tmp_path)], env=installed_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / ".gitignore").read_text().splitlines()
+    assert lines[:2] == ["secrets.env", ".mlops/"] and lines.count(".mlops/") == 1
+    assert {"model.joblib", "sample.npy", "build/"} <= set(lines)
+    again = subprocess.run(
+        ["mlops-iac", "init", "--force", str(tmp_path)], env=installed_env(), capture_output=True, text=True
+    )
+    assert again.returncode == 0 and ".gitignore" not in again.stdout  # nothing lacking: left as it is
