@@ -102,3 +102,23 @@ def test_init_adds_to_an_existing_gitignore_what_it_lacks(tmp_path: Path) -> Non
         ["mlops-iac", "init", "--force", str(tmp_path)], env=installed_env(), capture_output=True, text=True
     )
     assert again.returncode == 0 and ".gitignore" not in again.stdout  # nothing lacking: left as it is
+
+
+def test_a_typo_in_source_fails_validate_although_train_is_set(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mlops_iac.cli import main
+
+    assert CliRunner().invoke(main, ["init", str(tmp_path)]).exit_code == 0
+    for name in ("model.joblib", "sample.npy"):  # as `python train.py` leaves them
+        (tmp_path / name).write_bytes(b"trained")
+    spec = tmp_path / "mlops.yaml"
+    spec.write_text(spec.read_text().replace("source: model.joblib ", "source: model.jobilb "))
+    typo = CliRunner().invoke(main, ["validate", "-f", str(spec)])
+    assert typo.exit_code == 1, typo.output
+    assert "models[0].source: model.jobilb does not exist (did you mean 'model.joblib'?)" in typo.output
+    # A path the train script names is one training will write: still only a warning.
+    (tmp_path / "train.py").write_text((tmp_path / "train.py").read_text().replace("model.joblib", "model.jobilb"))
+    written_later = CliRunner().invoke(main, ["validate", "-f", str(spec)])
+    assert written_later.exit_code == 0, written_later.output
+    assert "warning: models[0].source: model.jobilb does not exist yet" in written_later.output

@@ -21,8 +21,8 @@ def gitignore(existing: str | None) -> str | None:
     if not lacking:
         return None
     joined = existing if existing.endswith("\n") or not existing else existing + "\n"
-    return joined + "# Added by `mlops-iac init`: what mlops-iac and training make.\n" + "".join(
-        f"{p}\n" for p in lacking
+    return (
+        joined + "# Added by `mlops-iac init`: what mlops-iac and training make.\n" + "".join(f"{p}\n" for p in lacking)
     )
 
 
