@@ -122,3 +122,22 @@ def test_a_typo_in_source_fails_validate_although_train_is_set(tmp_path: Path) -
     written_later = CliRunner().invoke(main, ["validate", "-f", str(spec)])
     assert written_later.exit_code == 0, written_later.output
     assert "warning: models[0].source: model.jobilb does not exist yet" in written_later.output
+
+
+def test_the_readme_curl_names_the_tours_model(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mlops_iac.cli import main
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The model server", 1)[1]
+    curl = re.search(r"curl -s localhost:(\d+)/v2/models/([^/]+)/infer", section)
+    assert curl is not None, "the server's section has no curl"
+    assert CliRunner().invoke(main, ["init", str(tmp_path)]).exit_code == 0
+    import yaml
+
+    spec = yaml.safe_load((tmp_path / "mlops.yaml").read_text())
+    assert curl.group(2) in [m["name"] for m in spec["models"]]
+    assert int(curl.group(1)) == spec["targets"]["local"]["port"]
+    # The tour's own commands serve that project's model: `init` as the tour runs it.
+    assert "mlops-iac init my-project" in tour_commands()
