@@ -297,8 +297,10 @@ def _add_commands() -> None:
 _add_commands()
 
 
-def _side(file: Path, ref: str | None) -> Any:
-    """mlops.yaml and mlops.lock as they are in the working tree (ref None) or at a commit."""
+def _side(file: Path, ref: str | None, *, against_lock: bool = False) -> Any:
+    """mlops.yaml and mlops.lock as they are in the working tree (ref None) or at a commit.
+    `against_lock`: the change under review is checked as `validate` checks it (a version the
+    lock does not pin is an error); the base it is compared with is taken as it was."""
     import subprocess
     import tempfile
 
@@ -308,7 +310,7 @@ def _side(file: Path, ref: str | None) -> Any:
     if ref is None:
         if not file.exists():
             return Side(None, Lock())
-        ws = load(file, against_lock=False, check_paths=False)
+        ws = load(file, against_lock=against_lock, check_paths=False)
         return Side(ws.resolved, ws.lock)
     folder = file.resolve().parent
     top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
@@ -327,7 +329,7 @@ def _side(file: Path, ref: str | None) -> Any:
         copied = Path(tmp) / file.name
         if not copied.exists():
             return Side(None, Lock())
-        ws = load(copied, against_lock=False, check_paths=False)
+        ws = load(copied, against_lock=against_lock, check_paths=False)
         return Side(ws.resolved, ws.lock)
 
 
@@ -347,7 +349,7 @@ def diff(file: Path, base: str, head: str | None, out: Path | None) -> None:
     be created, kept and deleted. Always under 60,000 characters (one pull request comment)."""
     from .review import review
 
-    text = review(_side(file, base), _side(file, head))
+    text = review(_side(file, base), _side(file, head, against_lock=True))
     if out is None:
         click.echo(text, nl=False)
     else:
