@@ -36,7 +36,7 @@ def _named_by_train(root: Path, train: str, name: str) -> bool:
         return True
     for word in words:
         script = root / word
-        if script.is_file() and script.stat().st_size <= SCRIPT_LIMIT:
-            if name in script.read_text(encoding="utf-8", errors="replace"):
-                return True
+        small = script.is_file() and script.stat().st_size <= SCRIPT_LIMIT
+        if small and name in script.read_text(encoding="utf-8", errors="replace"):
+            return True
     return False
