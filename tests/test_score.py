@@ -617,3 +617,19 @@ def test_a_local_batch_deployment_is_the_command_itself(converted: Path) -> None
     np.testing.assert_array_equal(out.column("label").to_numpy(), run(session(onnx.read_bytes()), x)[0])
     unknown = CliRunner().invoke(main, ["score", "--deployment", "iris-local"])
     assert unknown.exit_code == 1 and "batch deployments: iris-nightly" in unknown.output
+
+
+def test_every_missing_tabular_column_is_named_at_once(tmp_path: Path) -> None:
+    from mlops_iac.errors import MlopsIacError
+    from mlops_iac.scoring.features import plan_inputs
+    from mlops_iac.serving.runtime import TensorSpec
+
+    columns = ["island", "bill_length", "bill_depth", "flipper", "mass", "sex"]
+    inputs = {c: TensorSpec(c, "FP32" if c not in ("island", "sex") else "BYTES", (-1, 1)) for c in columns}
+    schema = pa.schema([("id", pa.int64()), ("island", pa.string())])  # five of six columns missing
+    with pytest.raises(MlopsIacError) as raised:
+        plan_inputs(tmp_path / "in.parquet", schema, inputs, ["id"], False)
+    message = str(raised.value)
+    for name in columns[1:]:
+        assert repr(name) in message, message
+    assert "'island'" not in message.split("; columns:")[0] and message.endswith("columns: id, island")
