@@ -79,7 +79,8 @@ def _check_model_name(model: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing mlops.yaml (and train.py).")
 def init(directory: Path, model: str, force: bool) -> None:
     """Write a commented starter mlops.yaml into DIRECTORY, a starter train.py that writes the
-    artifacts it names, and the JSON Schema that the file's `$schema` line points at."""
+    artifacts it names, the JSON Schema that the file's `$schema` line points at, and a
+    .gitignore for what the tool and training make (an existing one gains what it lacks)."""
     from .render import render
     from .schema import json_schema_text
 
@@ -96,6 +97,12 @@ def init(directory: Path, model: str, force: bool) -> None:
     }
     if force or not (directory / "train.py").exists():
         files["train.py"] = render("init/train.py.j2", model=model)
+    from .workspace.starter import gitignore
+
+    ignore = directory / ".gitignore"
+    ignored = gitignore(ignore.read_text() if ignore.exists() else None)
+    if ignored is not None:  # so that `git add -A` commits intent and facts, not blobs and pickles
+        files[".gitignore"] = ignored
     for name, text in files.items():
         atomic_write(directory / name, text.encode("utf-8"))
     click.echo(f"wrote {', '.join(str(directory / n) for n in files)}")
@@ -270,8 +277,10 @@ def run() -> None:
         sys.exit(130)
 
 
-def _side(file: Path, ref: str | None) -> Any:
-    """mlops.yaml and mlops.lock as they are in the working tree (ref None) or at a commit."""
+def _side(file: Path, ref: str | None, *, against_lock: bool = False) -> Any:
+    """mlops.yaml and mlops.lock as they are in the working tree (ref None) or at a commit.
+    `against_lock`: the change under review is checked as `validate` checks it (a version the
+    lock does not pin is an error); the base it is compared with is taken as it was."""
     import subprocess
     import tempfile
 
@@ -282,7 +291,7 @@ def _side(file: Path, ref: str | None) -> Any:
     if ref is None:
         if not file.exists():
             return Side(None, Lock())
-        ws = load(file, against_lock=False, check_paths=False)
+        ws = load(file, against_lock=against_lock, check_paths=False)
         return Side(ws.resolved, ws.lock)
     folder = file.resolve().parent
     top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
@@ -301,7 +310,7 @@ def _side(file: Path, ref: str | None) -> Any:
         copied = Path(tmp) / file.name
         if not copied.exists():
             return Side(None, Lock())
-        ws = load(copied, against_lock=False, check_paths=False)
+        ws = load(copied, against_lock=against_lock, check_paths=False)
         return Side(ws.resolved, ws.lock)
 
 
@@ -327,3 +336,5 @@ def diff(file: Path, base: str, head: str | None, out: Path | None) -> None:
     else:
         atomic_write(out, text.encode())
         click.echo(f"wrote {out} ({len(text):,} characters)")
+    # The review shows an unpinned version as such; the change still fails as `validate` fails it.
+    _side(file, head, against_lock=True)

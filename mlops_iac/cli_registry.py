@@ -16,7 +16,7 @@ from .registry import Ref, parse_ref
 from .registry.archive import export_archive, import_archive
 from .resolve import Workspace
 from .spec.models import Framework
-from .workspace import lock_version, pin_in_lock, project_registry, users_of
+from .workspace import lock_version, pin_in_lock, project_registry, require_project, users_of
 
 FRAMEWORKS = list(get_args(Framework))  # the spec's type is the one list
 _BY_SUFFIX = {
@@ -108,6 +108,7 @@ def register(
     Registering the same bytes again returns the existing version. When MODEL is declared in
     mlops.yaml, the version is pinned in mlops.lock too.
     """
+    require_project(file, "mlops-iac register", "--config")
     registry, ws = project_registry(file, against_lock=False)
     root = ws.root if ws else Path.cwd()
     path = safe_source(source, root)

@@ -24,7 +24,8 @@ from .lock import Lock, RolloutFacts, VersionCounts, update_lock
 from .resolve import ResolvedDeployment, Workspace, load
 from .rollout import Decision, Evidence, decide
 from .rollout import evidence as sources
-from .rollout.markdown import markdown
+from .rollout.decide import abort_refusal
+from .rollout.markdown import NO_SOURCE, markdown
 from .spec.rollout import Rollout
 from .spec.targets import DockerTarget, KubernetesTarget, LocalTarget
 
@@ -56,18 +57,27 @@ class Source:
             selector if selector is not None else (series_selector(namespace, dep.model) if namespace else "")
         )
         self.key = os.environ.get(API_KEY_ENV) if dep.auth == "key" else None
+        self.hint = sources.unreachable_hint(
+            target.kind, dep.name, metrics_urls=bool(urls), prometheus=bool(self.prometheus)
+        )
 
-    def counters(self) -> dict[int, VersionCounts]:
+    def counters(self, command: str) -> dict[int, VersionCounts]:
         if self.prometheus:
             return {}  # Prometheus keeps the history itself
-        return sources.total(sources.counts(sources.fetch(url, self.key), self.dep.model) for url in self.urls)
+        try:
+            return sources.total(sources.counts(sources.fetch(url, self.key), self.dep.model) for url in self.urls)
+        except sources.Unreachable as exc:
+            raise MlopsIacError(f"{command} {self.dep.name}: reading the evidence: {exc}; {self.hint}") from None
 
     def evidence(self, facts: RolloutFacts, now: float, counters: dict[int, VersionCounts]) -> Evidence:
         window = max(0.0, now - facts.started)
         if self.prometheus:
-            return sources.from_prometheus(
-                self.prometheus, self.dep.model, self.selector, facts.stable, facts.canary, window
-            )
+            try:
+                return sources.from_prometheus(
+                    self.prometheus, self.dep.model, self.selector, facts.stable, facts.canary, window
+                )
+            except sources.Unreachable as exc:
+                raise MlopsIacError(f"rollout {self.dep.name}: querying Prometheus: {exc}; {self.hint}") from None
         return sources.from_counters(counters, facts.snapshot, facts.stable, facts.canary, window, ", ".join(self.urls))
 
 
@@ -113,7 +123,7 @@ def _record(
             "canary": {"requests": 0, "errors": 0, "p99_ms": None},
             "stable": {"requests": 0, "errors": 0, "p99_ms": None},
             "window_s": 0.0,
-            "source": "-",
+            "source": NO_SOURCE,
             "queries": {},
         }
     )
@@ -161,7 +171,9 @@ def advance(
         first = policy.weights()[0]
         facts = RolloutFacts(stable=stable, canary=canary, weight=first, started=now, snapshot=counters)
         why = f"rollout started: v{canary} takes {first}% for {policy.bake:g}s, then it is judged"
-        return facts, _record("start", facts, 0, policy, None, None, (why,), now)
+        # Before a start, synth and serve already give the canary the first step (see
+        # resolve): the server sent it that share, so the start moves nothing.
+        return facts, _record("start", facts, first, policy, None, None, (why,), now)
     if facts.state != "progressing":
         return facts, facts.decision
     evidence = source.evidence(facts, now, counters)
@@ -227,7 +239,7 @@ def _run(
         _emit(markdown(name, facts.decision), out)  # settled: the recorded decision, no evidence to read
         return
     source = Source(ws, dep, urls, prometheus, selector)
-    counters = source.counters()
+    counters = source.counters("rollout step" if write else "rollout status")
     now = time.time()
     if write:
         holder: dict[str, Any] = {}
@@ -326,15 +338,25 @@ def list_(file: Path, target: str | None, states: tuple[str, ...]) -> None:
     default=None,
     help="Also append the Markdown to this file.",
 )
-def abort(deployment: str, file: Path, reason: str, out: Path | None) -> None:
-    """Set the canary's weight to 0 now and stop the rollout."""
+@click.option(
+    "--revert-promoted",
+    is_flag=True,
+    help="Abort a promoted rollout too: all traffic goes back from the canary to the stable version.",
+)
+def abort(deployment: str, file: Path, reason: str, out: Path | None, revert_promoted: bool) -> None:
+    """Set the canary's weight to 0 now and stop the rollout. A promoted canary serves 100%:
+    taking it back to 0 is a revert, done only with --revert-promoted."""
     ws = load(file)
     _, policy, stable, canary = _deployment(ws, deployment)
     holder: dict[str, Any] = {}
 
     def change(lock: Lock) -> Lock:
         facts = lock.rollouts.get(deployment)
-        before = facts.weight if facts is not None and (facts.stable, facts.canary) == (stable, canary) else 0
+        current = facts is not None and (facts.stable, facts.canary) == (stable, canary)
+        refusal = abort_refusal(deployment, facts.state, stable, canary) if current and facts else None
+        if refusal is not None and not revert_promoted:
+            raise MlopsIacError(refusal)
+        before = facts.weight if current and facts is not None else 0
         new = RolloutFacts(
             stable=stable,
             canary=canary,

@@ -150,12 +150,13 @@ def score_command(
     job = prepare(model, base, list(inputs), output, settings)
     label = f"{model.name}@{model.version}"
     started = time.perf_counter()
+    scored = [0]  # rows scored by this run, not those a resume found done: what a rate is of
     try:
-        summary = _run_with_progress(job, label, as_json)
+        summary = _run_with_progress(job, label, as_json, scored)
     except MlopsIacError:
         _write_summary(summary_file, job.out / "manifest.json", label)
         raise
-    _report(summary, label, time.perf_counter() - started, summary_file, as_json)
+    _report(summary, label, scored[0], time.perf_counter() - started, summary_file, as_json)
 
 
 def _first(given: int | None, spec: int | None, default: int) -> int:
@@ -204,7 +205,23 @@ def _model(file: Path, ref: str) -> tuple[ModelConfig, Path]:
     ), root
 
 
-def _run_with_progress(job: Job, label: str, quiet: bool) -> Summary:
+class _Lines:
+    """Progress as whole lines, for a log or a pipe: a terminal's redrawn bar would be cut and
+    wrapped there. A line each tenth of the rows, and the last."""
+
+    def __init__(self, label: str, total: int, scored: list[int]) -> None:
+        self.label, self.total, self.scored, self.shown = label, total, scored, 0
+
+    def __call__(self, rows: int) -> None:
+        self.scored[0] += rows
+        done = self.scored[0]
+        if done >= self.total or done - self.shown >= max(1, self.total // 10):
+            self.shown = done
+            click.echo(f"scoring {self.label}: {done:,}/{self.total:,} rows ({done / max(self.total, 1):.0%})")
+
+
+def _run_with_progress(job: Job, label: str, quiet: bool, scored: list[int]) -> Summary:
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -223,6 +240,8 @@ def _run_with_progress(job: Job, label: str, quiet: bool) -> Summary:
             return Text(f"{task.speed or 0:>9,.0f} rows/s")
 
     total = sum(p.stop - p.start for p in parts(job) if p.index % job.settings.shards == job.settings.shard)
+    if not quiet and not Console().is_terminal:
+        return score(job, _Lines(label, total, scored))
     columns = (
         TextColumn(f"scoring {label}"),
         BarColumn(),
@@ -236,10 +255,17 @@ def _run_with_progress(job: Job, label: str, quiet: bool) -> Summary:
     )
     with Progress(*columns, disable=quiet, transient=False) as progress:
         task = progress.add_task("score", total=total)
-        return score(job, lambda rows: progress.advance(task, rows))
+
+        def advance(rows: int) -> None:
+            scored[0] += rows
+            progress.advance(task, rows)
+
+        return score(job, advance)
 
 
-def _report(summary: Summary, label: str, seconds: float, summary_file: Path | None, as_json: bool) -> None:
+def _report(
+    summary: Summary, label: str, scored: int, seconds: float, summary_file: Path | None, as_json: bool
+) -> None:
     data = {
         "rows_in": summary.rows_in,
         "rows_out": summary.rows_out,
@@ -253,10 +279,11 @@ def _report(summary: Summary, label: str, seconds: float, summary_file: Path | N
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    rate = summary.rows_in / seconds if seconds > 0 else 0.0
+    # A rate of rows this run scored only: a resume that found every part done scored none.
+    rate = f", {scored / seconds:,.0f} rows/s" if scored and seconds > 0 else ""
     click.echo(
         f"scored {summary.rows_in} rows with {label}: {summary.rows_out} out, {summary.rejects} "
-        f"rejected, {summary.parts} part(s) ({summary.skipped} already done), {rate:,.0f} rows/s; "
+        f"rejected, {summary.parts} part(s) ({summary.skipped} already done){rate}; "
         f"manifest {summary.manifest}"
     )
 

@@ -199,3 +199,15 @@ def test_the_deploy_action_applies_each_device_group(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="needs MLOPS_IAC_API_KEY"):
         run_action("deploy", {"target": "plants", "working-directory": "deploy"}, repo, summary, env=env)
     assert len(list(calls.glob("*.args"))) == 2
+
+
+def test_the_readme_deployment_id_is_the_one_render_prints() -> None:
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"az iot edge deployment create --hub-name (\S+) --deployment-id (\S+)", readme)
+    assert command is not None, "the README has no `az iot edge deployment create`"
+    file = ROOT / "examples/azure/mlops.yaml"
+    rendered = CliRunner().invoke(main, ["render", "--target", "plants", "-f", str(file)])
+    assert rendered.exit_code == 0, rendered.output
+    ids = re.findall(r"^name: (\S+)$", rendered.stdout, re.M)
+    assert command.group(2) in ids, (command.group(2), ids)
+    assert f"hub: {command.group(1)}" in file.read_text()  # the hub the example's target names

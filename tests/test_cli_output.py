@@ -17,7 +17,10 @@ def test_diff_names_an_unpinned_alias_instead_of_vnone(repo: Path) -> None:  # n
     text = (repo / "mlops.yaml").read_text()
     commit(repo, message="start")
     (repo / "mlops.yaml").write_text(text.replace("    version: 1\n", "    alias: staging\n", 1))
-    out = diff(repo, "--base", "HEAD")
+    result = CliRunner().invoke(main, ["diff", "-f", str(repo / "mlops.yaml"), "--base", "HEAD"])
+    # Reviewed as written, and refused as `validate` refuses it: the alias is not in the lock.
+    assert result.exit_code == 1 and "unknown alias 'staging'" in result.stderr
+    out = result.stdout
     assert "vNone" not in out
     assert "@staging (not pinned) `unpinned`" in out
 

@@ -133,3 +133,22 @@ def test_oci_backend_from_mlops_yaml_and_oras_pull(
     pulled = client.pull(target=f"{repository}/iris:v1", outdir=str(tmp_path / "oras"))
     assert [Path(p).read_bytes() for p in pulled] == [b"model one"]
     assert Path(pulled[0]).name == "model.joblib"  # the title annotation names the file
+
+
+def test_register_outside_a_project_is_refused_and_makes_no_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "model.joblib").write_bytes(b"model one")
+    monkeypatch.chdir(alone)
+    refused = CliRunner().invoke(main, ["register", "iris", "--file", "model.joblib"])
+    assert refused.exit_code == 1, refused.output
+    assert f"mlops.yaml: not found in {alone}" in refused.output and "mlops-iac init" in refused.output
+    assert "Traceback" not in refused.output and not (alone / ".mlops").exists()
+    # Below a project: pointed at it, and nothing made where the user stands.
+    shutil.copyfile(QUICKSTART / "mlops.yaml", tmp_path / "mlops.yaml")
+    below = CliRunner().invoke(main, ["register", "iris", "--file", "model.joblib"])
+    assert below.exit_code == 1 and f"found {tmp_path / 'mlops.yaml'}" in below.output
+    assert f"--config {tmp_path / 'mlops.yaml'}" in below.output
+    assert not (alone / ".mlops").exists() and not (tmp_path / ".mlops").exists()

@@ -167,3 +167,18 @@ def test_a_docker_shadow_lists_its_container_and_network(repo: Path) -> None:
         "versions' containers over `Network/iris-edge-mirror`; its answers are never returned\n"
     ) in review
     assert "weights are not honoured" not in review  # one version answers: the shadow takes no traffic
+
+
+def test_an_unpinned_version_fails_diff_as_it_fails_validate(repo: Path) -> None:
+    original = (repo / "mlops.yaml").read_text()
+    commit(repo, original, "as is")
+    (repo / "mlops.yaml").write_text(original.replace(CANARY, "    versions: [1, 7]\n    traffic: {1: 90, 7: 10}\n"))
+    validated = CliRunner().invoke(main, ["validate", "-f", str(repo / "mlops.yaml")])
+    reviewed = CliRunner().invoke(main, ["diff", "-f", str(repo / "mlops.yaml")])
+    assert validated.exit_code == 1 and reviewed.exit_code == 1, reviewed.output
+    refusal = next(line for line in validated.stderr.splitlines() if "iris@7 is not in mlops.lock" in line)
+    assert refusal in reviewed.stderr.splitlines() and "Traceback" not in reviewed.output
+    assert "(not pinned)" in reviewed.stdout  # the review still shows what the change asks for
+    commit(repo, message="unpinned")
+    at_commit = CliRunner().invoke(main, ["diff", "-f", str(repo / "mlops.yaml"), "--base", "HEAD~1", "--head", "HEAD"])
+    assert at_commit.exit_code == 1 and "iris@7 is not in mlops.lock" in at_commit.output

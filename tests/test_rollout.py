@@ -824,3 +824,76 @@ def test_rollout_list_says_what_is_due_and_when(tmp_path: Path) -> None:
     assert runner.invoke(main, ["rollout", "list", "-f", str(file), "--state", "rolled-back"]).output.startswith(
         "iris-live\trolled-back\t0\t"
     )
+
+
+def test_rollout_step_with_no_server_names_the_step_the_url_and_what_to_do(tmp_path: Path) -> None:
+    dead = free_port()
+    file = project(tmp_path)
+    file.write_text(file.read_text().replace("port: 8080", f"port: {dead}"))
+    down = CliRunner().invoke(main, ["rollout", "step", "iris-live", "-f", str(file)])
+    assert down.exit_code == 1 and "Traceback" not in down.output
+    line = down.output.strip()
+    assert "\n" not in line and line.startswith("error: rollout step iris-live: reading the evidence: ")
+    assert f"cannot read http://127.0.0.1:{dead}/metrics: Connection refused" in line
+    assert "is the server running? start it with `mlops-iac serve --deployment iris-live`" in line
+    assert "urlopen error" not in line and "iris-live" not in read_lock(tmp_path / "mlops.lock").rollouts
+
+
+@contextmanager
+def idle_metrics() -> Iterator[str]:
+    """A server's /metrics before any request: what the first step reads."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_first_step_says_what_the_canary_serves_and_no_empty_evidence(tmp_path: Path) -> None:
+    file = project(tmp_path)
+    with idle_metrics() as url:
+        started = CliRunner().invoke(main, ["rollout", "step", "iris-live", "-f", str(file), "--metrics-url", url])
+    assert started.exit_code == 0, started.output
+    text = started.output
+    # Before the start, synth and serve already gave the canary its first step: nothing moves.
+    assert "Canary v2 against stable v1: **10%**, its first step" in text and "v1: 0% →" not in text
+    assert "Evidence over 0s" not in text and "from -" not in text
+    assert "| gate |" not in text and "No gates evaluated yet" in text
+    assert read_lock(tmp_path / "mlops.lock").rollouts["iris-live"].decision["weightBefore"] == 10
+
+
+def test_abort_of_a_promoted_rollout_is_refused_unless_asked_for(tmp_path: Path) -> None:
+    file = project(tmp_path)
+    update_lock(
+        tmp_path / "mlops.lock",
+        lambda lock: lock.with_rollout(
+            "iris-live", RolloutFacts(stable=1, canary=2, weight=100, step=2, state="promoted", started=1.0)
+        ),
+    )
+    before = (tmp_path / "mlops.lock").read_bytes()
+    refused = CliRunner().invoke(main, ["rollout", "abort", "iris-live", "-f", str(file)])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "iris-live: the rollout was promoted: v2 serves 100%" in refused.output
+    assert "--revert-promoted" in refused.output
+    assert (tmp_path / "mlops.lock").read_bytes() == before  # nothing moved
+    reverted = CliRunner().invoke(main, ["rollout", "abort", "iris-live", "-f", str(file), "--revert-promoted"])
+    assert reverted.exit_code == 0, reverted.output
+    assert "100% → **0%**" in reverted.output
+    facts = read_lock(tmp_path / "mlops.lock").rollouts["iris-live"]
+    assert (facts.state, facts.weight) == ("aborted", 0)

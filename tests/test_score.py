@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -524,8 +525,11 @@ def test_a_resume_on_another_thread_count_is_refused(models: Models, tmp_path: P
     inputs, out = [str(tmp_path / "a.parquet")], tmp_path / "out"
     score(prepare(cancer_model(models), models.folder, inputs, out, Settings(batch_size=50, threads=1)))
     other = Settings(batch_size=50, threads=2, resume=True)
-    with pytest.raises(MlopsIacError, match=r'holds a run with other settings .*"threads": 1'):
+    with pytest.raises(MlopsIacError) as refused:
         score(prepare(cancer_model(models), models.folder, inputs, out, other))
+    # Names the setting that differs, stored against given, and what sets it; not the whole dict.
+    assert "holds a run with other settings: threads stored 1, given 2 (from --threads" in str(refused.value)
+    assert "batch_size" not in str(refused.value)
     again = score(prepare(cancer_model(models), models.folder, inputs, out, replace(other, threads=1)))
     assert again.rows_in == 100
 
@@ -617,3 +621,35 @@ def test_a_local_batch_deployment_is_the_command_itself(converted: Path) -> None
     np.testing.assert_array_equal(out.column("label").to_numpy(), run(session(onnx.read_bytes()), x)[0])
     unknown = CliRunner().invoke(main, ["score", "--deployment", "iris-local"])
     assert unknown.exit_code == 1 and "batch deployments: iris-nightly" in unknown.output
+
+
+def test_every_missing_tabular_column_is_named_at_once(tmp_path: Path) -> None:
+    from mlops_iac.errors import MlopsIacError
+    from mlops_iac.scoring.features import plan_inputs
+    from mlops_iac.serving.runtime import TensorSpec
+
+    columns = ["island", "bill_length", "bill_depth", "flipper", "mass", "sex"]
+    inputs = {c: TensorSpec(c, "FP32" if c not in ("island", "sex") else "BYTES", (-1, 1)) for c in columns}
+    schema = pa.schema([("id", pa.int64()), ("island", pa.string())])  # five of six columns missing
+    with pytest.raises(MlopsIacError) as raised:
+        plan_inputs(tmp_path / "in.parquet", schema, inputs, ["id"], False)
+    message = str(raised.value)
+    for name in columns[1:]:
+        assert repr(name) in message, message
+    assert "'island'" not in message.split("; columns:")[0] and message.endswith("columns: id, island")
+
+
+def test_cli_progress_is_whole_lines_off_a_terminal_and_a_full_resume_has_no_rate(converted: Path) -> None:
+    x = np.tile(np.load(converted / "sample.npy"), (20, 1)).astype(np.float32)
+    pq.write_table(pa.table({f"x{i}": x[:, i] for i in range(4)}), converted / "rows.parquet")
+    args = ["score", "iris@1", "--input", "rows.parquet", "--output", "scored", "--batch-size", "100"]
+    first = CliRunner().invoke(main, args)  # its output is not a terminal, as in a CI log
+    assert first.exit_code == 0, first.output
+    lines = first.stdout.splitlines()
+    assert "\r" not in first.stdout and "\x1b" not in first.stdout
+    assert lines[-2] == f"scoring iris@1: {len(x):,}/{len(x):,} rows (100%)"
+    assert all(line.startswith("scoring iris@1: ") for line in lines[:-1]) and len(lines) > 2
+    assert re.search(r", [\d,]+ rows/s; manifest", lines[-1])
+    again = CliRunner().invoke(main, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "(1 already done); manifest" in again.stdout and "rows/s" not in again.stdout

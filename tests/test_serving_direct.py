@@ -409,3 +409,27 @@ def test_an_empty_request_does_not_time_the_model(models: Models, tmp_path: Path
             assert runner.run(alone(np.ones((0, 4), np.float32))).startswith(b"HTTP/1.1 200 ")
         runner.run(server.shutdown())
     assert one_row > 0 and entry.lone_run == one_row
+
+
+def test_a_request_missing_several_inputs_names_every_one(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from mlops_iac.serving.config import ModelConfig
+    from mlops_iac.serving.protocol import ClientError
+    from mlops_iac.serving.runtime import ModelRuntime
+
+    names = ["a", "b", "c"]
+    graph = helper.make_graph(
+        [helper.make_node("Sum", names, ["out"])],
+        "three",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 1]) for n in names],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "three.onnx")
+    runtime = ModelRuntime(ModelConfig(name="three", version=1, path="three.onnx"), tmp_path)
+    with pytest.raises(ClientError) as raised:
+        runtime.check({"a": np.zeros((1, 1), np.float32)}, None)
+    assert "missing input(s) 'b' (FP32 [-1, 1]), 'c' (FP32 [-1, 1])" in str(raised.value)

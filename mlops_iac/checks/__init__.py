@@ -26,6 +26,7 @@ from .delivery import (
     shadow_problems,
     traffic_problems,
 )
+from .paths import near_miss
 
 DATA_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
@@ -185,7 +186,15 @@ def _paths(parts: _Parts, doc: Document, root: Path) -> Iterator[Problem]:
     for i, model in parts.models:
         here: PathKey = ("models", i)
         if not (root / model.source).exists():
-            if model.train:
+            meant = near_miss(root, model.source, model.train) if model.train else None
+            if meant is not None:
+                yield doc.problem(
+                    (*here, "source"),
+                    f"{model.source} does not exist (did you mean {meant!r}?)",
+                    f"the `train` command ({model.train}) never names it; a path to the trained "
+                    f"artifact, relative to the folder of {doc.file}",
+                )
+            elif model.train:
                 yield doc.problem(
                     (*here, "source"),
                     f"{model.source} does not exist yet",
@@ -198,9 +207,9 @@ def _paths(parts: _Parts, doc: Document, root: Path) -> Iterator[Problem]:
                     f"{model.source} does not exist",
                     f"a path to the trained artifact, relative to the folder of {doc.file}",
                 )
-        yield from _data_file(doc, root, (*here, "sample"), model.sample, bool(model.train))
+        yield from _data_file(doc, root, (*here, "sample"), model.sample, model.train)
         if model.validate_ is not None:
-            yield from _data_file(doc, root, (*here, "validate", "dataset"), model.validate_.dataset, bool(model.train))
+            yield from _data_file(doc, root, (*here, "validate", "dataset"), model.validate_.dataset, model.train)
         for key, value in (
             ("handler", model.handler),
             ("build.extraSteps", model.build.extra_steps if model.build else None),
@@ -222,13 +231,20 @@ def _existing(doc: Document, root: Path, path: PathKey, value: str | None) -> It
         yield doc.problem(path, f"{value} does not exist", f"a path relative to the folder of {doc.file}")
 
 
-def _data_file(doc: Document, root: Path, path: PathKey, value: str | None, made_by_train: bool) -> Iterator[Problem]:
+def _data_file(doc: Document, root: Path, path: PathKey, value: str | None, train: str | None) -> Iterator[Problem]:
     if value is None:
         return
     if not value.endswith(DATA_SUFFIXES):
         yield doc.problem(path, f"got {value!r}", "expected a data file ending in " + ", ".join(DATA_SUFFIXES))
     elif not (root / value).exists():
-        if made_by_train:
+        meant = near_miss(root, value, train) if train else None
+        if meant is not None:
+            yield doc.problem(
+                path,
+                f"{value} does not exist (did you mean {meant!r}?)",
+                f"the `train` command ({train}) never names it",
+            )
+        elif train:
             yield doc.problem(
                 path,
                 f"{value} does not exist yet",

@@ -136,3 +136,15 @@ def _failure(result: GateResult) -> str:
         return f"error rate {shown} is over {result.threshold:.2%}" + (f" ({result.note})" if result.note else "")
     shown = "unknown" if result.value is None else f"{result.value:.1f} ms"
     return f"p99 latency {shown} is over {result.threshold:g} ms"
+
+
+def abort_refusal(deployment: str, state: str, stable: int, canary: int) -> str | None:
+    """Why an abort would do harm, or None: a promoted canary serves every request, so taking
+    it to 0% is not stopping a rollout but reverting a release, which must be asked for."""
+    if state != "promoted":
+        return None
+    return (
+        f"{deployment}: the rollout was promoted: v{canary} serves 100% and v{stable} 0%; an abort now "
+        f"would move all traffic back to v{stable}. To revert the release, rerun with --revert-promoted, "
+        "or change the deployment's versions in mlops.yaml"
+    )

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..contract import API_KEY_ENV
+from ..contract import API_KEY_ENV, PROMETHEUS_ENV
 from ..errors import MlopsIacError
 from ..lock import VersionCounts
 from .decide import Evidence, VersionEvidence
@@ -25,6 +26,33 @@ from .decide import Evidence, VersionEvidence
 REQUESTS = "mlops_requests"  # a counter: samples mlops_requests_total{model, version, status}
 LATENCY = "mlops_request_seconds"  # a histogram: samples mlops_request_seconds_bucket{model, version, le}
 TIMEOUT_S = 10.0
+
+
+class Unreachable(MlopsIacError):
+    """A server or Prometheus that did not answer at all; the command adds its step and what to do."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"cannot read {url}: {reason}")
+
+
+def unreachable_hint(kind: str, deployment: str, *, metrics_urls: bool, prometheus: bool) -> str:
+    """What to do when the evidence's source did not answer, for where it was looked for."""
+    if prometheus:
+        return f"is Prometheus running there? check --prometheus (or ${PROMETHEUS_ENV})"
+    if metrics_urls:
+        return "is the server running? check the --metrics-url given"
+    if kind == "local":
+        return (
+            f"is the server running? start it with `mlops-iac serve --deployment {deployment}` (or pass --metrics-url)"
+        )
+    return "are its containers running? deploy them with `pulumi up` in stacks/, or pass --metrics-url URL"
+
+
+def _reason(exc: OSError) -> str:
+    """`Connection refused`, not `<urlopen error [Errno 111] Connection refused>`."""
+    inner = exc.reason if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, OSError) else exc
+    return str(inner.strerror or inner) if isinstance(inner, OSError) else str(inner)
 
 
 def fetch(url: str, key: str | None = None) -> str:
@@ -39,7 +67,7 @@ def fetch(url: str, key: str | None = None) -> str:
         hint = f" (the main port needs the API key: set {API_KEY_ENV})" if exc.code == 401 else ""
         raise MlopsIacError(f"{url} answered {exc.code}{hint}") from None
     except OSError as exc:
-        raise MlopsIacError(f"cannot read {url}: {exc}") from None
+        raise Unreachable(url, _reason(exc)) from None
 
 
 def counts(text: str, model: str) -> dict[int, VersionCounts]:

@@ -6,6 +6,8 @@ from typing import Any
 
 from ..render import render
 
+NO_SOURCE = "-"  # a record made without reading evidence (a start, an abort)
+
 
 def _num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
@@ -52,7 +54,7 @@ def markdown(deployment: str, record: dict[str, Any]) -> str:
         bake=format(policy["bake"], "g"),
         reasons=record["reasons"],
         window=format(ev["windowS"], ".0f"),
-        source=ev["source"],
+        source="" if ev["source"] == NO_SOURCE else ev["source"],
         versions=versions,
         gates=gates,
         queries=sorted((ev.get("queries") or {}).items()),

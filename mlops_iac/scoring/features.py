@@ -52,6 +52,13 @@ def plan_inputs(
     features = [n for n in schema.names if n not in ids]
     if handler:
         return [InputMap(n, (n,), None, _width(schema.field(n).type), False) for n in features]
+    absent = [n for n in inputs if n not in schema.names]
+    if len(inputs) > 1 and absent:  # every missing column at once, not one per rerun
+        raise MlopsIacError(
+            f"{path}: no column for the model input(s) "
+            + ", ".join(f"{n!r} ({_describe(inputs[n])})" for n in absent)
+            + f"; columns: {', '.join(schema.names)}"
+        )
     maps = []
     for name, spec in inputs.items():
         if len(spec.shape) not in (1, 2):

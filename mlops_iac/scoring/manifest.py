@@ -61,7 +61,7 @@ def finished(job: Job, head: dict[str, Any], path: Path) -> dict[int, PartResult
     for key in ("model", "settings", "inputs"):
         if old.get(key) != head[key]:
             raise MlopsIacError(
-                f"{path}: this folder holds a run with other {key} ({json.dumps(old.get(key))}); "
+                f"{path}: this folder holds a run with other {key}: {_differences(old.get(key), head[key])}; "
                 "choose another --output, or rerun with the same ones"
             )
     if not job.settings.resume:
@@ -79,6 +79,22 @@ def finished(job: Job, head: dict[str, Any], path: Path) -> dict[int, PartResult
         ):
             done[result.index] = result
     return done
+
+
+# What a stored setting follows, when no flag of its own name sets it.
+_FOLLOWS = {"threads": "--threads, or the CPUs / --workers", "shard": "--shard", "shards": "--shard"}
+
+
+def _differences(stored: Any, given: Any) -> str:
+    """Each setting that differs, stored against given, so the rerun knows which flag to match."""
+    if not (isinstance(stored, dict) and isinstance(given, dict)):
+        return f"stored {json.dumps(stored)}, given {json.dumps(given)}"
+    keys = sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))
+    return ", ".join(
+        f"{k} stored {json.dumps(stored.get(k))}, given {json.dumps(given.get(k))}"
+        + (f" (from {_FOLLOWS[k]})" if k in _FOLLOWS else f" (--{k.replace('_', '-')})")
+        for k in keys
+    )
 
 
 def make_durable(out: Path, results: Iterable[PartResult]) -> None:

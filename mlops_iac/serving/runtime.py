@@ -121,10 +121,13 @@ class ModelRuntime:
         for name in feeds:
             if name not in self.inputs:
                 raise ClientError(400, f"unknown input {name!r}; this model takes: " + ", ".join(self.inputs))
+        absent = [spec for name, spec in self.inputs.items() if name not in feeds]
+        if absent:  # every one at once: a table of many columns is fixed in one go
+            raise ClientError(
+                400, "missing input(s) " + ", ".join(f"{s.name!r} ({s.datatype} {list(s.shape)})" for s in absent)
+            )
         for name, spec in self.inputs.items():
-            array = feeds.get(name)
-            if array is None:
-                raise ClientError(400, f"missing input {name!r} ({spec.datatype} {list(spec.shape)})")
+            array = feeds[name]
             given = datatypes[name] if datatypes else None
             if given is not None and given != spec.datatype:
                 raise ClientError(400, f"input {name!r}: got datatype {given}; expected {spec.datatype}")

@@ -34,6 +34,25 @@ def project_registry(file: Path, *, against_lock: bool = True) -> tuple[Registry
     return open_registry(LocalRegistry(backend="local"), Path.cwd()), None
 
 
+class NoProjectError(MlopsIacError):
+    """A command that writes into a project's registry and lock ran outside any project."""
+
+
+def require_project(file: Path, command: str, option: str) -> None:
+    """Refuse to run `command` without mlops.yaml: it would make a registry in whatever folder
+    the user stands in. Points at a project in a parent folder, or at `init`."""
+    if file.exists():
+        return
+    here = (Path.cwd() / file).parent.resolve()
+    above = next((d / file.name for d in here.parents if (d / file.name).is_file()), None)
+    hint = (
+        f"found {above}: run it from {above.parent}, or pass {option} {above}"
+        if above is not None
+        else f"run `mlops-iac init` to start a project here, or pass {option} PATH/mlops.yaml"
+    )
+    raise NoProjectError(f"{file}: not found in {here}; `{command}` stores versions in a project's registry; {hint}")
+
+
 def root_of(ws: Workspace | None) -> Path:
     """The folder relative paths start from: mlops.yaml's, or the current one without it."""
     return ws.root if ws else Path.cwd()
