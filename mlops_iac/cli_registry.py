@@ -14,20 +14,11 @@ from .errors import MlopsIacError, RegistryError
 from .lock import Lock, update_lock
 from .registry import Ref, parse_ref
 from .registry.archive import export_archive, import_archive
-from .resolve import Workspace
 from .spec.models import Framework
-from .workspace import lock_version, pin_in_lock, project_registry, require_project, users_of
+from .workspace import pin_in_lock, project_registry, require_project, stored_facts, users_of
+from .workspace.intake import checked_framework
 
 FRAMEWORKS = list(get_args(Framework))  # the spec's type is the one list
-_BY_SUFFIX = {
-    ".onnx": "onnx",
-    ".pt": "pytorch",
-    ".pth": "pytorch",
-    ".joblib": "sklearn",
-    ".pkl": "sklearn",
-    ".pickle": "sklearn",
-    ".skops": "sklearn",
-}
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -66,19 +57,6 @@ def safe_source(path: Path, root: Path) -> Path:
     return path
 
 
-def _framework(model: str, file: Path, given: str | None, ws: Workspace | None) -> Framework:
-    if given:
-        return given  # type: ignore[return-value]
-    if ws is not None:
-        declared = next((m.framework for m in ws.spec.models if m.name == model), None)
-        if declared:
-            return declared
-    guessed = _BY_SUFFIX.get(file.suffix.lower())
-    if guessed is None:
-        raise RegistryError(f"cannot tell the framework of {file.name}; pass --framework ({', '.join(FRAMEWORKS)})")
-    return guessed  # type: ignore[return-value]
-
-
 @click.command()
 @click.argument("model")
 @click.option(
@@ -112,18 +90,14 @@ def register(
     registry, ws = project_registry(file, against_lock=False)
     root = ws.root if ws else Path.cwd()
     path = safe_source(source, root)
-    chosen = _framework(model, path, framework, ws)
-    if chosen == "onnx":
-        from .convert.frameworks import verify_onnx
-
-        verify_onnx(path)  # before anything is stored: a pickle never registers as ONNX
+    chosen = checked_framework(model, path, framework, ws)  # ONNX is checked before anything is stored
     version, created = registry.register(
         model, path, chosen, tags=_pairs(tags, "--tag"), metrics=_metrics(metrics), source=str(source)
     )
     note = "" if created else " (already registered: same bytes)"
     click.echo(f"{model}@{version.version} {version.digest}{note}")
     if ws is not None and users_of(ws, version, lock=False):
-        pin_in_lock(ws, version)
+        pin_in_lock(ws, version, registry)
         click.echo(f"pinned {model}@{version.version} in mlops.lock")
     if chosen == "onnx":
         prepare_onnx(registry, file if ws else None, version)
@@ -348,7 +322,7 @@ def lock_sync(file: Path) -> None:
                         f"mlops.lock pins {dep.model}@{version.version} to "
                         f"{known.digest}, the registry has {version.digest}"
                     )
-                new = new.with_version(dep.model, version.version, known or lock_version(version))
+                new = new.with_version(dep.model, version.version, stored_facts(registry, version, known))
                 lines.append(f"{dep.name}: {dep.model}@{v.ref} -> {version.version} {version.digest}")
         return new
 

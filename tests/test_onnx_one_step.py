@@ -151,7 +151,7 @@ def test_serve_prepares_an_onnx_version_that_lock_sync_pinned(onnx_project: Path
     (onnx_project / "later.yaml").rename(spec)
     assert cli("lock", "sync", cwd=onnx_project).returncode == 0
     pinned = json.loads(cli("lock", "show", "--json", cwd=onnx_project).stdout)["models"]["reg"]["versions"]["1"]
-    assert "onnx" not in pinned  # lock sync pins the digest only
+    assert "onnx" in pinned  # prepared at register, before any pin: lock sync takes it from the registry
     done = cli("serve", "--write-config", "server.json", cwd=onnx_project)
     assert done.returncode == 0, done.stdout + done.stderr
     facts = json.loads(cli("lock", "show", "--json", cwd=onnx_project).stdout)["models"]["reg"]["versions"]["1"]

@@ -18,7 +18,8 @@ import onnx
 from ..signatures import breaking_changes
 from . import measure, onnx_tools
 from .data import DataError, Sample, Table
-from .frameworks import ConversionError, convert
+from .failures import SAMPLE_HINT, ConversionError, step
+from .frameworks import convert
 from .parity import Parity, compare
 from .pipeline import UnsupportedStep
 
@@ -78,21 +79,27 @@ def convert_artifact(
 ) -> Report:
     converted = convert(framework, artifact, sample, options.opset)
     base = converted.model.SerializeToString()
-    optimized = onnx_tools.optimize(base, options.optimization)
-    if converted.native is not None:
-        expected = converted.native(sample)
-    else:  # an ONNX artifact: the optimised graph must answer as the original does
-        expected = onnx_tools.run(onnx_tools.session(base, level="disabled"), sample)
+    # Every step names itself when it fails: onnxruntime's and the frameworks' own errors span
+    # lines and name no file.
+    with step(f"optimising its ONNX model ({options.optimization})", artifact):
+        optimized = onnx_tools.optimize(base, options.optimization)
+    with step(f"running the {framework} model on the sample", artifact, SAMPLE_HINT):
+        if converted.native is not None:
+            expected = converted.native(sample)
+        else:  # an ONNX artifact: the optimised graph must answer as the original does
+            expected = onnx_tools.run(onnx_tools.session(base, level="disabled"), sample)
     names = [o.name for o in converted.model.graph.output]
 
     def parity_of(model: bytes) -> Parity:
-        actual = onnx_tools.run(onnx_tools.session(model), sample)
+        with step("running its ONNX model on the sample", artifact, SAMPLE_HINT):
+            actual = onnx_tools.run(onnx_tools.session(model), sample)
         return compare(expected, actual, names, converted.kinds, options.atol, options.rtol)
 
     parity = parity_of(optimized)
     final, quantization = optimized, {"mode": options.quantize, "kept": False}
     if parity.passed and options.quantize == "dynamic-int8":
-        final, quantization = _quantize(base, optimized, options, parity_of, validation)
+        with step("quantising its ONNX model", artifact):
+            final, quantization = _quantize(base, optimized, options, parity_of, validation)
     report = Report(
         model=final,
         parity=parity if final is optimized else parity_of(final),
@@ -106,9 +113,11 @@ def convert_artifact(
         return report
     extra: dict[str, Any] = {"breaking": tuple(breaking_changes(previous_signature, report.signature))}
     if validation is not None:
-        extra["validation"] = _validate(final, validation)
+        with step("running its ONNX model on the validation data", artifact, SAMPLE_HINT):
+            extra["validation"] = _validate(final, validation)
     if options.measure_speed and converted.native_call is not None:
-        extra["speedup"] = measure.speedup(converted.native_call, final, sample, prepare=converted.prepare)
+        with step("timing the native model against ONNX", artifact):
+            extra["speedup"] = measure.speedup(converted.native_call, final, sample, prepare=converted.prepare)
     return Report(**{**report.__dict__, **extra})
 
 

@@ -268,6 +268,8 @@ def read_examples(
     path: Path, label: str | None = "label", *, need_labels: bool = True
 ) -> tuple[Sample, np.ndarray | None]:
     """(sample, labels): like `read_labelled`, but .csv and .parquet keep their columns."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; a sample is one .npy, .npz, .csv or .parquet file")
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         return read_labelled(path, label, need_labels=need_labels)

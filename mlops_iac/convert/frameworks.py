@@ -17,18 +17,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import MlopsIacError
 from . import pipeline
 from .data import DataError, Sample, Table, feed
+from .failures import ConversionError, loading, one_line, step
+from .onnx_checks import check_external_data, verify_onnx
 from .parity import OutputKind
 
 INPUT_NAME = "input"
 DEFAULT_OPSET = 17  # supported by every onnxruntime and Triton release still in use
 Runner = Callable[[Sample], list[np.ndarray]]
-
-
-class ConversionError(MlopsIacError):
-    """The artifact could not be loaded or converted."""
+__all__ = ["ConversionError", "Converted", "check_external_data", "convert", "verify_onnx"]
 
 
 def _matrix(sample: Sample) -> np.ndarray:
@@ -46,7 +44,7 @@ class Converted:
 
 
 def convert(framework: str, path: Path, sample: Sample, opset: int | None) -> Converted:
-    converters: dict[str, Callable[[Path, Sample, int | None], Converted]] = {
+    converters: dict[str, Callable[[str, Path, Sample, int | None], Converted]] = {
         "sklearn": _sklearn,
         "lightgbm": _sklearn,
         "xgboost": _sklearn,
@@ -56,24 +54,24 @@ def convert(framework: str, path: Path, sample: Sample, opset: int | None) -> Co
     if framework not in converters:
         raise ConversionError(f"no converter for framework {framework!r}")
     try:
-        return converters[framework](path, sample, opset)
+        return converters[framework](framework, path, sample, opset)
     except (ConversionError, DataError, pipeline.UnsupportedStep):
         raise
     except Exception as exc:
-        raise ConversionError(f"converting {path.name} ({framework}) failed: {type(exc).__name__}: {exc}") from exc
+        raise ConversionError(f"converting {path.name} ({framework}) failed: {one_line(exc)}") from exc
 
 
 # --- scikit-learn, and LightGBM and XGBoost through their scikit-learn API ------------------
 
 
-def _sklearn(path: Path, sample: Sample, opset: int | None) -> Converted:
+def _sklearn(framework: str, path: Path, sample: Sample, opset: int | None) -> Converted:
     import joblib
     from skl2onnx import to_onnx
 
     _register_boosters()
-    model = joblib.load(path)
-    if not hasattr(model, "predict"):
-        raise ConversionError(f"{path.name} holds a {type(model).__name__}, not a fitted estimator")
+    with loading(framework, path):
+        model = joblib.load(path)
+    _check_estimator(model, framework, path)
     pipeline.check(model, path.name)
     prepare, inputs = _sklearn_inputs(model, sample)
     proba = hasattr(model, "predict_proba") and _is_classifier(model)
@@ -98,6 +96,24 @@ def _sklearn(path: Path, sample: Sample, opset: int | None) -> Converted:
     return Converted(
         onx, (first, *rest), lambda x: [model.predict(prepare(x))], model.predict, prepare, pipeline.parity_hint(model)
     )
+
+
+def _check_estimator(model: Any, framework: str, path: Path) -> None:
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    if not hasattr(model, "predict"):
+        raise ConversionError(
+            f"{path.name} holds a {type(model).__name__}, not a fitted estimator; save the fitted "
+            f"{framework} model itself with joblib.dump"
+        )
+    try:
+        if hasattr(model, "fit"):  # check_is_fitted refuses objects that are not estimators
+            check_is_fitted(model)
+    except NotFittedError:
+        raise ConversionError(
+            f"{path.name} holds a {type(model).__name__} that was never fitted; save it after fit()"
+        ) from None
 
 
 def _sklearn_inputs(model: Any, sample: Sample) -> tuple[Callable[[Sample], Any], list[tuple[str, Any]]]:
@@ -227,17 +243,18 @@ def _integer_tree_attributes() -> Iterator[None]:
 # --- PyTorch ---------------------------------------------------------------------------------
 
 
-def _pytorch(path: Path, sample: Sample, opset: int | None) -> Converted:
+def _pytorch(framework: str, path: Path, sample: Sample, opset: int | None) -> Converted:
     import torch
 
     sample = _matrix(sample)
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call, unused-ignore]
-        scripted = True
-    except RuntimeError:
-        # A whole pickled nn.Module: its classes must be importable here.
-        module = torch.load(str(path), map_location="cpu", weights_only=False)
-        scripted = False
+    with loading(framework, path):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call, unused-ignore]
+            scripted = True
+        except RuntimeError:
+            # A whole pickled nn.Module: its classes must be importable here.
+            module = torch.load(str(path), map_location="cpu", weights_only=False)
+            scripted = False
     if not isinstance(module, torch.nn.Module):
         raise ConversionError(
             f"{path.name} holds a {type(module).__name__}, not a torch module "
@@ -294,16 +311,18 @@ def _export_torch(module: Any, example: Any, opset: int | None, scripted: bool) 
 # --- ONNX as it is -----------------------------------------------------------------------------
 
 
-def _onnx(path: Path, sample: Sample, opset: int | None) -> Converted:
-    check_external_data(path)
-    model = onnx.load(str(path), load_external_data=True)
+def _onnx(framework: str, path: Path, sample: Sample, opset: int | None) -> Converted:
+    with loading(framework, path):
+        check_external_data(path)
+        model = onnx.load(str(path), load_external_data=True)
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ConversionError(f"{path.name} is not a valid ONNX model: {exc}") from None
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ConversionError(f"{path.name} is not a valid ONNX model: {one_line(exc)}") from None
     import onnxruntime as ort
 
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with step("loading it into onnxruntime", path):
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
     def run(x: Sample) -> list[np.ndarray]:
         return [np.asarray(o) for o in session.run(None, feed(session.get_inputs(), x))]
@@ -315,56 +334,3 @@ def _onnx(path: Path, sample: Sample, opset: int | None) -> Converted:
 
 
 _INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.STRING, onnx.TensorProto.BOOL}
-
-
-def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        tensors += [a.t for a in node.attribute if a.HasField("t")]
-    return tensors
-
-
-def verify_onnx(path: Path) -> None:
-    """Refuse anything that is not one valid, self-contained ONNX model (before it is stored).
-
-    The registry keeps one file per version, so tensors in external data files would be lost;
-    the checker runs with full shape inference, as onnxruntime will load it.
-    """
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError, RuntimeError, ...
-        raise ConversionError(
-            f"{path.name} is not an ONNX model ({type(exc).__name__}: {exc}); "
-            "register it with the framework that saved it (--framework sklearn, "
-            "pytorch, lightgbm or xgboost)"
-        ) from None
-    check_external_data(path)
-    external = [t.name for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
-        raise ConversionError(
-            f"{path.name} keeps tensor {external[0]!r} (and {len(external) - 1} more) in "
-            "external data files; the registry stores one file per version: embed "
-            "them with onnx.save(onnx.load(PATH), OUT) (models under 2 GiB)"
-        )
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ConversionError(f"{path.name} is not a valid ONNX model: {str(exc).strip()}") from None
-    if not model.graph.input or not model.graph.output:
-        raise ConversionError(f"{path.name} is not a usable ONNX model: its graph has no inputs or no outputs")
-
-
-def check_external_data(path: Path) -> None:
-    """ONNX external data must stay inside the model's folder: no `..`, no absolute paths."""
-    model = onnx.load(str(path), load_external_data=False)
-    folder = path.resolve().parent
-    for tensor in _tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (folder / location).resolve()
-        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
-            raise ConversionError(
-                f"{path.name}: tensor {tensor.name!r} keeps its data at "
-                f"{location!r}, outside the model's folder; refused"
-            )

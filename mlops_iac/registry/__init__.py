@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import RegistryError
 from ..spec.registry import LocalRegistry, OciRegistry
 from .core import Registry
 from .local import LocalStore
@@ -29,7 +30,12 @@ def open_registry(config: LocalRegistry | OciRegistry, root: Path) -> Registry:
             retries=config.retries,
         )
         return Registry(store)
-    return Registry(LocalStore(root / config.path))
+    folder = root / config.path
+    if folder.exists() and not folder.is_dir():  # else every command fails deep in the store on "Not a directory"
+        raise RegistryError(
+            f"{folder}: registry.path names a file; the local registry is a folder (one that exists or not yet)"
+        )
+    return Registry(LocalStore(folder))
 
 
 __all__ = ["Artifact", "Event", "LocalStore", "ModelIndex", "Ref", "Registry", "Version", "open_registry", "parse_ref"]

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from ..errors import MlopsIacError, RegistryError
-from ..lock import Lock, LockedVersion, update_lock
+from ..lock import BaselineFacts, Lock, LockedVersion, OnnxFacts, ValidationFacts, update_lock
 from ..registry import Registry, Version, open_registry, parse_ref
 from ..registry.records import Artifact
 from ..resolve import ResolvedModel, Workspace, load
@@ -107,19 +107,67 @@ def lock_version(version: Version) -> LockedVersion:
     return LockedVersion(digest=version.digest, framework=version.framework, size=version.size)
 
 
-def pin_in_lock(ws: Workspace, version: Version) -> None:
-    """Record a version in mlops.lock, keeping whatever later stages found out about it."""
+def onnx_facts(artifact: Artifact) -> OnnxFacts:
+    """The lock's `onnx` section from the registry's ONNX artifact (what `convert` linked)."""
+    facts = artifact.facts
+    return OnnxFacts(
+        digest=artifact.digest,
+        size=artifact.size,
+        opset=facts["opset"],
+        optimization=facts["optimization"],
+        inputs=facts["signature"]["inputs"],
+        outputs=facts["signature"]["outputs"],
+        parity=facts["parity"],
+        quantization=facts["quantization"],
+        speedup=facts["speedup"],
+        breaking=tuple(facts["breaking"]),
+    )
+
+
+def stored_facts(registry: Registry, version: Version, known: LockedVersion | None = None) -> LockedVersion:
+    """A pin of `version`: what the lock knows, with what the registry stored and the lock lacks.
+
+    A version converted before it was pinned has its ONNX, baseline and validation in the
+    registry only; without them the lock would ask for a conversion that was already done.
+    """
+    pinned = known or lock_version(version)
+    sections: dict[str, Any] = {}
+    onnx = version.artifacts.get("onnx")
+    if pinned.onnx is None and onnx is not None:
+        sections["onnx"] = onnx_facts(onnx)
+    base = version.artifacts.get("baseline")
+    if pinned.baseline is None and base is not None:
+        sections["baseline"] = BaselineFacts(digest=base.digest, rows=base.facts["rows"], columns=base.facts["columns"])
+    if pinned.validation is None and version.status != "registered":
+        sections["validation"] = _validation_of(registry, version)
+    return pinned.model_copy(update={k: v for k, v in sections.items() if v is not None})
+
+
+def _validation_of(registry: Registry, version: Version) -> ValidationFacts | None:
+    """The validation that last set the version's status (the registry keeps it in the history)."""
+    events = [e for e in registry.index(version.model).history if e.version == version.version]
+    detail = next((e.detail for e in reversed(events) if e.action == "status" and "metric" in e.detail), None)
+    if detail is None:
+        return None
+    return ValidationFacts(
+        metric=detail["metric"], value=detail["value"], threshold=detail["threshold"], passed=detail["passed"]
+    )
+
+
+def pin_in_lock(ws: Workspace, version: Version, registry: Registry | None = None) -> None:
+    """Record a version in mlops.lock, keeping whatever later stages found out about it (and,
+    given the registry, taking what it stored of a version converted before it was pinned)."""
 
     def change(lock: Lock) -> Lock:
         known = lock.version(version.model, version.version)
-        if known is not None:
-            if known.digest != version.digest:
-                raise RegistryError(
-                    f"mlops.lock pins {version.model}@{version.version} to "
-                    f"{known.digest}, but the registry has {version.digest}"
-                )
-            return lock
-        return lock.with_version(version.model, version.version, lock_version(version))
+        if known is not None and known.digest != version.digest:
+            raise RegistryError(
+                f"mlops.lock pins {version.model}@{version.version} to "
+                f"{known.digest}, but the registry has {version.digest}"
+            )
+        if registry is not None:
+            return lock.with_version(version.model, version.version, stored_facts(registry, version, known))
+        return lock if known is not None else lock.with_version(version.model, version.version, lock_version(version))
 
     update_lock(ws.lock_path, change)
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import orjson
 
-from ..convert import Options, Report, Validation, convert_artifact
+from ..convert import ConversionError, Options, Report, Validation, convert_artifact
 from ..convert.data import Sample, Table, read_examples
 from ..errors import MlopsIacError
-from ..lock import BaselineFacts, Lock, OnnxFacts, ValidationFacts, update_lock
+from ..lock import BaselineFacts, Lock, ValidationFacts, update_lock
 from ..registry import Registry, Version, parse_ref
-from ..registry.records import Status
+from ..registry.records import Artifact, Status
 from ..resolve import ResolvedModel, Workspace
-from . import features, model_spec
+from . import features, model_spec, onnx_facts
 
 
 def convert_version(
@@ -42,14 +42,17 @@ def convert_version(
         native = Path(tmp) / version.lineage.filename
         registry.pull(parse_ref(f"{version.model}@{version.version}"), native)
         rows = features(sample, spec, ws, version.framework, native, echo)
-        report = convert_artifact(
-            version.framework,
-            native,
-            rows,
-            options,
-            validation=_validation(spec, ws),
-            previous_signature=_previous_signature(registry, version),
-        )
+        try:
+            report = convert_artifact(
+                version.framework,
+                native,
+                rows,
+                options,
+                validation=_validation(spec, ws),
+                previous_signature=_previous_signature(registry, version),
+            )
+        except ConversionError as exc:  # the file's name alone may not say which version it is
+            raise ConversionError(f"{version.model}@{version.version}: {exc}") from exc
         show(version, report)
         if not report.parity.passed:
             hint = f" Likely cause: {report.hint}." if report.hint else ""
@@ -71,7 +74,7 @@ def convert_version(
     if report.validation is not None:
         status: Status = "validated" if report.validation["passed"] else "rejected"
         registry.set_status(ref_n, status, report.validation)
-    pinned = _record_in_lock(ws, version, artifact.digest, artifact.size, report, stored)
+    pinned = _record_in_lock(ws, version, artifact, report, stored)
     echo(
         f"stored {version.model}@{version.version} onnx {artifact.digest}" + ("; mlops.lock updated" if pinned else "")
     )
@@ -146,23 +149,11 @@ def _table_baseline(table: Table, outputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _record_in_lock(
-    ws: Workspace | None, version: Version, digest: str, size: int, report: Report, baseline: BaselineFacts
+    ws: Workspace | None, version: Version, artifact: Artifact, report: Report, baseline: BaselineFacts
 ) -> bool:
     if ws is None or ws.lock.version(version.model, version.version) is None:
-        return False
-    facts = OnnxFacts(
-        digest=digest,
-        size=size,
-        opset=report.opset,
-        optimization=report.optimization,
-        inputs=report.signature["inputs"],
-        outputs=report.signature["outputs"],
-        parity=report.parity.facts(),
-        quantization=report.quantization,
-        speedup=report.speedup,
-        breaking=report.breaking,
-    )
-    sections: dict[str, Any] = {"onnx": facts.model_dump(), "baseline": baseline.model_dump()}
+        return False  # not pinned yet: pinning it later takes these facts from the registry
+    sections: dict[str, Any] = {"onnx": onnx_facts(artifact).model_dump(), "baseline": baseline.model_dump()}
     if report.validation is not None:
         v = report.validation
         sections["validation"] = ValidationFacts(
