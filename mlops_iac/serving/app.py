@@ -52,7 +52,7 @@ class Server:
             if not key:
                 raise ValueError(f"auth is `key` but {config.api_key_env} is not set")
             self.key = f"Bearer {key}".encode()
-        self.collector = Collector(config.collection, base, self.metrics.dropped.inc)
+        self.collector = Collector(config.collection, base, self.metrics.drop)
         self.openapi = orjson.dumps(document(), option=orjson.OPT_SORT_KEYS)
         self.metadata = orjson.dumps({"name": "mlops-iac", "version": __version__, "extensions": EXTENSIONS})
         self.shadow: Shadow | None = None  # shadow versions, mirrored after the answer (shadow.py)

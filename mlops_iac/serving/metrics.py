@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+DROP_REASONS = ("full", "error")
 
 
 class FastHistogram:
@@ -93,7 +94,15 @@ class Metrics:
         self.batch = self._histogram(
             "mlops_batch_size", "Rows in each merged batch (dynamic batching only).", labels, BATCH_BUCKETS
         )
-        self.dropped = Counter("mlops_collection_dropped", "Data-collection records dropped.", registry=self.registry)
+        self.dropped = Counter(
+            "mlops_collection_dropped",
+            "Data-collection records dropped, by reason: full (no room in the queue or on the disk), "
+            "error (any other write failure).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in DROP_REASONS:  # at 0 from the start: increase() misses a series' first value
+            self.dropped.labels(reason)
         self.ready = Gauge("mlops_ready", "1 when every model is loaded and warm.", registry=self.registry)
         self.traffic = Counter(
             "mlops_traffic_routed", "Unversioned requests routed to each version.", labels, registry=self.registry
@@ -106,6 +115,10 @@ class Metrics:
         family = HistogramFamily(name, documentation, labels, bounds)
         self.registry.register(family)
         return family
+
+    def drop(self, reason: str) -> None:
+        """One data-collection record lost (`reason`: one of DROP_REASONS, see collect.py)."""
+        self.dropped.labels(reason).inc()
 
     def share(self, folder: Path, index: int) -> None:
         self.shared = (folder, index)
