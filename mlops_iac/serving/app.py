@@ -144,7 +144,8 @@ class Server:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                background = asyncio.create_task(self._load_in_background())
+                if not self.ready:  # loaded before listening (a replacement worker): not twice
+                    background = asyncio.create_task(self._load_in_background())
                 if self.metrics.shared is not None:  # a worker process: its metrics meet the others'
                     publisher = asyncio.create_task(self.metrics.publish_forever())
                 await send({"type": "lifespan.startup.complete"})
