@@ -513,6 +513,8 @@ def test_a_worker_dying_in_a_loop_stops_the_server_after_the_restart_limit(model
         "import os, pathlib, signal\n"
         f"if pathlib.Path({str(doomed)!r}).exists():\n"
         "    os.kill(os.getpid(), signal.SIGKILL)  # every worker that loads from now on dies\n"
+        "def preprocess(request):\n"
+        "    return dict(request.inputs)\n"
     )
     config = {"models": [model_entry(models, "iris", handler="doomed.py")], "workers": 2}
     with running_server(models, config, env={"MLOPS_IAC_WORKER_RESTARTS": "2/600"}) as server:
