@@ -427,3 +427,118 @@ def test_the_cpu_quota_is_the_tightest_of_the_cgroup_and_its_parents(
         (root / name).write_text(text)
     (tmp_path / "self").write_text(own)
     assert _cgroup_quota(root, tmp_path / "self") == cores
+
+
+def gone(pid: int) -> bool:
+    """The process exited (a zombie until its parent reaps it): its sockets are closed."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def requests_total(server: Running) -> float:
+    labels = (("model", "iris"), ("status", "200"), ("version", "1"))
+    return samples(server.request("GET", "/metrics")[2]).get(("mlops_requests_total", labels), 0.0)
+
+
+def test_a_killed_worker_is_replaced_while_the_other_serves(models: Models) -> None:
+    """SIGKILL of one of two workers: every request on is answered right (by the other, then
+    by both), readiness stays true, a new worker takes the dead one's place and the counters
+    add up across the restart instead of going back."""
+    if not TWO_CPUS:
+        pytest.skip("one CPU here: the server caps its workers at the CPUs it may use")
+    local = session((models.folder / "iris.onnx").read_bytes())
+    answered = 0
+
+    def check(server: Running) -> None:
+        nonlocal answered
+        x = models.iris[answered % 150 : answered % 150 + 1]
+        status, doc = server.json("POST", "/v2/models/iris/infer", infer_body(x))
+        assert status == 200, doc
+        label, proba = run(local, x)
+        assert doc["outputs"][0]["data"] == label.tolist()
+        np.testing.assert_array_equal(np.asarray(doc["outputs"][1]["data"], np.float32), proba.ravel())
+        answered += 1
+
+    with running_server(models, {"models": [model_entry(models, "iris")], "workers": 2}) as server:
+        every_worker_ready(server)
+        for _ in range(10):
+            check(server)
+        before = requests_total(server)
+        old = worker_pids(server)
+        os.kill(old[1], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not gone(old[1]):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        counts = [before]
+        while True:  # until the replacement serves: the survivor answers, ready all along
+            assert time.monotonic() < deadline, server.log.read_text()
+            check(server)
+            assert server.json("GET", "/v2/health/ready") == (200, {"ready": True})
+            replaced = bool(set(worker_pids(server)) - set(old))  # the dead one's metrics are retired by then
+            values = samples(server.request("GET", "/metrics")[2])
+            counts.append(values[("mlops_requests_total", (("model", "iris"), ("status", "200"), ("version", "1")))])
+            if replaced and values[("mlops_workers", ())] == 2:  # the replacement publishes once it serves
+                break
+        new = worker_pids(server)
+        assert len(new) == 2 and old[0] in new and old[1] not in new
+        served: set[int] = set()
+        for _ in range(40):  # a connection each: both the survivor and the replacement answer
+            connection = server.connection()
+            connection.request("POST", "/v2/models/iris/infer", json.dumps(infer_body(models.iris[:1])))
+            assert connection.getresponse().status == 200
+            assert connection.sock is not None
+            served.add(serving_pid(connection.sock.getsockname(), new))
+            connection.close()
+            answered += 1
+        assert served == set(new)
+        after = answered - 10
+        while (total := requests_total(server)) < before + after:  # each worker publishes every second
+            assert time.monotonic() < deadline, (before, after, total)
+            time.sleep(0.2)
+        counts.append(total)
+        assert counts == sorted(counts) and total <= answered  # never backwards, never more than answered
+        assert "worker mlops-iac-worker-1 stopped (killed by SIGKILL); starting another" in server.log.read_text()
+
+
+def test_a_worker_dying_in_a_loop_stops_the_server_after_the_restart_limit(models: Models, tmp_path: Path) -> None:
+    """Every replacement dies as it loads (its handler kills it): the survivor serves meanwhile;
+    past MLOPS_IAC_WORKER_RESTARTS deaths in the window the server stops, exit 1, one line."""
+    if not TWO_CPUS:
+        pytest.skip("one CPU here: the server caps its workers at the CPUs it may use")
+    doomed = tmp_path / "doomed"
+    (models.folder / "doomed.py").write_text(
+        "import os, pathlib, signal\n"
+        f"if pathlib.Path({str(doomed)!r}).exists():\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)  # every worker that loads from now on dies\n"
+        "def preprocess(request):\n"
+        "    return dict(request.inputs)\n"
+    )
+    config = {"models": [model_entry(models, "iris", handler="doomed.py")], "workers": 2}
+    with running_server(models, config, env={"MLOPS_IAC_WORKER_RESTARTS": "2/600"}) as server:
+        every_worker_ready(server)
+        doomed.touch()
+        os.kill(worker_pids(server)[1], signal.SIGKILL)
+        ready = 0
+        while server.process.poll() is None:  # the survivor answers until the supervisor gives up
+            with contextlib.suppress(OSError):
+                status, doc = server.json("GET", "/v2/health/ready")
+                assert status == 200, doc
+                ready += 1
+        assert server.process.returncode == 1 and ready > 0
+    log = server.log.read_text()
+    assert log.count("stopped (killed by SIGKILL); starting another") == 2, log
+    assert "error: workers stopped 3 times within 600 s (the last, mlops-iac-worker-1, killed by SIGKILL)" in log
+    assert "Traceback" not in log, log
+
+
+def test_a_malformed_restart_limit_is_refused(models: Models) -> None:
+    from mlops_iac.errors import MlopsIacError
+    from mlops_iac.serving.workers import restart_limit
+
+    assert restart_limit(None) == (5, 60.0) and restart_limit("2/600") == (2, 600.0)
+    for text in ("5", "a/60", "5/0", "-1/60"):
+        with pytest.raises(MlopsIacError, match=f'MLOPS_IAC_WORKER_RESTARTS is "{text}": expected N/SECONDS'):
+            restart_limit(text)

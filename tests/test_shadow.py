@@ -346,7 +346,7 @@ def test_closing_drops_the_queued_mirrors_instead_of_running_them(
     hung = _SlowShadow(delay=None)
     remote = shadows.Remote(MirrorConfig(model="iris", version=2, percent=100, url=hung.url), None)
     config = CollectionConfig(enabled=True, sample_rate=0.0, sink="file", path="collected/c.jsonl")
-    collector = Collector(config, tmp_path, lambda: None)
+    collector = Collector(config, tmp_path, lambda reason: None)
     registry = CollectorRegistry()
     mirror = shadows.Shadow({"iris": [(remote, 100)]}, collector, registry)
     primary = types.SimpleNamespace(runtime=types.SimpleNamespace(name="iris", version="1"))

@@ -78,7 +78,9 @@ def rule_groups(dep: Watched, selector: str, *, window: str = "5m", hold: str = 
                     "labels": {"severity": "warning", **common},
                     "annotations": {
                         "summary": f"{dep.name}: data-collection records are being dropped",
-                        "description": "The collector's queue is full: the sink is too slow or down.",
+                        "description": "mlops_collection_dropped_total by reason: `full`, the queue or "
+                        "the disk is full (the sink is too slow or down, or the volume needs room); `error`, "
+                        "writes fail otherwise. Collection resumes by itself once the sink works.",
                     },
                 },
                 {

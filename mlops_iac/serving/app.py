@@ -52,7 +52,7 @@ class Server:
             if not key:
                 raise ValueError(f"auth is `key` but {config.api_key_env} is not set")
             self.key = f"Bearer {key}".encode()
-        self.collector = Collector(config.collection, base, self.metrics.dropped.inc)
+        self.collector = Collector(config.collection, base, self.metrics.drop)
         self.openapi = orjson.dumps(document(), option=orjson.OPT_SORT_KEYS)
         self.metadata = orjson.dumps({"name": "mlops-iac", "version": __version__, "extensions": EXTENSIONS})
         self.shadow: Shadow | None = None  # shadow versions, mirrored after the answer (shadow.py)
@@ -144,7 +144,8 @@ class Server:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                background = asyncio.create_task(self._load_in_background())
+                if not self.ready:  # loaded before listening (a replacement worker): not twice
+                    background = asyncio.create_task(self._load_in_background())
                 if self.metrics.shared is not None:  # a worker process: its metrics meet the others'
                     publisher = asyncio.create_task(self.metrics.publish_forever())
                 await send({"type": "lifespan.startup.complete"})

@@ -9,7 +9,8 @@ observation happens on the event loop's one thread (batches report back to it to
 With worker processes (`workers.py`) each worker keeps its own metrics and, every second,
 writes them to a folder the workers share; `/metrics` on any worker adds the others' (at
 most a second old) to its own live ones: counters and histograms add up, the readiness
-gauge is the lowest (ready when every worker is).
+gauge is the lowest (ready when every worker is). A worker that dies leaves its counters
+behind (`retire`), so its replacement adds to them instead of taking them back to zero.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+DROP_REASONS = ("full", "error")
+RETIRED = "retired.json"  # the counters of workers that died, in the workers' folder
 
 
 class FastHistogram:
@@ -93,7 +96,15 @@ class Metrics:
         self.batch = self._histogram(
             "mlops_batch_size", "Rows in each merged batch (dynamic batching only).", labels, BATCH_BUCKETS
         )
-        self.dropped = Counter("mlops_collection_dropped", "Data-collection records dropped.", registry=self.registry)
+        self.dropped = Counter(
+            "mlops_collection_dropped",
+            "Data-collection records dropped, by reason: full (no room in the queue or on the disk), "
+            "error (any other write failure).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in DROP_REASONS:  # at 0 from the start: increase() misses a series' first value
+            self.dropped.labels(reason)
         self.ready = Gauge("mlops_ready", "1 when every model is loaded and warm.", registry=self.registry)
         self.traffic = Counter(
             "mlops_traffic_routed", "Unversioned requests routed to each version.", labels, registry=self.registry
@@ -107,14 +118,21 @@ class Metrics:
         self.registry.register(family)
         return family
 
+    def drop(self, reason: str) -> None:
+        """One data-collection record lost (`reason`: one of DROP_REASONS, see collect.py)."""
+        self.dropped.labels(reason).inc()
+
     def share(self, folder: Path, index: int) -> None:
         self.shared = (folder, index)
 
     def render(self) -> bytes:
         if self.shared is None:
             return generate_latest(self.registry)
+        # Published first: what this answer shows of this worker is then on disk, so it stays
+        # counted (in retired.json) if the worker dies next, and the sums never go backwards.
+        self.publish()
         others = self._others()
-        merged = _Merged(self._series(), others)
+        merged = _Merged(self._series(), [*others, *self._retired()])
         merged.add("mlops_workers", "Worker processes whose metrics this answer adds up.", 1 + len(others))
         return generate_latest(merged)
 
@@ -137,6 +155,13 @@ class Metrics:
             self.publish()
             await asyncio.sleep(every)
 
+    def _retired(self) -> list[list[Any]]:
+        assert self.shared is not None
+        try:
+            return [orjson.loads((self.shared[0] / RETIRED).read_bytes())]
+        except (OSError, orjson.JSONDecodeError):  # none yet
+            return []
+
     def _others(self) -> list[list[Any]]:
         assert self.shared is not None
         folder, index = self.shared
@@ -148,6 +173,28 @@ class Metrics:
                 except (OSError, orjson.JSONDecodeError):  # a worker that is just starting or gone
                     continue
         return found
+
+
+def retire(folder: Path, index: int) -> None:
+    """Keeps the counters and histograms of worker `index`, which is gone, in the workers'
+    `retired.json`, which every /metrics adds: its replacement starts from zero, and the sums
+    must not go backwards (a counter that drops reads as a reset to Prometheus). Gauges are
+    left out: readiness and the like are the live workers' only. Called by the supervisor
+    before it starts the replacement, which alone writes worker-<index>.json next."""
+    path = folder / f"worker-{index}.json"
+    try:
+        last = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):  # it died before it published anything
+        return
+    try:
+        kept = [orjson.loads((folder / RETIRED).read_bytes())]
+    except (OSError, orjson.JSONDecodeError):
+        kept = []
+    merged = _Merged([series for series in last if series[1] != "gauge"], kept)
+    scratch = folder / f".{RETIRED}"
+    scratch.write_bytes(orjson.dumps(merged.series()))
+    scratch.replace(folder / RETIRED)
+    path.unlink()
 
 
 class _Merged:
@@ -167,6 +214,13 @@ class _Merged:
                         values[key] = min(values[key], value)
                     else:
                         values[key] += value
+
+    def series(self) -> list[Any]:
+        """As `Metrics._series` writes them."""
+        return [
+            [name, kind, documentation, [[sample, dict(labels), value] for (sample, labels), value in values.items()]]
+            for name, (kind, documentation, values) in self.families.items()
+        ]
 
     def add(self, name: str, documentation: str, value: float) -> None:
         self.families[name] = ("gauge", documentation, {(name, ()): value})

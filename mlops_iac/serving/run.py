@@ -109,9 +109,11 @@ def serve_one(
     port: int = 0,
     log_level: str = "warning",
     shared: tuple[Path, int] | None = None,
+    load_first: bool = False,
 ) -> None:
     """One server process; `sockets`: the main listener and, with a metrics port, its listener;
-    `shared`: the folder where the workers' metrics meet, and this worker's number."""
+    `shared`: the folder where the workers' metrics meet, and this worker's number;
+    `load_first`: load the models before listening (a worker replacing one that died)."""
     import uvicorn
 
     try:
@@ -121,6 +123,11 @@ def serve_one(
     if shared is not None:
         server.metrics.share(*shared)
     server.counts_arrivals = True
+    if load_first:
+        try:
+            server.load()
+        except Exception as exc:
+            raise MlopsIacError(f"the server stopped: {type(exc).__name__}: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uv = _main_server()(uvicorn_config(server, host, port, log_level))
     server.on_fatal = lambda: setattr(uv, "should_exit", True)

@@ -5,8 +5,12 @@ onnxruntime, is the cost: the way to more requests per second is more processes.
 supervisor binds the sockets (so port 0 and "port in use" behave as with one process),
 starts the workers with `spawn` (onnxruntime's thread pools do not survive a fork), forwards
 SIGTERM and SIGINT so that every worker drains its requests in flight, and exits when they
-have. A worker that dies takes the others down with it: the container or the pod restarts
-the whole server (crash-only), which keeps the supervisor small.
+have. A worker that dies (killed, out of memory, crashed) is replaced while the others keep
+serving: its replacement loads its models before it listens, so no connection meets it
+unready and /v2/health/ready stays true, and the dead worker's counters stay in /metrics.
+Past RESTARTS deaths within WINDOW_S, or when a worker cannot start at all (its models do
+not load), the supervisor stops every worker and exits 1: then the container or the pod
+restarts the whole server, with its backoff.
 
 gRPC (with `grpc_port`) is served by the first worker, REST by all of them.
 
@@ -26,7 +30,9 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -84,9 +90,20 @@ def worker_count(requested: int) -> int:
     return min(requested, limit) if requested > 0 else limit
 
 
+# A worker that dies is replaced, at most RESTARTS times within WINDOW_S: past that, something
+# kills every replacement (a request of death, too little memory) and restarting only hides it.
+# MLOPS_IAC_WORKER_RESTARTS="N/SECONDS" sets them (tests, chaos drills).
+RESTARTS, WINDOW_S = 5, 60.0
+RESTARTS_ENV = "MLOPS_IAC_WORKER_RESTARTS"
+# A worker's own "I cannot start" (models that do not load, a port it cannot take): the next
+# one would fail alike, so the server stops, as a single process does.
+CANNOT_START = 3
+
+
 def supervise(config: ServerConfig, base: Path, sockets: list[socket.socket], count: int, log_level: str) -> None:
     """Runs `count` workers on `sockets` (the main one, then the metrics one if any) until
-    SIGTERM or SIGINT, or until one of them exits."""
+    SIGTERM or SIGINT, replacing a worker that dies (see RESTARTS), and stopping them all when
+    one cannot start."""
     context = multiprocessing.get_context("spawn")
     folder = Path(tempfile.mkdtemp(prefix="mlops-iac-workers-"))  # /tmp: in memory in the pod
     # With SO_REUSEPORT each worker after the first listens on a socket of its own and the
@@ -99,22 +116,19 @@ def supervise(config: ServerConfig, base: Path, sockets: list[socket.socket], co
     # REST); REST, the common path, is served by every worker.
     without_grpc = config.model_copy(update={"grpc_port": None})
     own = bool(main.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
-    processes = [
-        context.Process(
-            target=_worker,
-            name=f"mlops-iac-worker-{i}",
-            args=(
-                config if i == 0 else without_grpc,
-                base,
-                [None if own and i else main, *rest],
-                main.getsockname()[:2],
-                i,
-                str(folder),
-                log_level,
-            ),
-        )
-        for i in range(count)
-    ]
+    address = main.getsockname()[:2]
+    limit = restart_limit(os.environ.get(RESTARTS_ENV))  # a typo fails before anything starts
+
+    def worker(i: int, replacement: bool = False) -> BaseProcess:
+        # A replacement joins the port only once its models are loaded (`late`): the kernel then
+        # never hands it a connection it cannot answer, and the other workers serve meanwhile.
+        first = None if own and (i or replacement) else main
+        args = (config if i == 0 else without_grpc, base, [first, *rest], address, i, str(folder), log_level)
+        process = context.Process(target=_worker, name=f"mlops-iac-worker-{i}", args=(*args, replacement))
+        process.start()
+        return process
+
+    processes: list[BaseProcess] = []
     signalled = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -124,23 +138,83 @@ def supervise(config: ServerConfig, base: Path, sockets: list[socket.socket], co
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for process in processes:
-            process.start()
-        for sock in sockets:
-            sock.close()  # the workers hold their own copies
-        wait([p.sentinel for p in processes])
-        if not signalled:
-            _terminate(processes)  # one stopped unasked: stop the rest, and say so below
-        for process in processes:
-            process.join()  # exit codes are known only now (a closed sentinel can precede the exit)
+        processes.extend(worker(i) for i in range(count))
+        if own:
+            main.close()  # the first worker holds its own copy; the others and replacements join
+        _keep_serving(processes, worker, folder, lambda: signalled, limit)
     finally:
+        _terminate(processes)
+        for process in processes:
+            process.join()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        for sock in sockets:
+            sock.close()
         shutil.rmtree(folder, ignore_errors=True)
-    failed = [p for p in processes if p.exitcode not in (0, -signal.SIGTERM)]
-    if failed or not signalled:
-        which = (failed or processes)[0]
-        raise MlopsIacError(f"worker {which.name} stopped (exit code {which.exitcode}); see its error above")
+
+
+def _keep_serving(
+    processes: list[BaseProcess],
+    worker: Callable[[int, bool], BaseProcess],
+    folder: Path,
+    signalled: Callable[[], bool],
+    limit: tuple[int, float],
+) -> None:
+    """Replaces each worker that dies unasked until SIGTERM; raises when one cannot start or
+    they die too often. Returns once every worker stopped on SIGTERM."""
+    from .metrics import retire
+
+    restarts, window = limit
+    deaths: deque[float] = deque()
+    while True:
+        wait([p.sentinel for p in processes if p.exitcode is None])
+        for i, process in enumerate(processes):
+            if process.exitcode is None and process.is_alive():
+                continue
+            process.join()  # exit codes are known only now (a closed sentinel can precede the exit)
+            if signalled():
+                continue
+            how = _exit(process.exitcode)
+            if process.exitcode == CANNOT_START:
+                raise MlopsIacError(f"worker {process.name} could not start ({how}); see its error above")
+            now = time.monotonic()
+            deaths.append(now)
+            while deaths and deaths[0] < now - window:
+                deaths.popleft()
+            if len(deaths) > restarts:
+                raise MlopsIacError(
+                    f"workers stopped {len(deaths)} times within {window:g} s (the last, {process.name}, "
+                    f"{how}); not replacing them again: see their errors above"
+                )
+            print(f"worker {process.name} stopped ({how}); starting another", file=sys.stderr, flush=True)
+            retire(folder, i)
+            processes[i] = worker(i, True)
+            if signalled():  # SIGTERM came while it started: it drains like the others
+                _terminate(processes[i : i + 1])
+        if signalled() and all(p.exitcode is not None for p in processes):
+            if failed := [p for p in processes if p.exitcode not in (0, -signal.SIGTERM)]:
+                raise MlopsIacError(f"worker {failed[0].name} stopped ({_exit(failed[0].exitcode)}) while draining")
+            return
+
+
+def restart_limit(text: str | None) -> tuple[int, float]:
+    """RESTARTS_ENV's "N/SECONDS" (None: the defaults)."""
+    if text is None:
+        return RESTARTS, WINDOW_S
+    try:
+        count, seconds = text.split("/")
+        limit = int(count), float(seconds)
+    except ValueError:
+        limit = (-1, 0.0)
+    if limit[0] < 0 or not limit[1] > 0:
+        raise MlopsIacError(f'{RESTARTS_ENV} is "{text}": expected N/SECONDS, e.g. "{RESTARTS}/{WINDOW_S:g}"')
+    return limit
+
+
+def _exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 def _terminate(processes: Sequence[BaseProcess]) -> None:
@@ -157,13 +231,34 @@ def _worker(
     index: int,
     folder: str,
     log_level: str,
+    replacement: bool = False,
 ) -> None:
     from .run import bind, serve_one
 
     try:
-        main = sockets[0] if sockets[0] is not None else bind(*address, join=True)
+        if sockets[0] is not None:
+            main = sockets[0]
+        else:  # its own socket on the shared port; a replacement's listens only once it is ready
+            main = _unlistened(address) if replacement else bind(*address, join=True)
         rest = [s for s in sockets[1:] if s is not None]
-        serve_one(config, base, [main, *rest], log_level=log_level, shared=(Path(folder), index))
+        serve_one(
+            config, base, [main, *rest], log_level=log_level, shared=(Path(folder), index), load_first=replacement
+        )
     except MlopsIacError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(CANNOT_START)
+
+
+def _unlistened(address: tuple[str, int]) -> socket.socket:
+    """A socket bound to the workers' port (SO_REUSEPORT) that takes no connection yet: the
+    kernel hands connections only to listening sockets, and uvicorn listens once it serves."""
+    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise MlopsIacError(f"cannot listen on {address[0]}:{address[1]} again: {reason}") from None
+    return sock
