@@ -16,6 +16,7 @@ from .errors import MlopsIacError
 from .monitoring.columns import DriftResult
 from .monitoring.drift import MIN_ROWS, TooLittleData, check
 from .monitoring.report import ks_text, new_text, write_report
+from .monitoring.shadow import collected_files
 from .registry import Registry, Version, parse_ref
 from .resolve import Workspace
 from .workspace import onnx_file, project_registry
@@ -36,8 +37,9 @@ def monitor() -> None:
     "paths",
     multiple=True,
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A file of collected JSON lines (repeatable; rotated files too).",
+    type=click.Path(exists=True, path_type=Path),
+    help="A file of collected JSON lines, or a folder of them (its *.jsonl files, rotated ones and "
+    "each server worker's); repeatable.",
 )
 @click.option(
     "--threshold",
@@ -105,7 +107,7 @@ def drift(
         )
     try:
         results, records = check(
-            base, paths, threshold, model=version.model, version=version.version, min_rows=min_rows
+            base, collected_files(paths), threshold, model=version.model, version=version.version, min_rows=min_rows
         )
     except TooLittleData as exc:
         click.secho(f"error: {exc}", fg="red", err=True)

@@ -117,12 +117,11 @@ def serve(
         return
     host = host or (target.host if target else "127.0.0.1")
     port = port if port is not None else (target.port if target else PORT)
-    from .serving.run import bind, check_workers
+    from .serving.run import bind
     from .serving.run import serve as run_server
     from .serving.workers import worker_count
 
     count = worker_count(config.workers)
-    check_workers(config, count)
     # Bound before the announcement: a busy port is an error, not a lie. With workers, each
     # after the first binds its own socket on the port (SO_REUSEPORT: connections spread evenly).
     sock = bind(host, port, reuse_port=count > 1)

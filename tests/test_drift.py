@@ -98,6 +98,21 @@ def test_cli_exits_3_on_drift_and_writes_a_report(converted: Path) -> None:
     assert "**drift**" in (converted / "drift/report.md").read_text()
 
 
+def test_cli_reads_a_folder_of_every_workers_files(converted: Path) -> None:
+    """A server with several workers writes requests.jsonl, requests.w1.jsonl, ...: the folder
+    is read whole (a shift only in the second worker's file is drift)."""
+    sample = np.load(converted / "sample.npy")
+    moved = sample.copy()
+    moved[:, 2] += 2.0
+    folder = converted / "collected"
+    folder.mkdir()
+    collected(folder / "requests.jsonl", sample, labels=False)
+    collected(folder / "requests.w1.jsonl", np.tile(moved, (6, 1)), labels=False)
+    result = CliRunner().invoke(main, ["monitor", "drift", "iris@1", "--collected", str(folder)])
+    assert result.exit_code == 3, result.output
+    assert "input[2]" in result.output and "DRIFT" in result.output
+
+
 def test_the_same_one_decimal_float32_data_has_a_psi_of_exactly_zero(tmp_path: Path) -> None:
     """Iris: one-decimal values float32 cannot hold exactly, many ties on every bin edge."""
     features = load_iris(return_X_y=True)[0].astype(np.float32)

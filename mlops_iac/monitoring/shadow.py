@@ -42,8 +42,9 @@ class ShadowComparison:
     samples_ms: dict[str, tuple[float, ...]] = field(repr=False, default_factory=dict)
 
 
-def read_records(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Every JSON line of the given files (a folder: its *.jsonl files and their rotations)."""
+def collected_files(paths: Sequence[Path]) -> list[Path]:
+    """The files of collected records: a file as given, a folder's *.jsonl files and their
+    rotations (one per server worker: requests.jsonl, requests.w1.jsonl, ...)."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -52,8 +53,13 @@ def read_records(paths: Sequence[Path]) -> list[dict[str, Any]]:
             files.append(path)
         else:
             raise MlopsIacError(f"{path}: no such file or folder of collected records")
+    return files
+
+
+def read_records(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Every JSON line of the given files (a folder: its *.jsonl files and their rotations)."""
     records = []
-    for file in files:
+    for file in collected_files(paths):
         with open(file, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():

@@ -62,20 +62,10 @@ def serve(
     if count == 1:
         serve_one(config, base, [sock] if sock is not None else None, host=host, port=port, log_level=log_level)
         return
-    check_workers(config, count)
     sockets = [sock if sock is not None else bind(host, port, reuse_port=True)]
     if config.metrics_port is not None:
         sockets.append(bind(host, config.metrics_port))
     supervise(config, base, sockets, count, log_level)
-
-
-def check_workers(config: ServerConfig, count: int) -> None:
-    """What several workers cannot do, refused before anything listens."""
-    if count > 1 and config.collection.enabled and config.collection.sink == "file":
-        raise MlopsIacError(
-            f"collection.sink is `file` with {count} workers: one file takes one writer; "
-            "set workers to 1, or collection.sink to `stdout` or `http`"
-        )
 
 
 def uvicorn_config(server: Server, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> Any:

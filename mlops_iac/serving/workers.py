@@ -12,7 +12,9 @@ Past RESTARTS deaths within WINDOW_S, or when a worker cannot start at all (its 
 not load), the supervisor stops every worker and exits 1: then the container or the pod
 restarts the whole server, with its backoff.
 
-gRPC (with `grpc_port`) is served by the first worker, REST by all of them.
+gRPC (with `grpc_port`) is served by the first worker, REST by all of them. With a collection
+file, each worker after the first writes its own beside it (`requests.w1.jsonl`, ...): one
+file takes one writer, since a failed write is cut back to that writer's last whole line.
 
 How many: `workers` of the server settings (rendered from the recommended CPU, see
 `config.workers_for`), 0 meaning one per CPU; never more than the
@@ -35,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import FrameType
 
 from ..errors import MlopsIacError
@@ -235,6 +237,7 @@ def _worker(
 ) -> None:
     from .run import bind, serve_one
 
+    config = own_collection_file(config, index)
     try:
         if sockets[0] is not None:
             main = sockets[0]
@@ -247,6 +250,18 @@ def _worker(
     except MlopsIacError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(CANNOT_START)
+
+
+def own_collection_file(config: ServerConfig, index: int) -> ServerConfig:
+    """Worker `index`'s settings: after the first, a collection file of its own beside the
+    first's (`collected/requests.jsonl` -> `collected/requests.w1.jsonl`), which a folder of
+    collected records (`monitor drift`, `shadow report`) picks up with the rest."""
+    collection = config.collection
+    if index == 0 or not (collection.enabled and collection.sink == "file"):
+        return config
+    path = PurePosixPath(collection.path)
+    own = str(path.with_name(f"{path.stem}.w{index}{path.suffix}"))
+    return config.model_copy(update={"collection": collection.model_copy(update={"path": own})})
 
 
 def _unlistened(address: tuple[str, int]) -> socket.socket:
