@@ -212,37 +212,39 @@ def test_a_lone_request_runs_inline_and_a_crowd_merges_on_the_batch_thread() -> 
     asyncio.run(scenario())
 
 
-def test_a_collection_file_with_several_workers_is_refused(models: Models) -> None:
+def test_each_worker_collects_to_a_file_of_its_own(models: Models, tmp_path: Path) -> None:
+    """Two workers, a collection file: the second writes requests.w1.jsonl beside the first's
+    (one file, one writer), and every answered request is one whole line in one of them."""
     if not TWO_CPUS:
         pytest.skip("one CPU here: the server caps its workers at the CPUs it may use")
-    settings = models.folder / "collect-workers.json"
-    settings.write_text(
-        json.dumps(
-            {
-                "models": [model_entry(models, "iris")],
-                "workers": 2,
-                "collection": {"enabled": True, "sample_rate": 1.0, "sink": "file"},
-            }
-        )
-    )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlops_iac.serving",
-            "--config",
-            str(settings),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 1
-    assert "collection.sink is `file` with 2 workers" in done.stderr and "Traceback" not in done.stderr
+    path = tmp_path / "collected" / "requests.jsonl"
+    collection = {"enabled": True, "sample_rate": 1.0, "sink": "file", "path": str(path)}
+    config = {"models": [model_entry(models, "iris")], "workers": 2, "collection": collection}
+    with running_server(models, config) as server:
+        every_worker_ready(server)
+        pids: set[int] = set()
+        for n in range(40):  # a connection each: the kernel spreads them over both workers
+            connection = server.connection()
+            body = {**infer_body(models.iris[n : n + 1]), "id": f"r{n}"}
+            connection.request("POST", "/v2/models/iris/infer", json.dumps(body))
+            assert connection.getresponse().status == 200
+            assert connection.sock is not None
+            pids.add(serving_pid(connection.sock.getsockname(), worker_pids(server)))
+            connection.close()
+        assert len(pids) == 2
+
+        def ids() -> list[str]:
+            return [
+                json.loads(line)["id"] for f in sorted(path.parent.iterdir()) for line in f.read_text().splitlines()
+            ]
+
+        deadline = time.monotonic() + 30
+        while len(ids()) < 40:
+            assert time.monotonic() < deadline, ids()
+            time.sleep(0.1)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["requests.jsonl", "requests.w1.jsonl"]
+    assert sorted(ids()) == sorted(f"r{n}" for n in range(40))
+    assert all(f.read_text() for f in path.parent.iterdir())  # both wrote
 
 
 def test_one_worker_leaves_the_settings_as_they_were() -> None:
@@ -344,7 +346,7 @@ def test_serve_with_two_workers_spreads_connections_adds_up_metrics_and_drains(c
 def test_workers_come_from_the_recommended_cpu(converted: Path) -> None:
     """The rendered settings carry the workers the deployment's CPU pays for (one per whole
     core over its onnxruntime threads): `serve` for the local target, and the settings every
-    pod and container gets (manifests.server_settings); a collection file keeps one writer;
+    pod and container gets (manifests.server_settings); a collection file keeps one worker by default;
     `serve --workers` overrides."""
     from click.testing import CliRunner
 
@@ -361,11 +363,8 @@ def test_workers_come_from_the_recommended_cpu(converted: Path) -> None:
 
     spec = converted / "mlops.yaml"
     spec.write_text(spec.read_text().replace("cpu: auto", "cpu: 2500m"))
-    assert written().workers == 1  # the quickstart collects to a file: one writer
-    if TWO_CPUS:  # asked for anyway: refused before anything listens, one line, no traceback
-        refused = CliRunner().invoke(main, ["serve", "--workers", "2", "--port", "0"])
-        assert refused.exit_code == 1 and "collection.sink is `file` with 2 workers" in refused.output
-        assert "serving" not in refused.output
+    assert written().workers == 1  # the quickstart collects to a file: one worker, one file, by default
+    assert written("--workers", "2").workers == 2  # asked for: each worker writes a file of its own
     spec.write_text(spec.read_text().replace("kind: file\n      path: collected/requests.jsonl", "kind: stdout"))
     assert written().workers == 2  # 2.5 cores, one onnxruntime thread each: two whole workers
     assert written("--workers", "0").workers == 0

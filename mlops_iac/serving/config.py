@@ -143,8 +143,9 @@ def workers_for(cpu_millis: int, threads: int, collection: CollectionConfig) -> 
 
     On small models the HTTP stack is the cost and one process serves on one core, so a
     replica given N cores needs N processes to use them; at run time the count is capped
-    again by the container's CPU quota (`workers.worker_count`). A collection file takes one
-    writer, so it keeps one worker.
+    again by the container's CPU quota (`workers.worker_count`). A collection file keeps one
+    worker by default (one file, as `monitor drift` is shown reading it); asked for more, each
+    worker writes a file of its own (`workers.own_collection_file`).
     """
     if collection.enabled and collection.sink == "file":
         return 1
