@@ -146,9 +146,10 @@ def test_register_refuses_onnx_with_external_data(onnx_project: Path) -> None:
 
 def test_serve_prepares_an_onnx_version_that_lock_sync_pinned(onnx_project: Path) -> None:
     spec = onnx_project / "mlops.yaml"
-    spec.rename(onnx_project / "later.yaml")  # registered before the project declared it
+    spec.rename(onnx_project / "later.yaml")  # registered before the project deployed it
+    spec.write_text(SPEC.split("deployments:")[0])
     assert cli("register", "reg", "--file", "model.onnx", cwd=onnx_project).returncode == 0
-    (onnx_project / "later.yaml").rename(spec)
+    (onnx_project / "later.yaml").replace(spec)
     assert cli("lock", "sync", cwd=onnx_project).returncode == 0
     pinned = json.loads(cli("lock", "show", "--json", cwd=onnx_project).stdout)["models"]["reg"]["versions"]["1"]
     assert "onnx" in pinned  # prepared at register, before any pin: lock sync takes it from the registry
