@@ -541,3 +541,20 @@ def test_a_malformed_restart_limit_is_refused(models: Models) -> None:
     for text in ("5", "a/60", "5/0", "-1/60"):
         with pytest.raises(MlopsIacError, match=f'MLOPS_IAC_WORKER_RESTARTS is "{text}": expected N/SECONDS'):
             restart_limit(text)
+
+
+def test_workers_stop_when_their_supervisor_is_killed(models: Models) -> None:
+    """SIGKILL of the supervisor (the OOM killer, a `kill -9` of the server): its workers do not
+    serve on orphaned, holding the port; each gets SIGTERM from the kernel and stops."""
+    if not TWO_CPUS:
+        pytest.skip("one CPU here: the server caps its workers at the CPUs it may use")
+    with running_server(models, {"models": [model_entry(models, "iris")], "workers": 2}) as server:
+        every_worker_ready(server)
+        workers = worker_pids(server)
+        assert len(workers) == 2
+        server.process.kill()
+        server.process.wait(30)
+        deadline = time.monotonic() + 60
+        while not all(gone(pid) for pid in workers):
+            assert time.monotonic() < deadline, [pid for pid in workers if not gone(pid)]
+            time.sleep(0.05)

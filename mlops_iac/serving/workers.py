@@ -24,6 +24,7 @@ without a core of its own only adds contention.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import multiprocessing
 import os
@@ -237,6 +238,7 @@ def _worker(
 ) -> None:
     from .run import bind, serve_one
 
+    _stop_with_supervisor()
     config = own_collection_file(config, index)
     try:
         if sockets[0] is not None:
@@ -250,6 +252,24 @@ def _worker(
     except MlopsIacError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(CANNOT_START)
+
+
+def _stop_with_supervisor() -> None:
+    """A supervisor killed with SIGKILL cannot stop its workers, and they would serve on,
+    orphaned, holding the port: the kernel sends each one SIGTERM (it drains) when the
+    supervisor dies (Linux's PR_SET_PDEATHSIG), and a worker whose supervisor died before
+    this ran stops at once."""
+    parent = multiprocessing.parent_process()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's SIGTERM is the only stop
+        return
+    if parent is not None and os.getppid() != parent.pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def own_collection_file(config: ServerConfig, index: int) -> ServerConfig:
