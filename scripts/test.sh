@@ -3,9 +3,17 @@
 # ruff, mypy, the schema freshness check and pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The versions the suite last passed with (constraints.txt, made by scripts/constraints.py);
+# CI_NEWEST=1 takes the newest that pyproject.toml allows instead, upgrading what is installed,
+# so a new release that breaks us fails a run with its name rather than a user's install.
+if [ "${CI_NEWEST:-}" = 1 ]; then
+    versions=(--upgrade --upgrade-strategy eager)
+else
+    versions=(--constraint constraints.txt)
+fi
 # torch==2.13.0 is the CPU build that lies on our machines' disk; pip takes it from there.
-python3 -m pip install --quiet --disable-pip-version-check torch==2.13.0
-python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,convert,score,boosters,pytorch,pulumi]"
+python3 -m pip install --quiet --disable-pip-version-check "${versions[@]}" torch==2.13.0
+python3 -m pip install --quiet --disable-pip-version-check "${versions[@]}" -e ".[dev,convert,score,boosters,pytorch,pulumi]"
 # checkov pins old versions of common packages: it gets a virtual environment of its own.
 if [ ! -x .venv-checkov/bin/checkov ]; then
     python3 -m venv .venv-checkov

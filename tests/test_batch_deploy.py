@@ -110,10 +110,10 @@ def test_batch_manifests_pass_kubernetes_validate_and_checkov(tmp_path: Path) ->
 
 
 def test_the_stack_creates_the_same_job(tmp_path: Path) -> None:
-    from mlops_iac.plan import StackPlan
+    from mlops_iac.plan import StackPlan, stack_json
 
-    # Through plan.json, as the generated __main__.py reads it.
-    written = stack_plan("prod", project(tmp_path)).model_dump_json()
+    # Through plan.json as plan() writes it (by alias) and the generated __main__.py reads it.
+    written = stack_json(stack_plan("prod", project(tmp_path)))
     mocks, exported = run_program(StackPlan.model_validate_json(written))
     assert len(mocks.of("mlops:k8s:BatchJob")) == 2
     (cron,) = mocks.of("kubernetes:batch/v1:CronJob")

@@ -282,7 +282,7 @@ PLANS = deployed_plans(ROOT / "examples" / "production")
 
 def test_requirements_install_offline_in_a_fresh_venv_from_a_wheel_of_this_checkout(tmp_path: Path) -> None:
     """stacks/requirements.txt as `pulumi up` installs it, with no index: mlops-iac from a wheel
-    built from this checkout (PIP_FIND_LINKS), Pulumi's SDKs from the interpreter's own site."""
+    built from this checkout (PIP_FIND_LINKS), Pulumi's SDKs from the tests' own environment."""
     import subprocess
     import sys
 
@@ -304,11 +304,10 @@ def test_requirements_install_offline_in_a_fresh_venv_from_a_wheel_of_this_check
         check=True,
         timeout=300,
     )
-    # A fresh venv on the interpreter this one was made from: its site has Pulumi's SDKs.
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run(
-        [base, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)], check=True, timeout=300
-    )
+    # A fresh venv that sees the tests' own environment, where Pulumi's SDKs are (the base
+    # interpreter of a virtual environment may have none).
+    layered = ROOT / "tests/workflows/standins/setup-python/layered_venv.py"
+    subprocess.run([sys.executable, str(layered), str(env_dir)], check=True, timeout=300, capture_output=True)
     python = str(env_dir / "bin" / "python")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env |= {"PIP_FIND_LINKS": str(wheels), "PIP_NO_INDEX": "1", "PYTHONNOUSERSITE": "1"}

@@ -216,7 +216,7 @@ class Runner:
             **os.environ,
             "GITHUB_API_URL": self.api.url,
             "STANDIN_GIT_ROOT": str(self.work / "git"),
-            "STANDIN_PYTHON": getattr(sys, "_base_executable", sys.executable),
+            "STANDIN_PYTHON": sys.executable,
             "STANDIN_ARTIFACTS": str(artifacts),
             "STANDIN_PULUMI_LOG": str(run / "pulumi.jsonl"),
             "STANDIN_SUMMARIES": str(run / "summary.md"),
