@@ -23,19 +23,12 @@ from .conftest import QUICKSTART, installed_env
 
 # What a command pulls in that `--help` has no use for: native runtimes, the server's stack,
 # the template engine, the spec's pydantic models and the project's rooms built on them.
+RUNTIMES = ("numpy", "onnx", "onnxruntime", "pyarrow", "sklearn", "torch", "pulumi")
+SERVING = ("jinja2", "httpx", "uvicorn", "grpc", "rich")
+ROOMS = ("mlops_iac.registry", "mlops_iac.convert", "mlops_iac.workspace")
 HEAVY = (
-    "numpy",
-    "onnx",
-    "onnxruntime",
-    "pyarrow",
-    "sklearn",
-    "torch",
-    "pulumi",
-    "jinja2",
-    "httpx",
-    "uvicorn",
-    "grpc",
-    "rich",
+    *RUNTIMES,
+    *SERVING,
     "yaml",
     "pydantic",
     "pydantic_core",
@@ -43,30 +36,16 @@ HEAVY = (
     "mlops_iac.loader",
     "mlops_iac.lock",
     "mlops_iac.resolve",
-    "mlops_iac.registry",
-    "mlops_iac.convert",
-    "mlops_iac.workspace",
+    *ROOMS,
     "mlops_iac.serving",
     "mlops_iac.scoring",
 )
 # `validate` needs the loader and the spec's models (pydantic, yaml), nothing that runs a model
 # or renders files.
 NOT_FOR_VALIDATE = (
-    "numpy",
-    "onnx",
-    "onnxruntime",
-    "pyarrow",
-    "sklearn",
-    "torch",
-    "pulumi",
-    "jinja2",
-    "httpx",
-    "uvicorn",
-    "grpc",
-    "rich",
-    "mlops_iac.registry",
-    "mlops_iac.convert",
-    "mlops_iac.workspace",
+    *RUNTIMES,
+    *SERVING,
+    *ROOMS,
     "mlops_iac.plan",
     "mlops_iac.render",
     "packaging",  # parses `project.mlopsIac`, not needed for its default
