@@ -13,10 +13,10 @@ import click
 
 from .console import registry_file_option as file_option
 from .errors import MlopsIacError
+from .monitoring.collected import collected_files
 from .monitoring.columns import DriftResult
 from .monitoring.drift import MIN_ROWS, TooLittleData, check
 from .monitoring.report import ks_text, new_text, write_report
-from .monitoring.shadow import collected_files
 from .registry import Registry, Version, parse_ref
 from .resolve import Workspace
 from .workspace import onnx_file, project_registry

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import MlopsIacError
 from ..render import render
+from .collected import collected_files
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,6 @@ class ShadowComparison:
     outputs: tuple[OutputComparison, ...]
     latency_ms: dict[str, tuple[float, float]]  # role -> (p50, p99)
     samples_ms: dict[str, tuple[float, ...]] = field(repr=False, default_factory=dict)
-
-
-def collected_files(paths: Sequence[Path]) -> list[Path]:
-    """The files of collected records: a file as given, a folder's *.jsonl files and their
-    rotations (one per server worker: requests.jsonl, requests.w1.jsonl, ...)."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*.jsonl*") if p.is_file())
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise MlopsIacError(f"{path}: no such file or folder of collected records")
-    return files
 
 
 def read_records(paths: Sequence[Path]) -> list[dict[str, Any]]:
